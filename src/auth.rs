@@ -1,0 +1,402 @@
+//! Authenticated HTTP access to OpenStack services (Placement, Glance,
+//! Neutron), configured as keystoneauth sections of nova.conf are.
+//!
+//! A [`ServiceClient`] knows how to get a token (`admin_token`, Keystone v3
+//! `password`, the request's own token, or none) and where the service lives
+//! (`endpoint_override`, the static endpoint, or the catalog), and builds
+//! requests carrying `X-Auth-Token` and the request id. Tokens are cached
+//! until shortly before they expire and renewed once on a 401.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::{AuthSettings, ServiceSettings};
+use crate::rpc::RequestContext;
+
+/// Percent-encodes a value for one URL path segment or query value.
+///
+/// Ids come from RPC arguments, other services and tenants; put into a URL
+/// as they are, `../` or `?` in one would address a different resource
+/// (URL parsing resolves dot segments), so every id goes through here.
+pub fn url_part(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An HTTP-level failure talking to a service.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{service}: no endpoint configured or found in the catalog (set [{section}] endpoint_override)")]
+    NoEndpoint { service: &'static str, section: &'static str },
+    #[error("{service}: authentication failed: {detail}")]
+    Auth { service: &'static str, detail: String },
+    #[error("{service}: {method} {url} failed: {}", error_chain(source))]
+    Transport { service: &'static str, method: String, url: String, source: reqwest::Error },
+    #[error("{service}: {method} {url} answered {status}: {body}")]
+    Status { service: &'static str, method: String, url: String, status: u16, body: String },
+    #[error("{service}: unexpected response to {method} {url}: {detail}")]
+    Decode { service: &'static str, method: String, url: String, detail: String },
+}
+
+/// An error and its causes, `outer: inner: root`: reqwest's own message
+/// ("error sending request") says nothing of why; the root cause does
+/// ("connection refused", "connection closed before message completed").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// How many times a request that could not be sent is tried again, when
+/// sending it twice is harmless (GET, PUT, DELETE): a pooled connection the
+/// service closed meanwhile, or a moment of overload, is not a failure.
+const TRANSPORT_RETRIES: u32 = 2;
+
+impl HttpError {
+    /// The HTTP status, when the service answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    expires_at: Option<DateTime<Utc>>,
+    catalog: Vec<Value>,
+}
+
+/// A client for one OpenStack service.
+#[derive(Clone)]
+pub struct ServiceClient {
+    http: reqwest::Client,
+    settings: ServiceSettings,
+    name: &'static str,
+    section: &'static str,
+    token: Arc<Mutex<Option<CachedToken>>>,
+}
+
+/// Builds the process's HTTP client: rustls, bounded connect time, pooled.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(timeout)
+        // Below the keep-alive timeouts of the servers OpenStack APIs run
+        // under (gunicorn 2 s, Apache 5 s): reusing a connection the server is
+        // closing at that moment fails the request.
+        .pool_idle_timeout(Duration::from_millis(1500))
+        .user_agent(concat!("nova-docker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+impl ServiceClient {
+    /// A client for the service described by `settings` (`name` for messages,
+    /// `section` the nova.conf group to point operators to).
+    pub fn new(settings: ServiceSettings, name: &'static str, section: &'static str) -> Self {
+        ServiceClient { http: http_client(settings.timeout), settings, name, section, token: Default::default() }
+    }
+
+    /// The service's display name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Per-request timeout from the configuration.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// The underlying HTTP client (for streaming bodies).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    async fn keystone_token(&self, force: bool) -> Result<CachedToken, HttpError> {
+        let AuthSettings::Password {
+            auth_url,
+            username,
+            password,
+            user_domain_name,
+            project_name,
+            project_domain_name,
+        } = &self.settings.auth
+        else {
+            return Err(HttpError::Auth { service: self.name, detail: "not a password section".into() });
+        };
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref() {
+            let fresh = t.expires_at.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now());
+            if fresh && !force {
+                return Ok(t.clone());
+            }
+        }
+        let base = auth_url.trim_end_matches('/');
+        let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": username, "password": password, "domain": {"name": user_domain_name}}}},
+            "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}}});
+        let resp = self.http.post(&url).json(&body).timeout(self.settings.timeout).send().await.map_err(|source| {
+            HttpError::Transport { service: "keystone", method: "POST".into(), url: url.clone(), source }
+        })?;
+        let status = resp.status();
+        let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = resp.text().await.unwrap_or_default();
+        let (Some(token), true) = (token, status.is_success()) else {
+            return Err(HttpError::Auth {
+                service: self.name,
+                detail: format!("Keystone answered {status} for user {username:?} at {url}: {}", truncate(&text, 300)),
+            });
+        };
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let expires_at = v["token"]["expires_at"].as_str().and_then(crate::objects::time::parse);
+        let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
+        let t = CachedToken { token, expires_at, catalog };
+        *cached = Some(t.clone());
+        Ok(t)
+    }
+
+    /// The token to send, if any.
+    pub async fn token(&self, ctx: Option<&RequestContext>) -> Result<Option<String>, HttpError> {
+        self.token_inner(ctx, false).await
+    }
+
+    async fn token_inner(&self, ctx: Option<&RequestContext>, force: bool) -> Result<Option<String>, HttpError> {
+        match &self.settings.auth {
+            AuthSettings::None => Ok(None),
+            AuthSettings::AdminToken { token, .. } => Ok(Some(token.clone())),
+            AuthSettings::Password { .. } => Ok(Some(self.keystone_token(force).await?.token)),
+            AuthSettings::User => Ok(ctx.and_then(|c| c.auth_token()).map(str::to_string)),
+        }
+    }
+
+    /// The service's base URL.
+    pub async fn endpoint(&self, ctx: Option<&RequestContext>) -> Result<String, HttpError> {
+        if let Some(e) = &self.settings.endpoint_override {
+            return Ok(e.trim_end_matches('/').to_string());
+        }
+        if let AuthSettings::AdminToken { endpoint: Some(e), .. } = &self.settings.auth {
+            return Ok(e.trim_end_matches('/').to_string());
+        }
+        let catalog = match &self.settings.auth {
+            AuthSettings::Password { .. } => self.keystone_token(false).await?.catalog,
+            _ => ctx.map(|c| c.service_catalog().to_vec()).unwrap_or_default(),
+        };
+        find_endpoint(
+            &catalog,
+            self.settings.service_type,
+            &self.settings.valid_interfaces,
+            self.settings.region_name.as_deref(),
+        )
+        .ok_or(HttpError::NoEndpoint { service: self.name, section: self.section })
+    }
+
+    /// Sends a request built by `build` (given the base URL), with auth and
+    /// request-id headers; retries once with a new token on 401. Returns the
+    /// response when its status is a success, an error otherwise.
+    pub async fn send(
+        &self,
+        ctx: Option<&RequestContext>,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, HttpError> {
+        let url = format!("{}{path}", self.endpoint(ctx).await?);
+        let renewable = matches!(self.settings.auth, AuthSettings::Password { .. });
+        let idempotent = matches!(method, reqwest::Method::GET | reqwest::Method::PUT | reqwest::Method::DELETE);
+        let mut attempt = 0;
+        let resp = loop {
+            match self.send_with(ctx, &method, &url, false, &build).await {
+                Err(e @ HttpError::Transport { .. }) if idempotent && attempt < TRANSPORT_RETRIES => {
+                    tracing::info!(error = %e, "retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        let resp = match resp.status().as_u16() {
+            401 if renewable => self.send_with(ctx, &method, &url, true, &build).await?,
+            _ => resp,
+        };
+        self.success(&method, url, resp).await
+    }
+
+    /// Sends a request whose body cannot be replayed (a stream): no retry on
+    /// 401. Returns the response when its status is a success.
+    pub async fn send_once(
+        &self,
+        ctx: Option<&RequestContext>,
+        method: reqwest::Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, HttpError> {
+        let url = format!("{}{path}", self.endpoint(ctx).await?);
+        let resp = self.send_with(ctx, &method, &url, false, build).await?;
+        self.success(&method, url, resp).await
+    }
+
+    /// One request with the token (a fresh one when `renew`) and request id.
+    async fn send_with(
+        &self,
+        ctx: Option<&RequestContext>,
+        method: &reqwest::Method,
+        url: &str,
+        renew: bool,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, HttpError> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(token) = self.token_inner(ctx, renew).await? {
+            req = req.header("X-Auth-Token", token);
+        }
+        if let Some(id) = ctx.and_then(|c| c.global_request_id().or(c.request_id())) {
+            req = req.header("X-OpenStack-Request-ID", id);
+        }
+        build(req).send().await.map_err(|source| HttpError::Transport {
+            service: self.name,
+            method: method.to_string(),
+            url: url.to_string(),
+            source,
+        })
+    }
+
+    /// The response when its status is a success, else the error with the
+    /// start of its body.
+    async fn success(
+        &self,
+        method: &reqwest::Method,
+        url: String,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response, HttpError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(HttpError::Status {
+            service: self.name,
+            method: method.to_string(),
+            url,
+            status: status.as_u16(),
+            body: truncate(&body, 500),
+        })
+    }
+
+    /// Sends and decodes a JSON response.
+    pub async fn json(
+        &self,
+        ctx: Option<&RequestContext>,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Value, HttpError> {
+        let resp = self.send(ctx, method.clone(), path, build).await?;
+        let url = resp.url().to_string();
+        let text = resp.text().await.map_err(|source| HttpError::Transport {
+            service: self.name,
+            method: method.to_string(),
+            url: url.clone(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| HttpError::Decode {
+            service: self.name,
+            method: method.to_string(),
+            url,
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        let mut end = n;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+/// Finds an endpoint of `service_type` in a Keystone v3 catalog (or the
+/// trimmed catalog Nova puts in the request context).
+pub fn find_endpoint(
+    catalog: &[Value],
+    service_type: &str,
+    interfaces: &[String],
+    region: Option<&str>,
+) -> Option<String> {
+    let service = catalog.iter().find(|s| s["type"].as_str() == Some(service_type))?;
+    let endpoints = service["endpoints"].as_array()?;
+    let wanted: Vec<&str> = if interfaces.is_empty() {
+        vec!["internal", "public"]
+    } else {
+        interfaces.iter().map(String::as_str).collect()
+    };
+    for interface in wanted {
+        for e in endpoints {
+            let iface = e["interface"].as_str().unwrap_or("public");
+            let ep_region = e["region_id"].as_str().or(e["region"].as_str());
+            if iface == interface
+                && region.is_none_or(|r| ep_region == Some(r))
+                && let Some(url) = e["url"].as_str()
+            {
+                return Some(url.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_lookup_prefers_configured_interfaces_and_region() {
+        let catalog = vec![json!({"type": "placement", "endpoints": [
+            {"interface": "public", "region_id": "R1", "url": "http://pub/"},
+            {"interface": "internal", "region_id": "R2", "url": "http://int2"},
+            {"interface": "internal", "region_id": "R1", "url": "http://int1"}]})];
+        let ifs = vec!["internal".to_string(), "public".to_string()];
+        assert_eq!(find_endpoint(&catalog, "placement", &ifs, Some("R1")).as_deref(), Some("http://int1"));
+        assert_eq!(find_endpoint(&catalog, "placement", &["public".into()], None).as_deref(), Some("http://pub"));
+        assert_eq!(find_endpoint(&catalog, "image", &ifs, None), None);
+    }
+
+    #[test]
+    fn ids_cannot_leave_their_url_segment() {
+        assert_eq!(url_part("6f1b2c1e-0000-4000-8000-000000000001"), "6f1b2c1e-0000-4000-8000-000000000001");
+        assert_eq!(url_part("../../v2/x?y=1&z#"), "%2E%2E%2F%2E%2E%2Fv2%2Fx%3Fy%3D1%26z%23");
+        assert_eq!(url_part("CUSTOM_TRAIT"), "CUSTOM_TRAIT");
+        let url = reqwest::Url::parse(&format!("http://h/v2/images/{}", url_part("../.."))).unwrap();
+        assert_eq!(url.path(), "/v2/images/%2E%2E%2F%2E%2E");
+    }
+}

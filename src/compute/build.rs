@@ -1,0 +1,294 @@
+//! Building and deleting instances: `build_and_run_instance` and
+//! `terminate_instance`, step by step as `nova/compute/manager.py` does them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::errors::OpError;
+use super::manager::ComputeManager;
+use super::states::{task, vm};
+use crate::conductor::Expected;
+use crate::image::GlanceImage;
+use crate::metrics;
+use crate::objects::Instance;
+use crate::rpc::RequestContext;
+use crate::virt::{Driver, PowerState, spec};
+
+/// The arguments of `build_and_run_instance` this host uses.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    /// The `image` dict (Glance's view, as Nova translated it).
+    pub image: Value,
+    /// `requested_networks` NetworkRequestList primitive (None for none).
+    pub requested_networks: Option<Value>,
+    pub admin_password: Option<String>,
+}
+
+fn phase(op: &'static str, name: &'static str, started: Instant) {
+    metrics::global().observe(
+        "nova_docker_operation_duration_seconds",
+        &[("operation", op), ("phase", name)],
+        started.elapsed(),
+    );
+    tracing::debug!(phase = name, elapsed_ms = started.elapsed().as_millis() as u64, "build phase done");
+}
+
+impl<D: Driver> ComputeManager<D> {
+    /// `build_and_run_instance`: claim, image, (network), spawn, ACTIVE. Any
+    /// failure ends in vm_state error with a fault, the placement allocation
+    /// removed and nothing left on the host; never a server stuck in BUILD.
+    pub async fn build_and_run_instance(&self, ctx: &RequestContext, mut i: Instance, req: BuildRequest) {
+        let uuid = i.uuid().to_string();
+        let _slot = match &self.build_slots {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
+        let _lock = self.locks.lock(&uuid).await;
+        let _busy = self.mark_busy(&uuid);
+        let started = Instant::now();
+        let r =
+            self.with_event(ctx, &uuid, "compute__do_build_and_run_instance", self.do_build(ctx, &mut i, &req)).await;
+        match r {
+            Ok(()) => {
+                tracing::info!(instance = %uuid, elapsed_ms = started.elapsed().as_millis() as u64, "instance built");
+            }
+            Err(e) if e.is_superseded() => {
+                tracing::info!(instance = %uuid, error = %e, "build stopped: the instance was deleted or changed");
+                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %uuid, error = %e, "build failed");
+                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+                self.record_fault(ctx, &uuid, &e).await;
+                // Nova's _nil_out_instance_obj_host_and_node + error state.
+                i.set("host", Value::Null);
+                i.set("node", Value::Null);
+                if self.conductor.release().instance_compute_id {
+                    i.set("compute_id", Value::Null);
+                }
+                self.set_error_state(ctx, &mut i, true).await;
+                if let Some(p) = &self.placement
+                    && let Err(pe) = p.delete_allocation(&uuid).await
+                {
+                    tracing::warn!(instance = %uuid, error = %pe, "could not delete the allocation");
+                }
+            }
+        }
+    }
+
+    async fn do_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest) -> Result<(), OpError> {
+        let t = Instant::now();
+        let image_id = i.image_ref().map(str::to_string).ok_or_else(|| {
+            OpError::Invalid("the instance has no image (boot from volume is not supported by nova-docker)".into())
+        })?;
+        let requested = crate::network::requested_networks(req.requested_networks.as_ref());
+        // A server without ports needs nothing from the claim or Neutron to
+        // have its container created (a created container is invisible to
+        // Nova and removed on any failure), so creation runs beside the
+        // claim; with ports it waits for their DNS servers.
+        let create_early = requested == crate::network::Requested::None;
+        let as_requested = create_early.then(|| i.clone());
+        // 1. Take the build over from the scheduler and claim this host and
+        // node in one save (Nova saves BUILDING and then, in its resource
+        // tracker's claim, host and node; one atomic save guarded by the
+        // expected task state is the same transition without the half-way
+        // state), while (3) the image is looked up and, if this host does
+        // not have it, loaded: the two do not depend on each other.
+        let claim = async {
+            i.set("vm_state", vm::BUILDING);
+            i.set("task_state", Value::Null);
+            i.set("host", self.host());
+            i.set("launched_on", self.host());
+            i.set("node", self.host());
+            if self.conductor.release().instance_compute_id
+                && let Some(id) =
+                    self.records.get().map(|r| r.node_id.load(std::sync::atomic::Ordering::SeqCst)).filter(|id| *id > 0)
+            {
+                i.set("compute_id", id);
+            }
+            self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await?;
+            phase("build", "claim", t);
+            Ok::<(), OpError>(())
+        };
+        let image = async {
+            let t = Instant::now();
+            let meta = match GlanceImage::from_json(&req.image) {
+                Some(m) if m.id == image_id && m.container_format.is_some() && !m.status.is_empty() => m,
+                _ => self.images.glance().get(Some(ctx), &image_id).await.map_err(crate::image::ImageError::from)?,
+            };
+            let (image, downloaded) = self.images.ensure(Some(ctx), &meta).await?;
+            phase("build", if downloaded { "image_download" } else { "image_cached" }, t);
+            if let Some(instance) = &as_requested {
+                self.create_container(instance, &meta, &image.id, &Vec::new()).await?;
+            }
+            Ok::<_, OpError>((meta, image))
+        };
+        // Both run to their end: a failed image must not cut a save short.
+        let (claimed, image) = tokio::join!(claim, image);
+        claimed?;
+        let (meta, image) = image?;
+        let uuid = i.uuid().to_string();
+
+        // 4. Networking: ports bound to this host, info cache written.
+        let t = Instant::now();
+        let ni = self.allocate_network(ctx, i, &requested).await?;
+        phase("build", "network_allocate", t);
+        let create = (!create_early).then_some((&meta, image.id.as_str()));
+        let built = self.start_container(ctx, i, &ni, create).await;
+        if built.is_err() {
+            let cid = self.container_id(&uuid).await;
+            self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
+            self.deallocate_network(&ni).await;
+        }
+        built
+    }
+
+    /// Creates (does not start) the instance's container from its spec.
+    async fn create_container(
+        &self,
+        i: &Instance,
+        meta: &GlanceImage,
+        image_id: &str,
+        ni: &crate::net::NetworkInfo,
+    ) -> Result<(), OpError> {
+        let seccomp = self.seccomp_profile().await?;
+        let mut spec =
+            spec::build(i, self.host(), image_id, &meta.properties, &self.settings.docker, seccomp.as_deref())
+                .map_err(|e| OpError::Invalid(e.to_string()))?;
+        spec.dns = super::networking::dns_servers(ni);
+        // The bench's mark for where Docker's own create + start begins.
+        tracing::debug!(instance = %i.uuid(), "container create sent");
+        Ok(self.driver.create(&spec).await?)
+    }
+
+    /// Block-device and spawning task states, the container started (and
+    /// first created from `create` when that did not happen beside the
+    /// claim), its ports plugged, ACTIVE saved.
+    async fn start_container(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        ni: &crate::net::NetworkInfo,
+        create: Option<(&GlanceImage, &str)>,
+    ) -> Result<(), OpError> {
+        let uuid = i.uuid().to_string();
+        // 5. Block devices: none to prepare for an image-backed container.
+        // 6. Spawn. Nova's task states are saved in order while Docker works:
+        // beside create (when it still has to happen) and beside start. A
+        // save refused because the instance is being deleted wins over a
+        // start, and the caller removes the container.
+        let t = Instant::now();
+        let start = async {
+            // The bench's mark for where Docker's own start begins.
+            tracing::debug!(instance = %uuid, "container start sent");
+            self.driver.start_created(&uuid).await
+        };
+        let info = match create {
+            Some((meta, image_id)) => {
+                let as_requested = i.clone();
+                let bdm = async {
+                    i.set("task_state", task::BLOCK_DEVICE_MAPPING);
+                    self.save(ctx, i, Expected::Any).await
+                };
+                let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image_id, ni));
+                saved?;
+                created?;
+                let spawning = async {
+                    i.set("task_state", task::SPAWNING);
+                    self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
+                };
+                let (saved, started) = tokio::join!(spawning, start);
+                saved?;
+                started?
+            }
+            None => {
+                let saves = async {
+                    i.set("task_state", task::BLOCK_DEVICE_MAPPING);
+                    self.save(ctx, i, Expected::Any).await?;
+                    i.set("task_state", task::SPAWNING);
+                    self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
+                };
+                let (saved, started) = tokio::join!(saves, start);
+                saved?;
+                started?
+            }
+        };
+        phase("build", "spawn", t);
+        let t = Instant::now();
+        self.plug_vifs(&uuid, ni, true).await?;
+        if !ni.is_empty() {
+            phase("build", "network_plug", t);
+        }
+
+        // 7. ACTIVE.
+        let t = Instant::now();
+        i.set("power_state", info.state.code());
+        i.set("vm_state", vm::ACTIVE);
+        i.set("task_state", Value::Null);
+        i.set("launched_at", Self::now());
+        self.save(ctx, i, Expected::task(task::SPAWNING)).await?;
+        phase("build", "active_saved", t);
+        Ok(())
+    }
+
+    async fn seccomp_profile(&self) -> Result<Option<String>, OpError> {
+        match &self.settings.docker.seccomp_profile {
+            None => Ok(None),
+            Some(path) => tokio::fs::read_to_string(path)
+                .await
+                .map(Some)
+                .map_err(|e| OpError::Invalid(format!("cannot read [docker] seccomp_profile {}: {e}", path.display()))),
+        }
+    }
+
+    /// `terminate_instance`: stop and remove the container, record the
+    /// deletion, free the allocation, destroy the instance row. Idempotent:
+    /// a missing container or instance is not an error.
+    pub async fn terminate_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
+        let uuid = i.uuid().to_string();
+        let _lock = self.locks.lock(&uuid).await;
+        let _busy = self.mark_busy(&uuid);
+        let r = self
+            .with_event(ctx, &uuid, "compute_terminate_instance", async {
+                let t = Instant::now();
+                let ni = self.network_info(ctx, &mut i).await?;
+                let cid = self.container_id(&uuid).await;
+                self.driver.destroy(&uuid, self.settings.shutdown_timeout).await?;
+                self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
+                self.deallocate_network(&ni).await;
+                phase("delete", "destroy", t);
+                i.set("vm_state", vm::DELETED);
+                i.set("task_state", Value::Null);
+                i.set("power_state", PowerState::NoState.code());
+                i.set("terminated_at", Self::now());
+                self.save(ctx, &mut i, Expected::Any).await?;
+                if let Some(p) = &self.placement {
+                    p.delete_allocation(&uuid).await.map_err(|e| OpError::Invalid(e.to_string()))?;
+                }
+                self.conductor.clean_console_auths(ctx, &uuid).await;
+                self.conductor.instance_destroy(ctx, &mut i).await?;
+                self.census.record(&uuid, None);
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_superseded() => Ok(()),
+            Err(e) => {
+                self.record_fault(ctx, &uuid, &e).await;
+                self.set_error_state(ctx, &mut i, false).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads the args of a build into a [`BuildRequest`].
+pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
+    BuildRequest {
+        image: args.get("image").cloned().unwrap_or(Value::Null),
+        requested_networks: args.get("requested_networks").filter(|v| !v.is_null()).cloned(),
+        admin_password: args.get("admin_password").and_then(Value::as_str).map(str::to_string),
+    }
+}

@@ -1,0 +1,243 @@
+//! The compute RPC endpoint: the methods of `nova/compute/rpcapi.py` this host
+//! serves, their arguments, and what it answers for the ones containers
+//! cannot do.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::build::build_request;
+use super::manager::ComputeManager;
+use super::snapshot::Rotation;
+use crate::network::NetworkRequest;
+use crate::objects::Instance;
+use crate::rpc::{BoxFuture, CallResult, Endpoint, Invocation, RemoteError, Version};
+use crate::virt::Driver;
+
+/// Methods implemented here.
+const SUPPORTED: &[&str] = &[
+    "build_and_run_instance",
+    "terminate_instance",
+    "stop_instance",
+    "start_instance",
+    "reboot_instance",
+    "pause_instance",
+    "unpause_instance",
+    "suspend_instance",
+    "resume_instance",
+    "soft_delete_instance",
+    "restore_instance",
+    "get_console_output",
+    "get_diagnostics",
+    "get_instance_diagnostics",
+    "set_host_enabled",
+    "get_host_uptime",
+    "external_instance_event",
+    "snapshot_instance",
+    "backup_instance",
+    "attach_interface",
+    "detach_interface",
+];
+
+/// Compute API 6.x methods this host cannot perform; they fail at once with
+/// NotImplementedError (calls) or a fault and reverted task state (casts).
+const UNSUPPORTED: &[&str] = &[
+    "add_fixed_ip_to_instance",
+    "remove_fixed_ip_from_instance",
+    "attach_volume",
+    "detach_volume",
+    "swap_volume",
+    "reserve_block_device_name",
+    "remove_volume_connection",
+    "extend_volume",
+    "volume_snapshot_create",
+    "volume_snapshot_delete",
+    "confirm_resize",
+    "revert_resize",
+    "finish_resize",
+    "finish_revert_resize",
+    "prep_resize",
+    "resize_instance",
+    "prep_snapshot_based_resize_at_dest",
+    "prep_snapshot_based_resize_at_source",
+    "finish_snapshot_based_resize_at_dest",
+    "finish_revert_snapshot_based_resize_at_source",
+    "revert_snapshot_based_resize_at_dest",
+    "confirm_snapshot_based_resize_at_source",
+    "check_can_live_migrate_destination",
+    "check_can_live_migrate_source",
+    "check_instance_shared_storage",
+    "live_migration",
+    "live_migration_force_complete",
+    "live_migration_abort",
+    "pre_live_migration",
+    "post_live_migration_at_destination",
+    "rollback_live_migration_at_destination",
+    "drop_move_claim_at_destination",
+    "rescue_instance",
+    "unrescue_instance",
+    "shelve_instance",
+    "shelve_offload_instance",
+    "unshelve_instance",
+    "set_admin_password",
+    "inject_network_info",
+    "get_vnc_console",
+    "get_spice_console",
+    "get_rdp_console",
+    "get_mks_console",
+    "get_serial_console",
+    "validate_console_port",
+    "host_maintenance_mode",
+    "host_power_action",
+    "trigger_crash_dump",
+    "quiesce_instance",
+    "unquiesce_instance",
+    "cache_images",
+    "allow_share",
+    "deny_share",
+    "rebuild_instance",
+];
+
+/// The `compute` endpoint (default namespace).
+pub struct ComputeEndpoint<D: Driver> {
+    manager: Arc<ComputeManager<D>>,
+    version: Version,
+}
+
+impl<D: Driver> ComputeEndpoint<D> {
+    /// An endpoint serving the release's compute API version.
+    pub fn new(manager: Arc<ComputeManager<D>>, version: Version) -> Self {
+        ComputeEndpoint { manager, version }
+    }
+}
+
+fn instance_arg(args: &Map<String, Value>) -> Result<Instance, RemoteError> {
+    let v = args.get("instance").ok_or_else(|| RemoteError::bad_request("missing argument: instance"))?;
+    Instance::from_primitive(v).map_err(|e| RemoteError::bad_request(format!("argument instance: {e}")))
+}
+
+fn str_arg(args: &Map<String, Value>, name: &str) -> Result<String, RemoteError> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| RemoteError::bad_request(format!("missing or invalid argument: {name}")))
+}
+
+fn bool_arg(args: &Map<String, Value>, name: &str, default: bool) -> bool {
+    args.get(name).and_then(Value::as_bool).unwrap_or(default)
+}
+
+impl<D: Driver> Endpoint for ComputeEndpoint<D> {
+    fn namespace(&self) -> Option<&str> {
+        None
+    }
+
+    fn version(&self) -> Version {
+        self.version
+    }
+
+    fn has_method(&self, method: &str) -> bool {
+        SUPPORTED.contains(&method) || UNSUPPORTED.contains(&method)
+    }
+
+    fn invoke(self: Arc<Self>, call: Invocation) -> BoxFuture<'static, CallResult> {
+        Box::pin(async move {
+            let m = &self.manager;
+            m.wait_ready().await;
+            let ctx = call.context.clone();
+            let args = call.args.clone();
+            if let Some(uuid) = args.get("instance").and_then(|i| i["nova_object.data"]["uuid"].as_str()) {
+                tracing::Span::current().record("instance", uuid);
+            }
+            let map = |r: Result<(), super::errors::OpError>| r.map(|_| Value::Null).map_err(|e| e.to_remote());
+            match call.method.as_str() {
+                "build_and_run_instance" => {
+                    let i = instance_arg(&args)?;
+                    m.build_and_run_instance(&ctx, i, build_request(&args)).await;
+                    Ok(Value::Null)
+                }
+                "terminate_instance" => map(m.terminate_instance(&ctx, instance_arg(&args)?).await),
+                "stop_instance" => {
+                    map(m.stop_instance(&ctx, instance_arg(&args)?, bool_arg(&args, "clean_shutdown", true)).await)
+                }
+                "start_instance" => map(m.start_instance(&ctx, instance_arg(&args)?).await),
+                "reboot_instance" => {
+                    let hard = args.get("reboot_type").and_then(Value::as_str) == Some("HARD");
+                    map(m.reboot_instance(&ctx, instance_arg(&args)?, hard).await)
+                }
+                "pause_instance" => map(m.pause_instance(&ctx, instance_arg(&args)?, true).await),
+                "unpause_instance" => map(m.pause_instance(&ctx, instance_arg(&args)?, false).await),
+                "suspend_instance" => map(m.suspend_instance(&ctx, instance_arg(&args)?).await),
+                "resume_instance" => map(m.resume_instance(&ctx, instance_arg(&args)?).await),
+                "soft_delete_instance" => map(m.soft_delete_instance(&ctx, instance_arg(&args)?).await),
+                "restore_instance" => map(m.restore_instance(&ctx, instance_arg(&args)?).await),
+                "snapshot_instance" => {
+                    let image_id = str_arg(&args, "image_id")?;
+                    map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, None).await)
+                }
+                "backup_instance" => {
+                    let image_id = str_arg(&args, "image_id")?;
+                    let rotation = Rotation {
+                        backup_type: str_arg(&args, "backup_type")?,
+                        keep: args.get("rotation").and_then(Value::as_u64).unwrap_or(1) as usize,
+                    };
+                    map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
+                }
+                "get_console_output" => {
+                    let tail = args.get("tail_length").and_then(Value::as_u64).map(|n| n as usize);
+                    m.get_console_output(&instance_arg(&args)?, tail)
+                        .await
+                        .map(Value::String)
+                        .map_err(|e| e.to_remote())
+                }
+                "get_diagnostics" => m.get_diagnostics(&instance_arg(&args)?).await.map_err(|e| e.to_remote()),
+                "get_instance_diagnostics" => {
+                    m.get_instance_diagnostics(&instance_arg(&args)?).await.map_err(|e| e.to_remote())
+                }
+                "set_host_enabled" => {
+                    let enabled = bool_arg(&args, "enabled", true);
+                    m.set_host_enabled(enabled).await;
+                    Ok(json!(if enabled { "enabled" } else { "disabled" }))
+                }
+                "get_host_uptime" => Ok(json!(host_uptime().await)),
+                "external_instance_event" => {
+                    m.handle_external_events(&ctx, &args).await;
+                    Ok(Value::Null)
+                }
+                "attach_interface" => {
+                    let opt =
+                        |k: &str| args.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+                    let request = NetworkRequest {
+                        network_id: opt("network_id"),
+                        port_id: opt("port_id"),
+                        address: opt("requested_ip"),
+                        tag: opt("tag"),
+                    };
+                    m.attach_interface(&ctx, instance_arg(&args)?, request).await.map_err(|e| e.to_remote())
+                }
+                "detach_interface" => {
+                    let port = str_arg(&args, "port_id")?;
+                    map(m.detach_interface(&ctx, instance_arg(&args)?, &port, true).await)
+                }
+                other if call.is_call => Err(m.unsupported(other)),
+                other => {
+                    let instance = instance_arg(&args).ok();
+                    Err(m.unsupported_cast(&ctx, other, instance).await)
+                }
+            }
+        })
+    }
+}
+
+/// `uptime`-like text, what Nova's drivers return for `get_host_uptime`.
+pub async fn host_uptime() -> String {
+    let uptime = tokio::fs::read_to_string("/proc/uptime").await.unwrap_or_default();
+    let load = tokio::fs::read_to_string("/proc/loadavg").await.unwrap_or_default();
+    let secs: f64 = uptime.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let loads: Vec<&str> = load.split_whitespace().take(3).collect();
+    let now = chrono::Local::now().format("%H:%M:%S");
+    let days = (secs / 86400.0) as u64;
+    let hours = ((secs % 86400.0) / 3600.0) as u64;
+    let minutes = ((secs % 3600.0) / 60.0) as u64;
+    format!(" {now} up {days} days, {hours:2}:{minutes:02},  load average: {}", loads.join(", "))
+}

@@ -1,0 +1,27 @@
+//! The compute service proper: host registration, the Nova state machine
+//! around the driver, and the RPC endpoint that exposes it.
+//!
+//! - [`host`]: Service, ComputeNode and Placement records, heartbeats;
+//! - [`manager`]: operations with Nova's state transitions;
+//! - [`build`]: building and deleting instances;
+//! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
+//! - [`snapshot`]: snapshots and backups into Glance;
+//! - [`sync`]: start-up recovery and power-state sync;
+//! - [`endpoint`]: the compute RPC methods;
+//! - [`locks`], [`states`], [`errors`]: supporting pieces.
+
+pub mod build;
+pub mod census;
+pub mod endpoint;
+pub mod errors;
+pub mod events;
+pub mod host;
+pub mod locks;
+pub mod manager;
+pub mod networking;
+pub mod snapshot;
+pub mod states;
+pub mod sync;
+
+pub use endpoint::ComputeEndpoint;
+pub use manager::ComputeManager;

@@ -1,0 +1,156 @@
+//! Snapshots and backups: `docker commit` of the instance's container, then
+//! `docker save` of exactly that image streamed into the Glance image Nova
+//! created (container_format docker, disk_format raw), with Nova's task
+//! states. The committed image is tagged with the cache reference of the new
+//! Glance image, so the archive loads under that name anywhere.
+
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use super::errors::OpError;
+use super::manager::ComputeManager;
+use super::states::task;
+use crate::conductor::Expected;
+use crate::image::{ImageError, cache_reference};
+use crate::metrics;
+use crate::objects::Instance;
+use crate::rpc::RequestContext;
+use crate::virt::Driver;
+
+/// A backup's rotation request.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub backup_type: String,
+    pub keep: usize,
+}
+
+impl<D: Driver> ComputeManager<D> {
+    /// `snapshot_instance` (rotation `None`) and `backup_instance`.
+    pub async fn snapshot_instance(
+        &self,
+        ctx: &RequestContext,
+        mut i: Instance,
+        image_id: &str,
+        rotation: Option<Rotation>,
+    ) -> Result<(), OpError> {
+        let uuid = i.uuid().to_string();
+        let _slot = match &self.snapshot_slots {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
+        let _lock = self.locks.lock(&uuid).await;
+        let _busy = self.mark_busy(&uuid);
+        let (event, first_expected) = match rotation {
+            Some(_) => ("compute_backup_instance", task::IMAGE_BACKUP),
+            None => ("compute_snapshot_instance", task::IMAGE_SNAPSHOT_PENDING),
+        };
+        let started = Instant::now();
+        let r = self
+            .with_event(ctx, &uuid, event, async {
+                if rotation.is_none() {
+                    i.set("task_state", task::IMAGE_SNAPSHOT);
+                    self.save(ctx, &mut i, Expected::task(task::IMAGE_SNAPSHOT_PENDING)).await?;
+                }
+                let current = self.power_state_of(&uuid).await?;
+                i.set("power_state", current.code());
+                self.save(ctx, &mut i, Expected::Any).await?;
+                let expected = if rotation.is_some() { first_expected } else { task::IMAGE_SNAPSHOT };
+                self.snapshot_to_glance(ctx, &mut i, image_id, expected).await?;
+                i.set("task_state", Value::Null);
+                self.save(ctx, &mut i, Expected::task(task::IMAGE_UPLOADING)).await?;
+                if let Some(rot) = &rotation {
+                    self.rotate_backups(ctx, &uuid, rot).await;
+                }
+                Ok(())
+            })
+            .await;
+        metrics::global().observe(
+            "nova_docker_operation_duration_seconds",
+            &[("operation", "snapshot"), ("phase", "total")],
+            started.elapsed(),
+        );
+        if let Err(e) = &r {
+            // Nova's delete_image_on_error: the half-made image goes.
+            if let Err(de) = self.images.glance().delete(Some(ctx), image_id).await {
+                tracing::warn!(instance = %uuid, image = image_id, error = %de, "could not delete the failed snapshot image");
+            }
+            if e.is_superseded() {
+                return Ok(());
+            }
+        }
+        self.finish(ctx, &mut i, r).await
+    }
+
+    async fn snapshot_to_glance(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        image_id: &str,
+        expected: &'static str,
+    ) -> Result<(), OpError> {
+        let uuid = i.uuid().to_string();
+        i.set("task_state", task::IMAGE_PENDING_UPLOAD);
+        self.save(ctx, i, Expected::task(expected)).await?;
+
+        let t = Instant::now();
+        let reference = cache_reference(image_id);
+        let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference.as_str(), "latest"));
+        let docker_image =
+            self.driver.commit(&uuid, repo, tag, self.settings.docker.snapshot_pause, Vec::new()).await?;
+        metrics::global().observe(
+            "nova_docker_operation_duration_seconds",
+            &[("operation", "snapshot"), ("phase", "commit")],
+            t.elapsed(),
+        );
+
+        let result = async {
+            i.set("task_state", task::IMAGE_UPLOADING);
+            self.save(ctx, i, Expected::task(task::IMAGE_PENDING_UPLOAD)).await?;
+            let glance = self.images.glance();
+            let current = glance.get(Some(ctx), image_id).await.map_err(ImageError::from)?;
+            glance
+                .update(
+                    Some(ctx),
+                    image_id,
+                    &current,
+                    &[("container_format", json!("docker")), ("disk_format", json!("raw"))],
+                )
+                .await
+                .map_err(ImageError::from)?;
+            let t = Instant::now();
+            let data = self.driver.save_image(&reference).map_err(|e| std::io::Error::other(e.to_string()));
+            glance.upload(Some(ctx), image_id, data).await.map_err(ImageError::from)?;
+            metrics::global().observe(
+                "nova_docker_operation_duration_seconds",
+                &[("operation", "snapshot"), ("phase", "upload")],
+                t.elapsed(),
+            );
+            Ok::<(), OpError>(())
+        }
+        .await;
+        if (!self.settings.docker.keep_snapshot_images || result.is_err())
+            && let Err(e) = self.driver.remove_image(&reference).await
+        {
+            tracing::warn!(instance = %uuid, image = %docker_image, error = %e, "could not remove the committed image");
+        }
+        result
+    }
+
+    /// Deletes the oldest backups of this instance and type beyond `keep`.
+    async fn rotate_backups(&self, ctx: &RequestContext, uuid: &str, rot: &Rotation) {
+        let filters = [("image_type", "backup"), ("backup_type", rot.backup_type.as_str()), ("instance_uuid", uuid)];
+        match self.images.glance().list(Some(ctx), &filters).await {
+            Ok(images) => {
+                for old in images.iter().skip(rot.keep) {
+                    tracing::info!(instance = uuid, image = %old.id, "rotating out an old backup");
+                    if let Err(e) = self.images.glance().delete(Some(ctx), &old.id).await {
+                        tracing::warn!(instance = uuid, image = %old.id, error = %e, "could not delete an old backup");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(instance = uuid, error = %e, "could not list backups to rotate"),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Keeping Nova and Docker in agreement: start-up recovery (Nova's
+//! `init_host` / `_init_instance`), power-state sync driven by Docker's event
+//! stream (with a periodic full pass as a safety net), and containers whose
+//! instance is gone (`running_deleted_instance_action`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::errors::OpError;
+use super::manager::ComputeManager;
+use super::states::{task, vm};
+use crate::conductor::Expected;
+use crate::config::DeletedInstanceAction;
+use crate::metrics;
+use crate::objects::Instance;
+use crate::rpc::RequestContext;
+use crate::virt::{Driver, PowerState, VirtError};
+
+const BUILD_TASKS: &[&str] = &[task::SCHEDULING, task::BLOCK_DEVICE_MAPPING, task::NETWORKING, task::SPAWNING];
+const SNAPSHOT_TASKS: &[&str] = &[
+    task::IMAGE_SNAPSHOT_PENDING,
+    task::IMAGE_SNAPSHOT,
+    task::IMAGE_PENDING_UPLOAD,
+    task::IMAGE_UPLOADING,
+    task::IMAGE_BACKUP,
+];
+
+impl<D: Driver> ComputeManager<D> {
+    /// `set_host_enabled`: the COMPUTE_STATUS_DISABLED trait follows.
+    pub async fn set_host_enabled(&self, enabled: bool) {
+        if let Some(records) = self.records.get() {
+            records.disabled.store(!enabled, std::sync::atomic::Ordering::SeqCst);
+            if let Err(e) = self.registrar.sync_traits(records).await {
+                tracing::warn!(error = %e, "could not update the provider's COMPUTE_STATUS_DISABLED trait");
+            }
+        }
+    }
+
+    /// Start-up recovery of every instance Nova places on this host.
+    pub async fn init_host(&self, ctx: &RequestContext) -> Result<(), OpError> {
+        let instances = self.conductor.instances_on_host(ctx).await?;
+        tracing::info!(count = instances.len(), "recovering instances of this host");
+        for i in instances {
+            let uuid = i.uuid().to_string();
+            if let Err(e) = self.init_instance(ctx, i).await {
+                tracing::warn!(instance = %uuid, error = %e, "start-up recovery of the instance failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn init_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
+        let uuid = i.uuid().to_string();
+        let _lock = self.locks.lock(&uuid).await;
+        let vm_state = i.vm_state().unwrap_or("").to_string();
+        let task_state = i.task_state().map(str::to_string);
+        if matches!(vm_state.as_str(), vm::DELETED | vm::SOFT_DELETED) && task_state.is_none() {
+            return Ok(());
+        }
+        if vm_state == vm::BUILDING || task_state.as_deref().is_some_and(|t| BUILD_TASKS.contains(&t)) {
+            tracing::warn!(instance = %uuid, "the build was interrupted by a restart of this service; setting ERROR");
+            let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+            let e = OpError::Invalid("the build was interrupted by a restart of the compute service".into());
+            self.record_fault(ctx, &uuid, &e).await;
+            self.set_error_state(ctx, &mut i, true).await;
+            return Ok(());
+        }
+        if task_state.as_deref() == Some(task::DELETING) {
+            tracing::info!(instance = %uuid, "finishing a deletion interrupted by a restart");
+            drop(_lock);
+            return self.terminate_instance(ctx, i).await;
+        }
+        let current = match self.driver.get_info(&uuid).await {
+            Ok(info) => info.state,
+            Err(VirtError::NotFound(_)) => PowerState::NoState,
+            Err(e) => return Err(e.into()),
+        };
+        match task_state.as_deref() {
+            Some(t) if SNAPSHOT_TASKS.contains(&t) => {
+                tracing::info!(instance = %uuid, task = t, "resetting a snapshot interrupted by a restart");
+                if current == PowerState::Paused && vm_state != vm::PAUSED && vm_state != vm::SUSPENDED {
+                    // The engine pauses during commit; thaw what we froze.
+                    let _ = self.driver.unpause(&uuid).await;
+                }
+            }
+            Some(task::POWERING_OFF) => {
+                if current == PowerState::Running {
+                    let _ = self.driver.power_off(&uuid, self.settings.shutdown_timeout).await;
+                }
+                i.set("vm_state", vm::STOPPED);
+            }
+            Some(task::POWERING_ON) => {
+                if current != PowerState::Running {
+                    let _ = self.driver.power_on(&uuid).await;
+                }
+                i.set("vm_state", vm::ACTIVE);
+            }
+            Some(t) if t.starts_with("reboot") => {
+                if current != PowerState::Running {
+                    let _ = self.driver.power_on(&uuid).await;
+                }
+                i.set("vm_state", vm::ACTIVE);
+            }
+            Some(task::PAUSING) | Some(task::SUSPENDING) => {
+                let _ = self.driver.pause(&uuid).await;
+                i.set(
+                    "vm_state",
+                    if task_state.as_deref() == Some(task::PAUSING) { vm::PAUSED } else { vm::SUSPENDED },
+                );
+            }
+            Some(task::UNPAUSING) | Some(task::RESUMING) => {
+                let _ = self.driver.unpause(&uuid).await;
+                i.set("vm_state", vm::ACTIVE);
+            }
+            None if vm_state == vm::ACTIVE
+                && self.settings.resume_guests_state_on_host_boot
+                && matches!(current, PowerState::Shutdown | PowerState::Crashed) =>
+            {
+                tracing::info!(instance = %uuid, "starting the container again (resume_guests_state_on_host_boot)");
+                let _ = self.driver.power_on(&uuid).await;
+            }
+            _ => {}
+        }
+        let now = self.power_state_of(&uuid).await?;
+        if now == PowerState::Running
+            && let Err(e) = self.ensure_plugged(&i).await
+        {
+            tracing::warn!(instance = %uuid, error = %e, "could not plug the instance's ports at start-up");
+        }
+        let mut changed = task_state.is_some();
+        if task_state.is_some() {
+            i.set("task_state", Value::Null);
+        }
+        let reported = nova_power_state(now, i.vm_state());
+        if i.power_state() != reported.code() {
+            i.set("power_state", reported.code());
+            changed = true;
+        }
+        if changed {
+            self.save(ctx, &mut i, Expected::Any).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings one instance's Nova record in line with its container (Nova's
+    /// `_sync_instance_power_state`); skipped while an operation runs on it.
+    pub async fn sync_instance(&self, ctx: &RequestContext, uuid: &str) -> Result<(), OpError> {
+        if self.is_busy(uuid) {
+            return Ok(());
+        }
+        let _lock = self.locks.lock(uuid).await;
+        let mut i = match self.conductor.instance_get(ctx, uuid).await {
+            Ok(i) => i,
+            Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if i.host() != Some(self.host()) || i.task_state().is_some() {
+            return Ok(());
+        }
+        let info = match self.driver.get_info(uuid).await {
+            Ok(info) => Some(info),
+            Err(VirtError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let state = info.as_ref().map(|i| i.state).unwrap_or(PowerState::NoState);
+        let vm_state = i.vm_state().unwrap_or("").to_string();
+        let mut fault = None;
+        match (vm_state.as_str(), state) {
+            (vm::ACTIVE, PowerState::Shutdown | PowerState::Crashed) => {
+                tracing::warn!(instance = uuid, "the container stopped outside Nova; recording SHUTOFF");
+                if info.as_ref().is_some_and(|x| x.oom_killed) {
+                    fault = Some(OpError::Invalid(
+                        "the container was killed for exceeding its memory limit (the flavor's RAM)".into(),
+                    ));
+                }
+                i.set("vm_state", vm::STOPPED);
+                i.set("power_state", PowerState::Shutdown.code());
+                // Its namespace entry would keep the dead namespace alive.
+                self.forget_netns(uuid).await;
+            }
+            (vm::STOPPED, PowerState::Running | PowerState::Paused) => {
+                tracing::warn!(instance = uuid, "the container runs but Nova has it stopped; stopping it");
+                let off = self.driver.power_off(uuid, self.settings.shutdown_timeout).await?;
+                i.set("power_state", nova_power_state(off.state, Some(vm::STOPPED)).code());
+            }
+            (vm::PAUSED | vm::SUSPENDED, PowerState::Shutdown | PowerState::Crashed) => {
+                i.set("vm_state", vm::STOPPED);
+                i.set("power_state", PowerState::Shutdown.code());
+            }
+            _ => {
+                let reported = nova_power_state(state, i.vm_state());
+                if i.power_state() != reported.code() {
+                    i.set("power_state", reported.code());
+                }
+                if vm_state == vm::ACTIVE && state == PowerState::Running {
+                    self.ensure_plugged(&i).await?;
+                }
+            }
+        }
+        if i.obj.changes().is_empty() {
+            return Ok(());
+        }
+        if let Some(e) = &fault {
+            self.record_fault(ctx, uuid, e).await;
+        }
+        self.save(ctx, &mut i, Expected::OneOf(vec![None])).await
+    }
+
+    /// Follows Docker's event stream until `stop`, syncing the instances it
+    /// names. When the engine goes away (restart, upgrade) it waits for it to
+    /// answer again, subscribes anew and reconciles every instance, so
+    /// nothing that happened meanwhile stays wrong in Nova.
+    pub async fn watch_events(self: Arc<Self>, stop: CancellationToken) {
+        let mut first = true;
+        while !stop.is_cancelled() {
+            let mut events = self.driver.events();
+            if !first {
+                tracing::info!("Docker event stream resumed; reconciling all instances");
+                self.sync_all(&RequestContext::admin()).await;
+            }
+            first = false;
+            loop {
+                let next = tokio::select! {
+                    e = events.next() => e,
+                    _ = stop.cancelled() => return,
+                };
+                match next {
+                    Some(Ok(ev)) => self.clone().on_event(ev),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Docker event stream failed");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("Docker event stream ended");
+                        break;
+                    }
+                }
+            }
+            // Wait for the engine before subscribing again.
+            let mut logged = false;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                match self.driver.ping().await {
+                    Ok(()) => break,
+                    Err(e) if !logged => {
+                        tracing::warn!(error = %e, "the Docker engine does not answer; waiting for it");
+                        logged = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn on_event(self: Arc<Self>, ev: crate::virt::LifecycleEvent) {
+        metrics::global().inc("nova_docker_docker_events_total", &[("action", ev.action.as_str())]);
+        let relevant = ["die", "stop", "kill", "oom", "start", "pause", "unpause", "destroy", "restart"];
+        if !relevant.iter().any(|a| ev.action.starts_with(a)) {
+            return;
+        }
+        tokio::spawn(async move {
+            // Let the engine settle (die, then stop).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Err(e) = self.sync_instance(&RequestContext::admin(), &ev.uuid).await {
+                tracing::warn!(instance = %ev.uuid, error = %e, "power-state sync failed");
+            }
+        });
+    }
+
+    /// A full pass: every instance of this host, and containers without one.
+    pub async fn sync_all(&self, ctx: &RequestContext) {
+        let containers = match self.driver.list_instances().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers for the power-state sync");
+                return;
+            }
+        };
+        let instances = match self.conductor.instances_on_host(ctx).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list instances for the power-state sync");
+                return;
+            }
+        };
+        self.census.replace(instances.iter().map(|i| (i.uuid(), i.vm_state().unwrap_or("unknown"))));
+        for i in &instances {
+            if let Err(e) = self.sync_instance(ctx, i.uuid()).await {
+                tracing::warn!(instance = i.uuid(), error = %e, "power-state sync failed");
+            }
+        }
+        self.sweep_netns_entries().await;
+        let known: HashSet<&str> = instances.iter().map(|i| i.uuid()).collect();
+        for c in containers.iter().filter(|c| !known.contains(c.uuid.as_str()) && !self.is_busy(&c.uuid)) {
+            self.handle_orphan(ctx, &c.uuid, c.state).await;
+        }
+    }
+
+    /// A container of this host whose instance Nova does not place here.
+    async fn handle_orphan(&self, ctx: &RequestContext, uuid: &str, state: PowerState) {
+        match self.conductor.instance_get(ctx, uuid).await {
+            Ok(i) if i.host() == Some(self.host()) && i.vm_state() != Some(vm::DELETED) => return,
+            Ok(i) if i.vm_state() != Some(vm::DELETED) => {
+                tracing::warn!(instance = uuid, nova_host = ?i.host(), "a container here belongs to an instance Nova places elsewhere; left alone");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.is_nova("InstanceNotFound") => {}
+            Err(e) => {
+                tracing::warn!(instance = uuid, error = %e, "cannot check a container's instance");
+                return;
+            }
+        }
+        let action = self.settings.running_deleted_instance_action;
+        match action {
+            DeletedInstanceAction::Noop => {}
+            DeletedInstanceAction::Log => {
+                tracing::warn!(
+                    instance = uuid,
+                    ?state,
+                    "container of a deleted instance (running_deleted_instance_action=log)"
+                )
+            }
+            DeletedInstanceAction::Shutdown => {
+                if state == PowerState::Running || state == PowerState::Paused {
+                    tracing::warn!(instance = uuid, "stopping the container of a deleted instance");
+                    let _ = self.driver.power_off(uuid, self.settings.shutdown_timeout).await;
+                }
+            }
+            DeletedInstanceAction::Reap => {
+                tracing::warn!(instance = uuid, "removing the container of a deleted instance");
+                if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout).await {
+                    tracing::warn!(instance = uuid, error = %e, "could not remove the container");
+                }
+            }
+        }
+    }
+}
+
+/// The power state Nova should record: a frozen container is PAUSED, or
+/// SUSPENDED when Nova suspended it (containers have no memory image).
+pub fn nova_power_state(engine: PowerState, vm_state: Option<&str>) -> PowerState {
+    match (engine, vm_state) {
+        (PowerState::Paused, Some(vm::SUSPENDED)) => PowerState::Suspended,
+        (PowerState::Crashed, _) => PowerState::Shutdown,
+        (s, _) => s,
+    }
+}

@@ -1,0 +1,526 @@
+//! The conductor API a compute host uses for every database read and write.
+//!
+//! nova-compute has no database access: each `@remotable` object call becomes
+//! an RPC call to topic `conductor` (`object_class_action_versions` for class
+//! methods, `object_action` for instance methods), version 3.0. This module
+//! wraps those calls for the objects this service uses, with the object
+//! versions of the release it talks to.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, manifest_json};
+use crate::release::Release;
+use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
+
+/// A conductor call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConductorError {
+    #[error("conductor call {method} failed: {source}")]
+    Call { method: String, source: CallError },
+    #[error("conductor returned an unusable {what}: {detail}")]
+    BadResult { what: &'static str, detail: String },
+}
+
+impl ConductorError {
+    /// The Nova exception the conductor raised, if that is what happened.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            ConductorError::Call { source, .. } => source.remote(),
+            _ => None,
+        }
+    }
+
+    /// Whether the conductor raised `nova.exception.<class>`.
+    pub fn is_nova(&self, class: &str) -> bool {
+        self.remote().is_some_and(|e| e.is_nova(class))
+    }
+
+    /// Whether the failure means the instance is gone or was changed by
+    /// someone else (the operation must stop, nothing to report).
+    pub fn instance_vanished_or_changed(&self) -> bool {
+        ["InstanceNotFound", "UnexpectedDeletingTaskStateError", "UnexpectedTaskStateError"]
+            .iter()
+            .any(|c| self.is_nova(c))
+    }
+}
+
+impl From<ObjectError> for ConductorError {
+    fn from(e: ObjectError) -> Self {
+        ConductorError::BadResult { what: "object", detail: e.to_string() }
+    }
+}
+
+/// The `expected_task_state` of `Instance.save`.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    /// No check.
+    Any,
+    /// The task state must be one of these (None = no task).
+    OneOf(Vec<Option<&'static str>>),
+}
+
+impl Expected {
+    /// Exactly this task state.
+    pub fn task(state: &'static str) -> Self {
+        Expected::OneOf(vec![Some(state)])
+    }
+
+    fn to_json(&self) -> Option<Value> {
+        match self {
+            Expected::Any => None,
+            Expected::OneOf(states) if states.len() == 1 => Some(json!(states[0])),
+            Expected::OneOf(states) => Some(json!(states)),
+        }
+    }
+}
+
+/// Client of nova-conductor's object API.
+#[derive(Clone)]
+pub struct Conductor {
+    rpc: RpcClient,
+    release: std::sync::Arc<OnceLock<&'static Release>>,
+    host: String,
+}
+
+fn service_manifest() -> Manifest {
+    vec![
+        ("Service", "1.22"),
+        ("ComputeNode", "1.19"),
+        ("HVSpec", "1.2"),
+        ("PciDevicePoolList", "1.1"),
+        ("PciDevicePool", "1.1"),
+    ]
+}
+
+fn compute_node_manifest() -> Manifest {
+    vec![("ComputeNode", "1.19"), ("HVSpec", "1.2"), ("PciDevicePoolList", "1.1"), ("PciDevicePool", "1.1")]
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+impl Conductor {
+    /// A conductor client for `host`.
+    pub fn new(rpc: RpcClient, host: &str) -> Self {
+        Conductor { rpc, release: Default::default(), host: host.to_string() }
+    }
+
+    /// Fixes the release once known (object versions depend on it).
+    pub fn set_release(&self, release: &'static Release) {
+        let _ = self.release.set(release);
+    }
+
+    /// The release, once set (Zed's versions until then).
+    pub fn release(&self) -> &'static Release {
+        self.release.get().copied().unwrap_or(&crate::release::ZED)
+    }
+
+    /// The compute host name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn instance_manifest(&self) -> Manifest {
+        vec![
+            ("Instance", self.release().instance_version),
+            ("InstanceList", "2.6"),
+            ("BlockDeviceMapping", "1.21"),
+            ("BlockDeviceMappingList", "1.18"),
+            ("EC2Ids", "1.0"),
+            ("Flavor", "1.2"),
+            ("InstanceDeviceMetadata", "1.0"),
+            ("DeviceMetadata", "1.0"),
+            ("InstanceFault", "1.2"),
+            ("InstanceInfoCache", "1.5"),
+            ("InstanceNUMATopology", "1.3"),
+            ("InstanceNUMACell", "1.6"),
+            ("VirtCPUTopology", "1.0"),
+            ("InstancePCIRequests", "1.1"),
+            ("InstancePCIRequest", "1.4"),
+            ("KeyPairList", "1.3"),
+            ("KeyPair", "1.4"),
+            ("MigrationContext", "1.2"),
+            ("PciDeviceList", "1.3"),
+            ("PciDevice", "1.7"),
+            ("ResourceList", "1.0"),
+            ("Resource", "1.0"),
+            ("ResourceMetadata", "1.0"),
+            ("SecurityGroupList", "1.1"),
+            ("SecurityGroup", "1.2"),
+            ("ServiceList", "1.19"),
+            ("Service", "1.22"),
+            ("ComputeNode", "1.19"),
+            ("HVSpec", "1.2"),
+            ("PciDevicePoolList", "1.1"),
+            ("PciDevicePool", "1.1"),
+            ("TagList", "1.1"),
+            ("Tag", "1.1"),
+            ("TrustedCerts", "1.0"),
+            ("VirtCPUModel", "1.0"),
+        ]
+    }
+
+    async fn call(
+        &self,
+        ctx: &RequestContext,
+        method: &str,
+        a: Value,
+        timeout: Option<Duration>,
+        what: String,
+    ) -> Result<Value, ConductorError> {
+        let target = Target::new("conductor", "3.0");
+        self.rpc
+            .call(ctx, &target, method, args(a), timeout)
+            .await
+            .map_err(|source| ConductorError::Call { method: what, source })
+    }
+
+    /// A remotable classmethod (`object_class_action_versions`).
+    pub async fn class_action(
+        &self,
+        ctx: &RequestContext,
+        objname: &str,
+        objmethod: &str,
+        manifest: &Manifest,
+        call_args: Vec<Value>,
+        kwargs: Value,
+    ) -> Result<Value, ConductorError> {
+        self.call(
+            ctx,
+            "object_class_action_versions",
+            json!({"objname": objname, "objmethod": objmethod, "object_versions": manifest_json(manifest),
+                   "args": call_args, "kwargs": kwargs}),
+            None,
+            format!("{objname}.{objmethod}"),
+        )
+        .await
+    }
+
+    /// A remotable method on an object (`object_action`): sends the object
+    /// with its changes, applies the conductor's updates, returns the result.
+    pub async fn object_action(
+        &self,
+        ctx: &RequestContext,
+        obj: &mut NovaObject,
+        objmethod: &str,
+        kwargs: Value,
+    ) -> Result<Value, ConductorError> {
+        let what = format!("{}.{objmethod}", obj.name());
+        let reply = self
+            .call(
+                ctx,
+                "object_action",
+                json!({"objinst": obj.to_primitive(), "objmethod": objmethod, "args": [], "kwargs": kwargs}),
+                None,
+                what.clone(),
+            )
+            .await?;
+        match reply {
+            Value::Array(mut pair) if pair.len() == 2 => {
+                let result = pair.pop().unwrap_or(Value::Null);
+                let updates = pair.pop().unwrap_or(Value::Null);
+                obj.apply_updates(&updates);
+                Ok(result)
+            }
+            other => Err(ConductorError::BadResult { what: "object_action reply", detail: format!("{what}: {other}") }),
+        }
+    }
+
+    /// `baseapi.ping`: true when the conductor answers within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), ConductorError> {
+        let target = Target::new("conductor", "1.0").namespace("baseapi");
+        self.rpc
+            .call(&RequestContext::admin(), &target, "ping", args(json!({"arg": "1.21 GigaWatts"})), Some(timeout))
+            .await
+            .map(|_| ())
+            .map_err(|source| ConductorError::Call { method: "ping".into(), source })
+    }
+
+    /// Waits for the conductor like `nova.conductor.api.API.wait_until_ready`:
+    /// pings with a 10 s timeout until it answers (forever, logging).
+    pub async fn wait_until_ready(&self) {
+        let mut attempt = 0u32;
+        loop {
+            match self.ping(Duration::from_secs(10)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "nova-conductor not answering yet; retrying");
+                    if !matches!(e, ConductorError::Call { source: CallError::Timeout { .. }, .. }) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Service.get_minimum_version(binary)`.
+    pub async fn service_minimum_version(&self, ctx: &RequestContext, binary: &str) -> Result<i64, ConductorError> {
+        let v = self
+            .class_action(ctx, "Service", "get_minimum_version", &service_manifest(), vec![json!(binary)], json!({}))
+            .await?;
+        v.as_i64().ok_or(ConductorError::BadResult { what: "service version", detail: v.to_string() })
+    }
+
+    /// `Service.get_by_host_and_binary(host, "nova-compute")`.
+    pub async fn service_get(&self, ctx: &RequestContext) -> Result<Option<Service>, ConductorError> {
+        let v = self
+            .class_action(
+                ctx,
+                "Service",
+                "get_by_host_and_binary",
+                &service_manifest(),
+                vec![json!(self.host), json!("nova-compute")],
+                json!({}),
+            )
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        Ok(Some(Service::from_primitive(&v)?))
+    }
+
+    /// `Service.create`.
+    pub async fn service_create(&self, ctx: &RequestContext, service: &mut Service) -> Result<(), ConductorError> {
+        self.object_action(ctx, &mut service.obj, "create", json!({})).await.map(|_| ())
+    }
+
+    /// `Service.save` (heartbeats, version updates).
+    pub async fn service_save(&self, ctx: &RequestContext, service: &mut Service) -> Result<(), ConductorError> {
+        self.object_action(ctx, &mut service.obj, "save", json!({})).await.map(|_| ())
+    }
+
+    /// `ComputeNode.get_by_uuid`; `None` when there is none.
+    pub async fn compute_node_by_uuid(
+        &self,
+        ctx: &RequestContext,
+        uuid: &str,
+    ) -> Result<Option<ComputeNode>, ConductorError> {
+        let r = self
+            .class_action(ctx, "ComputeNode", "get_by_uuid", &compute_node_manifest(), vec![json!(uuid)], json!({}))
+            .await;
+        optional_compute_node(r)
+    }
+
+    /// `ComputeNode.get_by_host_and_nodename`; `None` when there is none.
+    pub async fn compute_node_by_name(
+        &self,
+        ctx: &RequestContext,
+        nodename: &str,
+    ) -> Result<Option<ComputeNode>, ConductorError> {
+        let r = self
+            .class_action(
+                ctx,
+                "ComputeNode",
+                "get_by_host_and_nodename",
+                &compute_node_manifest(),
+                vec![json!(self.host), json!(nodename)],
+                json!({}),
+            )
+            .await;
+        optional_compute_node(r)
+    }
+
+    /// `ComputeNode.create`.
+    pub async fn compute_node_create(
+        &self,
+        ctx: &RequestContext,
+        node: &mut ComputeNode,
+    ) -> Result<(), ConductorError> {
+        self.object_action(ctx, &mut node.obj, "create", json!({})).await.map(|_| ())
+    }
+
+    /// `ComputeNode.save` of the changed fields (no-op without changes).
+    pub async fn compute_node_save(&self, ctx: &RequestContext, node: &mut ComputeNode) -> Result<(), ConductorError> {
+        if node.obj.changes().is_empty() {
+            return Ok(());
+        }
+        self.object_action(ctx, &mut node.obj, "save", json!({})).await.map(|_| ())
+    }
+
+    /// `Instance.get_by_uuid`, with the attributes a compute needs.
+    pub async fn instance_get(&self, ctx: &RequestContext, uuid: &str) -> Result<Instance, ConductorError> {
+        let v = self
+            .class_action(
+                ctx,
+                "Instance",
+                "get_by_uuid",
+                &self.instance_manifest(),
+                vec![json!(uuid)],
+                json!({"expected_attrs": ["flavor", "info_cache", "metadata", "system_metadata"]}),
+            )
+            .await?;
+        Ok(Instance::from_primitive(&v)?)
+    }
+
+    /// `InstanceList.get_by_host(host)`.
+    pub async fn instances_on_host(&self, ctx: &RequestContext) -> Result<Vec<Instance>, ConductorError> {
+        let v = self
+            .class_action(
+                ctx,
+                "InstanceList",
+                "get_by_host",
+                &self.instance_manifest(),
+                vec![json!(self.host)],
+                json!({"expected_attrs": ["flavor", "info_cache", "metadata", "system_metadata"]}),
+            )
+            .await?;
+        let list = NovaObject::expect(&v, "InstanceList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        objects.iter().map(|o| Instance::from_primitive(o).map_err(Into::into)).collect()
+    }
+
+    /// `Instance.save(expected_task_state=...)` of the changed fields.
+    pub async fn instance_save(
+        &self,
+        ctx: &RequestContext,
+        instance: &mut Instance,
+        expected: Expected,
+    ) -> Result<(), ConductorError> {
+        let mut kwargs = Map::new();
+        if let Some(e) = expected.to_json() {
+            kwargs.insert("expected_task_state".into(), e);
+        }
+        self.object_action(ctx, &mut instance.obj, "save", Value::Object(kwargs)).await.map(|_| ())
+    }
+
+    /// `Instance.destroy()` (soft delete of the row, as nova-compute does).
+    pub async fn instance_destroy(&self, ctx: &RequestContext, instance: &mut Instance) -> Result<(), ConductorError> {
+        self.object_action(ctx, &mut instance.obj, "destroy", json!({})).await.map(|_| ())
+    }
+
+    /// `InstanceActionEvent.event_start`: the action row is nova-api's; a
+    /// missing action (`InstanceActionNotFound`) is not an error for us.
+    pub async fn event_start(&self, ctx: &RequestContext, uuid: &str, event: &str) {
+        let r = self
+            .class_action(
+                ctx,
+                "InstanceActionEvent",
+                "event_start",
+                &vec![("InstanceActionEvent", "1.4")],
+                vec![json!(uuid), json!(event)],
+                json!({"want_result": false, "host": self.host}),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(instance = uuid, event, error = %e, "could not record the action event start");
+        }
+    }
+
+    /// `InstanceActionEvent.event_finish_with_failure` (failure = message and
+    /// traceback text; `Error` result when present).
+    pub async fn event_finish(&self, ctx: &RequestContext, uuid: &str, event: &str, failure: Option<(&str, &str)>) {
+        let (exc_val, exc_tb) = match failure {
+            Some((v, tb)) => (json!(v), json!(tb)),
+            None => (Value::Null, Value::Null),
+        };
+        let r = self
+            .class_action(
+                ctx,
+                "InstanceActionEvent",
+                "event_finish_with_failure",
+                &vec![("InstanceActionEvent", "1.4")],
+                vec![json!(uuid), json!(event)],
+                json!({"exc_val": exc_val, "exc_tb": exc_tb, "want_result": false}),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(instance = uuid, event, error = %e, "could not record the action event finish");
+        }
+    }
+
+    /// `InstanceFault.create`, as `add_instance_fault_from_exc` does.
+    pub async fn fault_create(&self, ctx: &RequestContext, uuid: &str, code: u16, message: &str, details: &str) {
+        let mut fault = NovaObject::new("InstanceFault", "1.2");
+        fault.set("instance_uuid", uuid);
+        fault.set("code", code);
+        // The DB column is 255 characters.
+        fault.set("message", message.chars().take(255).collect::<String>());
+        fault.set("details", details);
+        fault.set("host", self.host.as_str());
+        if let Err(e) = self.object_action(ctx, &mut fault, "create", json!({})).await {
+            tracing::warn!(instance = uuid, error = %e, "could not record the instance fault");
+        }
+    }
+
+    /// `InstanceInfoCache.get_by_instance_uuid`, put on `instance` (Nova's
+    /// lazy load of `info_cache`, for an instance the API sent without it).
+    /// An instance with no cache row gets an empty one.
+    pub async fn info_cache_load(&self, ctx: &RequestContext, instance: &mut Instance) -> Result<(), ConductorError> {
+        let uuid = instance.uuid().to_string();
+        let loaded = self
+            .class_action(
+                ctx,
+                "InstanceInfoCache",
+                "get_by_instance_uuid",
+                &vec![("InstanceInfoCache", "1.5")],
+                vec![json!(uuid)],
+                json!({}),
+            )
+            .await;
+        let prim = match loaded {
+            Ok(v) => v,
+            Err(e) if e.is_nova("InstanceInfoCacheNotFound") => {
+                let mut empty = NovaObject::new("InstanceInfoCache", "1.5");
+                empty.set_clean("instance_uuid", uuid);
+                empty.set_clean("network_info", "[]");
+                empty.to_primitive()
+            }
+            Err(e) => return Err(e),
+        };
+        instance.obj.set_clean("info_cache", prim);
+        Ok(())
+    }
+
+    /// `InstanceInfoCache.save` of a new network_info (JSON text).
+    pub async fn info_cache_save(
+        &self,
+        ctx: &RequestContext,
+        instance: &mut Instance,
+        network_info_json: &str,
+    ) -> Result<(), ConductorError> {
+        let mut cache = NovaObject::new("InstanceInfoCache", "1.5");
+        cache.set_clean("instance_uuid", instance.uuid());
+        cache.set("network_info", network_info_json);
+        self.object_action(ctx, &mut cache, "save", json!({})).await?;
+        // Keep our copy of the instance in step, without marking it changed.
+        let prim = cache.to_primitive();
+        instance.obj.set_clean("info_cache", prim);
+        Ok(())
+    }
+
+    /// `ConsoleAuthToken.clean_console_auths_for_instance` (part of a delete).
+    pub async fn clean_console_auths(&self, ctx: &RequestContext, uuid: &str) {
+        let r = self
+            .class_action(
+                ctx,
+                "ConsoleAuthToken",
+                "clean_console_auths_for_instance",
+                &vec![("ConsoleAuthToken", "1.1")],
+                vec![json!(uuid)],
+                json!({}),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(instance = uuid, error = %e, "console auth cleanup failed");
+        }
+    }
+}
+
+/// A ComputeNode lookup's answer: `None` when the conductor has none (a
+/// null result or ComputeHostNotFound), so start-up creates it.
+fn optional_compute_node(r: Result<Value, ConductorError>) -> Result<Option<ComputeNode>, ConductorError> {
+    match r {
+        Ok(v) if v.is_null() => Ok(None),
+        Ok(v) => Ok(Some(ComputeNode::from_primitive(&v)?)),
+        Err(e) if e.is_nova("ComputeHostNotFound") => Ok(None),
+        Err(e) => Err(e),
+    }
+}

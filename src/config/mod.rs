@@ -1,0 +1,743 @@
+//! nova.conf-compatible settings.
+//!
+//! Files are read with an oslo.config-compatible parser ([`ini`]) and layered
+//! with the `config` crate: later `--config-file`s override earlier ones, and
+//! `OS_<GROUP>__<OPTION>` environment variables override files (oslo.config's
+//! environment source). Options this service does not know are ignored, so the
+//! nova.conf of a Python compute host can be used as it is.
+
+pub mod ini;
+pub mod options;
+pub mod transport_url;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use options::{Kind, Opt};
+pub use transport_url::{BrokerAddress, TransportUrl};
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: ini::IniError },
+    #[error("[{group}] {name} = {value:?} is not a valid {expected}")]
+    BadValue { group: &'static str, name: &'static str, value: String, expected: &'static str },
+    #[error("[{group}] {name} must be set")]
+    Missing { group: &'static str, name: &'static str },
+    #[error("[DEFAULT] transport_url: {0}")]
+    TransportUrl(#[from] transport_url::TransportUrlError),
+    #[error("configuration: {0}")]
+    Layering(#[from] config::ConfigError),
+}
+
+/// One INI file as a `config` source: keys are `group.option`.
+#[derive(Debug, Clone)]
+struct IniSource {
+    origin: String,
+    file: ini::IniFile,
+}
+
+impl config::Source for IniSource {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let mut map = config::Map::new();
+        for (group, key, value) in self.file.entries() {
+            // Keys with dots cannot be addressed as paths and are never ours.
+            if key.contains('.') || group.contains('.') {
+                continue;
+            }
+            map.insert(
+                format!("{group}.{key}"),
+                config::Value::new(Some(&self.origin), config::ValueKind::String(value.to_string())),
+            );
+        }
+        Ok(map)
+    }
+}
+
+/// `OS_<GROUP>__<OPTION>` variables for the options we know.
+#[derive(Debug, Clone)]
+struct EnvSource {
+    vars: BTreeMap<String, String>,
+}
+
+impl EnvSource {
+    fn from_env() -> Self {
+        let mut vars = BTreeMap::new();
+        for opt in options::ALL {
+            let name = format!("OS_{}__{}", opt.group.to_uppercase(), opt.name.to_uppercase());
+            if let Ok(value) = std::env::var(&name) {
+                vars.insert(format!("{}.{}", opt.group, opt.name), value);
+            }
+        }
+        EnvSource { vars }
+    }
+}
+
+impl config::Source for EnvSource {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let origin = "environment".to_string();
+        Ok(self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), config::Value::new(Some(&origin), config::ValueKind::String(v.clone()))))
+            .collect())
+    }
+}
+
+/// The layered option values, read through the option table.
+#[derive(Debug, Clone)]
+pub struct Layered {
+    cfg: config::Config,
+}
+
+impl Layered {
+    /// Reads the files in order (later ones win) plus the environment.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        for path in paths {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let file =
+                ini::IniFile::parse(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+            builder = builder.add_source(IniSource { origin: path.display().to_string(), file });
+        }
+        builder = builder.add_source(EnvSource::from_env());
+        Ok(Layered { cfg: builder.build()? })
+    }
+
+    /// Builds from INI text (tests, and `check` on an in-memory file).
+    pub fn from_text(text: &str) -> Result<Self, ConfigError> {
+        let file =
+            ini::IniFile::parse(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<text>"), source })?;
+        let cfg = config::Config::builder().add_source(IniSource { origin: "<text>".into(), file }).build()?;
+        Ok(Layered { cfg })
+    }
+
+    /// The raw text of an option (set value, else its default).
+    pub fn raw(&self, opt: &Opt) -> Option<String> {
+        self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
+    }
+
+    /// A string option; `None` when unset and without default, or set empty.
+    pub fn string(&self, opt: &Opt) -> Option<String> {
+        debug_assert!(matches!(opt.kind, Kind::Str | Kind::Secret));
+        self.raw(opt).filter(|s| !s.is_empty())
+    }
+
+    /// A required string option.
+    pub fn required(&self, opt: &Opt) -> Result<String, ConfigError> {
+        self.string(opt).ok_or(ConfigError::Missing { group: opt.group, name: opt.name })
+    }
+
+    /// An integer option.
+    pub fn int(&self, opt: &Opt) -> Result<Option<i64>, ConfigError> {
+        debug_assert_eq!(opt.kind, Kind::Int);
+        self.parsed(opt, "integer", |s| s.parse::<i64>().ok())
+    }
+
+    /// A floating-point option.
+    pub fn float(&self, opt: &Opt) -> Result<Option<f64>, ConfigError> {
+        debug_assert_eq!(opt.kind, Kind::Float);
+        self.parsed(opt, "number", |s| s.parse::<f64>().ok())
+    }
+
+    /// A boolean option, spelled as oslo.config accepts.
+    pub fn bool(&self, opt: &Opt) -> Result<bool, ConfigError> {
+        debug_assert_eq!(opt.kind, Kind::Bool);
+        Ok(self.parsed(opt, "boolean", parse_bool)?.unwrap_or(false))
+    }
+
+    /// A comma-separated list option.
+    pub fn list(&self, opt: &Opt) -> Vec<String> {
+        debug_assert_eq!(opt.kind, Kind::List);
+        self.raw(opt)
+            .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    fn parsed<T>(
+        &self,
+        opt: &Opt,
+        expected: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(opt) {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() => Ok(None),
+            Some(s) => parse(s.trim()).map(Some).ok_or(ConfigError::BadValue {
+                group: opt.group,
+                name: opt.name,
+                value: s,
+                expected,
+            }),
+        }
+    }
+}
+
+/// oslo.config's boolean spellings.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// How a service authenticates an HTTP client (keystoneauth's `auth_type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthSettings {
+    /// Use the token of the request being served (Glance, as Nova does).
+    User,
+    /// No token at all.
+    None,
+    /// A static token sent to a fixed endpoint.
+    AdminToken { endpoint: Option<String>, token: String },
+    /// Keystone v3 password authentication; endpoints come from the catalog.
+    Password {
+        auth_url: String,
+        username: String,
+        password: String,
+        user_domain_name: String,
+        project_name: String,
+        project_domain_name: String,
+    },
+}
+
+/// Settings of one HTTP peer (Placement, Glance, Neutron).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSettings {
+    pub service_type: &'static str,
+    pub auth: AuthSettings,
+    pub endpoint_override: Option<String>,
+    pub region_name: Option<String>,
+    pub valid_interfaces: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Which RabbitMQ entities look like what the rest of the deployment declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RabbitSettings {
+    pub heartbeat_timeout_threshold: u16,
+    pub durable_queues: bool,
+    pub auto_delete: bool,
+    pub ha_queues: bool,
+    pub quorum_queue: bool,
+    pub quorum_delivery_limit: i64,
+    pub quorum_max_memory_length: i64,
+    pub quorum_max_memory_bytes: i64,
+    pub transient_queues_ttl: Duration,
+    pub prefetch_count: u16,
+    pub retry_interval: Duration,
+    pub retry_backoff: Duration,
+    pub interval_max: Duration,
+    pub missing_consumer_retry_timeout: Duration,
+}
+
+/// How vCPUs limit a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLimit {
+    Shares,
+    Quota,
+}
+
+/// What to do with containers whose instance Nova no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletedInstanceAction {
+    Noop,
+    Log,
+    Shutdown,
+    Reap,
+}
+
+/// Docker-side settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerSettings {
+    pub socket_path: PathBuf,
+    pub api_timeout: Duration,
+    pub pids_limit: i64,
+    pub cpu_limit: CpuLimit,
+    pub cpuset_cpus: Option<String>,
+    pub capabilities: Vec<String>,
+    pub seccomp_profile: Option<PathBuf>,
+    pub userns_mode: Option<String>,
+    pub read_only_rootfs: bool,
+    pub snapshot_pause: bool,
+    pub keep_snapshot_images: bool,
+    pub max_image_manifest_bytes: u64,
+}
+
+/// Everything the service reads from its configuration, typed and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub transport_url: TransportUrl,
+    pub control_exchange: String,
+    pub rpc_response_timeout: Duration,
+    pub long_rpc_timeout: Duration,
+    pub executor_pool_size: usize,
+    pub report_interval: Duration,
+    pub my_ip: Option<IpAddr>,
+    pub state_path: PathBuf,
+    pub debug: bool,
+    pub max_concurrent_builds: usize,
+    pub max_concurrent_snapshots: usize,
+    pub reserved_host_cpus: u64,
+    pub reserved_host_memory_mb: u64,
+    pub reserved_host_disk_mb: u64,
+    pub cpu_allocation_ratio: Option<f64>,
+    pub ram_allocation_ratio: Option<f64>,
+    pub disk_allocation_ratio: Option<f64>,
+    pub initial_cpu_allocation_ratio: Option<f64>,
+    pub initial_ram_allocation_ratio: Option<f64>,
+    pub initial_disk_allocation_ratio: f64,
+    pub update_resources_interval: Duration,
+    pub sync_power_state_interval: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub running_deleted_instance_action: DeletedInstanceAction,
+    pub running_deleted_instance_poll_interval: Option<Duration>,
+    pub vif_plugging_timeout: Duration,
+    pub vif_plugging_is_fatal: bool,
+    pub resume_guests_state_on_host_boot: bool,
+    pub instance_name_template: String,
+    pub graceful_shutdown_timeout: Duration,
+    pub rpc_max_message_bytes: usize,
+    pub nova_release: String,
+    pub metrics_listen: Option<String>,
+    pub log_json: bool,
+    pub rabbit: RabbitSettings,
+    pub placement: ServiceSettings,
+    pub glance: ServiceSettings,
+    pub neutron: ServiceSettings,
+    pub neutron_ovs_bridge: String,
+    pub glance_num_retries: u32,
+    pub docker: DockerSettings,
+    pub image_cache_interval: Option<Duration>,
+    pub image_cache_remove_unused: bool,
+    pub image_cache_minimum_age: Duration,
+}
+
+fn secs(v: i64) -> Duration {
+    Duration::from_secs(v.max(0) as u64)
+}
+
+fn secs_f(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.0))
+}
+
+/// Positive seconds, or `None` when the option disables the task (0 or negative).
+fn interval(v: i64) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_secs(v as u64))
+}
+
+impl Settings {
+    /// Loads and validates the settings from `--config-file`s in order.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+        Self::from_layered(&Layered::load(paths)?)
+    }
+
+    /// Validates settings from already layered values.
+    pub fn from_layered(l: &Layered) -> Result<Self, ConfigError> {
+        use options::*;
+        let int = |o: &Opt| -> Result<i64, ConfigError> {
+            l.int(o)?.ok_or(ConfigError::Missing { group: o.group, name: o.name })
+        };
+        let float = |o: &Opt| -> Result<f64, ConfigError> {
+            l.float(o)?.ok_or(ConfigError::Missing { group: o.group, name: o.name })
+        };
+        let ssl = l.bool(&RABBIT_SSL)?;
+        let transport_url = TransportUrl::parse(&l.required(&TRANSPORT_URL)?, ssl)?;
+        let my_ip = match l.string(&MY_IP) {
+            Some(s) => Some(s.parse().map_err(|_| ConfigError::BadValue {
+                group: MY_IP.group,
+                name: MY_IP.name,
+                value: s,
+                expected: "IP address",
+            })?),
+            None => None,
+        };
+        let cpu_limit = match l.string(&DOCKER_CPU_LIMIT).as_deref() {
+            Some("shares") | None => CpuLimit::Shares,
+            Some("quota") => CpuLimit::Quota,
+            Some(other) => {
+                return Err(ConfigError::BadValue {
+                    group: DOCKER_CPU_LIMIT.group,
+                    name: DOCKER_CPU_LIMIT.name,
+                    value: other.into(),
+                    expected: "choice of shares or quota",
+                });
+            }
+        };
+        let deleted_action = match l.string(&RUNNING_DELETED_INSTANCE_ACTION).as_deref() {
+            Some("noop") => DeletedInstanceAction::Noop,
+            Some("log") => DeletedInstanceAction::Log,
+            Some("shutdown") => DeletedInstanceAction::Shutdown,
+            Some("reap") | None => DeletedInstanceAction::Reap,
+            Some(other) => {
+                return Err(ConfigError::BadValue {
+                    group: RUNNING_DELETED_INSTANCE_ACTION.group,
+                    name: RUNNING_DELETED_INSTANCE_ACTION.name,
+                    value: other.into(),
+                    expected: "choice of noop, log, shutdown or reap",
+                });
+            }
+        };
+        let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
+        let release = l.string(&DOCKER_NOVA_RELEASE).unwrap_or_else(|| "auto".into());
+        if !matches!(release.as_str(), "auto" | "zed" | "2026.2") {
+            return Err(ConfigError::BadValue {
+                group: DOCKER_NOVA_RELEASE.group,
+                name: DOCKER_NOVA_RELEASE.name,
+                value: release,
+                expected: "choice of auto, zed or 2026.2",
+            });
+        }
+        let log_format = l.string(&DOCKER_LOG_FORMAT).unwrap_or_else(|| "text".into());
+        if !matches!(log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::BadValue {
+                group: DOCKER_LOG_FORMAT.group,
+                name: DOCKER_LOG_FORMAT.name,
+                value: log_format,
+                expected: "choice of text or json",
+            });
+        }
+        let glance_endpoint =
+            l.string(&GLANCE_ENDPOINT_OVERRIDE).or_else(|| l.list(&GLANCE_API_SERVERS).into_iter().next());
+
+        Ok(Settings {
+            host: l.string(&HOST).unwrap_or_else(system_hostname),
+            transport_url,
+            control_exchange: l.string(&CONTROL_EXCHANGE).unwrap_or_else(|| "nova".into()),
+            rpc_response_timeout: secs(int(&RPC_RESPONSE_TIMEOUT)?),
+            long_rpc_timeout: secs(int(&LONG_RPC_TIMEOUT)?),
+            executor_pool_size: int(&EXECUTOR_THREAD_POOL_SIZE)?.max(1) as usize,
+            report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
+            my_ip,
+            state_path: PathBuf::from(l.string(&STATE_PATH).unwrap_or_else(|| "/var/lib/nova".into())),
+            debug: l.bool(&DEBUG)?,
+            max_concurrent_builds: int(&MAX_CONCURRENT_BUILDS)?.max(0) as usize,
+            max_concurrent_snapshots: int(&MAX_CONCURRENT_SNAPSHOTS)?.max(0) as usize,
+            reserved_host_cpus: int(&RESERVED_HOST_CPUS)?.max(0) as u64,
+            reserved_host_memory_mb: int(&RESERVED_HOST_MEMORY_MB)?.max(0) as u64,
+            reserved_host_disk_mb: int(&RESERVED_HOST_DISK_MB)?.max(0) as u64,
+            cpu_allocation_ratio: l.float(&CPU_ALLOCATION_RATIO)?.filter(|r| *r > 0.0),
+            ram_allocation_ratio: l.float(&RAM_ALLOCATION_RATIO)?.filter(|r| *r > 0.0),
+            disk_allocation_ratio: l.float(&DISK_ALLOCATION_RATIO)?.filter(|r| *r > 0.0),
+            initial_cpu_allocation_ratio: l.float(&INITIAL_CPU_ALLOCATION_RATIO)?,
+            initial_ram_allocation_ratio: l.float(&INITIAL_RAM_ALLOCATION_RATIO)?,
+            initial_disk_allocation_ratio: float(&INITIAL_DISK_ALLOCATION_RATIO)?,
+            update_resources_interval: interval(int(&UPDATE_RESOURCES_INTERVAL)?).unwrap_or(Duration::from_secs(60)),
+            sync_power_state_interval: interval(int(&SYNC_POWER_STATE_INTERVAL)?),
+            shutdown_timeout: secs(int(&SHUTDOWN_TIMEOUT)?),
+            running_deleted_instance_action: deleted_action,
+            running_deleted_instance_poll_interval: interval(int(&RUNNING_DELETED_INSTANCE_POLL_INTERVAL)?),
+            vif_plugging_timeout: secs(int(&VIF_PLUGGING_TIMEOUT)?),
+            vif_plugging_is_fatal: l.bool(&VIF_PLUGGING_IS_FATAL)?,
+            resume_guests_state_on_host_boot: l.bool(&RESUME_GUESTS_STATE_ON_HOST_BOOT)?,
+            instance_name_template: l.string(&INSTANCE_NAME_TEMPLATE).unwrap_or_else(|| "instance-%08x".into()),
+            graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
+            rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
+            nova_release: release,
+            metrics_listen: l.string(&DOCKER_METRICS_LISTEN),
+            log_json: log_format == "json",
+            rabbit: RabbitSettings {
+                heartbeat_timeout_threshold: int(&HEARTBEAT_TIMEOUT_THRESHOLD)?.clamp(0, u16::MAX as i64) as u16,
+                durable_queues: l.bool(&AMQP_DURABLE_QUEUES)?,
+                auto_delete: l.bool(&AMQP_AUTO_DELETE)?,
+                ha_queues: l.bool(&RABBIT_HA_QUEUES)?,
+                quorum_queue: l.bool(&RABBIT_QUORUM_QUEUE)?,
+                quorum_delivery_limit: int(&RABBIT_QUORUM_DELIVERY_LIMIT)?,
+                quorum_max_memory_length: int(&RABBIT_QUORUM_MAX_MEMORY_LENGTH)?,
+                quorum_max_memory_bytes: int(&RABBIT_QUORUM_MAX_MEMORY_BYTES)?,
+                transient_queues_ttl: secs(int(&RABBIT_TRANSIENT_QUEUES_TTL)?.max(1)),
+                prefetch_count: int(&RABBIT_QOS_PREFETCH_COUNT)?.clamp(0, u16::MAX as i64) as u16,
+                retry_interval: secs_f(float(&RABBIT_RETRY_INTERVAL)?),
+                retry_backoff: secs_f(float(&RABBIT_RETRY_BACKOFF)?),
+                interval_max: secs_f(float(&RABBIT_INTERVAL_MAX)?),
+                missing_consumer_retry_timeout: secs(int(&KOMBU_MISSING_CONSUMER_RETRY_TIMEOUT)?),
+            },
+            placement: service_settings(
+                l,
+                "placement",
+                ServiceOpts {
+                    auth_type: &PLACEMENT_AUTH_TYPE,
+                    auth_url: &PLACEMENT_AUTH_URL,
+                    username: &PLACEMENT_USERNAME,
+                    password: &PLACEMENT_PASSWORD,
+                    user_domain_name: &PLACEMENT_USER_DOMAIN_NAME,
+                    project_name: &PLACEMENT_PROJECT_NAME,
+                    project_domain_name: &PLACEMENT_PROJECT_DOMAIN_NAME,
+                    token: &PLACEMENT_TOKEN,
+                    endpoint: &PLACEMENT_ENDPOINT,
+                    region_name: &PLACEMENT_REGION_NAME,
+                    valid_interfaces: &PLACEMENT_VALID_INTERFACES,
+                    timeout: &PLACEMENT_TIMEOUT,
+                },
+                l.string(&PLACEMENT_ENDPOINT_OVERRIDE),
+            )?,
+            glance: service_settings(
+                l,
+                "image",
+                ServiceOpts {
+                    auth_type: &GLANCE_AUTH_TYPE,
+                    auth_url: &GLANCE_AUTH_URL,
+                    username: &GLANCE_USERNAME,
+                    password: &GLANCE_PASSWORD,
+                    user_domain_name: &GLANCE_USER_DOMAIN_NAME,
+                    project_name: &GLANCE_PROJECT_NAME,
+                    project_domain_name: &GLANCE_PROJECT_DOMAIN_NAME,
+                    token: &GLANCE_TOKEN,
+                    endpoint: &GLANCE_ENDPOINT,
+                    region_name: &GLANCE_REGION_NAME,
+                    valid_interfaces: &GLANCE_VALID_INTERFACES,
+                    timeout: &GLANCE_TIMEOUT,
+                },
+                glance_endpoint,
+            )?,
+            neutron: service_settings(
+                l,
+                "network",
+                ServiceOpts {
+                    auth_type: &NEUTRON_AUTH_TYPE,
+                    auth_url: &NEUTRON_AUTH_URL,
+                    username: &NEUTRON_USERNAME,
+                    password: &NEUTRON_PASSWORD,
+                    user_domain_name: &NEUTRON_USER_DOMAIN_NAME,
+                    project_name: &NEUTRON_PROJECT_NAME,
+                    project_domain_name: &NEUTRON_PROJECT_DOMAIN_NAME,
+                    token: &NEUTRON_TOKEN,
+                    endpoint: &NEUTRON_ENDPOINT,
+                    region_name: &NEUTRON_REGION_NAME,
+                    valid_interfaces: &NEUTRON_VALID_INTERFACES,
+                    timeout: &NEUTRON_TIMEOUT,
+                },
+                l.string(&NEUTRON_ENDPOINT_OVERRIDE),
+            )?,
+            neutron_ovs_bridge: l.string(&NEUTRON_OVS_BRIDGE).unwrap_or_else(|| "br-int".into()),
+            glance_num_retries: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32,
+            docker: DockerSettings {
+                socket_path,
+                api_timeout: secs(int(&DOCKER_API_TIMEOUT)?.max(1)),
+                pids_limit: int(&DOCKER_PIDS_LIMIT)?,
+                cpu_limit,
+                cpuset_cpus: l.string(&DOCKER_CPUSET_CPUS),
+                capabilities: l.list(&DOCKER_CAPABILITIES).into_iter().map(|c| c.to_uppercase()).collect(),
+                seccomp_profile: l.string(&DOCKER_SECCOMP_PROFILE).map(PathBuf::from),
+                userns_mode: l.string(&DOCKER_USERNS_MODE),
+                read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
+                snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
+                keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
+                max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
+            },
+            image_cache_interval: interval(int(&IMAGE_CACHE_MANAGER_INTERVAL)?),
+            image_cache_remove_unused: l.bool(&IMAGE_CACHE_REMOVE_UNUSED)?,
+            image_cache_minimum_age: secs(int(&IMAGE_CACHE_MINIMUM_AGE)?),
+        })
+    }
+
+    /// Where the node identity is kept (`$state_path/compute_id`, as Nova).
+    pub fn compute_id_path(&self) -> PathBuf {
+        self.state_path.join("compute_id")
+    }
+}
+
+struct ServiceOpts {
+    auth_type: &'static Opt,
+    auth_url: &'static Opt,
+    username: &'static Opt,
+    password: &'static Opt,
+    user_domain_name: &'static Opt,
+    project_name: &'static Opt,
+    project_domain_name: &'static Opt,
+    token: &'static Opt,
+    endpoint: &'static Opt,
+    region_name: &'static Opt,
+    valid_interfaces: &'static Opt,
+    timeout: &'static Opt,
+}
+
+fn service_settings(
+    l: &Layered,
+    service_type: &'static str,
+    o: ServiceOpts,
+    endpoint_override: Option<String>,
+) -> Result<ServiceSettings, ConfigError> {
+    let auth_type = l.string(o.auth_type).unwrap_or_else(|| "password".into());
+    let auth = match auth_type.as_str() {
+        "user" => AuthSettings::User,
+        "none" | "noauth" => AuthSettings::None,
+        "admin_token" | "token" => {
+            AuthSettings::AdminToken { endpoint: l.string(o.endpoint), token: l.required(o.token)? }
+        }
+        "password" | "v3password" => {
+            // Without credentials, a password section cannot authenticate; allow it
+            // only when there is nothing to authenticate to (no auth_url): the
+            // service then runs without that peer and `check` says so.
+            match l.string(o.auth_url) {
+                Some(auth_url) => AuthSettings::Password {
+                    auth_url,
+                    username: l.required(o.username)?,
+                    password: l.required(o.password)?,
+                    user_domain_name: l.string(o.user_domain_name).unwrap_or_else(|| "Default".into()),
+                    project_name: l.required(o.project_name)?,
+                    project_domain_name: l.string(o.project_domain_name).unwrap_or_else(|| "Default".into()),
+                },
+                None => AuthSettings::None,
+            }
+        }
+        other => {
+            return Err(ConfigError::BadValue {
+                group: o.auth_type.group,
+                name: o.auth_type.name,
+                value: other.into(),
+                expected: "auth type (password, admin_token, none, user)",
+            });
+        }
+    };
+    let timeout = l.int(o.timeout)?.unwrap_or(30).max(1);
+    Ok(ServiceSettings {
+        service_type,
+        auth,
+        endpoint_override,
+        region_name: l.string(o.region_name),
+        valid_interfaces: l.list(o.valid_interfaces),
+        timeout: Duration::from_secs(timeout as u64),
+    })
+}
+
+fn docker_socket_path(url: &str) -> Result<PathBuf, ConfigError> {
+    let bad = |expected| ConfigError::BadValue {
+        group: options::DOCKER_HOST_URL.group,
+        name: options::DOCKER_HOST_URL.name,
+        value: url.to_string(),
+        expected,
+    };
+    if url.is_empty() {
+        return Ok(PathBuf::from("/var/run/docker.sock"));
+    }
+    match url.strip_prefix("unix://") {
+        Some(path) if Path::new(path).is_absolute() => Ok(PathBuf::from(path)),
+        Some(_) => Err(bad("unix socket URL with an absolute path")),
+        None => Err(bad("unix:// URL (TCP is refused: the Docker API is root-equivalent)")),
+    }
+}
+
+/// The machine's hostname, Nova's default for `[DEFAULT] host`.
+pub fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PYTHON_COMPUTE_CONF: &str = "\
+[DEFAULT]
+transport_url = rabbit://guest:guest@127.0.0.1:5672/nova34
+host = newhost1
+compute_driver = fake.FakeDriverWithoutFakeNodes
+state_path = /tmp/state-compute
+instances_path = /tmp/state-compute/instances
+my_ip = 127.0.0.1
+
+[glance]
+endpoint_override = http://127.0.0.1:19292
+
+[placement]
+auth_type = admin_token
+endpoint = http://127.0.0.1:18778
+token = admin
+region_name = RegionOne
+
+[neutron]
+auth_type = admin_token
+endpoint = http://127.0.0.1:19696
+token = admin
+endpoint_override = http://127.0.0.1:19696
+region_name = RegionOne
+
+[oslo_concurrency]
+lock_path = /tmp/lock
+
+[oslo_messaging_notifications]
+driver = noop
+";
+
+    #[test]
+    fn reads_a_python_compute_nova_conf() {
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert_eq!(s.host, "newhost1");
+        assert_eq!(s.transport_url.brokers[0].vhost, "nova34");
+        assert_eq!(s.my_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(s.report_interval, Duration::from_secs(10));
+        assert_eq!(s.rpc_response_timeout, Duration::from_secs(60));
+        assert_eq!(
+            s.placement.auth,
+            AuthSettings::AdminToken { endpoint: Some("http://127.0.0.1:18778".into()), token: "admin".into() }
+        );
+        assert_eq!(s.glance.endpoint_override.as_deref(), Some("http://127.0.0.1:19292"));
+        assert_eq!(s.glance.auth, AuthSettings::User);
+        assert_eq!(s.docker.socket_path, PathBuf::from("/var/run/docker.sock"));
+        assert!(!s.rabbit.durable_queues);
+        assert_eq!(s.compute_id_path(), PathBuf::from("/tmp/state-compute/compute_id"));
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones() {
+        let dir = std::env::temp_dir().join(format!("nd-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.conf");
+        let b = dir.join("b.conf");
+        std::fs::write(&a, "[DEFAULT]\ntransport_url = rabbit://u:p@h1/\nhost = one\nreport_interval = 5\n").unwrap();
+        std::fs::write(&b, "[DEFAULT]\nhost = two\n").unwrap();
+        let s = Settings::load(&[a, b]).unwrap();
+        assert_eq!(s.host, "two");
+        assert_eq!(s.report_interval, Duration::from_secs(5));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let err = Settings::from_layered(
+            &Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\nreport_interval = often\n").unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "[DEFAULT] report_interval = \"often\" is not a valid integer");
+        let err = Settings::from_layered(&Layered::from_text("[DEFAULT]\nhost = x\n").unwrap()).unwrap_err();
+        assert_eq!(err.to_string(), "[DEFAULT] transport_url must be set");
+        let err = Settings::from_layered(
+            &Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\nhost_url = tcp://1.2.3.4:2375\n")
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("TCP is refused"));
+    }
+
+    #[test]
+    fn oslo_booleans_and_durability_flags() {
+        let s = Settings::from_layered(
+            &Layered::from_text(
+                "[DEFAULT]\ntransport_url = rabbit://h/\n[oslo_messaging_rabbit]\namqp_durable_queues = True\nrabbit_quorum_queue = yes\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(s.rabbit.durable_queues && s.rabbit.quorum_queue);
+    }
+}

@@ -1,0 +1,132 @@
+//! `nova-docker image import` and `image fetch`: the operator's way to seed
+//! Glance from a local Docker image, and a host from Glance.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Map, Value, json};
+
+use super::archive::{self, ArchiveLimits};
+use super::{Glance, ImageService};
+use crate::auth::ServiceClient;
+use crate::config::{AuthSettings, Settings};
+use crate::rpc::RequestContext;
+use crate::virt::Driver;
+use crate::virt::docker::DockerDriver;
+
+/// A context carrying the operator's token when Glance is configured to use
+/// the caller's token (`[glance] auth_type = user`, Nova's default).
+fn cli_context(settings: &Settings) -> anyhow::Result<Option<RequestContext>> {
+    if settings.glance.auth != AuthSettings::User {
+        return Ok(None);
+    }
+    let token = std::env::var("OS_AUTH_TOKEN").or_else(|_| std::env::var("OS_TOKEN")).context(
+        "[glance] uses the caller's token (auth_type unset or user): export OS_AUTH_TOKEN, \
+         or configure [glance] auth_type = password with credentials",
+    )?;
+    let mut m = Map::new();
+    m.insert("auth_token".into(), json!(token));
+    m.insert("is_admin".into(), json!(true));
+    m.insert("request_id".into(), json!(format!("req-{}", uuid::Uuid::new_v4())));
+    Ok(Some(RequestContext::from_map(m)?))
+}
+
+fn glance(settings: &Settings) -> Glance {
+    Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"))
+}
+
+/// Streams `docker save IMAGE` into a new Glance image; returns its id.
+pub async fn import(
+    settings: &Settings,
+    image: &str,
+    name: Option<String>,
+    visibility: Option<String>,
+    properties: &[String],
+) -> anyhow::Result<String> {
+    let ctx = cli_context(settings)?;
+    let driver = DockerDriver::connect(&settings.docker, &settings.host).await?;
+    if driver.find_image(image).await?.is_none() {
+        bail!("Docker has no image {image:?} on this host");
+    }
+    let glance = glance(settings);
+    let mut body = Map::new();
+    body.insert("name".into(), json!(name.unwrap_or_else(|| image.to_string())));
+    body.insert("container_format".into(), json!("docker"));
+    body.insert("disk_format".into(), json!("raw"));
+    if let Some(v) = visibility {
+        body.insert("visibility".into(), json!(v));
+    }
+    for p in properties {
+        let (k, v) = p.split_once('=').with_context(|| format!("--property {p:?} is not key=value"))?;
+        body.insert(k.trim().to_string(), json!(v));
+    }
+    let created = glance.create(ctx.as_ref(), Value::Object(body)).await?;
+    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
+    let (checked, _summary) = archive::validate(driver.save_image(image), limits);
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(sent.clone());
+    let counted = checked
+        .map_ok(move |chunk| {
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            chunk
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .boxed();
+    let uploaded = glance.upload(ctx.as_ref(), &created.id, counted).await;
+    progress.finish();
+    if let Err(e) = uploaded {
+        let _ = glance.delete(ctx.as_ref(), &created.id).await;
+        return Err(e).context(format!("upload of {image} to Glance failed; the partial image was deleted"));
+    }
+    Ok(created.id)
+}
+
+/// Loads a Glance image into Docker; returns the Docker image id.
+pub async fn fetch(settings: &Settings, glance_id: &str) -> anyhow::Result<String> {
+    let ctx = cli_context(settings)?;
+    let driver = Arc::new(DockerDriver::connect(&settings.docker, &settings.host).await?);
+    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
+    let service = ImageService::new(glance(settings), driver, limits);
+    let image = service.glance().get(ctx.as_ref(), glance_id).await?;
+    let (found, _) = service.ensure(ctx.as_ref(), &image).await?;
+    Ok(found.id)
+}
+
+/// Bytes and rate on a terminal (stderr), nothing otherwise.
+struct Progress {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Progress {
+    fn start(sent: Arc<AtomicU64>) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Progress { stop: None };
+        }
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut rx => break,
+                }
+                let bytes = sent.load(Ordering::Relaxed) as f64;
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                eprint!("\r{:>10.1} MB sent, {:>7.1} MB/s ", bytes / 1e6, bytes / 1e6 / secs);
+            }
+            eprintln!();
+        });
+        Progress { stop: Some(tx) }
+    }
+
+    fn finish(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Neutron for a compute host: binding the instance's ports to this host, as
+//! nova-compute's `allocate_for_instance` does, and describing them as Nova's
+//! `network_info` (the VIF model the info cache stores and the plumbing uses).
+//!
+//! Ports are bound with admin credentials (`[neutron]`), on behalf of the
+//! instance's project. Ports this service created are deleted with the
+//! instance; ports the user brought are only unbound.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::auth::{HttpError, ServiceClient, url_part};
+use crate::net::{NetworkInfo, Vif};
+use crate::objects::Instance;
+
+/// Networking failures, worded for the instance fault.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("Neutron: {0}")]
+    Http(#[from] HttpError),
+    #[error(
+        "port {port} could not be bound to host {host} (binding:vif_type {vif_type}): is a Neutron L2 agent running for this host?"
+    )]
+    BindingFailed { port: String, host: String, vif_type: String },
+    #[error("port {0} is in use by another instance")]
+    PortInUse(String),
+    #[error("network request not understood: {0}")]
+    BadRequest(String),
+    #[error("no network to auto-allocate: none is shared or owned by the project")]
+    NoAutoNetwork,
+    #[error("Neutron returned an unusable document: {0}")]
+    Decode(String),
+}
+
+/// One entry of a `NetworkRequestList`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRequest {
+    pub network_id: Option<String>,
+    pub port_id: Option<String>,
+    pub address: Option<String>,
+    pub tag: Option<String>,
+}
+
+/// What a build asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requested {
+    None,
+    Auto,
+    Some(Vec<NetworkRequest>),
+}
+
+/// Reads a `NetworkRequestList` primitive.
+pub fn requested_networks(v: Option<&Value>) -> Requested {
+    let Some(objects) = v.and_then(|v| v["nova_object.data"]["objects"].as_array()) else {
+        return Requested::None;
+    };
+    let reqs: Vec<NetworkRequest> = objects
+        .iter()
+        .map(|o| {
+            let d = &o["nova_object.data"];
+            let s = |k: &str| d[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            NetworkRequest { network_id: s("network_id"), port_id: s("port_id"), address: s("address"), tag: s("tag") }
+        })
+        .collect();
+    if reqs.is_empty() || reqs.iter().all(|r| r.network_id.as_deref() == Some("none")) {
+        return Requested::None;
+    }
+    if reqs.len() == 1 && reqs[0].network_id.as_deref() == Some("auto") {
+        return Requested::Auto;
+    }
+    Requested::Some(reqs)
+}
+
+/// Neutron, with this host's name for bindings.
+#[derive(Clone)]
+pub struct Neutron {
+    client: ServiceClient,
+    host: String,
+    ovs_bridge: String,
+}
+
+/// A port bound for an instance, and whether this service created it.
+#[derive(Debug, Clone)]
+pub struct BoundPort {
+    pub port: Value,
+    pub created: bool,
+}
+
+impl Neutron {
+    /// A client binding ports to `host`.
+    pub fn new(client: ServiceClient, host: &str, ovs_bridge: &str) -> Self {
+        Neutron { client, host: host.into(), ovs_bridge: ovs_bridge.into() }
+    }
+
+    async fn req(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, HttpError> {
+        self.client
+            .json(None, method, path, move |r| match &body {
+                Some(b) => r.json(b),
+                None => r,
+            })
+            .await
+    }
+
+    /// Whether Neutron answers (for `check`).
+    pub async fn ping(&self) -> Result<(), NetworkError> {
+        self.req(Method::GET, "/v2.0/networks?limit=1", None).await?;
+        Ok(())
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Result<Value, NetworkError> {
+        let v = self.req(Method::GET, path, None).await?;
+        Ok(v[key].clone())
+    }
+
+    /// Binds the requested ports to this host for the instance.
+    pub async fn allocate(&self, i: &Instance, requested: &Requested) -> Result<Vec<BoundPort>, NetworkError> {
+        let reqs = match requested {
+            Requested::None => return Ok(Vec::new()),
+            Requested::Auto => {
+                let id = self.auto_network(i.project_id().unwrap_or_default()).await?;
+                vec![NetworkRequest { network_id: Some(id), port_id: None, address: None, tag: None }]
+            }
+            Requested::Some(r) => r.clone(),
+        };
+        let mut bound = Vec::new();
+        for r in &reqs {
+            let attempt = self.bind_one(i, r).await;
+            match attempt {
+                Ok(p) => bound.push(p),
+                Err(e) => {
+                    // Leave nothing half-bound.
+                    self.deallocate(&bound).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Binds one request: an existing port, or a new one on a network.
+    pub async fn bind_one(&self, i: &Instance, r: &NetworkRequest) -> Result<BoundPort, NetworkError> {
+        let owner = format!("compute:{}", i.availability_zone().unwrap_or("nova"));
+        let binding = json!({"binding:host_id": self.host, "device_id": i.uuid(), "device_owner": owner});
+        let (port, created) = match (&r.port_id, &r.network_id) {
+            (Some(port_id), _) => {
+                let current = self.get(&format!("/v2.0/ports/{}", url_part(port_id)), "port").await?;
+                let device = current["device_id"].as_str().unwrap_or("");
+                if !device.is_empty() && device != i.uuid() {
+                    return Err(NetworkError::PortInUse(port_id.clone()));
+                }
+                let port =
+                    self.get_put(&format!("/v2.0/ports/{}", url_part(port_id)), json!({"port": binding})).await?;
+                (port, false)
+            }
+            (None, Some(net)) => {
+                let mut body = binding.clone();
+                body["network_id"] = json!(net);
+                if let Some(p) = i.project_id() {
+                    body["project_id"] = json!(p);
+                }
+                if let Some(ip) = &r.address {
+                    body["fixed_ips"] = json!([{"ip_address": ip}]);
+                }
+                let v = self.req(Method::POST, "/v2.0/ports", Some(json!({"port": body}))).await?;
+                (v["port"].clone(), true)
+            }
+            (None, None) => return Err(NetworkError::BadRequest("neither a port nor a network".into())),
+        };
+        let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound").to_string();
+        if matches!(vif_type.as_str(), "binding_failed" | "unbound") {
+            let bp = BoundPort { port: port.clone(), created };
+            self.deallocate(std::slice::from_ref(&bp)).await;
+            return Err(NetworkError::BindingFailed {
+                port: port["id"].as_str().unwrap_or("?").into(),
+                host: self.host.clone(),
+                vif_type,
+            });
+        }
+        Ok(BoundPort { port, created })
+    }
+
+    async fn get_put(&self, path: &str, body: Value) -> Result<Value, NetworkError> {
+        let v = self.req(Method::PUT, path, Some(body)).await?;
+        Ok(v["port"].clone())
+    }
+
+    async fn auto_network(&self, project: &str) -> Result<String, NetworkError> {
+        let shared = self.get("/v2.0/networks?shared=true", "networks").await?;
+        let owned = self.get(&format!("/v2.0/networks?project_id={}", url_part(project)), "networks").await?;
+        for list in [owned, shared] {
+            if let Some(id) = list.as_array().and_then(|a| a.first()).and_then(|n| n["id"].as_str()) {
+                return Ok(id.to_string());
+            }
+        }
+        Err(NetworkError::NoAutoNetwork)
+    }
+
+    /// Deletes the ports this service created and unbinds the others.
+    pub async fn deallocate(&self, ports: &[BoundPort]) {
+        for p in ports {
+            let Some(id) = p.port["id"].as_str() else { continue };
+            let r = if p.created {
+                match self.client.send(None, Method::DELETE, &format!("/v2.0/ports/{}", url_part(id)), |r| r).await {
+                    Err(e) if e.status() == Some(404) => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            } else {
+                let body = json!({"port": {"binding:host_id": null, "device_id": "", "device_owner": ""}});
+                self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await.map(|_| ())
+            };
+            if let Err(e) = r {
+                tracing::warn!(port = id, error = %e, "could not release a port");
+            }
+        }
+    }
+
+    /// The ports of an instance, currently bound anywhere.
+    pub async fn instance_ports(&self, uuid: &str) -> Result<Vec<Value>, NetworkError> {
+        let v = self.get(&format!("/v2.0/ports?device_id={}", url_part(uuid)), "ports").await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Builds Nova's network_info for bound ports (order kept).
+    pub async fn network_info(&self, ports: &[BoundPort]) -> Result<NetworkInfo, NetworkError> {
+        let mut networks: BTreeMap<String, Value> = BTreeMap::new();
+        let mut subnets: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for p in ports {
+            let port = &p.port;
+            let net_id = port["network_id"].as_str().unwrap_or_default().to_string();
+            if !networks.contains_key(&net_id) {
+                let n = self.get(&format!("/v2.0/networks/{}", url_part(&net_id)), "network").await?;
+                let s = self.get(&format!("/v2.0/subnets?network_id={}", url_part(&net_id)), "subnets").await?;
+                networks.insert(net_id.clone(), n);
+                subnets.insert(net_id.clone(), s.as_array().cloned().unwrap_or_default());
+            }
+            let vif = self.vif(port, &networks[&net_id], &subnets[&net_id], !p.created);
+            out.push(serde_json::from_value::<Vif>(vif).map_err(|e| NetworkError::Decode(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// One VIF in Nova's model (`nova/network/neutron.py _build_vif_model`).
+    fn vif(&self, port: &Value, network: &Value, subnets: &[Value], preserve: bool) -> Value {
+        let id = port["id"].as_str().unwrap_or_default();
+        let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound");
+        let details = port["binding:vif_details"].clone();
+        let net_id = network["id"].as_str().unwrap_or_default();
+        let bridge = match vif_type {
+            "bridge" => Some(format!("brq{}", &net_id[..net_id.len().min(11)])),
+            "ovs" | "vhostuser" => {
+                Some(details["bridge_name"].as_str().map(str::to_string).unwrap_or_else(|| self.ovs_bridge.clone()))
+            }
+            _ => None,
+        };
+        let fixed: Vec<(String, String)> = port["fixed_ips"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| Some((f["subnet_id"].as_str()?.to_string(), f["ip_address"].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ip = |addr: &str, version: u64, kind: &str| json!({"address": addr, "type": kind, "version": version, "meta": {}});
+        let subnet_models: Vec<Value> = subnets
+            .iter()
+            .filter(|s| fixed.iter().any(|(sid, _)| Some(sid.as_str()) == s["id"].as_str()))
+            .map(|s| {
+                let version = s["ip_version"].as_u64().unwrap_or(4);
+                let sid = s["id"].as_str().unwrap_or_default();
+                json!({
+                    "cidr": s["cidr"],
+                    "version": version,
+                    "meta": {"dhcp_server": null},
+                    "gateway": match s["gateway_ip"].as_str() {
+                        Some(g) => ip(g, version, "gateway"),
+                        None => json!({"address": null, "type": "gateway", "version": null, "meta": {}}),
+                    },
+                    "dns": s["dns_nameservers"].as_array().map(|d| d.iter().filter_map(|a| a.as_str()).map(|a| ip(a, version, "dns")).collect::<Vec<_>>()).unwrap_or_default(),
+                    "ips": fixed.iter().filter(|(f, _)| f == sid).map(|(_, a)| {
+                        let mut v = ip(a, version, "fixed");
+                        v["floating_ips"] = json!([]);
+                        v
+                    }).collect::<Vec<_>>(),
+                    "routes": s["host_routes"].as_array().map(|r| r.iter().map(|h| json!({
+                        "cidr": h["destination"], "gateway": ip(h["nexthop"].as_str().unwrap_or_default(), version, "gateway"),
+                        "interface": null, "meta": {}})).collect::<Vec<_>>()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        json!({
+            "id": id,
+            "address": port["mac_address"],
+            "type": vif_type,
+            "devname": format!("tap{}", &id[..id.len().min(11)]),
+            "ovs_interfaceid": if vif_type == "ovs" { json!(id) } else { Value::Null },
+            "active": port["status"] == "ACTIVE",
+            "vnic_type": port["binding:vnic_type"].as_str().unwrap_or("normal"),
+            "details": if details.is_object() { details } else { json!({}) },
+            "profile": if port["binding:profile"].is_object() { port["binding:profile"].clone() } else { json!({}) },
+            "qbh_params": null,
+            "qbg_params": null,
+            "preserve_on_delete": preserve,
+            "delegate_create": false,
+            "meta": {},
+            "network": {
+                "id": net_id,
+                "bridge": bridge,
+                "label": network["name"],
+                "meta": {"mtu": network["mtu"], "tenant_id": network["project_id"].as_str().or(network["tenant_id"].as_str()),
+                         "physical_network": network["provider:physical_network"], "tunneled": false,
+                         "should_create_bridge": vif_type == "bridge"},
+                "subnets": subnet_models,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_network_requests() {
+        let list = |objs: Value| json!({"nova_object.data": {"objects": objs}});
+        assert_eq!(requested_networks(None), Requested::None);
+        assert_eq!(
+            requested_networks(Some(&list(json!([{"nova_object.data": {"network_id": "none"}}])))),
+            Requested::None
+        );
+        assert_eq!(
+            requested_networks(Some(&list(json!([{"nova_object.data": {"network_id": "auto"}}])))),
+            Requested::Auto
+        );
+        let r = requested_networks(Some(&list(json!([
+            {"nova_object.data": {"network_id": "n1", "address": "10.0.0.5"}},
+            {"nova_object.data": {"port_id": "p1", "network_id": null}}]))));
+        let Requested::Some(r) = r else { panic!() };
+        assert_eq!(r[0].network_id.as_deref(), Some("n1"));
+        assert_eq!(r[0].address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(r[1].port_id.as_deref(), Some("p1"));
+    }
+}

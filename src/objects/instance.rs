@@ -1,0 +1,286 @@
+//! `Instance` (2.7 in Zed, 2.8 since 2023.2) and the `Flavor` inside it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{NovaObject, ObjectError};
+
+/// An instance as received from Nova, with typed accessors for the fields a
+/// compute host reads and writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub obj: NovaObject,
+}
+
+/// The flavor embedded in an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flavor {
+    pub obj: NovaObject,
+}
+
+impl Flavor {
+    /// RAM in MiB.
+    pub fn memory_mb(&self) -> Option<i64> {
+        self.obj.get_i64("memory_mb")
+    }
+
+    /// vCPU count.
+    pub fn vcpus(&self) -> Option<i64> {
+        self.obj.get_i64("vcpus")
+    }
+
+    /// Root disk in GiB.
+    pub fn root_gb(&self) -> Option<i64> {
+        self.obj.get_i64("root_gb")
+    }
+
+    /// Flavor name.
+    pub fn name(&self) -> Option<&str> {
+        self.obj.get_str("name")
+    }
+
+    /// Public flavor id.
+    pub fn flavorid(&self) -> Option<&str> {
+        self.obj.get_str("flavorid")
+    }
+
+    /// Extra specs (string values only).
+    pub fn extra_specs(&self) -> BTreeMap<String, String> {
+        string_map(self.obj.get("extra_specs"))
+    }
+}
+
+/// `8-4-4-4-12` lowercase or uppercase hex digits, as `uuid.uuid4()` prints.
+pub fn is_canonical_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+impl Instance {
+    /// Reads an `Instance` primitive.
+    pub fn from_primitive(v: &Value) -> Result<Self, ObjectError> {
+        let obj = NovaObject::expect(v, "Instance")?;
+        // The uuid names the container, the netns entry and URLs: only the
+        // canonical form Nova generates is accepted.
+        if !obj.get_str("uuid").is_some_and(is_canonical_uuid) {
+            return Err(ObjectError::Field { object: "Instance", field: "uuid" });
+        }
+        Ok(Instance { obj })
+    }
+
+    /// The primitive to send back.
+    pub fn to_primitive(&self) -> Value {
+        self.obj.to_primitive()
+    }
+
+    /// The instance uuid (always present: checked on arrival).
+    pub fn uuid(&self) -> &str {
+        self.obj.get_str("uuid").unwrap_or_default()
+    }
+
+    /// Database id, used for the instance name.
+    pub fn id(&self) -> Option<i64> {
+        self.obj.get_i64("id")
+    }
+
+    /// `vm_state`.
+    pub fn vm_state(&self) -> Option<&str> {
+        self.obj.get_str("vm_state")
+    }
+
+    /// `task_state` (None when idle).
+    pub fn task_state(&self) -> Option<&str> {
+        self.obj.get_str("task_state")
+    }
+
+    /// `power_state` as Nova's integer.
+    pub fn power_state(&self) -> i64 {
+        self.obj.get_i64("power_state").unwrap_or(0)
+    }
+
+    /// The host Nova believes runs the instance.
+    pub fn host(&self) -> Option<&str> {
+        self.obj.get_str("host")
+    }
+
+    /// Glance image id.
+    pub fn image_ref(&self) -> Option<&str> {
+        self.obj.get_str("image_ref").filter(|s| !s.is_empty())
+    }
+
+    /// Owning project.
+    pub fn project_id(&self) -> Option<&str> {
+        self.obj.get_str("project_id")
+    }
+
+    /// Owning user.
+    pub fn user_id(&self) -> Option<&str> {
+        self.obj.get_str("user_id")
+    }
+
+    /// Guest hostname chosen by Nova (already sanitised by the API).
+    pub fn hostname(&self) -> Option<&str> {
+        self.obj.get_str("hostname")
+    }
+
+    /// User-facing name.
+    pub fn display_name(&self) -> Option<&str> {
+        self.obj.get_str("display_name")
+    }
+
+    /// Availability zone (used for the ports' device_owner).
+    pub fn availability_zone(&self) -> Option<&str> {
+        self.obj.get_str("availability_zone")
+    }
+
+    /// The embedded flavor, if loaded.
+    pub fn flavor(&self) -> Option<Flavor> {
+        self.obj.get("flavor").and_then(|v| NovaObject::expect(v, "Flavor").ok()).map(|obj| Flavor { obj })
+    }
+
+    /// RAM in MiB (flavor first, then the instance column).
+    pub fn memory_mb(&self) -> i64 {
+        self.flavor().and_then(|f| f.memory_mb()).or_else(|| self.obj.get_i64("memory_mb")).unwrap_or(0)
+    }
+
+    /// vCPUs (flavor first, then the instance column).
+    pub fn vcpus(&self) -> i64 {
+        self.flavor().and_then(|f| f.vcpus()).or_else(|| self.obj.get_i64("vcpus")).unwrap_or(1)
+    }
+
+    /// Root disk GiB.
+    pub fn root_gb(&self) -> i64 {
+        self.flavor().and_then(|f| f.root_gb()).or_else(|| self.obj.get_i64("root_gb")).unwrap_or(0)
+    }
+
+    /// User metadata (`server create --property`).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        string_map(self.obj.get("metadata"))
+    }
+
+    /// System metadata (image properties copied at boot, `old_vm_state`, ...).
+    pub fn system_metadata(&self) -> BTreeMap<String, String> {
+        string_map(self.obj.get("system_metadata"))
+    }
+
+    /// Sets (or with `None` removes) one system metadata key; Nova replaces
+    /// the whole dict on save, so the full map is sent.
+    pub fn set_system_metadata(&mut self, key: &str, value: Option<&str>) {
+        let mut m: Map<String, Value> =
+            self.obj.get("system_metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        match value {
+            Some(v) => m.insert(key.to_string(), json!(v)),
+            None => m.remove(key),
+        };
+        self.obj.set("system_metadata", Value::Object(m));
+    }
+
+    /// The network_info JSON text of the info cache ("[]" when none).
+    pub fn network_info_json(&self) -> String {
+        self.obj
+            .get("info_cache")
+            .and_then(|v| NovaObject::from_primitive(v).ok())
+            .and_then(|c| c.get_str("network_info").map(str::to_string))
+            .unwrap_or_else(|| "[]".into())
+    }
+
+    /// Nova's internal name, `instance_name_template % id`.
+    pub fn name(&self, template: &str) -> String {
+        let id = self.id().unwrap_or(0);
+        render_name_template(template, id, self.uuid())
+    }
+
+    /// Sets a field and records the change.
+    pub fn set(&mut self, field: &str, value: impl Into<Value>) {
+        self.obj.set(field, value);
+    }
+}
+
+/// Renders `instance_name_template` (`%08x`, `%d`, `%s`, `%(uuid)s`, ...).
+pub fn render_name_template(template: &str, id: i64, uuid: &str) -> String {
+    if template.contains("%(uuid)s") {
+        return template.replace("%(uuid)s", uuid);
+    }
+    let Some(start) = template.find('%') else { return template.to_string() };
+    let spec_end = template[start + 1..].find(|c: char| c.is_ascii_alphabetic()).map(|i| start + 1 + i);
+    let Some(end) = spec_end else { return template.to_string() };
+    let width: usize = template[start + 1..end].trim_start_matches('0').parse().unwrap_or(0);
+    let zero = template[start + 1..end].starts_with('0');
+    let rendered = match &template[end..=end] {
+        "x" => format!("{id:x}"),
+        "X" => format!("{id:X}"),
+        "d" | "i" | "s" => id.to_string(),
+        _ => return template.to_string(),
+    };
+    let padded = if rendered.len() < width {
+        let pad = if zero { "0" } else { " " };
+        format!("{}{rendered}", pad.repeat(width - rendered.len()))
+    } else {
+        rendered
+    };
+    format!("{}{padded}{}", &template[..start], &template[end + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUILD: &str = include_str!("../../tests/fixtures/build_and_run_instance.newest.cast.body.json");
+
+    fn build_args() -> Value {
+        let outer: Value = serde_json::from_str(BUILD).unwrap();
+        let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
+        inner["args"].clone()
+    }
+
+    #[test]
+    fn reads_the_instance_of_a_real_build() {
+        let i = Instance::from_primitive(&build_args()["instance"]).unwrap();
+        assert_eq!(i.uuid().len(), 36);
+        assert_eq!(i.vm_state(), Some("building"));
+        assert_eq!(i.task_state(), Some("scheduling"));
+        assert_eq!(i.memory_mb(), 512);
+        assert_eq!(i.vcpus(), 1);
+        assert!(i.image_ref().is_some());
+        assert_eq!(i.flavor().unwrap().name(), Some("m1.tiny"));
+        assert_eq!(i.network_info_json(), "[]");
+        assert_eq!(i.system_metadata()["image_container_format"], "docker");
+    }
+
+    #[test]
+    fn name_template() {
+        assert_eq!(render_name_template("instance-%08x", 42, "u"), "instance-0000002a");
+        assert_eq!(render_name_template("vm-%d", 7, "u"), "vm-7");
+        assert_eq!(render_name_template("%(uuid)s", 7, "abc"), "abc");
+        assert_eq!(render_name_template("fixed", 7, "abc"), "fixed");
+    }
+
+    #[test]
+    fn system_metadata_updates_send_the_whole_dict() {
+        let mut i = Instance::from_primitive(&build_args()["instance"]).unwrap();
+        let before = i.system_metadata().len();
+        i.set_system_metadata("old_vm_state", Some("active"));
+        assert_eq!(i.system_metadata().len(), before + 1);
+        assert!(i.obj.changes().contains("system_metadata"));
+    }
+
+    #[test]
+    fn only_canonical_uuids_name_an_instance() {
+        let mut args = build_args();
+        for bad in ["../../images/x", "6f1b2c1e00004000800000000000000001", "6f1b2c1e-0000-4000-8000-00000000000g", ""]
+        {
+            args["instance"]["nova_object.data"]["uuid"] = json!(bad);
+            assert!(Instance::from_primitive(&args["instance"]).is_err(), "{bad:?}");
+        }
+        assert!(is_canonical_uuid("6F1B2C1E-0000-4000-8000-000000000001"));
+    }
+}

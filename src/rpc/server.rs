@@ -1,0 +1,344 @@
+//! The RPC server: what an oslo.messaging `RPCServer` does for a target
+//! `(topic, server)`, for one or more topics (`compute`, and `compute-alt`
+//! since Nova 2026.1).
+//!
+//! Messages are read in arrival order; each is opened, checked for duplicates
+//! and routed in order, then handled concurrently (bounded like oslo's worker
+//! pool). Calls are answered on `_reply_q` through the default exchange, with
+//! call-monitor heartbeats (`ending: false`) every `_timeout / 2` seconds while
+//! the handler runs. Nothing a sender can put in a message stops the server:
+//! unreadable messages are logged and dropped, and calls that can still be
+//! answered get a failure reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dedup::SeenIds;
+use super::dispatcher::{CallResult, Dispatcher, Invocation};
+use super::envelope::{self, ReplyTo, Request};
+use super::failure::RemoteError;
+use super::topology::Topology;
+use super::transport::{Incoming, PublishOutcome, PublishProps, Transport, TransportError};
+use crate::metrics;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Topics served, e.g. `["compute", "compute-alt"]`.
+    pub topics: Vec<String>,
+    /// The server name (`[DEFAULT] host`).
+    pub server: String,
+    pub max_message_bytes: usize,
+    /// Requests handled at once.
+    pub concurrency: usize,
+    /// How long a reply keeps being retried while the reply queue is missing.
+    pub missing_consumer_retry_timeout: Duration,
+    /// How long in-flight requests get at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// A running RPC server.
+pub struct RpcServer {
+    transport: Transport,
+    topology: Topology,
+    dispatcher: Dispatcher,
+    opts: ServerOptions,
+    seen: SeenIds,
+    fanout_id: String,
+    /// Reply queues found missing, skipped for a while (oslo's ObsoleteReplyQueuesCache).
+    obsolete_reply_queues: Mutex<HashMap<String, Instant>>,
+    queues: Mutex<Vec<String>>,
+    topics: Mutex<Vec<String>>,
+    tx: mpsc::Sender<Incoming>,
+    rx: Mutex<Option<mpsc::Receiver<Incoming>>>,
+    consuming: std::sync::atomic::AtomicBool,
+}
+
+impl RpcServer {
+    /// A server for `opts.topics` on `opts.server`.
+    pub fn new(transport: Transport, topology: Topology, dispatcher: Dispatcher, opts: ServerOptions) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel::<Incoming>(256);
+        Arc::new(RpcServer {
+            topics: Mutex::new(opts.topics.clone()),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            consuming: std::sync::atomic::AtomicBool::new(false),
+            transport,
+            topology,
+            dispatcher,
+            opts,
+            seen: SeenIds::new(1024),
+            fanout_id: envelope::new_id(),
+            obsolete_reply_queues: Mutex::new(HashMap::new()),
+            queues: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Declares the exchanges, queues and bindings of every topic (so casts
+    /// already queue up) without consuming yet. Returns the queue names.
+    pub async fn declare(&self) -> Result<Vec<String>, TransportError> {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut names = Vec::new();
+        for topic in &topics {
+            let (decls, queues) = self.topology.rpc_server(topic, &self.opts.server, &self.fanout_id);
+            self.transport.declare(decls).await?;
+            names.extend(queues);
+        }
+        *self.queues.lock().unwrap_or_else(|p| p.into_inner()) = names.clone();
+        Ok(names)
+    }
+
+    /// Serves one more topic (e.g. `compute-alt` once the release is known):
+    /// declares its queues and, when running, consumes them too.
+    pub async fn add_topic(&self, topic: &str) -> Result<(), TransportError> {
+        {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if topics.iter().any(|t| t == topic) {
+                return Ok(());
+            }
+            topics.push(topic.to_string());
+        }
+        let (decls, queues) = self.topology.rpc_server(topic, &self.opts.server, &self.fanout_id);
+        self.transport.declare(decls).await?;
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).extend(queues.iter().cloned());
+        if self.consuming.load(std::sync::atomic::Ordering::SeqCst) {
+            for q in &queues {
+                self.transport.consume(q, self.tx.clone()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes and handles requests until `shutdown`; then stops consuming,
+    /// lets in-flight requests finish (bounded by `drain_timeout`) and deletes
+    /// the fanout queues.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), TransportError> {
+        let queues = {
+            let q = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if q.is_empty() { self.declare().await? } else { q }
+        };
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        self.consuming.store(true, std::sync::atomic::Ordering::SeqCst);
+        for q in &queues {
+            self.transport.consume(q, self.tx.clone()).await;
+        }
+        tracing::info!(queues = ?queues, "RPC server consuming");
+        let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        loop {
+            let incoming = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let Some((request, span)) = self.admit(&incoming) else { continue };
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let server = self.clone();
+            tokio::spawn(
+                async move {
+                    server.handle(request).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for q in &queues {
+            self.transport.stop_consuming(q).await;
+        }
+        let all = self.opts.concurrency.max(1) as u32;
+        if tokio::time::timeout(self.opts.drain_timeout, permits.acquire_many(all)).await.is_err() {
+            tracing::warn!("in-flight RPC requests did not finish within {:?}", self.opts.drain_timeout);
+        }
+        for q in queues.iter().filter(|q| q.contains("_fanout_")) {
+            self.transport.delete_queue(q).await;
+        }
+        Ok(())
+    }
+
+    /// Opens, validates and deduplicates one message, in arrival order.
+    fn admit(&self, incoming: &Incoming) -> Option<(Request, tracing::Span)> {
+        let message = match envelope::open(&incoming.body, self.opts.max_message_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(queue = %incoming.queue, bytes = incoming.body.len(), error = %e, "dropped unreadable message");
+                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                return None;
+            }
+        };
+        let reply_to = Request::reply_to_of(&message);
+        let request = match Request::from_message(message) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(queue = %incoming.queue, error = %e, "dropped invalid request");
+                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                if let Some(reply_to) = reply_to {
+                    let err = RemoteError::bad_request(format!("invalid RPC request: {e}"));
+                    let this = self.reply_sender();
+                    tokio::spawn(async move { this.send_reply(&reply_to, Err(&err), true).await });
+                }
+                return None;
+            }
+        };
+        if let Some(id) = &request.unique_id
+            && !self.seen.first_time(id)
+        {
+            tracing::info!(method = %request.method, unique_id = %id, redelivered = incoming.redelivered,
+                "dropped duplicate message");
+            return None;
+        }
+        let span = tracing::info_span!(
+            "rpc",
+            method = %request.method,
+            request_id = request.context.request_id().unwrap_or("-"),
+            instance = tracing::field::Empty,
+        );
+        Some((request, span))
+    }
+
+    fn reply_sender(&self) -> ReplySender {
+        ReplySender { transport: self.transport.clone(), retry_timeout: self.opts.missing_consumer_retry_timeout }
+    }
+
+    async fn handle(self: Arc<Self>, request: Request) {
+        let started = Instant::now();
+        let method = request.method.clone();
+        let result: CallResult = match self.dispatcher.route(&request) {
+            Err(e) => Err(e),
+            Ok(endpoint) => {
+                let call = Invocation {
+                    context: request.context.clone(),
+                    method: request.method.clone(),
+                    args: request.args.clone(),
+                    version: request.version,
+                    is_call: request.reply_to.is_some(),
+                };
+                let work = endpoint.invoke(call);
+                match (&request.reply_to, request.call_monitor_timeout) {
+                    (Some(reply_to), Some(t)) if t / 2.0 >= 1.0 => {
+                        self.with_heartbeats(reply_to, Duration::from_secs_f64(t / 2.0), work).await
+                    }
+                    _ => work.await,
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.class == "NoSuchMethod" || e.class == "UnsupportedVersion" => "unsupported",
+            Err(_) => "error",
+        };
+        let m = metrics::global();
+        m.inc("nova_docker_rpc_requests_total", &[("method", &method), ("outcome", outcome)]);
+        m.observe("nova_docker_rpc_duration_seconds", &[("method", &method)], started.elapsed());
+        match (&request.reply_to, &result) {
+            (Some(reply_to), _) => {
+                if self.reply_queue_obsolete(&reply_to.reply_q) {
+                    tracing::info!(reply_q = %reply_to.reply_q, "reply queue known missing; reply dropped");
+                    return;
+                }
+                if !self
+                    .reply_sender()
+                    .send_reply(
+                        reply_to,
+                        match &result {
+                            Ok(v) => Ok(v.clone()),
+                            Err(e) => Err(e),
+                        },
+                        true,
+                    )
+                    .await
+                {
+                    self.obsolete_reply_queues
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(reply_to.reply_q.clone(), Instant::now());
+                }
+            }
+            (None, Err(e)) => tracing::warn!(error = %e, "cast failed"),
+            (None, Ok(_)) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "cast handled"),
+        }
+    }
+
+    fn reply_queue_obsolete(&self, reply_q: &str) -> bool {
+        let mut cache = self.obsolete_reply_queues.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        cache.contains_key(reply_q)
+    }
+
+    async fn with_heartbeats(
+        &self,
+        reply_to: &ReplyTo,
+        every: Duration,
+        work: std::pin::Pin<Box<dyn std::future::Future<Output = CallResult> + Send>>,
+    ) -> CallResult {
+        let sender = self.reply_sender();
+        let mut work = work;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = ticker.tick() => {
+                    sender.send_reply(reply_to, Ok(Value::Null), false).await;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes replies the way oslo's `AMQPIncomingMessage.reply` does.
+#[derive(Clone)]
+struct ReplySender {
+    transport: Transport,
+    retry_timeout: Duration,
+}
+
+impl ReplySender {
+    /// Sends a reply (or heartbeat when `ending` is false). Retries while the
+    /// reply queue is missing, up to the retry timeout. Returns `false` when
+    /// the queue never appeared.
+    async fn send_reply(&self, reply_to: &ReplyTo, result: Result<Value, &RemoteError>, ending: bool) -> bool {
+        let body = envelope::seal(&envelope::reply_message(&reply_to.msg_id, result, ending));
+        let deadline = Instant::now() + self.retry_timeout;
+        loop {
+            let outcome = self
+                .transport
+                .publish(
+                    "",
+                    &reply_to.reply_q,
+                    &body,
+                    PublishProps { expiration_ms: None, mandatory: true },
+                    Duration::from_secs(30),
+                )
+                .await;
+            match outcome {
+                Ok(PublishOutcome::Confirmed) => return true,
+                Ok(PublishOutcome::Returned) if ending && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(PublishOutcome::Returned) => {
+                    tracing::warn!(reply_q = %reply_to.reply_q, msg_id = %reply_to.msg_id,
+                        "reply queue does not exist; reply dropped");
+                    return false;
+                }
+                Ok(PublishOutcome::Nacked) => {
+                    tracing::warn!(reply_q = %reply_to.reply_q, "broker refused the reply");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(reply_q = %reply_to.reply_q, error = %e, "reply not sent");
+                    return true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The AMQP entities an oslo.messaging peer declares, with the flags that follow
+//! the operator's `[oslo_messaging_rabbit]` settings.
+//!
+//! Flags must equal what the rest of the deployment declared, or RabbitMQ
+//! closes the channel with 406 PRECONDITION_FAILED; so they are derived here in
+//! one place, the way oslo's rabbit driver derives them.
+
+use crate::config::RabbitSettings;
+
+/// An exchange to declare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDecl {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+}
+
+/// Exchange types used by oslo.messaging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Topic,
+    Fanout,
+}
+
+/// A queue argument value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArgValue {
+    Int(i64),
+    Str(String),
+}
+
+/// A queue to declare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDecl {
+    pub name: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub arguments: Vec<(String, ArgValue)>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDecl {
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// Something to (re)declare on every new connection, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Declaration {
+    Exchange(ExchangeDecl),
+    Queue(QueueDecl),
+    Binding(BindingDecl),
+}
+
+/// Derives declarations from the rabbit settings.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    rabbit: RabbitSettings,
+    control_exchange: String,
+}
+
+impl Topology {
+    /// Topology for `control_exchange` (Nova: `nova`).
+    pub fn new(rabbit: RabbitSettings, control_exchange: String) -> Self {
+        Topology { rabbit, control_exchange }
+    }
+
+    /// The exchange carrying RPC requests.
+    pub fn control_exchange(&self) -> &str {
+        &self.control_exchange
+    }
+
+    fn durable(&self) -> bool {
+        self.rabbit.durable_queues || self.rabbit.quorum_queue
+    }
+
+    fn topic_queue_arguments(&self) -> Vec<(String, ArgValue)> {
+        let mut args = Vec::new();
+        if self.rabbit.ha_queues {
+            args.push(("x-ha-policy".into(), ArgValue::Str("all".into())));
+        }
+        if self.rabbit.quorum_queue {
+            args.push(("x-queue-type".into(), ArgValue::Str("quorum".into())));
+            if self.rabbit.quorum_delivery_limit > 0 {
+                args.push(("x-delivery-limit".into(), ArgValue::Int(self.rabbit.quorum_delivery_limit)));
+            }
+            if self.rabbit.quorum_max_memory_length > 0 {
+                args.push(("x-max-in-memory-length".into(), ArgValue::Int(self.rabbit.quorum_max_memory_length)));
+            }
+            if self.rabbit.quorum_max_memory_bytes > 0 {
+                args.push(("x-max-in-memory-bytes".into(), ArgValue::Int(self.rabbit.quorum_max_memory_bytes)));
+            }
+        }
+        args
+    }
+
+    fn transient_queue_arguments(&self) -> Vec<(String, ArgValue)> {
+        let mut args = Vec::new();
+        if self.rabbit.ha_queues {
+            args.push(("x-ha-policy".into(), ArgValue::Str("all".into())));
+        }
+        args.push(("x-expires".into(), ArgValue::Int(self.rabbit.transient_queues_ttl.as_millis() as i64)));
+        args
+    }
+
+    /// The control exchange (`nova`, topic).
+    pub fn control_exchange_decl(&self) -> ExchangeDecl {
+        ExchangeDecl {
+            name: self.control_exchange.clone(),
+            kind: ExchangeKind::Topic,
+            durable: self.durable(),
+            auto_delete: self.rabbit.auto_delete,
+        }
+    }
+
+    /// What an RPC server for `topic` on `server` declares: the shared queue
+    /// `<topic>`, the host queue `<topic>.<server>`, and the fanout exchange
+    /// `<topic>_fanout` with a per-process queue `<topic>_fanout_<fanout_id>`.
+    /// Returns the declarations and the three queue names to consume.
+    pub fn rpc_server(&self, topic: &str, server: &str, fanout_id: &str) -> (Vec<Declaration>, Vec<String>) {
+        let exchange = self.control_exchange_decl();
+        let topic_queue = |name: String| QueueDecl {
+            name,
+            durable: self.durable(),
+            auto_delete: self.rabbit.auto_delete,
+            arguments: self.topic_queue_arguments(),
+        };
+        let shared = topic.to_string();
+        let host = format!("{topic}.{server}");
+        let fanout_exchange = format!("{topic}_fanout");
+        let fanout_queue = format!("{topic}_fanout_{fanout_id}");
+        let decls = vec![
+            Declaration::Exchange(exchange.clone()),
+            Declaration::Queue(topic_queue(shared.clone())),
+            Declaration::Binding(BindingDecl {
+                queue: shared.clone(),
+                exchange: exchange.name.clone(),
+                routing_key: shared.clone(),
+            }),
+            Declaration::Queue(topic_queue(host.clone())),
+            Declaration::Binding(BindingDecl {
+                queue: host.clone(),
+                exchange: exchange.name.clone(),
+                routing_key: host.clone(),
+            }),
+            Declaration::Exchange(ExchangeDecl {
+                name: fanout_exchange.clone(),
+                kind: ExchangeKind::Fanout,
+                durable: false,
+                auto_delete: true,
+            }),
+            Declaration::Queue(QueueDecl {
+                name: fanout_queue.clone(),
+                durable: false,
+                auto_delete: false,
+                arguments: self.transient_queue_arguments(),
+            }),
+            Declaration::Binding(BindingDecl {
+                queue: fanout_queue.clone(),
+                exchange: fanout_exchange,
+                routing_key: topic.to_string(),
+            }),
+        ];
+        (decls, vec![host, shared, fanout_queue])
+    }
+
+    /// A caller's reply queue `reply_<id>` (bound only to the default exchange).
+    pub fn reply_queue(&self, name: &str) -> Declaration {
+        Declaration::Queue(QueueDecl {
+            name: name.to_string(),
+            durable: false,
+            auto_delete: false,
+            arguments: self.transient_queue_arguments(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rabbit() -> RabbitSettings {
+        RabbitSettings {
+            heartbeat_timeout_threshold: 60,
+            durable_queues: false,
+            auto_delete: false,
+            ha_queues: false,
+            quorum_queue: false,
+            quorum_delivery_limit: 0,
+            quorum_max_memory_length: 0,
+            quorum_max_memory_bytes: 0,
+            transient_queues_ttl: Duration::from_secs(1800),
+            prefetch_count: 0,
+            retry_interval: Duration::from_secs(1),
+            retry_backoff: Duration::from_secs(2),
+            interval_max: Duration::from_secs(30),
+            missing_consumer_retry_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn default_flags_match_a_python_compute() {
+        let t = Topology::new(rabbit(), "nova".into());
+        let (decls, queues) = t.rpc_server("compute", "cmp1", "abc");
+        assert_eq!(queues, ["compute.cmp1", "compute", "compute_fanout_abc"]);
+        let Declaration::Exchange(nova) = &decls[0] else { panic!() };
+        assert_eq!((nova.durable, nova.auto_delete, nova.kind), (false, false, ExchangeKind::Topic));
+        let Declaration::Queue(host) = &decls[3] else { panic!() };
+        assert!(!host.durable && !host.auto_delete && host.arguments.is_empty());
+        let Declaration::Queue(fanout) = &decls[6] else { panic!() };
+        assert_eq!(fanout.arguments, vec![("x-expires".to_string(), ArgValue::Int(1_800_000))]);
+        let Declaration::Binding(b) = &decls[7] else { panic!() };
+        assert_eq!((b.exchange.as_str(), b.routing_key.as_str()), ("compute_fanout", "compute"));
+    }
+
+    #[test]
+    fn quorum_implies_durable_and_arguments() {
+        let mut r = rabbit();
+        r.quorum_queue = true;
+        r.quorum_delivery_limit = 5;
+        let t = Topology::new(r, "nova".into());
+        let (decls, _) = t.rpc_server("compute", "cmp1", "abc");
+        let Declaration::Queue(q) = &decls[1] else { panic!() };
+        assert!(q.durable);
+        assert!(q.arguments.contains(&("x-queue-type".into(), ArgValue::Str("quorum".into()))));
+        assert!(q.arguments.contains(&("x-delivery-limit".into(), ArgValue::Int(5))));
+    }
+}

@@ -1,0 +1,662 @@
+//! The AMQP connection, kept alive across broker loss.
+//!
+//! One supervisor task owns the connection: it connects to the brokers of the
+//! transport URL in turn (failover), declares every registered exchange, queue
+//! and binding, starts every registered consumer, and when the connection
+//! breaks (broker restart, missed heartbeats, a closed channel) starts over with
+//! a bounded backoff. Callers only register what they need once; it is
+//! re-declared on every new connection, as oslo.messaging does.
+//!
+//! Consumed messages are acknowledged on receipt, before they are handled:
+//! that is oslo's at-most-once contract for RPC servers (a crash loses the
+//! request; Nova's start-up recovery copes). Duplicates from redelivery are
+//! filtered by the RPC layer on `_unique_id`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::topology::{ArgValue, Declaration};
+use crate::config::BrokerAddress;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    pub brokers: Vec<BrokerAddress>,
+    /// Negotiated AMQP heartbeat in seconds (0 disables).
+    pub heartbeat: u16,
+    pub retry_interval: Duration,
+    pub retry_backoff: Duration,
+    pub interval_max: Duration,
+    /// Bound on one connection attempt.
+    pub connect_timeout: Duration,
+    /// basic.qos prefetch (0: unlimited).
+    pub prefetch: u16,
+    /// Shown by `rabbitmqctl list_connections`.
+    pub connection_name: String,
+}
+
+/// A message taken from a queue (already acknowledged).
+#[derive(Debug)]
+pub struct Incoming {
+    pub queue: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub body: Vec<u8>,
+}
+
+/// What the broker said about a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Routed and confirmed.
+    Confirmed,
+    /// Mandatory message with no queue to route to (basic.return).
+    Returned,
+    /// The broker refused it (basic.nack).
+    Nacked,
+}
+
+/// AMQP properties that vary per message.
+#[derive(Debug, Clone, Default)]
+pub struct PublishProps {
+    /// Per-message TTL in milliseconds (calls use the RPC timeout).
+    pub expiration_ms: Option<u64>,
+    /// Ask the broker to return the message if no queue takes it.
+    pub mandatory: bool,
+}
+
+/// Transport failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no connection to RabbitMQ within {0:?}")]
+    NotConnected(Duration),
+    #[error("message may not have reached RabbitMQ: {0}")]
+    Unconfirmed(String),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the transport is shut down")]
+    Closed,
+}
+
+struct ConsumerSpec {
+    queue: String,
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Registry {
+    declarations: Vec<Declaration>,
+    consumers: Vec<ConsumerSpec>,
+}
+
+struct Session {
+    connection: Connection,
+    publish: Channel,
+    declare: Mutex<Channel>,
+    broken: CancellationToken,
+}
+
+struct Inner {
+    opts: TransportOptions,
+    session: watch::Sender<Option<Arc<Session>>>,
+    /// Held while a session is being set up and while registering, so nothing
+    /// registered can miss a session.
+    registry: Mutex<Registry>,
+    shutdown: CancellationToken,
+    connects: AtomicU64,
+    supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Why the last connection attempt failed (for `check` and logs).
+    last_connect_error: std::sync::Mutex<Option<String>>,
+}
+
+/// A self-healing AMQP connection shared by the RPC server and client.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Starts the supervisor; it connects in the background.
+    pub fn start(opts: TransportOptions) -> Self {
+        let (session, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            opts,
+            session,
+            registry: Mutex::new(Registry::default()),
+            shutdown: CancellationToken::new(),
+            connects: AtomicU64::new(0),
+            supervisor: std::sync::Mutex::new(None),
+            last_connect_error: std::sync::Mutex::new(None),
+        });
+        let handle = tokio::spawn(supervise(inner.clone()));
+        *inner.supervisor.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Transport { inner }
+    }
+
+    /// Why the last attempt to connect failed, if it did.
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.session.borrow().as_ref().is_some_and(|s| !s.broken.is_cancelled())
+    }
+
+    /// How many connections were established so far (1 + reconnections).
+    pub fn connection_count(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Waits until connected, up to `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), TransportError> {
+        self.current_session(timeout).await.map(|_| ())
+    }
+
+    async fn current_session(&self, timeout: Duration) -> Result<Arc<Session>, TransportError> {
+        let mut rx = self.inner.session.subscribe();
+        let wait = async {
+            loop {
+                if let Some(s) = rx.borrow_and_update().as_ref()
+                    && !s.broken.is_cancelled()
+                {
+                    return Ok(s.clone());
+                }
+                if self.inner.shutdown.is_cancelled() {
+                    return Err(TransportError::Closed);
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return Err(TransportError::Closed) },
+                    _ = self.inner.shutdown.cancelled() => return Err(TransportError::Closed),
+                    // A session marked broken is replaced; poll for that.
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| TransportError::NotConnected(timeout))?
+    }
+
+    /// Registers declarations (kept for every future connection) and applies
+    /// them now when connected.
+    pub async fn declare(&self, decls: Vec<Declaration>) -> Result<(), TransportError> {
+        let mut registry = self.inner.registry.lock().await;
+        for d in &decls {
+            if !registry.declarations.contains(d) {
+                registry.declarations.push(d.clone());
+            }
+        }
+        let session = self.inner.session.borrow().clone();
+        if let Some(session) = session.filter(|s| !s.broken.is_cancelled())
+            && let Err(e) = apply_declarations(&session, &decls).await
+        {
+            session.broken.cancel();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Registers a consumer of `queue` (restarted on every new connection) and
+    /// starts it now when connected. Messages arrive acknowledged on `tx`.
+    /// Nothing to fail: a consumer that cannot start on this connection
+    /// marks it broken, and the next one starts it with the others.
+    pub async fn consume(&self, queue: &str, tx: mpsc::Sender<Incoming>) {
+        let mut registry = self.inner.registry.lock().await;
+        let stop = self.inner.shutdown.child_token();
+        registry.consumers.push(ConsumerSpec { queue: queue.to_string(), tx: tx.clone(), stop: stop.clone() });
+        let session = self.inner.session.borrow().clone();
+        if let Some(session) = session.filter(|s| !s.broken.is_cancelled())
+            && let Err(e) = start_consumer(&session, queue, tx, stop, self.inner.opts.prefetch).await
+        {
+            tracing::warn!(queue, error = %e, "could not start consuming; reconnecting to start it");
+            session.broken.cancel();
+        }
+    }
+
+    /// Stops re-declaring and deletes a queue (oslo deletes its fanout queues
+    /// on shutdown). Best effort.
+    pub async fn delete_queue(&self, queue: &str) {
+        let mut registry = self.inner.registry.lock().await;
+        registry.consumers.retain(|c| c.queue != queue);
+        registry.declarations.retain(|d| !matches!(d, Declaration::Queue(q) if q.name == queue));
+        registry.declarations.retain(|d| !matches!(d, Declaration::Binding(b) if b.queue == queue));
+        let session = self.inner.session.borrow().clone();
+        if let Some(session) = session {
+            let channel = session.declare.lock().await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
+            )
+            .await;
+        }
+    }
+
+    /// Stops consuming `queue`, now and on future connections; the queue and
+    /// what it holds stay for the next consumer (graceful shutdown).
+    pub async fn stop_consuming(&self, queue: &str) {
+        let mut registry = self.inner.registry.lock().await;
+        registry.consumers.retain(|c| {
+            if c.queue == queue {
+                c.stop.cancel();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Publishes one message with publisher confirms. Retries only when the
+    /// message provably did not leave (no connection, publish refused locally),
+    /// never after it may have reached the broker, so nothing is sent twice.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: PublishProps,
+        timeout: Duration,
+    ) -> Result<PublishOutcome, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let session = self.current_session(remaining).await?;
+            let mut properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_priority(0)
+                .with_headers(FieldTable::default());
+            if let Some(ms) = props.expiration_ms {
+                properties = properties.with_expiration(ms.to_string().into());
+            }
+            let sent = session
+                .publish
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: props.mandatory, immediate: false },
+                    body,
+                    properties,
+                )
+                .await;
+            let confirm = match sent {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish failed before sending; will retry on a new connection");
+                    session.broken.cancel();
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(TransportError::Amqp(e));
+                    }
+                    continue;
+                }
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return match tokio::time::timeout(remaining.max(Duration::from_secs(1)), confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(PublishOutcome::Confirmed),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(PublishOutcome::Returned),
+                Ok(Ok(Confirmation::Nack(_))) => Ok(PublishOutcome::Nacked),
+                Ok(Err(e)) => {
+                    session.broken.cancel();
+                    Err(TransportError::Unconfirmed(e.to_string()))
+                }
+                Err(_) => Err(TransportError::Unconfirmed("no publisher confirm in time".into())),
+            };
+        }
+    }
+
+    /// Closes the connection and stops reconnecting; the supervisor closes
+    /// the connection once, gracefully.
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        let handle = self.inner.supervisor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+}
+
+fn amqp_uri(broker: &BrokerAddress, heartbeat: u16, connect_timeout: Duration) -> AMQPUri {
+    // Built field by field: lapin's URI parser loses IPv6 hosts and turns an
+    // empty vhost into "" (see crates.md §4).
+    AMQPUri {
+        scheme: if broker.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo { username: broker.username.clone(), password: broker.password.clone() },
+            host: broker.host.clone(),
+            port: broker.port,
+        },
+        vhost: broker.vhost.clone(),
+        query: AMQPQueryString {
+            heartbeat: Some(heartbeat),
+            connection_timeout: Some(connect_timeout.as_millis() as u64),
+            ..Default::default()
+        },
+    }
+}
+
+/// The delay before reconnection attempt `n` (0-based), oslo-style
+/// (`interval + n * backoff`, capped).
+pub fn reconnect_delay(opts: &TransportOptions, attempt: u32) -> Duration {
+    let delay = opts.retry_interval + opts.retry_backoff * attempt;
+    delay.min(opts.interval_max)
+}
+
+async fn supervise(inner: Arc<Inner>) {
+    let brokers = inner.opts.brokers.clone();
+    let mut index = (std::process::id() as usize) % brokers.len().max(1);
+    let mut attempt: u32 = 0;
+    while !inner.shutdown.is_cancelled() {
+        let broker = &brokers[index % brokers.len()];
+        index += 1;
+        let uri = amqp_uri(broker, inner.opts.heartbeat, inner.opts.connect_timeout);
+        let props = ConnectionProperties::default()
+            .with_connection_name(inner.opts.connection_name.clone().into())
+            .with_client_property("product".into(), "nova-docker".into());
+        let connected = tokio::select! {
+            r = tokio::time::timeout(inner.opts.connect_timeout, Connection::connect_uri(uri, props)) => r,
+            _ = inner.shutdown.cancelled() => break,
+        };
+        match connected {
+            Ok(Ok(connection)) => match open_session(&inner, connection).await {
+                Ok(session) => {
+                    attempt = 0;
+                    let n = inner.connects.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(broker = %broker, connection = n, "connected to RabbitMQ");
+                    let broken = session.broken.clone();
+                    broken.cancelled().await;
+                    if !inner.shutdown.is_cancelled() {
+                        tracing::warn!(broker = %broker, "lost the connection to RabbitMQ; reconnecting");
+                    }
+                    inner.session.send_if_modified(|s| {
+                        if s.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &session)) {
+                            *s = None;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    if session.connection.status().connected() {
+                        let reason = if inner.shutdown.is_cancelled() { "shutdown" } else { "reconnect" };
+                        let close = session.connection.close(200, reason.into());
+                        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+                    }
+                    if inner.shutdown.is_cancelled() {
+                        break;
+                    }
+                    // Reconnect at once after losing a working connection.
+                    continue;
+                }
+                Err(e) => tracing::error!(broker = %broker, error = %e, "RabbitMQ setup failed"),
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(broker = %broker, error = %e, "cannot connect to RabbitMQ");
+                *inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{broker}: {e}"));
+            }
+            Err(_) => {
+                tracing::warn!(broker = %broker, "connection attempt to RabbitMQ timed out");
+                *inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{broker}: connection attempt timed out"));
+            }
+        }
+        let delay = reconnect_delay(&inner.opts, attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = inner.shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn open_session(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<Session>, lapin::Error> {
+    let broken = inner.shutdown.child_token();
+    // Listen for connection errors from the start (lapin drops events nobody listens to).
+    let mut events = connection.events_listener();
+    {
+        let broken = broken.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = events.next() => match ev {
+                        Some(Event::Error(e)) => {
+                            tracing::warn!(error = %e, "AMQP connection error");
+                            broken.cancel();
+                            return;
+                        }
+                        Some(Event::ConnectionBlocked(reason)) => tracing::warn!(%reason, "RabbitMQ blocked the connection"),
+                        Some(Event::ConnectionUnblocked) => tracing::info!("RabbitMQ unblocked the connection"),
+                        Some(_) => {}
+                        None => { broken.cancel(); return; }
+                    },
+                    _ = broken.cancelled() => return,
+                }
+            }
+        });
+    }
+    let publish = connection.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let declare = connection.create_channel().await?;
+    let session = Arc::new(Session { connection, publish, declare: Mutex::new(declare), broken });
+    let registry = inner.registry.lock().await;
+    let setup = async {
+        apply_declarations(&session, &registry.declarations).await?;
+        for c in &registry.consumers {
+            start_consumer(&session, &c.queue, c.tx.clone(), c.stop.clone(), inner.opts.prefetch).await?;
+        }
+        Ok::<_, lapin::Error>(())
+    };
+    if let Err(e) = setup.await {
+        session.broken.cancel();
+        return Err(e);
+    }
+    // Published while the registry is still locked: a declaration or
+    // consumer registered from now on sees this session and is applied on
+    // it, one registered before was applied above. (Published after the
+    // lock, one registered in between reached neither, and a consumer of a
+    // queue it declared met "no queue" from the broker.)
+    inner.session.send_replace(Some(session.clone()));
+    drop(registry);
+    Ok(session)
+}
+
+fn field_table(args: &[(String, ArgValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in args {
+        let value = match v {
+            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+            ArgValue::Str(s) => AMQPValue::LongString(s.as_str().into()),
+        };
+        t.insert(ShortString::from(k.as_str()), value);
+    }
+    t
+}
+
+async fn apply_declarations(session: &Session, decls: &[Declaration]) -> Result<(), lapin::Error> {
+    let mut channel = session.declare.lock().await;
+    for d in decls {
+        let result = declare_one(&channel, d).await;
+        let Err(e) = result else { continue };
+        let text = e.to_string();
+        // oslo's fallback: an existing non-durable exchange wins over our flag.
+        if let Declaration::Exchange(x) = d
+            && text.contains("inequivalent arg 'durable'")
+        {
+            tracing::warn!(exchange = %x.name, "exchange exists with other durability; re-declaring as it is");
+            *channel = session.connection.create_channel().await?;
+            let mut x = x.clone();
+            x.durable = !x.durable;
+            declare_one(&channel, &Declaration::Exchange(x)).await?;
+            continue;
+        }
+        if text.contains("PRECONDITION_FAILED") {
+            tracing::error!(
+                entity = ?d,
+                error = %text,
+                "RabbitMQ refused a declaration because the entity exists with other flags: \
+                 make [oslo_messaging_rabbit] amqp_durable_queues, amqp_auto_delete, rabbit_ha_queues \
+                 and rabbit_quorum_queue match the rest of the deployment"
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn declare_one(channel: &Channel, d: &Declaration) -> Result<(), lapin::Error> {
+    match d {
+        Declaration::Exchange(x) => {
+            let kind = match x.kind {
+                super::topology::ExchangeKind::Topic => ExchangeKind::Topic,
+                super::topology::ExchangeKind::Fanout => ExchangeKind::Fanout,
+            };
+            channel
+                .exchange_declare(
+                    x.name.as_str().into(),
+                    kind,
+                    ExchangeDeclareOptions { durable: x.durable, auto_delete: x.auto_delete, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+        }
+        Declaration::Queue(q) => channel
+            .queue_declare(
+                q.name.as_str().into(),
+                QueueDeclareOptions { durable: q.durable, auto_delete: q.auto_delete, ..Default::default() },
+                field_table(&q.arguments),
+            )
+            .await
+            .map(|_| ()),
+        Declaration::Binding(b) => {
+            channel
+                .queue_bind(
+                    b.queue.as_str().into(),
+                    b.exchange.as_str().into(),
+                    b.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    }
+}
+
+async fn start_consumer(
+    session: &Arc<Session>,
+    queue: &str,
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+    prefetch: u16,
+) -> Result<(), lapin::Error> {
+    let channel = session.connection.create_channel().await?;
+    if prefetch > 0 {
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    }
+    let mut consumer =
+        channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let broken = session.broken.clone();
+    let queue = queue.to_string();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                _ = broken.cancelled() => return,
+                _ = stop.cancelled() => {
+                    // Unacked deliveries go back to the queue with the channel.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "stop consuming".into())).await;
+                    return;
+                }
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    // Ack first (oslo's at-most-once RPC semantics).
+                    match delivery.acker.ack(BasicAckOptions::default()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Stale delivery tag after a reconnect: the broker will
+                            // redeliver; dedup by _unique_id handles it.
+                            tracing::debug!(queue = %queue, "ack was a no-op (stale channel)");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %queue, error = %e, "ack failed; message discarded as oslo does");
+                            broken.cancel();
+                            return;
+                        }
+                    }
+                    let incoming = Incoming {
+                        queue: queue.clone(),
+                        routing_key: delivery.routing_key.to_string(),
+                        redelivered: delivery.redelivered,
+                        body: delivery.data,
+                    };
+                    if tx.send(incoming).await.is_err() {
+                        // Nobody listens any more (shutdown); drop quietly.
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %queue, error = %e, "consumer failed");
+                    broken.cancel();
+                    return;
+                }
+                None => {
+                    tracing::warn!(queue = %queue, "consumer cancelled by the broker");
+                    broken.cancel();
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> TransportOptions {
+        TransportOptions {
+            brokers: vec![],
+            heartbeat: 60,
+            retry_interval: Duration::from_secs(1),
+            retry_backoff: Duration::from_secs(1),
+            interval_max: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(5),
+            prefetch: 0,
+            connection_name: "t".into(),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let o = opts();
+        let d: Vec<u64> = (0..6).map(|a| reconnect_delay(&o, a).as_secs()).collect();
+        assert_eq!(d, [1, 2, 3, 4, 4, 4]);
+    }
+
+    #[test]
+    fn uri_keeps_ipv6_hosts_and_slash_vhost() {
+        let b = BrokerAddress {
+            host: "fd00::5".into(),
+            port: 5672,
+            username: "u".into(),
+            password: "p".into(),
+            vhost: "/".into(),
+            tls: false,
+        };
+        let uri = amqp_uri(&b, 30, Duration::from_secs(5));
+        assert_eq!(uri.authority.host, "fd00::5");
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.query.heartbeat, Some(30));
+    }
+}

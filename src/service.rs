@@ -1,0 +1,354 @@
+//! `nova-docker serve`: wires the pieces together and runs the compute host
+//! until SIGTERM/SIGINT.
+//!
+//! Order matters: the RPC queues are declared (and ping answered) before the
+//! host is advertised, so no cast to `compute.<host>` is ever dropped; compute
+//! requests wait until registration and start-up recovery are done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::ServiceClient;
+use crate::compute::host::HostRegistrar;
+use crate::compute::{ComputeEndpoint, ComputeManager};
+use crate::conductor::Conductor;
+use crate::config::{AuthSettings, Settings};
+use crate::image::archive::ArchiveLimits;
+use crate::image::{Glance, ImageService};
+use crate::network::Neutron;
+use crate::placement::Placement;
+use crate::release::{self, Release};
+use crate::rpc::{
+    BaseApi, Dispatcher, Endpoint, RequestContext, RpcClient, RpcServer, ServerOptions, Topology, Transport,
+    TransportOptions,
+};
+use crate::virt::docker::DockerDriver;
+use crate::{health, metrics};
+
+/// The transport options of the settings.
+pub fn transport_options(settings: &Settings) -> TransportOptions {
+    TransportOptions {
+        brokers: settings.transport_url.brokers.clone(),
+        heartbeat: settings.rabbit.heartbeat_timeout_threshold,
+        retry_interval: settings.rabbit.retry_interval,
+        retry_backoff: settings.rabbit.retry_backoff,
+        interval_max: settings.rabbit.interval_max,
+        connect_timeout: Duration::from_secs(10),
+        prefetch: settings.rabbit.prefetch_count,
+        connection_name: format!("nova-docker:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
+    }
+}
+
+async fn connect_docker(settings: &Settings, stop: &CancellationToken) -> anyhow::Result<DockerDriver> {
+    let mut attempt = 0u32;
+    loop {
+        match DockerDriver::connect(&settings.docker, &settings.host).await {
+            Ok(d) => return Ok(d),
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::error!(error = %e, "cannot reach the Docker engine; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.cancelled() => anyhow::bail!("stopped before the Docker engine answered"),
+        }
+    }
+}
+
+fn placement_client(settings: &Settings) -> Option<Placement> {
+    let configured = settings.placement.endpoint_override.is_some() || settings.placement.auth != AuthSettings::None;
+    if !configured {
+        tracing::warn!("[placement] is not configured: the host will not be schedulable");
+        return None;
+    }
+    Some(Placement::new(ServiceClient::new(settings.placement.clone(), "placement", "placement")))
+}
+
+fn neutron_client(settings: &Settings) -> Option<Neutron> {
+    let configured = settings.neutron.endpoint_override.is_some() || settings.neutron.auth != AuthSettings::None;
+    if !configured {
+        tracing::warn!("[neutron] is not configured: only servers without networks (--nic none) can boot");
+        return None;
+    }
+    let client = ServiceClient::new(settings.neutron.clone(), "neutron", "neutron");
+    Some(Neutron::new(client, &settings.host, &settings.neutron_ovs_bridge))
+}
+
+fn spawn_signal_handler(stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
+        }
+        stop.cancel();
+    });
+}
+
+async fn choose_release(settings: &Settings, conductor: &Conductor) -> &'static Release {
+    if let Some(r) = release::by_name(&settings.nova_release) {
+        return r;
+    }
+    let ctx = RequestContext::admin();
+    loop {
+        match conductor.service_minimum_version(&ctx, "nova-conductor").await {
+            Ok(v) => {
+                let r = release::detect(v);
+                tracing::info!(
+                    conductor_version = v,
+                    release = r.name,
+                    "detected the Nova release of the control plane"
+                );
+                return r;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the conductor for its version; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Runs the compute service until a termination signal.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    tracing::info!(host = %settings.host, brokers = ?settings.transport_url.brokers, "nova-docker starting");
+    std::fs::create_dir_all(&settings.state_path)
+        .with_context(|| format!("cannot create state_path {}", settings.state_path.display()))?;
+
+    let driver = Arc::new(connect_docker(&settings, &stop).await?);
+    let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
+    let transport = Transport::start(transport_options(&settings));
+    let client = RpcClient::start(transport.clone(), &topology, settings.rpc_response_timeout).await?;
+    let conductor = Conductor::new(client.clone(), &settings.host);
+    if let Some(r) = release::by_name(&settings.nova_release) {
+        conductor.set_release(r);
+    }
+    let placement = placement_client(&settings);
+    let glance = Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"));
+    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
+    let images = ImageService::new(glance, driver.clone(), limits);
+    let registrar = HostRegistrar {
+        settings: settings.clone(),
+        conductor: conductor.clone(),
+        placement: placement.clone(),
+        driver: driver.clone(),
+    };
+    let manager = Arc::new(ComputeManager::new(
+        settings.clone(),
+        conductor.clone(),
+        placement.clone(),
+        driver.clone(),
+        images,
+        registrar,
+        neutron_client(&settings),
+    ));
+
+    // RPC first: queues exist and ping answers before Nova knows this host.
+    let endpoints: Vec<Arc<dyn Endpoint>> = vec![
+        Arc::new(BaseApi::new("compute")),
+        Arc::new(ComputeEndpoint::new(manager.clone(), release::HIBISCUS.compute_rpc)),
+    ];
+    let mut topics = vec!["compute".to_string()];
+    if release::by_name(&settings.nova_release).is_some_and(|r| r.alt_topic) {
+        topics.push("compute-alt".into());
+    }
+    let server = RpcServer::new(
+        transport.clone(),
+        topology.clone(),
+        Dispatcher::new(endpoints),
+        ServerOptions {
+            topics,
+            server: settings.host.clone(),
+            max_message_bytes: settings.rpc_max_message_bytes,
+            concurrency: settings.executor_pool_size,
+            missing_consumer_retry_timeout: settings.rabbit.missing_consumer_retry_timeout,
+            drain_timeout: settings.graceful_shutdown_timeout,
+        },
+    );
+    server.declare().await?;
+    // A host whose RPC server has ended looks up (it still heartbeats) but
+    // drops every request: if that ever happens, the service stops and says
+    // so, for its supervisor to start it again.
+    let server_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server_task = tokio::spawn({
+        let (server, stop, ended) = (server.clone(), stop.clone(), server_ended.clone());
+        async move {
+            let result = server.run(stop.clone()).await;
+            if !stop.is_cancelled() {
+                tracing::error!(result = ?result, "the RPC server ended while the service runs; stopping");
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.cancel();
+            }
+            result
+        }
+    });
+
+    if let Some(listen) = settings.metrics_listen.clone() {
+        let (t, m) = (transport.clone(), manager.clone());
+        let ready: health::ReadyCheck = Arc::new(move || {
+            let (t, m) = (t.clone(), m.clone());
+            Box::pin(async move {
+                if !t.is_connected() {
+                    return Err("no RabbitMQ connection".to_string());
+                }
+                if m.records.get().is_none() {
+                    return Err("host not registered yet".to_string());
+                }
+                m.driver.client().ping().await.map(|_| ()).map_err(|e| format!("Docker: {e}"))
+            })
+        });
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(&listen, ready, stop).await {
+                tracing::error!(error = %e, listen = %listen, "the health/metrics endpoint failed");
+            }
+        });
+    }
+
+    // The conductor, then the release, then the host records.
+    tokio::select! {
+        _ = conductor.wait_until_ready() => {}
+        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+    }
+    let release = tokio::select! {
+        r = choose_release(&settings, &conductor) => r,
+        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+    };
+    conductor.set_release(release);
+    if release.alt_topic {
+        server.add_topic("compute-alt").await?;
+    }
+    let ctx = RequestContext::admin();
+    let records = loop {
+        let attempt = tokio::select! {
+            r = manager.registrar.register(&ctx) => r,
+            _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+        };
+        match attempt {
+            Ok(r) => break Arc::new(r),
+            Err(e) => {
+                tracing::error!(error = %e, "host registration failed; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    tracing::info!(node = %records.node_uuid, release = release.name, "host registered");
+    let _ = manager.records.set(records.clone());
+    if let Err(e) = manager.init_host(&ctx).await {
+        tracing::warn!(error = %e, "start-up recovery incomplete");
+    }
+    manager.mark_ready();
+    tracing::info!("ready: serving compute requests");
+
+    spawn_periodic_tasks(manager.clone(), records, stop.clone(), transport.clone());
+    // One full pass now: containers whose instance is gone, power states.
+    let first_pass = manager.clone();
+    tokio::spawn(async move { first_pass.sync_all(&RequestContext::admin()).await });
+    tokio::spawn(manager.clone().watch_events(stop.clone()));
+
+    stop.cancelled().await;
+    shutdown(transport, server_task, &server_ended).await
+}
+
+/// Lets the RPC server drain, closes the broker connection; an error when
+/// the stop came from the RPC server ending on its own (`server_ended`).
+async fn shutdown(
+    transport: Transport,
+    server_task: tokio::task::JoinHandle<Result<(), crate::rpc::TransportError>>,
+    server_ended: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "RPC server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "RPC server task failed"),
+    }
+    transport.close().await;
+    tracing::info!("stopped");
+    if server_ended.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("the RPC server ended unexpectedly (see the log above)");
+    }
+    Ok(())
+}
+
+fn spawn_periodic_tasks(
+    manager: Arc<ComputeManager<DockerDriver>>,
+    records: Arc<crate::compute::host::HostRecords>,
+    stop: CancellationToken,
+    transport: Transport,
+) {
+    let s = manager.settings.clone();
+    // Heartbeat: report_count every report_interval.
+    {
+        let (m, r, stop) = (manager.clone(), records.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(s.report_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_connects = 0;
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+                let connects = transport.connection_count();
+                if connects > last_connects {
+                    metrics::global().add("nova_docker_amqp_connections_total", &[], (connects - last_connects) as f64);
+                    last_connects = connects;
+                }
+                match m.registrar.heartbeat(&RequestContext::admin(), &r).await {
+                    Ok(true) => {
+                        if let Err(e) = m.registrar.sync_traits(&r).await {
+                            tracing::warn!(error = %e, "could not sync the disabled trait");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(crate::compute::host::HostError::Conductor(e)) if e.is_nova("ServiceNotFound") => {
+                        if let Err(e) = m.registrar.reregister(&RequestContext::admin(), &r).await {
+                            tracing::error!(error = %e, "registering again failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "service heartbeat failed"),
+                }
+            }
+        });
+    }
+    // Resources and placement.
+    {
+        let (m, r, stop) = (manager.clone(), records.clone(), stop.clone());
+        let every = m.settings.update_resources_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+                if let Err(e) = m.registrar.refresh(&RequestContext::admin(), &r).await {
+                    tracing::warn!(error = %e, "periodic resource update failed");
+                }
+            }
+        });
+    }
+    // Full power-state reconciliation and deleted-instance cleanup.
+    let sync_every =
+        [manager.settings.sync_power_state_interval, manager.settings.running_deleted_instance_poll_interval]
+            .into_iter()
+            .flatten()
+            .min();
+    if let Some(every) = sync_every {
+        let (m, stop) = (manager.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+                m.sync_all(&RequestContext::admin()).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,584 @@
+//! The Docker engine implementation of [`Driver`], over the unix socket with
+//! bollard.
+//!
+//! Containers are found by name (`nova-<uuid>`), one API call per lookup, and
+//! listed by label. Every request has the configured timeout; operations that
+//! wait inside the engine (stop with a grace period) get that period on top.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
+    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
+    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::spec::{ContainerSpec, container_name, labels};
+use super::{
+    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, ManagedContainer, NicStats,
+    PowerState, VirtError,
+};
+use crate::config::DockerSettings;
+
+/// The Docker driver.
+#[derive(Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    settings: DockerSettings,
+    host: String,
+}
+
+fn engine(op: &str, e: BollardError) -> VirtError {
+    match e {
+        BollardError::DockerResponseServerError { status_code, message } => {
+            VirtError::Engine { op: op.to_string(), detail: message, status: Some(status_code) }
+        }
+        BollardError::RequestTimeoutError => VirtError::Timeout { op: op.to_string(), after: Duration::ZERO },
+        other => VirtError::Engine { op: op.to_string(), detail: other.to_string(), status: None },
+    }
+}
+
+fn is_status(e: &BollardError, code: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Nova's `convert_version_to_int`: "20.10.24" -> 20010024.
+pub fn version_to_int(version: &str) -> i64 {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let mut n = 0i64;
+    for _ in 0..3 {
+        let p: i64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        n = n * 1000 + p.min(999);
+    }
+    n
+}
+
+fn power_state(status: Option<&ContainerStateStatusEnum>, oom: bool, exit_code: Option<i64>) -> PowerState {
+    match status {
+        Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::RESTARTING) => PowerState::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => PowerState::Paused,
+        Some(ContainerStateStatusEnum::DEAD) => PowerState::Crashed,
+        Some(ContainerStateStatusEnum::EXITED) if oom => PowerState::Crashed,
+        Some(ContainerStateStatusEnum::EXITED) if exit_code.is_some_and(|c| c != 0 && c != 137 && c != 143) => {
+            // A non-zero exit not caused by our SIGTERM/SIGKILL.
+            PowerState::Crashed
+        }
+        Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::EXITED) => PowerState::Shutdown,
+        _ => PowerState::NoState,
+    }
+}
+
+impl DockerDriver {
+    /// Connects to the engine's unix socket and checks it answers.
+    pub async fn connect(settings: &DockerSettings, host: &str) -> Result<Self, VirtError> {
+        let path = settings.socket_path.to_string_lossy().to_string();
+        let docker = Docker::connect_with_unix(&path, settings.api_timeout.as_secs(), bollard::API_DEFAULT_VERSION)
+            .map_err(|e| VirtError::Engine {
+                op: "connect".into(),
+                detail: format!("{e} (is the Docker engine running, and may this service use {path}?)"),
+                status: None,
+            })?;
+        docker.ping().await.map_err(|e| VirtError::Engine {
+            op: "ping".into(),
+            detail: format!("{e} (is the Docker engine running, and may this service use {path}?)"),
+            status: None,
+        })?;
+        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string() })
+    }
+
+    /// The bollard client (for image streaming helpers).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// A client whose timeout also covers an in-engine wait of `extra`.
+    fn with_wait(&self, extra: Duration) -> Docker {
+        self.docker.clone().with_timeout(self.settings.api_timeout + extra)
+    }
+
+    async fn inspect(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        let name = container_name(uuid);
+        let c = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await.map_err(|e| {
+            if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine("inspect", e) }
+        })?;
+        let state = c.state.unwrap_or_default();
+        let oom = state.oom_killed.unwrap_or(false);
+        Ok(InstanceInfo {
+            uuid: uuid.to_string(),
+            container_id: c.id.unwrap_or_default(),
+            state: power_state(state.status.as_ref(), oom, state.exit_code),
+            pid: state.pid.filter(|p| *p > 0),
+            oom_killed: oom,
+            exit_code: state.exit_code,
+            started_at: state.started_at,
+        })
+    }
+
+    fn not_found_or(uuid: &str, op: &str, e: BollardError) -> VirtError {
+        if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine(op, e) }
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let host_config = HostConfig {
+        memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_bytes),
+        cpu_shares: Some(spec.cpu_shares),
+        nano_cpus: spec.nano_cpus,
+        cpuset_cpus: spec.cpuset_cpus.clone(),
+        pids_limit: spec.pids_limit,
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(spec.cap_add.clone()),
+        security_opt: Some(spec.security_opt.clone()),
+        privileged: Some(false),
+        readonly_rootfs: Some(spec.read_only_rootfs),
+        network_mode: Some("none".into()),
+        userns_mode: spec.userns_mode.clone(),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        init: Some(true),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        hostname: Some(spec.hostname.clone()),
+        cmd: spec.command.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        tty: Some(false),
+        open_stdin: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+impl Driver for DockerDriver {
+    async fn ping(&self) -> Result<(), VirtError> {
+        self.docker.ping().await.map(|_| ()).map_err(|e| engine("ping", e))
+    }
+
+    async fn host_resources(&self) -> Result<HostResources, VirtError> {
+        let info = self.docker.info().await.map_err(|e| engine("info", e))?;
+        let root = info.docker_root_dir.clone().unwrap_or_else(|| "/var/lib/docker".into());
+        let (disk_gb, disk_free_gb) = tokio::task::spawn_blocking(move || {
+            let st = nix::sys::statvfs::statvfs(root.as_str()).or_else(|_| nix::sys::statvfs::statvfs("/"));
+            match st {
+                Ok(s) => {
+                    let frag = s.fragment_size();
+                    let gib = 1024 * 1024 * 1024;
+                    ((s.blocks() * frag) / gib, (s.blocks_available() * frag) / gib)
+                }
+                Err(_) => (0, 0),
+            }
+        })
+        .await
+        .unwrap_or((0, 0));
+        let arch = match info.architecture.as_deref() {
+            Some("x86_64") | None => "x86_64".to_string(),
+            Some("aarch64") => "aarch64".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let vcpus = info.ncpu.unwrap_or(1).max(1) as u64;
+        let cpu_info = serde_json::json!({
+            "arch": arch, "vendor": "docker", "model": info.server_version.clone().unwrap_or_default(),
+            "topology": {"sockets": 1, "cores": vcpus, "threads": 1}, "features": [],
+        })
+        .to_string();
+        Ok(HostResources {
+            vcpus,
+            memory_mb: (info.mem_total.unwrap_or(0).max(0) as u64) / (1024 * 1024),
+            disk_gb,
+            disk_free_gb,
+            hypervisor_version: version_to_int(info.server_version.as_deref().unwrap_or("0")),
+            arch,
+            cpu_info,
+        })
+    }
+
+    async fn list_instances(&self) -> Result<Vec<ManagedContainer>, VirtError> {
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("label".to_string(), vec![format!("{}={}", labels::HOST, self.host)])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
+                let uuid = labels.get(labels::INSTANCE)?.clone();
+                let state = match c.state.map(|s| s.to_string()).as_deref() {
+                    Some("running") | Some("restarting") => PowerState::Running,
+                    Some("paused") => PowerState::Paused,
+                    Some("dead") => PowerState::Crashed,
+                    Some(_) => PowerState::Shutdown,
+                    None => PowerState::NoState,
+                };
+                Some(ManagedContainer { uuid, container_id: c.id.unwrap_or_default(), state, labels })
+            })
+            .collect())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let mut attempt = 0;
+        loop {
+            match self.docker.create_container(Some(options.clone()), create_body(spec)).await {
+                Ok(_) => break,
+                // A container of this instance already exists (a build retried
+                // after a crash): replace it, so the spec is exactly this one.
+                Err(e) if is_status(&e, 409) && attempt == 0 => {
+                    tracing::warn!(instance = %spec.uuid, "replacing an existing container of this instance");
+                    self.destroy(&spec.uuid, Duration::ZERO).await?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(engine("create", e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        if let Err(e) = self.docker.start_container(&container_name(uuid), None::<StartContainerOptions>).await {
+            let err = engine("start", e);
+            // Never leave a created-but-broken container behind.
+            let _ = self.destroy(uuid, Duration::ZERO).await;
+            return Err(err);
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn destroy(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
+        let name = container_name(uuid);
+        if !timeout.is_zero() {
+            match self.get_info(uuid).await {
+                Ok(info) if info.state == PowerState::Paused => {
+                    let _ = self.docker.unpause_container(&name).await;
+                }
+                Ok(_) => {}
+                Err(VirtError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let stop = self
+                .with_wait(timeout)
+                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+                .await;
+            match stop {
+                Ok(()) => {}
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) if is_status(&e, 304) => {}
+                Err(e) => tracing::warn!(instance = uuid, error = %e, "graceful stop failed; removing by force"),
+            }
+        }
+        let remove = self
+            .docker
+            .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
+            .await;
+        match remove {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            // "removal already in progress"
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(engine("remove", e)),
+        }
+    }
+
+    async fn reboot(&self, uuid: &str, hard: bool, timeout: Duration) -> Result<InstanceInfo, VirtError> {
+        let name = container_name(uuid);
+        let info = self.inspect(uuid).await?;
+        if info.state == PowerState::Paused {
+            self.docker.unpause_container(&name).await.map_err(|e| engine("unpause", e))?;
+        }
+        if hard {
+            if matches!(info.state, PowerState::Running | PowerState::Paused) {
+                match self
+                    .docker
+                    .kill_container(&name, Some(KillContainerOptionsBuilder::default().signal("SIGKILL").build()))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_status(&e, 409) => {} // not running any more
+                    Err(e) => return Err(Self::not_found_or(uuid, "kill", e)),
+                }
+            }
+            match self.docker.start_container(&name, None::<StartContainerOptions>).await {
+                Ok(()) => {}
+                Err(e) if is_status(&e, 304) => {}
+                Err(e) => return Err(Self::not_found_or(uuid, "start", e)),
+            }
+        } else {
+            self.with_wait(timeout)
+                .restart_container(
+                    &name,
+                    Some(RestartContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()),
+                )
+                .await
+                .map_err(|e| Self::not_found_or(uuid, "restart", e))?;
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn power_off(&self, uuid: &str, timeout: Duration) -> Result<InstanceInfo, VirtError> {
+        let name = container_name(uuid);
+        let info = self.inspect(uuid).await?;
+        if info.state == PowerState::Paused {
+            self.docker.unpause_container(&name).await.map_err(|e| engine("unpause", e))?;
+        }
+        match self
+            .with_wait(timeout)
+            .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) => {} // already stopped
+            Err(e) => return Err(Self::not_found_or(uuid, "stop", e)),
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn power_on(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        let name = container_name(uuid);
+        let info = self.inspect(uuid).await?;
+        if info.state == PowerState::Paused {
+            self.docker.unpause_container(&name).await.map_err(|e| engine("unpause", e))?;
+        } else {
+            match self.docker.start_container(&name, None::<StartContainerOptions>).await {
+                Ok(()) => {}
+                Err(e) if is_status(&e, 304) => {} // already running
+                Err(e) => return Err(Self::not_found_or(uuid, "start", e)),
+            }
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn pause(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        let info = self.inspect(uuid).await?;
+        if info.state != PowerState::Paused {
+            self.docker
+                .pause_container(&container_name(uuid))
+                .await
+                .map_err(|e| Self::not_found_or(uuid, "pause", e))?;
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn unpause(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        let info = self.inspect(uuid).await?;
+        if info.state == PowerState::Paused {
+            self.docker
+                .unpause_container(&container_name(uuid))
+                .await
+                .map_err(|e| Self::not_found_or(uuid, "unpause", e))?;
+        }
+        self.inspect(uuid).await
+    }
+
+    async fn get_info(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        self.inspect(uuid).await
+    }
+
+    async fn console_output(&self, uuid: &str, max_bytes: usize) -> Result<Vec<u8>, VirtError> {
+        let name = container_name(uuid);
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(false).tail("all").build();
+        let collect = async {
+            let mut out: Vec<u8> = Vec::new();
+            let mut logs = self.docker.logs(&name, Some(opts));
+            while let Some(chunk) = logs.next().await {
+                let chunk = chunk.map_err(|e| Self::not_found_or(uuid, "logs", e))?;
+                out.extend_from_slice(&chunk.into_bytes());
+                // Keep only the tail, bounded, however chatty the container.
+                if out.len() > 2 * max_bytes {
+                    out.drain(..out.len() - max_bytes);
+                }
+            }
+            if out.len() > max_bytes {
+                out.drain(..out.len() - max_bytes);
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(self.settings.api_timeout, collect)
+            .await
+            .map_err(|_| VirtError::Timeout { op: "logs".into(), after: self.settings.api_timeout })?
+    }
+
+    async fn stats(&self, uuid: &str) -> Result<InstanceStats, VirtError> {
+        let name = container_name(uuid);
+        let opts = StatsOptionsBuilder::default().stream(false).one_shot(true).build();
+        let fetch = async { self.docker.stats(&name, Some(opts)).next().await };
+        let s = tokio::time::timeout(self.settings.api_timeout, fetch)
+            .await
+            .map_err(|_| VirtError::Timeout { op: "stats".into(), after: self.settings.api_timeout })?
+            .ok_or_else(|| VirtError::NotFound(uuid.to_string()))?
+            .map_err(|e| Self::not_found_or(uuid, "stats", e))?;
+        let cpu = s.cpu_stats.unwrap_or_default();
+        let mem = s.memory_stats.unwrap_or_default();
+        let mut nics: Vec<NicStats> = s
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, n)| NicStats {
+                name,
+                rx_octets: n.rx_bytes.unwrap_or(0),
+                rx_packets: n.rx_packets.unwrap_or(0),
+                rx_errors: n.rx_errors.unwrap_or(0),
+                rx_drop: n.rx_dropped.unwrap_or(0),
+                tx_octets: n.tx_bytes.unwrap_or(0),
+                tx_packets: n.tx_packets.unwrap_or(0),
+                tx_errors: n.tx_errors.unwrap_or(0),
+                tx_drop: n.tx_dropped.unwrap_or(0),
+            })
+            .collect();
+        nics.sort_by(|a, b| a.name.cmp(&b.name));
+        let info = self.inspect(uuid).await?;
+        let uptime_s = info
+            .started_at
+            .as_deref()
+            .and_then(crate::objects::time::parse)
+            .filter(|_| info.state == PowerState::Running)
+            .map(|t| (chrono::Utc::now() - t).num_seconds().max(0) as u64);
+        Ok(InstanceStats {
+            cpu_time_ns: cpu.cpu_usage.and_then(|u| u.total_usage).unwrap_or(0),
+            memory_used_bytes: mem.usage.unwrap_or(0),
+            memory_limit_bytes: mem.limit.unwrap_or(0),
+            online_cpus: cpu.online_cpus.unwrap_or(0) as u64,
+            nics,
+            uptime_s,
+        })
+    }
+
+    async fn find_image(&self, reference: &str) -> Result<Option<ImageRef>, VirtError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Some(ImageRef { id: i.id.unwrap_or_default(), cmd: i.config.and_then(|c| c.cmd) })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(engine("inspect image", e)),
+        }
+    }
+
+    async fn load_image(
+        &self,
+        archive: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> Result<Vec<String>, VirtError> {
+        // The upload can take long; the timeout covers response headers,
+        // which docker load sends only after reading the whole archive.
+        let docker = self.with_wait(Duration::from_secs(3600));
+        let lines: Vec<String> = docker
+            .import_image_stream(ImportImageOptionsBuilder::default().quiet(true).build(), archive, None)
+            .map_ok(|info| info.stream.unwrap_or_default().trim().to_string())
+            .try_collect()
+            .await
+            .map_err(|e| engine("load", e))?;
+        Ok(lines.into_iter().filter(|l| !l.is_empty()).collect())
+    }
+
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<(), VirtError> {
+        self.docker
+            .tag_image(image, Some(TagImageOptionsBuilder::default().repo(repo).tag(tag).build()))
+            .await
+            .map_err(|e| engine("tag", e))
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), VirtError> {
+        match self
+            .docker
+            .remove_image(image, Some(RemoveImageOptionsBuilder::default().noprune(false).build()), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(engine("remove image", e)),
+        }
+    }
+
+    async fn commit(
+        &self,
+        uuid: &str,
+        repo: &str,
+        tag: &str,
+        pause: bool,
+        changes: Vec<String>,
+    ) -> Result<String, VirtError> {
+        let name = container_name(uuid);
+        let mut opts = CommitContainerOptionsBuilder::default().container(&name).repo(repo).tag(tag).pause(pause);
+        let joined = changes.join("\n");
+        if !changes.is_empty() {
+            opts = opts.changes(&joined);
+        }
+        let r = self
+            .with_wait(Duration::from_secs(600))
+            .commit_container(opts.build(), bollard::models::ContainerConfig::default())
+            .await
+            .map_err(|e| Self::not_found_or(uuid, "commit", e))?;
+        Ok(r.id)
+    }
+
+    async fn all_container_ids(&self) -> Result<Vec<String>, VirtError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {
+        let docker = self.with_wait(Duration::from_secs(3600));
+        let image = image.to_string();
+        futures::stream::once(async move { docker.export_image(&image).map_err(|e| engine("save", e)) })
+            .flatten()
+            .boxed()
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![format!("{}={}", labels::HOST, self.host)]),
+        ]);
+        // No timeout on an event stream (it is idle by nature).
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(u32::MAX as u64));
+        docker
+            .events(Some(EventsOptionsBuilder::default().filters(&filters).build()))
+            .filter_map(|r| async move {
+                match r {
+                    Ok(ev) => {
+                        let actor = ev.actor?;
+                        let uuid = actor.attributes?.get(labels::INSTANCE)?.clone();
+                        Some(Ok(LifecycleEvent { uuid, action: ev.action.unwrap_or_default() }))
+                    }
+                    Err(e) => Some(Err(engine("events", e))),
+                }
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_become_integers_like_nova() {
+        assert_eq!(version_to_int("20.10.24+dfsg1"), 20010024);
+        assert_eq!(version_to_int("29.3.1"), 29003001);
+        assert_eq!(version_to_int("1.0"), 1000000);
+    }
+
+    #[test]
+    fn container_states_map_to_power_states() {
+        use ContainerStateStatusEnum as S;
+        assert_eq!(power_state(Some(&S::RUNNING), false, None), PowerState::Running);
+        assert_eq!(power_state(Some(&S::PAUSED), false, None), PowerState::Paused);
+        assert_eq!(power_state(Some(&S::EXITED), false, Some(0)), PowerState::Shutdown);
+        assert_eq!(power_state(Some(&S::EXITED), false, Some(137)), PowerState::Shutdown);
+        assert_eq!(power_state(Some(&S::EXITED), true, Some(137)), PowerState::Crashed);
+        assert_eq!(power_state(Some(&S::EXITED), false, Some(2)), PowerState::Crashed);
+        assert_eq!(power_state(Some(&S::CREATED), false, None), PowerState::Shutdown);
+    }
+}

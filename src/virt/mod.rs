@@ -1,0 +1,207 @@
+//! The virtualisation driver contract, in the spirit of Nova's
+//! `nova/virt/driver.py` `ComputeDriver`, restricted to what containers can
+//! honestly do, and its Docker implementation.
+//!
+//! The compute manager drives the Nova state machine and talks to Nova; a
+//! driver only acts on the host. Operations are idempotent where Nova expects
+//! it (destroying a missing instance succeeds) and every engine call is
+//! bounded in time.
+
+pub mod docker;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use spec::ContainerSpec;
+
+/// Nova's `power_state` values (`nova/compute/power_state.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    NoState = 0,
+    Running = 1,
+    Paused = 3,
+    Shutdown = 4,
+    Crashed = 6,
+    Suspended = 7,
+}
+
+impl PowerState {
+    /// The integer stored in `Instance.power_state`.
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// The name used in Diagnostics (`InstancePowerState` enum values).
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerState::NoState => "pending",
+            PowerState::Running => "running",
+            PowerState::Paused => "paused",
+            PowerState::Shutdown => "shutdown",
+            PowerState::Crashed => "crashed",
+            PowerState::Suspended => "suspended",
+        }
+    }
+}
+
+/// What the engine reports about one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceInfo {
+    pub uuid: String,
+    pub container_id: String,
+    pub state: PowerState,
+    /// PID of the container's init process when running.
+    pub pid: Option<i64>,
+    /// Whether the last exit was an OOM kill.
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<String>,
+}
+
+/// The host's resources as reported to Nova and Placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostResources {
+    pub vcpus: u64,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub disk_free_gb: u64,
+    /// The engine version as an integer (Nova's `convert_version_to_int`).
+    pub hypervisor_version: i64,
+    pub arch: String,
+    /// JSON text for `ComputeNode.cpu_info`.
+    pub cpu_info: String,
+}
+
+/// Runtime statistics of one instance (for diagnostics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceStats {
+    pub cpu_time_ns: u64,
+    pub memory_used_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub online_cpus: u64,
+    /// Per interface: (name, rx bytes, rx packets, rx errors, rx drops, tx bytes, tx packets, tx errors, tx drops).
+    pub nics: Vec<NicStats>,
+    pub uptime_s: Option<u64>,
+}
+
+/// Counters of one network interface.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NicStats {
+    pub name: String,
+    pub rx_octets: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_drop: u64,
+    pub tx_octets: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_drop: u64,
+}
+
+/// A container this host runs, as found by label (for reconciliation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagedContainer {
+    pub uuid: String,
+    pub container_id: String,
+    pub state: PowerState,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A change seen on the engine's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleEvent {
+    pub uuid: String,
+    pub action: String,
+}
+
+/// Driver failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtError {
+    #[error("instance {0} has no container on this host")]
+    NotFound(String),
+    #[error("Docker {op} failed: {detail}")]
+    Engine { op: String, detail: String, status: Option<u16> },
+    #[error("Docker {op} did not finish within {after:?}")]
+    Timeout { op: String, after: Duration },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A Docker image reference resolved to its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRef {
+    pub id: String,
+    pub cmd: Option<Vec<String>>,
+}
+
+/// The compute driver contract.
+pub trait Driver: Send + Sync + 'static {
+    /// Whether the engine answers.
+    fn ping(&self) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// The host's capacity.
+    fn host_resources(&self) -> impl Future<Output = Result<HostResources, VirtError>> + Send;
+    /// Containers of this host's instances (found by label).
+    fn list_instances(&self) -> impl Future<Output = Result<Vec<ManagedContainer>, VirtError>> + Send;
+    /// Creates the container of an instance, not started yet (replacing a
+    /// leftover container of the same instance). Separate from `start_created`
+    /// so a build can create while it saves its state to the conductor.
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Starts a container made by `create`; removes it when it cannot start,
+    /// so no created-but-broken container is left behind.
+    fn start_created(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// Stops (gracefully within `timeout`) and removes the container and its
+    /// anonymous volumes; succeeds when there is nothing to remove.
+    fn destroy(&self, uuid: &str, timeout: Duration) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Soft (SIGTERM, wait, start) or hard (kill, start) reboot.
+    fn reboot(
+        &self,
+        uuid: &str,
+        hard: bool,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// Graceful stop within `timeout`, then kill.
+    fn power_off(&self, uuid: &str, timeout: Duration) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// Starts a stopped container.
+    fn power_on(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// Freezes the container's processes (cgroup freezer).
+    fn pause(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// Thaws a frozen container.
+    fn unpause(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// The current state.
+    fn get_info(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
+    /// The last `max_bytes` of the container's output (stdout and stderr).
+    fn console_output(&self, uuid: &str, max_bytes: usize) -> impl Future<Output = Result<Vec<u8>, VirtError>> + Send;
+    /// Resource usage counters.
+    fn stats(&self, uuid: &str) -> impl Future<Output = Result<InstanceStats, VirtError>> + Send;
+    /// Looks an image up by reference.
+    fn find_image(&self, reference: &str) -> impl Future<Output = Result<Option<ImageRef>, VirtError>> + Send;
+    /// `docker load` of an archive stream; returns the engine's output lines.
+    fn load_image(
+        &self,
+        archive: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> impl Future<Output = Result<Vec<String>, VirtError>> + Send;
+    /// Tags an image (`repo:tag`).
+    fn tag_image(&self, image: &str, repo: &str, tag: &str) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Removes an image reference (untag, and delete when unused).
+    fn remove_image(&self, image: &str) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// `docker commit` of an instance's container; returns the image id.
+    fn commit(
+        &self,
+        uuid: &str,
+        repo: &str,
+        tag: &str,
+        pause: bool,
+        changes: Vec<String>,
+    ) -> impl Future<Output = Result<String, VirtError>> + Send;
+    /// `docker save` of one image as a stream.
+    fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>>;
+    /// Ids of every container the engine has (any owner, any state).
+    fn all_container_ids(&self) -> impl Future<Output = Result<Vec<String>, VirtError>> + Send;
+    /// Container lifecycle events of this host's instances, from now on.
+    fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>>;
+}

@@ -1,0 +1,370 @@
+//! How an instance becomes a container: limits, isolation, identity.
+//!
+//! Everything is decided here, once, at create time (the old Python driver's
+//! start-time HostConfig could silently drop the memory limit). Operators can
+//! loosen or tighten per flavor with `docker:*` extra specs (flavors are admin
+//! objects); image properties, which tenants control, can only tighten.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::config::{CpuLimit, DockerSettings};
+use crate::objects::Instance;
+
+/// Label keys put on every container this service creates.
+pub mod labels {
+    /// The instance uuid; how a container is found again.
+    pub const INSTANCE: &str = "nova.instance";
+    /// The compute host that owns the container.
+    pub const HOST: &str = "nova.host";
+    pub const PROJECT: &str = "nova.project";
+    pub const USER: &str = "nova.user";
+    pub const FLAVOR: &str = "nova.flavor";
+    /// The Glance image id the container was booted from.
+    pub const IMAGE: &str = "nova.image";
+}
+
+/// The container name of an instance.
+pub fn container_name(uuid: &str) -> String {
+    format!("nova-{uuid}")
+}
+
+/// Everything needed to create an instance's container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    pub uuid: String,
+    pub name: String,
+    /// Docker image id.
+    pub image: String,
+    pub hostname: String,
+    /// Overrides the image's CMD (image property `os_command_line`).
+    pub command: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub memory_bytes: i64,
+    pub cpu_shares: i64,
+    pub nano_cpus: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub pids_limit: Option<i64>,
+    pub cap_add: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub read_only_rootfs: bool,
+    pub userns_mode: Option<String>,
+    pub dns: Vec<String>,
+}
+
+/// A request the spec cannot honour.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("flavor extra spec {key}={value:?} is invalid: {why}")]
+    ExtraSpec { key: String, value: String, why: &'static str },
+    #[error("image property os_command_line is not a valid command line: {0}")]
+    CommandLine(String),
+}
+
+/// Splits a command line like a POSIX shell would split words (quotes and
+/// backslashes; no expansion).
+pub fn split_command_line(s: &str) -> Result<Vec<String>, SpecError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => return Err(SpecError::CommandLine("unterminated single quote".into())),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x @ ('"' | '\\' | '$' | '`')) => cur.push(x),
+                            Some(x) => {
+                                cur.push('\\');
+                                cur.push(x);
+                            }
+                            None => return Err(SpecError::CommandLine("unterminated double quote".into())),
+                        },
+                        Some(x) => cur.push(x),
+                        None => return Err(SpecError::CommandLine("unterminated double quote".into())),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(x) => cur.push(x),
+                    None => return Err(SpecError::CommandLine("trailing backslash".into())),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// A hostname Docker and DNS accept: lowercase letters, digits and dashes,
+/// at most 63 characters.
+pub fn sanitize_hostname(name: &str, uuid: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if (c == '-' || c == '_' || c == '.' || c == ' ') && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out: String = out.trim_matches('-').chars().take(63).collect();
+    let out = out.trim_end_matches('-').to_string();
+    if out.is_empty() { format!("instance-{}", &uuid[..uuid.len().min(8)]) } else { out }
+}
+
+fn truthy(v: &str) -> Option<bool> {
+    crate::config::parse_bool(v)
+}
+
+/// Builds the spec of an instance's container.
+pub fn build(
+    instance: &Instance,
+    host: &str,
+    image_id: &str,
+    image_properties: &Map<String, Value>,
+    settings: &DockerSettings,
+    seccomp_profile_json: Option<&str>,
+) -> Result<ContainerSpec, SpecError> {
+    let uuid = instance.uuid().to_string();
+    let flavor = instance.flavor();
+    let extra = flavor.as_ref().map(|f| f.extra_specs()).unwrap_or_default();
+    let vcpus = instance.vcpus().max(1);
+    let memory_mb = instance.memory_mb().max(4);
+
+    let bad = |key: &str, value: &str, why| SpecError::ExtraSpec { key: key.into(), value: value.into(), why };
+
+    // CPU: a weight always; a hard cap when configured or asked by the flavor.
+    let cpu_limit = match extra.get("docker:cpu_limit").map(String::as_str) {
+        None => settings.cpu_limit,
+        Some("shares") => CpuLimit::Shares,
+        Some("quota") => CpuLimit::Quota,
+        Some(v) => return Err(bad("docker:cpu_limit", v, "must be shares or quota")),
+    };
+    let nano_cpus = (cpu_limit == CpuLimit::Quota).then_some(vcpus * 1_000_000_000);
+
+    // pids: flavor may set any value; the image may only lower it.
+    let mut pids_limit = match extra.get("docker:pids_limit") {
+        Some(v) => v.parse::<i64>().map_err(|_| bad("docker:pids_limit", v, "must be an integer"))?,
+        None => settings.pids_limit,
+    };
+    if let Some(p) = image_properties.get("os_pids_limit").and_then(prop_i64)
+        && p > 0
+        && (pids_limit <= 0 || p < pids_limit)
+    {
+        pids_limit = p;
+    }
+
+    // Root filesystem: read-only if config, flavor or image asks for it;
+    // only the flavor may turn a configured read-only off.
+    let mut read_only = match extra.get("docker:read_only_rootfs") {
+        Some(v) => truthy(v).ok_or_else(|| bad("docker:read_only_rootfs", v, "must be a boolean"))?,
+        None => settings.read_only_rootfs,
+    };
+    if image_properties.get("os_read_only_rootfs").and_then(prop_bool).unwrap_or(false) {
+        read_only = true;
+    }
+
+    // Capabilities: the configured minimal set plus what the flavor adds.
+    let mut cap_add = settings.capabilities.clone();
+    if let Some(extra_caps) = extra.get("docker:capabilities") {
+        for c in extra_caps.split(',').map(|c| c.trim().to_uppercase()).filter(|c| !c.is_empty()) {
+            // Docker takes both SYS_ADMIN and CAP_SYS_ADMIN.
+            let c = c.strip_prefix("CAP_").map(str::to_string).unwrap_or(c);
+            if !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return Err(bad("docker:capabilities", extra_caps, "capability names are letters and underscores"));
+            }
+            if c == "ALL" || c == "SYS_ADMIN" || c == "SYS_MODULE" {
+                return Err(bad("docker:capabilities", extra_caps, "ALL, SYS_ADMIN and SYS_MODULE are never granted"));
+            }
+            if !cap_add.contains(&c) {
+                cap_add.push(c);
+            }
+        }
+    }
+
+    let mut security_opt = vec!["no-new-privileges:true".to_string()];
+    if let Some(profile) = seccomp_profile_json {
+        security_opt.push(format!("seccomp={profile}"));
+    }
+
+    let command = match image_properties.get("os_command_line").and_then(Value::as_str) {
+        Some(line) if !line.trim().is_empty() => Some(split_command_line(line)?),
+        _ => None,
+    };
+
+    let env = instance
+        .metadata()
+        .into_iter()
+        .filter(|(k, v)| !k.is_empty() && !k.contains('=') && !k.contains('\0') && !v.contains('\0'))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+
+    let mut labels = BTreeMap::new();
+    labels.insert(labels::INSTANCE.to_string(), uuid.clone());
+    labels.insert(labels::HOST.to_string(), host.to_string());
+    if let Some(p) = instance.project_id() {
+        labels.insert(labels::PROJECT.to_string(), p.to_string());
+    }
+    if let Some(u) = instance.user_id() {
+        labels.insert(labels::USER.to_string(), u.to_string());
+    }
+    if let Some(f) = flavor.as_ref().and_then(|f| f.name().or(f.flavorid())) {
+        labels.insert(labels::FLAVOR.to_string(), f.to_string());
+    }
+    if let Some(i) = instance.image_ref() {
+        labels.insert(labels::IMAGE.to_string(), i.to_string());
+    }
+
+    let hostname = sanitize_hostname(instance.hostname().or(instance.display_name()).unwrap_or(""), &uuid);
+
+    Ok(ContainerSpec {
+        name: container_name(&uuid),
+        uuid,
+        image: image_id.to_string(),
+        hostname,
+        command,
+        env,
+        labels,
+        memory_bytes: memory_mb * 1024 * 1024,
+        cpu_shares: vcpus * 1024,
+        nano_cpus,
+        cpuset_cpus: settings.cpuset_cpus.clone(),
+        pids_limit: (pids_limit > 0).then_some(pids_limit),
+        cap_add,
+        security_opt,
+        read_only_rootfs: read_only,
+        userns_mode: settings.userns_mode.clone(),
+        dns: Vec::new(),
+    })
+}
+
+fn prop_i64(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+fn prop_bool(v: &Value) -> Option<bool> {
+    v.as_bool().or_else(|| v.as_str().and_then(truthy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn settings() -> DockerSettings {
+        DockerSettings {
+            socket_path: PathBuf::from("/var/run/docker.sock"),
+            api_timeout: Duration::from_secs(120),
+            pids_limit: 4096,
+            cpu_limit: CpuLimit::Shares,
+            cpuset_cpus: None,
+            capabilities: vec!["CHOWN".into(), "KILL".into()],
+            seccomp_profile: None,
+            userns_mode: None,
+            read_only_rootfs: false,
+            snapshot_pause: true,
+            keep_snapshot_images: false,
+            max_image_manifest_bytes: 1 << 20,
+        }
+    }
+
+    fn instance(extra_specs: Value, metadata: Value) -> Instance {
+        Instance::from_primitive(&json!({
+            "nova_object.name": "Instance", "nova_object.namespace": "nova", "nova_object.version": "2.8",
+            "nova_object.data": {
+                "uuid": "6f1b2c1e-0000-4000-8000-000000000001", "hostname": "My Server_1", "project_id": "p1",
+                "user_id": "u1", "image_ref": "img-1", "metadata": metadata,
+                "flavor": {"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
+                           "nova_object.data": {"name": "m1.small", "memory_mb": 512, "vcpus": 2, "extra_specs": extra_specs}}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_locked_down() {
+        let s =
+            build(&instance(json!({}), json!({"ROLE": "web"})), "cmp1", "sha256:abc", &Map::new(), &settings(), None)
+                .unwrap();
+        assert_eq!(s.name, "nova-6f1b2c1e-0000-4000-8000-000000000001");
+        assert_eq!(s.memory_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.cpu_shares, 2048);
+        assert_eq!(s.nano_cpus, None);
+        assert_eq!(s.pids_limit, Some(4096));
+        assert_eq!(s.cap_add, ["CHOWN", "KILL"]);
+        assert_eq!(s.security_opt, ["no-new-privileges:true"]);
+        assert_eq!(s.hostname, "my-server-1");
+        assert_eq!(s.env, ["ROLE=web"]);
+        assert_eq!(s.labels[labels::INSTANCE], "6f1b2c1e-0000-4000-8000-000000000001");
+        assert_eq!(s.labels[labels::FLAVOR], "m1.small");
+        assert_eq!(s.labels[labels::IMAGE], "img-1");
+    }
+
+    #[test]
+    fn flavors_loosen_images_only_tighten() {
+        let i = instance(
+            json!({"docker:pids_limit": "100", "docker:cpu_limit": "quota", "docker:capabilities": "net_raw"}),
+            json!({}),
+        );
+        let props = json!({"os_pids_limit": "50", "os_read_only_rootfs": "true", "os_command_line": "sleep 'a b'"});
+        let s = build(&i, "h", "img", props.as_object().unwrap(), &settings(), None).unwrap();
+        assert_eq!(s.pids_limit, Some(50));
+        assert_eq!(s.nano_cpus, Some(2_000_000_000));
+        assert!(s.cap_add.contains(&"NET_RAW".to_string()));
+        assert!(s.read_only_rootfs);
+        assert_eq!(s.command, Some(vec!["sleep".into(), "a b".into()]));
+        let props = json!({"os_pids_limit": "100000"});
+        let s = build(&i, "h", "img", props.as_object().unwrap(), &settings(), None).unwrap();
+        assert_eq!(s.pids_limit, Some(100));
+        for caps in ["SYS_ADMIN", "cap_sys_admin", "NET_RAW,ALL", "SYS_MODULE", "NET_RAW;SYS_ADMIN"] {
+            let bad = instance(json!({"docker:capabilities": caps}), json!({}));
+            assert!(build(&bad, "h", "img", &Map::new(), &settings(), None).is_err(), "{caps}");
+        }
+    }
+
+    #[test]
+    fn command_lines_split_like_a_shell() {
+        assert_eq!(split_command_line("a  b\\ c \"d \\\"e\" ''").unwrap(), ["a", "b c", "d \"e", ""]);
+        assert!(split_command_line("'open").is_err());
+        assert!(split_command_line("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn hostnames_are_sanitised() {
+        assert_eq!(sanitize_hostname("Web.Server", "abcdefgh-1"), "web-server");
+        assert_eq!(sanitize_hostname("---", "abcdefgh-1"), "instance-abcdefgh");
+        assert_eq!(sanitize_hostname(&"x".repeat(80), "u").len(), 63);
+    }
+}

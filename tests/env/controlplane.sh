@@ -1,0 +1,1010 @@
+#!/bin/bash
+# controlplane.sh -- a real OpenStack control plane to test nova-docker against.
+#
+#   controlplane.sh RELEASE up        start it (first run: write configs, create DBs)
+#   controlplane.sh RELEASE down      stop it (PID files only), wait until all exited
+#   controlplane.sh RELEASE status    exit 0 only if every service answers
+#   controlplane.sh RELEASE discover  nova-manage cell_v2 discover_hosts
+#   controlplane.sh RELEASE map HOST  HOST mapped to cell1 (discover_hosts, or
+#                                     wait for the scheduler's own discovery)
+#   controlplane.sh RELEASE restart   down, then up: fresh Python services
+#
+# RELEASE (both can run at the same time; they share the main RabbitMQ node):
+#   newest  nova 34.0.0 / placement 16 / glance 33 / neutron 29 from the PyPI
+#           venvs in $NOVA_DOCKER_OPT (default /opt/nova-docker-test), as in
+#           harness-newest.md (NEUTRON=real). Ports: nova-api 18774, placement
+#           18778, glance 19292, neutron 19696. RabbitMQ vhost nova34.
+#   zed     OpenStack Zed from Debian bookworm packages (nova 26.2.2, placement 8,
+#           glance 25, neutron 21), as in harness.md. Ports 8774/8778/9292/9696.
+#           RabbitMQ vhost novazed.
+# Both: no keystone (token "admin:admin" is admin), SQLite, loopback only, real
+# neutron (ML2, flat type driver) with one real L2 agent on this machine:
+#
+#   release  mech driver / agent                  vif_type  host side of a port
+#   zed      linuxbridge / neutron-linuxbridge-    bridge    tap<port-id[:11]>, in
+#            agent (Debian's python3-neutron 21)            bridge brq<net-id[:11]>
+#   newest   openvswitch / neutron-openvswitch-    ovs       tap<port-id[:11]> on
+#            agent (neutron 29 venv; linuxbridge            OVS bridge br-int, with
+#            is gone from neutron 29)                       external-ids iface-id,
+#                                                           attached-mac,
+#                                                           iface-status, vm-uuid
+#
+# zed: for a compute:* port the agent does NOT put the tap into the bridge
+# ("owned by compute and thus added elsewhere"): nova-docker must, creating
+# brq<net-id[:11]> if it does not exist yet (as os-vif does); the agent adds
+# the uplink to it, sets the tap up and reports the port up (ACTIVE even when
+# the tap is in no bridge). newest: iface-id AND attached-mac must be set in
+# the same ovs-vsctl transaction as add-port (as os-vif does): the agent
+# ignores an interface without attached-mac and does not look again when it
+# is added later, so the port would stay DOWN.
+#
+# Neutron binds a port only to a host that has an alive agent, and the agent
+# runs as host nd-net-RELEASE (ND_NET_HOST in env.sh): a compute host whose
+# instances get ports must use exactly that name (binding:host_id); any other
+# host gets binding:vif_type binding_failed (nova: PortBindingFailed). The
+# agent sets a port ACTIVE once it sees the host-side device, and neutron then
+# POSTs network-vif-plugged to nova-api's os-server-external-events (also
+# network-changed, network-vif-unplugged, network-vif-deleted), token admin:admin.
+# Security groups are not enforced (firewall_driver noop) and neutron does not
+# run DHCP/L3 agents; the zed agent does set ebtables ARP-spoofing rules.
+#
+# Physical network "private" (the flat network's physnet):
+#   zed     veth pair ndzed-uplink / ndzed-uplink-p (created by `up`; this
+#           kernel has no dummy driver), ndzed-uplink mapped with
+#           physical_interface_mappings: the agent enslaves it to brq<net-id[:11]>.
+#   newest  OVS bridge br-nd-private (bridge_mappings), patched to br-int.
+# Open vSwitch (newest only): our own ovsdb-server + ovs-vswitchd (Debian's
+# openvswitch-switch, no systemd), userspace datapath (datapath_type=netdev: the
+# kernel has no openvswitch module), run dir $STATE/ovs. Reach that OVSDB with
+#   OVS_RUNDIR=$STATE/ovs ovs-vsctl ...      (ovs-ofctl/ovs-appctl too), or
+#   ovs-vsctl --db=unix:$STATE/ovs/db.sock ...   (= ND_OVS_DB in env.sh).
+# Nothing else uses the default /var/run/openvswitch.
+#
+# State: $ND_ENV_STATE/RELEASE (default /var/lib/nova-docker-test/RELEASE):
+#   env.sh   source it; exports ND_RELEASE, ND_STATE, OS_CLOUD,
+#            OS_CLIENT_CONFIG_FILE, ND_VHOST, ND_TRANSPORT_URL, ND_NOVA_API
+#            (.../v2.1), ND_PLACEMENT, ND_GLANCE, ND_NEUTRON (URLs), ND_TOKEN,
+#            ND_OPENSTACK (CLI to use), ND_NOVA_MANAGE (command line),
+#            ND_PYTHON (python with this release's nova + oslo.messaging),
+#            ND_COMPUTE_CONF_TEMPLATE, ND_NETWORK(_ID), ND_FAKE_COMPUTE,
+#            ND_NET_HOST (compute host name that gets port bindings),
+#            ND_NET_VIF_TYPE (bridge|ovs), ND_NET_AGENT (agent binary),
+#            ND_NET_BRIDGE (brq<net-id[:11]> | br-int), ND_OVS_DB and
+#            ND_OVS_RUNDIR (newest; empty for zed), OVS_RUNDIR (newest only)
+#   etc/nova-compute.conf.template nova.conf for a compute host of this
+#            release (no compute_driver); replace @HOST@ and @STATE_PATH@
+#   etc/, db/, log/, pids/, osc/clouds.yaml, compute/<fake host>/, ovs/
+# Delete the directory (after `down`) to start from scratch.
+#
+# Environment:
+#   FAKE_COMPUTE=HOST  also run this release's Python nova-compute with the
+#                      in-tree fake driver as host HOST (side-by-side runs,
+#                      smoke-fake.sh), and map it to cell1. Its servers get
+#                      ports only if HOST is ND_NET_HOST (they stay DOWN: the
+#                      fake driver plugs nothing); but never run it as
+#                      ND_NET_HOST while nova-docker may run as that host too:
+#                      both would consume compute.ND_NET_HOST.
+#   ND_ENV_STATE, NOVA_DOCKER_OPT   see above
+#   ND_TIMEOUT         seconds to wait for each service (default 180)
+#
+# What `up` does, and why:
+#   * RabbitMQ main node + vhost via rabbitmq.sh (firehose trace_on per vhost).
+#   * L2: zed creates the uplink veth pair; newest starts ovsdb-server and
+#     ovs-vswitchd (own process groups, PID files) and creates br-nd-private.
+#     newest runs neutron-rpc-server next to the gunicorn API (neutron 29's
+#     WSGI API starts no RPC consumers); zed's neutron-server forks its RPC
+#     worker itself. The agent starts with the other services if neutron's RPC
+#     queues q-plugin/q-reports-plugin already exist on the vhost (they outlive
+#     the server; the agent's first calls wait in them), else only once the RPC
+#     server consumes them (a call published before the queue exists is lost,
+#     and the agent would show up only after a 60 s RPC timeout). `up` returns
+#     when neutron lists the agent alive, started after this `up` began.
+#   * `down` stops computes, the agent (SIGKILL after 10 s: neutron 29's OVS
+#     agent hangs after SIGTERM), the servers, then OVS (`exit --cleanup`, and
+#     leftover datapath tap devices are deleted). The zed uplink veth pair and
+#     brq... bridges stay (harmless; tests' tap devices may still be in them).
+#   * Configs are rewritten on every `up` (cheap, keeps them in sync with this
+#     script); DBs are created only if db/.initialised is missing.
+#   * SQLite under parallel load (harness.md, last section): WAL, synchronous
+#     off, a 30 s busy timeout, BEGIN IMMEDIATE for writer transactions (oslo.db
+#     readers stay deferred, see the docstring there), via pylib/sitecustomize.py
+#     on every OpenStack process's PYTHONPATH; [quota] instances/cores/ram = -1.
+#     Checked with pylib/nd_parallel_boot.py: 50 parallel boots + deletes on
+#     the fake compute, no errors, for both releases.
+#   * [scheduler] discover_hosts_in_cells_interval = 2: new compute hosts are
+#     mapped to cell1 within seconds, without running discover_hosts.
+#   * Services start in their own process groups; `down` stops the groups.
+#   * Seed (pylib/nd_rest.py, REST, idempotent): flavors m1.tiny (id 1),
+#     m1.small (id 2), m1.nano (id 42); shared flat network "private"
+#     (physnet "private") with subnets 10.99.0.0/24 and fd00:99::/64 (no DHCP).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2; }
+[ $# -eq 2 ] || { [ $# -eq 3 ] && [ "$2" = map ]; } || usage
+RELEASE=$1 ACTION=$2 MAP_HOST=${3:-}
+
+STATE_ROOT=${ND_ENV_STATE:-/var/lib/nova-docker-test}
+case $STATE_ROOT in /*) ;; *) die "ND_ENV_STATE must be an absolute path";; esac
+STATE=$STATE_ROOT/$RELEASE
+OPT=${NOVA_DOCKER_OPT:-/opt/nova-docker-test}
+PYLIB=$HERE/pylib
+TIMEOUT=${ND_TIMEOUT:-180}
+FAKE_COMPUTE=${FAKE_COMPUTE:-}
+TOKEN=admin:admin
+
+case $RELEASE in
+  newest)
+    VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696
+    V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron
+    PY=$V/bin/python OSC=$V/bin/openstack
+    NOVA_MANAGE=$V/bin/nova-manage
+    FAKE_DRIVER=fake.FakeDriverWithoutFakeNodes  # keeps its node UUID across restarts
+    NET_AGENT=neutron-openvswitch-agent NET_VIF_TYPE=ovs MECH_DRIVER=openvswitch
+    for f in "$V/bin/nova-conductor" "$VG/bin/glance-manage" "$VN/bin/neutron-db-manage" \
+             "$VN/bin/neutron-rpc-server" "$VN/bin/$NET_AGENT" /usr/sbin/ovs-vswitchd; do
+      [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
+    done ;;
+  zed)
+    VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696
+    PY=/usr/bin/python3 OSC=/usr/bin/openstack
+    NOVA_MANAGE=/usr/bin/nova-manage
+    FAKE_DRIVER=fake.FakeDriver
+    NET_AGENT=neutron-linuxbridge-agent NET_VIF_TYPE=bridge MECH_DRIVER=linuxbridge
+    for f in /usr/bin/nova-api /usr/bin/placement-api /usr/bin/glance-api /usr/bin/neutron-server \
+             "/usr/bin/$NET_AGENT"; do
+      [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
+    done ;;
+  *) usage ;;
+esac
+
+RABBIT=rabbit://guest:guest@127.0.0.1:5672/$VHOST
+URL_NOVA=http://127.0.0.1:$P_NOVA/v2.1
+URL_PLACEMENT=http://127.0.0.1:$P_PLACEMENT
+URL_GLANCE=http://127.0.0.1:$P_GLANCE
+URL_NEUTRON=http://127.0.0.1:$P_NEUTRON
+NOVA_CONF=$STATE/etc/nova/nova.conf
+# every OpenStack process we run gets the SQLite tuning and the paste filters
+export PYTHONPATH=$PYLIB
+NOVA_MANAGE_CMD=(env "PYTHONPATH=$PYLIB" "$NOVA_MANAGE" --config-file "$NOVA_CONF")
+
+SERVICES=(placement-api glance-api neutron-api nova-conductor nova-scheduler nova-api)
+# newest: neutron 29's WSGI API has no RPC consumers; neutron-rpc-server does that
+[ "$RELEASE" = zed ] ||
+  SERVICES=(placement-api glance-api neutron-api neutron-rpc nova-conductor nova-scheduler nova-api)
+
+# L2 networking (see the header): the agent's host name, the physnet plumbing
+NET_HOST=nd-net-$RELEASE
+LB_UPLINK=ndzed-uplink            # zed: uplink (veth) of physnet "private"
+OVS_DIR=$STATE/ovs                # newest: OVS run dir (db.sock, conf.db, *.ctl)
+OVS_DB=unix:$OVS_DIR/db.sock
+OVS_PHYS_BR=br-nd-private         # newest: OVS bridge for physnet "private"
+OVS_SERVICES=()
+[ "$RELEASE" = zed ] || OVS_SERVICES=(ovsdb-server ovs-vswitchd)
+# every service `status` checks, in start order; the agent comes last
+ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "$NET_AGENT")
+
+# ====================================================================== configs
+admin_token_sections() { # the [placement]/[neutron] sections every nova.conf needs
+  cat <<EOF
+[placement]
+auth_type = admin_token
+endpoint = $URL_PLACEMENT
+token = admin
+region_name = RegionOne
+
+[neutron]
+auth_type = admin_token
+endpoint = $URL_NEUTRON
+token = admin
+endpoint_override = $URL_NEUTRON
+region_name = RegionOne
+EOF
+}
+
+write_nova_conf() {
+  {
+    cat <<EOF
+# controller nova.conf (nova-api, -conductor, -scheduler, nova-manage)
+# written by tests/env/controlplane.sh $RELEASE up; do not edit
+[DEFAULT]
+transport_url = $RABBIT
+state_path = $STATE/state
+log_dir = $STATE/log
+my_ip = 127.0.0.1
+host = nd-controller
+EOF
+    if [ "$RELEASE" = zed ]; then
+      cat <<EOF
+enabled_apis = osapi_compute
+osapi_compute_listen = 127.0.0.1
+osapi_compute_listen_port = $P_NOVA
+osapi_compute_workers = 1
+
+[api]
+auth_strategy = noauth2
+
+[wsgi]
+api_paste_config = $STATE/etc/nova/api-paste.ini
+
+[glance]
+api_servers = $URL_GLANCE
+EOF
+    else
+      cat <<EOF
+# native threading (nova 34's default): pools sized for a test suite that
+# boots many servers at once; the defaults (10 and 5) queue work under that
+# load ("pool does not have free threads" in the scheduler and nova-api)
+default_thread_pool_size = 64
+cell_worker_thread_pool_size = 32
+
+[glance]
+endpoint_override = $URL_GLANCE
+EOF
+    fi
+    cat <<EOF
+
+[scheduler]
+workers = 1
+# map new compute hosts to cell1 quickly (no explicit discover_hosts needed)
+discover_hosts_in_cells_interval = 2
+
+[conductor]
+workers = 1
+
+[quota]
+# tests boot 10-50 servers at once; quotas need keystone for their API anyway
+instances = -1
+cores = -1
+ram = -1
+
+[api_database]
+connection = sqlite:///$STATE/db/nova_api.sqlite
+sqlite_synchronous = false
+
+[database]
+connection = sqlite:///$STATE/db/nova.sqlite
+sqlite_synchronous = false
+
+EOF
+    admin_token_sections
+    cat <<EOF
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+
+[oslo_messaging_notifications]
+driver = noop
+EOF
+  } > "$NOVA_CONF"
+
+  # paste pipeline: keystone-free auth that still gives the context a token
+  local src
+  if [ "$RELEASE" = zed ]; then
+    src=/etc/nova/api-paste.ini
+    sed -e 's/ noauth2 osapi_compute_app_v21/ noauth2 ctxtoken osapi_compute_app_v21/' \
+        -e 's/ noauth2 legacy_v2_compatible / noauth2 ctxtoken legacy_v2_compatible /' \
+        "$src" > "$STATE/etc/nova/api-paste.ini"
+    printf '\n[filter:ctxtoken]\npaste.filter_factory = nd_ctxtoken:filter_factory\n' \
+      >> "$STATE/etc/nova/api-paste.ini"
+    [ "$(grep -c ' noauth2 ctxtoken ' "$STATE/etc/nova/api-paste.ini")" = 2 ] ||
+      die "could not insert ctxtoken into the noauth2 pipelines of $src"
+  else
+    src=$V/etc/nova/api-paste.ini
+    sed -e 's/ authtoken keystonecontext / nd_noauth keystonecontext /' \
+        "$src" > "$STATE/etc/nova/api-paste.ini"
+    printf '\n[filter:nd_noauth]\npaste.filter_factory = nd_noauth:filter_factory\n' \
+      >> "$STATE/etc/nova/api-paste.ini"
+    [ "$(grep -c ' nd_noauth keystonecontext ' "$STATE/etc/nova/api-paste.ini")" = 2 ] ||
+      die "could not replace authtoken in the keystone pipelines of $src"
+  fi
+}
+
+write_compute_template() {
+  cat > "$STATE/etc/nova-compute.conf.template" <<EOF
+# nova.conf for a nova-compute host of the '$RELEASE' control plane.
+# Written by tests/env/controlplane.sh. Substitute the HOST and STATE_PATH
+# placeholders (each between two @ signs); add
+# compute_driver (and driver sections) as needed. No [database] or
+# [api_database]: a compute host reaches the DB only through nova-conductor.
+[DEFAULT]
+host = @HOST@
+state_path = @STATE_PATH@
+instances_path = @STATE_PATH@/instances
+transport_url = $RABBIT
+my_ip = 127.0.0.1
+
+[glance]
+endpoint_override = $URL_GLANCE
+
+EOF
+  admin_token_sections >> "$STATE/etc/nova-compute.conf.template"
+  cat >> "$STATE/etc/nova-compute.conf.template" <<EOF
+
+[oslo_concurrency]
+lock_path = @STATE_PATH@/lock
+
+[oslo_messaging_notifications]
+driver = noop
+EOF
+}
+
+write_placement_conf() {
+  # placement reads only \$OS_PLACEMENT_CONFIG_DIR/placement.conf
+  cat > "$STATE/etc/placement/placement.conf" <<EOF
+[DEFAULT]
+log_file = $STATE/log/placement-api.log
+
+[api]
+auth_strategy = noauth2
+
+[placement_database]
+connection = sqlite:///$STATE/db/placement.sqlite
+sqlite_synchronous = false
+EOF
+}
+
+write_glance_conf() {
+  local c=$STATE/etc/glance/glance-api.conf
+  {
+    echo "[DEFAULT]"
+    if [ "$RELEASE" = zed ]; then
+      printf 'bind_host = 127.0.0.1\nbind_port = %s\nworkers = 1\n' "$P_GLANCE"
+    else
+      echo "worker_self_reference_url = $URL_GLANCE"
+    fi
+    cat <<EOF
+log_file = $STATE/log/glance-api.log
+
+[database]
+connection = sqlite:///$STATE/db/glance.sqlite
+sqlite_synchronous = false
+
+[paste_deploy]
+EOF
+    if [ "$RELEASE" = zed ]; then
+      # empty flavor = pipeline 'glance-api' = unauthenticated-context (admin)
+      printf 'flavor =\nconfig_file = /etc/glance/glance-api-paste.ini\n'
+    else
+      # glance 33's unauthenticated context has no roles and secure RBAC denies
+      # it: use the keystone pipeline with authtoken replaced by nd_noauth
+      printf 'flavor = keystone\nconfig_file = %s\n' "$STATE/etc/glance/glance-api-paste.ini"
+    fi
+    cat <<EOF
+
+[glance_store]
+stores = file,http
+default_store = file
+filesystem_store_datadir = $STATE/glance/images/
+
+[os_glance_staging_store]
+filesystem_store_datadir = $STATE/glance/staging/
+
+[os_glance_tasks_store]
+filesystem_store_datadir = $STATE/glance/tasks/
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+
+[oslo_messaging_notifications]
+driver = noop
+EOF
+  } > "$c"
+  if [ "$RELEASE" = newest ]; then
+    sed -e 's/ authtoken context / nd_noauth context /' \
+        "$VG/etc/glance/glance-api-paste.ini" > "$STATE/etc/glance/glance-api-paste.ini"
+    printf '\n[filter:nd_noauth]\npaste.filter_factory = nd_noauth:filter_factory\n' \
+      >> "$STATE/etc/glance/glance-api-paste.ini"
+    grep -q '^keystone = .* nd_noauth context ' "$STATE/etc/glance/glance-api-paste.ini" ||
+      die "could not replace authtoken in glance's keystone pipeline"
+  fi
+}
+
+write_neutron_conf() {
+  {
+    echo "[DEFAULT]"
+    if [ "$RELEASE" = zed ]; then
+      cat <<EOF
+bind_host = 127.0.0.1
+bind_port = $P_NEUTRON
+api_workers = 1
+api_paste_config = /etc/neutron/api-paste.ini
+EOF
+    else
+      echo "api_paste_config = $VN/etc/neutron/api-paste.ini"
+    fi
+    cat <<EOF
+auth_strategy = noauth
+core_plugin = ml2
+# 'router' is needed even without L3 agents: it imports the port_forwarding
+# model that ml2 get_ports() references
+service_plugins = router
+transport_url = $RABBIT
+# one RPC worker (q-plugin, and q-reports-plugin as there are no report
+# workers): zed's neutron-server forks it, newest runs neutron-rpc-server
+rpc_workers = 1
+rpc_state_report_workers = 0
+# port status/data changes -> nova-api os-server-external-events
+# (network-vif-plugged, network-changed, network-vif-deleted ...); see [nova]
+notify_nova_on_port_status_changes = true
+notify_nova_on_port_data_changes = true
+send_events_interval = 1
+state_path = $STATE/state-neutron
+log_file = $STATE/log/neutron-api.log
+
+[database]
+connection = sqlite:///$STATE/db/neutron.sqlite
+sqlite_synchronous = false
+
+[ml2]
+type_drivers = flat
+tenant_network_types =
+mechanism_drivers = $MECH_DRIVER
+extension_drivers = port_security
+
+[ml2_type_flat]
+flat_networks = *
+
+[nova]
+# no keystone: a static token that nova-api's auth (zed noauth2, newest
+# pylib/nd_noauth.py) turns into an admin context
+auth_type = admin_token
+endpoint = $URL_NOVA
+token = $TOKEN
+region_name = RegionOne
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+
+[oslo_messaging_notifications]
+driver = noop
+EOF
+    if [ "$RELEASE" = zed ]; then
+      # the linuxbridge mechanism driver refuses to load without this (Zed)
+      printf '\n[experimental]\nlinuxbridge = true\n'
+    fi
+  } > "$STATE/etc/neutron/neutron.conf"
+}
+
+# The L2 agent's own config (it does not read neutron.conf): it runs as host
+# $NET_HOST, so neutron binds ports with binding:host_id=$NET_HOST to it.
+# root_helper = env: we are root already; `env` (not sudo, whose secure_path
+# would pick Debian's privsep-helper for the venv agent) runs the privsep
+# helper and the agent's commands from PATH.
+write_l2_agent_conf() {
+  {
+    cat <<EOF
+# $NET_AGENT config, written by tests/env/controlplane.sh $RELEASE up
+[DEFAULT]
+host = $NET_HOST
+transport_url = $RABBIT
+state_path = $STATE/state-neutron
+
+[agent]
+root_helper = env
+polling_interval = 1
+report_interval = 10
+EOF
+    if [ "$RELEASE" = newest ]; then echo "tunnel_types ="; fi
+    cat <<EOF
+
+[securitygroup]
+# no firewall: security groups are accepted by the API but not enforced
+firewall_driver = noop
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+
+EOF
+    if [ "$RELEASE" = zed ]; then
+      cat <<EOF
+[linux_bridge]
+physical_interface_mappings = private:$LB_UPLINK
+
+[vxlan]
+enable_vxlan = false
+EOF
+    else
+      cat <<EOF
+[ovs]
+integration_bridge = br-int
+bridge_mappings = private:$OVS_PHYS_BR
+# userspace datapath: this kernel has no openvswitch module
+datapath_type = netdev
+ovsdb_connection = $OVS_DB
+of_listen_address = 127.0.0.1
+EOF
+    fi
+  } > "$STATE/etc/neutron/l2-agent.conf"
+}
+
+write_clouds_yaml() {
+  cat > "$STATE/osc/clouds.yaml" <<EOF
+clouds:
+  nd-$RELEASE:
+    auth_type: admin_token
+    auth:
+      token: "$TOKEN"
+      endpoint: $URL_NOVA
+    region_name: RegionOne
+    compute_endpoint_override: $URL_NOVA
+    image_endpoint_override: $URL_GLANCE
+    network_endpoint_override: $URL_NEUTRON
+    placement_endpoint_override: $URL_PLACEMENT
+EOF
+}
+
+write_env_sh() { # NETWORK_ID FAKE_HOST
+  local tmp=$STATE/env.sh.tmp net_bridge ovs_db="" ovs_rundir=""
+  if [ "$RELEASE" = zed ]; then
+    net_bridge=brq${1:0:11}        # nova's and the linuxbridge agent's name
+  else
+    net_bridge=br-int ovs_db=$OVS_DB ovs_rundir=$OVS_DIR
+  fi
+  {
+    echo "# written by tests/env/controlplane.sh $RELEASE up -- source it"
+    local kv
+    for kv in \
+      "ND_RELEASE=$RELEASE" \
+      "ND_STATE=$STATE" \
+      "OS_CLOUD=nd-$RELEASE" \
+      "OS_CLIENT_CONFIG_FILE=$STATE/osc/clouds.yaml" \
+      "ND_VHOST=$VHOST" \
+      "ND_TRANSPORT_URL=$RABBIT" \
+      "ND_NOVA_API=$URL_NOVA" \
+      "ND_PLACEMENT=$URL_PLACEMENT" \
+      "ND_GLANCE=$URL_GLANCE" \
+      "ND_NEUTRON=$URL_NEUTRON" \
+      "ND_TOKEN=$TOKEN" \
+      "ND_OPENSTACK=$OSC" \
+      "ND_NOVA_MANAGE=${NOVA_MANAGE_CMD[*]}" \
+      "ND_PYTHON=$PY" \
+      "ND_COMPUTE_CONF_TEMPLATE=$STATE/etc/nova-compute.conf.template" \
+      "ND_NETWORK=private" \
+      "ND_NETWORK_ID=$1" \
+      "ND_FAKE_COMPUTE=$2" \
+      "ND_NET_HOST=$NET_HOST" \
+      "ND_NET_VIF_TYPE=$NET_VIF_TYPE" \
+      "ND_NET_AGENT=$NET_AGENT" \
+      "ND_NET_BRIDGE=$net_bridge" \
+      "ND_OVS_DB=$ovs_db" \
+      "ND_OVS_RUNDIR=$ovs_rundir"; do
+      printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+    done
+    # so that ovs-vsctl/ovs-ofctl/ovs-appctl in a shell that sourced this
+    # file talk to this control plane's Open vSwitch
+    if [ -n "$ovs_rundir" ]; then printf 'export OVS_RUNDIR=%q\n' "$ovs_rundir"; fi
+  } > "$tmp"
+  mv "$tmp" "$STATE/env.sh"
+}
+
+# ====================================================================== databases
+init_dbs() {
+  [ -e "$STATE/db/.initialised" ] && return 0
+  log "creating databases (log: $STATE/log/db-init.log)"
+  rm -rf "$STATE/db"; mkdir -p "$STATE/db"
+  local dblog=$STATE/log/db-init.log
+  (
+    set -e
+    N=("${NOVA_MANAGE_CMD[@]}")
+    "${N[@]}" api_db sync
+    "${N[@]}" cell_v2 map_cell0 --database_connection "sqlite:///$STATE/db/nova_cell0.sqlite"
+    "${N[@]}" cell_v2 create_cell --name cell1 \
+      --database_connection "sqlite:///$STATE/db/nova.sqlite" --transport-url "$RABBIT"
+    "${N[@]}" db sync
+  ) >> "$dblog.nova" 2>&1 &
+  local nova_pid=$!
+  (
+    set -e
+    if [ "$RELEASE" = zed ]; then
+      /usr/bin/placement-manage --config-file "$STATE/etc/placement/placement.conf" db sync
+      /usr/bin/glance-manage --config-file "$STATE/etc/glance/glance-api.conf" db_sync
+      /usr/bin/python3 "$PYLIB/nd_neutron_schema.py" "sqlite:///$STATE/db/neutron.sqlite"
+      /usr/bin/neutron-db-manage --config-file "$STATE/etc/neutron/neutron.conf" stamp heads
+    else
+      "$V/bin/placement-manage" --config-file "$STATE/etc/placement/placement.conf" db sync
+      "$VG/bin/glance-manage" --config-file "$STATE/etc/glance/glance-api.conf" db_sync
+      "$VN/bin/python" "$PYLIB/nd_neutron_schema.py" "sqlite:///$STATE/db/neutron.sqlite"
+      "$VN/bin/neutron-db-manage" --config-file "$STATE/etc/neutron/neutron.conf" stamp heads
+    fi
+  ) >> "$dblog.others" 2>&1 &
+  local others_pid=$! rc=0
+  wait "$nova_pid" || { rc=1; log "nova DB init FAILED:"; tail -n 20 "$dblog.nova" >&2; }
+  wait "$others_pid" || { rc=1; log "placement/glance/neutron DB init FAILED:"; tail -n 20 "$dblog.others" >&2; }
+  cat "$dblog.nova" "$dblog.others" >> "$dblog"; rm -f "$dblog.nova" "$dblog.others"
+  [ $rc = 0 ] || die "database initialisation failed (see $dblog)"
+  touch "$STATE/db/.initialised"
+  log "databases created (nova api/cell0/cell1, placement, glance, neutron)"
+}
+
+# ====================================================================== services
+port_of() {
+  case $1 in
+    placement-api) echo "$P_PLACEMENT" ;; glance-api) echo "$P_GLANCE" ;;
+    neutron-api) echo "$P_NEUTRON" ;; nova-api) echo "$P_NOVA" ;; *) echo "" ;;
+  esac
+}
+
+start_service() {
+  local name=$1 port
+  port=$(port_of "$name")
+  if daemon_alive "$STATE" "$name"; then log "$name already running"; return 0; fi
+  if [ -n "$port" ] && tcp_open 127.0.0.1 "$port"; then
+    die "127.0.0.1:$port is in use by a process this script did not start ($(ss -Hltnp "sport = :$port" | awk '{print $NF}'))"
+  fi
+  # No request-line limit (gunicorn's default is 4094 bytes): nova-api lists
+  # servers by asking Neutron for the ports of all of them in one query
+  # string, which for 100 servers is longer than that (DevStack's uwsgi
+  # allows 64 KiB). Keep-alive 75 s, not gunicorn's 2 s: the Python
+  # services' HTTP pools keep idle connections without a limit, and one
+  # reused just as the server closes it fails the request (the scheduler
+  # then finds no allocation candidates: NoValidHost under load).
+  local gunicorn=(--no-control-socket --workers 1 --bind "127.0.0.1:$port" --limit-request-line 0 --keep-alive 75)
+  case $RELEASE:$name in
+    zed:placement-api)
+      OS_PLACEMENT_CONFIG_DIR=$STATE/etc/placement daemon_start "$STATE" "$name" \
+        /usr/bin/placement-api --host 127.0.0.1 --port "$port" ;;
+    zed:glance-api)
+      daemon_start "$STATE" "$name" /usr/bin/glance-api --config-file "$STATE/etc/glance/glance-api.conf" ;;
+    zed:neutron-api)
+      daemon_start "$STATE" "$name" /usr/bin/neutron-server --config-file "$STATE/etc/neutron/neutron.conf" ;;
+    zed:nova-api)
+      daemon_start "$STATE" "$name" /usr/bin/nova-api --config-file "$NOVA_CONF" ;;
+    zed:nova-conductor|zed:nova-scheduler)
+      daemon_start "$STATE" "$name" "/usr/bin/$name" --config-file "$NOVA_CONF" ;;
+    newest:placement-api)
+      OS_PLACEMENT_CONFIG_DIR=$STATE/etc/placement daemon_start "$STATE" "$name" \
+        "$V/bin/gunicorn" "${gunicorn[@]}" --threads 8 placement.wsgi.api:application ;;
+    newest:glance-api)
+      OS_GLANCE_CONFIG_DIR=$STATE/etc/glance daemon_start "$STATE" "$name" \
+        "$VG/bin/gunicorn" "${gunicorn[@]}" --threads 4 --timeout 300 glance.wsgi.api:application ;;
+    newest:neutron-api)
+      OS_NEUTRON_CONFIG_DIR=$STATE/etc/neutron OS_NEUTRON_CONFIG_FILES=neutron.conf \
+        daemon_start "$STATE" "$name" \
+        "$VN/bin/gunicorn" "${gunicorn[@]}" --threads 8 --timeout 120 nd_neutron_api_wsgi:application ;;
+    newest:nova-api)
+      OS_NOVA_CONFIG_DIR=$STATE/etc/nova ND_NOVA_API_LOG=$STATE/log/nova-api.log \
+        daemon_start "$STATE" "$name" \
+        "$V/bin/gunicorn" "${gunicorn[@]}" --threads 16 --timeout 120 nd_nova_api_wsgi:application ;;
+    newest:neutron-rpc)
+      daemon_start "$STATE" "$name" "$VN/bin/neutron-rpc-server" \
+        --config-file "$STATE/etc/neutron/neutron.conf" --log-file "$STATE/log/neutron-rpc.log" ;;
+    newest:nova-conductor|newest:nova-scheduler)
+      daemon_start "$STATE" "$name" "$V/bin/$name" --config-file "$NOVA_CONF" ;;
+  esac
+}
+
+# ====================================================================== L2 networking
+ovs_vsctl() { OVS_RUNDIR=$OVS_DIR ovs-vsctl --db="$OVS_DB" "$@"; }
+
+ensure_lb_uplink() { # zed: the interface behind physnet "private"
+  # a veth pair, as this kernel has no dummy driver (CONFIG_DUMMY); the peer
+  # end is the "wire" of the physnet (tests may move it into a netns)
+  if ! ip link show "$LB_UPLINK" >/dev/null 2>&1; then
+    ip link del "$LB_UPLINK-p" 2>/dev/null || true
+    ip link add "$LB_UPLINK" type veth peer name "$LB_UPLINK-p"
+    log "created veth pair $LB_UPLINK / $LB_UPLINK-p (physnet private)"
+  fi
+  ip link set "$LB_UPLINK" up
+  ip link set "$LB_UPLINK-p" up 2>/dev/null || true
+  # With br_netfilter, frames bridged between the instances' taps go through
+  # iptables FORWARD, whose policy Docker sets to DROP; the noop firewall
+  # driver adds no rule of its own. Let bridged brq* traffic through, in
+  # DOCKER-USER (Docker's place for such rules), for v4 and v6.
+  local ipt
+  for ipt in iptables ip6tables; do
+    if "$ipt" -nL DOCKER-USER >/dev/null 2>&1 &&
+       ! "$ipt" -C DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT 2>/dev/null; then
+      "$ipt" -I DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT
+    fi
+  done
+  # Anti-spoofing chains the agent left for taps that are gone: with
+  # ebtables-nft the agent cannot delete their rules and then retries for
+  # ever, processing no new port. The test network has port security off,
+  # so no new ones are made; remove the old ones before the agent starts.
+  local rule chain rules
+  # Rules are listed as their match words, e.g. "-i tapX -j neutronARP-tapX".
+  rules=$(ebtables -t nat -L PREROUTING 2>/dev/null | grep -E -- '-j neutron' || true)
+  while read -r rule; do
+    [ -n "$rule" ] || continue
+    # shellcheck disable=SC2086 # the rule is a list of ebtables words
+    ebtables -t nat -D PREROUTING $rule || true
+  done <<< "$rules"
+  for chain in $(ebtables -t nat -L 2>/dev/null | awk '/^Bridge chain: neutron/ {sub(",", "", $3); print $3}'); do
+    ebtables -t nat -F "$chain" || true
+    ebtables -t nat -X "$chain" || true
+  done
+}
+
+start_ovs() { # newest: ovsdb-server (waits until it answers), then ovs-vswitchd
+  mkdir -p "$OVS_DIR"
+  local schema=/usr/share/openvswitch/vswitch.ovsschema
+  if [ ! -s "$OVS_DIR/conf.db" ]; then
+    ovsdb-tool create "$OVS_DIR/conf.db" "$schema"
+    log "created OVS database $OVS_DIR/conf.db"
+  elif ! daemon_alive "$STATE" ovsdb-server &&
+       [ "$(ovsdb-tool needs-conversion "$OVS_DIR/conf.db" "$schema")" = yes ]; then
+    ovsdb-tool convert "$OVS_DIR/conf.db" "$schema"   # openvswitch-switch upgraded
+  fi
+  if daemon_alive "$STATE" ovsdb-server; then
+    log "ovsdb-server already running"
+  else
+    # foreground (no --detach): daemon_start's PID is the server's PID
+    daemon_start "$STATE" ovsdb-server env "OVS_RUNDIR=$OVS_DIR" \
+      ovsdb-server "$OVS_DIR/conf.db" --remote="punix:$OVS_DIR/db.sock" \
+      --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
+      --pidfile="$OVS_DIR/ovsdb-server.pid" --unixctl="$OVS_DIR/ovsdb-server.ctl" \
+      --log-file="$STATE/log/ovsdb-server.log" --no-chdir
+  fi
+  daemon_wait "$STATE" ovsdb-server 30 "ovsdb-server $OVS_DB" ovsdb_ready
+  if daemon_alive "$STATE" ovs-vswitchd; then
+    log "ovs-vswitchd already running"
+  else
+    daemon_start "$STATE" ovs-vswitchd env "OVS_RUNDIR=$OVS_DIR" \
+      ovs-vswitchd "$OVS_DB" --pidfile="$OVS_DIR/ovs-vswitchd.pid" \
+      --log-file="$STATE/log/ovs-vswitchd.log" --no-chdir
+  fi
+}
+
+# idempotent; before `init` an empty DB has no root row, and ovs-vsctl show
+# would wait for one until its timeout
+ovsdb_ready() { [ -S "$OVS_DIR/db.sock" ] && ovs_vsctl --timeout=2 --no-wait init; }
+
+ovs_phys_bridge() { # without --no-wait, ovs-vsctl returns once ovs-vswitchd applied it
+  ovs_vsctl --timeout=5 -- --may-exist add-br "$OVS_PHYS_BR" \
+    -- set Bridge "$OVS_PHYS_BR" datapath_type=netdev
+}
+
+vswitchd_gone() { ! daemon_alive "$STATE" ovs-vswitchd; }
+stop_ovs() {
+  if daemon_alive "$STATE" ovs-vswitchd; then
+    # --cleanup also removes the userspace datapath's internal ports (tap
+    # devices br-int, br-nd-private); the bridges stay in the DB for the next
+    # `up`. ovs-appctl returns before the process has finished: wait for it.
+    if OVS_RUNDIR=$OVS_DIR timeout 20 ovs-appctl --timeout=15 -t ovs-vswitchd exit --cleanup \
+         >/dev/null 2>&1; then
+      wait_until 20 "ovs-vswitchd exited (exit --cleanup)" vswitchd_gone || true
+    else
+      log "ovs-appctl exit --cleanup failed; stopping ovs-vswitchd by signal"
+    fi
+  fi
+  daemons_stop "$STATE" 30 ovs-vswitchd ovsdb-server
+  # what the datapath leaves behind (persistent taps; ovs-netdev always stays)
+  local d
+  for d in ovs-netdev br-int "$OVS_PHYS_BR"; do
+    if ip -d link show "$d" 2>/dev/null | grep 'tun type tap' >/dev/null; then ip link del "$d"; fi
+  done
+}
+
+neutron_rpc_ok() { # neutron's RPC server consumes the plugin and report topics
+  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+    awk '$1=="q-plugin" && $2>0 {p=1} $1=="q-reports-plugin" && $2>0 {r=1} END {exit !(p && r)}'
+}
+neutron_queues_exist() { # declared by an earlier neutron RPC server on this vhost
+  rabbitmqctl -q -p "$VHOST" list_queues name 2>/dev/null |
+    awk '$1=="q-plugin" {p=1} $1=="q-reports-plugin" {r=1} END {exit !(p && r)}'
+}
+
+AGENT_SINCE="" AGENT_STARTED=0
+start_l2_agent() {
+  [ $AGENT_STARTED = 0 ] || return 0
+  AGENT_STARTED=1
+  if daemon_alive "$STATE" "$NET_AGENT"; then log "$NET_AGENT already running"; return 0; fi
+  # its first state report must be newer than this (an old agent row of the
+  # same host can still look alive for agent_down_time = 75 s)
+  AGENT_SINCE=$(date -u '+%F %T')
+  local args=(--config-file "$STATE/etc/neutron/l2-agent.conf" --log-file "$STATE/log/$NET_AGENT.log")
+  if [ "$RELEASE" = zed ]; then
+    daemon_start "$STATE" "$NET_AGENT" "/usr/bin/$NET_AGENT" "${args[@]}"
+  else
+    # PATH: the venv's privsep-helper; OVS_RUNDIR: ovs-vsctl/ovs-ofctl/ovs-appctl
+    daemon_start "$STATE" "$NET_AGENT" env "PATH=$VN/bin:$PATH" "OVS_RUNDIR=$OVS_DIR" \
+      "$VN/bin/$NET_AGENT" "${args[@]}"
+  fi
+}
+
+l2_agent_ready() { # neutron lists the agent alive (newest: and br-int exists)
+  /usr/bin/python3 "$PYLIB/nd_rest.py" agent-alive "$URL_NEUTRON" "$NET_HOST" "$NET_AGENT" \
+    ${AGENT_SINCE:+"$AGENT_SINCE"} || return 1
+  [ "$RELEASE" = zed ] || ovs_vsctl --timeout=5 br-exists br-int
+}
+
+http_ok() { curl -sf -o /dev/null --max-time 10 -H "X-Auth-Token: $TOKEN" "$1"; }
+rpc_consumers_ok() { # conductor and scheduler queues both have a consumer
+  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+    awk '$1=="conductor" && $2>0 {c=1} $1=="scheduler" && $2>0 {s=1} END {exit !(c && s)}'
+}
+
+wait_services() {
+  daemon_wait "$STATE" placement-api "$TIMEOUT" "placement-api $URL_PLACEMENT" http_ok "$URL_PLACEMENT/"
+  daemon_wait "$STATE" glance-api "$TIMEOUT" "glance-api $URL_GLANCE" http_ok "$URL_GLANCE/versions"
+  daemon_wait "$STATE" neutron-api "$TIMEOUT" "neutron-api $URL_NEUTRON" http_ok "$URL_NEUTRON/v2.0/networks"
+  # neutron bug: the first GET /v2.0/ports in a fresh worker can 500 until the
+  # mappers are configured (harness.md failure 6); /networks above does that
+  daemon_wait "$STATE" neutron-api 30 "neutron-api /v2.0/ports" http_ok "$URL_NEUTRON/v2.0/ports"
+  # the L2 agent needs neutron's RPC server (zed: neutron-server's RPC worker)
+  # (do_up started it already if the RPC queues existed)
+  local rpc=neutron-api
+  [ "$RELEASE" = zed ] || rpc=neutron-rpc
+  ND_POLL=1 daemon_wait "$STATE" "$rpc" "$TIMEOUT" "neutron RPC server consuming q-plugin + q-reports-plugin" \
+    neutron_rpc_ok
+  start_l2_agent
+  daemon_wait "$STATE" nova-api "$TIMEOUT" "nova-api $URL_NOVA" http_ok "$URL_NOVA/"
+  ND_POLL=1 daemon_wait "$STATE" nova-conductor "$TIMEOUT" \
+    "nova-conductor + nova-scheduler consuming on vhost $VHOST" rpc_consumers_ok
+  daemon_alive "$STATE" nova-scheduler || die "nova-scheduler died (see $STATE/log/nova-scheduler.log)"
+  daemon_wait "$STATE" "$NET_AGENT" "$TIMEOUT" "$NET_AGENT alive in neutron as host $NET_HOST" l2_agent_ready
+}
+
+# ====================================================================== fake compute
+rp_exists() { # resource provider named $1 exists in placement
+  curl -sf --max-time 10 -H 'X-Auth-Token: admin' "$URL_PLACEMENT/resource_providers?name=$1" |
+    grep -q "\"$1\""
+}
+compute_ready() { # nova-compute $1 consumes its RPC queue and has its resource provider
+  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+    awk -v q="compute.$1" '$1==q && $2>0 {ok=1} END {exit !ok}' && rp_exists "$1"
+}
+host_mapped() { # host $1 has a host mapping (read-only look into the API DB)
+  /usr/bin/python3 - "$STATE/db/nova_api.sqlite" "$1" <<'EOF'
+import sqlite3, sys
+db = sqlite3.connect('file:%s?mode=ro' % sys.argv[1], uri=True, timeout=10)
+sys.exit(0 if db.execute('SELECT 1 FROM host_mappings WHERE host = ?',
+                         (sys.argv[2],)).fetchone() else 1)
+EOF
+}
+
+discover() { # nova-manage cell_v2 discover_hosts; QUIET=1: summary only
+  local out rc=0
+  out=$("${NOVA_MANAGE_CMD[@]}" cell_v2 discover_hosts --verbose 2>&1) || rc=$?
+  if [ "${QUIET:-0}" = 1 ] && [ $rc = 0 ]; then
+    printf '%s\n' "$out" | grep -E 'Creating host mapping|unmapped' >&2 || true
+  else
+    printf '%s\n' "$out" >&2
+  fi
+  return $rc
+}
+
+start_fake_compute() {
+  local host=$1 name=fake-compute-$1
+  [[ $host =~ ^[A-Za-z0-9][A-Za-z0-9.-]*$ ]] || die "bad FAKE_COMPUTE host name '$host'"
+  local sp=$STATE/compute/$host conf=$STATE/etc/fake-compute-$host.conf
+  mkdir -p "$sp/instances" "$sp/lock"
+  sed -e "s|@HOST@|$host|g" -e "s|@STATE_PATH@|$sp|g" \
+      -e "/^host = /a compute_driver = $FAKE_DRIVER" \
+      "$STATE/etc/nova-compute.conf.template" > "$conf"
+  if ! daemon_alive "$STATE" "$name"; then
+    if [ "$RELEASE" = zed ]; then  # python3-nova has no nova-compute script
+      daemon_start "$STATE" "$name" /usr/bin/python3 -c \
+        'import sys; from nova.cmd.compute import main; sys.exit(main())' \
+        --config-file "$conf" --log-file "$STATE/log/$name.log"
+    else
+      daemon_start "$STATE" "$name" "$V/bin/nova-compute" \
+        --config-file "$conf" --log-file "$STATE/log/$name.log"
+    fi
+  else
+    log "$name already running"
+  fi
+  local ND_POLL=1   # compute_ready runs rabbitmqctl (~0.5 s of CPU each)
+  daemon_wait "$STATE" "$name" "$TIMEOUT" "fake compute $host (RPC consumer + resource provider)" \
+    compute_ready "$host"
+  map_host "$host"
+}
+
+map_host() { # host $1 gets mapped to cell1, by discover_hosts or the scheduler's periodic one
+  local host=$1
+  if host_mapped "$host"; then
+    log "$host is mapped to cell1"
+  elif QUIET=1 discover; then
+    log "discover_hosts done: $host is mapped to cell1"
+  else
+    # the scheduler's periodic discovery (every 2 s) maps the same host at the
+    # same moment; the loser of that race fails on the duplicate mapping
+    log "discover_hosts failed (output above); waiting for the host mapping"
+    local ND_POLL=1
+    daemon_wait "$STATE" nova-scheduler 60 "$host mapped to cell1" host_mapped "$host"
+  fi
+}
+
+# ====================================================================== actions
+do_up() {
+  log "control plane '$RELEASE' up: state $STATE"
+  mkdir -p "$STATE"/{etc/nova,etc/placement,etc/glance,etc/neutron,db,log,pids,lock,osc} \
+           "$STATE"/{state,state-neutron,compute,glance/images,glance/staging,glance/tasks}
+  "$HERE/rabbitmq.sh" vhost "$VHOST"
+  # in the background (rabbitmqctl costs ~0.5 s of CPU, more once the
+  # services start): do neutron's RPC queues exist already? (see below)
+  local qfile=$STATE/pids/.neutron-queues qpid
+  { if neutron_queues_exist; then echo yes; else echo no; fi; } > "$qfile" 2>/dev/null &
+  qpid=$!
+  write_nova_conf; write_compute_template; write_placement_conf
+  write_glance_conf; write_neutron_conf; write_l2_agent_conf; write_clouds_yaml
+  init_dbs
+  if [ "$RELEASE" = zed ]; then ensure_lb_uplink; else start_ovs; fi
+  local s
+  for s in "${SERVICES[@]}"; do start_service "$s"; done
+  if [ "$RELEASE" = newest ]; then
+    daemon_wait "$STATE" ovs-vswitchd 60 "ovs-vswitchd, bridge $OVS_PHYS_BR (datapath netdev)" ovs_phys_bridge
+  fi
+  # Start the agent now, in parallel with the servers, if neutron's RPC queues
+  # already exist on the vhost (a previous run declared them; they outlive
+  # their consumers): its first calls then wait in them for the RPC server.
+  # Else wait_services starts it once the RPC server consumes.
+  wait "$qpid" || true
+  if [ "$(cat "$qfile" 2>/dev/null)" = yes ]; then start_l2_agent; fi
+  rm -f "$qfile"
+  wait_services
+  local net_id
+  net_id=$(/usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
+  log "flavors m1.tiny/m1.small/m1.nano and network private ($net_id) present"
+  if [ -n "$FAKE_COMPUTE" ]; then start_fake_compute "$FAKE_COMPUTE"; fi
+  local fake=$FAKE_COMPUTE
+  if [ -z "$fake" ]; then  # keep announcing a fake compute still running from before
+    for s in "$STATE"/pids/fake-compute-*.pid; do
+      [ -e "$s" ] || continue
+      s=$(basename "$s" .pid)
+      if daemon_alive "$STATE" "$s"; then fake=${s#fake-compute-}; break; fi
+    done
+  fi
+  write_env_sh "$net_id" "$fake"
+  log "control plane '$RELEASE' is up; source $STATE/env.sh"
+}
+
+do_down() {
+  local computes=() f
+  for f in "$STATE"/pids/fake-compute-*.pid; do
+    [ -e "$f" ] && computes+=("$(basename "$f" .pid)")
+  done
+  # computes first: they talk to the conductor while shutting down
+  if [ ${#computes[@]} -gt 0 ]; then daemons_stop "$STATE" 60 "${computes[@]}"; fi
+  # then the agent, then the servers, Open vSwitch last
+  # neutron 29's OVS agent logs "quitting daemon loop" within a second of
+  # SIGTERM, but its process then hangs (> 60 s): SIGKILL it after 10 s
+  daemons_stop "$STATE" 10 "$NET_AGENT"
+  local rest=() n
+  for f in "$STATE"/pids/*.pid; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .pid)
+    case $n in ovsdb-server|ovs-vswitchd) ;; *) rest+=("$n") ;; esac
+  done
+  if [ ${#rest[@]} -gt 0 ]; then daemons_stop "$STATE" 60 "${rest[@]}"; fi
+  if [ "$RELEASE" = newest ]; then stop_ovs; fi
+  log "control plane '$RELEASE' is down"
+}
+
+do_status() {
+  local ok=0 s f
+  for s in "${ALL_SERVICES[@]}"; do
+    if daemon_alive "$STATE" "$s"; then echo "running  $s"; else echo "DOWN     $s"; ok=1; fi
+  done
+  for f in "$STATE"/pids/fake-compute-*.pid; do
+    [ -e "$f" ] || continue
+    s=$(basename "$f" .pid)
+    if daemon_alive "$STATE" "$s"; then echo "running  $s"; else echo "DOWN     $s"; ok=1; fi
+  done
+  local name url
+  for name in placement:"$URL_PLACEMENT/" glance:"$URL_GLANCE/versions" \
+              neutron:"$URL_NEUTRON/v2.0/networks" nova-api:"$URL_NOVA/"; do
+    url=${name#*:}; name=${name%%:*}
+    if http_ok "$url"; then echo "answers  $name $url"; else echo "NO ANSWER $name $url"; ok=1; fi
+  done
+  if rpc_consumers_ok; then echo "answers  conductor+scheduler RPC queues (vhost $VHOST)"
+  else echo "NO CONSUMER on conductor/scheduler queues (vhost $VHOST)"; ok=1; fi
+  if neutron_rpc_ok; then echo "answers  neutron RPC queues q-plugin + q-reports-plugin (vhost $VHOST)"
+  else echo "NO CONSUMER on neutron's q-plugin/q-reports-plugin (vhost $VHOST)"; ok=1; fi
+  if l2_agent_ready >/dev/null 2>&1; then echo "answers  $NET_AGENT alive in neutron as host $NET_HOST"
+  else echo "NOT ALIVE $NET_AGENT as host $NET_HOST"; ok=1; fi
+  return $ok
+}
+
+case $ACTION in
+  up) do_up ;;
+  down) do_down ;;
+  status) do_status ;;
+  discover) discover ;;
+  map) map_host "$MAP_HOST" ;;
+  restart) do_down; do_up ;;
+  *) usage ;;
+esac

@@ -1,0 +1,462 @@
+//! The real OpenStack control planes of `tests/env/controlplane.sh`, and this
+//! service run as a compute host of them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Release};
+
+/// One control plane (its `env.sh`), with REST helpers.
+pub struct Cloud {
+    pub env: HashMap<String, String>,
+    http: reqwest::Client,
+}
+
+fn env_state() -> PathBuf {
+    std::env::var("ND_ENV_STATE").unwrap_or_else(|_| "/var/lib/nova-docker-test".into()).into()
+}
+
+/// Runs `tests/env/controlplane.sh RELEASE ARGS...`, which must succeed in time.
+async fn controlplane(release: &str, args: &[&str], timeout: Duration) {
+    let script = common::repo().join("tests/env/controlplane.sh");
+    let what = format!("controlplane.sh {release} {}", args.join(" "));
+    let out = tokio::time::timeout(timeout, tokio::process::Command::new(script).arg(release).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {timeout:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Reads `export K=V` lines (values as bash's printf %q wrote them).
+fn parse_env_sh(text: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("export ") else { continue };
+        let Some((k, v)) = rest.split_once('=') else { continue };
+        let v = if v == "''" { String::new() } else { v.to_string() };
+        let mut out = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        env.insert(k.to_string(), out);
+    }
+    env
+}
+
+impl Cloud {
+    /// The control plane of `release`; it must be up (tests/env/controlplane.sh).
+    pub fn get(release: Release) -> Cloud {
+        let name = release.env_name();
+        let path = env_state().join(name).join("env.sh");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("{} missing: start the control plane with tests/env/controlplane.sh {name} up", path.display())
+        });
+        // API servers close idle keep-alive connections (gunicorn after 2 s
+        // by default, Apache after 5 s): never reuse one that old.
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_millis(1500)).build().unwrap();
+        Cloud { env: parse_env_sh(&text), http }
+    }
+
+    /// A value of env.sh.
+    pub fn var(&self, k: &str) -> &str {
+        self.env.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} not in env.sh"))
+    }
+
+    fn token(&self) -> &str {
+        self.var("ND_TOKEN")
+    }
+
+    /// A request to nova-api at microversion 2.88 (or `mv`).
+    pub async fn nova(&self, method: reqwest::Method, path: &str, body: Option<Value>, mv: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.var("ND_NOVA_API"));
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("X-Auth-Token", self.token())
+            .header("X-OpenStack-Nova-API-Version", mv)
+            .timeout(Duration::from_secs(60));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("nova-api {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A GET to placement.
+    pub async fn placement(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.var("ND_PLACEMENT"));
+        let resp = self
+            .http
+            .get(&url)
+            .header("X-Auth-Token", "admin")
+            .header("OpenStack-API-Version", "placement 1.36")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("placement {url}: {e}"));
+        resp.json().await.unwrap_or(Value::Null)
+    }
+
+    /// The resource provider named `name`, if any.
+    pub async fn provider(&self, name: &str) -> Option<Value> {
+        let v = self.placement(&format!("/resource_providers?name={name}")).await;
+        v["resource_providers"].as_array().and_then(|a| a.first().cloned())
+    }
+
+    /// `controlplane.sh RELEASE map HOST`: `host` mapped to cell1, by
+    /// `nova-manage cell_v2 discover_hosts` or, when that loses the race with
+    /// the scheduler's own periodic discovery, by the scheduler.
+    pub async fn map_host(&self, host: &str) {
+        controlplane(self.var("ND_RELEASE"), &["map", host], Duration::from_secs(120)).await;
+    }
+
+    /// The os-services record of `host`'s nova-compute.
+    pub async fn compute_service(&self, host: &str) -> Option<Value> {
+        let (_, v) = self
+            .nova(reqwest::Method::GET, &format!("/os-services?host={host}&binary=nova-compute"), None, "2.53")
+            .await;
+        v["services"].as_array().and_then(|a| a.first().cloned())
+    }
+
+    /// The id of the Glance image for the test busybox image, importing it
+    /// once per control plane with `nova-docker image import`.
+    pub async fn busybox_image(&self, conf: &PathBuf) -> String {
+        self.docker_image_in_glance(conf, "nd-busybox:latest", "nd-busybox", &[]).await
+    }
+
+    /// A Glance image made from a local Docker image, imported once.
+    pub async fn docker_image_in_glance(&self, conf: &PathBuf, docker_ref: &str, name: &str, props: &[&str]) -> String {
+        let url = format!("{}/v2/images?name={name}&status=active", self.var("ND_GLANCE"));
+        let v: Value =
+            self.http.get(&url).header("X-Auth-Token", self.token()).send().await.unwrap().json().await.unwrap();
+        if let Some(id) = v["images"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()) {
+            return id.to_string();
+        }
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(["image", "import", docker_ref, "--name", name])
+            .args(props.iter().flat_map(|p| ["--property", p]))
+            .arg("--config-file")
+            .arg(conf)
+            .env("OS_AUTH_TOKEN", self.token())
+            // The image is the machine engine's, whatever engine the
+            // calling test's host runs on (a private one has no images).
+            .env("OS_DOCKER__HOST_URL", "unix:///var/run/docker.sock")
+            .output()
+            .await
+            .expect("image import runs");
+        assert!(out.status.success(), "image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Creates a Glance image with the given formats and raw bytes.
+    pub async fn raw_glance_image(&self, name: &str, container_format: &str, data: Vec<u8>) -> String {
+        self.glance_image(name, container_format, data, Some("public")).await
+    }
+
+    /// Creates a Glance image, with Glance's default visibility if None
+    /// (Zed's policy lets only its admin publicize images).
+    async fn glance_image(
+        &self,
+        name: &str,
+        container_format: &str,
+        data: Vec<u8>,
+        visibility: Option<&str>,
+    ) -> String {
+        let glance = self.var("ND_GLANCE");
+        let mut meta = json!({"name": name, "container_format": container_format, "disk_format": "raw"});
+        if let Some(v) = visibility {
+            meta["visibility"] = json!(v);
+        }
+        let resp = self
+            .http
+            .post(format!("{glance}/v2/images"))
+            .header("X-Auth-Token", self.token())
+            .json(&meta)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {glance}/v2/images: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        let id = v["id"].as_str().unwrap_or_else(|| panic!("POST {glance}/v2/images: {status} {text}")).to_string();
+        let r = self
+            .http
+            .put(format!("{glance}/v2/images/{id}/file"))
+            .header("X-Auth-Token", self.token())
+            .header("Content-Type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "upload: {}", r.status());
+        id
+    }
+
+    /// `controlplane.sh RELEASE restart`: every service of the control plane
+    /// stopped and started again (read `Cloud::get` afresh afterwards).
+    pub async fn restart(release: Release) {
+        controlplane(release.env_name(), &["restart"], Duration::from_secs(600)).await;
+    }
+
+    /// Waits until this control plane schedules again: a boot forced onto a
+    /// host that does not exist must come back ERROR (NoValidHost), which
+    /// takes nova-api -> conductor -> scheduler and the scheduler's reply.
+    /// After the broker restarted, the Python services can lose their first
+    /// such round trips (the build then waits out Nova's long RPC timeout),
+    /// so a probe that hangs is deleted and another one sent.
+    pub async fn wait_schedulable(&self, timeout: Duration) {
+        let image = self.glance_image(&common::unique("nd-probe"), "docker", b"probe".to_vec(), None).await;
+        let started = Instant::now();
+        let mut probes = Vec::new();
+        'probing: loop {
+            assert!(started.elapsed() < timeout, "the control plane did not schedule again within {timeout:?}");
+            let (status, v) = self.post_server(&common::unique("nd-probe"), &image, "nd-nowhere", "42").await;
+            let Some(id) = v["server"]["id"].as_str().filter(|_| status == 202).map(str::to_string) else {
+                eprintln!("probe boot refused ({status} {v}): trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            probes.push(id.clone());
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_secs(20) {
+                if self.server(&id).await.is_some_and(|s| s["status"] == "ERROR") {
+                    break 'probing;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            eprintln!("probe {id} still not scheduled after 20 s: sending another one");
+        }
+        for id in &probes {
+            self.nova(reqwest::Method::DELETE, &format!("/servers/{id}"), None, "2.88").await;
+        }
+        let glance = self.var("ND_GLANCE");
+        let _ =
+            self.http.delete(format!("{glance}/v2/images/{image}")).header("X-Auth-Token", self.token()).send().await;
+    }
+
+    /// `POST /servers` for a server with no network on `host` (forced
+    /// through the availability zone); nova-api's status and answer.
+    async fn post_server(&self, name: &str, image: &str, host: &str, flavor: &str) -> (u16, Value) {
+        let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none",
+                                      "availability_zone": format!("nova:{host}")}});
+        self.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await
+    }
+
+    /// Boots a server on `host` (forced through the availability zone).
+    pub async fn create_server(&self, name: &str, image: &str, host: &str, flavor: &str) -> String {
+        let (status, v) = self.post_server(name, image, host, flavor).await;
+        assert_eq!(status, 202, "create server: {v}");
+        v["server"]["id"].as_str().expect("server id").to_string()
+    }
+
+    /// The server document (None once deleted).
+    pub async fn server(&self, id: &str) -> Option<Value> {
+        let (status, v) = self.nova(reqwest::Method::GET, &format!("/servers/{id}"), None, "2.88").await;
+        match status {
+            200 => Some(v["server"].clone()),
+            404 => None,
+            other => panic!("GET server {id}: {other} {v}"),
+        }
+    }
+
+    /// Waits until the server has `status` and no task state; panics on
+    /// ERROR (unless that is what is awaited) or timeout.
+    pub async fn wait_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let s = self.server(id).await.unwrap_or_else(|| panic!("server {id} vanished"));
+            let st = s["status"].as_str().unwrap_or("");
+            if st == status && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            if st == "ERROR" && status != "ERROR" {
+                panic!("server {id} went to ERROR: {}", s["fault"]);
+            }
+            if started.elapsed() > timeout {
+                panic!("server {id} not {status} after {timeout:?}: {s}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Posts a server action; returns the HTTP status.
+    pub async fn action(&self, id: &str, body: Value) -> (u16, Value) {
+        self.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.88").await
+    }
+
+    /// Deletes a server and waits until it is gone.
+    pub async fn delete_server(&self, id: &str, timeout: Duration) {
+        let fault_before = self.server(id).await.map(|s| s["fault"]["created"].clone()).unwrap_or_default();
+        let (status, v) = self.nova(reqwest::Method::DELETE, &format!("/servers/{id}"), None, "2.88").await;
+        assert!(status == 204 || status == 404, "delete {id}: {status} {v}");
+        let started = Instant::now();
+        while let Some(s) = self.server(id).await {
+            // A delete that failed leaves the server in ERROR with a new
+            // fault and no task state: say why now rather than time out.
+            let failed = s["status"] == "ERROR"
+                && s["OS-EXT-STS:task_state"].is_null()
+                && !s["fault"].is_null()
+                && s["fault"]["created"] != fault_before;
+            assert!(!failed, "deleting server {id} failed: {}", s["fault"]);
+            assert!(started.elapsed() < timeout, "server {id} still there after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The instance actions of a server, newest first, with their events.
+    pub async fn actions(&self, id: &str) -> Vec<Value> {
+        let (_, v) = self.nova(reqwest::Method::GET, &format!("/servers/{id}/os-instance-actions"), None, "2.88").await;
+        let mut out = Vec::new();
+        for a in v["instanceActions"].as_array().cloned().unwrap_or_default() {
+            let req = a["request_id"].as_str().unwrap_or_default();
+            let (_, d) = self
+                .nova(reqwest::Method::GET, &format!("/servers/{id}/os-instance-actions/{req}"), None, "2.88")
+                .await;
+            out.push(d["instanceAction"].clone());
+        }
+        out
+    }
+}
+
+/// This service running as a compute host of a control plane.
+pub struct ComputeHost {
+    pub name: String,
+    /// Environment for the service (e.g. OVS_RUNDIR of the test's OVS).
+    env: Vec<(String, String)>,
+    pub conf: PathBuf,
+    pub state: PathBuf,
+    child: Option<tokio::process::Child>,
+    pub log: PathBuf,
+}
+
+impl ComputeHost {
+    /// Writes the host's nova.conf from the control plane's template.
+    pub fn configure(cloud: &Cloud, name: &str, extra: &str) -> ComputeHost {
+        let state = std::env::temp_dir().join(format!("nd-it-{name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let template = std::fs::read_to_string(cloud.var("ND_COMPUTE_CONF_TEMPLATE")).unwrap();
+        let conf_text = template.replace("@HOST@", name).replace("@STATE_PATH@", &state.display().to_string());
+        // Containers overcommit CPU well; tests boot tens of 1-vCPU servers
+        // on a 2-core machine, so the host reports a generous ratio.
+        let conf_text = conf_text.replacen("[DEFAULT]\n", "[DEFAULT]\ncpu_allocation_ratio = 64.0\n", 1);
+        let conf = state.join("nova.conf");
+        std::fs::write(&conf, format!("{conf_text}\n{extra}\n")).unwrap();
+        let env = cloud
+            .env
+            .get("OVS_RUNDIR")
+            .filter(|v| !v.is_empty())
+            .map(|v| vec![("OVS_RUNDIR".to_string(), v.clone())])
+            .unwrap_or_default();
+        ComputeHost { name: name.into(), env, conf, log: state.join("nova-docker.log"), state, child: None }
+    }
+
+    /// Configures and starts a host, then waits until Nova has it up and mapped.
+    pub async fn start(cloud: &Cloud, name: &str, extra: &str) -> ComputeHost {
+        let mut h = Self::configure(cloud, name, extra);
+        h.spawn();
+        h.wait_up(cloud, Duration::from_secs(60)).await;
+        cloud.map_host(name).await;
+        h
+    }
+
+    /// Starts the process.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(["serve", "--config-file"])
+            .arg(&self.conf)
+            .env("RUST_LOG", "info,nova_docker=debug,lapin=warn")
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nova-docker starts");
+        self.child = Some(child);
+    }
+
+    /// Waits until os-services reports the host up.
+    pub async fn wait_up(&self, cloud: &Cloud, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = cloud.compute_service(&self.name).await
+                && s["state"] == "up"
+            {
+                return;
+            }
+            assert!(started.elapsed() < timeout, "{} never came up; log: {}", self.name, self.log_text());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// SIGTERM and wait (graceful shutdown); returns the exit status.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        tokio::time::timeout(Duration::from_secs(90), child.wait()).await.ok().and_then(Result::ok)
+    }
+
+    /// The service's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGKILL (a crash).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The service's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ComputeHost {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        // Logs stay for a failed test; a passing one leaves nothing.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+        // Whatever the test left behind on Docker goes with it.
+        let filter = format!("label=nova.host={}", self.name);
+        if let Ok(out) =
+            std::process::Command::new("docker").args(["ps", "-aq", "--no-trunc", "--filter", &filter]).output()
+        {
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                // And their netns entries, which would keep the namespaces alive.
+                for id in &ids {
+                    let _ = std::process::Command::new("ip").args(["netns", "delete", id]).output();
+                }
+            }
+        }
+    }
+}
+
+/// A fresh host name for one test.
+pub fn host_name(test: &str) -> String {
+    common::unique(&format!("nd-{test}"))
+}

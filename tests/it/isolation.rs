@@ -1,0 +1,74 @@
+//! What a tenant's container can see and do, and where secrets go: checked
+//! from inside a real instance and on the host.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::common::{self, Release};
+
+const T: Duration = Duration::from_secs(120);
+
+async fn exec(container: &str, cmd: &str) -> (bool, String) {
+    let out = tokio::process::Command::new("docker").args(["exec", container, "sh", "-c", cmd]).output().await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
+}
+
+/// The default capability set of `[docker] capabilities` as a bit mask.
+fn default_caps_mask() -> u64 {
+    // CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7,
+    // SETPCAP 8, NET_BIND_SERVICE 10, SYS_CHROOT 18, AUDIT_WRITE 29.
+    [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29].iter().map(|b| 1u64 << b).sum()
+}
+
+#[tokio::test]
+async fn instances_are_isolated_and_secrets_stay_out() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("iso");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let secret = common::unique("nd-admin-pass-secret");
+    let body = json!({"server": {"name": "iso", "imageRef": image, "flavorRef": "42", "networks": "none",
+        "adminPass": secret, "metadata": {"ROLE": "web"}, "availability_zone": format!("nova:{name}")}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let c = format!("nova-{id}");
+
+    // Only its own processes, no host network, no Docker socket.
+    let (_, ps) = exec(&c, "ps -o comm").await;
+    assert!(!ps.contains("dockerd") && !ps.contains("containerd") && !ps.contains("nova-docker"), "{ps}");
+    let (_, nets) = exec(&c, "ls /sys/class/net").await;
+    assert_eq!(nets.split_whitespace().collect::<Vec<_>>(), ["lo"], "network mode none");
+    let (socket, _) = exec(&c, "test -e /var/run/docker.sock || test -e /run/docker.sock").await;
+    assert!(!socket, "the Docker socket is not reachable");
+    // The minimal capability set, no-new-privileges, seccomp, a pids limit.
+    let (_, st) = exec(&c, "cat /proc/self/status").await;
+    let caps = u64::from_str_radix(&status_field(&st, "CapEff"), 16).unwrap();
+    assert_eq!(caps, default_caps_mask(), "CapEff {caps:x}");
+    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&st, "Seccomp"), "2", "filtered by the engine's seccomp profile");
+    let (_, pids) = exec(&c, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max").await;
+    assert_eq!(pids.trim(), "4096");
+    let (mounted_as_root, _) = exec(&c, "mount -o remount,rw / 2>/dev/null").await;
+    assert!(!mounted_as_root, "no CAP_SYS_ADMIN: cannot remount");
+
+    // Metadata becomes environment; the admin password goes nowhere.
+    let inspect = std::process::Command::new("docker").args(["inspect", &c]).output().unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains("ROLE=web"));
+    assert!(!inspect.contains(&secret), "admin password in the container's config");
+    let log = host.log_text();
+    assert!(!log.contains(&secret), "admin password in the service log");
+    assert!(!log.contains("guest:guest@"), "broker password in the service log");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+    let log = host.log_text();
+    assert!(!log.contains(&secret));
+}

@@ -1,0 +1,22 @@
+//! Integration tests against the real components: RabbitMQ, Python
+//! oslo.messaging and nova (both releases), Docker, and the OpenStack control
+//! planes started by `tests/env/`. Run them with `tests/run` (README).
+
+mod archive;
+mod broker;
+mod cloud;
+mod common;
+mod faults;
+mod host;
+mod hostile;
+mod images;
+mod isolation;
+mod lifecycle;
+mod load;
+mod net;
+mod network;
+mod observability;
+mod operators;
+mod proxy;
+mod recovery;
+mod rpc;

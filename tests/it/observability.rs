@@ -1,0 +1,120 @@
+//! What an operator sees: `nova-docker check` naming what is wrong, the
+//! health and metrics endpoint of a running host, and its logs carrying the
+//! request id and the instance uuid.
+
+use std::time::Duration;
+
+use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::common::Release;
+
+const T: Duration = Duration::from_secs(120);
+
+/// A TCP port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn check(conf: &std::path::Path) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(["check", "--config-file"])
+            .arg(conf)
+            .output(),
+    )
+    .await
+    .expect("check finished in time")
+    .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn line<'a>(report: &'a str, what: &str) -> &'a str {
+    report.lines().find(|l| l.contains(&format!("] {what}:"))).unwrap_or_else(|| panic!("no {what} line:\n{report}"))
+}
+
+#[tokio::test]
+async fn check_says_what_is_wrong() {
+    let cloud = Cloud::get(Release::Newest);
+    let good = ComputeHost::configure(&cloud, &host_name("check"), "");
+    let (ok, report) = check(&good.conf).await;
+    assert!(ok, "a working configuration passes:\n{report}");
+    assert!(line(&report, "nova-conductor").contains("release 2026.2"), "{report}");
+
+    // The broker is not running where the configuration says; Glance's URL is wrong.
+    let (broker_port, glance_port) = (dead_port(), dead_port());
+    let text = std::fs::read_to_string(&good.conf).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("transport_url") {
+                format!("transport_url = rabbit://guest:guest@127.0.0.1:{broker_port}/")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bad = good.state.join("bad.conf");
+    std::fs::write(&bad, format!("{text}\n[glance]\nendpoint_override = http://127.0.0.1:{glance_port}\n")).unwrap();
+    let (ok, report) = check(&bad).await;
+    assert!(!ok, "a broken configuration fails:\n{report}");
+    let rabbit = line(&report, "rabbitmq");
+    assert!(rabbit.starts_with("[FAIL]") && rabbit.contains("Connection refused"), "{rabbit}");
+    assert!(rabbit.contains("Is RabbitMQ running there"), "{rabbit}");
+    assert!(!rabbit.contains("guest:guest"), "the password is masked: {rabbit}");
+    let glance = line(&report, "glance");
+    assert!(glance.starts_with("[FAIL]") && glance.contains(&format!("127.0.0.1:{glance_port}")), "{glance}");
+    assert!(glance.contains("Connection refused") && glance.contains("[glance] endpoint_override"), "{glance}");
+    assert!(line(&report, "placement").starts_with("[ OK ]"), "the rest is still checked:\n{report}");
+    assert!(report.trim_end().ends_with("3 check(s) failed"), "{report}");
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(10)).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of one Prometheus sample (0 when absent).
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn health_metrics_and_logs_of_a_running_host() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("metrics");
+    let port = dead_port();
+    let extra = format!("[docker]\nmetrics_listen = 127.0.0.1:{port}\n");
+    let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    let (status, ready) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+
+    let build = r#"nova_docker_rpc_requests_total{method="build_and_run_instance",outcome="ok"}"#;
+    let active = r#"nova_docker_instances{vm_state="active"}"#;
+    let (_, before) = get(&format!("{base}/metrics")).await;
+    assert!(before.contains("# TYPE nova_docker_rpc_requests_total counter"), "{before}");
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("metrics", &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let (_, after) = get(&format!("{base}/metrics")).await;
+    assert_eq!(sample(&after, build), sample(&before, build) + 1.0, "{after}");
+    let glance_in = r#"nova_docker_glance_bytes_total{direction="download"}"#;
+    assert!(sample(&after, glance_in) >= sample(&before, glance_in), "{after}");
+    // The instance gauge counts it as soon as ACTIVE is saved.
+    assert_eq!(sample(&after, active), sample(&before, active) + 1.0, "{after}");
+    assert!(after.contains(r#"nova_docker_operation_duration_seconds_count{operation="build",phase="spawn"}"#));
+
+    // The build's log lines name the request and the instance.
+    let log = host.log_text();
+    let built = log.lines().find(|l| l.contains("instance built")).expect("an 'instance built' line");
+    assert!(built.contains(&id), "{built}");
+    assert!(built.contains("request_id=\"req-"), "{built}");
+    assert_eq!(built.matches(&format!("instance=\"{id}\"")).count(), 1, "the span names the instance once: {built}");
+    cloud.delete_server(&id, T).await;
+    let (_, gone) = get(&format!("{base}/metrics")).await;
+    assert_eq!(sample(&gone, active), sample(&before, active), "deleted, no longer counted:\n{gone}");
+    host.stop().await;
+}

@@ -1,0 +1,122 @@
+//! Killed with SIGKILL in the middle of a build, a delete and a snapshot:
+//! after a restart, every instance ends where Nova's `init_host` would put
+//! it, nothing is stuck in a task state, and strays are cleaned up.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::common::{self, Release, wait_for};
+use crate::proxy::Relay;
+
+const T: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn killed_during_build_delete_and_snapshot() {
+    let cloud = Cloud::get(Release::Newest);
+    let glance = cloud.var("ND_GLANCE").trim_start_matches("http://").to_string();
+    let relay = Relay::start(&glance).await;
+    let name = host_name("crash");
+    // Glance through the relay (to stall transfers); containers that ignore
+    // SIGTERM get 30 s to stop (to catch a delete in the middle).
+    let extra = format!("[DEFAULT]\nshutdown_timeout = 30\n[glance]\nendpoint_override = {}\n", relay.url);
+    let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+    let stubborn = cloud
+        .docker_image_in_glance(
+            &host.conf,
+            "nd-busybox:latest",
+            "nd-stubborn",
+            &["os_command_line=sh -c 'trap \"\" TERM; while true; do sleep 1; done'"],
+        )
+        .await;
+    let plain = cloud.busybox_image(&host.conf).await;
+
+    // An instance to delete (it will not stop by itself) and one to snapshot.
+    let deleting = cloud.create_server("deleting", &stubborn, &name, "1").await;
+    let snapping = cloud.create_server("snapping", &plain, &name, "1").await;
+    cloud.wait_status(&deleting, "ACTIVE", T).await;
+    cloud.wait_status(&snapping, "ACTIVE", T).await;
+    // A container stopped while the service is down must be synced on restart.
+    let drifting = cloud.create_server("drifting", &plain, &name, "1").await;
+    cloud.wait_status(&drifting, "ACTIVE", T).await;
+
+    // 1. A snapshot stalled in its upload.
+    relay.hold();
+    let (status, v) = cloud.action(&snapping, json!({"createImage": {"name": common::unique("nd-crash-snap")}})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the snapshot to reach image_uploading", T, async || {
+        cloud.server(&snapping).await.unwrap()["OS-EXT-STS:task_state"] == "image_uploading"
+    })
+    .await;
+    // 2. A delete waiting for a container that ignores SIGTERM.
+    let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/servers/{deleting}"), None, "2.88").await;
+    assert_eq!(status, 204);
+    wait_for("the delete to be under way", T, async || {
+        cloud.server(&deleting).await.is_some_and(|s| s["OS-EXT-STS:task_state"] == "deleting")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 3. A build stalled while downloading its (never seen) image.
+    let fresh = cloud
+        .raw_glance_image(
+            &common::unique("nd-fresh"),
+            "docker",
+            std::fs::read(common::fixture("busybox-save.tar")).unwrap(),
+        )
+        .await;
+    let building = cloud.create_server("building", &fresh, &name, "1").await;
+    wait_for("the build to be on this host", T, async || {
+        cloud.server(&building).await.unwrap()["OS-EXT-SRV-ATTR:host"] == name.as_str()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Crash, and something changes behind the dead service's back.
+    host.kill().await;
+    let out =
+        std::process::Command::new("docker").args(["stop", "-t", "1", &format!("nova-{drifting}")]).output().unwrap();
+    assert!(out.status.success());
+    let stray = uuid::Uuid::new_v4().to_string();
+    let out = std::process::Command::new("docker")
+        .args(["run", "-d", "--network", "none", "--name", &format!("nova-{stray}")])
+        .args(["--label", &format!("nova.host={name}"), "--label", &format!("nova.instance={stray}")])
+        .args(["nd-busybox:latest"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    relay.release();
+
+    host.spawn();
+    host.wait_up(&cloud, T).await;
+    // The interrupted build ends in ERROR with a fault, its container gone.
+    let s = cloud.wait_status(&building, "ERROR", T).await;
+    assert!(s["fault"]["message"].as_str().unwrap_or_default().contains("interrupted"), "{}", s["fault"]);
+    // The interrupted delete is finished.
+    wait_for("the interrupted delete to finish", T, async || cloud.server(&deleting).await.is_none()).await;
+    // The interrupted snapshot is reset; the instance runs on.
+    let s = cloud.wait_status(&snapping, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    let paused = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Paused}}", &format!("nova-{snapping}")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&paused.stdout).trim(), "false");
+    // The container stopped behind the dead service's back is SHUTOFF.
+    cloud.wait_status(&drifting, "SHUTOFF", T).await;
+    // The stray container (no such instance) is reaped.
+    wait_for("the stray container to be removed", T, async || {
+        !std::process::Command::new("docker")
+            .args(["inspect", &format!("nova-{stray}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    })
+    .await;
+    assert!(host.log_text().contains("interrupted"));
+    for i in [&building, &snapping, &drifting] {
+        cloud.delete_server(i, T).await;
+    }
+    host.stop().await;
+}
