@@ -73,6 +73,9 @@ pub fn requested_networks(v: Option<&Value>) -> Requested {
     Requested::Some(reqs)
 }
 
+/// How often a port deletion answered with a server error is retried.
+const PORT_DELETE_RETRIES: u32 = 3;
+
 /// Neutron, with this host's name for bindings.
 #[derive(Clone)]
 pub struct Neutron {
@@ -197,23 +200,62 @@ impl Neutron {
         Err(NetworkError::NoAutoNetwork)
     }
 
-    /// Deletes the ports this service created and unbinds the others.
+    /// Deletes the ports this service created and unbinds the others. Best
+    /// effort (a build's clean-up, a detach): failures are logged.
     pub async fn deallocate(&self, ports: &[BoundPort]) {
         for p in ports {
             let Some(id) = p.port["id"].as_str() else { continue };
-            let r = if p.created {
-                match self.client.send(None, Method::DELETE, &format!("/v2.0/ports/{}", url_part(id)), |r| r).await {
-                    Err(e) if e.status() == Some(404) => Ok(()),
-                    other => other.map(|_| ()),
-                }
-            } else {
-                let body = json!({"port": {"binding:host_id": null, "device_id": "", "device_owner": ""}});
-                self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await.map(|_| ())
-            };
+            let r = if p.created { self.delete_port(id).await } else { self.unbind_port(id).await };
             if let Err(e) = r {
                 tracing::warn!(port = id, error = %e, "could not release a port");
             }
         }
+    }
+
+    /// Releases every port Neutron has for a deleted instance, as Nova's
+    /// `deallocate_for_instance` does: the list comes from Neutron (by
+    /// `device_id`), not from the info cache, so a port the cache missed is
+    /// not leaked. The ports in `preserved` (the user's own) are unbound, the
+    /// rest deleted. Every port is tried; the first failure is returned, so
+    /// the delete fails visibly rather than leaking a port and its address.
+    pub async fn release_instance_ports(&self, uuid: &str, preserved: &[String]) -> Result<(), NetworkError> {
+        let mut first_error = None;
+        for port in self.instance_ports(uuid).await? {
+            let Some(id) = port["id"].as_str() else { continue };
+            let r =
+                if preserved.iter().any(|p| p == id) { self.unbind_port(id).await } else { self.delete_port(id).await };
+            if let Err(e) = r {
+                tracing::warn!(port = id, error = %e, "could not release a port");
+                first_error.get_or_insert(NetworkError::Http(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes a port; one already gone is fine. A server error is retried a
+    /// few times (DELETE is idempotent, and a busy Neutron answers 5xx
+    /// transiently, e.g. while its database is locked).
+    async fn delete_port(&self, id: &str) -> Result<(), HttpError> {
+        let path = format!("/v2.0/ports/{}", url_part(id));
+        let mut attempt = 0;
+        loop {
+            match self.client.send(None, Method::DELETE, &path, |r| r).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(404) => return Ok(()),
+                Err(e) if e.status().is_some_and(|s| s >= 500) && attempt < PORT_DELETE_RETRIES => {
+                    tracing::info!(port = id, error = %e, "retrying the port's deletion");
+                    tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives a user's port back: no host, no device.
+    async fn unbind_port(&self, id: &str) -> Result<(), HttpError> {
+        let body = json!({"port": {"binding:host_id": null, "device_id": "", "device_owner": ""}});
+        self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await.map(|_| ())
     }
 
     /// The ports of an instance, currently bound anywhere.

@@ -256,7 +256,7 @@ impl<D: Driver> ComputeManager<D> {
                 let cid = self.container_id(&uuid).await;
                 self.driver.destroy(&uuid, self.settings.shutdown_timeout).await?;
                 self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
-                self.deallocate_network(&ni).await;
+                self.release_network(&uuid, &ni).await?;
                 phase("delete", "destroy", t);
                 i.set("vm_state", vm::DELETED);
                 i.set("task_state", Value::Null);

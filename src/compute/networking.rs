@@ -37,14 +37,14 @@ fn to_json(ni: &NetworkInfo) -> Result<String, OpError> {
     net::model::network_info_to_string(ni).map_err(|e| OpError::Invalid(format!("network_info: {e}")))
 }
 
+/// Whether a VIF's port is the user's own (kept when the instance goes).
+fn preserved(v: &Vif) -> bool {
+    v.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false)
+}
+
 /// The ports of a network_info as bound ports (for release).
 fn bound_ports(ni: &NetworkInfo) -> Vec<BoundPort> {
-    ni.iter()
-        .map(|v| BoundPort {
-            port: json!({"id": v.id}),
-            created: !v.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false),
-        })
-        .collect()
+    ni.iter().map(|v| BoundPort { port: json!({"id": v.id}), created: !preserved(v) }).collect()
 }
 
 impl<D: Driver> ComputeManager<D> {
@@ -108,6 +108,16 @@ impl<D: Driver> ComputeManager<D> {
         if let Some(n) = &self.neutron {
             n.deallocate(&bound_ports(ni)).await;
         }
+    }
+
+    /// Releases the ports of an instance being deleted: Neutron's list for
+    /// it, the user's ports (`preserve_on_delete` in the cache) unbound, the
+    /// others deleted. A failure fails the delete, as in Nova.
+    pub async fn release_network(&self, uuid: &str, ni: &NetworkInfo) -> Result<(), OpError> {
+        let Some(neutron) = &self.neutron else { return Ok(()) };
+        let users: Vec<String> = ni.iter().filter(|v| preserved(v)).map(|v| v.id.clone()).collect();
+        neutron.release_instance_ports(uuid, &users).await?;
+        Ok(())
     }
 
     /// Plugs every port into the running container (after each start, since
@@ -257,11 +267,7 @@ impl<D: Driver> ComputeManager<D> {
             .into_iter()
             .map(|p| {
                 let id = p["id"].as_str().unwrap_or_default().to_string();
-                let created = cached
-                    .iter()
-                    .find(|v| v.id == id)
-                    .map(|v| !v.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false))
-                    .unwrap_or(false);
+                let created = cached.iter().find(|v| v.id == id).map(|v| !preserved(v)).unwrap_or(false);
                 BoundPort { port: p, created }
             })
             .collect();

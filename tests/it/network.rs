@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::cloud::{Cloud, ComputeHost};
 use crate::common::{self, Release};
+use crate::proxy::Relay;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -246,5 +247,46 @@ async fn binding_failure_is_a_clear_fault() {
     assert!(msg.contains("could not be bound") || msg.contains("binding"), "{msg}");
     assert!(ports_of(&cloud, &id).await.is_empty(), "the port was released");
     cloud.delete_server(&id, T).await;
+    host.stop().await;
+}
+
+/// A delete releases every port Neutron lists for the server, not only those
+/// its info cache names (here a port bound to it behind Nova's back). While
+/// Neutron is unreachable the delete fails visibly (ERROR with a fault) and
+/// the port stays; once Neutron is back, a reset and a second delete finish
+/// the job.
+#[tokio::test]
+async fn delete_releases_every_port_neutron_lists() {
+    let cloud = Cloud::get(Release::Newest);
+    let relay = Relay::start(cloud.var("ND_NEUTRON").trim_start_matches("http://")).await;
+    let name = crate::cloud::host_name("portrel");
+    let mut host = ComputeHost::start(&cloud, &name, &format!("[neutron]\nendpoint_override = {}\n", relay.url)).await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("portrel", &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let body =
+        json!({"port": {"network_id": cloud.var("ND_NETWORK_ID"), "device_id": id, "device_owner": "compute:nova"}});
+    let (status, v) = neutron(&cloud, reqwest::Method::POST, "/v2.0/ports", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(cloud.server(&id).await.unwrap()["addresses"].as_object().is_none_or(|a| a.is_empty()), "not in the cache");
+
+    relay.cut();
+    let (status, v) = cloud.nova(reqwest::Method::DELETE, &format!("/servers/{id}"), None, "2.88").await;
+    assert_eq!(status, 204, "{v}");
+    // As in Nova, the failed delete leaves ERROR with task_state deleting.
+    common::wait_for("the delete to fail", T, async || {
+        cloud.server(&id).await.is_some_and(|s| s["status"] == "ERROR" && !s["fault"].is_null())
+    })
+    .await;
+    let s = cloud.server(&id).await.unwrap();
+    assert!(s["fault"]["message"].as_str().unwrap_or_default().contains("Neutron"), "{}", s["fault"]);
+    assert_eq!(ports_of(&cloud, &id).await.len(), 1, "the port is kept while Neutron is away");
+
+    // A second delete is ignored while the task state says deleting (as
+    // with Python nova-compute): the operator resets the state first.
+    relay.restore();
+    assert_eq!(cloud.action(&id, json!({"os-resetState": {"state": "error"}})).await.0, 202);
+    cloud.delete_server(&id, T).await;
+    assert!(ports_of(&cloud, &id).await.is_empty(), "the port Nova did not know of is deleted");
     host.stop().await;
 }
