@@ -233,12 +233,18 @@ impl Transport {
         registry.declarations.retain(|d| !matches!(d, Declaration::Binding(b) if b.queue == queue));
         let session = self.inner.session.borrow().clone();
         if let Some(session) = session {
-            let channel = session.declare.lock().await;
-            let _ = tokio::time::timeout(
+            let mut channel = session.declare.lock().await;
+            let deleted = tokio::time::timeout(
                 Duration::from_secs(5),
                 channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
             )
             .await;
+            // A refusal closes the channel: later declarations need a new one.
+            if matches!(deleted, Ok(Err(_)))
+                && let Ok(fresh) = session.connection.create_channel().await
+            {
+                *channel = fresh;
+            }
         }
     }
 
@@ -428,6 +434,13 @@ async fn open_session(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
+                        // lapin reports a channel closed by the broker (a
+                        // soft error: no such exchange, a refused flag) here
+                        // too; the channel's owner sees it and recovers. Only
+                        // the connection's own failures break the session.
+                        Some(Event::Error(e)) if is_channel_error(&e) => {
+                            tracing::debug!(error = %e, "RabbitMQ closed a channel");
+                        }
                         Some(Event::Error(e)) => {
                             tracing::warn!(error = %e, "AMQP connection error");
                             broken.cancel();
@@ -481,6 +494,11 @@ fn field_table(args: &[(String, ArgValue)]) -> FieldTable {
     t
 }
 
+/// Whether an error closed only a channel (an AMQP soft error).
+fn is_channel_error(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if matches!(p.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
+}
+
 async fn apply_declarations(session: &Session, decls: &[Declaration]) -> Result<(), lapin::Error> {
     let mut channel = session.declare.lock().await;
     for d in decls {
@@ -498,6 +516,21 @@ async fn apply_declarations(session: &Session, decls: &[Declaration]) -> Result<
             declare_one(&channel, &Declaration::Exchange(x)).await?;
             continue;
         }
+        // A fanout exchange is auto-deleted with its last binding: another
+        // server's fanout queue going away between our exchange declaration
+        // and our bind removes it (the bind then finds no exchange). Declare
+        // it again and bind again, as kombu's retried declaration would.
+        if let Declaration::Binding(b) = d
+            && text.contains("NOT_FOUND - no exchange")
+            && let Some(x) = decls.iter().find_map(|d| match d {
+                Declaration::Exchange(x) if x.name == b.exchange => Some(x),
+                _ => None,
+            })
+        {
+            tracing::info!(exchange = %x.name, queue = %b.queue, "the exchange vanished before the bind; declaring it again");
+            rebind(session, &mut channel, x, d).await?;
+            continue;
+        }
         if text.contains("PRECONDITION_FAILED") {
             tracing::error!(
                 entity = ?d,
@@ -510,6 +543,28 @@ async fn apply_declarations(session: &Session, decls: &[Declaration]) -> Result<
         return Err(e);
     }
     Ok(())
+}
+
+/// How often a bind whose exchange vanished is tried again.
+const REBIND_ATTEMPTS: u32 = 3;
+
+/// Declares `exchange` again and retries the `binding` on a new channel (the
+/// failed bind closed the old one), while the exchange keeps vanishing.
+async fn rebind(
+    session: &Session,
+    channel: &mut Channel,
+    exchange: &super::topology::ExchangeDecl,
+    binding: &Declaration,
+) -> Result<(), lapin::Error> {
+    let mut attempt = 1;
+    loop {
+        *channel = session.connection.create_channel().await?;
+        declare_one(channel, &Declaration::Exchange(exchange.clone())).await?;
+        match declare_one(channel, binding).await {
+            Err(e) if attempt < REBIND_ATTEMPTS && e.to_string().contains("NOT_FOUND - no exchange") => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 async fn declare_one(channel: &Channel, d: &Declaration) -> Result<(), lapin::Error> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nova_docker::metrics;
 use nova_docker::rpc::envelope::{self, new_id};
+use nova_docker::rpc::topology::Declaration;
 use nova_docker::rpc::transport::PublishProps;
 use nova_docker::rpc::{
     BaseApi, BoxFuture, CallResult, Dispatcher, Endpoint, Invocation, RemoteError, RequestContext, RpcClient,
@@ -319,6 +320,37 @@ async fn the_same_unique_id_is_handled_once() {
     let mut values: Vec<&str> = recorded.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     values.sort();
     assert_eq!(values, ["dup", "other"], "the duplicate was handled once");
+}
+
+/// A bind whose fanout exchange is gone declares the exchange again and
+/// binds, on the same connection. In CI a host failed to start this way:
+/// another host's last fanout queue went away between our exchange
+/// declaration and our bind, and the auto-delete exchange went with it. Here
+/// the exchange declaration comes after its bind, so the bind meets no
+/// exchange every time.
+#[tokio::test]
+async fn a_bind_whose_exchange_vanished_declares_it_again() {
+    let topic = common::unique("ndvanish");
+    let (mut decls, queues) = common::topology().rpc_server(&topic, "h", &common::unique("f"));
+    let fanout_exchange = format!("{topic}_fanout");
+    let at = decls.iter().position(|d| matches!(d, Declaration::Exchange(x) if x.name == fanout_exchange)).unwrap();
+    let exchange = decls.remove(at);
+    decls.push(exchange);
+    let transport = common::transport(&common::rabbit_url());
+    transport.wait_connected(Duration::from_secs(10)).await.unwrap();
+    transport.declare(decls).await.expect("the declarations succeed");
+    let fanout_queue = queues.iter().find(|q| q.contains("_fanout_")).unwrap().clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    transport.consume(&fanout_queue, tx).await;
+    let props = PublishProps { expiration_ms: None, mandatory: true };
+    transport.publish(&fanout_exchange, "", b"{}", props, Duration::from_secs(10)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    assert!(matches!(got, Ok(Some(_))), "the fanout queue is bound");
+    assert_eq!(transport.connection_count(), 1, "no reconnect was needed");
+    for q in &queues {
+        transport.delete_queue(q).await;
+    }
+    transport.close().await;
 }
 
 /// A queue declared and consumed while the transport is still connecting
