@@ -22,13 +22,23 @@ fn env_state() -> PathBuf {
 
 /// Runs `tests/env/controlplane.sh RELEASE ARGS...`, which must succeed in time.
 async fn controlplane(release: &str, args: &[&str], timeout: Duration) {
+    if let Err(e) = try_controlplane(release, args, timeout).await {
+        panic!("{e}");
+    }
+}
+
+/// Runs `tests/env/controlplane.sh RELEASE ARGS...`; its log if it fails.
+async fn try_controlplane(release: &str, args: &[&str], timeout: Duration) -> Result<(), String> {
     let script = common::repo().join("tests/env/controlplane.sh");
     let what = format!("controlplane.sh {release} {}", args.join(" "));
     let out = tokio::time::timeout(timeout, tokio::process::Command::new(script).arg(release).args(args).output())
         .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {timeout:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        .map_err(|_| format!("{what} did not finish in {timeout:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
 }
 
 /// Reads `export K=V` lines (values as bash's printf %q wrote them).
@@ -207,8 +217,13 @@ impl Cloud {
 
     /// `controlplane.sh RELEASE restart`: every service of the control plane
     /// stopped and started again (read `Cloud::get` afresh afterwards).
+    /// A failed restart is reported and followed by one more `up` (which is
+    /// idempotent): this is the environment's hygiene, not what is tested.
     pub async fn restart(release: Release) {
-        controlplane(release.env_name(), &["restart"], Duration::from_secs(600)).await;
+        if let Err(e) = try_controlplane(release.env_name(), &["restart"], Duration::from_secs(600)).await {
+            eprintln!("the restart failed; bringing the control plane up again. {e}");
+            controlplane(release.env_name(), &["up"], Duration::from_secs(600)).await;
+        }
     }
 
     /// Waits until this control plane schedules again: a boot forced onto a
