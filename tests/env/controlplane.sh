@@ -109,6 +109,8 @@
 #     off, a 30 s busy timeout, BEGIN IMMEDIATE for writer transactions (oslo.db
 #     readers stay deferred, see the docstring there), via pylib/sitecustomize.py
 #     on every OpenStack process's PYTHONPATH; [quota] instances/cores/ram = -1.
+#     In eventlet services (zed) the wait for the write lock yields to the
+#     other greenthreads (SQLite's own wait froze neutron-server for 30 s).
 #     Checked with pylib/nd_parallel_boot.py: 50 parallel boots + deletes on
 #     the fake compute, no errors, for both releases.
 #   * [scheduler] discover_hosts_in_cells_interval = 2: new compute hosts are

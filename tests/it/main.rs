@@ -6,6 +6,7 @@ mod archive;
 mod broker;
 mod cloud;
 mod common;
+mod environment;
 mod faults;
 mod host;
 mod hostile;

@@ -39,6 +39,15 @@ before an engine's own, so we emit BEGIN IMMEDIATE first and set that marker.
 For engines not made by oslo.db (e.g. neutron's schema creation), we do the
 isolation_level switch and the marker bookkeeping ourselves.
 
+In eventlet services (Zed's) the wait for the write lock must not be SQLite's
+own busy handler: it sleeps in C and freezes the whole process, including
+the greenthread that holds the lock and would commit as soon as it ran again
+(seen: Zed's neutron-server stalled 30 s, then "database is locked" for a
+port create). There BEGIN IMMEDIATE runs with no busy timeout and is retried with
+eventlet's sleep, up to the same 30 s (other statements keep SQLite's wait:
+a write outside a transaction, e.g. SQLAlchemy 1.4's autocommit, would fail
+at once otherwise). ND_SQLITE_GREEN=0 turns this part off.
+
 The hooks are installed lazily, right after 'sqlalchemy' (and
 'oslo_db.sqlalchemy.enginefacade') finish importing, so processes that never
 use them pay nothing and nothing is imported before eventlet's monkey-patching.
@@ -69,6 +78,42 @@ def _mode_stack():
     return st
 
 
+def _green():
+    """Whether eventlet patched this process (its sleeps yield, C ones do not)."""
+    if os.environ.get('ND_SQLITE_GREEN', '1') == '0':
+        return False
+    patcher = sys.modules.get('eventlet.patcher')
+    try:
+        return patcher is not None and patcher.is_monkey_patched('time')
+    except Exception:
+        return False
+
+
+def _green_begin_immediate(conn):
+    """BEGIN IMMEDIATE, waiting for the write lock with eventlet's sleep so
+    the other greenthreads (the lock's holder among them) keep running."""
+    import sqlite3
+    import time
+    fairy = conn.connection
+    raw = getattr(fairy, 'dbapi_connection', None) or fairy.connection
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000.0
+    pause = 0.002
+    raw.execute('PRAGMA busy_timeout = 0').close()
+    try:
+        while time.monotonic() < deadline:
+            try:
+                raw.execute('BEGIN IMMEDIATE').close()
+                return
+            except sqlite3.OperationalError as e:
+                if 'locked' not in str(e) and 'busy' not in str(e):
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        raw.execute('PRAGMA busy_timeout = %d' % BUSY_TIMEOUT_MS).close()
+    conn.exec_driver_sql('BEGIN IMMEDIATE')  # fails as before, error wrapped
+
+
 def _install_sqlalchemy(module):
     import sqlite3
 
@@ -96,6 +141,8 @@ def _install_sqlalchemy(module):
         st = _mode_stack()
         if st and st[-1] in _READER_MODES:
             conn.exec_driver_sql('BEGIN')
+        elif _green():
+            _green_begin_immediate(conn)
         else:
             conn.exec_driver_sql('BEGIN IMMEDIATE')
         conn.info[_MARK] = True
