@@ -49,13 +49,16 @@ impl<D: Driver> ComputeManager<D> {
         let started = Instant::now();
         let r = self
             .with_event(ctx, &uuid, event, async {
+                // Nova saves image_snapshot, then the power state: one save
+                // here, with the same expected task state and end result.
+                let current = self.power_state_of(&uuid).await?;
+                i.set("power_state", current.code());
                 if rotation.is_none() {
                     i.set("task_state", task::IMAGE_SNAPSHOT);
                     self.save(ctx, &mut i, Expected::task(task::IMAGE_SNAPSHOT_PENDING)).await?;
+                } else {
+                    self.save(ctx, &mut i, Expected::Any).await?;
                 }
-                let current = self.power_state_of(&uuid).await?;
-                i.set("power_state", current.code());
-                self.save(ctx, &mut i, Expected::Any).await?;
                 let expected = if rotation.is_some() { first_expected } else { task::IMAGE_SNAPSHOT };
                 self.snapshot_to_glance(ctx, &mut i, image_id, expected).await?;
                 i.set("task_state", Value::Null);
@@ -97,19 +100,11 @@ impl<D: Driver> ComputeManager<D> {
         let t = Instant::now();
         let reference = cache_reference(image_id);
         let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference.as_str(), "latest"));
-        let docker_image =
-            self.driver.commit(&uuid, repo, tag, self.settings.docker.snapshot_pause, Vec::new()).await?;
-        metrics::global().observe(
-            "nova_docker_operation_duration_seconds",
-            &[("operation", "snapshot"), ("phase", "commit")],
-            t.elapsed(),
-        );
-
-        let result = async {
-            i.set("task_state", task::IMAGE_UPLOADING);
-            self.save(ctx, i, Expected::task(task::IMAGE_PENDING_UPLOAD)).await?;
-            let glance = self.images.glance();
-            let current = glance.get(Some(ctx), image_id).await.map_err(ImageError::from)?;
+        let glance = self.images.glance();
+        // The Glance record gets its formats while Docker commits: two
+        // round trips off the snapshot's critical path.
+        let formats = async {
+            let current = glance.get(Some(ctx), image_id).await?;
             glance
                 .update(
                     Some(ctx),
@@ -118,7 +113,26 @@ impl<D: Driver> ComputeManager<D> {
                     &[("container_format", json!("docker")), ("disk_format", json!("raw"))],
                 )
                 .await
-                .map_err(ImageError::from)?;
+        };
+        // Committed, then image_uploading saved (as Nova's driver does it,
+        // before the upload's Glance calls), beside the formats.
+        let commit_and_mark = async {
+            let image = self.driver.commit(&uuid, repo, tag, self.settings.docker.snapshot_pause, Vec::new()).await?;
+            metrics::global().observe(
+                "nova_docker_operation_duration_seconds",
+                &[("operation", "snapshot"), ("phase", "commit")],
+                t.elapsed(),
+            );
+            i.set("task_state", task::IMAGE_UPLOADING);
+            let marked = self.save(ctx, i, Expected::task(task::IMAGE_PENDING_UPLOAD)).await;
+            Ok::<_, OpError>((image, marked))
+        };
+        let (committed, formats) = tokio::join!(commit_and_mark, formats);
+        let (docker_image, marked) = committed?;
+
+        let result = async {
+            marked?;
+            formats.map_err(ImageError::from)?;
             let t = Instant::now();
             let data = self.driver.save_image(&reference).map_err(|e| std::io::Error::other(e.to_string()));
             glance.upload(Some(ctx), image_id, data).await.map_err(ImageError::from)?;
