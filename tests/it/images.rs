@@ -199,3 +199,44 @@ async fn glance_lost_during_snapshot_upload() {
     cloud.delete_server(&id, T).await;
     host.stop().await;
 }
+
+/// `createBackup` with rotation 1, twice: each backup is an active
+/// docker/raw image with Nova's backup properties, and the second one
+/// rotates the first out of Glance.
+#[tokio::test]
+async fn backups_rotate() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("backup");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("backupsrc", &image, &name, "1").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let mut backups = Vec::new();
+    for _ in 0..2 {
+        let body =
+            json!({"createBackup": {"name": common::unique("nd-backup"), "backup_type": "daily", "rotation": 1}});
+        let (status, v) = cloud.action(&id, body).await;
+        assert_eq!(status, 202, "{v}");
+        let backup = v["image_id"].as_str().expect("image_id (2.45+)").to_string();
+        cloud.wait_status(&id, "ACTIVE", T).await;
+        let img = wait_image_active(&cloud, &backup).await;
+        assert_eq!((img["container_format"].as_str(), img["disk_format"].as_str()), (Some("docker"), Some("raw")));
+        assert_eq!((img["image_type"].as_str(), img["backup_type"].as_str()), (Some("backup"), Some("daily")), "{img}");
+        assert_eq!(img["instance_uuid"], id.as_str());
+        backups.push(backup);
+    }
+    let first = &backups[0];
+    common::wait_for("the first backup to be rotated out", T, async || {
+        let url = format!("{}/v2/images/{first}", cloud.var("ND_GLANCE"));
+        let resp = reqwest::Client::new().get(url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await;
+        resp.is_ok_and(|r| r.status() == 404)
+    })
+    .await;
+    assert_eq!(glance_image(&cloud, &backups[1]).await["status"], "active", "the newest backup stays");
+    let backup_action = cloud.actions(&id).await.into_iter().find(|a| a["action"] == "createBackup").unwrap();
+    assert_eq!(backup_action["events"][0]["result"], "Success", "{backup_action}");
+    let url = format!("{}/v2/images/{}", cloud.var("ND_GLANCE"), backups[1]);
+    let _ = reqwest::Client::new().delete(url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await;
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+}
