@@ -17,17 +17,14 @@ async fn docker_exec(container: &str, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-async fn glance_image(cloud: &Cloud, id: &str) -> serde_json::Value {
+/// A request on one Glance image (`/v2/images/{id}`), with the admin token.
+async fn glance_request(cloud: &Cloud, method: reqwest::Method, id: &str) -> reqwest::Response {
     let url = format!("{}/v2/images/{id}", cloud.var("ND_GLANCE"));
-    reqwest::Client::new()
-        .get(url)
-        .header("X-Auth-Token", cloud.var("ND_TOKEN"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::Client::new().request(method, url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await.unwrap()
+}
+
+async fn glance_image(cloud: &Cloud, id: &str) -> serde_json::Value {
+    glance_request(cloud, reqwest::Method::GET, id).await.json().await.unwrap()
 }
 
 async fn wait_image_active(cloud: &Cloud, id: &str) -> serde_json::Value {
@@ -227,16 +224,13 @@ async fn backups_rotate() {
     }
     let first = &backups[0];
     common::wait_for("the first backup to be rotated out", T, async || {
-        let url = format!("{}/v2/images/{first}", cloud.var("ND_GLANCE"));
-        let resp = reqwest::Client::new().get(url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await;
-        resp.is_ok_and(|r| r.status() == 404)
+        glance_request(&cloud, reqwest::Method::GET, first).await.status() == 404
     })
     .await;
     assert_eq!(glance_image(&cloud, &backups[1]).await["status"], "active", "the newest backup stays");
     let backup_action = cloud.actions(&id).await.into_iter().find(|a| a["action"] == "createBackup").unwrap();
     assert_eq!(backup_action["events"][0]["result"], "Success", "{backup_action}");
-    let url = format!("{}/v2/images/{}", cloud.var("ND_GLANCE"), backups[1]);
-    let _ = reqwest::Client::new().delete(url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await;
+    glance_request(&cloud, reqwest::Method::DELETE, &backups[1]).await;
     cloud.delete_server(&id, T).await;
     host.stop().await;
 }
