@@ -11,9 +11,10 @@ use super::states::{task, vm};
 use crate::conductor::Expected;
 use crate::image::GlanceImage;
 use crate::metrics;
+use crate::network::{Requested, requested_networks};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
-use crate::virt::{Driver, PowerState, spec};
+use crate::virt::{Driver, ImageRef, InstanceInfo, PowerState, spec};
 
 /// The arguments of `build_and_run_instance` this host uses.
 #[derive(Debug, Clone, Default)]
@@ -78,70 +79,124 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     async fn do_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest) -> Result<(), OpError> {
-        let t = Instant::now();
         let image_id = i.image_ref().map(str::to_string).ok_or_else(|| {
             OpError::Invalid("the instance has no image (boot from volume is not supported by nova-docker)".into())
         })?;
-        let requested = crate::network::requested_networks(req.requested_networks.as_ref());
-        // A server without ports needs nothing from the claim or Neutron to
-        // have its container created (a created container is invisible to
-        // Nova and removed on any failure), so creation runs beside the
-        // claim; with ports it waits for their DNS servers.
-        let create_early = requested == crate::network::Requested::None;
-        let as_requested = create_early.then(|| i.clone());
-        // 1. Take the build over from the scheduler and claim this host and
-        // node in one save (Nova saves BUILDING and then, in its resource
-        // tracker's claim, host and node; one atomic save guarded by the
-        // expected task state is the same transition without the half-way
-        // state), while (3) the image is looked up and, if this host does
-        // not have it, loaded: the two do not depend on each other.
+        let requested = requested_networks(req.requested_networks.as_ref());
+        if requested == Requested::None {
+            self.build_without_ports(ctx, i, req, &image_id).await
+        } else {
+            self.build_with_ports(ctx, i, req, &image_id, &requested).await
+        }
+    }
+
+    /// A server without ports needs nothing from the claim or Neutron to
+    /// have its container: the whole Docker side (image, create, start)
+    /// runs beside Nova's saves of the claim, block_device_mapping and
+    /// spawning, which keep their order; ACTIVE is saved once both sides
+    /// are done. A container running before Nova has seen the claim is
+    /// invisible to it (as a libvirt domain is before the ACTIVE save), and
+    /// any failure, a refused claim included, removes it.
+    async fn build_without_ports(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        req: &BuildRequest,
+        image_id: &str,
+    ) -> Result<(), OpError> {
+        let t = Instant::now();
+        let as_requested = i.clone();
+        let saves = async {
+            self.claim(ctx, i).await?;
+            phase("build", "claim", t);
+            i.set("task_state", task::BLOCK_DEVICE_MAPPING);
+            self.save(ctx, i, Expected::Any).await?;
+            i.set("task_state", task::SPAWNING);
+            self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
+        };
+        let docker = async {
+            let (meta, image) = self.build_image(ctx, req, image_id).await?;
+            self.create_container(&as_requested, &meta, &image.id, &Vec::new()).await?;
+            self.start_created(as_requested.uuid()).await
+        };
+        // Both run to their end: a failed image must not cut a save short.
+        let (saved, started) = tokio::join!(saves, docker);
+        saved?;
+        self.save_active(ctx, i, started?).await
+    }
+
+    /// A server with ports: the claim (beside the image), its ports bound
+    /// and cached, then the container created with their DNS servers,
+    /// started, and plugged before ACTIVE.
+    async fn build_with_ports(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        req: &BuildRequest,
+        image_id: &str,
+        requested: &Requested,
+    ) -> Result<(), OpError> {
+        let t = Instant::now();
         let claim = async {
-            i.set("vm_state", vm::BUILDING);
-            i.set("task_state", Value::Null);
-            i.set("host", self.host());
-            i.set("launched_on", self.host());
-            i.set("node", self.host());
-            if self.conductor.release().instance_compute_id
-                && let Some(id) =
-                    self.records.get().map(|r| r.node_id.load(std::sync::atomic::Ordering::SeqCst)).filter(|id| *id > 0)
-            {
-                i.set("compute_id", id);
-            }
-            self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await?;
+            self.claim(ctx, i).await?;
             phase("build", "claim", t);
             Ok::<(), OpError>(())
         };
-        let image = async {
-            let t = Instant::now();
-            let meta = match GlanceImage::from_json(&req.image) {
-                Some(m) if m.id == image_id && m.container_format.is_some() && !m.status.is_empty() => m,
-                _ => self.images.glance().get(Some(ctx), &image_id).await.map_err(crate::image::ImageError::from)?,
-            };
-            let (image, downloaded) = self.images.ensure(Some(ctx), &meta).await?;
-            phase("build", if downloaded { "image_download" } else { "image_cached" }, t);
-            if let Some(instance) = &as_requested {
-                self.create_container(instance, &meta, &image.id, &Vec::new()).await?;
-            }
-            Ok::<_, OpError>((meta, image))
-        };
         // Both run to their end: a failed image must not cut a save short.
-        let (claimed, image) = tokio::join!(claim, image);
+        let (claimed, image) = tokio::join!(claim, self.build_image(ctx, req, image_id));
         claimed?;
         let (meta, image) = image?;
         let uuid = i.uuid().to_string();
 
         // 4. Networking: ports bound to this host, info cache written.
         let t = Instant::now();
-        let ni = self.allocate_network(ctx, i, &requested).await?;
+        let ni = self.allocate_network(ctx, i, requested).await?;
         phase("build", "network_allocate", t);
-        let create = (!create_early).then_some((&meta, image.id.as_str()));
-        let built = self.start_container(ctx, i, &ni, create).await;
+        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image.id).await;
         if built.is_err() {
             let cid = self.container_id(&uuid).await;
             self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
             self.deallocate_network(&ni).await;
         }
         built
+    }
+
+    /// Step 1: takes the build over from the scheduler and claims this host and
+    /// node in one save. Nova saves BUILDING and then, in its resource
+    /// tracker's claim, host and node; one atomic save guarded by the
+    /// expected task state is the same transition without the half-way
+    /// state.
+    async fn claim(&self, ctx: &RequestContext, i: &mut Instance) -> Result<(), OpError> {
+        i.set("vm_state", vm::BUILDING);
+        i.set("task_state", Value::Null);
+        i.set("host", self.host());
+        i.set("launched_on", self.host());
+        i.set("node", self.host());
+        if self.conductor.release().instance_compute_id
+            && let Some(id) =
+                self.records.get().map(|r| r.node_id.load(std::sync::atomic::Ordering::SeqCst)).filter(|id| *id > 0)
+        {
+            i.set("compute_id", id);
+        }
+        self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await
+    }
+
+    /// Step 3, the image: Glance's metadata (from the request when it is
+    /// complete), loaded into Docker if this host does not have it.
+    async fn build_image(
+        &self,
+        ctx: &RequestContext,
+        req: &BuildRequest,
+        image_id: &str,
+    ) -> Result<(GlanceImage, ImageRef), OpError> {
+        let t = Instant::now();
+        let meta = match GlanceImage::from_json(&req.image) {
+            Some(m) if m.id == image_id && m.container_format.is_some() && !m.status.is_empty() => m,
+            _ => self.images.glance().get(Some(ctx), image_id).await.map_err(crate::image::ImageError::from)?,
+        };
+        let (image, downloaded) = self.images.ensure(Some(ctx), &meta).await?;
+        phase("build", if downloaded { "image_download" } else { "image_cached" }, t);
+        Ok((meta, image))
     }
 
     /// Creates (does not start) the instance's container from its spec.
@@ -162,66 +217,56 @@ impl<D: Driver> ComputeManager<D> {
         Ok(self.driver.create(&spec).await?)
     }
 
-    /// Block-device and spawning task states, the container started (and
-    /// first created from `create` when that did not happen beside the
-    /// claim), its ports plugged, ACTIVE saved.
-    async fn start_container(
+    /// Starts the created container (the spawn phase).
+    async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
+        let t = Instant::now();
+        // The bench's mark for where Docker's own start begins.
+        tracing::debug!(instance = %uuid, "container start sent");
+        let info = self.driver.start_created(uuid).await?;
+        phase("build", "spawn", t);
+        Ok(info)
+    }
+
+    /// Steps 5 and 6: block-device and spawning task states saved while Docker
+    /// creates and starts the container (a save refused because the
+    /// instance is being deleted wins over a start, and the caller removes
+    /// the container), then its ports plugged and ACTIVE saved.
+    async fn spawn_with_ports(
         &self,
         ctx: &RequestContext,
         i: &mut Instance,
         ni: &crate::net::NetworkInfo,
-        create: Option<(&GlanceImage, &str)>,
+        meta: &GlanceImage,
+        image_id: &str,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         // 5. Block devices: none to prepare for an image-backed container.
-        // 6. Spawn. Nova's task states are saved in order while Docker works:
-        // beside create (when it still has to happen) and beside start. A
-        // save refused because the instance is being deleted wins over a
-        // start, and the caller removes the container.
-        let t = Instant::now();
-        let start = async {
-            // The bench's mark for where Docker's own start begins.
-            tracing::debug!(instance = %uuid, "container start sent");
-            self.driver.start_created(&uuid).await
+        let as_requested = i.clone();
+        let bdm = async {
+            i.set("task_state", task::BLOCK_DEVICE_MAPPING);
+            self.save(ctx, i, Expected::Any).await
         };
-        let info = match create {
-            Some((meta, image_id)) => {
-                let as_requested = i.clone();
-                let bdm = async {
-                    i.set("task_state", task::BLOCK_DEVICE_MAPPING);
-                    self.save(ctx, i, Expected::Any).await
-                };
-                let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image_id, ni));
-                saved?;
-                created?;
-                let spawning = async {
-                    i.set("task_state", task::SPAWNING);
-                    self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
-                };
-                let (saved, started) = tokio::join!(spawning, start);
-                saved?;
-                started?
-            }
-            None => {
-                let saves = async {
-                    i.set("task_state", task::BLOCK_DEVICE_MAPPING);
-                    self.save(ctx, i, Expected::Any).await?;
-                    i.set("task_state", task::SPAWNING);
-                    self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
-                };
-                let (saved, started) = tokio::join!(saves, start);
-                saved?;
-                started?
-            }
+        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image_id, ni));
+        saved?;
+        created?;
+        // 6. Spawn.
+        let spawning = async {
+            i.set("task_state", task::SPAWNING);
+            self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
         };
-        phase("build", "spawn", t);
+        let (saved, started) = tokio::join!(spawning, self.start_created(&uuid));
+        saved?;
+        let info = started?;
         let t = Instant::now();
         self.plug_vifs(&uuid, ni, true).await?;
         if !ni.is_empty() {
             phase("build", "network_plug", t);
         }
+        self.save_active(ctx, i, info).await
+    }
 
-        // 7. ACTIVE.
+    /// Step 7: ACTIVE, with the power state the started container reported.
+    async fn save_active(&self, ctx: &RequestContext, i: &mut Instance, info: InstanceInfo) -> Result<(), OpError> {
         let t = Instant::now();
         i.set("power_state", info.state.code());
         i.set("vm_state", vm::ACTIVE);

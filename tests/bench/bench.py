@@ -1593,14 +1593,15 @@ def write_report(r, errors, warnings, path):
             v = [x[key] for x in c if key in x]
             return fmt_ms(p50(v) * 1000) if v else '—'
         lines += ['Compute side of a boot on nova-docker (p50 over %d boots; each p50 is taken on its own, so they '
-                  'do not add up exactly). The service overlaps work: the claim save runs beside the image lookup '
-                  'and Docker create, the block-device and spawning saves beside Docker start. "Docker create" = our '
+                  'do not add up exactly). The service overlaps work: for a server without ports, the claim, '
+                  'block-device and spawning saves run in order beside the image lookup, Docker create and Docker '
+                  'start. "Docker create" = our '
                   'create request (the `container create sent` log line) → Docker\'s create event; "Docker start" = '
                   'our start request → Docker\'s start event; "beyond Docker" = RPC → ACTIVE saved minus those two '
-                  '(waiting for the claim or a task-state save, the action event, the ACTIVE save, our own work):'
+                  '(waiting for a task-state save, the ACTIVE save, our own work):'
                   % len(c), '',
                   '| RPC → ACTIVE saved | image (cache hit) | Docker create | Docker start | inspect after start | '
-                  'network | beyond Docker | claim save (beside image + create) | ACTIVE save |',
+                  'network | beyond Docker | claim save (beside Docker) | ACTIVE save |',
                   '|---|---|---|---|---|---|---|---|---|',
                   '| %s |' % ' | '.join(ph(k) for k in ('compute_s', 'image_s', 'create_s', 'start_s', 'after_start_s',
                                                       'network_s', 'beyond_docker_s', 'claim_s', 'active_save_s')),

@@ -208,6 +208,63 @@ async fn deleted_while_its_image_downloads() {
     host.stop().await;
 }
 
+/// A server deleted while its build waits in this host's queue: the build
+/// arrives for an instance Nova has already destroyed, its claim is
+/// refused, and the container the host made beside the claim is removed
+/// again; nothing stays behind and the host builds on.
+#[tokio::test]
+async fn deleted_before_its_build_arrives() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let cloud = Cloud::get(Release::Newest);
+    let docker = Docker::connect_with_unix_defaults().unwrap();
+    let name = host_name("gone");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 1;
+    let pid = Pid::from_raw(host.pid().unwrap() as i32);
+
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let id = cloud.create_server("gone", &image, &name, "1").await;
+    let queue = format!("compute.{name}");
+    common::wait_for("the build to wait in the host's queue", T, async || {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "-p", cloud.var("ND_VHOST"), "list_queues", "name", "messages"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            let mut f = l.split('\t');
+            f.next() == Some(queue.as_str()) && f.next().and_then(|n| n.trim().parse::<u32>().ok()).unwrap_or(0) > 0
+        })
+    })
+    .await;
+    let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/servers/{id}"), None, "2.88").await;
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eq!(status, 204);
+    assert!(cloud.server(&id).await.is_none(), "Nova deleted the unclaimed server at once");
+
+    common::wait_for("the host to drop the build", T, async || {
+        host.log_text().lines().any(|l| l.contains(&id) && l.contains("build stopped"))
+    })
+    .await;
+    assert!(container(&docker, &id).await.is_none(), "no container is left");
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let out = std::process::Command::new("docker")
+        .args(["events", "--since", &since.to_string(), "--until", &until.to_string()])
+        .args(["--filter", &format!("label=nova.instance={id}"), "--format", "{{.Action}}"])
+        .output()
+        .unwrap();
+    let actions = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("Docker events of the dropped build: {:?}", actions.lines().collect::<Vec<_>>());
+    assert!(actions.lines().any(|a| a == "destroy"), "the container made beside the claim was removed: {actions}");
+    assert_eq!(cloud.placement(&format!("/allocations/{id}")).await["allocations"], json!({}));
+
+    let next = cloud.create_server("after", &image, &name, "1").await;
+    cloud.wait_status(&next, "ACTIVE", T).await;
+    cloud.delete_server(&next, T).await;
+    host.stop().await;
+}
+
 /// A container stopped behind Nova's back shows SHUTOFF within seconds.
 #[tokio::test]
 async fn docker_stop_behind_novas_back() {
