@@ -263,8 +263,7 @@ impl<D: Driver> ComputeManager<D> {
         let _busy = self.mark_busy(&uuid);
         let r = self
             .with_event(ctx, &uuid, "compute_start_instance", async {
-                let info = self.driver.power_on(&uuid).await?;
-                self.replug(ctx, &mut i).await?;
+                let info = self.power_on_and_replug(ctx, &mut i).await?;
                 i.set("power_state", info.state.code());
                 i.set("vm_state", vm::ACTIVE);
                 i.set("task_state", serde_json::Value::Null);
@@ -367,8 +366,7 @@ impl<D: Driver> ComputeManager<D> {
         let _busy = self.mark_busy(&uuid);
         let r = self
             .with_event(ctx, &uuid, "compute_restore_instance", async {
-                let info = self.driver.power_on(&uuid).await?;
-                self.replug(ctx, &mut i).await?;
+                let info = self.power_on_and_replug(ctx, &mut i).await?;
                 i.set("power_state", info.state.code());
                 i.set("vm_state", vm::ACTIVE);
                 i.set("task_state", serde_json::Value::Null);
@@ -403,13 +401,22 @@ impl<D: Driver> ComputeManager<D> {
                 i.set("power_state", current.code());
                 i.set("task_state", pending);
                 self.save(ctx, &mut i, Expected::OneOf(expected)).await?;
-                i.set("task_state", started);
-                self.save(ctx, &mut i, Expected::task(pending)).await?;
-                let rebooted = self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout).await;
+                // Nova saves the started state and then reboots. The
+                // restart needs nothing from that save, so it runs beside it
+                // and beside loading the network info its replug needs; a
+                // refused save still wins over the restart's outcome.
+                let started_saved = async {
+                    i.set("task_state", started);
+                    self.save(ctx, &mut i, Expected::task(pending)).await?;
+                    self.network_info(ctx, &mut i).await
+                };
+                let (ni, rebooted) =
+                    tokio::join!(started_saved, self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout));
+                let ni = ni?;
                 let new_state = match rebooted {
                     Ok(info) => {
                         // A restarted container has a new network namespace.
-                        self.replug(ctx, &mut i).await?;
+                        self.plug_vifs(&uuid, &ni, false).await?;
                         info.state
                     }
                     Err(e) => {

@@ -13,7 +13,7 @@ use crate::net::{self, NetnsLink, NetworkInfo, Vif};
 use crate::network::{BoundPort, NetworkRequest, Requested};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
-use crate::virt::{Driver, VirtError};
+use crate::virt::{Driver, InstanceInfo, VirtError};
 
 /// The DNS servers of a network_info, in order, without duplicates.
 pub fn dns_servers(ni: &NetworkInfo) -> Vec<String> {
@@ -377,10 +377,14 @@ impl<D: Driver> ComputeManager<D> {
         }
     }
 
-    /// After a start or reboot: the container has a new namespace, plug again.
-    pub async fn replug(&self, ctx: &RequestContext, i: &mut Instance) -> Result<(), OpError> {
-        let ni = self.network_info(ctx, i).await?;
-        self.plug_vifs(i.uuid(), &ni, false).await
+    /// Starts a stopped container and plugs its ports into the new network
+    /// namespace it gets; the network info loads beside the start.
+    pub async fn power_on_and_replug(&self, ctx: &RequestContext, i: &mut Instance) -> Result<InstanceInfo, OpError> {
+        let uuid = i.uuid().to_string();
+        let (ni, info) = tokio::join!(self.network_info(ctx, i), self.driver.power_on(&uuid));
+        let info = info?;
+        self.plug_vifs(&uuid, &ni?, false).await?;
+        Ok(info)
     }
 
     /// Plugs the ports of a running instance whose namespace is not the one
