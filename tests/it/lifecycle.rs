@@ -247,7 +247,11 @@ async fn deleted_before_its_build_arrives() {
         host.log_text().lines().any(|l| l.contains(&id) && l.contains("build stopped"))
     })
     .await;
-    assert!(container(&docker, &id).await.is_none(), "no container is left");
+    // The line comes before the removal it announces.
+    common::wait_for("the dropped build's container to be removed", T, async || {
+        container(&docker, &id).await.is_none()
+    })
+    .await;
     let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
     let out = std::process::Command::new("docker")
         .args(["events", "--since", &since.to_string(), "--until", &until.to_string()])
