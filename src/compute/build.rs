@@ -104,11 +104,9 @@ impl<D: Driver> ComputeManager<D> {
         req: &BuildRequest,
         image_id: &str,
     ) -> Result<(), OpError> {
-        let t = Instant::now();
         let as_requested = i.clone();
         let saves = async {
             self.claim(ctx, i).await?;
-            phase("build", "claim", t);
             i.set("task_state", task::BLOCK_DEVICE_MAPPING);
             self.save(ctx, i, Expected::Any).await?;
             i.set("task_state", task::SPAWNING);
@@ -136,14 +134,8 @@ impl<D: Driver> ComputeManager<D> {
         image_id: &str,
         requested: &Requested,
     ) -> Result<(), OpError> {
-        let t = Instant::now();
-        let claim = async {
-            self.claim(ctx, i).await?;
-            phase("build", "claim", t);
-            Ok::<(), OpError>(())
-        };
         // Both run to their end: a failed image must not cut a save short.
-        let (claimed, image) = tokio::join!(claim, self.build_image(ctx, req, image_id));
+        let (claimed, image) = tokio::join!(self.claim(ctx, i), self.build_image(ctx, req, image_id));
         claimed?;
         let (meta, image) = image?;
         let uuid = i.uuid().to_string();
@@ -167,6 +159,7 @@ impl<D: Driver> ComputeManager<D> {
     /// expected task state is the same transition without the half-way
     /// state.
     async fn claim(&self, ctx: &RequestContext, i: &mut Instance) -> Result<(), OpError> {
+        let t = Instant::now();
         i.set("vm_state", vm::BUILDING);
         i.set("task_state", Value::Null);
         i.set("host", self.host());
@@ -178,7 +171,9 @@ impl<D: Driver> ComputeManager<D> {
         {
             i.set("compute_id", id);
         }
-        self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await
+        self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await?;
+        phase("build", "claim", t);
+        Ok(())
     }
 
     /// Step 3, the image: Glance's metadata (from the request when it is
