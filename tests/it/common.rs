@@ -149,6 +149,13 @@ impl PythonServer {
         assert_eq!(ready.ok(), Some(true), "python RPC server did not become ready");
         PythonServer { child }
     }
+
+    /// Stops the server and waits until it has exited: it writes to the
+    /// test's stderr, and one still exiting after the test counts as leaked.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
 }
 
 impl Drop for PythonServer {

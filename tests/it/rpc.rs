@@ -157,7 +157,7 @@ async fn our_client_against_python_server(release: Release) {
     let transport = common::transport(&url);
     common::connected(&transport).await;
     let topic = common::unique("ndpy");
-    let _server = PythonServer::start(release, &url, &topic, "py1").await;
+    let server = PythonServer::start(release, &url, &topic, "py1").await;
     let client = RpcClient::start(transport.clone(), &common::topology(), Duration::from_secs(20)).await.unwrap();
     let target = Target::new(&topic, "3.0").server("py1");
     let ctx = RequestContext::admin();
@@ -202,6 +202,7 @@ async fn our_client_against_python_server(release: Release) {
         .unwrap_err();
     assert!(matches!(e, nova_docker::rpc::CallError::Timeout { .. }), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    server.stop().await;
     transport.close().await;
 }
 
@@ -225,7 +226,7 @@ async fn a_call_waits_for_its_server_to_declare_its_queue() {
     let r = client.call(&RequestContext::admin(), &target, "echo", args, Some(Duration::from_secs(60))).await;
     assert_eq!(r.unwrap(), json!("late"), "answered once the server was there");
     assert!(resends() > resends_before, "the call went out before the queue existed and was sent again");
-    let _server = server.await.unwrap();
+    server.await.unwrap().stop().await;
     transport.close().await;
 }
 
