@@ -837,9 +837,15 @@ class Bench:
                 raise BenchError('the build_and_run_instance RPC did not finish within 30 s of ACTIVE')
             time.sleep(0.02)
 
+    @staticmethod
+    def bench_container():
+        """`docker run -d` of the bench image with a network namespace of its
+        own, as our instances get; returns the container id."""
+        return sh(['docker', 'run', '-d', '--network', 'none', '--label', 'nd-bench=1', 'nd-busybox:latest']).strip()
+
     def docker_run(self):
         t0 = time.monotonic()
-        cid = sh(['docker', 'run', '-d', '--network', 'none', '--label', 'nd-bench=1', 'nd-busybox:latest']).strip()
+        cid = self.bench_container()
         dt = time.monotonic() - t0
         sh(['docker', 'rm', '-f', cid])
         return dt
@@ -848,7 +854,7 @@ class Bench:
         """Engine-API create and start of the bench image (seconds each).
         `none` gives the container a network namespace of its own, as our
         instances get; `container:<id>` joins a running one's, which spares
-        Docker its namespace set-up (see netns_holder)."""
+        Docker its namespace set-up (see serial)."""
         conn = UnixHTTPConnection(DOCKER_SOCK)
         conn.connect()
         body = {'Image': 'nd-busybox:latest', 'Labels': {'nd-bench': '1'}, 'HostConfig': {'NetworkMode': network_mode}}
@@ -860,13 +866,6 @@ class Bench:
         docker_api(conn, 'DELETE', '/containers/%s?force=1' % cid)
         conn.close()
         return t1 - t0, t2 - t1
-
-    def netns_holder(self):
-        """A running container whose network namespace the `container:`
-        rounds join: with it Docker skips its own namespace set-up (the
-        `libnetwork-setkey` prestart hook, which re-executes dockerd), so
-        the two start times differ by what that set-up costs."""
-        return sh(['docker', 'run', '-d', '--network', 'none', '--label', 'nd-bench=1', 'nd-busybox:latest']).strip()
 
     def serial(self):
         """N rounds, interleaved so that background load hits all alike: a
@@ -885,7 +884,11 @@ class Bench:
         self.docker_run()
         res = {'ours': [], 'fake': [], 'docker_run': [], 'docker_api': [], 'docker_api_create': [],
                'docker_api_start': [], 'docker_api_joined_start': []}
-        holder = self.netns_holder()
+        # the running container whose network namespace the `container:`
+        # starts join: they skip Docker's own namespace set-up (the
+        # `libnetwork-setkey` prestart hook, which re-executes dockerd), so
+        # the two start times differ by what that set-up costs
+        holder = self.bench_container()
         life = {'ours': {}, 'fake': {}}
         boots = []  # (uuid, metrics before, metrics after)
         fake_sids = []
