@@ -207,6 +207,7 @@ impl<D: Driver> ComputeManager<D> {
             spec::build(i, self.host(), image_id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         spec.dns = super::networking::dns_servers(ni);
+        spec.addresses = super::networking::fixed_addresses(ni);
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
         Ok(self.driver.create(&spec).await?)

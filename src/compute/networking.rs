@@ -33,6 +33,19 @@ pub fn dns_servers(ni: &NetworkInfo) -> Vec<String> {
     out
 }
 
+/// The fixed IP addresses of a network_info, in order, without duplicates
+/// (a VIF whose addresses do not parse is skipped: plugging reports it).
+pub fn fixed_addresses(ni: &NetworkInfo) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ip in ni.iter().flat_map(|vif| vif.fixed_ips().unwrap_or_default()) {
+        let ip = ip.addr.to_string();
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
 fn to_json(ni: &NetworkInfo) -> Result<String, OpError> {
     net::model::network_info_to_string(ni).map_err(|e| OpError::Invalid(format!("network_info: {e}")))
 }
@@ -435,5 +448,32 @@ impl<D: Driver> ComputeManager<D> {
         {
             tracing::warn!(instance = uuid, error = %e, "could not remove the netns entry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::model::parse_network_info;
+
+    const TWO_PORTS: &str = r#"[
+      {"id": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "address": "fa:16:3e:01:02:03", "type": "bridge",
+       "network": {"bridge": "brq-a", "subnets": [
+         {"cidr": "10.0.0.0/24", "version": 4, "dns": [{"address": "10.0.0.2"}, {"address": "10.0.0.3"}],
+          "ips": [{"address": "10.0.0.5", "type": "fixed", "version": 4},
+                  {"address": "172.24.4.9", "type": "floating", "version": 4}]},
+         {"cidr": "fd00::/64", "version": 6, "dns": [{"address": "10.0.0.2"}, {"address": "fd00::53"}],
+          "ips": [{"address": "fd00::5", "type": "fixed", "version": 6}]}]}},
+      {"id": "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "address": "fa:16:3e:01:02:04", "type": "bridge",
+       "network": {"bridge": "brq-b", "subnets": [
+         {"cidr": "10.1.0.0/24", "version": 4, "dns": [{"address": "10.0.0.3"}],
+          "ips": [{"address": "10.1.0.5", "type": "fixed", "version": 4}]}]}}]"#;
+
+    #[test]
+    fn dns_servers_and_fixed_addresses_keep_order_without_duplicates() {
+        let ni = parse_network_info(TWO_PORTS).unwrap();
+        assert_eq!(dns_servers(&ni), ["10.0.0.2", "10.0.0.3", "fd00::53"]);
+        assert_eq!(fixed_addresses(&ni), ["10.0.0.5", "fd00::5", "10.1.0.5"], "floating IPs are not the guest's");
+        assert!(dns_servers(&Vec::new()).is_empty() && fixed_addresses(&Vec::new()).is_empty());
     }
 }

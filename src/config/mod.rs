@@ -277,6 +277,9 @@ pub struct DockerSettings {
     pub snapshot_pause: bool,
     pub keep_snapshot_images: bool,
     pub max_image_manifest_bytes: u64,
+    /// Nova's `instances_path`: where the driver keeps each instance's
+    /// generated resolv.conf and hosts (bind-mounted into its container).
+    pub instances_path: PathBuf,
 }
 
 /// Everything the service reads from its configuration, typed and validated.
@@ -416,6 +419,9 @@ impl Settings {
         let glance_endpoint =
             l.string(&GLANCE_ENDPOINT_OVERRIDE).or_else(|| l.list(&GLANCE_API_SERVERS).into_iter().next());
 
+        let state_path = PathBuf::from(l.string(&STATE_PATH).unwrap_or_else(|| "/var/lib/nova".into()));
+        let instances_path =
+            l.string(&INSTANCES_PATH).map(PathBuf::from).unwrap_or_else(|| state_path.join("instances"));
         Ok(Settings {
             host: l.string(&HOST).unwrap_or_else(system_hostname),
             transport_url,
@@ -425,7 +431,7 @@ impl Settings {
             executor_pool_size: int(&EXECUTOR_THREAD_POOL_SIZE)?.max(1) as usize,
             report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
             my_ip,
-            state_path: PathBuf::from(l.string(&STATE_PATH).unwrap_or_else(|| "/var/lib/nova".into())),
+            state_path,
             debug: l.bool(&DEBUG)?,
             max_concurrent_builds: int(&MAX_CONCURRENT_BUILDS)?.max(0) as usize,
             max_concurrent_snapshots: int(&MAX_CONCURRENT_SNAPSHOTS)?.max(0) as usize,
@@ -540,6 +546,7 @@ impl Settings {
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
+                instances_path,
             },
             image_cache_interval: interval(int(&IMAGE_CACHE_MANAGER_INTERVAL)?),
             image_cache_remove_unused: l.bool(&IMAGE_CACHE_REMOVE_UNUSED)?,
@@ -694,6 +701,7 @@ driver = noop
         assert_eq!(s.glance.endpoint_override.as_deref(), Some("http://127.0.0.1:19292"));
         assert_eq!(s.glance.auth, AuthSettings::User);
         assert_eq!(s.docker.socket_path, PathBuf::from("/var/run/docker.sock"));
+        assert_eq!(s.docker.instances_path, PathBuf::from("/tmp/state-compute/instances"));
         assert!(!s.rabbit.durable_queues);
         assert_eq!(s.compute_id_path(), PathBuf::from("/tmp/state-compute/compute_id"));
     }
@@ -739,5 +747,12 @@ driver = noop
         )
         .unwrap();
         assert!(s.rabbit.durable_queues && s.rabbit.quorum_queue);
+    }
+
+    #[test]
+    fn instances_path_defaults_under_state_path() {
+        let conf = "[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /srv/nova\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!(s.docker.instances_path, PathBuf::from("/srv/nova/instances"));
     }
 }

@@ -64,6 +64,8 @@ opts! {
         "IP address of this host, reported as the compute node's host_ip.";
     STATE_PATH: "DEFAULT" "state_path" Str = Some("/var/lib/nova"), None,
         "Directory for persistent state; holds compute_id, the node identity kept across restarts.";
+    INSTANCES_PATH: "DEFAULT" "instances_path" Str = None, Some("$state_path/instances"),
+        "Directory of per-instance files: each instance's generated /etc/resolv.conf and /etc/hosts.";
     DEBUG: "DEFAULT" "debug" Bool = Some("false"), None,
         "Log at debug level.";
     MAX_CONCURRENT_BUILDS: "DEFAULT" "max_concurrent_builds" Int = Some("10"), None,

@@ -11,7 +11,6 @@
 //!   hybrid `ovs`); [`plug_all`] / [`unplug_all`] for a whole instance;
 //! - [`NetnsLink`]: the `/var/run/netns/<container id>` entry for operators;
 //!   [`netns_handle`]: netlink inside a container's netns, safely;
-//! - [`resolv_conf`]: resolv.conf content from the subnets' DNS servers;
 //! - [`NetError`]: what can go wrong, naming the device and the errno.
 //!
 //! Typical use by the compute after `docker start`:
@@ -35,6 +34,5 @@ pub use error::NetError;
 pub use model::{FixedIp, Ip, IpCidr, Network, NetworkInfo, Route, Subnet, Vif, parse_network_info};
 pub use netns::{NETNS_RUN_DIR, NetnsHandle, NetnsLink, netns_handle};
 pub use plug::{
-    DefaultRoute, HostRoute, MAX_CONCURRENT_PLUGS, PlugOptions, PlugReport, plug, plug_all, resolv_conf, unplug,
-    unplug_all,
+    DefaultRoute, HostRoute, MAX_CONCURRENT_PLUGS, PlugOptions, PlugReport, plug, plug_all, unplug, unplug_all,
 };

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use super::guest_files;
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
     Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, ManagedContainer, NicStats,
@@ -122,12 +123,51 @@ impl DockerDriver {
         })
     }
 
+    /// Stops (within `timeout`, when not zero) and removes the container;
+    /// a missing container is success.
+    async fn remove_container(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
+        let name = container_name(uuid);
+        if !timeout.is_zero() {
+            match self.get_info(uuid).await {
+                Ok(info) if info.state == PowerState::Paused => {
+                    let _ = self.docker.unpause_container(&name).await;
+                }
+                Ok(_) => {}
+                Err(VirtError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let stop = self
+                .with_wait(timeout)
+                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+                .await;
+            match stop {
+                Ok(()) => {}
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) if is_status(&e, 304) => {}
+                Err(e) => tracing::warn!(instance = uuid, error = %e, "graceful stop failed; removing by force"),
+            }
+        }
+        let remove = self
+            .docker
+            .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
+            .await;
+        match remove {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            // "removal already in progress"
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(engine("remove", e)),
+        }
+    }
+
     fn not_found_or(uuid: &str, op: &str, e: BollardError) -> VirtError {
         if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine(op, e) }
     }
 }
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// The create request of an instance's container; `binds` put its generated
+/// /etc files in place.
+fn create_body(spec: &ContainerSpec, binds: Vec<String>) -> ContainerCreateBody {
     let host_config = HostConfig {
         memory: Some(spec.memory_bytes),
         memory_swap: Some(spec.memory_bytes),
@@ -142,7 +182,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         readonly_rootfs: Some(spec.read_only_rootfs),
         network_mode: Some("none".into()),
         userns_mode: spec.userns_mode.clone(),
-        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        binds: Some(binds),
         init: Some(true),
         ..Default::default()
     };
@@ -154,6 +194,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         labels: Some(spec.labels.clone().into_iter().collect()),
         tty: Some(false),
         open_stdin: Some(false),
+        // No libnetwork sandbox and no setkey hook at each start (see
+        // guest_files); runc still gives the container its own namespace.
+        network_disabled: Some(true),
         host_config: Some(host_config),
         ..Default::default()
     }
@@ -229,15 +272,20 @@ impl Driver for DockerDriver {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let host_resolv_conf = guest_files::read_host_resolv_conf().await;
+        let files = guest_files::render(&host_resolv_conf, &spec.dns, &spec.hostname, &spec.addresses);
+        let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
+            .await
+            .map_err(|(path, source)| VirtError::HostFile { path, source })?;
         let mut attempt = 0;
         loop {
-            match self.docker.create_container(Some(options.clone()), create_body(spec)).await {
+            match self.docker.create_container(Some(options.clone()), create_body(spec, binds.clone())).await {
                 Ok(_) => break,
                 // A container of this instance already exists (a build retried
                 // after a crash): replace it, so the spec is exactly this one.
                 Err(e) if is_status(&e, 409) && attempt == 0 => {
                     tracing::warn!(instance = %spec.uuid, "replacing an existing container of this instance");
-                    self.destroy(&spec.uuid, Duration::ZERO).await?;
+                    self.remove_container(&spec.uuid, Duration::ZERO).await?;
                     attempt += 1;
                 }
                 Err(e) => return Err(engine("create", e)),
@@ -257,38 +305,10 @@ impl Driver for DockerDriver {
     }
 
     async fn destroy(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
-        let name = container_name(uuid);
-        if !timeout.is_zero() {
-            match self.get_info(uuid).await {
-                Ok(info) if info.state == PowerState::Paused => {
-                    let _ = self.docker.unpause_container(&name).await;
-                }
-                Ok(_) => {}
-                Err(VirtError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let stop = self
-                .with_wait(timeout)
-                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
-                .await;
-            match stop {
-                Ok(()) => {}
-                Err(e) if is_status(&e, 404) => return Ok(()),
-                Err(e) if is_status(&e, 304) => {}
-                Err(e) => tracing::warn!(instance = uuid, error = %e, "graceful stop failed; removing by force"),
-            }
-        }
-        let remove = self
-            .docker
-            .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
-            .await;
-        match remove {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            // "removal already in progress"
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(engine("remove", e)),
-        }
+        self.remove_container(uuid, timeout).await?;
+        guest_files::remove(&self.settings.instances_path, uuid)
+            .await
+            .map_err(|(path, source)| VirtError::HostFile { path, source })
     }
 
     async fn reboot(&self, uuid: &str, hard: bool, timeout: Duration) -> Result<InstanceInfo, VirtError> {

@@ -8,6 +8,7 @@
 //! bounded in time.
 
 pub mod docker;
+pub mod guest_files;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -130,6 +131,10 @@ pub enum VirtError {
     Timeout { op: String, after: Duration },
     #[error("{0}")]
     Invalid(String),
+    /// A file the driver keeps on the host for an instance (its resolv.conf
+    /// and hosts) could not be written or removed.
+    #[error("instance file {path}: {source}")]
+    HostFile { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// A Docker image reference resolved to its id.

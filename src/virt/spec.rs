@@ -51,7 +51,11 @@ pub struct ContainerSpec {
     pub security_opt: Vec<String>,
     pub read_only_rootfs: bool,
     pub userns_mode: Option<String>,
+    /// The instance's DNS servers (its Neutron subnets'), for resolv.conf.
     pub dns: Vec<String>,
+    /// The instance's fixed IP addresses, listed under its hostname in
+    /// /etc/hosts.
+    pub addresses: Vec<String>,
 }
 
 /// A request the spec cannot honour.
@@ -265,6 +269,7 @@ pub fn build(
         read_only_rootfs: read_only,
         userns_mode: settings.userns_mode.clone(),
         dns: Vec::new(),
+        addresses: Vec::new(),
     })
 }
 
@@ -297,6 +302,7 @@ mod tests {
             snapshot_pause: true,
             keep_snapshot_images: false,
             max_image_manifest_bytes: 1 << 20,
+            instances_path: std::path::PathBuf::from("/tmp/nd-instances"),
         }
     }
 

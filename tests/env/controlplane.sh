@@ -118,7 +118,8 @@
 #   * Services start in their own process groups; `down` stops the groups.
 #   * Seed (pylib/nd_rest.py, REST, idempotent): flavors m1.tiny (id 1),
 #     m1.small (id 2), m1.nano (id 42); shared flat network "private"
-#     (physnet "private") with subnets 10.99.0.0/24 and fd00:99::/64 (no DHCP).
+#     (physnet "private") with subnets 10.99.0.0/24 (DNS server 10.99.0.53)
+#     and fd00:99::/64 (no DHCP).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh

@@ -133,6 +133,13 @@ async fn neutron_networking(release: Release) {
     let (_, netdoc) = neutron(&cloud, reqwest::Method::GET, &format!("/v2.0/networks/{net}"), None).await;
     assert!(link.contains(pa[0]["mac_address"].as_str().unwrap()), "{link}");
     assert!(link.contains(&netdoc["network"]["mtu"].to_string()), "{link} vs {netdoc}");
+    let (_, resolv) = exec(&format!("nova-{a}"), "cat /etc/resolv.conf").await;
+    assert!(resolv.contains("nameserver 10.99.0.53\n"), "the subnet's DNS server: {resolv}");
+    let (_, hosts) = exec(&format!("nova-{a}"), "cat /etc/hosts").await;
+    assert!(
+        hosts.contains(&format!("{}\tnet-a\n", fixed_ip(&pa[0], false))),
+        "the fixed IP under the hostname: {hosts}"
+    );
     let (_, routes) = exec(&format!("nova-{a}"), "ip route; ip -6 route").await;
     assert_eq!(routes.matches("default").count(), 2, "one default route per family: {routes}");
 

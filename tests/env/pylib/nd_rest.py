@@ -3,8 +3,9 @@
 
   nd_rest.py seed NOVA_URL NEUTRON_URL
       flavors m1.tiny (id 1), m1.small (id 2), m1.nano (id 42) and the shared
-      flat network 'private' with subnets 10.99.0.0/24 and fd00:99::/64.
-      Idempotent: only what is missing is created.
+      flat network 'private' with subnets 10.99.0.0/24 (DNS 10.99.0.53) and
+      fd00:99::/64.
+      Idempotent: only what is missing (or a changed DNS server) is written.
   nd_rest.py image-ensure GLANCE_URL NAME
       an active image NAME (a 10 KiB tar, container_format=docker,
       disk_format=raw, public); prints its id
@@ -60,7 +61,8 @@ NETWORK = {
 }
 SUBNETS = [
     {'name': 'private-v4', 'ip_version': 4, 'cidr': '10.99.0.0/24',
-     'gateway_ip': '10.99.0.1', 'enable_dhcp': False},
+     'gateway_ip': '10.99.0.1', 'enable_dhcp': False,
+     'dns_nameservers': ['10.99.0.53']},
     {'name': 'private-v6', 'ip_version': 6, 'cidr': 'fd00:99::/64',
      'gateway_ip': 'fd00:99::1', 'enable_dhcp': False},
 ]
@@ -126,10 +128,16 @@ def seed(nova, neutron):
         net = req('POST', neutron + '/v2.0/networks',
                   {'network': NETWORK})['network']
         log('created network private %s' % net['id'])
-    have = {s['cidr'] for s in req(
+    have = {s['cidr']: s for s in req(
         'GET', neutron + '/v2.0/subnets?network_id=' + net['id'])['subnets']}
     for sn in SUBNETS:
-        if sn['cidr'] not in have:
+        old = have.get(sn['cidr'])
+        dns = sn.get('dns_nameservers', [])
+        if old is not None and old.get('dns_nameservers', []) != dns:
+            req('PUT', neutron + '/v2.0/subnets/' + old['id'],
+                {'subnet': {'dns_nameservers': dns}})
+            log('set dns_nameservers %s on subnet %s' % (dns, sn['cidr']))
+        if old is None:
             body = dict(sn, network_id=net['id'], project_id='admin')
             s = req('POST', neutron + '/v2.0/subnets', {'subnet': body})
             log('created subnet %s %s' % (sn['cidr'], s['subnet']['id']))

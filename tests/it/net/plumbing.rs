@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::fixture::*;
-use nova_docker::net::{NetError, NetnsLink, PlugOptions, Vif, plug, resolv_conf, unplug};
+use nova_docker::net::{NetError, NetnsLink, PlugOptions, Vif, plug, unplug};
 
 fn opts() -> PlugOptions {
     PlugOptions::default()
@@ -232,7 +232,6 @@ fn second_vif_keeps_first_default_route() {
         assert!(ping(&c, "10.78.0.1").await && ping(&c, "fd78::1").await);
 
         let ni = vec![v1.clone(), v2.clone()];
-        assert!(resolv_conf(&ni).contains("nameserver 10.77.0.53"));
         nova_docker::net::unplug_all(&ni, &opts()).await.unwrap();
         assert!(exec(&c, &["ls", "/sys/class/net"]).await.stdout.split_whitespace().eq(["lo"]));
     });
