@@ -51,13 +51,19 @@ pub async fn run(settings: &Settings) -> bool {
 }
 
 async fn check_state_path(settings: &Settings, r: &mut Report) {
-    let probe = settings.state_path.join(".nova-docker-check");
-    match tokio::fs::create_dir_all(&settings.state_path).await.and(tokio::fs::write(&probe, b"ok").await) {
+    check_writable_dir("state_path", &settings.state_path, r).await;
+    // Every boot writes the instance's resolv.conf and hosts here.
+    check_writable_dir("instances_path", &settings.docker.instances_path, r).await;
+}
+
+async fn check_writable_dir(what: &str, dir: &std::path::Path, r: &mut Report) {
+    let probe = dir.join(".nova-docker-check");
+    match tokio::fs::create_dir_all(dir).await.and(tokio::fs::write(&probe, b"ok").await) {
         Ok(()) => {
             let _ = tokio::fs::remove_file(&probe).await;
-            r.ok("state_path", format!("{} is writable", settings.state_path.display()));
+            r.ok(what, format!("{} is writable", dir.display()));
         }
-        Err(e) => r.fail("state_path", format!("{} is not writable: {e}", settings.state_path.display())),
+        Err(e) => r.fail(what, format!("{} is not writable: {e}", dir.display())),
     }
 }
 

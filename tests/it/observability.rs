@@ -41,14 +41,18 @@ async fn check_says_what_is_wrong() {
     assert!(ok, "a working configuration passes:\n{report}");
     assert!(line(&report, "nova-conductor").contains("release 2026.2"), "{report}");
 
-    // The broker is not running where the configuration says; Glance's URL is wrong.
+    // The broker is not running where the configuration says; Glance's URL is
+    // wrong; instances_path is under a file.
     let (broker_port, glance_port) = (dead_port(), dead_port());
+    assert!(line(&report, "instances_path").starts_with("[ OK ]"), "{report}");
     let text = std::fs::read_to_string(&good.conf).unwrap();
     let text: String = text
         .lines()
         .map(|l| {
             if l.starts_with("transport_url") {
                 format!("transport_url = rabbit://guest:guest@127.0.0.1:{broker_port}/")
+            } else if l.starts_with("instances_path") {
+                format!("instances_path = {}/instances", good.conf.display())
             } else {
                 l.to_string()
             }
@@ -66,8 +70,10 @@ async fn check_says_what_is_wrong() {
     let glance = line(&report, "glance");
     assert!(glance.starts_with("[FAIL]") && glance.contains(&format!("127.0.0.1:{glance_port}")), "{glance}");
     assert!(glance.contains("Connection refused") && glance.contains("[glance] endpoint_override"), "{glance}");
+    let instances = line(&report, "instances_path");
+    assert!(instances.starts_with("[FAIL]") && instances.contains("is not writable"), "{instances}");
     assert!(line(&report, "placement").starts_with("[ OK ]"), "the rest is still checked:\n{report}");
-    assert!(report.trim_end().ends_with("3 check(s) failed"), "{report}");
+    assert!(report.trim_end().ends_with("4 check(s) failed"), "{report}");
 }
 
 async fn get(url: &str) -> (u16, String) {
