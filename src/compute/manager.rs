@@ -520,7 +520,7 @@ impl<D: Driver> ComputeManager<D> {
         let nic = |n: &crate::virt::NicStats| {
             serde_json::json!({
                 "nova_object.name": "NicDiagnostics", "nova_object.namespace": "nova", "nova_object.version": "1.0",
-                "nova_object.data": {"rx_octets": n.rx_octets, "rx_errors": n.rx_errors, "rx_drop": n.rx_drop,
+                "nova_object.data": {"mac_address": n.mac_address, "rx_octets": n.rx_octets, "rx_errors": n.rx_errors, "rx_drop": n.rx_drop,
                     "rx_packets": n.rx_packets, "tx_octets": n.tx_octets, "tx_errors": n.tx_errors,
                     "tx_drop": n.tx_drop, "tx_packets": n.tx_packets}
             })

@@ -446,6 +446,7 @@ impl Driver for DockerDriver {
             .into_iter()
             .map(|(name, n)| NicStats {
                 name,
+                mac_address: None,
                 rx_octets: n.rx_bytes.unwrap_or(0),
                 rx_packets: n.rx_packets.unwrap_or(0),
                 rx_errors: n.rx_errors.unwrap_or(0),
@@ -458,6 +459,12 @@ impl Driver for DockerDriver {
             .collect();
         nics.sort_by(|a, b| a.name.cmp(&b.name));
         let info = self.inspect(uuid).await?;
+        // Docker sees none of the plugged ports: the kernel's counters do.
+        if let Some(pid) = info.pid
+            && let Ok(ours) = super::net_dev::read(pid).await
+        {
+            nics = ours;
+        }
         let uptime_s = info
             .started_at
             .as_deref()

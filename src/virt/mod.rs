@@ -9,6 +9,7 @@
 
 pub mod docker;
 pub mod guest_files;
+pub mod net_dev;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -85,7 +86,7 @@ pub struct InstanceStats {
     pub memory_used_bytes: u64,
     pub memory_limit_bytes: u64,
     pub online_cpus: u64,
-    /// Per interface: (name, rx bytes, rx packets, rx errors, rx drops, tx bytes, tx packets, tx errors, tx drops).
+    /// Per interface (loopback left out), by name.
     pub nics: Vec<NicStats>,
     pub uptime_s: Option<u64>,
 }
@@ -94,6 +95,8 @@ pub struct InstanceStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NicStats {
     pub name: String,
+    /// The interface's MAC, when the engine or sysfs shows it.
+    pub mac_address: Option<String>,
     pub rx_octets: u64,
     pub rx_packets: u64,
     pub rx_errors: u64,

@@ -145,6 +145,18 @@ async fn neutron_networking(release: Release) {
 
     two_way(&a, &b, &pa[0], &pb[0]).await;
 
+    // Diagnostics count the plugged port's traffic (Docker's stats do not
+    // see it: the kernel's counters of the container's namespace do).
+    let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{a}/diagnostics"), None, "2.48").await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["num_nics"], 1, "{d}");
+    let nic = &d["nic_details"][0];
+    assert_eq!(nic["mac_address"], pa[0]["mac_address"], "{d}");
+    assert!(nic["rx_packets"].as_u64().unwrap() > 0 && nic["tx_octets"].as_u64().unwrap() > 0, "{d}");
+    let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{a}/diagnostics"), None, "2.1").await;
+    assert_eq!(status, 200, "{d}");
+    assert!(d["eth0_rx_packets"].as_u64().unwrap() > 0, "{d}");
+
     // A started container has a new namespace: networking is plugged again.
     assert_eq!(cloud.action(&a, json!({"reboot": {"type": "HARD"}})).await.0, 202);
     cloud.wait_status(&a, "ACTIVE", T).await;
