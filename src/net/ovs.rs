@@ -119,9 +119,9 @@ pub(crate) struct PortIds<'a> {
     pub vm_uuid: &'a str,
 }
 
-/// `ovs-vsctl -- --if-exists del-port DEV`, then, in a second transaction,
 /// `ovs-vsctl -- add-port BR DEV -- set Interface DEV external-ids:iface-id=..
-/// iface-status=active attached-mac=.. vm-uuid=..`.
+/// iface-status=active attached-mac=.. vm-uuid=..`; the caller has removed a
+/// stale record of DEV with [`del_port`] first, in its own transaction.
 ///
 /// Two transactions on purpose. A re-plug (the container restarted, so the
 /// veth is new under the old name) must look like a port that went away and
@@ -143,7 +143,6 @@ pub(crate) async fn add_port(
     check_value("OVS iface-id", ids.iface_id)?;
     check_value("MAC address", ids.mac)?;
     check_value("instance uuid", ids.vm_uuid)?;
-    del_port(vsctl, timeout, dev).await?;
     let args: Vec<String> = vec![
         "--".into(),
         "add-port".into(),
@@ -162,6 +161,12 @@ pub(crate) async fn add_port(
 }
 
 /// `ovs-vsctl -- --if-exists del-port DEV` (from whatever bridge has it).
+///
+/// On a re-plug this must run before the new device of the same name
+/// exists: deleting a port makes ovs-vswitchd restore the flags it cached
+/// for the device, by name, and on the new device that write clears IFF_UP
+/// (seen on the test's userspace datapath: the new host end stayed down and
+/// the instance unreachable).
 pub(crate) async fn del_port(vsctl: &Path, timeout: Duration, dev: &str) -> Result<(), NetError> {
     check_value("OVS port name", dev)?;
     let args: Vec<String> = vec!["--".into(), "--if-exists".into(), "del-port".into(), dev.into()];

@@ -638,13 +638,20 @@ async fn plug_steps(
                 mac: &report.mac,
                 vm_uuid: plan.vm_uuid.as_deref().unwrap_or_default(),
             };
+            ovs::del_port(vsctl, opts.ovs_timeout, qvo).await?;
             ovs::add_port(vsctl, opts.ovs_timeout, bridge, qvo, &ids).await?;
             undo.push(Undo::OvsDelPort(qvo.clone()));
             controller = Some(qbr_idx);
             report.bridge = Some(bridge.clone());
             report.hybrid_bridge = Some(qbr.clone());
         }
-        Backend::Ovs { bridge } => report.bridge = Some(bridge.clone()),
+        Backend::Ovs { bridge } => {
+            // A stale record of a previous plug goes before the new device
+            // of its name exists (see ovs::del_port).
+            let vsctl = vsctl.ok_or_else(|| NetError::Internal("ovs-vsctl not resolved".into()))?;
+            ovs::del_port(vsctl, opts.ovs_timeout, &plan.devname).await?;
+            report.bridge = Some(bridge.clone());
+        }
         Backend::Tap => {}
     }
 
@@ -662,6 +669,9 @@ async fn plug_steps(
         };
         ovs::add_port(vsctl, opts.ovs_timeout, bridge, &plan.devname, &ids).await?;
         undo.push(Undo::OvsDelPort(plan.devname.clone()));
+        // Up again after OVS took the device: nothing may have left it down.
+        let up = LinkUnspec::new_with_name(&plan.devname).up().build();
+        nl("set up", &plan.devname, t, host.link().set(up).execute()).await?;
     }
 
     // 4. Inside the container.
