@@ -107,6 +107,17 @@ pub fn instance_dir(instances_path: &Path, uuid: &str) -> PathBuf {
     instances_path.join(uuid)
 }
 
+/// The instance uuid comes from Nova's message: a path component only when
+/// it is a plain uuid (no `/`, no `..`).
+fn checked_dir(instances_path: &Path, uuid: &str) -> Result<PathBuf, (PathBuf, io::Error)> {
+    let dir = instance_dir(instances_path, uuid);
+    if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        let e = io::Error::new(io::ErrorKind::InvalidInput, format!("{uuid:?} is not an instance uuid"));
+        return Err((dir, e));
+    }
+    Ok(dir)
+}
+
 /// Writes the files (each replaced atomically, readable by a user-namespaced
 /// container root) and returns the bind mounts that put them in place.
 pub async fn write(
@@ -116,7 +127,7 @@ pub async fn write(
     read_only: bool,
 ) -> Result<Vec<String>, (PathBuf, io::Error)> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = instance_dir(instances_path, uuid);
+    let dir = checked_dir(instances_path, uuid)?;
     tokio::fs::create_dir_all(&dir).await.map_err(|e| (dir.clone(), e))?;
     tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).await.map_err(|e| (dir.clone(), e))?;
     let mode = if read_only { ":ro" } else { "" };
@@ -134,9 +145,10 @@ pub async fn write(
     Ok(binds)
 }
 
-/// Removes an instance's files; nothing to remove is success.
+/// Removes an instance's files; nothing to remove is success (as for a
+/// uuid [`write`] refuses: nothing was written for it).
 pub async fn remove(instances_path: &Path, uuid: &str) -> Result<(), (PathBuf, io::Error)> {
-    let dir = instance_dir(instances_path, uuid);
+    let Ok(dir) = checked_dir(instances_path, uuid) else { return Ok(()) };
     match tokio::fs::remove_dir_all(&dir).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -190,8 +202,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let root = std::env::temp_dir().join(format!("nd-guest-files-{}", std::process::id()));
         let files = render("", &["10.1.1.1".into()], "h", &[]);
-        let binds = write(&root, "u1", &files, true).await.unwrap();
-        let dir = instance_dir(&root, "u1");
+        let uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let binds = write(&root, uuid, &files, true).await.unwrap();
+        let dir = instance_dir(&root, uuid);
         assert_eq!(
             binds,
             [
@@ -203,11 +216,23 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o644);
         assert_eq!(std::fs::read_to_string(dir.join("resolv.conf")).unwrap(), files.resolv_conf);
         // Rewriting replaces, never appends.
-        write(&root, "u1", &files, false).await.unwrap();
+        write(&root, uuid, &files, false).await.unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("resolv.conf")).unwrap(), files.resolv_conf);
-        remove(&root, "u1").await.unwrap();
+        remove(&root, uuid).await.unwrap();
         assert!(!dir.exists());
-        remove(&root, "u1").await.unwrap();
+        remove(&root, uuid).await.unwrap();
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_uuid_that_is_not_one_never_becomes_a_path() {
+        let root = std::env::temp_dir().join(format!("nd-guest-files-bad-{}", std::process::id()));
+        let files = render("", &[], "h", &[]);
+        for bad in ["../../etc", "a/b", "", ".."] {
+            let (_, e) = write(&root, bad, &files, false).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+            remove(&root, bad).await.unwrap();
+        }
+        assert!(!root.exists(), "nothing was created");
     }
 }
