@@ -24,8 +24,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::guest_files;
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
-    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, ManagedContainer, NicStats,
-    PowerState, VirtError,
+    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, ManagedContainer, PowerState,
+    VirtError,
 };
 use crate::config::DockerSettings;
 
@@ -440,31 +440,13 @@ impl Driver for DockerDriver {
             .map_err(|e| Self::not_found_or(uuid, "stats", e))?;
         let cpu = s.cpu_stats.unwrap_or_default();
         let mem = s.memory_stats.unwrap_or_default();
-        let mut nics: Vec<NicStats> = s
-            .networks
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, n)| NicStats {
-                name,
-                mac_address: None,
-                rx_octets: n.rx_bytes.unwrap_or(0),
-                rx_packets: n.rx_packets.unwrap_or(0),
-                rx_errors: n.rx_errors.unwrap_or(0),
-                rx_drop: n.rx_dropped.unwrap_or(0),
-                tx_octets: n.tx_bytes.unwrap_or(0),
-                tx_packets: n.tx_packets.unwrap_or(0),
-                tx_errors: n.tx_errors.unwrap_or(0),
-                tx_drop: n.tx_dropped.unwrap_or(0),
-            })
-            .collect();
-        nics.sort_by(|a, b| a.name.cmp(&b.name));
         let info = self.inspect(uuid).await?;
-        // Docker sees none of the plugged ports: the kernel's counters do.
-        if let Some(pid) = info.pid
-            && let Ok(ours) = super::net_dev::read(pid).await
-        {
-            nics = ours;
-        }
+        // Docker's stats list only interfaces libnetwork made, never the
+        // plugged ports: the kernel's counters of the namespace have them.
+        let nics = match info.pid {
+            Some(pid) => super::net_dev::read(pid).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         let uptime_s = info
             .started_at
             .as_deref()

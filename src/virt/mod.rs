@@ -95,7 +95,7 @@ pub struct InstanceStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NicStats {
     pub name: String,
-    /// The interface's MAC, when the engine or sysfs shows it.
+    /// The interface's MAC, when the container's sysfs shows it.
     pub mac_address: Option<String>,
     pub rx_octets: u64,
     pub rx_packets: u64,
