@@ -16,7 +16,6 @@ use crate::compute::host::HostRegistrar;
 use crate::compute::{ComputeEndpoint, ComputeManager};
 use crate::conductor::Conductor;
 use crate::config::{AuthSettings, Settings};
-use crate::image::archive::ArchiveLimits;
 use crate::image::{Glance, ImageService};
 use crate::network::Neutron;
 use crate::placement::Placement;
@@ -138,8 +137,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let placement = placement_client(&settings);
     let glance = Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"));
-    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
-    let images = ImageService::new(glance, driver.clone(), limits);
+    let images = ImageService::new(glance, driver.clone(), crate::image::archive_limits(&settings.docker));
     let registrar = HostRegistrar {
         settings: settings.clone(),
         conductor: conductor.clone(),

@@ -111,6 +111,7 @@ fn docker_settings() -> DockerSettings {
         snapshot_pause: true,
         keep_snapshot_images: false,
         max_image_manifest_bytes: 1 << 20,
+        max_image_unpacked_bytes: 1 << 30,
         instances_path: std::path::PathBuf::from("/tmp/nd-instances"),
     }
 }

@@ -1,19 +1,18 @@
 //! Snapshots and backups: `docker commit` of the instance's container, then
-//! `docker save` of exactly that image streamed into the Glance image Nova
-//! created (container_format docker, disk_format raw), with Nova's task
-//! states. The committed image is tagged with the cache reference of the new
-//! Glance image, so the archive loads under that name anywhere.
+//! `docker save` of exactly that image streamed through the canonicalizer
+//! into the Glance image Nova created (container_format docker, disk_format
+//! raw), with Nova's task states. With `keep_snapshot_images` the committed
+//! image stays, bound to the new Glance image as a load would bind it.
 
 use std::time::Instant;
 
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 
 use super::errors::OpError;
 use super::manager::ComputeManager;
 use super::states::task;
 use crate::conductor::Expected;
-use crate::image::{ImageError, cache_reference};
+use crate::image::{ImageError, cache_repository, save_to_glance};
 use crate::metrics;
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
@@ -98,8 +97,6 @@ impl<D: Driver> ComputeManager<D> {
         self.save(ctx, i, Expected::task(expected)).await?;
 
         let t = Instant::now();
-        let reference = cache_reference(image_id);
-        let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference.as_str(), "latest"));
         let glance = self.images.glance();
         // The Glance record gets its formats while Docker commits: two
         // round trips off the snapshot's critical path.
@@ -117,7 +114,7 @@ impl<D: Driver> ComputeManager<D> {
         // Committed, then image_uploading saved (as Nova's driver does it,
         // before the upload's Glance calls), beside the formats.
         let commit_and_mark = async {
-            let image = self.driver.commit(&uuid, repo, tag, self.settings.docker.snapshot_pause, Vec::new()).await?;
+            let image = self.driver.commit(&uuid, self.settings.docker.snapshot_pause, Vec::new()).await?;
             metrics::global().observe(
                 "nova_docker_operation_duration_seconds",
                 &[("operation", "snapshot"), ("phase", "commit")],
@@ -134,22 +131,33 @@ impl<D: Driver> ComputeManager<D> {
             marked?;
             formats.map_err(ImageError::from)?;
             let t = Instant::now();
-            let data = self.driver.save_image(&reference).map_err(|e| std::io::Error::other(e.to_string()));
-            glance.upload(Some(ctx), image_id, data).await.map_err(ImageError::from)?;
+            let limits = self.images.limits().clone();
+            let summary =
+                save_to_glance(self.driver.as_ref(), glance, Some(ctx), &docker_image, image_id, limits, None).await?;
             metrics::global().observe(
                 "nova_docker_operation_duration_seconds",
                 &[("operation", "snapshot"), ("phase", "upload")],
                 t.elapsed(),
             );
-            Ok::<(), OpError>(())
+            Ok::<_, OpError>(summary)
         }
         .await;
-        if (!self.settings.docker.keep_snapshot_images || result.is_err())
-            && let Err(e) = self.driver.remove_image(&reference).await
-        {
+        // Kept only when Glance holds exactly this image: then it is what a
+        // boot from the snapshot would load.
+        let keep = match &result {
+            Ok(summary) => self.settings.docker.keep_snapshot_images && summary.image_id == docker_image,
+            Err(_) => false,
+        };
+        let kept = keep
+            && self
+                .driver
+                .tag_image(&docker_image, &cache_repository(image_id), docker_image.trim_start_matches("sha256:"))
+                .await
+                .is_ok();
+        if !kept && let Err(e) = self.driver.remove_image(&docker_image).await {
             tracing::warn!(instance = %uuid, image = %docker_image, error = %e, "could not remove the committed image");
         }
-        result
+        result.map(|_| ())
     }
 
     /// Deletes the oldest backups of this instance and type beyond `keep`.

@@ -277,6 +277,8 @@ pub struct DockerSettings {
     pub snapshot_pause: bool,
     pub keep_snapshot_images: bool,
     pub max_image_manifest_bytes: u64,
+    /// `[docker] max_image_unpacked_mb`, in bytes.
+    pub max_image_unpacked_bytes: u64,
     /// Nova's `instances_path`: where the driver keeps each instance's
     /// generated resolv.conf and hosts (bind-mounted into its container).
     pub instances_path: PathBuf,
@@ -546,6 +548,7 @@ impl Settings {
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
+                max_image_unpacked_bytes: (int(&DOCKER_MAX_IMAGE_UNPACKED_MB)?.max(1) as u64).saturating_mul(1 << 20),
                 instances_path,
             },
             image_cache_interval: interval(int(&IMAGE_CACHE_MANAGER_INTERVAL)?),

@@ -221,6 +221,8 @@ opts! {
         "Keep the committed Docker image after its upload to Glance.";
     DOCKER_MAX_IMAGE_MANIFEST_BYTES: "docker" "max_image_manifest_bytes" Int = Some("1048576"), None,
         "Largest manifest.json or image config accepted in an image archive.";
+    DOCKER_MAX_IMAGE_UNPACKED_MB: "docker" "max_image_unpacked_mb" Int = Some("20480"), None,
+        "Largest size, in MiB, an image from Glance may unpack to on this host: its archive's files plus what compressed layers inflate to. Bounds the disk one tenant's image can fill (a load takes at most about twice this while it runs); a larger image fails its boot with a clear fault.";
     DOCKER_RPC_MAX_MESSAGE_BYTES: "docker" "rpc_max_message_bytes" Int = Some("4194304"), None,
         "Largest RPC message accepted; bigger ones are logged and dropped.";
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,

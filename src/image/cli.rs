@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value, json};
 
-use super::archive::{self, ArchiveLimits};
-use super::{Glance, ImageService};
+use super::{Glance, ImageService, archive_limits, save_to_glance};
 use crate::auth::ServiceClient;
 use crate::config::{AuthSettings, Settings};
 use crate::rpc::RequestContext;
@@ -65,18 +63,10 @@ pub async fn import(
         body.insert(k.trim().to_string(), json!(v));
     }
     let created = glance.create(ctx.as_ref(), Value::Object(body)).await?;
-    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
-    let (checked, _summary) = archive::validate(driver.save_image(image), limits);
+    let limits = archive_limits(&settings.docker);
     let sent = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(sent.clone());
-    let counted = checked
-        .map_ok(move |chunk| {
-            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            chunk
-        })
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .boxed();
-    let uploaded = glance.upload(ctx.as_ref(), &created.id, counted).await;
+    let uploaded = save_to_glance(&driver, &glance, ctx.as_ref(), image, &created.id, limits, Some(sent)).await;
     progress.finish();
     if let Err(e) = uploaded {
         let _ = glance.delete(ctx.as_ref(), &created.id).await;
@@ -89,8 +79,7 @@ pub async fn import(
 pub async fn fetch(settings: &Settings, glance_id: &str) -> anyhow::Result<String> {
     let ctx = cli_context(settings)?;
     let driver = Arc::new(DockerDriver::connect(&settings.docker, &settings.host).await?);
-    let limits = ArchiveLimits { max_json_bytes: settings.docker.max_image_manifest_bytes, ..Default::default() };
-    let service = ImageService::new(glance(settings), driver, limits);
+    let service = ImageService::new(glance(settings), driver, archive_limits(&settings.docker));
     let image = service.glance().get(ctx.as_ref(), glance_id).await?;
     let (found, _) = service.ensure(ctx.as_ref(), &image).await?;
     Ok(found.id)

@@ -50,6 +50,12 @@ pub struct GlanceImage {
     pub container_format: Option<String>,
     pub disk_format: Option<String>,
     pub size: Option<u64>,
+    /// Glance's MD5 of the data (legacy `checksum`).
+    pub checksum: Option<String>,
+    /// The algorithm of `os_hash_value` (sha512 unless Glance is configured otherwise).
+    pub os_hash_algo: Option<String>,
+    /// Glance's hash of the data, computed when it was uploaded.
+    pub os_hash_value: Option<String>,
     /// Every non-core key (Glance v2 puts properties at the top level).
     pub properties: Map<String, Value>,
 }
@@ -67,6 +73,7 @@ impl GlanceImage {
         if let Some(Value::Object(p)) = m.get("properties") {
             properties.extend(p.clone());
         }
+        let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
         Some(GlanceImage {
             id: m.get("id")?.as_str()?.to_string(),
             name: m.get("name").and_then(Value::as_str).map(str::to_string),
@@ -74,6 +81,9 @@ impl GlanceImage {
             container_format: m.get("container_format").and_then(Value::as_str).map(str::to_string),
             disk_format: m.get("disk_format").and_then(Value::as_str).map(str::to_string),
             size: m.get("size").and_then(Value::as_u64),
+            checksum: text("checksum"),
+            os_hash_algo: text("os_hash_algo"),
+            os_hash_value: text("os_hash_value"),
             properties,
         })
     }

@@ -1,14 +1,18 @@
 //! Images: Glance `docker save` archives streamed into Docker (boot) and out
 //! of it (snapshots, `image import`), with a local cache.
 //!
-//! A Glance image is found in Docker by the tag `glance/<image id>:latest`,
-//! put on whatever a load produced; matching by Glance *id* (never by name)
-//! keeps one tenant's image from shadowing another's. Bytes flow Glance ->
-//! validator -> `docker load` with bounded memory and no temporary file.
+//! A Glance image is bound to the Docker image the host loaded for it by
+//! the reference `glance/<glance id>:<hex of its image ID>`: the tag names
+//! the content, so a reference that points elsewhere (moved by anything on
+//! the host) is seen and never used. Tags inside archives never reach
+//! Docker (see [`archive`]); every boot creates its container from the image
+//! ID itself. Bytes flow Glance -> hash check -> canonicalizer ->
+//! `docker load` with bounded memory and no temporary file.
 
 pub mod archive;
 pub mod cli;
 pub mod glance;
+pub mod integrity;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::rpc::RequestContext;
 use crate::virt::{Driver, ImageRef, VirtError};
-use archive::{ArchiveError, ArchiveLimits};
+use archive::{ArchiveError, ArchiveLimits, ArchiveSummary};
 pub use glance::{Glance, GlanceImage};
 
 /// Why an image could not be made available to Docker.
@@ -33,19 +37,36 @@ pub enum ImageError {
     NotActive { id: String, status: String },
     #[error("Glance: {0}")]
     Glance(#[from] glance::GlanceError),
-    #[error("image {id} is not a valid docker-save archive: {source}")]
+    #[error(transparent)]
+    NoHash(#[from] integrity::NoUsableHash),
+    #[error("image {id} was refused: {source}")]
     Archive { id: String, source: ArchiveError },
     #[error("docker load of image {id} failed: {source}")]
     Load { id: String, source: VirtError },
-    #[error("docker load of image {id} produced no image")]
-    NothingLoaded { id: String },
+    #[error("docker load of image {id} did not load the image this host sent ({detail})")]
+    Unexpected { id: String, detail: String },
     #[error("Docker: {0}")]
     Docker(#[from] VirtError),
 }
 
-/// The Docker reference under which a Glance image is cached.
-pub fn cache_reference(glance_id: &str) -> String {
-    format!("glance/{}:latest", glance_id.to_lowercase())
+/// The limits every archive gets on this host, from `[docker]`.
+pub fn archive_limits(docker: &crate::config::DockerSettings) -> ArchiveLimits {
+    ArchiveLimits {
+        max_json_bytes: docker.max_image_manifest_bytes,
+        max_held_json_bytes: docker.max_image_manifest_bytes.saturating_mul(4),
+        max_unpacked_bytes: docker.max_image_unpacked_bytes,
+        ..Default::default()
+    }
+}
+
+/// The Docker repository of a Glance image's references.
+pub fn cache_repository(glance_id: &str) -> String {
+    format!("glance/{}", glance_id.to_lowercase())
+}
+
+/// The reference binding a Glance image to the Docker image `image_id`.
+pub fn cache_reference(glance_id: &str, image_id: &str) -> String {
+    format!("{}:{}", cache_repository(glance_id), image_id.trim_start_matches("sha256:"))
 }
 
 /// Makes Glance images available to Docker.
@@ -68,6 +89,11 @@ impl<D: Driver> ImageService<D> {
         &self.glance
     }
 
+    /// The limits applied to every archive.
+    pub fn limits(&self) -> &ArchiveLimits {
+        &self.limits
+    }
+
     /// Checks the image can boot here.
     pub fn check_bootable(image: &GlanceImage) -> Result<(), ImageError> {
         if image.container_format.as_deref() != Some("docker") {
@@ -87,8 +113,7 @@ impl<D: Driver> ImageService<D> {
         image: &GlanceImage,
     ) -> Result<(ImageRef, bool), ImageError> {
         Self::check_bootable(image)?;
-        let reference = cache_reference(&image.id);
-        if let Some(found) = self.driver.find_image(&reference).await? {
+        if let Some(found) = self.cached(&image.id).await? {
             return Ok((found, false));
         }
         let gate = {
@@ -97,59 +122,159 @@ impl<D: Driver> ImageService<D> {
         };
         let _held = gate.lock().await;
         // Someone else may have loaded it while we waited.
-        let result = match self.driver.find_image(&reference).await? {
+        let result = match self.cached(&image.id).await? {
             Some(found) => Ok((found, false)),
-            None => self.load_from_glance(ctx, &image.id).await.map(|r| (r, true)),
+            None => self.load_from_glance(ctx, image).await.map(|r| (r, true)),
         };
         self.inflight.lock().await.remove(&image.id);
         result
     }
 
-    /// Streams Glance's data through the validator into `docker load`, then
-    /// tags the result with the cache reference.
-    pub async fn load_from_glance(&self, ctx: Option<&RequestContext>, id: &str) -> Result<ImageRef, ImageError> {
-        let data = self.glance.download(ctx, id).await?;
-        let (checked, summary) = archive::validate(data, self.limits.clone());
-        // The validator's verdict reaches docker load as a stream error, so
-        // Docker aborts the load; keep the first error to report it.
-        let first_error: Arc<std::sync::Mutex<Option<ArchiveError>>> = Arc::default();
-        let keep = first_error.clone();
-        let body = checked
-            .map_err(move |e| {
-                let text = e.to_string();
-                let mut slot = keep.lock().unwrap_or_else(|p| p.into_inner());
-                if slot.is_none() {
-                    *slot = Some(e);
-                }
-                std::io::Error::other(text)
-            })
-            .boxed();
-        let loaded = self.driver.load_image(body).await;
-        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(ImageError::Archive { id: id.to_string(), source: e });
-        }
-        let lines = loaded.map_err(|source| ImageError::Load { id: id.to_string(), source })?;
-        let summary = summary.await.unwrap_or_default();
-        // What was loaded: the config digest of the archive, else the engine's words.
-        let mut candidates: Vec<String> = Vec::new();
-        if let Some(d) = summary.config_digest {
-            candidates.push(d);
-        }
-        for line in &lines {
-            if let Some(r) = line.strip_prefix("Loaded image ID: ").or_else(|| line.strip_prefix("Loaded image: ")) {
-                candidates.push(r.trim().to_string());
+    /// The image this host loaded for a Glance image: the one whose ID its
+    /// reference names. A reference naming an ID the image does not have
+    /// was moved by someone else; it is ignored (and the image loaded anew).
+    pub async fn cached(&self, glance_id: &str) -> Result<Option<ImageRef>, ImageError> {
+        let repository = cache_repository(glance_id);
+        for image in self.driver.images_in_repository(&repository).await? {
+            let bound = image.tags.iter().any(|t| *t == cache_reference(glance_id, &image.id));
+            let moved: Vec<&String> = image.tags.iter().filter(|t| t.starts_with(&format!("{repository}:"))).collect();
+            if bound {
+                return Ok(Some(ImageRef { id: image.id }));
+            }
+            if moved.iter().any(|t| t.rsplit_once(':').is_some_and(|(_, tag)| tag.len() == 64)) {
+                tracing::warn!(image = glance_id, docker_image = %image.id, tags = ?moved,
+                    "a reference of this Glance image names another image: ignored");
             }
         }
-        candidates.extend(summary.repo_tags);
-        for candidate in candidates {
-            if let Some(found) = self.driver.find_image(&candidate).await? {
-                let reference = cache_reference(id);
-                let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference.as_str(), "latest"));
-                self.driver.tag_image(&found.id, repo, tag).await?;
-                tracing::info!(image = id, docker_image = %found.id, "image loaded from Glance");
-                return Ok(found);
-            }
-        }
-        Err(ImageError::NothingLoaded { id: id.to_string() })
+        Ok(None)
     }
+
+    /// Streams Glance's data through its hash check and the canonicalizer
+    /// into `docker load`, checks Docker loaded exactly what was sent, then
+    /// binds it to the Glance image.
+    pub async fn load_from_glance(
+        &self,
+        ctx: Option<&RequestContext>,
+        image: &GlanceImage,
+    ) -> Result<ImageRef, ImageError> {
+        let id = image.id.as_str();
+        let expected = integrity::expected(image)?;
+        let data = self.glance.download(ctx, id).await?;
+        let data = integrity::verified(data, expected);
+        let (summary, lines) =
+            load_canonical(self.driver.as_ref(), data, self.limits.clone()).await.map_err(|e| e.for_image(id))?;
+        let image_id = summary.image_id.clone();
+        self.driver.tag_image(&image_id, &cache_repository(id), image_id.trim_start_matches("sha256:")).await?;
+        tracing::info!(image = id, docker_image = %image_id, bytes = summary.input_bytes,
+            compression = summary.compression.map(|c| c.name()), dropped_tags = ?summary.dropped_tags,
+            removed_volumes = ?summary.removed_volumes, engine = ?lines, "image loaded from Glance");
+        Ok(ImageRef { id: image_id })
+    }
+}
+
+/// Why [`load_canonical`] failed, before the image it was for is known.
+#[derive(Debug)]
+pub enum LoadError {
+    Archive(ArchiveError),
+    Load(VirtError),
+    Unexpected(String),
+    Docker(VirtError),
+}
+
+impl LoadError {
+    /// The same failure, as the error of loading image `id`.
+    pub fn for_image(self, id: &str) -> ImageError {
+        let id = id.to_string();
+        match self {
+            LoadError::Archive(source) => ImageError::Archive { id, source },
+            LoadError::Load(source) => ImageError::Load { id, source },
+            LoadError::Unexpected(detail) => ImageError::Unexpected { id, detail },
+            LoadError::Docker(e) => ImageError::Docker(e),
+        }
+    }
+}
+
+/// Canonicalizes a tenant's archive into `docker load` and checks what
+/// Docker reports: the image ID the host computed, and no tag. Returns the
+/// summary and the engine's lines.
+pub async fn load_canonical<D, S>(
+    driver: &D,
+    data: S,
+    limits: ArchiveLimits,
+) -> Result<(ArchiveSummary, Vec<String>), LoadError>
+where
+    D: Driver,
+    S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+{
+    let (canonical, summary) = archive::canonicalize(data, limits);
+    // The canonicalizer's verdict reaches docker load as a stream error, so
+    // Docker aborts the load; keep the first error to report it.
+    let first_error: Arc<std::sync::Mutex<Option<ArchiveError>>> = Arc::default();
+    let keep = first_error.clone();
+    let body = canonical
+        .map_err(move |e| {
+            let text = e.to_string();
+            let mut slot = keep.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+            std::io::Error::other(text)
+        })
+        .boxed();
+    let loaded = driver.load_image(body).await;
+    if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(LoadError::Archive(e));
+    }
+    let lines = loaded.map_err(LoadError::Load)?;
+    let summary = summary.await.map_err(|_| LoadError::Unexpected("the archive was not read to its end".into()))?;
+    let expected = format!("Loaded image ID: {}", summary.image_id);
+    if lines.iter().any(|l| l.starts_with("Loaded image: ")) || !lines.contains(&expected) {
+        return Err(LoadError::Unexpected(format!("sent {}, Docker said {lines:?}", summary.image_id)));
+    }
+    match driver.find_image(&summary.image_id).await.map_err(LoadError::Docker)? {
+        Some(found) if found.id == summary.image_id => Ok((summary, lines)),
+        other => Err(LoadError::Unexpected(format!("sent {}, Docker has {other:?}", summary.image_id))),
+    }
+}
+
+/// Streams `docker save` of a local image into an existing Glance image,
+/// through the canonicalizer, so Glance gets exactly what a host would
+/// load (snapshots and `image import` alike). `sent` counts bytes out.
+pub async fn save_to_glance<D: Driver>(
+    driver: &D,
+    glance: &Glance,
+    ctx: Option<&RequestContext>,
+    docker_image: &str,
+    glance_id: &str,
+    limits: ArchiveLimits,
+    sent: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<ArchiveSummary, ImageError> {
+    let data = driver.save_image(docker_image).map_err(|e| std::io::Error::other(e.to_string()));
+    let (canonical, summary) = archive::canonicalize(data, limits);
+    let first_error: Arc<std::sync::Mutex<Option<ArchiveError>>> = Arc::default();
+    let keep = first_error.clone();
+    let body = canonical
+        .map_ok(move |chunk| {
+            if let Some(s) = &sent {
+                s.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            chunk
+        })
+        .map_err(move |e| {
+            let text = e.to_string();
+            let mut slot = keep.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+            std::io::Error::other(text)
+        });
+    let uploaded = glance.upload(ctx, glance_id, body).await;
+    if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(ImageError::Archive { id: docker_image.to_string(), source: e });
+    }
+    uploaded?;
+    summary.await.map_err(|_| ImageError::Unexpected {
+        id: docker_image.to_string(),
+        detail: "the archive was not read to its end".into(),
+    })
 }

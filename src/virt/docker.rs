@@ -13,9 +13,9 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
 use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
-    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
-    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder,
+    StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -24,8 +24,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::guest_files;
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
-    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, ManagedContainer, PowerState,
-    VirtError,
+    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage, ManagedContainer,
+    PowerState, VirtError,
 };
 use crate::config::DockerSettings;
 
@@ -465,10 +465,21 @@ impl Driver for DockerDriver {
 
     async fn find_image(&self, reference: &str) -> Result<Option<ImageRef>, VirtError> {
         match self.docker.inspect_image(reference).await {
-            Ok(i) => Ok(Some(ImageRef { id: i.id.unwrap_or_default(), cmd: i.config.and_then(|c| c.cmd) })),
+            Ok(i) => Ok(Some(ImageRef { id: i.id.unwrap_or_default() })),
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(engine("inspect image", e)),
         }
+    }
+
+    async fn images_in_repository(&self, repository: &str) -> Result<Vec<LocalImage>, VirtError> {
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("reference".to_string(), vec![repository.to_string()])]);
+        let list = self
+            .docker
+            .list_images(Some(ListImagesOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .map_err(|e| engine("list images", e))?;
+        Ok(list.into_iter().map(|i| LocalImage { id: i.id, tags: i.repo_tags }).collect())
     }
 
     async fn load_image(
@@ -506,16 +517,9 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn commit(
-        &self,
-        uuid: &str,
-        repo: &str,
-        tag: &str,
-        pause: bool,
-        changes: Vec<String>,
-    ) -> Result<String, VirtError> {
+    async fn commit(&self, uuid: &str, pause: bool, changes: Vec<String>) -> Result<String, VirtError> {
         let name = container_name(uuid);
-        let mut opts = CommitContainerOptionsBuilder::default().container(&name).repo(repo).tag(tag).pause(pause);
+        let mut opts = CommitContainerOptionsBuilder::default().container(&name).pause(pause);
         let joined = changes.join("\n");
         if !changes.is_empty() {
             opts = opts.changes(&joined);

@@ -143,8 +143,17 @@ pub enum VirtError {
 /// A Docker image reference resolved to its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRef {
+    /// `sha256:<hex>`: what containers are created from.
     pub id: String,
-    pub cmd: Option<Vec<String>>,
+}
+
+/// A local image and its references (for finding what the host loaded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalImage {
+    /// `sha256:<hex>`.
+    pub id: String,
+    /// Its `repo:tag` references.
+    pub tags: Vec<String>,
 }
 
 /// The compute driver contract.
@@ -188,6 +197,9 @@ pub trait Driver: Send + Sync + 'static {
     fn stats(&self, uuid: &str) -> impl Future<Output = Result<InstanceStats, VirtError>> + Send;
     /// Looks an image up by reference.
     fn find_image(&self, reference: &str) -> impl Future<Output = Result<Option<ImageRef>, VirtError>> + Send;
+    /// The images with a reference in `repository` (any tag).
+    fn images_in_repository(&self, repository: &str)
+    -> impl Future<Output = Result<Vec<LocalImage>, VirtError>> + Send;
     /// `docker load` of an archive stream; returns the engine's output lines.
     fn load_image(
         &self,
@@ -197,12 +209,10 @@ pub trait Driver: Send + Sync + 'static {
     fn tag_image(&self, image: &str, repo: &str, tag: &str) -> impl Future<Output = Result<(), VirtError>> + Send;
     /// Removes an image reference (untag, and delete when unused).
     fn remove_image(&self, image: &str) -> impl Future<Output = Result<(), VirtError>> + Send;
-    /// `docker commit` of an instance's container; returns the image id.
+    /// `docker commit` of an instance's container, untagged; returns the image id.
     fn commit(
         &self,
         uuid: &str,
-        repo: &str,
-        tag: &str,
         pause: bool,
         changes: Vec<String>,
     ) -> impl Future<Output = Result<String, VirtError>> + Send;

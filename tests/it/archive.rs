@@ -1,28 +1,36 @@
-//! Tests for `archive::validate`: archives built in memory with the `tar`
+//! Tests for `archive::canonicalize`: archives built in memory with the `tar`
 //! crate (and by hand where `tar` refuses to write hostile names), fed in
-//! arbitrary chunkings, plus real `docker save` output when available.
+//! arbitrary chunkings, plain and gzip-compressed, plus real `docker save`
+//! output and a differential test against the real engine.
+//!
+//! What holds for every input: a valid archive comes out as the host's own
+//! archive (regular files only, unique names, the config under its digest,
+//! then a manifest with no tags, then the end marker), whatever the chunking;
+//! a refused one never gets a manifest (so Docker cannot load anything).
 
-use std::io::Write as _;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use nova_docker::image::archive::{ArchiveError, ArchiveLimits, ArchiveSummary, validate};
+use nova_docker::image::archive::{ArchiveError, ArchiveLimits, ArchiveSummary, Compression, canonicalize};
 use proptest::prelude::*;
+use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
-// Running the validator
+// Running the canonicalizer
 // ---------------------------------------------------------------------------
 
-/// What came out of the validator.
+/// What came out.
 #[derive(Debug)]
-struct Outcome {
+pub struct Outcome {
     /// Concatenation of the `Ok` chunks.
-    out: Vec<u8>,
+    pub out: Vec<u8>,
     /// The summary, or the error's message.
-    result: Result<ArchiveSummary, String>,
+    pub result: Result<ArchiveSummary, String>,
     /// The error itself (for matching on the variant).
-    error: Option<ArchiveError>,
+    pub error: Option<ArchiveError>,
 }
 
 impl Outcome {
@@ -40,11 +48,11 @@ impl Outcome {
     }
 }
 
-async fn run_stream<S>(input: S, limits: ArchiveLimits) -> Outcome
+pub async fn run_stream<S>(input: S, limits: ArchiveLimits) -> Outcome
 where
     S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
-    let (stream, summary) = validate(input, limits);
+    let (stream, summary) = canonicalize(input, limits);
     let mut stream = Box::pin(stream);
     let mut out = Vec::new();
     let mut error = None;
@@ -91,7 +99,6 @@ fn chunked(data: &[u8], sizes: &[usize]) -> Vec<Bytes> {
         chunks.push(data.slice(at..end));
         at = end;
         if i > 4 * data.len() + 16 {
-            // Only zero sizes: finish in one piece.
             chunks.push(data.slice(at..));
             break;
         }
@@ -109,40 +116,119 @@ fn run_with(data: &[u8], limits: ArchiveLimits) -> Outcome {
     outcome
 }
 
-/// Holds for every input: the output is a prefix of the input; it is all of
-/// it exactly when the archive is valid; a refused archive never gets its
-/// end-of-archive marker (nor the last byte before it) through.
-fn check_invariants(data: &[u8], o: &Outcome) {
-    assert!(data.starts_with(&o.out), "output is not a prefix of the input");
+/// One entry of the host's archive, as the `tar` crate reads it.
+#[derive(Debug, Clone)]
+pub struct OutEntry {
+    pub name: String,
+    pub kind: tar::EntryType,
+    pub data: Vec<u8>,
+}
+
+/// Reads an output with the `tar` crate: its entries (up to the first error)
+/// and whether it ended with a complete end-of-archive marker.
+pub fn read_output(out: &[u8]) -> (Vec<OutEntry>, bool) {
+    let mut archive = tar::Archive::new(out);
+    let mut entries = Vec::new();
+    let mut complete = false;
+    if let Ok(iter) = archive.entries() {
+        complete = true;
+        for e in iter {
+            let Ok(mut e) = e else {
+                complete = false;
+                break;
+            };
+            let name = String::from_utf8_lossy(&e.path_bytes()).to_string();
+            let kind = e.header().entry_type();
+            let mut data = Vec::new();
+            if e.read_to_end(&mut data).is_err() {
+                complete = false;
+                break;
+            }
+            entries.push(OutEntry { name, kind, data });
+        }
+    }
+    (entries, complete && out.len() >= 1024 && out[out.len() - 1024..].iter().all(|&b| b == 0))
+}
+
+/// Holds for every input: a valid archive comes out as the host's archive;
+/// a refused one never has a manifest in what came out.
+pub fn check_invariants(input: &[u8], o: &Outcome) {
+    let (entries, complete) = read_output(&o.out);
     match &o.result {
-        Ok(summary) => {
-            assert_eq!(o.out.len(), data.len(), "valid archive not passed whole");
-            assert_eq!(summary.total_bytes, data.len() as u64);
+        Ok(s) => {
+            assert!(complete, "a valid archive's output is not a complete tar");
+            assert_eq!(s.output_bytes, o.out.len() as u64);
+            assert_eq!(s.input_bytes, input.len() as u64);
+            let mut names = HashSet::new();
+            for e in &entries {
+                assert_eq!(e.kind, tar::EntryType::Regular, "{} is not a regular file", e.name);
+                assert!(names.insert(e.name.clone()), "{} sent twice", e.name);
+                assert!(!["repositories", "index.json", "oci-layout"].contains(&e.name.as_str()), "{} sent", e.name);
+            }
+            let n = entries.len();
+            assert!(n >= 2, "no config and manifest");
+            let (config, manifest) = (&entries[n - 2], &entries[n - 1]);
+            assert_eq!(manifest.name, "manifest.json");
+            assert_eq!(config.name, format!("{}.json", &s.image_id[7..]));
+            assert_eq!(sha256(&config.data), s.image_id, "the image ID is not the config's digest");
+            let m: serde_json::Value = serde_json::from_slice(&manifest.data).expect("manifest json");
+            assert_eq!(m, serde_json::json!([{"Config": config.name, "RepoTags": null, "Layers": s.layers}]));
+            for l in &s.layers {
+                assert!(names.contains(l), "layer {l} not sent");
+            }
         }
         Err(_) => {
-            // A truncated input may stream up to its cut (then fails), but a
-            // tar stream Docker could read to an end is never passed whole:
-            // the last byte of its last entry is held back.
-            if let Some(end) = tar_end(data) {
-                assert!(o.out.len() < end, "refused archive's last entry passed whole");
-            }
+            assert!(!entries.iter().any(|e| e.name == "manifest.json"), "a refused archive's manifest went out");
         }
     }
 }
 
-/// Offset of the end-of-archive marker, if `data` parses as a tar stream
-/// (header walk only; used to check the hold-back rule).
-fn tar_end(data: &[u8]) -> Option<usize> {
-    let mut archive = tar::Archive::new(data);
-    let entries = archive.entries().ok()?;
-    let mut end = 0usize;
-    for entry in entries {
-        let entry = entry.ok()?;
-        let size = usize::try_from(entry.size()).ok()?;
-        let start = usize::try_from(entry.raw_file_position()).ok()?;
-        end = start + size.div_ceil(512) * 512;
+fn sha256(data: &[u8]) -> String {
+    let sum = Sha256::digest(data);
+    format!("sha256:{}", sum.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// The data of `path` in a tar the `tar` crate can read (links followed
+/// one level), for comparing what went in with what came out.
+fn input_file(input: &[u8], path: &str) -> Option<Vec<u8>> {
+    let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut links: HashMap<String, String> = HashMap::new();
+    let mut archive = tar::Archive::new(input);
+    for e in archive.entries().ok()? {
+        let mut e = e.ok()?;
+        let name = String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./").to_string();
+        match e.header().entry_type() {
+            tar::EntryType::Symlink => {
+                let target = e.link_name().ok()??.to_string_lossy().to_string();
+                let dir = Path::new(&name).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+                let joined = Path::new(&dir).join(target);
+                let mut norm: Vec<String> = Vec::new();
+                for c in joined.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            norm.pop();
+                        }
+                        std::path::Component::Normal(s) => norm.push(s.to_string_lossy().to_string()),
+                        _ => {}
+                    }
+                }
+                links.insert(name, norm.join("/"));
+            }
+            _ => {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).ok()?;
+                files.insert(name, data);
+            }
+        }
     }
-    (end > 0).then_some(end)
+    let path = links.get(path).cloned().unwrap_or_else(|| path.to_string());
+    files.get(&path).cloned()
 }
 
 // ---------------------------------------------------------------------------
@@ -166,6 +252,11 @@ fn layer_tar(content: &[u8]) -> Vec<u8> {
 
 fn config_json() -> Vec<u8> {
     br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:0000"]}}"#.to_vec()
+}
+
+/// The name Docker gives a config: its digest.
+fn cfg_name(config: &[u8]) -> String {
+    format!("{}.json", &sha256(config)[7..])
 }
 
 fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
@@ -197,30 +288,22 @@ fn finish(b: tar::Builder<Vec<u8>>) -> Vec<u8> {
 }
 
 fn manifest(config: &str, tags: &[&str], layers: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!([{
-        "Config": config,
-        "RepoTags": tags,
-        "Layers": layers,
-    }]))
-    .expect("manifest json")
+    serde_json::to_vec(&serde_json::json!([{ "Config": config, "RepoTags": tags, "Layers": layers }]))
+        .expect("manifest json")
 }
 
 /// Legacy (Docker < 25) layout: `<id>/{VERSION,json,layer.tar}`, `<cfg>.json`,
 /// `manifest.json`, `repositories`.
 fn legacy_archive() -> Vec<u8> {
     let layer = hex(1);
-    let cfg = hex(2);
+    let cfg = cfg_name(&config_json());
     let mut b = tar::Builder::new(Vec::new());
     add_dir(&mut b, &format!("{layer}/"));
     add_file(&mut b, &format!("{layer}/VERSION"), b"1.0");
     add_file(&mut b, &format!("{layer}/json"), br#"{"id":"1"}"#);
     add_file(&mut b, &format!("{layer}/layer.tar"), &layer_tar(b"busybox binary"));
-    add_file(&mut b, &format!("{cfg}.json"), &config_json());
-    add_file(
-        &mut b,
-        "manifest.json",
-        &manifest(&format!("{cfg}.json"), &["demo:latest"], &[&format!("{layer}/layer.tar")]),
-    );
+    add_file(&mut b, &cfg, &config_json());
+    add_file(&mut b, "manifest.json", &manifest(&cfg, &["demo:latest"], &[&format!("{layer}/layer.tar")]));
     add_file(&mut b, "repositories", format!(r#"{{"demo":{{"latest":"{layer}"}}}}"#).as_bytes());
     finish(b)
 }
@@ -228,7 +311,7 @@ fn legacy_archive() -> Vec<u8> {
 /// Docker 25+ OCI layout: blobs first, `manifest.json` near the end.
 fn oci_archive_with(config: &[u8], manifest_first: bool) -> Vec<u8> {
     let layer = hex(10);
-    let cfg = hex(11);
+    let cfg = &sha256(config)[7..];
     let mf = hex(12);
     let docker_manifest =
         manifest(&format!("blobs/sha256/{cfg}"), &["demo:oci", "demo:v2"], &[&format!("blobs/sha256/{layer}")]);
@@ -353,13 +436,13 @@ fn build(entries: &[Entry]) -> Vec<u8> {
 /// Entries of a valid legacy archive, for building variants by hand.
 fn legacy_entries() -> Vec<Entry> {
     let layer = hex(1);
-    let cfg = hex(2);
+    let cfg = cfg_name(&config_json());
     vec![
         entry(format!("{layer}/"), Kind::Dir),
         file(format!("{layer}/VERSION"), b"1.0".to_vec()),
         file(format!("{layer}/layer.tar"), layer_tar(b"busybox")),
-        file(format!("{cfg}.json"), config_json()),
-        file("manifest.json", manifest(&format!("{cfg}.json"), &["demo:latest"], &[&format!("{layer}/layer.tar")])),
+        file(&cfg, config_json()),
+        file("manifest.json", manifest(&cfg, &["demo:latest"], &[&format!("{layer}/layer.tar")])),
     ]
 }
 
@@ -377,125 +460,118 @@ fn manifest_entries(manifest_json: Vec<u8>) -> Vec<u8> {
     build(&entries)
 }
 
+/// A legacy archive whose only layer is `layer` (any bytes).
+fn with_layer(layer: Vec<u8>) -> Vec<u8> {
+    let mut entries = legacy_entries();
+    entries[2].kind = Kind::File(layer);
+    build(&entries)
+}
+
 // ---------------------------------------------------------------------------
 // Valid archives
 // ---------------------------------------------------------------------------
 
 #[test]
-fn valid_legacy_archive() {
+fn valid_legacy_archive_comes_out_as_the_hosts_own() {
     let data = legacy_archive();
     let o = run(&data);
     let s = o.summary();
-    assert_eq!(o.out, data);
-    assert_eq!(s.repo_tags, vec!["demo:latest".to_string()]);
-    assert_eq!(s.config_digest, Some(format!("sha256:{}", hex(2))));
-    assert_eq!(s.layers, vec![format!("{}/layer.tar", hex(1))]);
-    assert_eq!(s.total_bytes, data.len() as u64);
+    let layer = format!("{}/layer.tar", hex(1));
+    assert_eq!(s.image_id, sha256(&config_json()));
+    assert_eq!(s.source_config_digest, s.image_id);
+    assert_eq!(s.layers, vec![layer.clone()]);
+    assert_eq!(s.dropped_tags, vec!["demo:latest".to_string()]);
+    let (entries, _) = read_output(&o.out);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    // VERSION and the layer pass as they came; the v1 json is dropped.
+    let cfg = cfg_name(&config_json());
+    assert_eq!(names, [&format!("{}/VERSION", hex(1)), &layer, &cfg, "manifest.json"]);
+    assert_eq!(entries[1].data, layer_tar(b"busybox binary"));
+    assert_eq!(entries[2].data, config_json());
 }
 
 #[test]
 fn valid_oci_archive() {
-    let data = oci_archive();
-    let o = run(&data);
-    let s = o.summary();
-    assert_eq!(o.out, data);
-    assert_eq!(s.repo_tags, vec!["demo:oci".to_string(), "demo:v2".to_string()]);
-    assert_eq!(s.config_digest, Some(format!("sha256:{}", hex(11))));
-    assert_eq!(s.layers, vec![format!("blobs/sha256/{}", hex(10))]);
+    for manifest_first in [false, true] {
+        let data = oci_archive_with(&config_json(), manifest_first);
+        let o = run(&data);
+        let s = o.summary();
+        assert_eq!(s.dropped_tags, vec!["demo:oci".to_string(), "demo:v2".to_string()]);
+        assert_eq!(s.image_id, sha256(&config_json()));
+        assert_eq!(s.layers, vec![format!("blobs/sha256/{}", hex(10))]);
+    }
 }
 
 #[test]
-fn valid_oci_archive_with_manifest_first() {
-    let o = run(&oci_archive_with(&config_json(), true));
-    o.summary();
-}
-
-#[test]
-fn valid_hand_built_archive() {
-    let o = run(&build(&legacy_entries()));
-    assert_eq!(o.summary().repo_tags, vec!["demo:latest".to_string()]);
-}
-
-#[test]
-fn valid_symlinked_layer_pointing_forward() {
-    // Legacy docker save links duplicate layers: <b>/layer.tar -> ../<a>/layer.tar.
-    // Here the target comes later in the stream.
-    let (a, b, cfg) = (hex(1), hex(3), hex(2));
-    let data = build(&[
+fn valid_symlinked_and_hard_linked_layers_resolve_to_the_file() {
+    // Legacy docker save links duplicate layers: <b>/layer.tar -> ../<a>/layer.tar,
+    // the target before (as the engine writes it) or after the link.
+    let (a, b, cfg) = (hex(1), hex(3), cfg_name(&config_json()));
+    let forward = build(&[
         entry(format!("{b}/"), Kind::Dir),
         entry(format!("{b}/layer.tar"), Kind::Symlink(format!("../{a}/layer.tar"))),
         entry(format!("{a}/"), Kind::Dir),
         file(format!("{a}/layer.tar"), layer_tar(b"x")),
-        file(format!("{cfg}.json"), config_json()),
-        file(
-            "manifest.json",
-            manifest(&format!("{cfg}.json"), &[], &[&format!("{a}/layer.tar"), &format!("{b}/layer.tar")]),
-        ),
+        file(&cfg, config_json()),
+        file("manifest.json", manifest(&cfg, &[], &[&format!("{a}/layer.tar"), &format!("{b}/layer.tar")])),
     ]);
-    let o = run(&data);
-    assert_eq!(o.summary().layers.len(), 2);
-    assert!(o.summary().repo_tags.is_empty());
-}
-
-#[test]
-fn valid_symlinked_layer_pointing_back() {
-    // As the real engine writes it: the target comes first.
-    let (a, b, cfg) = (hex(1), hex(3), hex(2));
     let mut ar = tar::Builder::new(Vec::new());
     add_dir(&mut ar, &format!("{a}/"));
     add_file(&mut ar, &format!("{a}/layer.tar"), &layer_tar(b"x"));
     add_dir(&mut ar, &format!("{b}/"));
     add_symlink(&mut ar, &format!("{b}/layer.tar"), &format!("../{a}/layer.tar"));
-    add_file(&mut ar, &format!("{cfg}.json"), &config_json());
+    add_file(&mut ar, &cfg, &config_json());
     add_file(
         &mut ar,
         "manifest.json",
-        &manifest(&format!("{cfg}.json"), &["x:y"], &[&format!("{a}/layer.tar"), &format!("{b}/layer.tar")]),
+        &manifest(&cfg, &["x:y"], &[&format!("{a}/layer.tar"), &format!("{b}/layer.tar")]),
     );
-    run(&finish(ar)).summary();
-}
-
-#[test]
-fn valid_hard_linked_layer() {
-    let (a, b, cfg) = (hex(1), hex(3), hex(2));
-    let data = build(&[
+    let back = finish(ar);
+    let hard = build(&[
         file(format!("{a}/layer.tar"), layer_tar(b"x")),
         entry(format!("{b}/layer.tar"), Kind::HardLink(format!("{a}/layer.tar"))),
-        file(format!("{cfg}.json"), config_json()),
-        file("manifest.json", manifest(&format!("{cfg}.json"), &["a:b"], &[&format!("{b}/layer.tar")])),
+        file(&cfg, config_json()),
+        file("manifest.json", manifest(&cfg, &["a:b"], &[&format!("{b}/layer.tar")])),
     ]);
-    run(&data).summary();
+    for (data, layers) in [(forward, 2), (back, 2), (hard, 1)] {
+        let o = run(&data);
+        let s = o.summary();
+        assert_eq!(s.layers, vec![format!("{a}/layer.tar"); layers]);
+        let (entries, _) = read_output(&o.out);
+        assert!(entries.iter().all(|e| e.kind == tar::EntryType::Regular));
+    }
 }
 
 #[test]
 fn valid_long_names_pax_and_gnu() {
     let deep = format!("{}/{}/{}", "d".repeat(90), "e".repeat(90), "layer.tar");
-    let cfg = hex(2);
-    // PAX path headers, written by hand.
+    let cfg = cfg_name(&config_json());
     let pax = build(&[
         file(&deep, layer_tar(b"x")),
-        file(format!("{cfg}.json"), config_json()),
-        file("manifest.json", manifest(&format!("{cfg}.json"), &["long:pax"], &[&deep])),
+        file(&cfg, config_json()),
+        file("manifest.json", manifest(&cfg, &["long:pax"], &[&deep])),
     ]);
     assert_eq!(run(&pax).summary().layers, vec![deep.clone()]);
 
-    // GNU 'L' long names, written by the tar crate.
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(layer_tar(b"x").len() as u64);
     h.set_mode(0o644);
     b.append_data(&mut h, &deep, layer_tar(b"x").as_slice()).expect("long name");
-    add_file(&mut b, &format!("{cfg}.json"), &config_json());
-    add_file(&mut b, "manifest.json", &manifest(&format!("{cfg}.json"), &["long:gnu"], &[&deep]));
+    add_file(&mut b, &cfg, &config_json());
+    add_file(&mut b, "manifest.json", &manifest(&cfg, &["long:gnu"], &[&deep]));
     let gnu = finish(b);
     assert!(gnu.windows(13).any(|w| w == b"././@LongLink"), "GNU long name expected");
-    assert_eq!(run(&gnu).summary().repo_tags, vec!["long:gnu".to_string()]);
+    let o = run(&gnu);
+    assert_eq!(o.summary().layers, vec![deep.clone()]);
+    let (entries, _) = read_output(&o.out);
+    assert_eq!(entries[0].name, deep);
+    assert_eq!(entries[0].data, layer_tar(b"x"));
 }
 
 #[test]
 fn valid_gnu_base256_size_and_record_padding() {
     let mut data = build(&legacy_entries());
-    // Re-encode the first file's size (VERSION, 3 bytes) in GNU base-256.
     let header = &mut data[512..1024];
     assert_eq!(&header[0..64], hex(1).as_bytes());
     header[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
@@ -503,11 +579,8 @@ fn valid_gnu_base256_size_and_record_padding() {
     h.as_mut_bytes().copy_from_slice(header);
     h.set_cksum();
     header.copy_from_slice(h.as_bytes());
-    // GNU tar pads the archive to a 10 KiB record with zeros.
     data.resize(data.len().div_ceil(10240) * 10240 + 10240, 0);
-    let o = run(&data);
-    o.summary();
-    assert_eq!(o.out, data);
+    run(&data).summary();
 }
 
 #[test]
@@ -522,6 +595,177 @@ fn valid_with_leading_dot_slash_and_root_dir() {
     run(&build(&entries)).summary();
 }
 
+#[test]
+fn gzip_archives_are_read_like_plain_ones() {
+    for data in [legacy_archive(), oci_archive()] {
+        let plain = run(&data);
+        let compressed = gzip(&data);
+        let o = run_with(&compressed, ArchiveLimits::default());
+        assert_eq!(o.out, plain.out, "gzip changed what Docker gets");
+        assert_eq!(o.summary().compression, Some(Compression::Gzip));
+        assert_eq!(o.summary().image_id, plain.summary().image_id);
+        // Two members concatenated (as `cat a.gz b.gz`) are one stream.
+        let mut two = gzip(&data[..1000]);
+        two.extend(gzip(&data[1000..]));
+        assert_eq!(run(&two).out, plain.out);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the archive says is never an instruction
+// ---------------------------------------------------------------------------
+
+#[test]
+fn tags_in_the_archive_never_reach_docker() {
+    let data = legacy_archive();
+    let o = run(&data);
+    assert!(!o.out.windows(b"demo".len()).any(|w| w == b"demo"), "a tag went out");
+    let (entries, _) = read_output(&o.out);
+    assert!(!entries.iter().any(|e| e.name == "repositories"));
+}
+
+#[test]
+fn a_config_named_after_another_image_is_refused() {
+    let other = hex(0xdead);
+    let data = build(&[
+        file(format!("{}/layer.tar", hex(1)), layer_tar(b"x")),
+        file(format!("{other}.json"), config_json()),
+        file("manifest.json", manifest(&format!("{other}.json"), &[], &[&format!("{}/layer.tar", hex(1))])),
+    ]);
+    let o = run(&data);
+    assert!(matches!(o.error, Some(ArchiveError::ConfigNameMismatch { .. })), "{}", o.err());
+}
+
+#[test]
+fn image_volumes_are_removed_and_the_image_id_follows() {
+    let config = br#"{"config":{"Cmd":["/bin/sh"],"Volumes":{"/data":{}}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cfg = cfg_name(config);
+    let data = build(&[
+        file(format!("{}/layer.tar", hex(1)), layer_tar(b"x")),
+        file(&cfg, config.to_vec()),
+        file("manifest.json", manifest(&cfg, &[], &[&format!("{}/layer.tar", hex(1))])),
+    ]);
+    let o = run(&data);
+    let s = o.summary();
+    assert_eq!(s.removed_volumes, ["/data"]);
+    assert_eq!(s.source_config_digest, sha256(config));
+    assert_ne!(s.image_id, s.source_config_digest);
+    let (entries, _) = read_output(&o.out);
+    let sent = &entries[entries.len() - 2];
+    assert!(!String::from_utf8_lossy(&sent.data).contains("Volumes"));
+}
+
+#[test]
+fn manifests_asking_for_more_than_one_image_a_parent_or_foreign_layers_are_refused() {
+    let cfg = cfg_name(&config_json());
+    let l = format!("{}/layer.tar", hex(1));
+    for m in [
+        format!(r#"[{{"Config":"{cfg}","Layers":["{l}"]}},{{"Config":"{cfg}","Layers":["{l}"]}}]"#),
+        format!(r#"[{{"Config":"{cfg}","Layers":["{l}"],"Parent":"sha256:{}"}}]"#, hex(9)),
+        format!(r#"[{{"Config":"{cfg}","Layers":["{l}"],"LayerSources":{{"sha256:1":{{"urls":["http://x"]}}}}}}]"#),
+    ] {
+        let o = run(&manifest_entries(m.into_bytes()));
+        assert!(
+            matches!(o.error, Some(ArchiveError::SeveralImages { .. } | ArchiveError::BadManifest { .. })),
+            "{}",
+            o.err()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Compression and size
+// ---------------------------------------------------------------------------
+
+#[test]
+fn compressions_docker_would_run_are_refused_before_a_byte_goes_out() {
+    let tar = legacy_archive();
+    let inputs: [(&[u8], Compression); 5] = [
+        (b"BZh91AY&SY\x00\x00", Compression::Bzip2),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0, 0, 0, 0, 0], Compression::Xz),
+        (&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0, 0, 0], Compression::Zstd),
+        (&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 0, 0], Compression::Zstd),
+        (&[0x5f, 0x2a, 0x4d, 0x18, 4, 0, 0, 0], Compression::Zstd),
+    ];
+    for (prefix, format) in inputs {
+        let mut data = prefix.to_vec();
+        data.extend_from_slice(&tar);
+        let o = run(&data);
+        assert!(o.out.is_empty(), "{format:?}: bytes went out");
+        assert!(matches!(o.error, Some(ArchiveError::Compressed { format: f }) if f == format), "{}", o.err());
+    }
+    // Compressed twice: what gzip holds must be a plain tar.
+    let o = run(&gzip(&gzip(&tar)));
+    assert!(matches!(o.error, Some(ArchiveError::Compressed { format: Compression::Gzip })), "{}", o.err());
+    // Trailing bytes after the gzip stream.
+    let mut trailing = gzip(&tar);
+    trailing.extend_from_slice(b"\0\0\0\0");
+    assert!(matches!(run(&trailing).error, Some(ArchiveError::Gzip { .. })));
+}
+
+#[test]
+fn layers_that_unpack_to_more_than_they_weigh_are_refused() {
+    // A GNU sparse entry: Go would write its holes as zeros.
+    let mut sparse = layer_tar(b"x");
+    sparse[156] = b'S';
+    let mut h = tar::Header::new_old();
+    h.as_mut_bytes().copy_from_slice(&sparse[..512]);
+    h.set_cksum();
+    sparse[..512].copy_from_slice(h.as_bytes());
+    let o = run(&with_layer(sparse));
+    assert!(
+        matches!(&o.error, Some(ArchiveError::BadLayer { reason, .. }) if reason.contains("sparse")),
+        "{}",
+        o.err()
+    );
+    // PAX sparse records.
+    let mut pax = Vec::new();
+    let records = pax_record("GNU.sparse.size", b"1099511627776");
+    push_block(&mut pax, &raw_header(b"PaxHeaders/x", b'x', records.len() as u64, b""), &records);
+    pax.extend_from_slice(&layer_tar(b"x"));
+    let o = run(&with_layer(pax));
+    assert!(
+        matches!(&o.error, Some(ArchiveError::BadLayer { reason, .. }) if reason.contains("sparse")),
+        "{}",
+        o.err()
+    );
+    // Compressions Docker unpacks but the host does not.
+    let o = run(&with_layer(b"BZh91AY&SY more".to_vec()));
+    assert!(matches!(&o.error, Some(ArchiveError::BadLayer { reason, .. }) if reason.contains("bzip2")), "{}", o.err());
+    // A gzip layer is fine; a gzip bomb is not.
+    run(&with_layer(gzip(&layer_tar(b"x")))).summary();
+    let bomb_tar = layer_tar(&vec![0u8; 4 << 20]);
+    let limits = ArchiveLimits { max_unpacked_bytes: 1 << 20, ..ArchiveLimits::default() };
+    let o = run_with(&with_layer(gzip(&bomb_tar)), limits.clone());
+    assert!(matches!(o.error, Some(ArchiveError::TooLarge { .. })), "{}", o.err());
+    // An entry larger than the whole limit: refused at its header.
+    let o = run_with(&with_extra(file("x/big", vec![0u8; 2 << 20])), limits);
+    assert!(matches!(o.error, Some(ArchiveError::TooLarge { .. })), "{}", o.err());
+    assert!(o.out.len() < 4096, "the big entry streamed: {}", o.out.len());
+    // A file that is not a tar is fine as long as no one calls it a layer.
+    run(&with_extra(file("x/junk", b"BZh91AY&SY".to_vec()))).summary();
+}
+
+#[test]
+fn the_outer_gzip_cannot_fill_memory() {
+    // 64 MiB of zeros in a layer, gzip'd to ~64 KiB: the output is taken a
+    // little at a time, never held whole.
+    let mut tar = legacy_entries();
+    tar[2].kind = Kind::File(vec![0u8; 64 << 20]);
+    let data = gzip(&build(&tar));
+    assert!(data.len() < 1 << 20);
+    let input = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(data))]);
+    let (stream, _summary) = canonicalize(input, ArchiveLimits::default());
+    let mut stream = Box::pin(stream);
+    let mut biggest = 0;
+    futures::executor::block_on(async {
+        while let Some(item) = stream.next().await {
+            biggest = biggest.max(item.expect("valid").len());
+        }
+    });
+    assert!(biggest <= 2 << 20, "a chunk of {biggest} bytes");
+}
+
 // ---------------------------------------------------------------------------
 // Refusals
 // ---------------------------------------------------------------------------
@@ -530,10 +774,8 @@ fn valid_with_leading_dot_slash_and_root_dir() {
 fn refuses_path_traversal() {
     let o = run(&with_extra(file("../etc/passwd", b"root::0:0::/:/bin/sh\n".to_vec())));
     assert_eq!(o.err(), "image archive entry \"../etc/passwd\" escapes the archive");
-    assert!(matches!(o.error, Some(ArchiveError::PathEscapes { .. })));
     let o = run(&with_extra(file("a/../../x", b"x".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::PathEscapes { .. })));
-    // Also when the name comes from a PAX header.
     let long = format!("{}/../../../etc/shadow", "a".repeat(120));
     let o = run(&with_extra(file(&long, b"x".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::PathEscapes { .. })), "{}", o.err());
@@ -550,33 +792,31 @@ fn refuses_escaping_symlinks() {
     let layer = hex(1);
     let o = run(&with_extra(entry(format!("{layer}/evil"), Kind::Symlink("../../etc/passwd".into()))));
     assert!(matches!(o.error, Some(ArchiveError::SymlinkEscapes { .. })), "{}", o.err());
-    assert!(o.err().contains("points outside the archive"));
     let o = run(&with_extra(entry(format!("{layer}/evil"), Kind::Symlink("/etc/passwd".into()))));
     assert!(matches!(o.error, Some(ArchiveError::SymlinkEscapes { .. })), "{}", o.err());
-}
-
-#[test]
-fn refuses_symlink_in_root() {
     let o = run(&with_extra(entry("evil", Kind::Symlink("manifest.json".into()))));
     assert_eq!(o.err(), "symlink \"evil\" in the archive root is refused");
 }
 
 #[test]
-fn refuses_dangling_symlink_at_the_end() {
+fn dangling_symlinks_matter_only_when_the_manifest_uses_them() {
     let layer = hex(1);
     let o = run(&with_extra(entry(format!("{layer}/other.tar"), Kind::Symlink("../nowhere/layer.tar".into()))));
+    o.summary();
+    let (entries, _) = read_output(&o.out);
+    assert!(!entries.iter().any(|e| e.name.ends_with("other.tar")), "a symlink went out");
+    let cfg = cfg_name(&config_json());
+    let mut entries = legacy_entries();
+    entries.insert(1, entry(format!("{layer}/other.tar"), Kind::Symlink("../nowhere/layer.tar".into())));
+    *entries.last_mut().expect("manifest") =
+        file("manifest.json", manifest(&cfg, &[], &[&format!("{layer}/other.tar")]));
+    let o = run(&build(&entries));
     assert!(matches!(o.error, Some(ArchiveError::SymlinkDangling { .. })), "{}", o.err());
-    // Found only at the end: the marker and the last entry's tail are held.
-    let data = with_extra(entry(format!("{layer}/other.tar"), Kind::Symlink("../nowhere/layer.tar".into())));
-    assert!(o.out.len() < data.len() - 1024);
 }
 
 #[test]
-fn refuses_entries_below_a_symlink() {
+fn refuses_entries_below_a_symlink_or_file() {
     let (a, b) = (hex(1), hex(3));
-    let o = run(&with_extra(entry(format!("{b}/dir"), Kind::Symlink(format!("../{a}")))));
-    // The symlink points at a directory.
-    assert!(matches!(o.error, Some(ArchiveError::SymlinkDangling { .. })), "{}", o.err());
     let mut entries = legacy_entries();
     entries.insert(1, entry(format!("{b}/dir"), Kind::Symlink(format!("../{a}"))));
     entries.insert(2, file(format!("{b}/dir/x"), b"x".to_vec()));
@@ -592,7 +832,6 @@ fn refuses_bad_hard_links() {
     assert!(matches!(o.error, Some(ArchiveError::HardLinkEscapes { .. })), "{}", o.err());
     let o = run(&with_extra(entry("x/y", Kind::HardLink("not/there".into()))));
     assert!(matches!(o.error, Some(ArchiveError::HardLinkMissing { .. })), "{}", o.err());
-    assert!(o.err().contains("missing entry"));
 }
 
 #[test]
@@ -607,69 +846,56 @@ fn refuses_device_nodes_and_fifos() {
     }
     let o = run(&with_extra(entry("sparse", Kind::Raw { typeflag: b'S', size_field: 0, data: vec![] })));
     assert!(matches!(o.error, Some(ArchiveError::UnsupportedType { typeflag: 'S', .. })));
-    // Contiguous files: Docker's untar does not handle them either.
     let o = run(&with_extra(entry("x/contiguous", Kind::Raw { typeflag: b'7', size_field: 0, data: vec![] })));
     assert!(matches!(o.error, Some(ArchiveError::UnsupportedType { typeflag: '7', .. })));
 }
 
 #[test]
-fn refuses_missing_manifest() {
+fn refuses_missing_manifest_blobs_and_config() {
     let mut entries = legacy_entries();
     entries.pop();
-    let data = build(&entries);
-    let o = run(&data);
-    assert_eq!(o.err(), "manifest.json is missing");
-    assert!(o.out.len() < data.len() - 1024);
-}
-
-#[test]
-fn refuses_manifest_with_missing_layer() {
-    let cfg = hex(2);
-    let data = manifest_entries(manifest(&format!("{cfg}.json"), &["a:b"], &["nothere/layer.tar"]));
-    let o = run(&data);
+    assert_eq!(run(&build(&entries)).err(), "manifest.json is missing");
+    let cfg = cfg_name(&config_json());
+    let o = run(&manifest_entries(manifest(&cfg, &["a:b"], &["nothere/layer.tar"])));
     assert_eq!(o.err(), "manifest lists layer \"nothere/layer.tar\" that the archive does not contain");
-    // The final 1024 zero bytes (and more) were held back.
-    assert!(o.out.len() < data.len() - 1024);
-
     let o = run(&manifest_entries(manifest("missing.json", &[], &[&format!("{}/layer.tar", hex(1))])));
     assert_eq!(o.err(), "manifest lists config \"missing.json\" that the archive does not contain");
-
-    // A layer path naming a directory.
-    let o = run(&manifest_entries(manifest(&format!("{cfg}.json"), &[], &[&hex(1)])));
+    let o = run(&manifest_entries(manifest(&cfg, &[], &[&hex(1)])));
     assert!(matches!(o.error, Some(ArchiveError::BlobNotRegular { .. })), "{}", o.err());
+    // The manifest itself, or another dropped document, as a layer.
+    let o = run(&manifest_entries(manifest(&cfg, &[], &["manifest.json"])));
+    assert!(matches!(o.error, Some(ArchiveError::BlobNotRegular { .. })), "{}", o.err());
+    // A layer as the config.
+    let o = run(&manifest_entries(manifest(&format!("{}/layer.tar", hex(1)), &[], &[])));
+    assert!(matches!(o.error, Some(ArchiveError::BadConfig { .. })), "{}", o.err());
 }
 
 #[test]
-fn refuses_oversize_manifest() {
+fn refuses_oversize_json() {
     let limits = ArchiveLimits { max_json_bytes: 200, ..ArchiveLimits::default() };
     let mut entries = legacy_entries();
-    let big = manifest(&format!("{}.json", hex(2)), &["x".repeat(300).as_str()], &[]);
+    let big = manifest(&cfg_name(&config_json()), &["x".repeat(300).as_str()], &[]);
     let big_len = big.len();
     if let Some(last) = entries.last_mut() {
         last.kind = Kind::File(big);
     }
     let o = run_with(&build(&entries), limits);
     assert_eq!(o.err(), format!("manifest.json is larger than 200 bytes (it is {big_len} bytes)"));
-}
-
-#[test]
-fn refuses_oversize_or_invalid_config() {
-    // OCI: the config blob passes before manifest.json names it.
+    // A config over the limit cannot be held: refused once the manifest names it.
     let limits = ArchiveLimits { max_json_bytes: 1000, ..ArchiveLimits::default() };
     let mut big = b"{\"pad\":\"".to_vec();
     big.extend(std::iter::repeat_n(b'x', 2000));
     big.extend_from_slice(b"\"}");
-    let o = run_with(&oci_archive_with(&big, false), limits.clone());
-    assert!(matches!(o.error, Some(ArchiveError::JsonTooLarge { .. })), "{}", o.err());
-    assert!(o.err().starts_with("image config \"blobs/sha256/"), "{}", o.err());
-    // After manifest.json named it: refused as soon as its header arrives.
-    let o = run_with(&oci_archive_with(&big, true), limits);
-    assert!(matches!(o.error, Some(ArchiveError::JsonTooLarge { .. })), "{}", o.err());
-
+    let o = run_with(&oci_archive_with(&big, false), limits);
+    assert!(matches!(o.error, Some(ArchiveError::BadConfig { .. })), "{}", o.err());
+    // Held JSON beyond its budget.
+    let limits = ArchiveLimits { max_held_json_bytes: 100, ..ArchiveLimits::default() };
+    let o = run_with(&legacy_archive(), limits);
+    assert!(matches!(o.error, Some(ArchiveError::TooMuchJson { .. })), "{}", o.err());
     for bad in [&b"not json"[..], b"{\"a\":", b"[1,2]", b""] {
         for manifest_first in [false, true] {
             let o = run(&oci_archive_with(bad, manifest_first));
-            assert!(matches!(o.error, Some(ArchiveError::InvalidJson { .. })), "{bad:?}: {}", o.err());
+            assert!(matches!(o.error, Some(ArchiveError::BadConfig { .. })), "{bad:?}: {}", o.err());
         }
     }
 }
@@ -677,30 +903,20 @@ fn refuses_oversize_or_invalid_config() {
 #[test]
 fn refuses_invalid_manifests() {
     let o = run(&manifest_entries(b"[{\"Config\": ".to_vec()));
-    assert!(o.err().starts_with("manifest.json is not valid JSON: "), "{}", o.err());
+    assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
     let o = run(&manifest_entries(b"{}".to_vec()));
     assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
-    let o = run(&manifest_entries(b"[]".to_vec()));
-    assert_eq!(o.err(), "manifest.json lists no images");
+    assert_eq!(run(&manifest_entries(b"[]".to_vec())).err(), "manifest.json lists no images");
     let o = run(&manifest_entries(br#"[{"Config":"a.json","Layers":"x"}]"#.to_vec()));
     assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
     let o = run(&manifest_entries(br#"[{"Config":"a.json","RepoTags":[1],"Layers":[]}]"#.to_vec()));
     assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
-    // Go's decoder would read "config" (or "Layer\u017f") as the real field.
-    let cfg = format!("{}.json", hex(2));
+    let cfg = cfg_name(&config_json());
     let sneaky = format!(r#"[{{"Config":"{cfg}","config":"other.json","Layers":[]}}]"#);
     let o = run(&manifest_entries(sneaky.into_bytes()));
-    assert!(o.err().contains("which Docker would read as \"Config\""), "{}", o.err());
-    let sneaky = format!("[{{\"Config\":\"{cfg}\",\"Layers\":[],\"Layer\u{17f}\":[\"x\"]}}]");
-    let o = run(&manifest_entries(sneaky.into_bytes()));
-    assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
+    assert!(o.err().contains("the same field to Docker"), "{}", o.err());
     let o = run(&manifest_entries(manifest("../escape.json", &[], &[])));
     assert!(matches!(o.error, Some(ArchiveError::BadManifest { .. })), "{}", o.err());
-    // Invalid JSON is refused before Docker sees the manifest's header.
-    let data = manifest_entries(b"[{\"Config\": ".to_vec());
-    let o = run(&data);
-    let manifest_header = data.windows(13).position(|w| w == b"manifest.json").expect("manifest header");
-    assert!(o.out.len() < manifest_header);
 }
 
 #[test]
@@ -722,7 +938,7 @@ fn refuses_garbage_bytes() {
     let o = run(b"hello");
     assert!(matches!(o.error, Some(ArchiveError::NotTar { .. })), "{}", o.err());
     let o = run(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
-    assert!(matches!(o.error, Some(ArchiveError::Compressed { format: "gzip" })));
+    assert!(matches!(o.error, Some(ArchiveError::Gzip { .. })), "{}", o.err());
 }
 
 #[test]
@@ -735,8 +951,12 @@ fn refuses_truncated_archives() {
             "cut at {cut}: {}",
             o.err()
         );
+        let z = gzip(&data[..cut]);
+        let o = run(&z);
+        assert!(o.result.is_err(), "gzip cut at {cut}");
+        let o = run(&z[..z.len() - 3]);
+        assert!(matches!(o.error, Some(ArchiveError::Gzip { .. })), "gzip stream cut: {}", o.err());
     }
-    assert!(run(&data[..data.len() - 1]).err().starts_with("truncated archive"));
 }
 
 #[test]
@@ -749,9 +969,7 @@ fn refuses_empty_input() {
 fn refuses_trailing_data() {
     let mut data = legacy_archive();
     data.extend_from_slice(b"more");
-    let o = run(&data);
-    assert!(matches!(o.error, Some(ArchiveError::TrailingData { .. })), "{}", o.err());
-    // A second archive glued on.
+    assert!(matches!(run(&data).error, Some(ArchiveError::TrailingData { .. })));
     let mut data = legacy_archive();
     data.extend(legacy_archive());
     assert!(run(&data).err().contains("after its end-of-archive marker"));
@@ -759,34 +977,40 @@ fn refuses_trailing_data() {
 
 #[test]
 fn refuses_structural_tricks() {
-    // Too many entries.
     let limits = ArchiveLimits { max_entries: 3, ..ArchiveLimits::default() };
-    let o = run_with(&legacy_archive(), limits);
-    assert_eq!(o.err(), "image archive has too many entries (the limit is 3)");
-    // Same name twice.
+    assert_eq!(run_with(&legacy_archive(), limits).err(), "image archive has too many entries (the limit is 3)");
     let o = run(&with_extra(file(format!("./{}//VERSION", hex(1)), b"1.0".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::Duplicate { .. })), "{}", o.err());
     let o = run(&with_extra(file(hex(1), b"".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::Duplicate { .. })), "{}", o.err());
-    // A directory with a size: Go would skip 0 bytes, a naive reader 1024.
     let o = run(&with_extra(entry("dir/", Kind::Raw { typeflag: b'5', size_field: 1024, data: vec![] })));
     assert!(o.err().contains("non-zero size"), "{}", o.err());
-    // Whiteout names.
     let o = run(&with_extra(file("x/.wh.layer.tar", b"".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::BadName { .. })), "{}", o.err());
-    // Over-long names.
     let limits = ArchiveLimits { max_path_len: 50, ..ArchiveLimits::default() };
     let o = run_with(&with_extra(file("a".repeat(60), b"".to_vec())), limits);
     assert!(matches!(o.error, Some(ArchiveError::PathTooLong { .. })), "{}", o.err());
-    // Too deep.
     let o = run(&with_extra(file("a/".repeat(40) + "x", b"".to_vec())));
     assert!(matches!(o.error, Some(ArchiveError::PathTooDeep { .. })), "{}", o.err());
+    // Names beyond the memory budget.
+    let limits = ArchiveLimits { max_name_bytes: 2000, ..ArchiveLimits::default() };
+    let mut entries = legacy_entries();
+    for i in 0..40 {
+        entries.insert(1, file(format!("n{i}/{}", "x".repeat(100)), b"".to_vec()));
+    }
+    let o = run_with(&build(&entries), limits);
+    assert!(matches!(o.error, Some(ArchiveError::TooManyNames { .. })), "{}", o.err());
     // A single zero block followed by data.
-    let mut data = legacy_archive();
-    let end = tar_end(&data).expect("tar");
-    data[end + 600] = 1;
+    let mut data = build(&legacy_entries());
+    let at = data.len() - 1024 + 600;
+    data[at] = 1;
     let o = run(&data);
     assert!(o.err().contains("single zero block"), "{}", o.err());
+    // A first name that would make Docker take the host's archive for bzip2.
+    let long_name = entry("././@LongLink", Kind::Raw { typeflag: b'L', size_field: 8, data: b"BZh91/x\0".to_vec() });
+    let o = run(&build(&[long_name, file("ignored", layer_tar(b"x"))]));
+    assert!(o.out.is_empty(), "{:?}", o.result);
+    assert!(matches!(o.error, Some(ArchiveError::BadName { .. })), "{}", o.err());
 }
 
 #[test]
@@ -800,7 +1024,7 @@ fn input_errors_are_reported() {
     let o = futures::executor::block_on(run_stream(futures::stream::iter(chunks), ArchiveLimits::default()));
     assert_eq!(o.err(), "reading the image archive failed: glance connection reset");
     assert!(matches!(o.error, Some(ArchiveError::Input { .. })));
-    assert!(o.out.len() <= 2048);
+    check_invariants(&data, &o);
 }
 
 // ---------------------------------------------------------------------------
@@ -808,11 +1032,17 @@ fn input_errors_are_reported() {
 // ---------------------------------------------------------------------------
 
 fn valid_archives() -> Vec<Vec<u8>> {
-    vec![legacy_archive(), oci_archive(), oci_archive_with(&config_json(), true), build(&legacy_entries())]
+    vec![
+        legacy_archive(),
+        oci_archive(),
+        oci_archive_with(&config_json(), true),
+        build(&legacy_entries()),
+        gzip(&legacy_archive()),
+    ]
 }
 
 fn invalid_archives() -> Vec<Vec<u8>> {
-    let cfg = format!("{}.json", hex(2));
+    let cfg = cfg_name(&config_json());
     let mut missing_manifest = legacy_entries();
     missing_manifest.pop();
     vec![
@@ -826,6 +1056,7 @@ fn invalid_archives() -> Vec<Vec<u8>> {
         oci_archive_with(b"nope", false),
         legacy_archive()[..3000].to_vec(),
         b"definitely not a tar archive".repeat(40),
+        gzip(&legacy_archive()[..3000]),
     ]
 }
 
@@ -836,32 +1067,31 @@ fn sizes() -> impl Strategy<Value = Vec<usize>> {
 proptest! {
     #![proptest_config(ProptestConfig::default())]
 
-    /// Any chunking of a valid archive passes it through byte for byte.
+    /// Any chunking of a valid archive gives the same output.
     #[test]
-    fn chunking_never_changes_valid_output(which in 0usize..4, sizes in sizes()) {
+    fn chunking_never_changes_valid_output(which in 0usize..5, sizes in sizes()) {
         let data = &valid_archives()[which];
+        let whole = run(data);
         let o = run_chunks(chunked(data, &sizes), ArchiveLimits::default());
         check_invariants(data, &o);
         prop_assert!(o.result.is_ok(), "{:?}", o.result);
-        prop_assert_eq!(&o.out, data);
+        prop_assert_eq!(&o.out, &whole.out);
     }
 
-    /// Any chunking of an invalid archive gives the same verdict and the
-    /// same output prefix.
+    /// Any chunking of an invalid archive gives the same verdict.
     #[test]
-    fn chunking_never_changes_the_verdict(which in 0usize..10, sizes in sizes()) {
+    fn chunking_never_changes_the_verdict(which in 0usize..11, sizes in sizes()) {
         let data = &invalid_archives()[which];
         let whole = run(data);
         let o = run_chunks(chunked(data, &sizes), ArchiveLimits::default());
         check_invariants(data, &o);
         prop_assert!(o.result.is_err());
         prop_assert_eq!(&o.result.as_ref().err(), &whole.result.as_ref().err());
-        prop_assert_eq!(&o.out, &whole.out);
     }
 
     /// Every proper prefix of a valid archive is refused.
     #[test]
-    fn every_prefix_is_refused(which in 0usize..4, cut in any::<prop::sample::Index>(), sizes in sizes()) {
+    fn every_prefix_is_refused(which in 0usize..5, cut in any::<prop::sample::Index>(), sizes in sizes()) {
         let data = &valid_archives()[which];
         let cut = cut.index(data.len());
         let o = run_chunks(chunked(&data[..cut], &sizes), ArchiveLimits::default());
@@ -876,43 +1106,48 @@ proptest! {
         check_invariants(&data, &o);
     }
 
-    /// Random mutations of valid archives never panic and never let a
-    /// refused archive through whole.
+    /// Random mutations of valid archives never panic, and whatever is
+    /// accepted comes out well-formed.
     #[test]
     fn mutations_never_panic(
-        which in 0usize..4,
+        which in 0usize..5,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..8),
         sizes in sizes(),
     ) {
-        let mut data = valid_archives()[which].clone();
-        for (at, value, how) in edits {
-            if data.is_empty() {
-                break;
-            }
-            let i = at.index(data.len());
-            match how {
-                0 => data[i] = value,
-                1 => { data.insert(i, value); }
-                2 => { data.remove(i); }
-                _ => {
-                    // Mutate a header field and fix the checksum, so the
-                    // mutation reaches the parser behind the checksum test.
-                    let block = i / 512 * 512;
-                    if block + 512 <= data.len() && header_checksum_ok(&data[block..block + 512]) {
-                        data[block + (i % 512)] = value;
-                        fix_checksum(&mut data[block..block + 512]);
-                    }
-                }
-            }
-        }
+        let data = mutate(&valid_archives()[which], &edits);
         let o = run_chunks(chunked(&data, &sizes), ArchiveLimits::default());
         check_invariants(&data, &o);
     }
 }
 
-/// Random archives made of hostile-looking pieces: names with `..`, `.`,
-/// empty components and metadata names, every entry type, links to
-/// anything, and JSON that may or may not fit.
+/// Applies byte edits; kind 3 edits a header field and fixes its checksum,
+/// so the mutation reaches the parser behind the checksum test.
+pub fn mutate(data: &[u8], edits: &[(prop::sample::Index, u8, u8)]) -> Vec<u8> {
+    let mut data = data.to_vec();
+    for (at, value, how) in edits {
+        if data.is_empty() {
+            break;
+        }
+        let i = at.index(data.len());
+        match how {
+            0 => data[i] = *value,
+            1 => data.insert(i, *value),
+            2 => {
+                data.remove(i);
+            }
+            _ => {
+                let block = i / 512 * 512;
+                if block + 512 <= data.len() && header_checksum_ok(&data[block..block + 512]) {
+                    data[block + (i % 512)] = *value;
+                    fix_checksum(&mut data[block..block + 512]);
+                }
+            }
+        }
+    }
+    data
+}
+
+/// Random archives made of hostile-looking pieces.
 fn hostile_entries() -> impl Strategy<Value = Vec<Entry>> {
     let component = prop_oneof![
         Just("a".to_string()),
@@ -933,7 +1168,7 @@ fn hostile_entries() -> impl Strategy<Value = Vec<Entry>> {
         Just(layer_tar(b"x")),
         Just(b"[]".to_vec()),
         Just(manifest("c.json", &["t:1"], &["a/layer.tar"])),
-        Just(manifest("a/c.json", &[], &["a/layer.tar", "b/layer.tar"])),
+        Just(manifest(&cfg_name(&config_json()), &[], &["a/layer.tar", "b/layer.tar"])),
         prop::collection::vec(any::<u8>(), 0..700),
     ];
     let kind = prop_oneof![
@@ -963,7 +1198,9 @@ proptest! {
         let o = run_chunks(chunked(&data, &sizes), ArchiveLimits::default());
         check_invariants(&data, &o);
         prop_assert_eq!(&o.result.as_ref().err(), &whole.result.as_ref().err());
-        prop_assert_eq!(&o.out, &whole.out);
+        if o.result.is_ok() {
+            prop_assert_eq!(&o.out, &whole.out);
+        }
     }
 }
 
@@ -983,11 +1220,11 @@ fn fix_checksum(block: &mut [u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// Real docker save output
+// Real docker save output, and the real engine
 // ---------------------------------------------------------------------------
 
-fn fixture(name: &str) -> Option<PathBuf> {
-    Some(crate::common::fixture(name))
+fn fixture(name: &str) -> PathBuf {
+    crate::common::fixture(name)
 }
 
 async fn run_file(path: &Path) -> Outcome {
@@ -997,75 +1234,33 @@ async fn run_file(path: &Path) -> Outcome {
 }
 
 /// `docker save` of an image imported from a rootfs holding bin/busybox
-/// (Docker 20.10, legacy layout).
+/// (Docker 20.10, legacy layout), and of one whose fourth layer repeats the
+/// second (a symlinked layer): the layers come out byte for byte.
 #[tokio::test]
-async fn real_docker_save_archive() {
-    let Some(path) = fixture("busybox-save.tar") else {
-        return;
-    };
-    let data = std::fs::read(&path).expect("read fixture");
-    let o = run_file(&path).await;
-    check_invariants(&data, &o);
-    let s = o.summary();
-    assert_eq!(o.out, data);
-    assert_eq!(s.repo_tags, vec!["nova-docker-archive-test:busybox".to_string()]);
-    let digest = s.config_digest.as_deref().expect("config digest");
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
-    assert_eq!(s.layers.len(), 1);
-    assert!(s.layers[0].ends_with("/layer.tar"));
+async fn real_docker_save_archives() {
+    for (name, layers) in [("busybox-save.tar", 1), ("busybox-symlink-save.tar", 4)] {
+        let path = fixture(name);
+        let data = std::fs::read(&path).expect("read fixture");
+        let o = run_file(&path).await;
+        check_invariants(&data, &o);
+        let s = o.summary();
+        assert_eq!(s.layers.len(), layers);
+        assert!(s.dropped_tags.iter().all(|t| t.starts_with("nova-docker-archive-test:")), "{:?}", s.dropped_tags);
+        assert_eq!(s.image_id, s.source_config_digest, "an image without volumes keeps its ID");
+        let (entries, _) = read_output(&o.out);
+        for l in &s.layers {
+            let sent = entries.iter().find(|e| &e.name == l).expect("layer sent");
+            assert_eq!(Some(&sent.data), input_file(&data, l).as_ref(), "{l} changed on the way");
+        }
+    }
 }
 
-/// `docker save` of an image whose fourth layer repeats the second one, so
-/// the engine wrote `<id>/layer.tar` as a symlink to `../<other>/layer.tar`.
-#[tokio::test]
-async fn real_docker_save_archive_with_symlinked_layer() {
-    let Some(path) = fixture("busybox-symlink-save.tar") else {
-        return;
-    };
-    let data = std::fs::read(&path).expect("read fixture");
-    let o = run_file(&path).await;
-    check_invariants(&data, &o);
-    assert_eq!(o.summary().layers.len(), 4);
-    assert_eq!(o.out, data);
-}
-
-/// End to end with the real engine: pipe validated bytes into `docker load`,
-/// closing its stdin *cleanly* on error (the worst consumer). A refused
-/// archive must not be loaded; the valid one must.
-#[tokio::test]
-async fn real_docker_load_sees_only_validated_archives() {
-    let Some(path) = fixture("busybox-save.tar") else {
-        return;
-    };
-    assert!(Path::new("/var/run/docker.sock").exists(), "no Docker engine at /var/run/docker.sock");
-    let tag = "nova-docker-archive-test:busybox";
-    let good = std::fs::read(&path).expect("read fixture");
-
-    // Same archive plus a dangling symlink as its last entry: Docker itself
-    // would load it; the validator only refuses it at the very end.
-    let end = tar_end(&good).expect("fixture is a tar");
-    let mut bad = good[..end].to_vec();
-    let layer_dir = std::str::from_utf8(&good[..64]).expect("first entry is the layer dir");
-    let h = raw_header(format!("{layer_dir}/extra").as_bytes(), b'2', 0, b"../missing");
-    push_block(&mut bad, &h, b"");
-    bad.extend_from_slice(&[0; 1024]);
-
-    let _ = std::process::Command::new("docker").args(["rmi", tag]).output();
-    let (loaded, error) = docker_load(bad).await;
-    assert!(matches!(error, Some(ArchiveError::SymlinkDangling { .. })), "{error:?}");
-    assert!(!loaded, "docker load accepted a refused archive");
-    assert!(!image_exists(tag), "refused image was loaded");
-
-    let (loaded, error) = docker_load(good).await;
-    assert!(error.is_none(), "{error:?}");
-    assert!(loaded, "docker load failed on a valid archive");
-    assert!(image_exists(tag));
-}
-
-async fn docker_load(data: Vec<u8>) -> (bool, Option<ArchiveError>) {
+/// What `docker load` of the host's archive printed, whether it succeeded,
+/// and the engine's images afterwards (id -> tags).
+async fn docker_load(host: &str, data: Vec<u8>) -> (Option<ArchiveError>, Result<String, String>) {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new("docker")
-        .arg("load")
+        .args(["-H", host, "load"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1074,29 +1269,156 @@ async fn docker_load(data: Vec<u8>) -> (bool, Option<ArchiveError>) {
     let mut stdin = child.stdin.take().expect("stdin");
     let chunks = chunked(&data, &[4096, 100_000, 7]);
     let input = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
-    let (stream, _summary) = validate(input, ArchiveLimits::default());
+    let (stream, _summary) = canonicalize(input, ArchiveLimits::default());
     let mut stream = Box::pin(stream);
     let mut error = None;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(bytes) => stdin.write_all(&bytes).await.expect("write to docker load"),
+            Ok(bytes) => {
+                if stdin.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
             Err(e) => {
                 error = Some(e);
                 break;
             }
         }
     }
-    stdin.shutdown().await.expect("close stdin");
+    // The worst consumer: it closes the body cleanly even after an error.
+    let _ = stdin.shutdown().await;
     drop(stdin);
     let output = child.wait_with_output().await.expect("docker load");
-    let _ = std::io::stderr().write_all(&output.stderr);
-    (output.status.success(), error)
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let result =
+        if output.status.success() { Ok(text) } else { Err(String::from_utf8_lossy(&output.stderr).to_string()) };
+    (error, result)
 }
 
-fn image_exists(tag: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["image", "inspect", tag])
+/// Every image on the engine with its tags.
+pub fn engine_images(host: &str) -> HashMap<String, Vec<String>> {
+    let out = std::process::Command::new("docker")
+        .args(["-H", host, "images", "-a", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .expect("docker images");
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((id, tag)) = line.split_once(' ') {
+            let tags = map.entry(id.to_string()).or_default();
+            if tag != "<none>:<none>" {
+                tags.push(tag.to_string());
+                tags.sort();
+            }
+        }
+    }
+    map
+}
+
+/// A loadable archive: real diff IDs, `n` layers of `seed`-derived files,
+/// the chosen layout, tags and volumes.
+fn loadable_archive(seed: u32, n: usize, oci: bool, volumes: bool, gzip_layers: bool) -> Vec<u8> {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for i in 0..n {
+        let mut b = tar::Builder::new(Vec::new());
+        add_file(&mut b, &format!("f{seed}-{i}"), format!("layer {i} of {seed}").as_bytes());
+        let plain = finish(b);
+        diff_ids.push(sha256(&plain));
+        layers.push(if gzip_layers { gzip(&plain) } else { plain });
+    }
+    let vols = if volumes { r#","Volumes":{"/data":{}}"# } else { "" };
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/f"],"Labels":{{"seed":"{seed}"}}{vols}}},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
+        serde_json::to_string(&diff_ids).expect("ids")
+    )
+    .into_bytes();
+    let mut b = tar::Builder::new(Vec::new());
+    let (cfg, layer_paths): (String, Vec<String>) = if oci {
+        let paths = layers.iter().map(|l| format!("blobs/sha256/{}", &sha256(l)[7..])).collect();
+        (format!("blobs/sha256/{}", &sha256(&config)[7..]), paths)
+    } else {
+        (cfg_name(&config), (0..n).map(|i| format!("{}/layer.tar", hex(seed * 100 + i as u32))).collect())
+    };
+    for (p, l) in layer_paths.iter().zip(&layers) {
+        add_file(&mut b, p, l);
+    }
+    add_file(&mut b, &cfg, &config);
+    let refs: Vec<&str> = layer_paths.iter().map(String::as_str).collect();
+    add_file(&mut b, "manifest.json", &manifest(&cfg, &["busybox:latest", &format!("glance/{seed}:latest")], &refs));
+    finish(b)
+}
+
+/// Differential: for archives the canonicalizer accepts, what the real
+/// engine ends up with is exactly what the summary said: one new image with
+/// that ID, no tags, the layers counted; no other image or tag changed.
+/// A refused archive changes nothing, even when the body is closed cleanly.
+/// On a private engine, so that no other test's images move meanwhile; it
+/// starts with images tagged as the archives' tags claim.
+#[tokio::test]
+async fn docker_ends_up_with_exactly_what_the_canonicalizer_reported() {
+    let engine =
+        crate::faults::PrivateDocker::start(&std::env::temp_dir().join(crate::common::unique("nd-diff"))).await;
+    let host = format!("unix://{}", engine.socket().display());
+    let host = host.as_str();
+    for tag in ["busybox:latest", "glance/1:latest"] {
+        let seeded = loadable_archive(1, 1, false, false, false);
+        let (_, loaded) = docker_load(host, seeded).await;
+        let id = loaded.expect("seed").trim().trim_start_matches("Loaded image ID: ").to_string();
+        let ok = std::process::Command::new("docker").args(["-H", host, "tag", &id, tag]).status().expect("tag");
+        assert!(ok.success());
+    }
+    let mut cases = Vec::new();
+    for (i, (oci, volumes, gz_layers, gz_outer)) in [
+        (false, false, false, false),
+        (true, false, false, false),
+        (false, true, false, true),
+        (true, true, true, false),
+        (false, false, true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = std::process::id() % 10_000 * 10 + i as u32;
+        let data = loadable_archive(seed, 1 + i % 3, oci, volumes, gz_layers);
+        cases.push(if gz_outer { gzip(&data) } else { data });
+    }
+    for data in cases {
+        let expected = run(&data);
+        let summary = expected.summary().clone();
+        let before = engine_images(host);
+        let (error, loaded) = docker_load(host, data).await;
+        assert!(error.is_none(), "{error:?}");
+        let printed = loaded.expect("docker load of an accepted archive");
+        assert_eq!(printed.trim(), format!("Loaded image ID: {}", summary.image_id));
+        let after = engine_images(host);
+        for (id, tags) in &before {
+            assert_eq!(after.get(id), Some(tags), "image {id} changed");
+        }
+        let new: Vec<_> = after.keys().filter(|id| !before.contains_key(*id)).collect();
+        if before.contains_key(&summary.image_id) {
+            assert!(new.is_empty(), "{new:?}");
+        } else {
+            assert_eq!(new, vec![&summary.image_id]);
+        }
+        assert_eq!(after[&summary.image_id], Vec::<String>::new());
+        let inspect = std::process::Command::new("docker")
+            .args(["-H", host, "image", "inspect", "--format", "{{len .RootFS.Layers}} {{json .Config.Volumes}}"])
+            .arg(&summary.image_id)
+            .output()
+            .expect("inspect");
+        let inspect = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+        assert_eq!(inspect, format!("{} null", summary.layers.len()));
+        let _ = std::process::Command::new("docker").args(["-H", host, "rmi", &summary.image_id]).output();
+    }
+
+    // Refused at the very end (a layer the manifest names is not there),
+    // with the consumer closing its input cleanly: nothing is loaded.
+    let mut entries = legacy_entries();
+    entries[4] = file("manifest.json", manifest(&cfg_name(&config_json()), &["nd-refused:x"], &["missing/layer.tar"]));
+    let before = engine_images(host);
+    let (error, loaded) = docker_load(host, build(&entries)).await;
+    assert!(matches!(error, Some(ArchiveError::MissingBlob { .. })), "{error:?}");
+    assert!(loaded.is_err(), "docker load accepted a refused archive: {loaded:?}");
+    assert_eq!(engine_images(host), before, "a refused archive changed the engine's images");
+    drop(engine);
 }

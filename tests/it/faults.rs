@@ -73,17 +73,17 @@ async fn amqp_connection_killed_during_a_boot() {
 
 /// A private Docker engine (its own socket, data and containerd namespace),
 /// which the test can restart without touching the machine's engine.
-struct PrivateDocker {
+pub(crate) struct PrivateDocker {
     dir: PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl PrivateDocker {
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("docker.sock")
     }
 
-    async fn start(dir: &Path) -> PrivateDocker {
+    pub(crate) async fn start(dir: &Path) -> PrivateDocker {
         std::fs::create_dir_all(dir).unwrap();
         let mut d = PrivateDocker { dir: dir.to_path_buf(), child: None };
         d.launch().await;

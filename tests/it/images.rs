@@ -18,6 +18,15 @@ async fn docker_exec(container: &str, cmd: &str) -> String {
 }
 
 /// A request on one Glance image (`/v2/images/{id}`), with the admin token.
+/// The `repo:tag` references of the machine engine in `repository`.
+pub fn references(repository: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["images", repository, "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
 async fn glance_request(cloud: &Cloud, method: reqwest::Method, id: &str) -> reqwest::Response {
     let url = format!("{}/v2/images/{id}", cloud.var("ND_GLANCE"));
     reqwest::Client::new().request(method, url).header("X-Auth-Token", cloud.var("ND_TOKEN")).send().await.unwrap()
@@ -59,11 +68,7 @@ async fn snapshot_boots_again(release: Release) {
     let snapshot_action = cloud.actions(&id).await.into_iter().find(|a| a["action"] == "createImage").unwrap();
     assert_eq!(snapshot_action["events"][0]["result"], "Success", "{snapshot_action}");
     // The committed image does not stay on the host (keep_snapshot_images = false).
-    let out = std::process::Command::new("docker")
-        .args(["image", "inspect", &format!("glance/{snap}:latest")])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "committed image removed after upload");
+    assert!(references(&format!("glance/{snap}")).is_empty(), "committed image kept after upload");
 
     // The uploaded bytes are a docker-save archive Docker loads.
     let bytes = reqwest::Client::new()
@@ -79,9 +84,10 @@ async fn snapshot_boots_again(release: Release) {
     std::fs::write(&path, &bytes).unwrap();
     let out = std::process::Command::new("docker").args(["load", "-i"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "docker load: {}", String::from_utf8_lossy(&out.stderr));
+    // The host's own archive: no tag in it, only the image.
     let loaded = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(loaded.contains(&format!("glance/{snap}")), "{loaded}");
-    let _ = std::process::Command::new("docker").args(["rmi", &format!("glance/{snap}:latest")]).output();
+    let loaded_id = loaded.trim().strip_prefix("Loaded image ID: ").unwrap_or_else(|| panic!("{loaded}"));
+    let _ = std::process::Command::new("docker").args(["rmi", loaded_id]).output();
 
     // A server booted from the snapshot has the file (downloaded from Glance,
     // since this host kept nothing).
@@ -141,8 +147,11 @@ async fn image_import_then_boot() {
     assert!(out["output"].as_str().unwrap().contains("line "), "{out}");
     cloud.delete_server(&server, T).await;
 
-    // fetch: Glance -> docker load, under the cache tag.
-    let _ = std::process::Command::new("docker").args(["rmi", &format!("glance/{id}:latest")]).output();
+    // fetch: Glance -> docker load, bound to the Glance image by a reference
+    // that names the loaded image's ID.
+    for r in references(&format!("glance/{id}")) {
+        let _ = std::process::Command::new("docker").args(["rmi", &r]).output();
+    }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
         .args(["image", "fetch", &id, "--config-file"])
         .arg(&host.conf)
@@ -151,11 +160,8 @@ async fn image_import_then_boot() {
         .await
         .unwrap();
     assert!(out.status.success(), "fetch: {}", String::from_utf8_lossy(&out.stderr));
-    let inspect = std::process::Command::new("docker")
-        .args(["image", "inspect", &format!("glance/{id}:latest")])
-        .output()
-        .unwrap();
-    assert!(inspect.status.success(), "fetched image tagged glance/<id>");
+    let fetched = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(references(&format!("glance/{id}")), vec![format!("glance/{id}:{}", &fetched["sha256:".len()..])]);
     host.stop().await;
 }
 
