@@ -112,6 +112,11 @@ fn docker_settings() -> DockerSettings {
         keep_snapshot_images: false,
         max_image_manifest_bytes: 1 << 20,
         instances_path: std::path::PathBuf::from("/tmp/nd-instances"),
+        root_disk_limit: nova_docker::config::RootDiskLimit::Auto,
+        root_disk_measure_interval: Duration::from_secs(60),
+        root_disk_over_limit_action: nova_docker::config::OverLimitAction::Stop,
+        zero_disk_flavor_root_gb: 0,
+        console_log_max_bytes: 2 << 20,
     }
 }
 
