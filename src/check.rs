@@ -159,7 +159,7 @@ fn check_root_disk(settings: &Settings, d: &DockerDriver, r: &mut Report) {
     }
     if mode.enforcement != Enforcement::Off && settings.docker.zero_disk_flavor_root_gb == 0 {
         r.warn(
-            "root disk",
+            "zero-disk flavors",
             "instances of flavors with root_gb = 0 have no root disk limit (Nova's policy lets only admins boot \
              them); set [docker] zero_disk_flavor_root_gb to limit them",
         );
