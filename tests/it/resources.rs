@@ -113,11 +113,6 @@ async fn image_health_check_cannot_make_the_host_exec() {
     let _ = docker_cli(None, &["rm", "-f", &control]);
 
     let c = inspect(&docker, &id).await.expect("the instance's container");
-    assert_eq!(
-        c.config.as_ref().unwrap().healthcheck.as_ref().unwrap().test.as_deref(),
-        Some(&["NONE".to_string()][..])
-    );
-    assert!(c.state.as_ref().unwrap().health.is_none(), "no health state: {:?}", c.state);
     let cid = c.id.unwrap();
     let (ok, events) = docker_cli(
         None,
@@ -137,6 +132,12 @@ async fn image_health_check_cannot_make_the_host_exec() {
     assert!(!events.contains("exec_create") && !events.contains("health_status"), "events: {events}");
     let (ran, _) = docker_cli(None, &["exec", &format!("nova-{id}"), "test", "-e", "/tmp/healthcheck-ran"]);
     assert!(!ran, "the image's health check ran in the instance");
+    // The engine keeps no health state for it.
+    assert_eq!(
+        c.config.as_ref().unwrap().healthcheck.as_ref().unwrap().test.as_deref(),
+        Some(&["NONE".to_string()][..])
+    );
+    assert!(c.state.as_ref().unwrap().health.is_none(), "no health state: {:?}", c.state);
     cloud.delete_server(&id, T).await;
     host.stop().await;
 }
@@ -388,8 +389,6 @@ async fn root_disk_quota_on_btrfs_stops_writes_at_root_gb() {
     let id = boot(&cloud, "quota", &image, &name, "42").await;
     let private =
         Docker::connect_with_unix(&engine.socket().display().to_string(), 60, bollard::API_DEFAULT_VERSION).unwrap();
-    let c = inspect(&private, &id).await.unwrap();
-    assert_eq!(c.host_config.unwrap().storage_opt.unwrap()["size"], "1G");
     let (ok, out) = docker_cli(
         Some(&engine.socket()),
         &["exec", &format!("nova-{id}"), "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=1100; ls -l /fill"],
@@ -403,6 +402,9 @@ async fn root_disk_quota_on_btrfs_stops_writes_at_root_gb() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
     assert!(written <= 1 << 30, "{written} bytes written past a 1 GiB quota");
+    // The engine was asked for exactly the flavor's root_gb.
+    let c = inspect(&private, &id).await.unwrap();
+    assert_eq!(c.host_config.unwrap().storage_opt.unwrap()["size"], "1G");
     // The quota did the work: the instance is not stopped.
     assert_eq!(cloud.server(&id).await.unwrap()["status"], "ACTIVE");
     assert!(!host.log_text().contains("root disk over its limit"));
