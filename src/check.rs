@@ -117,6 +117,14 @@ async fn check_docker(settings: &Settings, r: &mut Report) {
                         v.api_version.unwrap_or_default()
                     ),
                 );
+                check_root_disk(settings, &d, r);
+                r.ok(
+                    "console log",
+                    format!(
+                        "each instance keeps at most {} bytes of output on the host (json-file, rotated)",
+                        settings.docker.console_log_max_bytes
+                    ),
+                );
                 if let Ok(info) = d.client().info().await {
                     let userns = info.security_options.unwrap_or_default().iter().any(|o| o.contains("userns"));
                     if !userns && settings.docker.userns_mode.is_none() {
@@ -128,6 +136,33 @@ async fn check_docker(settings: &Settings, r: &mut Report) {
         },
         Ok(Err(e)) => r.fail("docker", e.to_string()),
         Err(_) => r.fail("docker", format!("no answer from {path} within 15 s")),
+    }
+}
+
+/// Which root disk mode the host is in, and why.
+fn check_root_disk(settings: &Settings, d: &DockerDriver, r: &mut Report) {
+    use crate::config::OverLimitAction;
+    use crate::virt::Driver;
+    use crate::virt::root_disk::Enforcement;
+    let mode = d.root_disk_mode();
+    match mode.enforcement {
+        _ if mode.quota_unsupported => r.fail("root disk", &mode.reason),
+        Enforcement::Quota => r.ok("root disk", format!("quota: {}", mode.reason)),
+        Enforcement::Measure => {
+            let action = match settings.docker.root_disk_over_limit_action {
+                OverLimitAction::Stop => "stopped with a fault",
+                OverLimitAction::Log => "only logged (root_disk_over_limit_action = log)",
+            };
+            r.ok("root disk", format!("measure: {}; an instance over its root_gb is {action}", mode.reason))
+        }
+        Enforcement::Off => r.warn("root disk", &mode.reason),
+    }
+    if mode.enforcement != Enforcement::Off && settings.docker.zero_disk_flavor_root_gb == 0 {
+        r.warn(
+            "zero-disk flavors",
+            "instances of flavors with root_gb = 0 have no root disk limit (Nova's policy lets only admins boot \
+             them); set [docker] zero_disk_flavor_root_gb to limit them",
+        );
     }
 }
 

@@ -414,6 +414,25 @@ impl Conductor {
         }
     }
 
+    /// `InstanceAction.action_start`: an action recorded by this host itself
+    /// under the context's request id (Nova's power sync records `stop` this
+    /// way, through its local compute API, before it stops an instance).
+    pub async fn action_start(&self, ctx: &RequestContext, uuid: &str, action: &str) {
+        let r = self
+            .class_action(
+                ctx,
+                "InstanceAction",
+                "action_start",
+                &vec![("InstanceAction", "1.2")],
+                vec![json!(uuid), json!(action)],
+                json!({"want_result": false}),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(instance = uuid, action, error = %e, "could not record the instance action");
+        }
+    }
+
     /// `InstanceActionEvent.event_finish_with_failure` (failure = message and
     /// traceback text; `Error` result when present).
     pub async fn event_finish(&self, ctx: &RequestContext, uuid: &str, event: &str, failure: Option<(&str, &str)>) {

@@ -60,6 +60,29 @@ async fn connect_docker(settings: &Settings, stop: &CancellationToken) -> anyhow
     }
 }
 
+/// Says how root disks are limited; refuses to serve when `quota` was
+/// configured on an engine that cannot enforce one (every boot would fail).
+fn announce_root_disk_mode(settings: &Settings, driver: &DockerDriver) -> anyhow::Result<()> {
+    use crate::virt::Driver;
+    use crate::virt::root_disk::Enforcement;
+    let mode = driver.root_disk_mode();
+    if mode.quota_unsupported {
+        anyhow::bail!("[docker] {}", mode.reason);
+    }
+    match mode.enforcement {
+        Enforcement::Off => tracing::warn!(reason = %mode.reason, "root disks are not limited"),
+        e => {
+            tracing::info!(mode = ?e, reason = %mode.reason, "root disks limited to the flavor's root_gb");
+            if settings.docker.zero_disk_flavor_root_gb == 0 {
+                tracing::warn!(
+                    "instances of flavors with root_gb = 0 have no root disk limit ([docker] zero_disk_flavor_root_gb = 0)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn placement_client(settings: &Settings) -> Option<Placement> {
     let configured = settings.placement.endpoint_override.is_some() || settings.placement.auth != AuthSettings::None;
     if !configured {
@@ -128,6 +151,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state_path {}", settings.state_path.display()))?;
 
     let driver = Arc::new(connect_docker(&settings, &stop).await?);
+    announce_root_disk_mode(&settings, &driver)?;
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     let transport = Transport::start(transport_options(&settings));
     let client = RpcClient::start(transport.clone(), &topology, settings.rpc_response_timeout).await?;
@@ -281,6 +305,12 @@ async fn shutdown(
     Ok(())
 }
 
+/// Whether this host measures root disks (no quota, limits not off).
+fn measures_root_disks(manager: &ComputeManager<DockerDriver>) -> bool {
+    use crate::virt::Driver;
+    manager.driver.root_disk_mode().enforcement == crate::virt::root_disk::Enforcement::Measure
+}
+
 fn spawn_periodic_tasks(
     manager: Arc<ComputeManager<DockerDriver>>,
     records: Arc<crate::compute::host::HostRecords>,
@@ -330,6 +360,21 @@ fn spawn_periodic_tasks(
                 if let Err(e) = m.registrar.refresh(&RequestContext::admin(), &r).await {
                     tracing::warn!(error = %e, "periodic resource update failed");
                 }
+            }
+        });
+    }
+    // Root disks measured where the storage driver cannot cap them.
+    if measures_root_disks(&manager) {
+        let (m, stop) = (manager.clone(), stop.clone());
+        let every = m.settings.docker.root_disk_measure_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // A pass longer than the interval is followed by the next one
+            // an interval later, never by a burst.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+                m.enforce_root_disks().await;
             }
         });
     }

@@ -113,6 +113,11 @@ fn docker_settings() -> DockerSettings {
         max_image_manifest_bytes: 1 << 20,
         max_image_unpacked_bytes: 1 << 30,
         instances_path: std::path::PathBuf::from("/tmp/nd-instances"),
+        root_disk_limit: nova_docker::config::RootDiskLimit::Auto,
+        root_disk_measure_interval: Duration::from_secs(60),
+        root_disk_over_limit_action: nova_docker::config::OverLimitAction::Stop,
+        zero_disk_flavor_root_gb: 0,
+        console_log_max_bytes: 2 << 20,
     }
 }
 

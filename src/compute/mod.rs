@@ -7,6 +7,7 @@
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
 //! - [`snapshot`]: snapshots and backups into Glance;
 //! - [`sync`]: start-up recovery and power-state sync;
+//! - [`root_disk`]: instances over their root disk limit (measure mode);
 //! - [`endpoint`]: the compute RPC methods;
 //! - [`locks`], [`states`], [`errors`]: supporting pieces.
 
@@ -19,6 +20,7 @@ pub mod host;
 pub mod locks;
 pub mod manager;
 pub mod networking;
+pub mod root_disk;
 pub mod snapshot;
 pub mod states;
 pub mod sync;

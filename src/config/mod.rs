@@ -262,6 +262,29 @@ pub enum DeletedInstanceAction {
     Reap,
 }
 
+/// How the flavor's `root_gb` limits an instance's root filesystem
+/// (`[docker] root_disk_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootDiskLimit {
+    /// Quota when the storage driver can enforce one, else measure.
+    Auto,
+    /// The storage driver enforces a size per container (`StorageOpt size`).
+    Quota,
+    /// The writable layer is measured periodically.
+    Measure,
+    /// No limit.
+    Off,
+}
+
+/// What happens to an instance measured over its root disk limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimitAction {
+    /// Stop it, as Nova's power sync would, with a fault saying why.
+    Stop,
+    /// Only log it.
+    Log,
+}
+
 /// Docker-side settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSettings {
@@ -282,7 +305,17 @@ pub struct DockerSettings {
     /// Nova's `instances_path`: where the driver keeps each instance's
     /// generated resolv.conf and hosts (bind-mounted into its container).
     pub instances_path: PathBuf,
+    pub root_disk_limit: RootDiskLimit,
+    pub root_disk_measure_interval: Duration,
+    pub root_disk_over_limit_action: OverLimitAction,
+    /// Root disk limit in GiB for flavors with `root_gb = 0` (0: none).
+    pub zero_disk_flavor_root_gb: u64,
+    /// Bytes of console output kept per instance (all rotated files).
+    pub console_log_max_bytes: u64,
 }
+
+/// The smallest console log cap accepted.
+pub const MIN_CONSOLE_LOG_BYTES: i64 = 65536;
 
 /// Everything the service reads from its configuration, typed and validated.
 #[derive(Debug, Clone)]
@@ -399,6 +432,43 @@ impl Settings {
                 });
             }
         };
+        let root_disk_limit = match l.string(&DOCKER_ROOT_DISK_LIMIT).as_deref() {
+            Some("auto") | None => RootDiskLimit::Auto,
+            Some("quota") => RootDiskLimit::Quota,
+            Some("measure") => RootDiskLimit::Measure,
+            Some("off") => RootDiskLimit::Off,
+            Some(other) => {
+                return Err(ConfigError::BadValue {
+                    group: DOCKER_ROOT_DISK_LIMIT.group,
+                    name: DOCKER_ROOT_DISK_LIMIT.name,
+                    value: other.into(),
+                    expected: "choice of auto, quota, measure or off",
+                });
+            }
+        };
+        let over_limit_action = match l.string(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION).as_deref() {
+            Some("stop") | None => OverLimitAction::Stop,
+            Some("log") => OverLimitAction::Log,
+            Some(other) => {
+                return Err(ConfigError::BadValue {
+                    group: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.group,
+                    name: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.name,
+                    value: other.into(),
+                    expected: "choice of stop or log",
+                });
+            }
+        };
+        let positive = |o: &'static Opt, min: i64, expected: &'static str| -> Result<i64, ConfigError> {
+            let v = int(o)?;
+            if v < min {
+                return Err(ConfigError::BadValue { group: o.group, name: o.name, value: v.to_string(), expected });
+            }
+            Ok(v)
+        };
+        let measure_interval = positive(&DOCKER_ROOT_DISK_MEASURE_INTERVAL, 1, "number of seconds (at least 1)")?;
+        let zero_disk_root_gb = positive(&DOCKER_ZERO_DISK_FLAVOR_ROOT_GB, 0, "number of GiB (0 or more)")?;
+        let console_log_max_bytes =
+            positive(&DOCKER_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_BYTES, "number of bytes (at least 65536)")?;
         let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
         let release = l.string(&DOCKER_NOVA_RELEASE).unwrap_or_else(|| "auto".into());
         if !matches!(release.as_str(), "auto" | "zed" | "2026.2") {
@@ -550,6 +620,11 @@ impl Settings {
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
                 max_image_unpacked_bytes: (int(&DOCKER_MAX_IMAGE_UNPACKED_MB)?.max(1) as u64).saturating_mul(1 << 20),
                 instances_path,
+                root_disk_limit,
+                root_disk_measure_interval: Duration::from_secs(measure_interval as u64),
+                root_disk_over_limit_action: over_limit_action,
+                zero_disk_flavor_root_gb: zero_disk_root_gb as u64,
+                console_log_max_bytes: console_log_max_bytes as u64,
             },
             image_cache_interval: interval(int(&IMAGE_CACHE_MANAGER_INTERVAL)?),
             image_cache_remove_unused: l.bool(&IMAGE_CACHE_REMOVE_UNUSED)?,
@@ -738,6 +813,38 @@ driver = noop
         )
         .unwrap_err();
         assert!(err.to_string().contains("TCP is refused"));
+    }
+
+    #[test]
+    fn host_resource_options_are_read_and_checked() {
+        let base = "[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\n";
+        let s = Settings::from_layered(&Layered::from_text(base).unwrap()).unwrap();
+        assert_eq!(s.docker.root_disk_limit, RootDiskLimit::Auto);
+        assert_eq!(s.docker.root_disk_over_limit_action, OverLimitAction::Stop);
+        assert_eq!(s.docker.root_disk_measure_interval, Duration::from_secs(60));
+        assert_eq!(s.docker.zero_disk_flavor_root_gb, 0);
+        assert_eq!(s.docker.console_log_max_bytes, 2 * 1024 * 1024);
+        let text = format!(
+            "{base}root_disk_limit = measure\nroot_disk_over_limit_action = log\nroot_disk_measure_interval = 2\n\
+             zero_disk_flavor_root_gb = 10\nconsole_log_max_bytes = 65536\n"
+        );
+        let s = Settings::from_layered(&Layered::from_text(&text).unwrap()).unwrap();
+        assert_eq!(s.docker.root_disk_limit, RootDiskLimit::Measure);
+        assert_eq!(s.docker.root_disk_over_limit_action, OverLimitAction::Log);
+        assert_eq!(s.docker.root_disk_measure_interval, Duration::from_secs(2));
+        assert_eq!(s.docker.zero_disk_flavor_root_gb, 10);
+        for bad in [
+            "root_disk_limit = maybe",
+            "root_disk_over_limit_action = delete",
+            "root_disk_measure_interval = 0",
+            "zero_disk_flavor_root_gb = -1",
+            "console_log_max_bytes = 0",
+            "console_log_max_bytes = 1000",
+        ] {
+            let err = Settings::from_layered(&Layered::from_text(&format!("{base}{bad}\n")).unwrap()).unwrap_err();
+            let name = bad.split(' ').next().unwrap();
+            assert!(err.to_string().contains(name), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -223,6 +223,16 @@ opts! {
         "Largest manifest.json or image config accepted in an image archive.";
     DOCKER_MAX_IMAGE_UNPACKED_MB: "docker" "max_image_unpacked_mb" Int = Some("20480"), None,
         "Largest size, in MiB, an image from Glance may unpack to on this host: its archive's files plus what compressed layers inflate to. Bounds the disk one tenant's image can fill (a load takes at most about twice this while it runs); a larger image fails its boot with a clear fault.";
+    DOCKER_ROOT_DISK_LIMIT: "docker" "root_disk_limit" Str = Some("auto"), None,
+        "How the flavor's root_gb limits an instance's root filesystem: quota (the storage driver enforces a size per container: overlay2 on xfs mounted with prjquota, btrfs, zfs; a write past it fails with no space left), measure (the writable layer is measured every root_disk_measure_interval seconds and root_disk_over_limit_action applies to an instance over its root_gb), off (not limited), or auto (quota when the engine's storage driver and its filesystem can enforce it, else measure). nova-docker check says which mode the host is in and why.";
+    DOCKER_ROOT_DISK_MEASURE_INTERVAL: "docker" "root_disk_measure_interval" Int = Some("60"), None,
+        "Seconds between measurements of the instances' writable layers (root_disk_limit = measure). Each pass inspects at most 2 containers at once, each bounded by api_timeout.";
+    DOCKER_ROOT_DISK_OVER_LIMIT_ACTION: "docker" "root_disk_over_limit_action" Str = Some("stop"), None,
+        "What happens to an instance whose measured writable layer exceeds its flavor's root_gb (root_disk_limit = measure): stop (the container is stopped, Nova records a stop action, SHUTOFF and an instance fault saying why) or log (a warning in this service's log only).";
+    DOCKER_ZERO_DISK_FLAVOR_ROOT_GB: "docker" "zero_disk_flavor_root_gb" Int = Some("0"), None,
+        "Root disk limit in GiB for instances of flavors with root_gb = 0 (Nova's policy lets only admins boot those). 0: such instances have no root disk limit; nova-docker check warns about it.";
+    DOCKER_CONSOLE_LOG_MAX_BYTES: "docker" "console_log_max_bytes" Int = Some("2097152"), None,
+        "Most bytes of console output (the container's stdout and stderr) kept on the host per instance, whatever the engine's default log settings: written by the json-file log driver in 4 rotated files of a quarter each (libvirt's virtlogd keeps 2 MiB per file). The console output API returns the newest lines. At least 65536.";
     DOCKER_RPC_MAX_MESSAGE_BYTES: "docker" "rpc_max_message_bytes" Int = Some("4194304"), None,
         "Largest RPC message accepted; bigger ones are logged and dropped.";
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,

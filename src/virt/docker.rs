@@ -10,22 +10,24 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
-    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder,
-    StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    InspectContainerOptions, InspectContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RestartContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::guest_files;
+use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
     Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage, ManagedContainer,
-    PowerState, VirtError,
+    PowerState, RootDiskUsage, VirtError,
 };
 use crate::config::DockerSettings;
 
@@ -35,7 +37,20 @@ pub struct DockerDriver {
     docker: Docker,
     settings: DockerSettings,
     host: String,
+    /// How root disk limits are enforced (decided once at connect).
+    root_disk: RootDiskMode,
 }
+
+/// How many containers a root disk measurement inspects at once: each
+/// inspection walks a writable layer on the engine's side.
+const MEASURE_CONCURRENCY: usize = 2;
+
+/// How many files the console log is rotated over; the cap is split evenly.
+const CONSOLE_LOG_FILES: u64 = 4;
+
+/// Where this process sees its mounts (the engine's data root is looked up
+/// there to read its filesystem's mount options).
+const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 fn engine(op: &str, e: BollardError) -> VirtError {
     match e {
@@ -92,7 +107,8 @@ impl DockerDriver {
             detail: format!("{e} (is the Docker engine running, and may this service use {path}?)"),
             status: None,
         })?;
-        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string() })
+        let root_disk = detect_root_disk(&docker, settings).await?;
+        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string(), root_disk })
     }
 
     /// The bollard client (for image streaming helpers).
@@ -165,9 +181,37 @@ impl DockerDriver {
     }
 }
 
+/// Decides how root disk limits are enforced, from `docker info` and the
+/// mount options of the filesystem holding the engine's storage.
+pub async fn detect_root_disk(docker: &Docker, settings: &DockerSettings) -> Result<RootDiskMode, VirtError> {
+    let info = docker.info().await.map_err(|e| engine("info", e))?;
+    let storage = EngineStorage::from_info(&info);
+    // Unreadable: no mount is found, and quota detection says so.
+    let mountinfo = tokio::fs::read_to_string(MOUNTINFO).await.unwrap_or_default();
+    Ok(root_disk::decide(settings.root_disk_limit, &storage, &mountinfo, settings.root_disk_measure_interval.as_secs()))
+}
+
+/// The json-file log settings that keep at most `max_bytes` of an
+/// instance's output on the host, whatever the daemon's defaults.
+fn log_config(max_bytes: u64) -> HostConfigLogConfig {
+    let per_file = (max_bytes / CONSOLE_LOG_FILES).max(1);
+    HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), per_file.to_string()),
+            ("max-file".to_string(), CONSOLE_LOG_FILES.to_string()),
+        ])),
+    }
+}
+
 /// The create request of an instance's container; `binds` put its generated
-/// /etc files in place.
-fn create_body(spec: &ContainerSpec, binds: Vec<String>) -> ContainerCreateBody {
+/// /etc files in place; `quota` asks the storage driver to cap the root
+/// filesystem at the spec's limit.
+fn create_body(spec: &ContainerSpec, binds: Vec<String>, quota: bool) -> ContainerCreateBody {
+    let storage_opt = match spec.root_disk_gb {
+        Some(gb) if quota => Some(HashMap::from([("size".to_string(), root_disk::storage_size(gb))])),
+        _ => None,
+    };
     let host_config = HostConfig {
         memory: Some(spec.memory_bytes),
         memory_swap: Some(spec.memory_bytes),
@@ -184,6 +228,8 @@ fn create_body(spec: &ContainerSpec, binds: Vec<String>) -> ContainerCreateBody 
         userns_mode: spec.userns_mode.clone(),
         binds: Some(binds),
         init: Some(true),
+        storage_opt,
+        log_config: Some(log_config(spec.console_log_max_bytes)),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -197,6 +243,9 @@ fn create_body(spec: &ContainerSpec, binds: Vec<String>) -> ContainerCreateBody 
         // No libnetwork sandbox and no setkey hook at each start (see
         // guest_files); runc still gives the container its own namespace.
         network_disabled: Some(true),
+        // An image's HEALTHCHECK would make the engine exec into the
+        // container on the image's schedule (any interval it likes).
+        healthcheck: Some(HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }),
         host_config: Some(host_config),
         ..Default::default()
     }
@@ -279,7 +328,8 @@ impl Driver for DockerDriver {
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
         let mut attempt = 0;
         loop {
-            match self.docker.create_container(Some(options.clone()), create_body(spec, binds.clone())).await {
+            let quota = self.root_disk.enforcement == Enforcement::Quota;
+            match self.docker.create_container(Some(options.clone()), create_body(spec, binds.clone(), quota)).await {
                 Ok(_) => break,
                 // A container of this instance already exists (a build retried
                 // after a crash): replace it, so the spec is exactly this one.
@@ -549,6 +599,50 @@ impl Driver for DockerDriver {
             .boxed()
     }
 
+    fn root_disk_mode(&self) -> &RootDiskMode {
+        &self.root_disk
+    }
+
+    async fn root_disk_usage(&self) -> Result<Vec<RootDiskUsage>, VirtError> {
+        let targets: Vec<(String, u64)> = self
+            .list_instances()
+            .await?
+            .into_iter()
+            .filter(|c| c.state == PowerState::Running)
+            .filter_map(|c| {
+                let gb = c.labels.get(labels::ROOT_GB)?.parse::<u64>().ok()?;
+                Some((c.uuid, gb))
+            })
+            .collect();
+        let timeout = self.settings.api_timeout;
+        let measured = futures::stream::iter(targets)
+            .map(|(uuid, limit_gb)| async move {
+                let opts = InspectContainerOptionsBuilder::default().size(true).build();
+                let name = container_name(&uuid);
+                let inspect = self.docker.inspect_container(&name, Some(opts));
+                match tokio::time::timeout(timeout, inspect).await {
+                    Ok(Ok(c)) => {
+                        let used_bytes = c.size_rw.unwrap_or(0).max(0) as u64;
+                        Some(RootDiskUsage { uuid, used_bytes, limit_gb })
+                    }
+                    Ok(Err(e)) if is_status(&e, 404) => None,
+                    Ok(Err(e)) => {
+                        tracing::warn!(instance = %uuid, error = %e, "cannot measure the root disk");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(instance = %uuid, ?timeout, "measuring the root disk timed out");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(MEASURE_CONCURRENCY)
+            .filter_map(|m| async move { m })
+            .collect()
+            .await;
+        Ok(measured)
+    }
+
     fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>> {
         let filters: HashMap<String, Vec<String>> = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
@@ -581,6 +675,45 @@ mod tests {
         assert_eq!(version_to_int("20.10.24+dfsg1"), 20010024);
         assert_eq!(version_to_int("29.3.1"), 29003001);
         assert_eq!(version_to_int("1.0"), 1000000);
+    }
+
+    fn spec(root_disk_gb: Option<u64>) -> ContainerSpec {
+        ContainerSpec {
+            uuid: "u".into(),
+            name: "nova-u".into(),
+            image: "sha256:x".into(),
+            hostname: "h".into(),
+            command: None,
+            env: vec![],
+            labels: Default::default(),
+            memory_bytes: 1 << 27,
+            cpu_shares: 1024,
+            nano_cpus: None,
+            cpuset_cpus: None,
+            pids_limit: None,
+            cap_add: vec![],
+            security_opt: vec![],
+            read_only_rootfs: false,
+            userns_mode: None,
+            dns: vec![],
+            addresses: vec![],
+            root_disk_gb,
+            console_log_max_bytes: 2 << 20,
+        }
+    }
+
+    #[test]
+    fn containers_get_a_bounded_log_no_health_check_and_a_size_only_with_quota() {
+        let body = create_body(&spec(Some(3)), vec![], true);
+        let hc = body.host_config.clone().unwrap();
+        assert_eq!(hc.storage_opt.unwrap()["size"], "3G");
+        let log = hc.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let log = log.config.unwrap();
+        assert_eq!((log["max-size"].as_str(), log["max-file"].as_str()), ("524288", "4"));
+        assert_eq!(body.healthcheck.unwrap().test.unwrap(), ["NONE"]);
+        assert_eq!(create_body(&spec(Some(3)), vec![], false).host_config.unwrap().storage_opt, None);
+        assert_eq!(create_body(&spec(None), vec![], true).host_config.unwrap().storage_opt, None);
     }
 
     #[test]

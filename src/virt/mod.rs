@@ -10,6 +10,7 @@
 pub mod docker;
 pub mod guest_files;
 pub mod net_dev;
+pub mod root_disk;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -116,6 +117,23 @@ pub struct ManagedContainer {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The measured root disk of one running instance (the writable layer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootDiskUsage {
+    pub uuid: String,
+    /// Bytes created or changed by the instance (`SizeRw`).
+    pub used_bytes: u64,
+    /// Its limit in GiB (the container's `nova.root_gb` label).
+    pub limit_gb: u64,
+}
+
+impl RootDiskUsage {
+    /// Whether the instance wrote more than its limit.
+    pub fn over_limit(&self) -> bool {
+        self.used_bytes > self.limit_gb.saturating_mul(1 << 30)
+    }
+}
+
 /// A change seen on the engine's event stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
@@ -220,6 +238,12 @@ pub trait Driver: Send + Sync + 'static {
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>>;
     /// Ids of every container the engine has (any owner, any state).
     fn all_container_ids(&self) -> impl Future<Output = Result<Vec<String>, VirtError>> + Send;
+    /// How root disk limits are enforced on this host, and why.
+    fn root_disk_mode(&self) -> &root_disk::RootDiskMode;
+    /// Measures the writable layer of every running instance that has a
+    /// root disk limit (bounded concurrency, each inspection bounded in
+    /// time; a container that cannot be measured is logged and left out).
+    fn root_disk_usage(&self) -> impl Future<Output = Result<Vec<RootDiskUsage>, VirtError>> + Send;
     /// Container lifecycle events of this host's instances, from now on.
     fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>>;
 }

@@ -23,6 +23,9 @@ pub mod labels {
     pub const FLAVOR: &str = "nova.flavor";
     /// The Glance image id the container was booted from.
     pub const IMAGE: &str = "nova.image";
+    /// The instance's root disk limit in GiB (absent: no limit), which the
+    /// periodic measurement compares the writable layer with.
+    pub const ROOT_GB: &str = "nova.root_gb";
 }
 
 /// The container name of an instance.
@@ -56,6 +59,11 @@ pub struct ContainerSpec {
     /// The instance's fixed IP addresses, listed under its hostname in
     /// /etc/hosts.
     pub addresses: Vec<String>,
+    /// The root disk limit in GiB: the flavor's `root_gb`, or for a
+    /// zero-disk flavor `[docker] zero_disk_flavor_root_gb`; `None`: none.
+    pub root_disk_gb: Option<u64>,
+    /// Bytes of console output kept on the host (all rotated files).
+    pub console_log_max_bytes: u64,
 }
 
 /// A request the spec cannot honour.
@@ -249,6 +257,16 @@ pub fn build(
         labels.insert(labels::IMAGE.to_string(), i.to_string());
     }
 
+    // Root disk: the flavor's root_gb; a zero-disk flavor (admin-only by
+    // Nova's default policy) gets the operator's default, or no limit.
+    let root_disk_gb = match instance.root_gb() {
+        gb if gb > 0 => Some(gb as u64),
+        _ => (settings.zero_disk_flavor_root_gb > 0).then_some(settings.zero_disk_flavor_root_gb),
+    };
+    if let Some(gb) = root_disk_gb {
+        labels.insert(labels::ROOT_GB.to_string(), gb.to_string());
+    }
+
     let hostname = sanitize_hostname(instance.hostname().or(instance.display_name()).unwrap_or(""), &uuid);
 
     Ok(ContainerSpec {
@@ -270,6 +288,8 @@ pub fn build(
         userns_mode: settings.userns_mode.clone(),
         dns: Vec::new(),
         addresses: Vec::new(),
+        root_disk_gb,
+        console_log_max_bytes: settings.console_log_max_bytes,
     })
 }
 
@@ -304,17 +324,27 @@ mod tests {
             max_image_manifest_bytes: 1 << 20,
             max_image_unpacked_bytes: 1 << 30,
             instances_path: std::path::PathBuf::from("/tmp/nd-instances"),
+            root_disk_limit: crate::config::RootDiskLimit::Auto,
+            root_disk_measure_interval: Duration::from_secs(60),
+            root_disk_over_limit_action: crate::config::OverLimitAction::Stop,
+            zero_disk_flavor_root_gb: 0,
+            console_log_max_bytes: 2 << 20,
         }
     }
 
     fn instance(extra_specs: Value, metadata: Value) -> Instance {
+        instance_with_disk(extra_specs, metadata, 1)
+    }
+
+    fn instance_with_disk(extra_specs: Value, metadata: Value, root_gb: i64) -> Instance {
         Instance::from_primitive(&json!({
             "nova_object.name": "Instance", "nova_object.namespace": "nova", "nova_object.version": "2.8",
             "nova_object.data": {
                 "uuid": "6f1b2c1e-0000-4000-8000-000000000001", "hostname": "My Server_1", "project_id": "p1",
                 "user_id": "u1", "image_ref": "img-1", "metadata": metadata,
                 "flavor": {"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
-                           "nova_object.data": {"name": "m1.small", "memory_mb": 512, "vcpus": 2, "extra_specs": extra_specs}}
+                           "nova_object.data": {"name": "m1.small", "memory_mb": 512, "vcpus": 2, "root_gb": root_gb,
+                                                "extra_specs": extra_specs}}
             }
         }))
         .unwrap()
@@ -359,6 +389,23 @@ mod tests {
             let bad = instance(json!({"docker:capabilities": caps}), json!({}));
             assert!(build(&bad, "h", "img", &Map::new(), &settings(), None).is_err(), "{caps}");
         }
+    }
+
+    #[test]
+    fn the_root_disk_limit_is_the_flavors_or_the_zero_disk_default() {
+        let s =
+            build(&instance_with_disk(json!({}), json!({}), 5), "h", "img", &Map::new(), &settings(), None).unwrap();
+        assert_eq!(s.root_disk_gb, Some(5));
+        assert_eq!(s.labels[labels::ROOT_GB], "5");
+        assert_eq!(s.console_log_max_bytes, 2 << 20);
+        let zero = instance_with_disk(json!({}), json!({}), 0);
+        let s = build(&zero, "h", "img", &Map::new(), &settings(), None).unwrap();
+        assert_eq!(s.root_disk_gb, None);
+        assert!(!s.labels.contains_key(labels::ROOT_GB));
+        let mut with_default = settings();
+        with_default.zero_disk_flavor_root_gb = 10;
+        let s = build(&zero, "h", "img", &Map::new(), &with_default, None).unwrap();
+        assert_eq!(s.root_disk_gb, Some(10));
     }
 
     #[test]

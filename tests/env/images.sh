@@ -8,6 +8,9 @@
 #   nd-busybox:latest   a shell userland; CMD prints a line, then waits for
 #                       signals (SIGTERM ends it at once, like a real service)
 #   nd-busybox:chatty   prints a numbered line every 0.2 s (console tests)
+#   nd-busybox:healthcheck  declares a HEALTHCHECK every second that leaves a
+#                       mark in /tmp (the host must never run it)
+#   nd-busybox:volume   declares VOLUME /data (an anonymous volume per container)
 #
 # usage: tests/env/images.sh [--force]
 set -euo pipefail
@@ -38,6 +41,18 @@ build() { # TAG CMD-JSON
 build nd-busybox:latest '["/bin/sh", "-c", "echo nova-docker test instance $(hostname) up; trap \"echo stopping; exit 0\" TERM INT; while true; do sleep 1 & wait $!; done"]'
 # shellcheck disable=SC2016
 build nd-busybox:chatty '["/bin/sh", "-c", "i=0; trap \"exit 0\" TERM INT; while true; do i=$((i+1)); echo line $i; sleep 0.2 & wait $!; done"]'
+
+derive() { # TAG DOCKERFILE-LINES: an image built FROM nd-busybox:latest
+  local tag=$1 lines=$2 ctx
+  if [ "$FORCE" != --force ] && have "$tag"; then return 0; fi
+  ctx=$(mktemp -d)
+  printf 'FROM nd-busybox:latest\n%s\n' "$lines" > "$ctx/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  echo "built $tag"
+}
+derive nd-busybox:healthcheck 'HEALTHCHECK --interval=1s --timeout=1s CMD ["/bin/sh", "-c", "echo ran >> /tmp/healthcheck-ran"]'
+derive nd-busybox:volume 'VOLUME /data'
 
 # Real `docker save` archives for the archive validator's tests, written to
 # $ND_ENV_STATE/fixtures: a one-layer image, and one whose 4th layer repeats

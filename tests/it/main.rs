@@ -20,4 +20,5 @@ mod observability;
 mod operators;
 mod proxy;
 mod recovery;
+mod resources;
 mod rpc;
