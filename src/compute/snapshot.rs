@@ -12,7 +12,7 @@ use super::errors::OpError;
 use super::manager::ComputeManager;
 use super::states::task;
 use crate::conductor::Expected;
-use crate::image::{ImageError, cache_repository, save_to_glance};
+use crate::image::{ImageError, cache_repository, cache_tag, save_to_glance};
 use crate::metrics;
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
@@ -151,7 +151,7 @@ impl<D: Driver> ComputeManager<D> {
         let kept = keep
             && self
                 .driver
-                .tag_image(&docker_image, &cache_repository(image_id), docker_image.trim_start_matches("sha256:"))
+                .tag_image(&docker_image, &cache_repository(image_id), &cache_tag(&docker_image))
                 .await
                 .is_ok();
         if !kept && let Err(e) = self.driver.remove_image(&docker_image).await {

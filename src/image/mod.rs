@@ -2,9 +2,11 @@
 //! of it (snapshots, `image import`), with a local cache.
 //!
 //! A Glance image is bound to the Docker image the host loaded for it by
-//! the reference `glance/<glance id>:<hex of its image ID>`: the tag names
-//! the content, so a reference that points elsewhere (moved by anything on
-//! the host) is seen and never used. Tags inside archives never reach
+//! the reference `glance/<glance id>:v1-<hex of its image ID>`: the tag
+//! names the content, so a reference that points elsewhere (moved by
+//! anything on the host) is seen and never used. `v1` names the policy the
+//! archive went through (`archive`): images loaded under another policy,
+//! by an older host, are loaded again rather than trusted. Tags inside archives never reach
 //! Docker (see [`archive`]); every boot creates its container from the image
 //! ID itself. Bytes flow Glance -> hash check -> canonicalizer ->
 //! `docker load` with bounded memory and no temporary file.
@@ -64,9 +66,17 @@ pub fn cache_repository(glance_id: &str) -> String {
     format!("glance/{}", glance_id.to_lowercase())
 }
 
+/// The version of the canonicalization policy, in every reference.
+const POLICY: &str = "v1";
+
+/// The tag binding a Glance image to the Docker image `image_id`.
+pub fn cache_tag(image_id: &str) -> String {
+    format!("{POLICY}-{}", image_id.trim_start_matches("sha256:"))
+}
+
 /// The reference binding a Glance image to the Docker image `image_id`.
 pub fn cache_reference(glance_id: &str, image_id: &str) -> String {
-    format!("{}:{}", cache_repository(glance_id), image_id.trim_start_matches("sha256:"))
+    format!("{}:{}", cache_repository(glance_id), cache_tag(image_id))
 }
 
 /// Makes Glance images available to Docker.
@@ -141,7 +151,7 @@ impl<D: Driver> ImageService<D> {
             if bound {
                 return Ok(Some(ImageRef { id: image.id }));
             }
-            if moved.iter().any(|t| t.rsplit_once(':').is_some_and(|(_, tag)| tag.len() == 64)) {
+            if moved.iter().any(|t| t.rsplit_once(':').is_some_and(|(_, tag)| tag.starts_with(&format!("{POLICY}-")))) {
                 tracing::warn!(image = glance_id, docker_image = %image.id, tags = ?moved,
                     "a reference of this Glance image names another image: ignored");
             }
@@ -164,7 +174,7 @@ impl<D: Driver> ImageService<D> {
         let (summary, lines) =
             load_canonical(self.driver.as_ref(), data, self.limits.clone()).await.map_err(|e| e.for_image(id))?;
         let image_id = summary.image_id.clone();
-        self.driver.tag_image(&image_id, &cache_repository(id), image_id.trim_start_matches("sha256:")).await?;
+        self.driver.tag_image(&image_id, &cache_repository(id), &cache_tag(&image_id)).await?;
         tracing::info!(image = id, docker_image = %image_id, bytes = summary.input_bytes,
             compression = summary.compression.map(|c| c.name()), dropped_tags = ?summary.dropped_tags,
             removed_volumes = ?summary.removed_volumes, engine = ?lines, "image loaded from Glance");

@@ -12,11 +12,11 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
-    InspectContainerOptions, InspectContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    RestartContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
-    TagImageOptionsBuilder,
+    CommitContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder,
+    EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions, InspectContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
+    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -30,6 +30,7 @@ use super::{
     PowerState, RootDiskUsage, VirtError,
 };
 use crate::config::DockerSettings;
+use crate::image::archive::VOLUMES_LABEL;
 
 /// The Docker driver.
 #[derive(Clone)]
@@ -137,6 +138,73 @@ impl DockerDriver {
             exit_code: state.exit_code,
             started_at: state.started_at,
         })
+    }
+
+    /// Creates, in a created container, the mount points of the volumes its
+    /// image declared (the host removed them from the image: see
+    /// `image::archive`) that the image does not have: root-owned 0755
+    /// directories in the writable layer, as Docker would make them. Only
+    /// missing components are created, so an image's own directories keep
+    /// their owner and mode.
+    async fn create_volume_dirs(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+        let image = self.docker.inspect_image(&spec.image).await.map_err(|e| engine("inspect image", e))?;
+        let Some(list) = image.config.and_then(|c| c.labels).and_then(|mut l| l.remove(VOLUMES_LABEL)) else {
+            return Ok(());
+        };
+        let paths: Vec<String> = serde_json::from_str(&list)
+            .map_err(|_| VirtError::Invalid(format!("image label {VOLUMES_LABEL} is not a list of paths")))?;
+        if spec.read_only_rootfs {
+            tracing::info!(instance = %spec.uuid, volumes = ?paths, "read-only root disk: image volumes are not created");
+            return Ok(());
+        }
+        let name = container_name(&spec.uuid);
+        let mut missing: Vec<String> = Vec::new();
+        for path in paths.iter().take(256) {
+            let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+            if comps.is_empty() || comps.iter().any(|c| *c == "." || *c == "..") || path.len() > 4096 {
+                return Err(VirtError::Invalid(format!("image volume {path:?} is not a plain absolute path")));
+            }
+            let mut parent_missing = false;
+            for depth in 1..=comps.len() {
+                let prefix = comps[..depth].join("/");
+                if missing.contains(&prefix) {
+                    parent_missing = true;
+                    continue;
+                }
+                if parent_missing {
+                    missing.push(prefix);
+                    continue;
+                }
+                let stat = self
+                    .docker
+                    .get_container_archive_info(
+                        &name,
+                        Some(ContainerArchiveInfoOptionsBuilder::default().path(&format!("/{prefix}")).build()),
+                    )
+                    .await;
+                match stat {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {
+                        missing.push(prefix);
+                        parent_missing = true;
+                    }
+                    Err(e) => return Err(engine("stat", e)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort();
+        let tar = crate::image::archive::directories(&missing);
+        self.docker
+            .upload_to_container(
+                &name,
+                Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| engine("create volume directories", e))
     }
 
     /// Stops (within `timeout`, when not zero) and removes the container;
@@ -340,6 +408,10 @@ impl Driver for DockerDriver {
                 }
                 Err(e) => return Err(engine("create", e)),
             }
+        }
+        if let Err(e) = self.create_volume_dirs(spec).await {
+            let _ = self.remove_container(&spec.uuid, Duration::ZERO).await;
+            return Err(e);
         }
         Ok(())
     }

@@ -161,7 +161,7 @@ async fn image_import_then_boot() {
         .unwrap();
     assert!(out.status.success(), "fetch: {}", String::from_utf8_lossy(&out.stderr));
     let fetched = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(references(&format!("glance/{id}")), vec![format!("glance/{id}:{}", &fetched["sha256:".len()..])]);
+    assert_eq!(references(&format!("glance/{id}")), vec![format!("glance/{id}:v1-{}", &fetched["sha256:".len()..])]);
     host.stop().await;
 }
 

@@ -22,3 +22,4 @@ mod proxy;
 mod recovery;
 mod resources;
 mod rpc;
+mod tenants;

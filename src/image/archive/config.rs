@@ -20,6 +20,12 @@ use super::json::{go_fold_eq, object_members, object_text, same_field_twice};
 
 /// Volume paths remembered (for the log) out of those removed.
 const VOLUMES_KEPT: usize = 16;
+/// Most volumes an image may declare.
+const MAX_VOLUMES: usize = 256;
+/// The image label that lists the volume paths the host removed, as a JSON
+/// array: the driver creates those that do not exist in the image, as
+/// Docker creates a volume's mount point.
+pub const VOLUMES_LABEL: &str = "org.openstack.nova-docker.volumes";
 
 /// A config as the host will hand it to Docker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,20 +95,60 @@ pub(super) fn prepare(path: &str, bytes: &[u8]) -> Result<Config, ArchiveError> 
     };
     let volumes: serde_json::Value =
         serde_json::from_str(members[vat].1.get()).map_err(|e| invalid(format!("its Volumes: {e}")))?;
-    let removed_volumes: Vec<String> = match &volumes {
+    let paths: Vec<String> = match &volumes {
         serde_json::Value::Null => return Ok(unchanged(source_digest)),
         serde_json::Value::Object(m) if m.is_empty() => return Ok(unchanged(source_digest)),
-        serde_json::Value::Object(m) => m.keys().take(VOLUMES_KEPT).map(|k| k.chars().take(256).collect()).collect(),
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
         _ => return Err(invalid("its Volumes is not an object".into())),
     };
-    let new_run =
-        object_text(members.iter().enumerate().filter(|(i, _)| *i != vat).map(|(_, (k, v))| (k.as_str(), v.get())));
+    if paths.len() > MAX_VOLUMES {
+        return Err(invalid(format!("it declares {} volumes, more than {MAX_VOLUMES}", paths.len())));
+    }
+    for p in &paths {
+        if !clean_absolute(p) {
+            return Err(invalid(format!("volume {:?} is not a plain absolute path", super::shown(p))));
+        }
+    }
+    let removed_volumes = paths.iter().take(VOLUMES_KEPT).cloned().collect();
+    let labels_at = members.iter().position(|(k, _)| go_fold_eq(k, "Labels"));
+    let labels = match labels_at.map(|i| members[i].1.get().trim()) {
+        None | Some("null") => String::from("{}"),
+        Some(text) => text.to_string(),
+    };
+    let label_members = object_members(&labels).map_err(|e| invalid(format!("its Labels is not an object: {e}")))?;
+    let list = serde_json::Value::String(serde_json::to_string(&paths).unwrap_or_default()).to_string();
+    let new_labels = object_text(
+        label_members
+            .iter()
+            .filter(|(k, _)| k != VOLUMES_LABEL)
+            .map(|(k, v)| (k.as_str(), v.get()))
+            .chain(std::iter::once((VOLUMES_LABEL, list.as_str()))),
+    );
+    let mut run: Vec<(&str, &str)> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != vat)
+        .map(|(i, (k, v))| (k.as_str(), if Some(i) == labels_at { new_labels.as_str() } else { v.get() }))
+        .collect();
+    if labels_at.is_none() {
+        run.push(("Labels", new_labels.as_str()));
+    }
+    let new_run = object_text(run.into_iter());
     let new_top = object_text(top.iter().enumerate().map(|(i, (k, v))| {
         let value = if i == at { new_run.as_str() } else { v.get() };
         (k.as_str(), value)
     }));
     let bytes = new_top.into_bytes();
     Ok(Config { image_id: digest(&bytes), source_digest, bytes, removed_volumes })
+}
+
+/// An absolute path with no empty, `.` or `..` component and no NUL.
+fn clean_absolute(p: &str) -> bool {
+    p.len() <= 4096
+        && p.len() > 1
+        && p.starts_with('/')
+        && !p.contains('\0')
+        && p.trim_end_matches('/')[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 #[cfg(test)]
@@ -136,8 +182,19 @@ mod tests {
         assert_eq!(p.removed_volumes, ["/data", "/var/lib/db"]);
         assert_eq!(
             String::from_utf8(p.bytes.clone()).unwrap(),
-            r#"{"config":{"Cmd":["sh"],"Env":["A=1.000000000000000000001"]},"os":"linux"}"#
+            r#"{"config":{"Cmd":["sh"],"Env":["A=1.000000000000000000001"],"Labels":{"org.openstack.nova-docker.volumes":"[\"/data\",\"/var/lib/db\"]"}},"os":"linux"}"#
         );
+        let labelled =
+            br#"{"config":{"Labels":{"a":"b","org.openstack.nova-docker.volumes":"[\"/etc\"]"},"Volumes":{"/x":{}}}}"#;
+        let q = prepare("c.json", labelled).unwrap();
+        assert_eq!(
+            String::from_utf8(q.bytes).unwrap(),
+            r#"{"config":{"Labels":{"a":"b","org.openstack.nova-docker.volumes":"[\"/x\"]"}}}"#
+        );
+        for bad in ["relative", "/a/../b", "/a//b", "/", "/a/./b"] {
+            let c = format!(r#"{{"config":{{"Volumes":{{"{bad}":{{}}}}}}}}"#);
+            assert!(prepare("c.json", c.as_bytes()).is_err(), "{bad}");
+        }
         assert_eq!(p.image_id, digest(&p.bytes));
         assert_ne!(p.image_id, p.source_digest);
         let k = "{\"CONFIG\":{\"VOLUME\u{17f}\":{\"/x\":{}}}}";

@@ -47,7 +47,9 @@ mod tar;
 mod tree;
 
 pub use compression::Compression;
+pub use config::VOLUMES_LABEL;
 pub use stream::{Canonicalized, canonicalize};
+pub(crate) use tar::directories;
 
 /// Entry names longer than this are shortened in error messages.
 const SHOWN_NAME_MAX: usize = 256;

@@ -264,6 +264,27 @@ pub(super) fn file_header(name: &str, size: u64) -> Vec<u8> {
     out
 }
 
+/// A tar of directories (root-owned, mode 0755, as Docker makes a volume's
+/// mount point), parents listed before children by the caller. Paths are
+/// relative and end without a slash.
+pub(crate) fn directories(paths: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        let name = format!("{p}/");
+        if name.len() <= 100 && name.is_ascii() {
+            out.extend_from_slice(&ustar_block(name.as_bytes(), b'5', 0, 0o755));
+        } else {
+            let record = pax_record("path", &name);
+            out.extend_from_slice(&ustar_block(b"././@PaxHeader", b'x', record.len() as u64, 0o644));
+            out.extend_from_slice(&record);
+            out.resize(out.len() + padding(record.len() as u64) as usize, 0);
+            out.extend_from_slice(&ustar_block(b"././@LongName/", b'5', 0, 0o755));
+        }
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
 /// One PAX record, `"<len> <key>=<value>\n"`, its length counting itself.
 fn pax_record(key: &str, value: &str) -> Vec<u8> {
     let body = key.len() + value.len() + 3; // ' ', '=', '\n'
