@@ -114,7 +114,7 @@ impl<D: Driver> ComputeManager<D> {
         };
         let docker = async {
             let (meta, image) = self.build_image(ctx, req, image_id).await?;
-            self.create_container(&as_requested, &meta, &image.id, &Vec::new()).await?;
+            self.create_container(&as_requested, &meta, &image, &Vec::new()).await?;
             self.start_created(as_requested.uuid()).await
         };
         // Both run to their end: a failed image must not cut a save short.
@@ -144,7 +144,7 @@ impl<D: Driver> ComputeManager<D> {
         let t = Instant::now();
         let ni = self.allocate_network(ctx, i, requested).await?;
         phase("build", "network_allocate", t);
-        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image.id).await;
+        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image).await;
         if built.is_err() {
             let cid = self.container_id(&uuid).await;
             self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
@@ -199,15 +199,16 @@ impl<D: Driver> ComputeManager<D> {
         &self,
         i: &Instance,
         meta: &GlanceImage,
-        image_id: &str,
+        image: &ImageRef,
         ni: &crate::net::NetworkInfo,
     ) -> Result<(), OpError> {
         let seccomp = self.seccomp_profile().await?;
         let mut spec =
-            spec::build(i, self.host(), image_id, &meta.properties, &self.settings.docker, seccomp.as_deref())
+            spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         spec.dns = super::networking::dns_servers(ni);
         spec.addresses = super::networking::fixed_addresses(ni);
+        spec.volumes = image.volumes.clone();
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
         Ok(self.driver.create(&spec).await?)
@@ -233,7 +234,7 @@ impl<D: Driver> ComputeManager<D> {
         i: &mut Instance,
         ni: &crate::net::NetworkInfo,
         meta: &GlanceImage,
-        image_id: &str,
+        image: &ImageRef,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         // 5. Block devices: none to prepare for an image-backed container.
@@ -242,7 +243,7 @@ impl<D: Driver> ComputeManager<D> {
             i.set("task_state", task::BLOCK_DEVICE_MAPPING);
             self.save(ctx, i, Expected::Any).await
         };
-        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image_id, ni));
+        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni));
         saved?;
         created?;
         // 6. Spawn.

@@ -149,7 +149,7 @@ impl<D: Driver> ImageService<D> {
             let bound = image.tags.iter().any(|t| *t == cache_reference(glance_id, &image.id));
             let moved: Vec<&String> = image.tags.iter().filter(|t| t.starts_with(&format!("{repository}:"))).collect();
             if bound {
-                return Ok(Some(ImageRef { id: image.id }));
+                return Ok(Some(ImageRef { id: image.id, volumes: image.volumes }));
             }
             if moved.iter().any(|t| t.rsplit_once(':').is_some_and(|(_, tag)| tag.starts_with(&format!("{POLICY}-")))) {
                 tracing::warn!(image = glance_id, docker_image = %image.id, tags = ?moved,
@@ -171,14 +171,14 @@ impl<D: Driver> ImageService<D> {
         let expected = integrity::expected(image)?;
         let data = self.glance.download(ctx, id).await?;
         let data = integrity::verified(data, expected);
-        let (summary, lines) =
+        let (summary, lines, loaded) =
             load_canonical(self.driver.as_ref(), data, self.limits.clone()).await.map_err(|e| e.for_image(id))?;
         let image_id = summary.image_id.clone();
         self.driver.tag_image(&image_id, &cache_repository(id), &cache_tag(&image_id)).await?;
         tracing::info!(image = id, docker_image = %image_id, bytes = summary.input_bytes,
             compression = summary.compression.map(|c| c.name()), dropped_tags = ?summary.dropped_tags,
             removed_volumes = ?summary.removed_volumes, engine = ?lines, "image loaded from Glance");
-        Ok(ImageRef { id: image_id })
+        Ok(loaded)
     }
 }
 
@@ -206,12 +206,12 @@ impl LoadError {
 
 /// Canonicalizes a tenant's archive into `docker load` and checks what
 /// Docker reports: the image ID the host computed, and no tag. Returns the
-/// summary and the engine's lines.
+/// summary, the engine's lines and the loaded image.
 pub async fn load_canonical<D, S>(
     driver: &D,
     data: S,
     limits: ArchiveLimits,
-) -> Result<(ArchiveSummary, Vec<String>), LoadError>
+) -> Result<(ArchiveSummary, Vec<String>, ImageRef), LoadError>
 where
     D: Driver,
     S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
@@ -242,7 +242,7 @@ where
         return Err(LoadError::Unexpected(format!("sent {}, Docker said {lines:?}", summary.image_id)));
     }
     match driver.find_image(&summary.image_id).await.map_err(LoadError::Docker)? {
-        Some(found) if found.id == summary.image_id => Ok((summary, lines)),
+        Some(found) if found.id == summary.image_id => Ok((summary, lines, found)),
         other => Err(LoadError::Unexpected(format!("sent {}, Docker has {other:?}", summary.image_id))),
     }
 }

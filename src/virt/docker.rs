@@ -63,6 +63,15 @@ fn engine(op: &str, e: BollardError) -> VirtError {
     }
 }
 
+/// The paths listed by an image's volumes label (none when absent or not a
+/// list of strings; each is checked again where it is used).
+fn volumes_label(labels: Option<&HashMap<String, String>>) -> Vec<String> {
+    labels
+        .and_then(|l| l.get(VOLUMES_LABEL))
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+        .unwrap_or_default()
+}
+
 fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
@@ -147,16 +156,14 @@ impl DockerDriver {
     /// missing components are created, so an image's own directories keep
     /// their owner and mode.
     async fn create_volume_dirs(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
-        let image = self.docker.inspect_image(&spec.image).await.map_err(|e| engine("inspect image", e))?;
-        let Some(list) = image.config.and_then(|c| c.labels).and_then(|mut l| l.remove(VOLUMES_LABEL)) else {
-            return Ok(());
-        };
-        let paths: Vec<String> = serde_json::from_str(&list)
-            .map_err(|_| VirtError::Invalid(format!("image label {VOLUMES_LABEL} is not a list of paths")))?;
-        if spec.read_only_rootfs {
-            tracing::info!(instance = %spec.uuid, volumes = ?paths, "read-only root disk: image volumes are not created");
+        if spec.volumes.is_empty() {
             return Ok(());
         }
+        if spec.read_only_rootfs {
+            tracing::info!(instance = %spec.uuid, volumes = ?spec.volumes, "read-only root disk: image volumes are not created");
+            return Ok(());
+        }
+        let paths = &spec.volumes;
         let name = container_name(&spec.uuid);
         let mut missing: Vec<String> = Vec::new();
         for path in paths.iter().take(256) {
@@ -587,7 +594,10 @@ impl Driver for DockerDriver {
 
     async fn find_image(&self, reference: &str) -> Result<Option<ImageRef>, VirtError> {
         match self.docker.inspect_image(reference).await {
-            Ok(i) => Ok(Some(ImageRef { id: i.id.unwrap_or_default() })),
+            Ok(i) => Ok(Some(ImageRef {
+                id: i.id.unwrap_or_default(),
+                volumes: volumes_label(i.config.and_then(|c| c.labels).as_ref()),
+            })),
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(engine("inspect image", e)),
         }
@@ -601,7 +611,10 @@ impl Driver for DockerDriver {
             .list_images(Some(ListImagesOptionsBuilder::default().filters(&filters).build()))
             .await
             .map_err(|e| engine("list images", e))?;
-        Ok(list.into_iter().map(|i| LocalImage { id: i.id, tags: i.repo_tags }).collect())
+        Ok(list
+            .into_iter()
+            .map(|i| LocalImage { volumes: volumes_label(Some(&i.labels)), id: i.id, tags: i.repo_tags })
+            .collect())
     }
 
     async fn load_image(
@@ -771,6 +784,7 @@ mod tests {
             addresses: vec![],
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
+            volumes: Vec::new(),
         }
     }
 

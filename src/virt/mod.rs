@@ -163,6 +163,9 @@ pub enum VirtError {
 pub struct ImageRef {
     /// `sha256:<hex>`: what containers are created from.
     pub id: String,
+    /// Mount points of the volumes the host removed from the image
+    /// (`image::archive::VOLUMES_LABEL`), to create in its containers.
+    pub volumes: Vec<String>,
 }
 
 /// A local image and its references (for finding what the host loaded).
@@ -172,6 +175,8 @@ pub struct LocalImage {
     pub id: String,
     /// Its `repo:tag` references.
     pub tags: Vec<String>,
+    /// As in [`ImageRef::volumes`].
+    pub volumes: Vec<String>,
 }
 
 /// The compute driver contract.

@@ -64,6 +64,9 @@ pub struct ContainerSpec {
     pub root_disk_gb: Option<u64>,
     /// Bytes of console output kept on the host (all rotated files).
     pub console_log_max_bytes: u64,
+    /// Directories to make in the container before it starts (the mount
+    /// points of the volumes its image declared; see `ImageRef::volumes`).
+    pub volumes: Vec<String>,
 }
 
 /// A request the spec cannot honour.
@@ -290,6 +293,7 @@ pub fn build(
         addresses: Vec::new(),
         root_disk_gb,
         console_log_max_bytes: settings.console_log_max_bytes,
+        volumes: Vec::new(),
     })
 }
 
