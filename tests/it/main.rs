@@ -21,3 +21,4 @@ mod operators;
 mod proxy;
 mod recovery;
 mod rpc;
+mod secgroups;
