@@ -5,6 +5,13 @@
 //! Ports are bound with admin credentials (`[neutron]`), on behalf of the
 //! instance's project. Ports this service created are deleted with the
 //! instance; ports the user brought are only unbound.
+//!
+//! Security groups: the groups a server asked for are put on the ports this
+//! service creates, after resolving their names or ids among the groups of
+//! the instance's project (and those shared with it), as Nova does. The admin
+//! credentials would let any group id through, so the project scoping is
+//! ours to enforce; a group that cannot be applied fails the build instead of
+//! leaving the port in the project's default group.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +39,16 @@ pub enum NetworkError {
     NoAutoNetwork,
     #[error("Neutron returned an unusable document: {0}")]
     Decode(String),
+    /// Nova's `SecurityGroupNotFound`: not a group of the instance's project
+    /// (nor one shared with it).
+    #[error("Security group {0} not found.")]
+    SecurityGroupNotFound(String),
+    /// Nova's `NoUniqueMatch` for a group name.
+    #[error("Multiple security groups found matching '{0}'. Use an ID to be more specific.")]
+    SecurityGroupNotUnique(String),
+    /// Nova's `SecurityGroupCannotBeApplied`.
+    #[error("Network requires port_security_enabled and subnet associated in order to apply security groups.")]
+    SecurityGroupCannotBeApplied,
 }
 
 /// One entry of a `NetworkRequestList`.
@@ -71,6 +88,81 @@ pub fn requested_networks(v: Option<&Value>) -> Requested {
         return Requested::Auto;
     }
     Requested::Some(reqs)
+}
+
+/// The security groups a build asks for (`build_and_run_instance`'s
+/// `security_groups`: names, or ids as Nova's API resolved them), cleaned as
+/// Nova's `_clean_security_groups` does: none, or only `default`, means
+/// "Neutron's choice" (the project's default group), i.e. an empty list.
+/// Duplicates are dropped. Anything but a list of strings is refused.
+pub fn requested_security_groups(v: Option<&Value>) -> Result<Vec<String>, NetworkError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(NetworkError::BadRequest(format!("security_groups is not a list: {}", kind(other))));
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let name = item
+            .as_str()
+            .ok_or_else(|| NetworkError::BadRequest(format!("security_groups holds a {}, not a name", kind(item))))?;
+        if !out.iter().any(|o| o == name) {
+            out.push(name.to_string());
+        }
+    }
+    if out.len() == 1 && out[0] == "default" {
+        out.clear();
+    }
+    Ok(out)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Nova's `_get_security_group_ids`: each requested group is an id of one of
+/// `available` (`(id, name)` pairs), else a name that exactly one of them
+/// has. Returns the ids in request order.
+pub fn match_security_groups(
+    requested: &[String],
+    available: &[(String, String)],
+) -> Result<Vec<String>, NetworkError> {
+    let mut ids = Vec::with_capacity(requested.len());
+    for r in requested {
+        if available.iter().any(|(id, _)| id == r) {
+            ids.push(r.clone());
+            continue;
+        }
+        let mut named = available.iter().filter(|(_, name)| name == r);
+        match (named.next(), named.next()) {
+            (Some((id, _)), None) => ids.push(id.clone()),
+            (Some(_), Some(_)) => return Err(NetworkError::SecurityGroupNotUnique(r.clone())),
+            (None, _) => return Err(NetworkError::SecurityGroupNotFound(r.clone())),
+        }
+    }
+    Ok(ids)
+}
+
+/// Nova's check in `_create_ports_for_instance`, for the network of each
+/// requested port or network: with port security a port needs a subnet to
+/// be filtered, and without it no group can be applied. Either way the
+/// request fails rather than leaving a port unfiltered.
+pub fn check_port_security(network: &Value, security_groups: &[String]) -> Result<(), NetworkError> {
+    let port_security = network["port_security_enabled"].as_bool().unwrap_or(true);
+    let has_subnets = network["subnets"].as_array().is_some_and(|s| !s.is_empty());
+    if (port_security && !has_subnets) || (!port_security && !security_groups.is_empty()) {
+        return Err(NetworkError::SecurityGroupCannotBeApplied);
+    }
+    Ok(())
 }
 
 /// How often a port deletion answered with a server error is retried.
@@ -117,8 +209,15 @@ impl Neutron {
         Ok(v[key].clone())
     }
 
-    /// Binds the requested ports to this host for the instance.
-    pub async fn allocate(&self, i: &Instance, requested: &Requested) -> Result<Vec<BoundPort>, NetworkError> {
+    /// Binds the requested ports to this host for the instance; the ports it
+    /// creates get `security_groups` (see [`requested_security_groups`]).
+    pub async fn allocate(
+        &self,
+        i: &Instance,
+        requested: &Requested,
+        security_groups: &[String],
+    ) -> Result<Vec<BoundPort>, NetworkError> {
+        let groups = self.security_group_ids(i.project_id().unwrap_or_default(), security_groups).await?;
         let reqs = match requested {
             Requested::None => return Ok(Vec::new()),
             Requested::Auto => {
@@ -129,7 +228,7 @@ impl Neutron {
         };
         let mut bound = Vec::new();
         for r in &reqs {
-            let attempt = self.bind_one(i, r).await;
+            let attempt = self.bind_one(i, r, &groups).await;
             match attempt {
                 Ok(p) => bound.push(p),
                 Err(e) => {
@@ -142,8 +241,63 @@ impl Neutron {
         Ok(bound)
     }
 
-    /// Binds one request: an existing port, or a new one on a network.
-    pub async fn bind_one(&self, i: &Instance, r: &NetworkRequest) -> Result<BoundPort, NetworkError> {
+    /// The ids of the requested security groups (cleaned, see
+    /// [`requested_security_groups`]) among the groups of `project`, and,
+    /// when Neutron can list them, of the groups shared with it: Nova's
+    /// `_process_security_groups`.
+    pub async fn security_group_ids(&self, project: &str, requested: &[String]) -> Result<Vec<String>, NetworkError> {
+        if requested.is_empty() {
+            return Ok(Vec::new());
+        }
+        if project.is_empty() {
+            return Err(NetworkError::BadRequest("security groups requested for an instance without a project".into()));
+        }
+        let mut available = self.security_groups(&format!("project_id={}", url_part(project))).await?;
+        match match_security_groups(requested, &available) {
+            Err(NetworkError::SecurityGroupNotFound(_))
+                if self.has_extension("security-groups-shared-filtering").await? =>
+            {
+                available.extend(self.security_groups("shared=true").await?);
+                match_security_groups(requested, &available)
+            }
+            r => r,
+        }
+    }
+
+    /// `(id, name)` of the security groups a filter selects.
+    async fn security_groups(&self, filter: &str) -> Result<Vec<(String, String)>, NetworkError> {
+        let list =
+            self.get(&format!("/v2.0/security-groups?{filter}&fields=id&fields=name"), "security_groups").await?;
+        let list = list.as_array().ok_or_else(|| NetworkError::Decode("security_groups is not a list".into()))?;
+        Ok(list
+            .iter()
+            .filter_map(|g| Some((g["id"].as_str()?.to_string(), g["name"].as_str().unwrap_or_default().to_string())))
+            .collect())
+    }
+
+    /// Whether Neutron has the API extension `alias`.
+    async fn has_extension(&self, alias: &str) -> Result<bool, NetworkError> {
+        match self.req(Method::GET, &format!("/v2.0/extensions/{}", url_part(alias)), None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`check_port_security`] for a network, by id.
+    async fn check_network(&self, network_id: &str, security_groups: &[String]) -> Result<(), NetworkError> {
+        let network = self.get(&format!("/v2.0/networks/{}", url_part(network_id)), "network").await?;
+        check_port_security(&network, security_groups)
+    }
+
+    /// Binds one request: an existing port, or a new one on a network, which
+    /// gets `security_groups` (ids, from [`Self::security_group_ids`]).
+    pub async fn bind_one(
+        &self,
+        i: &Instance,
+        r: &NetworkRequest,
+        security_groups: &[String],
+    ) -> Result<BoundPort, NetworkError> {
         let owner = format!("compute:{}", i.availability_zone().unwrap_or("nova"));
         let binding = json!({"binding:host_id": self.host, "device_id": i.uuid(), "device_owner": owner});
         let (port, created) = match (&r.port_id, &r.network_id) {
@@ -153,15 +307,21 @@ impl Neutron {
                 if !device.is_empty() && device != i.uuid() {
                     return Err(NetworkError::PortInUse(port_id.clone()));
                 }
+                let net = current["network_id"].as_str().unwrap_or_default();
+                self.check_network(net, security_groups).await?;
                 let port =
                     self.get_put(&format!("/v2.0/ports/{}", url_part(port_id)), json!({"port": binding})).await?;
                 (port, false)
             }
             (None, Some(net)) => {
+                self.check_network(net, security_groups).await?;
                 let mut body = binding.clone();
                 body["network_id"] = json!(net);
                 if let Some(p) = i.project_id() {
                     body["project_id"] = json!(p);
+                }
+                if !security_groups.is_empty() {
+                    body["security_groups"] = json!(security_groups);
                 }
                 if let Some(ip) = &r.address {
                     body["fixed_ips"] = json!([{"ip_address": ip}]);
@@ -363,6 +523,62 @@ impl Neutron {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_security_groups_are_cleaned_as_nova_does() {
+        let r = |v: Value| requested_security_groups(Some(&v));
+        assert!(requested_security_groups(None).unwrap().is_empty());
+        assert!(r(Value::Null).unwrap().is_empty());
+        assert!(r(json!([])).unwrap().is_empty());
+        // only "default": Neutron's choice (the project's default group)
+        assert!(r(json!(["default"])).unwrap().is_empty());
+        assert_eq!(r(json!(["default", "web"])).unwrap(), ["default", "web"]);
+        assert_eq!(r(json!(["web", "db", "web"])).unwrap(), ["web", "db"]);
+        for bad in [json!("web"), json!([1]), json!([{"name": "web"}]), json!({"a": 1})] {
+            assert!(matches!(r(bad.clone()), Err(NetworkError::BadRequest(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn security_groups_match_ids_then_unique_names() {
+        let avail: Vec<(String, String)> = [("id-1", "web"), ("id-2", "db"), ("id-3", "db"), ("id-4", "id-1")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let m = |r: &[&str]| match_security_groups(&r.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &avail);
+        assert_eq!(m(&["web"]).unwrap(), ["id-1"]);
+        assert_eq!(m(&["id-2", "web"]).unwrap(), ["id-2", "id-1"]);
+        // an id wins over a group named like it
+        assert_eq!(m(&["id-1"]).unwrap(), ["id-1"]);
+        assert!(matches!(m(&["db"]), Err(NetworkError::SecurityGroupNotUnique(n)) if n == "db"));
+        assert!(matches!(m(&["web", "other"]), Err(NetworkError::SecurityGroupNotFound(n)) if n == "other"));
+        assert!(matches!(m(&["WEB"]), Err(NetworkError::SecurityGroupNotFound(_))), "names match exactly");
+        assert!(m(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_need_port_security_and_a_subnet() {
+        let net = |ps: Option<bool>, subnets: Value| {
+            let mut n = json!({"id": "n", "subnets": subnets});
+            if let Some(p) = ps {
+                n["port_security_enabled"] = json!(p);
+            }
+            n
+        };
+        let sg = ["id-1".to_string()];
+        assert!(check_port_security(&net(Some(true), json!(["s"])), &sg).is_ok());
+        assert!(check_port_security(&net(Some(true), json!(["s"])), &[]).is_ok());
+        assert!(check_port_security(&net(None, json!(["s"])), &sg).is_ok(), "no extension: port security on");
+        assert!(check_port_security(&net(Some(false), json!(["s"])), &[]).is_ok());
+        for (n, groups) in [
+            (net(Some(false), json!(["s"])), &sg[..]),
+            (net(Some(true), json!([])), &sg[..]),
+            (net(Some(true), json!([])), &[][..]),
+            (net(None, Value::Null), &[][..]),
+        ] {
+            assert!(matches!(check_port_security(&n, groups), Err(NetworkError::SecurityGroupCannotBeApplied)), "{n}");
+        }
+    }
 
     #[test]
     fn reads_network_requests() {

@@ -11,7 +11,7 @@ use super::states::{task, vm};
 use crate::conductor::Expected;
 use crate::image::GlanceImage;
 use crate::metrics;
-use crate::network::{Requested, requested_networks};
+use crate::network::{Requested, requested_networks, requested_security_groups};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
 use crate::virt::{Driver, ImageRef, InstanceInfo, PowerState, spec};
@@ -23,6 +23,9 @@ pub struct BuildRequest {
     pub image: Value,
     /// `requested_networks` NetworkRequestList primitive (None for none).
     pub requested_networks: Option<Value>,
+    /// `security_groups`: the names (or ids) of the groups the server asked
+    /// for, applied to the ports this host creates.
+    pub security_groups: Option<Value>,
     pub admin_password: Option<String>,
 }
 
@@ -142,7 +145,8 @@ impl<D: Driver> ComputeManager<D> {
 
         // 4. Networking: ports bound to this host, info cache written.
         let t = Instant::now();
-        let ni = self.allocate_network(ctx, i, requested).await?;
+        let groups = requested_security_groups(req.security_groups.as_ref())?;
+        let ni = self.allocate_network(ctx, i, requested, &groups).await?;
         phase("build", "network_allocate", t);
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image).await;
         if built.is_err() {
@@ -331,6 +335,7 @@ pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
     BuildRequest {
         image: args.get("image").cloned().unwrap_or(Value::Null),
         requested_networks: args.get("requested_networks").filter(|v| !v.is_null()).cloned(),
+        security_groups: args.get("security_groups").filter(|v| !v.is_null()).cloned(),
         admin_password: args.get("admin_password").and_then(Value::as_str).map(str::to_string),
     }
 }

@@ -53,6 +53,15 @@ impl OpError {
             OpError::Image(e @ ImageError::NotDocker { .. }) => {
                 RemoteError::nova("ImageUnacceptable", e.to_string(), 400, json!({}))
             }
+            OpError::Network(e @ NetworkError::SecurityGroupNotFound(_)) => {
+                RemoteError::nova("SecurityGroupNotFound", e.to_string(), 404, json!({}))
+            }
+            OpError::Network(e @ NetworkError::SecurityGroupNotUnique(_)) => {
+                RemoteError::nova("NoUniqueMatch", e.to_string(), 409, json!({}))
+            }
+            OpError::Network(e @ NetworkError::SecurityGroupCannotBeApplied) => {
+                RemoteError::nova("SecurityGroupCannotBeApplied", e.to_string(), 400, json!({}))
+            }
             other => RemoteError::nova("NovaException", other.to_string(), 500, json!({})),
         }
     }

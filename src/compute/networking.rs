@@ -83,13 +83,15 @@ impl<D: Driver> ComputeManager<D> {
         })
     }
 
-    /// Build step: `task_state=networking`, ports bound to this host, the
-    /// info cache written. Returns the new network_info (empty for none).
+    /// Build step: `task_state=networking`, ports bound to this host (the
+    /// ones created in `security_groups`), the info cache written. Returns
+    /// the new network_info (empty for none).
     pub async fn allocate_network(
         &self,
         ctx: &RequestContext,
         i: &mut Instance,
         requested: &Requested,
+        security_groups: &[String],
     ) -> Result<NetworkInfo, OpError> {
         if *requested == Requested::None {
             return Ok(Vec::new());
@@ -97,7 +99,7 @@ impl<D: Driver> ComputeManager<D> {
         i.set("task_state", task::NETWORKING);
         self.save(ctx, i, Expected::OneOf(vec![None])).await?;
         let neutron = self.neutron()?;
-        let ports = neutron.allocate(i, requested).await?;
+        let ports = neutron.allocate(i, requested, security_groups).await?;
         let ni = match neutron.network_info(&ports).await {
             Ok(ni) => ni,
             Err(e) => {
@@ -303,7 +305,8 @@ impl<D: Driver> ComputeManager<D> {
         let _busy = self.mark_busy(&uuid);
         self.with_event(ctx, &uuid, "compute_attach_interface", async {
             let neutron = self.neutron()?;
-            let port = neutron.bind_one(&i, &request).await?;
+            // As Nova's attach: no groups asked for, the project's default.
+            let port = neutron.bind_one(&i, &request, &[]).await?;
             let new = match neutron.network_info(std::slice::from_ref(&port)).await {
                 Ok(v) => v,
                 Err(e) => {

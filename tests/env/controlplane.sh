@@ -45,8 +45,25 @@
 # agent sets a port ACTIVE once it sees the host-side device, and neutron then
 # POSTs network-vif-plugged to nova-api's os-server-external-events (also
 # network-changed, network-vif-unplugged, network-vif-deleted), token admin:admin.
-# Security groups are not enforced (firewall_driver noop) and neutron does not
-# run DHCP/L3 agents; the zed agent does set ebtables ARP-spoofing rules.
+# Neutron does not run DHCP/L3 agents.
+#
+# Security groups are enforced by the agents' real firewall drivers, and the
+# test network has port security on (each port gets its project's default
+# group unless a server asks for others):
+#   newest  firewall_driver = openvswitch (native OVS firewall: conntrack in
+#           the userspace datapath; ports plugged plainly, ovs_hybrid_plug false)
+#   zed     firewall_driver = iptables (physdev rules on the taps in brq...,
+#           ipset for remote groups) plus the agent's ebtables anti-spoofing
+#           chains. Needs br_netfilter with bridge-nf-call-{arp,ip,ip6}tables=1
+#           (`up` loads/sets them), and nothing in FORWARD that accepts bridged
+#           traffic before neutron's chains: `up` removes the DOCKER-USER
+#           `-i brq+ -o brq+ -j ACCEPT` rule earlier versions of this script
+#           added (with Docker's FORWARD policy DROP, traffic of a port neutron
+#           has not wired yet is dropped, which is what we want). The agent
+#           runs with $STATE/bin first in PATH: an ebtables wrapper
+#           (tests/env/shims/ebtables) works around an ebtables-nft bug that
+#           otherwise hangs the agent when it sets a port up a second time.
+# `up` restarts a running agent whose configuration (or wrapper) changed.
 #
 # Physical network "private" (the flat network's physnet):
 #   zed     veth pair ndzed-uplink / ndzed-uplink-p (created by `up`; this
@@ -146,6 +163,7 @@ case $RELEASE in
     NOVA_MANAGE=$V/bin/nova-manage
     FAKE_DRIVER=fake.FakeDriverWithoutFakeNodes  # keeps its node UUID across restarts
     NET_AGENT=neutron-openvswitch-agent NET_VIF_TYPE=ovs MECH_DRIVER=openvswitch
+    FIREWALL_DRIVER=openvswitch
     for f in "$V/bin/nova-conductor" "$VG/bin/glance-manage" "$VN/bin/neutron-db-manage" \
              "$VN/bin/neutron-rpc-server" "$VN/bin/$NET_AGENT" /usr/sbin/ovs-vswitchd; do
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
@@ -156,6 +174,7 @@ case $RELEASE in
     NOVA_MANAGE=/usr/bin/nova-manage
     FAKE_DRIVER=fake.FakeDriver
     NET_AGENT=neutron-linuxbridge-agent NET_VIF_TYPE=bridge MECH_DRIVER=linuxbridge
+    FIREWALL_DRIVER=iptables
     for f in /usr/bin/nova-api /usr/bin/placement-api /usr/bin/glance-api /usr/bin/neutron-server \
              "/usr/bin/$NET_AGENT"; do
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
@@ -477,9 +496,14 @@ EOF
 # would pick Debian's privsep-helper for the venv agent) runs the privsep
 # helper and the agent's commands from PATH.
 write_l2_agent_conf() {
+  local conf=$STATE/etc/neutron/l2-agent.conf
   {
+    echo "# $NET_AGENT config, written by tests/env/controlplane.sh $RELEASE up"
+    if [ "$RELEASE" = zed ]; then
+      # a new wrapper makes a new config, so that `up` restarts the agent
+      echo "# ebtables wrapper in its PATH: $(sha256sum < "$HERE/shims/ebtables" | cut -c1-16)"
+    fi
     cat <<EOF
-# $NET_AGENT config, written by tests/env/controlplane.sh $RELEASE up
 [DEFAULT]
 host = $NET_HOST
 transport_url = $RABBIT
@@ -494,8 +518,9 @@ EOF
     cat <<EOF
 
 [securitygroup]
-# no firewall: security groups are accepted by the API but not enforced
-firewall_driver = noop
+# real security groups (see the header): native OVS firewall / iptables
+enable_security_group = true
+firewall_driver = $FIREWALL_DRIVER
 
 [oslo_concurrency]
 lock_path = $STATE/lock
@@ -520,7 +545,18 @@ ovsdb_connection = $OVS_DB
 of_listen_address = 127.0.0.1
 EOF
     fi
-  } > "$STATE/etc/neutron/l2-agent.conf"
+  } > "$conf.new"
+  # A running agent keeps the config it started with: restart it when the
+  # config changed (`up` starts it again), so that `up` applies changes.
+  if daemon_alive "$STATE" "$NET_AGENT" && ! cmp -s "$conf.new" "$conf"; then
+    log "$NET_AGENT config changed: restarting the agent"
+    daemons_stop "$STATE" 10 "$NET_AGENT"
+  fi
+  mv "$conf.new" "$conf"
+  if [ "$RELEASE" = zed ]; then
+    mkdir -p "$STATE/bin"
+    install -m 755 "$HERE/shims/ebtables" "$STATE/bin/ebtables"
+  fi
 }
 
 write_clouds_yaml() {
@@ -692,21 +728,13 @@ ensure_lb_uplink() { # zed: the interface behind physnet "private"
   fi
   ip link set "$LB_UPLINK" up
   ip link set "$LB_UPLINK-p" up 2>/dev/null || true
-  # With br_netfilter, frames bridged between the instances' taps go through
-  # iptables FORWARD, whose policy Docker sets to DROP; the noop firewall
-  # driver adds no rule of its own. Let bridged brq* traffic through, in
-  # DOCKER-USER (Docker's place for such rules), for v4 and v6.
-  local ipt
-  for ipt in iptables ip6tables; do
-    if "$ipt" -nL DOCKER-USER >/dev/null 2>&1 &&
-       ! "$ipt" -C DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT 2>/dev/null; then
-      "$ipt" -I DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT
-    fi
-  done
-  # Anti-spoofing chains the agent left for taps that are gone: with
-  # ebtables-nft the agent cannot delete their rules and then retries for
-  # ever, processing no new port. The test network has port security off,
-  # so no new ones are made; remove the old ones before the agent starts.
+  bridge_netfilter
+  # Anti-spoofing chains an agent left for taps that are gone (an agent
+  # killed mid-way, or one that ran without the ebtables wrapper and hung on
+  # them): remove them before the agent starts, which sets up those of the
+  # taps present again. Never under a running agent: its ports would lose
+  # their anti-spoofing rules until it looked at them again.
+  daemon_alive "$STATE" "$NET_AGENT" && return 0
   local rule chain rules
   # Rules are listed as their match words, e.g. "-i tapX -j neutronARP-tapX".
   rules=$(ebtables -t nat -L PREROUTING 2>/dev/null | grep -E -- '-j neutron' || true)
@@ -718,6 +746,32 @@ ensure_lb_uplink() { # zed: the interface behind physnet "private"
   for chain in $(ebtables -t nat -L 2>/dev/null | awk '/^Bridge chain: neutron/ {sub(",", "", $3); print $3}'); do
     ebtables -t nat -F "$chain" || true
     ebtables -t nat -X "$chain" || true
+  done
+}
+
+bridge_netfilter() { # zed: what the iptables firewall driver needs (see the header)
+  # Frames bridged between taps reach iptables only through br_netfilter
+  # (a module on most kernels, built in on some).
+  if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+    modprobe br_netfilter || true
+    [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] ||
+      die "br_netfilter is missing: the iptables firewall (security groups) cannot see bridged traffic"
+  fi
+  local proto
+  for proto in arp ip ip6; do
+    sysctl -q -w "net.bridge.bridge-nf-call-${proto}tables=1" >/dev/null
+  done
+  # Earlier versions of this script accepted all brq* bridged traffic in
+  # DOCKER-USER (for the noop firewall). Docker puts DOCKER-USER first in
+  # FORWARD whenever it (re)starts, so that rule would let traffic past the
+  # security groups: remove it. Neutron's own chains accept what the groups
+  # (and ports without port security) allow; Docker's DROP policy the rest.
+  local ipt
+  for ipt in iptables ip6tables; do
+    while "$ipt" -C DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT 2>/dev/null; do
+      "$ipt" -D DOCKER-USER -i 'brq+' -o 'brq+' -j ACCEPT
+      log "removed the DOCKER-USER rule accepting brq* traffic ($ipt)"
+    done
   done
 }
 
@@ -800,7 +854,8 @@ start_l2_agent() {
   AGENT_SINCE=$(date -u '+%F %T')
   local args=(--config-file "$STATE/etc/neutron/l2-agent.conf" --log-file "$STATE/log/$NET_AGENT.log")
   if [ "$RELEASE" = zed ]; then
-    daemon_start "$STATE" "$NET_AGENT" "/usr/bin/$NET_AGENT" "${args[@]}"
+    # PATH: the ebtables wrapper (see the header) before the real one
+    daemon_start "$STATE" "$NET_AGENT" env "PATH=$STATE/bin:$PATH" "/usr/bin/$NET_AGENT" "${args[@]}"
   else
     # PATH: the venv's privsep-helper; OVS_RUNDIR: ovs-vsctl/ovs-ofctl/ovs-appctl
     daemon_start "$STATE" "$NET_AGENT" env "PATH=$VN/bin:$PATH" "OVS_RUNDIR=$OVS_DIR" \

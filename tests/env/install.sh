@@ -28,11 +28,12 @@ fi
 # openvswitch-switch: newest's L2 agent (neutron-openvswitch-agent) runs on our
 # own ovsdb-server/ovs-vswitchd; iptables: ebtables(-nft), which zed's
 # neutron-linuxbridge-agent (from neutron-common, pulled in by neutron-server)
-# uses for ARP-spoofing rules; iproute2: `ip` for both agents and the tests.
-# xfsprogs, btrfs-progs: the root disk tests put private Docker engines on
-# loop-mounted xfs and btrfs.
+# uses for ARP-spoofing rules; ipset, conntrack: its iptables firewall driver
+# (security groups); kmod: modprobe br_netfilter; iproute2: `ip` for both
+# agents and the tests. xfsprogs, btrfs-progs: the root disk tests put
+# private Docker engines on loop-mounted xfs and btrfs.
 pkgs=(rabbitmq-server curl bc iproute2 iptables busybox-static shellcheck python3-venv openvswitch-switch
-      ethtool python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
+      ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
 if [ "${SKIP_ZED:-0}" != 1 ]; then
   pkgs+=(nova-conductor nova-api nova-scheduler placement-api glance-api
          python3-glanceclient neutron-server python3-openstackclient)

@@ -76,10 +76,14 @@ daemon_start() {
     log "$name already running (pid $pid)"; return 0
   fi
   rm -f "$pidf" "$pidf.tmp"
-  # sh writes its own PID (it becomes the service by exec) after setsid made
+  # bash writes its own PID (it becomes the service by exec) after setsid made
   # it a session and process-group leader, so PID == PGID, whatever setsid did.
-  # shellcheck disable=SC2016  # $$, $0 and $@ are for that inner sh
-  setsid sh -c 'echo $$ > "$0.tmp"; exec "$@"' "$pidf" "$@" \
+  # It first closes every descriptor but 0-2: a daemon must not keep what the
+  # caller had open, e.g. the lock of `flock LOCKFILE controlplane.sh ... up`
+  # (held for as long as the daemon lives otherwise).
+  # shellcheck disable=SC2016  # $$, $0 and $@ are for that inner bash
+  setsid bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done
+    echo $$ > "$0.tmp"; exec "$@"' "$pidf" "$@" \
     >> "$dir/log/$name.stdout" 2>&1 < /dev/null &
   ND_POLL=0.05 wait_until 5 "$name PID file" test -s "$pidf.tmp" >/dev/null 2>&1 ||
     die "$name: no PID file after 5 s"

@@ -22,4 +22,5 @@ mod proxy;
 mod recovery;
 mod resources;
 mod rpc;
+mod secgroups;
 mod tenants;

@@ -12,14 +12,14 @@ use crate::proxy::Relay;
 
 const T: Duration = Duration::from_secs(120);
 
-async fn exec(container: &str, cmd: &str) -> (bool, String) {
+pub(crate) async fn exec(container: &str, cmd: &str) -> (bool, String) {
     let out = tokio::process::Command::new("docker").args(["exec", container, "sh", "-c", cmd]).output().await.unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A flavor whose containers may send ICMP (the flavor extra spec
 /// `docker:capabilities` adds NET_RAW to the minimal set).
-async fn ping_flavor(cloud: &Cloud) -> String {
+pub(crate) async fn ping_flavor(cloud: &Cloud) -> String {
     let id = "4242";
     let (status, _) = cloud.nova(reqwest::Method::GET, &format!("/flavors/{id}"), None, "2.88").await;
     if status == 200 {
@@ -43,7 +43,7 @@ async fn create_on_network(cloud: &Cloud, name: &str, image: &str, host: &str, f
     v["server"]["id"].as_str().unwrap().to_string()
 }
 
-async fn neutron(cloud: &Cloud, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn neutron(cloud: &Cloud, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .request(method, format!("{}{path}", cloud.var("ND_NEUTRON")))
         .header("X-Auth-Token", cloud.var("ND_TOKEN"));
@@ -55,12 +55,12 @@ async fn neutron(cloud: &Cloud, method: reqwest::Method, path: &str, body: Optio
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn ports_of(cloud: &Cloud, server: &str) -> Vec<Value> {
+pub(crate) async fn ports_of(cloud: &Cloud, server: &str) -> Vec<Value> {
     let (_, v) = neutron(cloud, reqwest::Method::GET, &format!("/v2.0/ports?device_id={server}"), None).await;
     v["ports"].as_array().cloned().unwrap_or_default()
 }
 
-fn fixed_ip(port: &Value, v6: bool) -> String {
+pub(crate) fn fixed_ip(port: &Value, v6: bool) -> String {
     port["fixed_ips"]
         .as_array()
         .unwrap()
@@ -118,10 +118,24 @@ async fn neutron_networking(release: Release) {
     eprintln!("two servers ACTIVE with ports in {:?}", started.elapsed());
     let (pa, pb) = (ports_of(&cloud, &a).await, ports_of(&cloud, &b).await);
     assert_eq!((pa.len(), pb.len()), (1, 1));
+    // Servers that ask for no group: their project's default group, whose
+    // members reach each other (the pings below go through the firewall).
+    let project = pa[0]["project_id"].as_str().unwrap().to_string();
+    let (_, sgs) = neutron(
+        &cloud,
+        reqwest::Method::GET,
+        &format!("/v2.0/security-groups?name=default&project_id={project}"),
+        None,
+    )
+    .await;
+    let default_group = sgs["security_groups"][0]["id"].clone();
+    assert!(default_group.is_string(), "{sgs}");
     for p in [&pa[0], &pb[0]] {
         assert_eq!(p["status"], "ACTIVE", "the L2 agent wired the port: {p}");
         assert_eq!(p["binding:host_id"], host_name.as_str());
         assert_eq!(p["binding:vif_type"], cloud.var("ND_NET_VIF_TYPE"));
+        assert_eq!(p["port_security_enabled"], true, "{p}");
+        assert_eq!(p["security_groups"], json!([default_group]), "{p}");
     }
     // network_info in Nova names the port and its addresses.
     let s = cloud.server(&a).await.unwrap();

@@ -4,7 +4,8 @@
   nd_rest.py seed NOVA_URL NEUTRON_URL
       flavors m1.tiny (id 1), m1.small (id 2), m1.nano (id 42) and the shared
       flat network 'private' with subnets 10.99.0.0/24 (DNS 10.99.0.53) and
-      fd00:99::/64.
+      fd00:99::/64, port security on; the default security group of project
+      'admin' (the tests' project) exists.
       Idempotent: only what is missing (or a changed DNS server) is written.
   nd_rest.py image-ensure GLANCE_URL NAME
       an active image NAME (a 10 KiB tar, container_format=docker,
@@ -48,13 +49,13 @@ FLAVORS = [  # (id, name, ram MB, vcpus, disk GB)
     ('2', 'm1.small', 1024, 1, 2),
     ('42', 'm1.nano', 128, 1, 1),
 ]
-# Port security off: the test agents run with the noop firewall, and their
-# anti-spoofing rules (ebtables-nft on the Zed agent) fail to delete for a
-# vanished tap and then block the agent's loop; no test relies on them.
+# Port security on, as in a real cloud: the agents enforce security groups
+# (controlplane.sh), and every port gets its project's default group unless
+# the server asks for others.
 NETWORK = {
     'name': 'private',
     'shared': True,
-    'port_security_enabled': False,
+    'port_security_enabled': True,
     'project_id': 'admin',
     'provider:network_type': 'flat',
     'provider:physical_network': 'private',
@@ -120,10 +121,10 @@ def seed(nova, neutron):
     nets = req('GET', neutron + '/v2.0/networks?name=private')['networks']
     if nets:
         net = nets[0]
-        if net.get('port_security_enabled', False):
+        if not net.get('port_security_enabled', False):
             req('PUT', neutron + '/v2.0/networks/' + net['id'],
-                {'network': {'port_security_enabled': False}})
-            log('turned port security off on network private')
+                {'network': {'port_security_enabled': True}})
+            log('turned port security on on network private')
     else:
         net = req('POST', neutron + '/v2.0/networks',
                   {'network': NETWORK})['network']
@@ -141,7 +142,79 @@ def seed(nova, neutron):
             body = dict(sn, network_id=net['id'], project_id='admin')
             s = req('POST', neutron + '/v2.0/subnets', {'subnet': body})
             log('created subnet %s %s' % (sn['cidr'], s['subnet']['id']))
+    ensure_default_sg_rule_templates(neutron)
+    ensure_default_security_group(neutron, net['id'], 'admin')
     print(net['id'])
+
+
+# (direction, ethertype, remote group 'PARENT'?, used in default groups,
+#  used in other groups): what neutron's own migration c33da356b165 writes
+SG_RULE_TEMPLATES = [
+    ('egress', 'IPv4', False, True, True),
+    ('egress', 'IPv6', False, True, True),
+    ('ingress', 'IPv4', True, True, False),
+    ('ingress', 'IPv6', True, True, False),
+]
+
+
+def ensure_default_sg_rule_templates(neutron):
+    """Neutron >= 2023.2 copies its default-security-group-rules into every
+    new group. Its DB migration writes the classic four, but our schema is
+    built from the models (nd_neutron_schema.py), which leaves them out: a new
+    group would then have no rule at all (its members could not even talk to
+    each other). Older neutron (Zed) has them built in (404 here)."""
+    url = neutron + '/v2.0/default-security-group-rules'
+    try:
+        have = req('GET', url)['default_security_group_rules']
+    except HTTPError as e:
+        if e.code == 404:
+            return
+        raise
+    for direction, ethertype, parent, in_default, in_other in SG_RULE_TEMPLATES:
+        want = {'direction': direction, 'ethertype': ethertype,
+                'remote_group_id': 'PARENT' if parent else None,
+                'used_in_default_sg': in_default,
+                'used_in_non_default_sg': in_other}
+        if any(all(r.get(k) == v for k, v in want.items()) and
+               not r.get('protocol') and not r.get('remote_ip_prefix') and
+               not r.get('remote_address_group_id') for r in have):
+            continue
+        req('POST', url, {'default_security_group_rule': dict(
+            want, description='nova-docker tests: neutron migration default')})
+        log('created default security group rule template %s' % want)
+
+
+def ensure_default_security_group(neutron, net_id, project):
+    """Neutron creates a project's default group with its first port; do it
+    now, so that the first servers booted at once do not race for it. A
+    group created before the rule templates existed (see above) gets the
+    four classic rules: all egress, ingress from the group's members."""
+    sgs = req('GET', '%s/v2.0/security-groups?name=default&project_id=%s'
+              % (neutron, project))['security_groups']
+    if not sgs:
+        port = req('POST', neutron + '/v2.0/ports', {'port': {
+            'network_id': net_id, 'project_id': project,
+            'name': 'nd-seed-default-sg'}})['port']
+        req('DELETE', '%s/v2.0/ports/%s' % (neutron, port['id']))
+        log('created the default security group of project %s' % project)
+        sgs = req('GET', '%s/v2.0/security-groups?name=default&project_id=%s'
+                  % (neutron, project))['security_groups']
+    for sg in sgs:
+        for direction, ethertype, parent, _, _ in SG_RULE_TEMPLATES:
+            remote = sg['id'] if parent else None
+            if any(r['direction'] == direction and r['ethertype'] == ethertype
+                   and r.get('remote_group_id') == remote
+                   and not r.get('protocol') and not r.get('remote_ip_prefix')
+                   for r in sg.get('security_group_rules', [])):
+                continue
+            req('POST', neutron + '/v2.0/security-group-rules',
+                {'security_group_rule': {
+                    'security_group_id': sg['id'], 'direction': direction,
+                    'ethertype': ethertype, 'remote_group_id': remote,
+                    'project_id': project}})
+            log('added rule %s %s%s to the default group of %s' % (
+                direction, ethertype, ' from its members' if parent else '',
+                project))
 
 
 def image_ensure(glance, name):
