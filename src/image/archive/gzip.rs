@@ -238,19 +238,20 @@ impl GzipDecoder {
         let mut consumed = 0;
         loop {
             let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress(&input[consumed..], &mut self.out, FlushDecompress::None)
-                .map_err(|e| GzipFailure::Corrupt(format!("gzip data is corrupt: {e}")))?;
+            let result = self.inflate.decompress(&input[consumed..], &mut self.out, FlushDecompress::None);
             let used = usize::try_from(self.inflate.total_in() - in_before).unwrap_or(usize::MAX);
             let produced = usize::try_from(self.inflate.total_out() - out_before).unwrap_or(usize::MAX);
             consumed += used;
+            // What was inflated before an error goes out first: the verdict
+            // is then the first fault in stream order, however the input
+            // was cut into pieces.
             if produced > 0 {
                 let piece = &self.out[..produced];
                 self.crc.update(piece);
                 self.member_out += produced as u64;
                 sink(piece).map_err(GzipFailure::Sink)?;
             }
+            let status = result.map_err(|e| GzipFailure::Corrupt(format!("gzip data is corrupt: {e}")))?;
             match status {
                 Status::StreamEnd => {
                     self.state = State::Trailer { fill: 0 };
