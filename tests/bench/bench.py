@@ -417,6 +417,19 @@ def docker_api(conn, method, path, body=None):
     return json.loads(data) if data else None
 
 
+def glance_repo(image_id):
+    """The Docker repository in which the host binds a Glance image."""
+    return 'glance/%s' % image_id.lower()
+
+
+def rmi_all(ref):
+    """Removes a reference, or every reference of a repository."""
+    refs = [ref] if ':' in ref else sh(['docker', 'images', ref, '--format', '{{.Repository}}:{{.Tag}}'],
+                                          check=False).split()
+    for r in refs:
+        sh(['docker', 'rmi', r], check=False)
+
+
 def docker_rm_label(label):
     ids = sh(['docker', 'ps', '-aq', '--no-trunc', '--filter', 'label=' + label], check=False).split()
     if ids:
@@ -1142,7 +1155,7 @@ class Bench:
                 raise BenchError('nova-docker image import: %s' % err.decode()[-500:])
             iid = out.decode().strip().splitlines()[-1]
             self.created_images.append(iid)
-            self.docker_images.append('glance/%s:latest' % iid.lower())
+            self.docker_images.append(glance_repo(iid))
             res['ours_upload'].append((dt, self.api.image(iid)['size']))
             res['ours_upload_cpu_s'].append(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
             return iid
@@ -1171,7 +1184,7 @@ class Bench:
         self.created_images.append(plain_src)
         sh('docker save %s | %s' % (tag, curl_up % plain_src))
         sh(['docker', 'rmi', tag])
-        ours_ref = 'glance/%s:latest' % imported.lower()
+        ours_repo = glance_repo(imported)
 
         def plain_download():
             sh('sync')
@@ -1193,8 +1206,9 @@ class Bench:
                                  % cnt)
             res['ours_download'].append((dt, size))
             self.timed_delete(sid)
-            # docker load also restored the archive's own tag
-            sh(['docker', 'rmi', ours_ref])
+            # the host bound the loaded image to the Glance image (and only
+            # that: the archive's own tag is never restored)
+            rmi_all(ours_repo)
             sh(['docker', 'rmi', tag], check=False)
 
         for n in range(rounds):
@@ -1294,7 +1308,7 @@ class Bench:
             except Exception as e:  # noqa: BLE001
                 self.errors.append('cleanup: image %s: %s' % (iid, e))
         for ref in self.docker_images:
-            sh(['docker', 'rmi', ref], check=False)
+            rmi_all(ref)
         if self.pyreg:
             self.pyreg.stop()
         if self.ours:
