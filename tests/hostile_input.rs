@@ -16,7 +16,7 @@ use nova_docker::network::requested_networks;
 use nova_docker::objects::{Instance, NovaObject};
 use nova_docker::rpc::RemoteError;
 use nova_docker::rpc::envelope::{self, Request};
-use nova_docker::virt::spec;
+use nova_docker::virt::{capabilities, spec};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -123,12 +123,17 @@ fn digest_arguments(args: &Map<String, Value>) {
             let _ = (instance.flavor(), instance.metadata(), instance.system_metadata(), instance.memory_mb());
             let props = args.get("image").and_then(Value::as_object).cloned().unwrap_or_default();
             if let Ok(s) = spec::build(&instance, "h", "sha256:x", &props, &docker_settings(), None) {
-                // Whatever the flavor, metadata and image say: never these.
-                let forbidden = ["ALL", "SYS_ADMIN", "SYS_MODULE"];
-                let name = |c: &String| c.to_uppercase().trim_start_matches("CAP_").to_string();
-                assert!(!s.cap_add.iter().any(|c| forbidden.contains(&name(c).as_str())), "{:?}", s.cap_add);
+                // Whatever the flavor, metadata and image say: only the
+                // host's own set and the tenant-safe list.
+                let configured = docker_settings().capabilities;
+                assert!(
+                    s.cap_add.iter().all(|c| configured.contains(c) || capabilities::TENANT_SAFE.contains(&c.as_str())),
+                    "{:?}",
+                    s.cap_add
+                );
                 assert!(s.security_opt.iter().any(|o| o == "no-new-privileges:true"));
-                assert!(s.memory_bytes > 0);
+                assert!(s.memory_bytes > 0 && s.cpu_shares > 0 && s.cpu_shares <= spec::MAX_CPU_SHARES);
+                assert!(s.nano_cpus.is_none_or(|n| n > 0));
             }
         }
         let _ = NovaObject::from_primitive(i).map(|o| o.to_primitive());
@@ -206,7 +211,7 @@ proptest! {
     }
 
     #[test]
-    fn flavor_and_image_never_grant_what_is_forbidden(
+    fn flavor_and_image_never_grant_what_is_forbidden_nor_overflow_sizes(
         caps in prop::collection::vec(
             prop_oneof![
                 Just("SYS_ADMIN"), Just("cap_sys_admin"), Just(" All "), Just("NET_RAW"), Just("sys_module"),
@@ -217,10 +222,16 @@ proptest! {
         separator in prop_oneof![Just(","), Just(", "), Just(" "), Just(",,")],
         pids in prop_oneof![Just("-1"), Just("0"), Just("99999999999999999999"), Just("12"), Just("x")],
         props in json_value(),
+        memory_mb in prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(0), Just(-1), Just(64), any::<i64>()],
+        vcpus in prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(0), Just(1), Just(1 << 40), any::<i64>()],
+        cpu_limit in prop_oneof![Just("quota"), Just("shares")],
     ) {
         let mut instance = real_build_args()["instance"].clone();
-        instance["nova_object.data"]["flavor"]["nova_object.data"]["extra_specs"] =
-            json!({"docker:capabilities": caps.join(separator), "docker:pids_limit": pids});
+        let flavor = &mut instance["nova_object.data"]["flavor"]["nova_object.data"];
+        flavor["extra_specs"] = json!({"docker:capabilities": caps.join(separator), "docker:pids_limit": pids,
+                                       "docker:cpu_limit": cpu_limit});
+        flavor["memory_mb"] = json!(memory_mb);
+        flavor["vcpus"] = json!(vcpus);
         let mut args = Map::new();
         args.insert("instance".into(), instance);
         args.insert("image".into(), props);
