@@ -121,6 +121,9 @@ fn digest_arguments(args: &Map<String, Value>) {
         if let Ok(instance) = Instance::from_primitive(i) {
             assert!(nova_docker::objects::instance::is_canonical_uuid(instance.uuid()));
             let _ = (instance.flavor(), instance.metadata(), instance.system_metadata(), instance.memory_mb());
+            // The host's usage sums what the conductor says of its instances.
+            let u = nova_docker::compute::host::Usage::of(&[instance.clone(), instance.clone()]);
+            assert!(u.vcpus >= 0 && u.memory_mb >= 0 && u.disk_gb >= 0);
             let props = args.get("image").and_then(Value::as_object).cloned().unwrap_or_default();
             if let Ok(s) = spec::build(&instance, "h", "sha256:x", &props, &docker_settings(), None) {
                 // Whatever the flavor, metadata and image say: only the
@@ -162,6 +165,15 @@ fn intake(body: &[u8]) {
     let _ = Request::reply_to_of(&message);
     if let Ok(request) = Request::from_message(message) {
         assert!(!request.method.is_empty());
+        // What the server keeps or computes from the envelope is bounded.
+        assert!(request.method.len() <= envelope::MAX_NAME_BYTES);
+        assert!(request.unique_id.as_ref().is_none_or(|u| u.len() <= envelope::MAX_NAME_BYTES));
+        if let Some(r) = &request.reply_to {
+            assert!(r.msg_id.len() <= envelope::MAX_NAME_BYTES && r.reply_q.len() <= envelope::MAX_NAME_BYTES);
+        }
+        if let Some(t) = request.call_monitor_timeout {
+            assert!(Duration::try_from_secs_f64(t / 2.0).is_ok(), "_timeout {t}");
+        }
         digest_arguments(&request.args);
     }
 }
@@ -236,6 +248,26 @@ proptest! {
         args.insert("instance".into(), instance);
         args.insert("image".into(), props);
         digest_arguments(&args);
+    }
+
+    #[test]
+    fn envelope_numbers_and_ids_never_panic_the_server(
+        timeout in prop_oneof![any::<f64>(), Just(f64::MAX), Just(1e300), Just(-0.0), Just(2.0)],
+        big_int in any::<u64>(),
+        id_len in prop_oneof![Just(0usize), Just(32), Just(255), Just(256), Just(70_000)],
+        field in prop_oneof![Just("_unique_id"), Just("_msg_id"), Just("_reply_q"), Just("method")],
+    ) {
+        let mut m = Map::new();
+        m.insert("method".into(), json!("get_host_uptime"));
+        m.insert("_msg_id".into(), json!("0123"));
+        m.insert("_reply_q".into(), json!("reply_x"));
+        if let Some(n) = serde_json::Number::from_f64(timeout) {
+            m.insert("_timeout".into(), Value::Number(n));
+        }
+        m.insert(field.into(), json!("i".repeat(id_len.max(1))));
+        intake(&envelope::seal(&m));
+        m.insert("_timeout".into(), json!(big_int));
+        intake(&envelope::seal(&m));
     }
 
     #[test]
