@@ -102,7 +102,7 @@ impl DockerDriver {
 
     /// A client whose timeout also covers an in-engine wait of `extra`.
     fn with_wait(&self, extra: Duration) -> Docker {
-        self.docker.clone().with_timeout(self.settings.api_timeout + extra)
+        self.docker.clone().with_timeout(self.settings.api_timeout.saturating_add(extra))
     }
 
     async fn inspect(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
@@ -138,7 +138,7 @@ impl DockerDriver {
             }
             let stop = self
                 .with_wait(timeout)
-                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()))
                 .await;
             match stop {
                 Ok(()) => {}
@@ -163,6 +163,11 @@ impl DockerDriver {
     fn not_found_or(uuid: &str, op: &str, e: BollardError) -> VirtError {
         if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine(op, e) }
     }
+}
+
+/// A grace period as the engine's `t` (seconds, an i32).
+fn stop_seconds(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// The create request of an instance's container; `binds` put its generated
@@ -338,7 +343,7 @@ impl Driver for DockerDriver {
             self.with_wait(timeout)
                 .restart_container(
                     &name,
-                    Some(RestartContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()),
+                    Some(RestartContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()),
                 )
                 .await
                 .map_err(|e| Self::not_found_or(uuid, "restart", e))?;
@@ -354,7 +359,7 @@ impl Driver for DockerDriver {
         }
         match self
             .with_wait(timeout)
-            .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+            .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()))
             .await
         {
             Ok(()) => {}

@@ -280,3 +280,30 @@ async fn envelope_numbers_and_names_from_a_peer_are_clamped_or_refused() {
     host.stop().await;
     assert!(!host.log_text().contains("panicked"), "a task panicked");
 }
+
+/// A tenant's image asks for a shutdown grace period (`os_shutdown_timeout`,
+/// copied by Nova into the instance's system metadata) larger than any clock
+/// holds: the stop is bounded by the host's cap instead of panicking, and the
+/// server stops.
+#[tokio::test]
+async fn an_image_shutdown_timeout_past_any_clock_does_not_break_stop() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("graceful");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud
+        .docker_image_in_glance(
+            &host.conf,
+            "nd-busybox:latest",
+            "nd-busybox-endless-shutdown",
+            &["os_shutdown_timeout=18446744073709551615"],
+        )
+        .await;
+    let server = cloud.create_server("graceful", &image, &name, "42").await;
+    cloud.wait_status(&server, "ACTIVE", T).await;
+    let (status, v) = cloud.action(&server, json!({"os-stop": null})).await;
+    assert_eq!(status, 202, "{v}");
+    cloud.wait_status(&server, "SHUTOFF", T).await;
+    cloud.delete_server(&server, T).await;
+    host.stop().await;
+    assert!(!host.log_text().contains("panicked"), "a task panicked");
+}
