@@ -351,7 +351,7 @@ impl<D: Driver> HostRegistrar<D> {
     /// whether the disabled flag changed.
     pub async fn heartbeat(&self, ctx: &RequestContext, records: &HostRecords) -> Result<bool, HostError> {
         let mut service = records.service.lock().await;
-        let next = service.report_count() + 1;
+        let next = service.report_count().saturating_add(1);
         service.obj.set("report_count", next);
         if let Err(e) = self.conductor.service_save(ctx, &mut service).await {
             // Keep the counter where the database has it.

@@ -65,8 +65,27 @@ pub struct ReplyTo {
     pub reply_q: String,
 }
 
-/// A decoded RPC request.
-#[derive(Debug, Clone)]
+/// Whether an argument's name says it holds a secret (`admin_password`,
+/// `auth_token`, `password`, `secret`, `credential`...).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passwd", "token", "secret", "credential", "private_key"].iter().any(|s| k.contains(s))
+}
+
+/// `v` with the value of every key [`is_secret_key`] names replaced by
+/// `"***"`, at any depth: what `Debug` of a request shows of its arguments.
+pub fn redacted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, v)| (k.clone(), if is_secret_key(k) { json!("***") } else { redacted(v) })).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A decoded RPC request. `Debug` shows its arguments [`redacted`].
+#[derive(Clone)]
 pub struct Request {
     pub method: String,
     pub args: Map<String, Value>,
@@ -80,6 +99,21 @@ pub struct Request {
     /// Call-monitor timeout in seconds, when the caller set one.
     pub call_monitor_timeout: Option<f64>,
     pub context: RequestContext,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("args", &redacted(&Value::Object(self.args.clone())))
+            .field("namespace", &self.namespace)
+            .field("version", &self.version_text)
+            .field("unique_id", &self.unique_id)
+            .field("reply_to", &self.reply_to)
+            .field("call_monitor_timeout", &self.call_monitor_timeout)
+            .field("context", &self.context)
+            .finish()
+    }
 }
 
 /// A reply to a call (final or call-monitor heartbeat).
