@@ -384,6 +384,12 @@ impl ComputeHost {
         h
     }
 
+    /// Sets an environment variable of the service (before `spawn`); it
+    /// wins over the defaults, e.g. `RUST_LOG`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the process.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();

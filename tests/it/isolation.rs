@@ -72,3 +72,50 @@ async fn instances_are_isolated_and_secrets_stay_out() {
     let log = host.log_text();
     assert!(!log.contains(&secret));
 }
+
+/// A host logging everything at debug level (every crate: lapin, hyper,
+/// reqwest included) boots, reboots and deletes a server created with an
+/// admin password: its log has neither the password, nor the user's token
+/// (the request context's), nor its own Neutron token, nor the broker's
+/// password.
+#[tokio::test]
+async fn debug_logs_hold_no_password_or_token() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("debuglog");
+    let neutron_token = common::unique("nd-neutron-token-secret");
+    let mut host = ComputeHost::configure(&cloud, &name, &format!("[neutron]\ntoken = {neutron_token}\n"));
+    host.set_env("RUST_LOG", "debug");
+    host.spawn();
+    host.wait_up(&cloud, Duration::from_secs(60)).await;
+    cloud.map_host(&name).await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let secret = common::unique("nd-admin-pass-secret");
+    let body = json!({"server": {"name": "debuglog", "imageRef": image, "flavorRef": "42", "networks": "none",
+        "adminPass": secret, "availability_zone": format!("nova:{name}")}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let (status, v) = cloud.action(&id, json!({"reboot": {"type": "HARD"}})).await;
+    assert_eq!(status, 202, "{v}");
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let (status, v) = cloud.action(&id, json!({"os-getConsoleOutput": {"length": 5}})).await;
+    assert_eq!(status, 200, "{v}");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+    let log = host.log_text();
+    // Debug it was: the service's own lines and the libraries'.
+    for target in ["DEBUG nova_docker", "DEBUG lapin", "DEBUG bollard"] {
+        assert!(log.contains(target), "no {target} line: not at debug level");
+    }
+    let user_token = cloud.var("ND_TOKEN");
+    for (what, s) in [
+        ("the admin password", secret.as_str()),
+        ("the user's token", user_token),
+        ("the Neutron token", neutron_token.as_str()),
+        ("the broker's password", "guest:guest@"),
+    ] {
+        let hits: Vec<&str> = log.lines().filter(|l| l.contains(s)).take(3).collect();
+        assert!(hits.is_empty(), "{what} is in the debug log:\n{}", hits.join("\n"));
+    }
+}
