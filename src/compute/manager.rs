@@ -148,10 +148,12 @@ impl<D: Driver> ComputeManager<D> {
         let failure = match &result {
             Ok(_) => None,
             Err(e) if e.is_superseded() => None,
-            Err(e) => Some(e.to_remote()),
+            Err(e) => Some((e.tenant_message(), e.to_remote())),
         };
+        // The event's message is shown to the tenant (microversion 2.84
+        // `details`), its traceback to admins only: the whole error goes there.
         let (message, trace) = match &failure {
-            Some(f) => (f.message.clone(), format!("{}: {}\n", f.class, f.message)),
+            Some((message, f)) => (message.clone(), format!("{}: {}\n", f.class, f.message)),
             None => (String::new(), String::new()),
         };
         let detail = failure.as_ref().map(|_| (message.as_str(), trace.as_str()));
@@ -169,9 +171,9 @@ impl<D: Driver> ComputeManager<D> {
         if err.is_superseded() {
             return;
         }
-        let remote = err.to_remote();
-        let details = format!("{}.{}: {}", remote.module, remote.class, remote.message);
-        self.conductor.fault_create(ctx, uuid, err.fault_code(), &remote.message, &details).await;
+        // The tenant reads the message; the whole error goes to details.
+        let fault = err.fault_record();
+        self.conductor.fault_create(ctx, uuid, fault.code, &fault.message, &fault.details).await;
     }
 
     /// `@reverts_task_state`: clears the task state after a failure (unless

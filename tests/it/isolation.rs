@@ -119,3 +119,70 @@ async fn debug_logs_hold_no_password_or_token() {
         assert!(hits.is_empty(), "{what} is in the debug log:\n{}", hits.join("\n"));
     }
 }
+
+/// What a build that failed for a host-side reason tells the tenant and the
+/// admin, read through the real API: the tenant's fault message and action
+/// event details name no host path, internal URL or address; the admin's
+/// fault details hold the whole error. Two hosts fail two ways: Glance's
+/// endpoint unreachable (its URL and address in the error) and an
+/// `instances_path` under a file (the path in the error).
+#[tokio::test]
+async fn tenants_see_faults_without_host_paths_or_internal_urls() {
+    let cloud = Cloud::get(Release::Newest);
+    let ok_host = ComputeHost::start(&cloud, &host_name("faultimg"), "").await;
+    let image = cloud.busybox_image(&ok_host.conf).await;
+    drop(ok_host);
+    let glance_down = "[glance]\nendpoint_override = http://127.0.0.1:9/nd-internal-glance\n";
+    let blocked = std::env::temp_dir().join(common::unique("nd-not-a-dir"));
+    std::fs::write(&blocked, b"a file where a directory should be").unwrap();
+    let no_instances_path = format!("[DEFAULT]\ninstances_path = {}/instances\n", blocked.display());
+    let tenant = "nd-tenant:admin";
+    for (extra, leak) in [(glance_down.to_string(), "127.0.0.1:9"), (no_instances_path, blocked.to_str().unwrap())] {
+        let name = host_name("fault");
+        let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+        // A fresh image for the Glance case, so no cached copy hides the download.
+        let image = if extra.contains("[glance]") {
+            cloud.raw_glance_image(&common::unique("nd-fault"), "docker", b"not an archive".to_vec()).await
+        } else {
+            image.clone()
+        };
+        let id = cloud.create_server("fault", &image, &name, "42").await;
+        let admin_view = cloud.wait_status(&id, "ERROR", T).await;
+        let (status, tenant_view) =
+            cloud.nova_as(tenant, reqwest::Method::GET, &format!("/servers/{id}"), None, "2.88").await;
+        assert_eq!(status, 200, "{tenant_view}");
+        let tenant_fault = &tenant_view["server"]["fault"];
+        let message = tenant_fault["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "no fault: {tenant_view}");
+        assert_eq!(tenant_fault["code"], 500, "{tenant_fault}");
+        assert!(tenant_fault.get("details").is_none(), "the tenant sees details: {tenant_fault}");
+        for needle in [leak, "http://", "/var/", "/tmp/", "/run/", "127.0.0.1"] {
+            assert!(!message.contains(needle), "the tenant's fault names {needle}: {message}");
+        }
+        let details = admin_view["fault"]["details"].as_str().unwrap_or_default();
+        assert!(details.contains(leak), "the admin's details lack {leak}: {}", admin_view["fault"]);
+        // The action event's details (2.84+) are the tenant's too.
+        let (_, actions) = cloud
+            .nova_as(tenant, reqwest::Method::GET, &format!("/servers/{id}/os-instance-actions"), None, "2.84")
+            .await;
+        let request_id = actions["instanceActions"][0]["request_id"].as_str().unwrap().to_string();
+        let (_, action) = cloud
+            .nova_as(
+                tenant,
+                reqwest::Method::GET,
+                &format!("/servers/{id}/os-instance-actions/{request_id}"),
+                None,
+                "2.84",
+            )
+            .await;
+        let events = action["instanceAction"]["events"].to_string();
+        assert!(events.contains("compute__do_build_and_run_instance"), "{action}");
+        for needle in [leak, "http://", "/tmp/", "127.0.0.1"] {
+            assert!(!events.contains(needle), "the tenant's action events name {needle}: {events}");
+        }
+        println!("tenant sees {message:?}; admin sees {details:?}");
+        cloud.delete_server(&id, T).await;
+        host.stop().await;
+    }
+    let _ = std::fs::remove_file(&blocked);
+}
