@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::dedup::SeenIds;
@@ -73,6 +74,8 @@ pub struct RpcServer {
     obsolete_reply_queues: Mutex<HashMap<String, Instant>>,
     /// Replies allowed to wait for a missing reply queue at once.
     reply_waits: Arc<Semaphore>,
+    /// Every request's task, reply included: a shutdown waits for them.
+    tasks: TaskTracker,
     queues: Mutex<Vec<String>>,
     topics: Mutex<Vec<String>>,
     tx: mpsc::Sender<Incoming>,
@@ -98,6 +101,7 @@ impl RpcServer {
             fanout_id: envelope::new_id(),
             obsolete_reply_queues: Mutex::new(HashMap::new()),
             reply_waits,
+            tasks: TaskTracker::new(),
             queues: Mutex::new(Vec::new()),
         })
     }
@@ -165,7 +169,7 @@ impl RpcServer {
                 _ = shutdown.cancelled() => break,
             };
             let server = self.clone();
-            tokio::spawn(server.handle(request, permit).instrument(span));
+            self.tasks.spawn(server.handle(request, permit).instrument(span));
         }
         self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -173,8 +177,15 @@ impl RpcServer {
             self.transport.stop_consuming(q).await;
         }
         let all = self.opts.concurrency.max(1) as u32;
-        if tokio::time::timeout(self.opts.drain_timeout, permits.acquire_many(all)).await.is_err() {
+        let deadline = tokio::time::Instant::now() + self.opts.drain_timeout;
+        if tokio::time::timeout_at(deadline, permits.acquire_many(all)).await.is_err() {
             tracing::warn!("in-flight RPC requests did not finish within {:?}", self.opts.drain_timeout);
+        }
+        // Their replies are sent after the worker is given back: wait for
+        // those too, within the same bound.
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
+            tracing::warn!("replies still unsent after {:?}", self.opts.drain_timeout);
         }
         for q in queues.iter().filter(|q| q.contains("_fanout_")) {
             self.transport.delete_queue(q).await;
@@ -207,7 +218,7 @@ impl RpcServer {
                     if waiting.is_none() {
                         sender.retry_timeout = Duration::ZERO;
                     }
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         sender.send_reply(&reply_to, Err(&err), true).await;
                         drop(waiting);
                     });

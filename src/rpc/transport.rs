@@ -675,7 +675,7 @@ async fn start_consumer(
                         tracing::warn!(queue = %queue, bytes = delivery.data.len(), limit = max_bytes,
                             "dropped a message larger than the limit");
                         crate::metrics::global()
-                            .inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "too_large")]);
+                            .inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
                         continue;
                     }
                     let incoming = Incoming {
