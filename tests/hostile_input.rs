@@ -154,7 +154,18 @@ fn digest_network_info(text: &str) {
     if let Ok(vifs) = parse_network_info(text) {
         for vif in vifs.iter() {
             let _ = (vif.fixed_ips(), vif.mac(), vif.devname_or_default(), vif.is_hybrid_plug(), vif.ovs_iface_id());
-            assert!(vif.devname_or_default().chars().count() <= 14);
+            // What the binding check lets through names only what Nova
+            // derives from the port: the tap device, br-int or brq<net>.
+            if nova_docker::net::binding::check(vif, &nova_docker::net::PlugOptions::default()).is_ok() {
+                assert!(vif.devname_or_default().chars().count() <= 14);
+                assert!(nova_docker::objects::instance::is_canonical_uuid(&vif.id), "{}", vif.id);
+                assert_eq!(vif.devname_or_default(), nova_docker::net::model::prefixed_name("tap", &vif.id));
+                match vif.vif_type.as_deref() {
+                    Some("ovs") => assert!(vif.bridge_name().is_none_or(|b| b == "br-int")),
+                    Some("bridge") => assert!(vif.bridge_name().is_some_and(|b| b.starts_with("brq"))),
+                    _ => {}
+                }
+            }
         }
     }
 }
@@ -268,6 +279,21 @@ proptest! {
         intake(&envelope::seal(&m));
         m.insert("_timeout".into(), json!(big_int));
         intake(&envelope::seal(&m));
+    }
+
+    #[test]
+    fn cached_vifs_with_arbitrary_names_never_pass_the_binding_check_unless_nova_derived_them(
+        id in prop_oneof![Just("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string()), "\\PC{0,40}"],
+        devname in prop_oneof![Just(None), Just(Some("tap0f1e2d3c-4b".to_string())), "\\PC{0,16}".prop_map(Some)],
+        vif_type in prop_oneof![Just("ovs"), Just("bridge"), Just("tap"), Just("vhostuser")],
+        bridge in prop_oneof![Just(None), Just(Some("br-int".to_string())), Just(Some("brq5a4b3c2d-1e".to_string())),
+                              Just(Some("docker0".to_string())), "\\PC{0,16}".prop_map(Some)],
+        network in prop_oneof![Just("5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d".to_string()), "\\PC{0,40}"],
+        iface in prop_oneof![Just(None), Just(Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string())), "\\PC{0,40}".prop_map(Some)],
+    ) {
+        let vif = json!([{"id": id, "address": "fa:16:3e:01:02:03", "type": vif_type, "devname": devname,
+                          "ovs_interfaceid": iface, "network": {"id": network, "bridge": bridge}}]);
+        digest_network_info(&vif.to_string());
     }
 
     #[test]
