@@ -97,7 +97,7 @@ pub const TENANT_SAFE: &[&str] = &[
 
 /// A capability a flavor asked for that is not handed to tenants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("capability {name:?} is not handed to tenants; a flavor may add only {}", TENANT_SAFE.join(", "))]
+#[error("capability {name:?} is not tenant-safe; allowed: {}", TENANT_SAFE.join(","))]
 pub struct NotTenantSafe {
     /// The capability as the flavor spelled it.
     pub name: String,

@@ -69,7 +69,7 @@ pub enum SpecError {
     ExtraSpec { key: String, value: String, why: &'static str },
     #[error("image property os_command_line is not a valid command line: {0}")]
     CommandLine(String),
-    #[error("flavor extra spec docker:capabilities: {0}")]
+    #[error("flavor docker:capabilities: {0}")]
     Capability(#[from] capabilities::NotTenantSafe),
     #[error("flavor {field} {value} is out of range: {why}")]
     FlavorSize { field: &'static str, value: i64, why: &'static str },
@@ -377,6 +377,8 @@ mod tests {
             let e = build(&bad, "h", "img", &Map::new(), &settings(), None).unwrap_err();
             assert!(matches!(e, SpecError::Capability(_)), "{caps}: {e}");
             assert!(e.to_string().contains("docker:capabilities") && e.to_string().contains("NET_RAW"), "{e}");
+            // Whole in a fault message (Nova keeps 255 characters).
+            assert!(e.to_string().chars().count() <= 255, "{e}");
         }
     }
 

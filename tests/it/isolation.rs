@@ -186,3 +186,40 @@ async fn tenants_see_faults_without_host_paths_or_internal_urls() {
     }
     let _ = std::fs::remove_file(&blocked);
 }
+
+/// An admin's flavor asks to hand tenants `SYS_ADMIN`: the boot fails with a
+/// fault naming the capability and the allowed list, and no container is
+/// created.
+#[tokio::test]
+async fn a_flavor_granting_sys_admin_is_refused_with_a_clear_fault() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("caps");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let flavor = "4243";
+    let (status, _) = cloud.nova(reqwest::Method::GET, &format!("/flavors/{flavor}"), None, "2.88").await;
+    if status != 200 {
+        let body = json!({"flavor": {"name": "nd.sys-admin", "id": flavor, "ram": 64, "vcpus": 1, "disk": 1}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, "/flavors", Some(body), "2.88").await;
+        assert!(status == 200 || status == 409, "{v}");
+        let specs = json!({"extra_specs": {"docker:capabilities": "NET_RAW, cap_sys_admin"}});
+        let (status, v) =
+            cloud.nova(reqwest::Method::POST, &format!("/flavors/{flavor}/os-extra_specs"), Some(specs), "2.88").await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let id = cloud.create_server("caps", &image, &name, flavor).await;
+    let s = cloud.wait_status(&id, "ERROR", T).await;
+    let message = s["fault"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cap_sys_admin") && message.contains("NET_BIND_SERVICE,NET_BROADCAST,NET_RAW"),
+        "{message}"
+    );
+    assert!(message.ends_with("SYS_CHROOT"), "the whole list fits in the fault: {message}");
+    let containers = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=nova.instance={id}")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&containers.stdout).trim().is_empty(), "a container was created");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+}
