@@ -71,6 +71,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// service closed meanwhile, or a moment of overload, is not a failure.
 const TRANSPORT_RETRIES: u32 = 2;
 
+/// A URL as errors show it: without a user name or password (an endpoint
+/// configured as `http://user:secret@host/` keeps its credentials out of
+/// logs and faults).
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.cannot_be_a_base() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                return u.to_string();
+            }
+            url.to_string()
+        }
+        // Not a URL with a host: shown as written, less anything before an `@`.
+        _ => match url.rsplit_once('@') {
+            Some((_, host)) => format!("<credentials>@{host}"),
+            None => url.to_string(),
+        },
+    }
+}
+
 impl HttpError {
     /// The HTTP status, when the service answered with an error status.
     pub fn status(&self) -> Option<u16> {
@@ -160,7 +181,7 @@ impl ServiceClient {
                 "name": username, "password": password, "domain": {"name": user_domain_name}}}},
             "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}}});
         let resp = self.http.post(&url).json(&body).timeout(self.settings.timeout).send().await.map_err(|source| {
-            HttpError::Transport { service: "keystone", method: "POST".into(), url: url.clone(), source }
+            HttpError::Transport { service: "keystone", method: "POST".into(), url: shown_url(&url), source }
         })?;
         let status = resp.status();
         let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -278,7 +299,7 @@ impl ServiceClient {
         build(req).send().await.map_err(|source| HttpError::Transport {
             service: self.name,
             method: method.to_string(),
-            url: url.to_string(),
+            url: shown_url(url),
             source,
         })
     }
@@ -299,7 +320,7 @@ impl ServiceClient {
         Err(HttpError::Status {
             service: self.name,
             method: method.to_string(),
-            url,
+            url: shown_url(&url),
             status: status.as_u16(),
             body: truncate(&body, 500),
         })
@@ -314,7 +335,7 @@ impl ServiceClient {
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Value, HttpError> {
         let resp = self.send(ctx, method.clone(), path, build).await?;
-        let url = resp.url().to_string();
+        let url = shown_url(resp.url().as_str());
         let text = resp.text().await.map_err(|source| HttpError::Transport {
             service: self.name,
             method: method.to_string(),
@@ -378,6 +399,14 @@ pub fn find_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_credentials_never_reach_an_error() {
+        assert_eq!(shown_url("http://nova:s3cret@glance:9292/v2/images"), "http://glance:9292/v2/images");
+        assert_eq!(shown_url("http://glance:9292/v2"), "http://glance:9292/v2");
+        assert_eq!(shown_url("glance:9292/x"), "glance:9292/x");
+        assert_eq!(shown_url("nova:s3cret@glance/x"), "<credentials>@glance/x");
+    }
 
     #[test]
     fn catalog_lookup_prefers_configured_interfaces_and_region() {

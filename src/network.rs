@@ -451,7 +451,7 @@ impl Neutron {
         let details = port["binding:vif_details"].clone();
         let net_id = network["id"].as_str().unwrap_or_default();
         let bridge = match vif_type {
-            "bridge" => Some(format!("brq{}", &net_id[..net_id.len().min(11)])),
+            "bridge" => Some(crate::net::binding::linuxbridge_name(net_id)),
             "ovs" | "vhostuser" => {
                 Some(details["bridge_name"].as_str().map(str::to_string).unwrap_or_else(|| self.ovs_bridge.clone()))
             }
@@ -496,7 +496,7 @@ impl Neutron {
             "id": id,
             "address": port["mac_address"],
             "type": vif_type,
-            "devname": format!("tap{}", &id[..id.len().min(11)]),
+            "devname": crate::net::model::prefixed_name("tap", id),
             "ovs_interfaceid": if vif_type == "ovs" { json!(id) } else { Value::Null },
             "active": port["status"] == "ACTIVE",
             "vnic_type": port["binding:vnic_type"].as_str().unwrap_or("normal"),

@@ -16,7 +16,7 @@ use nova_docker::network::requested_networks;
 use nova_docker::objects::{Instance, NovaObject};
 use nova_docker::rpc::RemoteError;
 use nova_docker::rpc::envelope::{self, Request};
-use nova_docker::virt::spec;
+use nova_docker::virt::{capabilities, spec};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -127,14 +127,22 @@ fn digest_arguments(args: &Map<String, Value>) {
         if let Ok(instance) = Instance::from_primitive(i) {
             assert!(nova_docker::objects::instance::is_canonical_uuid(instance.uuid()));
             let _ = (instance.flavor(), instance.metadata(), instance.system_metadata(), instance.memory_mb());
+            // The host's usage sums what the conductor says of its instances.
+            let u = nova_docker::compute::host::Usage::of(&[instance.clone(), instance.clone()]);
+            assert!(u.vcpus >= 0 && u.memory_mb >= 0 && u.disk_gb >= 0);
             let props = args.get("image").and_then(Value::as_object).cloned().unwrap_or_default();
             if let Ok(s) = spec::build(&instance, "h", "sha256:x", &props, &docker_settings(), None) {
-                // Whatever the flavor, metadata and image say: never these.
-                let forbidden = ["ALL", "SYS_ADMIN", "SYS_MODULE"];
-                let name = |c: &String| c.to_uppercase().trim_start_matches("CAP_").to_string();
-                assert!(!s.cap_add.iter().any(|c| forbidden.contains(&name(c).as_str())), "{:?}", s.cap_add);
+                // Whatever the flavor, metadata and image say: only the
+                // host's own set and the tenant-safe list.
+                let configured = docker_settings().capabilities;
+                assert!(
+                    s.cap_add.iter().all(|c| configured.contains(c) || capabilities::TENANT_SAFE.contains(&c.as_str())),
+                    "{:?}",
+                    s.cap_add
+                );
                 assert!(s.security_opt.iter().any(|o| o == "no-new-privileges:true"));
-                assert!(s.memory_bytes > 0);
+                assert!(s.memory_bytes > 0 && s.cpu_shares > 0 && s.cpu_shares <= spec::MAX_CPU_SHARES);
+                assert!(s.nano_cpus.is_none_or(|n| n > 0));
             }
         }
         let _ = NovaObject::from_primitive(i).map(|o| o.to_primitive());
@@ -152,7 +160,18 @@ fn digest_network_info(text: &str) {
     if let Ok(vifs) = parse_network_info(text) {
         for vif in vifs.iter() {
             let _ = (vif.fixed_ips(), vif.mac(), vif.devname_or_default(), vif.is_hybrid_plug(), vif.ovs_iface_id());
-            assert!(vif.devname_or_default().chars().count() <= 14);
+            // What the binding check lets through names only what Nova
+            // derives from the port: the tap device, br-int or brq<net>.
+            if nova_docker::net::binding::check(vif, &nova_docker::net::PlugOptions::default()).is_ok() {
+                assert!(vif.devname_or_default().chars().count() <= 14);
+                assert!(nova_docker::objects::instance::is_canonical_uuid(&vif.id), "{}", vif.id);
+                assert_eq!(vif.devname_or_default(), nova_docker::net::model::prefixed_name("tap", &vif.id));
+                match vif.vif_type.as_deref() {
+                    Some("ovs") => assert!(vif.bridge_name().is_none_or(|b| b == "br-int")),
+                    Some("bridge") => assert!(vif.bridge_name().is_some_and(|b| b.starts_with("brq"))),
+                    _ => {}
+                }
+            }
         }
     }
 }
@@ -163,6 +182,15 @@ fn intake(body: &[u8]) {
     let _ = Request::reply_to_of(&message);
     if let Ok(request) = Request::from_message(message) {
         assert!(!request.method.is_empty());
+        // What the server keeps or computes from the envelope is bounded.
+        assert!(request.method.len() <= envelope::MAX_NAME_BYTES);
+        assert!(request.unique_id.as_ref().is_none_or(|u| u.len() <= envelope::MAX_NAME_BYTES));
+        if let Some(r) = &request.reply_to {
+            assert!(r.msg_id.len() <= envelope::MAX_NAME_BYTES && r.reply_q.len() <= envelope::MAX_NAME_BYTES);
+        }
+        if let Some(t) = request.call_monitor_timeout {
+            assert!(Duration::try_from_secs_f64(t / 2.0).is_ok(), "_timeout {t}");
+        }
         digest_arguments(&request.args);
     }
 }
@@ -212,7 +240,7 @@ proptest! {
     }
 
     #[test]
-    fn flavor_and_image_never_grant_what_is_forbidden(
+    fn flavor_and_image_never_grant_what_is_forbidden_nor_overflow_sizes(
         caps in prop::collection::vec(
             prop_oneof![
                 Just("SYS_ADMIN"), Just("cap_sys_admin"), Just(" All "), Just("NET_RAW"), Just("sys_module"),
@@ -223,14 +251,55 @@ proptest! {
         separator in prop_oneof![Just(","), Just(", "), Just(" "), Just(",,")],
         pids in prop_oneof![Just("-1"), Just("0"), Just("99999999999999999999"), Just("12"), Just("x")],
         props in json_value(),
+        memory_mb in prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(0), Just(-1), Just(64), any::<i64>()],
+        vcpus in prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(0), Just(1), Just(1 << 40), any::<i64>()],
+        cpu_limit in prop_oneof![Just("quota"), Just("shares")],
     ) {
         let mut instance = real_build_args()["instance"].clone();
-        instance["nova_object.data"]["flavor"]["nova_object.data"]["extra_specs"] =
-            json!({"docker:capabilities": caps.join(separator), "docker:pids_limit": pids});
+        let flavor = &mut instance["nova_object.data"]["flavor"]["nova_object.data"];
+        flavor["extra_specs"] = json!({"docker:capabilities": caps.join(separator), "docker:pids_limit": pids,
+                                       "docker:cpu_limit": cpu_limit});
+        flavor["memory_mb"] = json!(memory_mb);
+        flavor["vcpus"] = json!(vcpus);
         let mut args = Map::new();
         args.insert("instance".into(), instance);
         args.insert("image".into(), props);
         digest_arguments(&args);
+    }
+
+    #[test]
+    fn envelope_numbers_and_ids_never_panic_the_server(
+        timeout in prop_oneof![any::<f64>(), Just(f64::MAX), Just(1e300), Just(-0.0), Just(2.0)],
+        big_int in any::<u64>(),
+        id_len in prop_oneof![Just(0usize), Just(32), Just(255), Just(256), Just(70_000)],
+        field in prop_oneof![Just("_unique_id"), Just("_msg_id"), Just("_reply_q"), Just("method")],
+    ) {
+        let mut m = Map::new();
+        m.insert("method".into(), json!("get_host_uptime"));
+        m.insert("_msg_id".into(), json!("0123"));
+        m.insert("_reply_q".into(), json!("reply_x"));
+        if let Some(n) = serde_json::Number::from_f64(timeout) {
+            m.insert("_timeout".into(), Value::Number(n));
+        }
+        m.insert(field.into(), json!("i".repeat(id_len.max(1))));
+        intake(&envelope::seal(&m));
+        m.insert("_timeout".into(), json!(big_int));
+        intake(&envelope::seal(&m));
+    }
+
+    #[test]
+    fn cached_vifs_with_arbitrary_names_never_pass_the_binding_check_unless_nova_derived_them(
+        id in prop_oneof![Just("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string()), "\\PC{0,40}"],
+        devname in prop_oneof![Just(None), Just(Some("tap0f1e2d3c-4b".to_string())), "\\PC{0,16}".prop_map(Some)],
+        vif_type in prop_oneof![Just("ovs"), Just("bridge"), Just("tap"), Just("vhostuser")],
+        bridge in prop_oneof![Just(None), Just(Some("br-int".to_string())), Just(Some("brq5a4b3c2d-1e".to_string())),
+                              Just(Some("docker0".to_string())), "\\PC{0,16}".prop_map(Some)],
+        network in prop_oneof![Just("5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d".to_string()), "\\PC{0,40}"],
+        iface in prop_oneof![Just(None), Just(Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string())), "\\PC{0,40}".prop_map(Some)],
+    ) {
+        let vif = json!([{"id": id, "address": "fa:16:3e:01:02:03", "type": vif_type, "devname": devname,
+                          "ovs_interfaceid": iface, "network": {"id": network, "bridge": bridge}}]);
+        digest_network_info(&vif.to_string());
     }
 
     #[test]

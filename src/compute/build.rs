@@ -16,8 +16,9 @@ use crate::objects::Instance;
 use crate::rpc::RequestContext;
 use crate::virt::{Driver, ImageRef, InstanceInfo, PowerState, spec};
 
-/// The arguments of `build_and_run_instance` this host uses.
-#[derive(Debug, Clone, Default)]
+/// The arguments of `build_and_run_instance` this host uses. `Debug` shows
+/// whether an admin password came, never the password.
+#[derive(Clone, Default)]
 pub struct BuildRequest {
     /// The `image` dict (Glance's view, as Nova translated it).
     pub image: Value,
@@ -27,6 +28,16 @@ pub struct BuildRequest {
     /// for, applied to the ports this host creates.
     pub security_groups: Option<Value>,
     pub admin_password: Option<String>,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("image", &self.image)
+            .field("requested_networks", &self.requested_networks)
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 fn phase(op: &'static str, name: &'static str, started: Instant) {

@@ -145,7 +145,7 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
             let m = &self.manager;
             m.wait_ready().await;
             let ctx = call.context.clone();
-            let args = call.args.clone();
+            let args = call.args;
             if let Some(uuid) = args.get("instance").and_then(|i| i["nova_object.data"]["uuid"].as_str()) {
                 tracing::Span::current().record("instance", uuid);
             }

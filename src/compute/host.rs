@@ -110,17 +110,20 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Sums the instances placed on this host that hold resources.
+    /// Sums the instances placed on this host that hold resources. Sizes
+    /// come from the conductor's instance list: a negative one counts as 0
+    /// and sums saturate, so a bad record cannot wrap the host's usage.
     pub fn of(instances: &[Instance]) -> Self {
         let mut u = Usage::default();
         for i in instances {
             if matches!(i.vm_state(), Some(vm::DELETED) | Some(vm::SHELVED_OFFLOADED)) {
                 continue;
             }
-            u.vcpus += i.vcpus();
-            u.memory_mb += i.memory_mb();
-            u.disk_gb += i.root_gb() + i.obj.get_i64("ephemeral_gb").unwrap_or(0);
-            u.instances += 1;
+            let disk = i.root_gb().max(0).saturating_add(i.obj.get_i64("ephemeral_gb").unwrap_or(0).max(0));
+            u.vcpus = u.vcpus.saturating_add(i.vcpus().max(0));
+            u.memory_mb = u.memory_mb.saturating_add(i.memory_mb().max(0));
+            u.disk_gb = u.disk_gb.saturating_add(disk);
+            u.instances = u.instances.saturating_add(1);
         }
         u
     }
@@ -165,8 +168,8 @@ impl<D: Driver> HostRegistrar<D> {
             memory_mb: host.memory_mb as i64,
             local_gb: host.disk_gb as i64,
             vcpus_used: usage.vcpus,
-            memory_mb_used: s.reserved_host_memory_mb as i64 + usage.memory_mb,
-            local_gb_used: reserved_disk_gb + usage.disk_gb,
+            memory_mb_used: (s.reserved_host_memory_mb.min(i64::MAX as u64) as i64).saturating_add(usage.memory_mb),
+            local_gb_used: reserved_disk_gb.saturating_add(usage.disk_gb),
             running_vms: usage.instances,
             disk_available_least: host.disk_free_gb as i64,
             hypervisor_version: host.hypervisor_version,
@@ -348,7 +351,7 @@ impl<D: Driver> HostRegistrar<D> {
     /// whether the disabled flag changed.
     pub async fn heartbeat(&self, ctx: &RequestContext, records: &HostRecords) -> Result<bool, HostError> {
         let mut service = records.service.lock().await;
-        let next = service.report_count() + 1;
+        let next = service.report_count().saturating_add(1);
         service.obj.set("report_count", next);
         if let Err(e) = self.conductor.service_save(ctx, &mut service).await {
             // Keep the counter where the database has it.
@@ -372,4 +375,29 @@ pub fn detect_my_ip() -> String {
         })
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance(memory_mb: i64, vcpus: i64, root_gb: i64, ephemeral_gb: i64) -> Instance {
+        Instance::from_primitive(&json!({
+            "nova_object.name": "Instance", "nova_object.namespace": "nova", "nova_object.version": "2.8",
+            "nova_object.data": {"uuid": "6f1b2c1e-0000-4000-8000-000000000001", "vm_state": "active",
+                "memory_mb": memory_mb, "vcpus": vcpus, "root_gb": root_gb, "ephemeral_gb": ephemeral_gb}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn conductor_sizes_cannot_wrap_the_hosts_usage() {
+        let huge = instance(i64::MAX, i64::MAX, i64::MAX, i64::MAX);
+        let u = Usage::of(&[huge.clone(), huge]);
+        assert_eq!((u.memory_mb, u.vcpus, u.disk_gb, u.instances), (i64::MAX, i64::MAX, i64::MAX, 2));
+        let negative = instance(i64::MIN, -4, -1, i64::MIN);
+        let u = Usage::of(&[negative, instance(512, 2, 1, 0)]);
+        assert_eq!((u.memory_mb, u.vcpus, u.disk_gb), (512, 2, 1));
+    }
 }

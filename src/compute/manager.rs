@@ -148,10 +148,12 @@ impl<D: Driver> ComputeManager<D> {
         let failure = match &result {
             Ok(_) => None,
             Err(e) if e.is_superseded() => None,
-            Err(e) => Some(e.to_remote()),
+            Err(e) => Some((e.tenant_message(), e.to_remote())),
         };
+        // The event's message is shown to the tenant (microversion 2.84
+        // `details`), its traceback to admins only: the whole error goes there.
         let (message, trace) = match &failure {
-            Some(f) => (f.message.clone(), format!("{}: {}\n", f.class, f.message)),
+            Some((message, f)) => (message.clone(), format!("{}: {}\n", f.class, f.message)),
             None => (String::new(), String::new()),
         };
         let detail = failure.as_ref().map(|_| (message.as_str(), trace.as_str()));
@@ -169,9 +171,9 @@ impl<D: Driver> ComputeManager<D> {
         if err.is_superseded() {
             return;
         }
-        let remote = err.to_remote();
-        let details = format!("{}.{}: {}", remote.module, remote.class, remote.message);
-        self.conductor.fault_create(ctx, uuid, err.fault_code(), &remote.message, &details).await;
+        // The tenant reads the message; the whole error goes to details.
+        let fault = err.fault_record();
+        self.conductor.fault_create(ctx, uuid, fault.code, &fault.message, &fault.details).await;
     }
 
     /// `@reverts_task_state`: clears the task state after a failure (unless
@@ -216,12 +218,10 @@ impl<D: Driver> ComputeManager<D> {
         if !clean {
             return Duration::ZERO;
         }
-        instance
-            .system_metadata()
-            .get("image_os_shutdown_timeout")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(self.settings.shutdown_timeout)
+        image_shutdown_timeout(
+            instance.system_metadata().get("image_os_shutdown_timeout").map(String::as_str),
+            self.settings.shutdown_timeout,
+        )
     }
 
     // ------------------------------------------------------------------
@@ -590,6 +590,19 @@ impl<D: Driver> ComputeManager<D> {
     }
 }
 
+/// The longest grace period an image's `os_shutdown_timeout` (a tenant's
+/// property) may ask for: a stop holds the instance's lock that long.
+pub const MAX_IMAGE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The grace period of a clean stop: the image's `os_shutdown_timeout`
+/// (seconds, at most [`MAX_IMAGE_SHUTDOWN_TIMEOUT`]) or else `default`.
+pub fn image_shutdown_timeout(property: Option<&str>, default: Duration) -> Duration {
+    match property.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(secs) => Duration::from_secs(secs).min(MAX_IMAGE_SHUTDOWN_TIMEOUT),
+        None => default,
+    }
+}
+
 /// The last `n` lines of a log.
 pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<u8> {
     if n == 0 {
@@ -611,6 +624,16 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_images_shutdown_timeout_cannot_hold_a_stop_forever() {
+        let d = Duration::from_secs(60);
+        assert_eq!(image_shutdown_timeout(None, d), d);
+        assert_eq!(image_shutdown_timeout(Some("x"), d), d);
+        assert_eq!(image_shutdown_timeout(Some("-5"), d), d);
+        assert_eq!(image_shutdown_timeout(Some("5"), d), Duration::from_secs(5));
+        assert_eq!(image_shutdown_timeout(Some("18446744073709551615"), d), MAX_IMAGE_SHUTDOWN_TIMEOUT);
+    }
 
     #[test]
     fn tails_lines_like_nova() {

@@ -153,9 +153,11 @@ impl<D: Driver> ComputeManager<D> {
         } else {
             Vec::new()
         };
+        let opts = self.plug_options(uuid);
+        // Names not from Neutron's binding: refused before the netns entry.
+        net::binding::check_all(ni, &opts)?;
         let expected = self.vif_events.expect(uuid, &awaited);
         NetnsLink::create(&info.container_id, pid as i32).await?;
-        let opts = self.plug_options(uuid);
         if let Err(e) = net::plug_all(ni, pid as i32, &opts).await {
             self.vif_events.forget(uuid);
             return Err(e.into());
@@ -331,12 +333,13 @@ impl<D: Driver> ComputeManager<D> {
     /// Plugs one VIF into a running container under the first free `ethN`.
     async fn plug_one(&self, uuid: &str, vif: &Vif, from: usize) -> Result<(), OpError> {
         let info = self.driver.get_info(uuid).await?;
+        let opts = self.plug_options(uuid);
+        net::binding::check(vif, &opts)?;
         let Some(pid) = info.pid else {
             // A stopped container gets its ports on the next start.
             return Ok(());
         };
         NetnsLink::create(&info.container_id, pid as i32).await?;
-        let opts = self.plug_options(uuid);
         let mut last = None;
         for n in from..from + 16 {
             match net::plug(vif, pid as i32, &format!("eth{n}"), &opts).await {

@@ -36,10 +36,17 @@ pub enum ConfigError {
 }
 
 /// One INI file as a `config` source: keys are `group.option`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct IniSource {
     origin: String,
     file: ini::IniFile,
+}
+
+impl std::fmt::Debug for IniSource {
+    // The file holds passwords and tokens: only where it came from.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IniSource").field("origin", &self.origin).finish_non_exhaustive()
+    }
 }
 
 impl config::Source for IniSource {
@@ -64,9 +71,16 @@ impl config::Source for IniSource {
 }
 
 /// `OS_<GROUP>__<OPTION>` variables for the options we know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct EnvSource {
     vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for EnvSource {
+    // Values may be secrets: only which options are set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvSource").field("options", &self.vars.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 impl EnvSource {
@@ -98,9 +112,16 @@ impl config::Source for EnvSource {
 }
 
 /// The layered option values, read through the option table.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Layered {
     cfg: config::Config,
+}
+
+impl std::fmt::Debug for Layered {
+    // Every value of every file, secrets included: none of them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layered").finish_non_exhaustive()
+    }
 }
 
 impl Layered {
@@ -197,7 +218,8 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// How a service authenticates an HTTP client (keystoneauth's `auth_type`).
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows neither the password nor the token.
+#[derive(Clone, PartialEq)]
 pub enum AuthSettings {
     /// Use the token of the request being served (Glance, as Nova does).
     User,
@@ -214,6 +236,29 @@ pub enum AuthSettings {
         project_name: String,
         project_domain_name: String,
     },
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthSettings::User => f.write_str("User"),
+            AuthSettings::None => f.write_str("None"),
+            AuthSettings::AdminToken { endpoint, .. } => {
+                f.debug_struct("AdminToken").field("endpoint", endpoint).field("token", &"***").finish()
+            }
+            AuthSettings::Password {
+                auth_url, username, user_domain_name, project_name, project_domain_name, ..
+            } => f
+                .debug_struct("Password")
+                .field("auth_url", auth_url)
+                .field("username", username)
+                .field("password", &"***")
+                .field("user_domain_name", user_domain_name)
+                .field("project_name", project_name)
+                .field("project_domain_name", project_domain_name)
+                .finish(),
+        }
+    }
 }
 
 /// Settings of one HTTP peer (Placement, Glance, Neutron).

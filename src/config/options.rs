@@ -131,7 +131,7 @@ opts! {
     RABBIT_TRANSIENT_QUEUES_TTL: "oslo_messaging_rabbit" "rabbit_transient_queues_ttl" Int = Some("1800"), None,
         "Seconds an unused reply or fanout queue lives (x-expires).";
     RABBIT_QOS_PREFETCH_COUNT: "oslo_messaging_rabbit" "rabbit_qos_prefetch_count" Int = Some("0"), None,
-        "AMQP prefetch count (0: unlimited, as oslo.messaging).";
+        "AMQP prefetch count per consumer. 0, oslo.messaging's unlimited, is taken as 16 here: this service reads deliveries into memory as they arrive (kombu leaves them in the socket), so an unlimited prefetch would let a flood in the queue fill its memory.";
     RABBIT_RETRY_INTERVAL: "oslo_messaging_rabbit" "rabbit_retry_interval" Float = Some("1"), None,
         "Seconds before the first reconnection attempt.";
     RABBIT_RETRY_BACKOFF: "oslo_messaging_rabbit" "rabbit_retry_backoff" Float = Some("1"), None,
@@ -141,7 +141,7 @@ opts! {
     RABBIT_SSL: "oslo_messaging_rabbit" "ssl" Bool = Some("false"), None,
         "Connect to RabbitMQ over TLS.";
     KOMBU_MISSING_CONSUMER_RETRY_TIMEOUT: "oslo_messaging_rabbit" "kombu_missing_consumer_retry_timeout" Int = Some("60"), None,
-        "Seconds a reply keeps being retried while the caller's reply queue is missing.";
+        "Seconds a reply keeps being retried while the caller's reply queue is missing. The wait holds no RPC worker, and at most executor_thread_pool_size replies wait at once (the others are tried once).";
 
     // [placement]
     PLACEMENT_AUTH_TYPE: "placement" "auth_type" Str = Some("password"), None,

@@ -40,6 +40,24 @@ pub enum NetError {
         reason: String,
     },
 
+    /// A host name in the VIF (device, bridge, OVS iface-id) that is not the
+    /// one Nova derives from Neutron's binding: refused before any change on
+    /// the host.
+    #[error(
+        "port {port}: {what} {found:?} is not the one Neutron's binding gives ({expected}); \
+         refused before any change on the host"
+    )]
+    NotFromBinding {
+        /// Neutron port id (as the VIF gives it).
+        port: String,
+        /// Which name: "device name", "bridge", "OVS iface-id", "port id"...
+        what: &'static str,
+        /// The name the VIF asks for.
+        found: String,
+        /// What it must be.
+        expected: String,
+    },
+
     /// An interface or netns name that the kernel (or iproute2) would refuse.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

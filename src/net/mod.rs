@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod binding;
 pub mod error;
 pub mod model;
 pub mod netns;

@@ -401,6 +401,16 @@ impl Vif {
         }
     }
 
+    /// The bridge the VIF names: `network.bridge`, else
+    /// `details.bridge_name` (what Nova's `_nw_info_build_network` reads).
+    pub fn bridge_name(&self) -> Option<String> {
+        self.network
+            .bridge
+            .clone()
+            .filter(|b| !b.is_empty())
+            .or_else(|| self.details.get("bridge_name").and_then(|v| v.as_str()).map(str::to_string))
+    }
+
     /// The port MAC as bytes.
     pub fn mac(&self) -> Result<[u8; 6], NetError> {
         let a = self.address.as_deref().ok_or_else(|| self.invalid("no MAC address"))?;

@@ -2,7 +2,8 @@
 //! with network mode `none`, in-process over netlink.
 //!
 //! Per VIF, [`plug`]:
-//! 1. validates everything it will need (type, names, MAC, CIDRs, MTU) before
+//! 1. validates everything it will need (the host names against Neutron's
+//!    binding, see [`super::binding`]; type, MAC, CIDRs, MTU) before
 //!    touching the host, so a bad `network_info` leaves nothing behind;
 //! 2. prepares the host backend: the Linux bridge (`bridge`), or for hybrid
 //!    OVS the per-port `qbr` bridge and `qvb`/`qvo` pair plus the OVS port;
@@ -45,6 +46,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
+use super::binding;
 use super::error::NetError;
 use super::model::{IFNAME_MAX, IpCidr, NetworkInfo, Vif, format_mac, prefixed_name};
 use super::netns::{NetnsHandle, in_netns, netns_handle, write_sysctl};
@@ -202,13 +204,7 @@ pub fn validate_ifname(name: &str) -> Result<(), NetError> {
 
 fn backend_of(vif: &Vif, opts: &PlugOptions) -> Result<Backend, NetError> {
     let vt = vif.vif_type.as_deref().unwrap_or("");
-    let bridge_from_vif = || {
-        vif.network
-            .bridge
-            .clone()
-            .filter(|b| !b.is_empty())
-            .or_else(|| vif.details.get("bridge_name").and_then(|v| v.as_str()).map(str::to_string))
-    };
+    let bridge_from_vif = || vif.bridge_name();
     match vt {
         "bridge" => {
             let bridge = bridge_from_vif().ok_or_else(|| NetError::InvalidVif {
@@ -243,6 +239,7 @@ impl Plan {
         if vif.id.is_empty() {
             return Err(invalid("VIF without a port id".into()));
         }
+        binding::check(vif, opts)?;
         let backend = backend_of(vif, opts)?;
         let devname = vif.devname_or_default();
         validate_ifname(&devname)?;
@@ -875,6 +872,8 @@ async fn has_default_route(h: &Handle, v6: bool, dev: &str, t: Duration) -> Resu
 /// (logged). The `/var/run/netns` entry is the caller's, see
 /// [`super::NetnsLink::remove`].
 pub async fn unplug(vif: &Vif, opts: &PlugOptions) -> Result<(), NetError> {
+    // A cached VIF naming a host device (`eth0`) must not get it deleted.
+    binding::check(vif, opts)?;
     let devname = vif.devname_or_default();
     validate_ifname(&devname)?;
     let t = opts.netlink_timeout;
@@ -968,7 +967,7 @@ mod tests {
 
     const BR: &str = r#"[{"id": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "address": "fa:16:3e:01:02:03",
       "type": "bridge", "devname": "tap0f1e2d3c-4b",
-      "network": {"bridge": "brq-test", "meta": {"mtu": 1450}, "subnets": [
+      "network": {"id": "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d", "bridge": "brq5a4b3c2d-1e", "meta": {"mtu": 1450}, "subnets": [
         {"cidr": "10.0.0.0/24", "version": 4,
          "gateway": {"address": "10.0.0.1", "type": "gateway", "version": 4},
          "dns": [{"address": "10.0.0.2"}, {"address": "10.0.0.3"}],
@@ -987,7 +986,7 @@ mod tests {
     fn plan_for_bridge_vif() {
         let v = vif(BR);
         let p = Plan::new(&v, "eth0", &PlugOptions::default()).unwrap();
-        assert_eq!(p.backend, Backend::LinuxBridge { bridge: "brq-test".into() });
+        assert_eq!(p.backend, Backend::LinuxBridge { bridge: "brq5a4b3c2d-1e".into() });
         assert_eq!(p.devname, "tap0f1e2d3c-4b");
         assert_eq!(p.host_mac, [0xfe, 0x16, 0x3e, 1, 2, 3]);
         assert_eq!(p.mtu, Some(1450));
@@ -1015,7 +1014,9 @@ mod tests {
 
     #[test]
     fn ovs_plans() {
-        let j = BR.replace("\"type\": \"bridge\"", "\"type\": \"ovs\", \"details\": {\"ovs_hybrid_plug\": true}");
+        let j = BR
+            .replace("\"type\": \"bridge\"", "\"type\": \"ovs\", \"details\": {\"ovs_hybrid_plug\": true}")
+            .replace("brq5a4b3c2d-1e", "br-int");
         let v = vif(&j);
         let e = Plan::new(&v, "eth0", &PlugOptions::default()).unwrap_err();
         assert!(e.to_string().contains("vm-uuid"), "{e}");
@@ -1027,7 +1028,7 @@ mod tests {
         assert_eq!(
             p.backend,
             Backend::OvsHybrid {
-                bridge: "brq-test".into(),
+                bridge: "br-int".into(),
                 qbr: "qbr0f1e2d3c-4b".into(),
                 qvb: "qvb0f1e2d3c-4b".into(),
                 qvo: "qvo0f1e2d3c-4b".into(),
@@ -1039,7 +1040,10 @@ mod tests {
     #[test]
     fn names_and_mtu_are_validated() {
         let long = BR.replace("\"devname\": \"tap0f1e2d3c-4b\"", "\"devname\": \"tap0f1e2d3c-4b5a6978\"");
-        assert!(matches!(Plan::new(&vif(&long), "eth0", &PlugOptions::default()), Err(NetError::InvalidName { .. })));
+        assert!(matches!(
+            Plan::new(&vif(&long), "eth0", &PlugOptions::default()),
+            Err(NetError::NotFromBinding { .. })
+        ));
         assert!(Plan::new(&vif(BR), "eth 0", &PlugOptions::default()).is_err());
         assert!(Plan::new(&vif(BR), "lo", &PlugOptions::default()).is_err());
         let small = BR.replace("\"mtu\": 1450", "\"mtu\": 1200");

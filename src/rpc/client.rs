@@ -110,7 +110,10 @@ impl RpcClient {
         let exchange = Declaration::Exchange(topology.control_exchange_decl());
         transport.declare(vec![exchange, topology.reply_queue(&reply_q)]).await?;
         let (tx, mut rx) = mpsc::channel::<Incoming>(256);
-        transport.consume(&reply_q, tx).await;
+        // Replies are as large as the peer's answer (an InstanceList of a
+        // busy host): the queue's random name is known only to the peers
+        // this process calls, so no bound beyond RabbitMQ's own.
+        transport.consume(&reply_q, tx, usize::MAX).await;
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let routes = pending.clone();
         tokio::spawn(async move {

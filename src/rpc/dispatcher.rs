@@ -18,8 +18,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a handler answers: the serialised result, or an exception.
 pub type CallResult = Result<Value, RemoteError>;
 
-/// One invocation handed to an endpoint.
-#[derive(Debug, Clone)]
+/// One invocation handed to an endpoint. `Debug` shows its arguments
+/// redacted (no `admin_password`, no token).
+#[derive(Clone)]
 pub struct Invocation {
     pub context: RequestContext,
     pub method: String,
@@ -27,6 +28,18 @@ pub struct Invocation {
     pub version: Version,
     /// Whether the caller waits for a reply (a call, not a cast).
     pub is_call: bool,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invocation")
+            .field("context", &self.context)
+            .field("method", &self.method)
+            .field("args", &super::envelope::redacted(&Value::Object(self.args.clone())))
+            .field("version", &self.version)
+            .field("is_call", &self.is_call)
+            .finish()
+    }
 }
 
 /// A set of RPC methods under one namespace and version (oslo's endpoint

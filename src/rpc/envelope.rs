@@ -35,11 +35,28 @@ pub enum RequestError {
     NoMethod,
     #[error("request field {0:?} has the wrong type")]
     BadField(&'static str),
+    #[error("request field {0:?} is longer than {MAX_NAME_BYTES} bytes")]
+    TooLong(&'static str),
+    #[error("request field \"_timeout\" is not a duration in seconds: {0}")]
+    BadTimeout(f64),
     #[error("invalid request context: {0}")]
     Context(#[from] ContextError),
     #[error("invalid request version {0:?}")]
     Version(String),
 }
+
+/// The longest `_unique_id`, `_msg_id`, `_reply_q` and `method` accepted.
+///
+/// oslo sends 32 hex digits (ids), `reply_<32 hex>` and Nova's method names;
+/// an AMQP queue name is a short string of at most 255 bytes, so a longer
+/// `_reply_q` names no queue. The ids are kept (duplicate suppression, the
+/// cache of missing reply queues): unbounded, a flood of messages with
+/// megabyte ids would be kept too.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// The longest call-monitor `_timeout` honoured (a week); a caller's larger
+/// value is read as this. It only spaces the heartbeats (every half of it).
+pub const MAX_CALL_MONITOR_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
 
 /// Where a call's reply goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,8 +65,27 @@ pub struct ReplyTo {
     pub reply_q: String,
 }
 
-/// A decoded RPC request.
-#[derive(Debug, Clone)]
+/// Whether an argument's name says it holds a secret (`admin_password`,
+/// `auth_token`, `password`, `secret`, `credential`...).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passwd", "token", "secret", "credential", "private_key"].iter().any(|s| k.contains(s))
+}
+
+/// `v` with the value of every key [`is_secret_key`] names replaced by
+/// `"***"`, at any depth: what `Debug` of a request shows of its arguments.
+pub fn redacted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, v)| (k.clone(), if is_secret_key(k) { json!("***") } else { redacted(v) })).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A decoded RPC request. `Debug` shows its arguments [`redacted`].
+#[derive(Clone)]
 pub struct Request {
     pub method: String,
     pub args: Map<String, Value>,
@@ -63,6 +99,21 @@ pub struct Request {
     /// Call-monitor timeout in seconds, when the caller set one.
     pub call_monitor_timeout: Option<f64>,
     pub context: RequestContext,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("args", &redacted(&Value::Object(self.args.clone())))
+            .field("namespace", &self.namespace)
+            .field("version", &self.version_text)
+            .field("unique_id", &self.unique_id)
+            .field("reply_to", &self.reply_to)
+            .field("call_monitor_timeout", &self.call_monitor_timeout)
+            .field("context", &self.context)
+            .finish()
+    }
 }
 
 /// A reply to a call (final or call-monitor heartbeat).
@@ -120,7 +171,9 @@ impl Request {
     /// malformed call can still be answered with a failure.
     pub fn reply_to_of(message: &Map<String, Value>) -> Option<ReplyTo> {
         match (message.get("_msg_id"), message.get("_reply_q")) {
-            (Some(Value::String(msg_id)), Some(Value::String(reply_q))) => {
+            (Some(Value::String(msg_id)), Some(Value::String(reply_q)))
+                if msg_id.len() <= MAX_NAME_BYTES && !reply_q.is_empty() && reply_q.len() <= MAX_NAME_BYTES =>
+            {
                 Some(ReplyTo { msg_id: msg_id.clone(), reply_q: reply_q.clone() })
             }
             _ => None,
@@ -130,14 +183,25 @@ impl Request {
     /// Interprets an opened message as a request.
     pub fn from_message(mut message: Map<String, Value>) -> Result<Self, RequestError> {
         let reply_to = Self::reply_to_of(&message);
+        for field in ["_msg_id", "_reply_q"] {
+            match message.get(field) {
+                Some(Value::String(s)) if s.len() > MAX_NAME_BYTES => return Err(RequestError::TooLong(field)),
+                _ => {}
+            }
+        }
         let unique_id = match message.remove("_unique_id") {
             None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() > MAX_NAME_BYTES => return Err(RequestError::TooLong("_unique_id")),
             Some(Value::String(s)) => Some(s),
             Some(_) => return Err(RequestError::BadField("_unique_id")),
         };
         let call_monitor_timeout = match message.remove("_timeout") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(t) if t.is_finite() && t >= 0.0 => Some(t.min(MAX_CALL_MONITOR_TIMEOUT)),
+                Some(t) => return Err(RequestError::BadTimeout(t)),
+                None => return Err(RequestError::BadField("_timeout")),
+            },
             Some(_) => return Err(RequestError::BadField("_timeout")),
         };
         message.remove("_msg_id");
@@ -151,6 +215,7 @@ impl Request {
         }
         let context = RequestContext::from_map(context)?;
         let method = match message.remove("method") {
+            Some(Value::String(m)) if m.len() > MAX_NAME_BYTES => return Err(RequestError::TooLong("method")),
             Some(Value::String(m)) if !m.is_empty() => m,
             None | Some(Value::Null) => return Err(RequestError::NoMethod),
             Some(_) => return Err(RequestError::BadField("method")),
@@ -261,6 +326,32 @@ mod tests {
         assert!(req.unique_id.is_some());
         assert!(req.args.contains_key("instance"));
         assert!(req.context.request_id().unwrap().starts_with("req-"));
+    }
+
+    #[test]
+    fn envelope_numbers_and_ids_from_a_peer_are_bounded() {
+        let call = |extra: Value| {
+            let mut m = open(PING, 1 << 20).unwrap();
+            for (k, v) in extra.as_object().unwrap() {
+                m.insert(k.clone(), v.clone());
+            }
+            Request::from_message(m)
+        };
+        // Call-monitor timeouts: clamped, or refused when not a duration.
+        assert_eq!(call(json!({"_timeout": 1e300})).unwrap().call_monitor_timeout, Some(MAX_CALL_MONITOR_TIMEOUT));
+        assert_eq!(call(json!({"_timeout": u64::MAX})).unwrap().call_monitor_timeout, Some(MAX_CALL_MONITOR_TIMEOUT));
+        assert_eq!(call(json!({"_timeout": 30})).unwrap().call_monitor_timeout, Some(30.0));
+        assert_eq!(call(json!({"_timeout": -1})).unwrap_err(), RequestError::BadTimeout(-1.0));
+        assert_eq!(call(json!({"_timeout": "60"})).unwrap_err(), RequestError::BadField("_timeout"));
+        // Ids and names a host keeps or uses as labels: at most 255 bytes.
+        let long = "a".repeat(MAX_NAME_BYTES + 1);
+        for field in ["_unique_id", "_msg_id", "_reply_q", "method"] {
+            assert_eq!(call(json!({field: long})).unwrap_err(), RequestError::TooLong(field), "{field}");
+            assert!(call(json!({field: "a".repeat(MAX_NAME_BYTES)})).is_ok(), "{field}");
+        }
+        let mut m = open(PING, 1 << 20).unwrap();
+        m.insert("_reply_q".into(), json!(long));
+        assert_eq!(Request::reply_to_of(&m), None, "a queue name AMQP cannot carry is no reply address");
     }
 
     #[test]

@@ -26,5 +26,5 @@ pub use dispatcher::{BaseApi, BoxFuture, CallResult, Dispatcher, Endpoint, Invoc
 pub use failure::RemoteError;
 pub use server::{RpcServer, ServerOptions};
 pub use topology::Topology;
-pub use transport::{Transport, TransportError, TransportOptions};
+pub use transport::{PublishOutcome, PublishProps, Transport, TransportError, TransportOptions};
 pub use version::Version;

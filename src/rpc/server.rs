@@ -9,14 +9,23 @@
 //! the handler runs. Nothing a sender can put in a message stops the server:
 //! unreadable messages are logged and dropped, and calls that can still be
 //! answered get a failure reply.
+//!
+//! What a flood of messages can hold at once is bounded: the broker delivers
+//! at most the prefetch count per consumer (see `transport`), bodies over
+//! `max_message_bytes` are dropped as they arrive, [`ADMISSION_QUEUE`] opened
+//! messages wait for a worker, and `concurrency` are handled. A reply whose
+//! queue does not exist waits for it (oslo's
+//! `kombu_missing_consumer_retry_timeout`) after the worker was given back,
+//! and only `concurrency` replies wait at once; the others are tried once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::dedup::SeenIds;
@@ -26,6 +35,16 @@ use super::failure::RemoteError;
 use super::topology::Topology;
 use super::transport::{Incoming, PublishOutcome, PublishProps, Transport, TransportError};
 use crate::metrics;
+
+/// How many reply queues found missing are remembered (oslo: 200).
+const OBSOLETE_REPLY_QUEUES: usize = 200;
+
+/// How long a reply queue found missing is skipped.
+const OBSOLETE_REPLY_QUEUE_TTL: Duration = Duration::from_secs(60);
+
+/// How many opened messages wait between the consumers and the workers: a
+/// bound in count, and with `max_message_bytes` a bound in bytes.
+const ADMISSION_QUEUE: usize = 8;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -53,6 +72,10 @@ pub struct RpcServer {
     fanout_id: String,
     /// Reply queues found missing, skipped for a while (oslo's ObsoleteReplyQueuesCache).
     obsolete_reply_queues: Mutex<HashMap<String, Instant>>,
+    /// Replies allowed to wait for a missing reply queue at once.
+    reply_waits: Arc<Semaphore>,
+    /// Every request's task, reply included: a shutdown waits for them.
+    tasks: TaskTracker,
     queues: Mutex<Vec<String>>,
     topics: Mutex<Vec<String>>,
     tx: mpsc::Sender<Incoming>,
@@ -63,7 +86,8 @@ pub struct RpcServer {
 impl RpcServer {
     /// A server for `opts.topics` on `opts.server`.
     pub fn new(transport: Transport, topology: Topology, dispatcher: Dispatcher, opts: ServerOptions) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel::<Incoming>(256);
+        let (tx, rx) = mpsc::channel::<Incoming>(ADMISSION_QUEUE);
+        let reply_waits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
         Arc::new(RpcServer {
             topics: Mutex::new(opts.topics.clone()),
             tx,
@@ -76,6 +100,8 @@ impl RpcServer {
             seen: SeenIds::new(1024),
             fanout_id: envelope::new_id(),
             obsolete_reply_queues: Mutex::new(HashMap::new()),
+            reply_waits,
+            tasks: TaskTracker::new(),
             queues: Mutex::new(Vec::new()),
         })
     }
@@ -109,7 +135,7 @@ impl RpcServer {
         self.queues.lock().unwrap_or_else(|p| p.into_inner()).extend(queues.iter().cloned());
         if self.consuming.load(std::sync::atomic::Ordering::SeqCst) {
             for q in &queues {
-                self.transport.consume(q, self.tx.clone()).await;
+                self.transport.consume(q, self.tx.clone(), self.opts.max_message_bytes).await;
             }
         }
         Ok(())
@@ -128,7 +154,7 @@ impl RpcServer {
         };
         self.consuming.store(true, std::sync::atomic::Ordering::SeqCst);
         for q in &queues {
-            self.transport.consume(q, self.tx.clone()).await;
+            self.transport.consume(q, self.tx.clone(), self.opts.max_message_bytes).await;
         }
         tracing::info!(queues = ?queues, "RPC server consuming");
         let permits = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
@@ -143,13 +169,7 @@ impl RpcServer {
                 _ = shutdown.cancelled() => break,
             };
             let server = self.clone();
-            tokio::spawn(
-                async move {
-                    server.handle(request).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            self.tasks.spawn(server.handle(request, permit).instrument(span));
         }
         self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -157,8 +177,15 @@ impl RpcServer {
             self.transport.stop_consuming(q).await;
         }
         let all = self.opts.concurrency.max(1) as u32;
-        if tokio::time::timeout(self.opts.drain_timeout, permits.acquire_many(all)).await.is_err() {
+        let deadline = tokio::time::Instant::now() + self.opts.drain_timeout;
+        if tokio::time::timeout_at(deadline, permits.acquire_many(all)).await.is_err() {
             tracing::warn!("in-flight RPC requests did not finish within {:?}", self.opts.drain_timeout);
+        }
+        // Their replies are sent after the worker is given back: wait for
+        // those too, within the same bound.
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
+            tracing::warn!("replies still unsent after {:?}", self.opts.drain_timeout);
         }
         for q in queues.iter().filter(|q| q.contains("_fanout_")) {
             self.transport.delete_queue(q).await;
@@ -182,10 +209,19 @@ impl RpcServer {
             Err(e) => {
                 tracing::warn!(queue = %incoming.queue, error = %e, "dropped invalid request");
                 metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
-                if let Some(reply_to) = reply_to {
+                if let Some(reply_to) = reply_to
+                    && !self.reply_queue_obsolete(&reply_to.reply_q)
+                {
                     let err = RemoteError::bad_request(format!("invalid RPC request: {e}"));
-                    let this = self.reply_sender();
-                    tokio::spawn(async move { this.send_reply(&reply_to, Err(&err), true).await });
+                    let mut sender = self.reply_sender();
+                    let waiting = self.reply_waits.clone().try_acquire_owned().ok();
+                    if waiting.is_none() {
+                        sender.retry_timeout = Duration::ZERO;
+                    }
+                    self.tasks.spawn(async move {
+                        sender.send_reply(&reply_to, Err(&err), true).await;
+                        drop(waiting);
+                    });
                 }
                 return None;
             }
@@ -210,16 +246,23 @@ impl RpcServer {
         ReplySender { transport: self.transport.clone(), retry_timeout: self.opts.missing_consumer_retry_timeout }
     }
 
-    async fn handle(self: Arc<Self>, request: Request) {
+    /// Handles one request while holding a worker `permit`, which is given
+    /// back before the reply is sent: a reply that waits for its queue to
+    /// appear waits without a worker.
+    async fn handle(self: Arc<Self>, mut request: Request, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
-        let method = request.method.clone();
-        let result: CallResult = match self.dispatcher.route(&request) {
+        let routed = self.dispatcher.route(&request);
+        // Only methods an endpoint serves get a metric series of their own:
+        // a peer's made-up names would each add one, forever.
+        let method = if routed.is_ok() { request.method.clone() } else { "-".to_string() };
+        let result: CallResult = match routed {
             Err(e) => Err(e),
             Ok(endpoint) => {
                 let call = Invocation {
                     context: request.context.clone(),
                     method: request.method.clone(),
-                    args: request.args.clone(),
+                    // Moved, not copied: a large request is held once.
+                    args: std::mem::take(&mut request.args),
                     version: request.version,
                     is_call: request.reply_to.is_some(),
                 };
@@ -240,29 +283,29 @@ impl RpcServer {
         let m = metrics::global();
         m.inc("nova_docker_rpc_requests_total", &[("method", &method), ("outcome", outcome)]);
         m.observe("nova_docker_rpc_duration_seconds", &[("method", &method)], started.elapsed());
+        drop(permit);
         match (&request.reply_to, &result) {
             (Some(reply_to), _) => {
                 if self.reply_queue_obsolete(&reply_to.reply_q) {
                     tracing::info!(reply_q = %reply_to.reply_q, "reply queue known missing; reply dropped");
                     return;
                 }
-                if !self
-                    .reply_sender()
-                    .send_reply(
-                        reply_to,
-                        match &result {
-                            Ok(v) => Ok(v.clone()),
-                            Err(e) => Err(e),
-                        },
-                        true,
-                    )
-                    .await
-                {
-                    self.obsolete_reply_queues
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(reply_to.reply_q.clone(), Instant::now());
+                // Waiting for a missing reply queue (oslo's
+                // kombu_missing_consumer_retry_timeout) is bounded in count
+                // too: past that many replies waiting, one attempt only.
+                let waiting = self.reply_waits.clone().try_acquire_owned().ok();
+                let mut sender = self.reply_sender();
+                if waiting.is_none() {
+                    sender.retry_timeout = Duration::ZERO;
                 }
+                let result = match &result {
+                    Ok(v) => Ok(v.clone()),
+                    Err(e) => Err(e),
+                };
+                if !sender.send_reply(reply_to, result, true).await {
+                    self.remember_obsolete(&reply_to.reply_q);
+                }
+                drop(waiting);
             }
             (None, Err(e)) => tracing::warn!(error = %e, "cast failed"),
             (None, Ok(_)) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "cast handled"),
@@ -271,8 +314,21 @@ impl RpcServer {
 
     fn reply_queue_obsolete(&self, reply_q: &str) -> bool {
         let mut cache = self.obsolete_reply_queues.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        cache.retain(|_, at| at.elapsed() < OBSOLETE_REPLY_QUEUE_TTL);
         cache.contains_key(reply_q)
+    }
+
+    /// Records a reply queue found missing; the cache keeps the newest
+    /// [`OBSOLETE_REPLY_QUEUES`] (oslo's `ObsoleteReplyQueuesCache` keeps 200).
+    fn remember_obsolete(&self, reply_q: &str) {
+        let mut cache = self.obsolete_reply_queues.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, at| at.elapsed() < OBSOLETE_REPLY_QUEUE_TTL);
+        if cache.len() >= OBSOLETE_REPLY_QUEUES
+            && let Some(oldest) = cache.iter().min_by_key(|(_, at)| **at).map(|(q, _)| q.clone())
+        {
+            cache.remove(&oldest);
+        }
+        cache.insert(reply_q.to_string(), Instant::now());
     }
 
     async fn with_heartbeats(

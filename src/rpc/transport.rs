@@ -41,10 +41,26 @@ pub struct TransportOptions {
     pub interval_max: Duration,
     /// Bound on one connection attempt.
     pub connect_timeout: Duration,
-    /// basic.qos prefetch (0: unlimited).
+    /// basic.qos prefetch per consumer; 0 (oslo's "unlimited") is taken as
+    /// [`DEFAULT_PREFETCH`], see [`effective_prefetch`].
     pub prefetch: u16,
     /// Shown by `rabbitmqctl list_connections`.
     pub connection_name: String,
+}
+
+/// The prefetch count used when the configuration says 0 (unlimited).
+///
+/// kombu leaves deliveries it has not read yet in the socket, so oslo's
+/// unlimited prefetch is bounded by TCP flow control; lapin reads every
+/// delivery off the socket into memory as soon as it arrives. Without a
+/// prefetch count a flood in the queue would all be held in this process.
+/// With one, a consumer holds at most this many deliveries (each at most
+/// RabbitMQ's `max_message_size`) besides the one it is handing on.
+pub const DEFAULT_PREFETCH: u16 = 16;
+
+/// The basic.qos prefetch count a consumer asks for.
+pub fn effective_prefetch(configured: u16) -> u16 {
+    if configured == 0 { DEFAULT_PREFETCH } else { configured }
 }
 
 /// A message taken from a queue (already acknowledged).
@@ -92,6 +108,7 @@ pub enum TransportError {
 struct ConsumerSpec {
     queue: String,
     tx: mpsc::Sender<Incoming>,
+    max_bytes: usize,
     stop: CancellationToken,
 }
 
@@ -208,16 +225,23 @@ impl Transport {
     }
 
     /// Registers a consumer of `queue` (restarted on every new connection) and
-    /// starts it now when connected. Messages arrive acknowledged on `tx`.
+    /// starts it now when connected. Messages arrive acknowledged on `tx`;
+    /// bodies larger than `max_bytes` are acknowledged, logged and dropped as
+    /// they arrive, before they wait anywhere.
     /// Nothing to fail: a consumer that cannot start on this connection
     /// marks it broken, and the next one starts it with the others.
-    pub async fn consume(&self, queue: &str, tx: mpsc::Sender<Incoming>) {
+    pub async fn consume(&self, queue: &str, tx: mpsc::Sender<Incoming>, max_bytes: usize) {
         let mut registry = self.inner.registry.lock().await;
         let stop = self.inner.shutdown.child_token();
-        registry.consumers.push(ConsumerSpec { queue: queue.to_string(), tx: tx.clone(), stop: stop.clone() });
+        registry.consumers.push(ConsumerSpec {
+            queue: queue.to_string(),
+            tx: tx.clone(),
+            max_bytes,
+            stop: stop.clone(),
+        });
         let session = self.inner.session.borrow().clone();
         if let Some(session) = session.filter(|s| !s.broken.is_cancelled())
-            && let Err(e) = start_consumer(&session, queue, tx, stop, self.inner.opts.prefetch).await
+            && let Err(e) = start_consumer(&session, queue, tx, stop, self.inner.opts.prefetch, max_bytes).await
         {
             tracing::warn!(queue, error = %e, "could not start consuming; reconnecting to start it");
             session.broken.cancel();
@@ -464,7 +488,7 @@ async fn open_session(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<
     let setup = async {
         apply_declarations(&session, &registry.declarations).await?;
         for c in &registry.consumers {
-            start_consumer(&session, &c.queue, c.tx.clone(), c.stop.clone(), inner.opts.prefetch).await?;
+            start_consumer(&session, &c.queue, c.tx.clone(), c.stop.clone(), inner.opts.prefetch, c.max_bytes).await?;
         }
         Ok::<_, lapin::Error>(())
     };
@@ -611,11 +635,10 @@ async fn start_consumer(
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
     prefetch: u16,
+    max_bytes: usize,
 ) -> Result<(), lapin::Error> {
     let channel = session.connection.create_channel().await?;
-    if prefetch > 0 {
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    }
+    channel.basic_qos(effective_prefetch(prefetch), BasicQosOptions::default()).await?;
     let mut consumer =
         channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     let broken = session.broken.clone();
@@ -647,6 +670,13 @@ async fn start_consumer(
                             broken.cancel();
                             return;
                         }
+                    }
+                    if delivery.data.len() > max_bytes {
+                        tracing::warn!(queue = %queue, bytes = delivery.data.len(), limit = max_bytes,
+                            "dropped a message larger than the limit");
+                        crate::metrics::global()
+                            .inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                        continue;
                     }
                     let incoming = Incoming {
                         queue: queue.clone(),
@@ -690,6 +720,12 @@ mod tests {
             prefetch: 0,
             connection_name: "t".into(),
         }
+    }
+
+    #[test]
+    fn unlimited_prefetch_is_bounded_here() {
+        assert_eq!(effective_prefetch(0), DEFAULT_PREFETCH);
+        assert_eq!(effective_prefetch(3), 3);
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl DockerDriver {
 
     /// A client whose timeout also covers an in-engine wait of `extra`.
     fn with_wait(&self, extra: Duration) -> Docker {
-        self.docker.clone().with_timeout(self.settings.api_timeout + extra)
+        self.docker.clone().with_timeout(self.settings.api_timeout.saturating_add(extra))
     }
 
     async fn inspect(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
@@ -229,7 +229,7 @@ impl DockerDriver {
             }
             let stop = self
                 .with_wait(timeout)
-                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+                .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()))
                 .await;
             match stop {
                 Ok(()) => {}
@@ -277,6 +277,11 @@ fn log_config(max_bytes: u64) -> HostConfigLogConfig {
             ("max-file".to_string(), CONSOLE_LOG_FILES.to_string()),
         ])),
     }
+}
+
+/// A grace period as the engine's `t` (seconds, an i32).
+fn stop_seconds(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// The create request of an instance's container; `binds` put its generated
@@ -467,7 +472,7 @@ impl Driver for DockerDriver {
             self.with_wait(timeout)
                 .restart_container(
                     &name,
-                    Some(RestartContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()),
+                    Some(RestartContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()),
                 )
                 .await
                 .map_err(|e| Self::not_found_or(uuid, "restart", e))?;
@@ -483,7 +488,7 @@ impl Driver for DockerDriver {
         }
         match self
             .with_wait(timeout)
-            .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(timeout.as_secs() as i32).build()))
+            .stop_container(&name, Some(StopContainerOptionsBuilder::default().t(stop_seconds(timeout)).build()))
             .await
         {
             Ok(()) => {}

@@ -7,6 +7,7 @@
 //! it (destroying a missing instance succeeds) and every engine call is
 //! bounded in time.
 
+pub mod capabilities;
 pub mod docker;
 pub mod guest_files;
 pub mod net_dev;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::capabilities;
 use crate::config::{CpuLimit, DockerSettings};
 use crate::objects::Instance;
 
@@ -27,6 +28,9 @@ pub mod labels {
     /// periodic measurement compares the writable layer with.
     pub const ROOT_GB: &str = "nova.root_gb";
 }
+
+/// The kernel's largest cgroup v1 `cpu.shares` (`MAX_SHARES`, 2^18).
+pub const MAX_CPU_SHARES: i64 = 1 << 18;
 
 /// The container name of an instance.
 pub fn container_name(uuid: &str) -> String {
@@ -76,6 +80,10 @@ pub enum SpecError {
     ExtraSpec { key: String, value: String, why: &'static str },
     #[error("image property os_command_line is not a valid command line: {0}")]
     CommandLine(String),
+    #[error("flavor docker:capabilities: {0}")]
+    Capability(#[from] capabilities::NotTenantSafe),
+    #[error("flavor {field} {value} is out of range: {why}")]
+    FlavorSize { field: &'static str, value: i64, why: &'static str },
 }
 
 /// Splits a command line like a POSIX shell would split words (quotes and
@@ -173,8 +181,18 @@ pub fn build(
     let uuid = instance.uuid().to_string();
     let flavor = instance.flavor();
     let extra = flavor.as_ref().map(|f| f.extra_specs()).unwrap_or_default();
-    let vcpus = instance.vcpus().max(1);
-    let memory_mb = instance.memory_mb().max(4);
+    // Sizes come from the flavor as the RPC peer sent it: refused when no
+    // container could have them, never multiplied past i64.
+    let size = |field, value: i64, why| SpecError::FlavorSize { field, value, why };
+    let vcpus = instance.vcpus();
+    if vcpus < 1 {
+        return Err(size("vcpus", vcpus, "must be at least 1"));
+    }
+    let memory_mb = instance.memory_mb();
+    if memory_mb < 1 {
+        return Err(size("memory_mb", memory_mb, "must be at least 1"));
+    }
+    let memory_bytes = memory_mb.max(4).checked_mul(1024 * 1024).ok_or(size("memory_mb", memory_mb, "too large"))?;
 
     let bad = |key: &str, value: &str, why| SpecError::ExtraSpec { key: key.into(), value: value.into(), why };
 
@@ -185,7 +203,10 @@ pub fn build(
         Some("quota") => CpuLimit::Quota,
         Some(v) => return Err(bad("docker:cpu_limit", v, "must be shares or quota")),
     };
-    let nano_cpus = (cpu_limit == CpuLimit::Quota).then_some(vcpus * 1_000_000_000);
+    let nano_cpus = match cpu_limit {
+        CpuLimit::Quota => Some(vcpus.checked_mul(1_000_000_000).ok_or(size("vcpus", vcpus, "too large"))?),
+        CpuLimit::Shares => None,
+    };
 
     // pids: flavor may set any value; the image may only lower it.
     let mut pids_limit = match extra.get("docker:pids_limit") {
@@ -209,18 +230,13 @@ pub fn build(
         read_only = true;
     }
 
-    // Capabilities: the configured minimal set plus what the flavor adds.
+    // Capabilities: the configured minimal set plus what the flavor adds,
+    // from the tenant-safe list only (see `capabilities`). Image properties
+    // cannot add any.
     let mut cap_add = settings.capabilities.clone();
     if let Some(extra_caps) = extra.get("docker:capabilities") {
-        for c in extra_caps.split(',').map(|c| c.trim().to_uppercase()).filter(|c| !c.is_empty()) {
-            // Docker takes both SYS_ADMIN and CAP_SYS_ADMIN.
-            let c = c.strip_prefix("CAP_").map(str::to_string).unwrap_or(c);
-            if !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                return Err(bad("docker:capabilities", extra_caps, "capability names are letters and underscores"));
-            }
-            if c == "ALL" || c == "SYS_ADMIN" || c == "SYS_MODULE" {
-                return Err(bad("docker:capabilities", extra_caps, "ALL, SYS_ADMIN and SYS_MODULE are never granted"));
-            }
+        let caps = capabilities::parse_flavor_capabilities(extra_caps).map_err(SpecError::Capability)?;
+        for c in caps {
             if !cap_add.contains(&c) {
                 cap_add.push(c);
             }
@@ -280,8 +296,10 @@ pub fn build(
         command,
         env,
         labels,
-        memory_bytes: memory_mb * 1024 * 1024,
-        cpu_shares: vcpus * 1024,
+        memory_bytes,
+        // The kernel's cap on cgroup v1 cpu.shares (MAX_SHARES): it would
+        // clamp a larger weight to this anyway.
+        cpu_shares: vcpus.saturating_mul(1024).min(MAX_CPU_SHARES),
         nano_cpus,
         cpuset_cpus: settings.cpuset_cpus.clone(),
         pids_limit: (pids_limit > 0).then_some(pids_limit),
@@ -389,9 +407,13 @@ mod tests {
         let props = json!({"os_pids_limit": "100000"});
         let s = build(&i, "h", "img", props.as_object().unwrap(), &settings(), None).unwrap();
         assert_eq!(s.pids_limit, Some(100));
-        for caps in ["SYS_ADMIN", "cap_sys_admin", "NET_RAW,ALL", "SYS_MODULE", "NET_RAW;SYS_ADMIN"] {
+        for caps in ["SYS_ADMIN", "cap_sys_admin", "NET_RAW,ALL", "SYS_MODULE", "NET_RAW;SYS_ADMIN", "NET_ADMIN"] {
             let bad = instance(json!({"docker:capabilities": caps}), json!({}));
-            assert!(build(&bad, "h", "img", &Map::new(), &settings(), None).is_err(), "{caps}");
+            let e = build(&bad, "h", "img", &Map::new(), &settings(), None).unwrap_err();
+            assert!(matches!(e, SpecError::Capability(_)), "{caps}: {e}");
+            assert!(e.to_string().contains("docker:capabilities") && e.to_string().contains("NET_RAW"), "{e}");
+            // Whole in a fault message (Nova keeps 255 characters).
+            assert!(e.to_string().chars().count() <= 255, "{e}");
         }
     }
 
@@ -410,6 +432,61 @@ mod tests {
         with_default.zero_disk_flavor_root_gb = 10;
         let s = build(&zero, "h", "img", &Map::new(), &with_default, None).unwrap();
         assert_eq!(s.root_disk_gb, Some(10));
+    }
+
+    #[test]
+    fn image_properties_cannot_loosen_the_flavor() {
+        let i = instance(json!({"docker:pids_limit": "100", "docker:read_only_rootfs": "true"}), json!({}));
+        let base = build(&i, "h", "img", &Map::new(), &settings(), None).unwrap();
+        // Whatever a tenant writes in its image's properties, including the
+        // flavor's own keys, nothing gets looser than the flavor made it.
+        let props = json!({
+            "docker:capabilities": "SYS_ADMIN", "os_capabilities": "ALL", "capabilities": "NET_ADMIN",
+            "docker:pids_limit": "0", "os_pids_limit": "-1", "os_read_only_rootfs": "false",
+            "docker:read_only_rootfs": "false", "docker:cpu_limit": "shares", "hw_cpu_cores": "64",
+            "userns_mode": "host", "security_opt": "seccomp=unconfined", "privileged": true,
+        });
+        let s = build(&i, "h", "img", props.as_object().unwrap(), &settings(), None).unwrap();
+        assert_eq!(s.cap_add, base.cap_add);
+        assert_eq!(s.pids_limit, Some(100));
+        assert!(s.read_only_rootfs);
+        assert_eq!(
+            (s.security_opt, s.userns_mode, s.memory_bytes, s.cpu_shares, s.nano_cpus),
+            (base.security_opt, base.userns_mode, base.memory_bytes, base.cpu_shares, base.nano_cpus)
+        );
+        let props = json!({"os_pids_limit": 500});
+        assert_eq!(build(&i, "h", "img", props.as_object().unwrap(), &settings(), None).unwrap().pids_limit, Some(100));
+    }
+
+    fn sized(memory_mb: Value, vcpus: Value, cpu_limit: &str) -> Instance {
+        let mut i = instance(json!({"docker:cpu_limit": cpu_limit}), json!({}));
+        let mut p = i.to_primitive();
+        p["nova_object.data"]["flavor"]["nova_object.data"]["memory_mb"] = memory_mb;
+        p["nova_object.data"]["flavor"]["nova_object.data"]["vcpus"] = vcpus;
+        i = Instance::from_primitive(&p).unwrap();
+        i
+    }
+
+    #[test]
+    fn absurd_flavor_sizes_are_refused_not_overflowed() {
+        let build_it = |m, v, l| build(&sized(m, v, l), "h", "img", &Map::new(), &settings(), None);
+        for (m, v, l, field) in [
+            (json!(i64::MAX), json!(1), "shares", "memory_mb"),
+            (json!(i64::MAX / 1024 / 1024 + 1), json!(1), "shares", "memory_mb"),
+            (json!(0), json!(1), "shares", "memory_mb"),
+            (json!(-512), json!(1), "shares", "memory_mb"),
+            (json!(512), json!(0), "shares", "vcpus"),
+            (json!(512), json!(i64::MIN), "shares", "vcpus"),
+            (json!(512), json!(i64::MAX), "quota", "vcpus"),
+        ] {
+            match build_it(m.clone(), v.clone(), l) {
+                Err(SpecError::FlavorSize { field: f, .. }) => assert_eq!(f, field, "{m} {v}"),
+                other => panic!("memory_mb {m} vcpus {v}: {other:?}"),
+            }
+        }
+        // Large but representable: the weight is the kernel's maximum.
+        let s = build_it(json!(i64::MAX / 1024 / 1024), json!(i64::MAX), "shares").unwrap();
+        assert_eq!((s.memory_bytes, s.cpu_shares), ((i64::MAX / 1024 / 1024) * 1024 * 1024, MAX_CPU_SHARES));
     }
 
     #[test]

@@ -89,11 +89,24 @@ impl Cloud {
 
     /// A request to nova-api at microversion 2.88 (or `mv`).
     pub async fn nova(&self, method: reqwest::Method, path: &str, body: Option<Value>, mv: &str) -> (u16, Value) {
+        self.nova_as(self.token(), method, path, body, mv).await
+    }
+
+    /// A request to nova-api with another token (`user:project`: a user
+    /// other than `admin` is a plain member of the project).
+    pub async fn nova_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        mv: &str,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.var("ND_NOVA_API"));
         let mut req = self
             .http
             .request(method, &url)
-            .header("X-Auth-Token", self.token())
+            .header("X-Auth-Token", token)
             .header("X-OpenStack-Nova-API-Version", mv)
             .timeout(Duration::from_secs(60));
         if let Some(b) = body {
@@ -382,6 +395,12 @@ impl ComputeHost {
         h.wait_up(cloud, Duration::from_secs(60)).await;
         cloud.map_host(name).await;
         h
+    }
+
+    /// Sets an environment variable of the service (before `spawn`); it
+    /// wins over the defaults, e.g. `RUST_LOG`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the process.

@@ -72,3 +72,154 @@ async fn instances_are_isolated_and_secrets_stay_out() {
     let log = host.log_text();
     assert!(!log.contains(&secret));
 }
+
+/// A host logging everything at debug level (every crate: lapin, hyper,
+/// reqwest included) boots, reboots and deletes a server created with an
+/// admin password: its log has neither the password, nor the user's token
+/// (the request context's), nor its own Neutron token, nor the broker's
+/// password.
+#[tokio::test]
+async fn debug_logs_hold_no_password_or_token() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("debuglog");
+    let neutron_token = common::unique("nd-neutron-token-secret");
+    let mut host = ComputeHost::configure(&cloud, &name, &format!("[neutron]\ntoken = {neutron_token}\n"));
+    host.set_env("RUST_LOG", "debug");
+    host.spawn();
+    host.wait_up(&cloud, Duration::from_secs(60)).await;
+    cloud.map_host(&name).await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let secret = common::unique("nd-admin-pass-secret");
+    let body = json!({"server": {"name": "debuglog", "imageRef": image, "flavorRef": "42", "networks": "none",
+        "adminPass": secret, "availability_zone": format!("nova:{name}")}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let (status, v) = cloud.action(&id, json!({"reboot": {"type": "HARD"}})).await;
+    assert_eq!(status, 202, "{v}");
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let (status, v) = cloud.action(&id, json!({"os-getConsoleOutput": {"length": 5}})).await;
+    assert_eq!(status, 200, "{v}");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+    let log = host.log_text();
+    // Debug it was: the service's own lines and the libraries'.
+    for target in ["DEBUG nova_docker", "DEBUG lapin", "DEBUG bollard"] {
+        assert!(log.contains(target), "no {target} line: not at debug level");
+    }
+    let user_token = cloud.var("ND_TOKEN");
+    for (what, s) in [
+        ("the admin password", secret.as_str()),
+        ("the user's token", user_token),
+        ("the Neutron token", neutron_token.as_str()),
+        ("the broker's password", "guest:guest@"),
+    ] {
+        let hits: Vec<&str> = log.lines().filter(|l| l.contains(s)).take(3).collect();
+        assert!(hits.is_empty(), "{what} is in the debug log:\n{}", hits.join("\n"));
+    }
+}
+
+/// What a build that failed for a host-side reason tells the tenant and the
+/// admin, read through the real API: the tenant's fault message and action
+/// event details name no host path, internal URL or address; the admin's
+/// fault details hold the whole error. Two hosts fail two ways: Glance's
+/// endpoint unreachable (its URL and address in the error) and an
+/// `instances_path` under a file (the path in the error).
+#[tokio::test]
+async fn tenants_see_faults_without_host_paths_or_internal_urls() {
+    let cloud = Cloud::get(Release::Newest);
+    let ok_host = ComputeHost::start(&cloud, &host_name("faultimg"), "").await;
+    let image = cloud.busybox_image(&ok_host.conf).await;
+    drop(ok_host);
+    let glance_down = "[glance]\nendpoint_override = http://127.0.0.1:9/nd-internal-glance\n";
+    let blocked = std::env::temp_dir().join(common::unique("nd-not-a-dir"));
+    std::fs::write(&blocked, b"a file where a directory should be").unwrap();
+    let no_instances_path = format!("[DEFAULT]\ninstances_path = {}/instances\n", blocked.display());
+    let tenant = "nd-tenant:admin";
+    for (extra, leak) in [(glance_down.to_string(), "127.0.0.1:9"), (no_instances_path, blocked.to_str().unwrap())] {
+        let name = host_name("fault");
+        let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+        // A fresh image for the Glance case, so no cached copy hides the download.
+        let image = if extra.contains("[glance]") {
+            cloud.raw_glance_image(&common::unique("nd-fault"), "docker", b"not an archive".to_vec()).await
+        } else {
+            image.clone()
+        };
+        let id = cloud.create_server("fault", &image, &name, "42").await;
+        let admin_view = cloud.wait_status(&id, "ERROR", T).await;
+        let (status, tenant_view) =
+            cloud.nova_as(tenant, reqwest::Method::GET, &format!("/servers/{id}"), None, "2.88").await;
+        assert_eq!(status, 200, "{tenant_view}");
+        let tenant_fault = &tenant_view["server"]["fault"];
+        let message = tenant_fault["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "no fault: {tenant_view}");
+        assert_eq!(tenant_fault["code"], 500, "{tenant_fault}");
+        assert!(tenant_fault.get("details").is_none(), "the tenant sees details: {tenant_fault}");
+        for needle in [leak, "http://", "/var/", "/tmp/", "/run/", "127.0.0.1"] {
+            assert!(!message.contains(needle), "the tenant's fault names {needle}: {message}");
+        }
+        let details = admin_view["fault"]["details"].as_str().unwrap_or_default();
+        assert!(details.contains(leak), "the admin's details lack {leak}: {}", admin_view["fault"]);
+        // The action event's details (2.84+) are the tenant's too.
+        let (_, actions) = cloud
+            .nova_as(tenant, reqwest::Method::GET, &format!("/servers/{id}/os-instance-actions"), None, "2.84")
+            .await;
+        let request_id = actions["instanceActions"][0]["request_id"].as_str().unwrap().to_string();
+        let (_, action) = cloud
+            .nova_as(
+                tenant,
+                reqwest::Method::GET,
+                &format!("/servers/{id}/os-instance-actions/{request_id}"),
+                None,
+                "2.84",
+            )
+            .await;
+        let events = action["instanceAction"]["events"].to_string();
+        assert!(events.contains("compute__do_build_and_run_instance"), "{action}");
+        for needle in [leak, "http://", "/tmp/", "127.0.0.1"] {
+            assert!(!events.contains(needle), "the tenant's action events name {needle}: {events}");
+        }
+        println!("tenant sees {message:?}; admin sees {details:?}");
+        cloud.delete_server(&id, T).await;
+        host.stop().await;
+    }
+    let _ = std::fs::remove_file(&blocked);
+}
+
+/// An admin's flavor asks to hand tenants `SYS_ADMIN`: the boot fails with a
+/// fault naming the capability and the allowed list, and no container is
+/// created.
+#[tokio::test]
+async fn a_flavor_granting_sys_admin_is_refused_with_a_clear_fault() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("caps");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let flavor = "4243";
+    let (status, _) = cloud.nova(reqwest::Method::GET, &format!("/flavors/{flavor}"), None, "2.88").await;
+    if status != 200 {
+        let body = json!({"flavor": {"name": "nd.sys-admin", "id": flavor, "ram": 64, "vcpus": 1, "disk": 1}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, "/flavors", Some(body), "2.88").await;
+        assert!(status == 200 || status == 409, "{v}");
+        let specs = json!({"extra_specs": {"docker:capabilities": "NET_RAW, cap_sys_admin"}});
+        let (status, v) =
+            cloud.nova(reqwest::Method::POST, &format!("/flavors/{flavor}/os-extra_specs"), Some(specs), "2.88").await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let id = cloud.create_server("caps", &image, &name, flavor).await;
+    let s = cloud.wait_status(&id, "ERROR", T).await;
+    let message = s["fault"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cap_sys_admin") && message.contains("NET_BIND_SERVICE,NET_BROADCAST,NET_RAW"),
+        "{message}"
+    );
+    assert!(message.ends_with("SYS_CHROOT"), "the whole list fits in the fault: {message}");
+    let containers = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=nova.instance={id}")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&containers.stdout).trim().is_empty(), "a container was created");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+}

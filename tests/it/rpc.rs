@@ -342,7 +342,7 @@ async fn a_bind_whose_exchange_vanished_declares_it_again() {
     transport.declare(decls).await.expect("the declarations succeed");
     let fanout_queue = queues.iter().find(|q| q.contains("_fanout_")).unwrap().clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    transport.consume(&fanout_queue, tx).await;
+    transport.consume(&fanout_queue, tx, usize::MAX).await;
     let props = PublishProps { expiration_ms: None, mandatory: true };
     transport.publish(&fanout_exchange, "", b"{}", props, Duration::from_secs(10)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
@@ -373,7 +373,7 @@ async fn a_queue_declared_while_connecting_is_consumed_on_the_first_connection()
         let queue = common::unique("ndearly");
         transport.declare(vec![topology.reply_queue(&queue)]).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        transport.consume(&queue, tx).await;
+        transport.consume(&queue, tx, usize::MAX).await;
         transport.wait_connected(Duration::from_secs(10)).await.unwrap();
         let props = PublishProps { expiration_ms: None, mandatory: true };
         transport.publish("", &queue, b"{}", props, Duration::from_secs(10)).await.unwrap();

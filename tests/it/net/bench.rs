@@ -105,7 +105,7 @@ async fn bench_old(cid: &str, pid: i32, br: &str, use_ip_n: bool) -> Vec<Duratio
 fn plug_latency() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br = format!("nvtbr{}", &fx.tag[..6]);
+        let br = lb_bridge();
         make_bridge(&br, "10.77.0.1/24", "fd77::1/64").await;
         let (c1, pid1) = fx.container(0).await;
         let (c2, pid2) = fx.container(1).await;

@@ -257,6 +257,22 @@ impl Drop for Fixture {
     }
 }
 
+/// A fresh linuxbridge-agent bridge name, `brq` + a network id's first 11
+/// characters (the only Linux bridge a `bridge` VIF may name).
+pub fn lb_bridge() -> String {
+    format!("brq{}", &uuid::Uuid::new_v4().to_string()[..11])
+}
+
+/// The network id a `brq` bridge name was made from (completed with random
+/// digits); a random one for other bridges.
+pub fn network_id_of(bridge: &str) -> String {
+    let random = uuid::Uuid::new_v4().to_string();
+    match bridge.strip_prefix("brq") {
+        Some(head) if head.len() == 11 => format!("{head}{}", &random[11..]),
+        _ => random,
+    }
+}
+
 /// A bridge VIF: one v4 subnet (and optionally one v6 subnet) with gateways.
 pub fn bridge_vif(bridge: &str, v4: &str, v6: Option<&str>, mtu: u32) -> Vif {
     let (id, mac) = port_id_and_mac();
@@ -280,7 +296,7 @@ pub fn bridge_vif(bridge: &str, v4: &str, v6: Option<&str>, mtu: u32) -> Vif {
         "devname": format!("tap{}", &id[..11]), "ovs_interfaceid": null, "active": false,
         "vnic_type": "normal", "details": {"port_filter": true}, "profile": {},
         "qbh_params": null, "qbg_params": null, "preserve_on_delete": false, "meta": {},
-        "network": {"id": uuid::Uuid::new_v4().to_string(), "bridge": bridge, "label": "test",
+        "network": {"id": network_id_of(bridge), "bridge": bridge, "label": "test",
                     "meta": {"mtu": mtu, "tenant_id": "t"}, "subnets": subnets}
     });
     serde_json::from_value(v).expect("vif json")

@@ -112,8 +112,12 @@ fn ovs_and_hybrid_ovs_vifs() {
         let va = ovs_vif(&br, "10.77.0.70", false);
         let vb = ovs_vif(&br, "10.77.0.71", true);
         let vm_uuid = uuid::Uuid::new_v4().to_string();
-        let opts =
-            PlugOptions { instance_uuid: Some(vm_uuid.clone()), ovs_vsctl: ovs.vsctl(), ..PlugOptions::default() };
+        let opts = PlugOptions {
+            instance_uuid: Some(vm_uuid.clone()),
+            ovs_vsctl: ovs.vsctl(),
+            ovs_integration_bridge: br.clone(),
+            ..PlugOptions::default()
+        };
 
         NetnsLink::create(&a, pid_a).await.unwrap();
         NetnsLink::create(&b, pid_b).await.unwrap();
@@ -174,16 +178,18 @@ fn ovs_and_hybrid_ovs_vifs() {
         NetnsLink::remove(&a).await.unwrap();
         NetnsLink::remove(&b).await.unwrap();
 
-        // an OVS failure after the veth exists is rolled back
+        // an OVS failure after the veth exists is rolled back (the
+        // integration bridge configured, but missing in OVS)
+        let missing = PlugOptions { ovs_integration_bridge: "no-such-br".into(), ..opts.clone() };
         let bad = ovs_vif("no-such-br", "10.77.0.72", false);
-        let e = plug(&bad, pid_a, "eth0", &opts).await.unwrap_err();
+        let e = plug(&bad, pid_a, "eth0", &missing).await.unwrap_err();
         println!("expected failure: {e}");
         assert!(matches!(e, NetError::Ovs { .. }), "{e:?}");
         assert!(!links().await.contains(&bad.devname_or_default()));
         assert!(exec(&a, &["ls", "/sys/class/net"]).await.stdout.split_whitespace().eq(["lo"]));
         // hybrid failure: qbr/qvb/qvo created by this plug are removed too
         let bad = ovs_vif("no-such-br", "10.77.0.73", true);
-        assert!(plug(&bad, pid_a, "eth0", &opts).await.is_err());
+        assert!(plug(&bad, pid_a, "eth0", &missing).await.is_err());
         let l = links().await;
         assert!(!l.iter().any(|d| d.ends_with(&bad.id[..11])), "{l:?}");
     });

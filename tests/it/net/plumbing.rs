@@ -29,7 +29,7 @@ fn default_lines(routes: &str) -> Vec<String> {
 fn two_containers_on_a_bridge() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br = format!("nvtbr{}", &fx.tag[..6]);
+        let br = lb_bridge();
         make_bridge(&br, "10.77.0.1/24", "fd77::1/64").await;
 
         let (a, pid_a) = fx.container(0).await;
@@ -113,7 +113,7 @@ fn two_containers_on_a_bridge() {
 fn replug_after_docker_restart() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br = format!("nvtbr{}", &fx.tag[..6]);
+        let br = lb_bridge();
         make_bridge(&br, "10.77.0.1/24", "fd77::1/64").await;
         let (c, pid1) = fx.container(0).await;
         let v = bridge_vif(&br, "10.77.0.20", Some("fd77::20"), 1450);
@@ -153,7 +153,7 @@ fn replug_after_docker_restart() {
 fn twenty_concurrent_plugs() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br = format!("nvtbr{}", &fx.tag[..6]);
+        let br = lb_bridge();
         let mut cs = Vec::new();
         for chunk in (0..20).collect::<Vec<_>>().chunks(5) {
             let started = futures::future::join_all(chunk.iter().map(|i| fx.container(*i))).await;
@@ -202,8 +202,8 @@ fn twenty_concurrent_plugs() {
 fn second_vif_keeps_first_default_route() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br1 = format!("nvta{}", &fx.tag[..6]);
-        let br2 = format!("nvtb{}", &fx.tag[..6]);
+        let br1 = lb_bridge();
+        let br2 = lb_bridge();
         make_bridge(&br1, "10.77.0.1/24", "fd77::1/64").await;
         make_bridge(&br2, "10.78.0.1/24", "fd78::1/64").await;
         let (c, pid) = fx.container(0).await;
@@ -244,7 +244,7 @@ fn second_vif_keeps_first_default_route() {
 fn failed_plugs_leave_nothing_behind() {
     in_private_netns(|| async {
         let fx = Fixture::new().await;
-        let br = format!("nvtbr{}", &fx.tag[..6]);
+        let br = lb_bridge();
         make_bridge(&br, "10.77.0.1/24", "fd77::1/64").await;
         let (c, pid) = fx.container(0).await;
 
@@ -272,6 +272,7 @@ fn failed_plugs_leave_nothing_behind() {
         let o = PlugOptions {
             instance_uuid: Some(uuid::Uuid::new_v4().to_string()),
             ovs_vsctl: "/nonexistent/ovs-vsctl".into(),
+            ovs_integration_bridge: br.clone(),
             ..PlugOptions::default()
         };
         let e = plug(&ovs_vif, pid, "eth0", &o).await.unwrap_err();
@@ -292,7 +293,7 @@ fn failed_plugs_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_netns_smoke() {
     let fx = Fixture::new().await;
-    let br = format!("nvhbr{}", &fx.tag[..6]);
+    let br = lb_bridge();
     struct DelBridge(String);
     impl Drop for DelBridge {
         fn drop(&mut self) {
@@ -346,5 +347,77 @@ fn replaces_legacy_symlink_and_stray_file() {
         assert!(must("ip", &["netns", "exec", &c, "ip", "link"]).await.contains("lo:"));
         NetnsLink::remove(&c).await.unwrap();
         assert!(!netns_entry(&c));
+    });
+}
+
+/// A network_info that does not come from Neutron's binding (a buggy or
+/// hostile RPC peer's info cache) names host devices, other bridges or
+/// another port's OVS identity: plug and unplug refuse it before any change
+/// on the host. The "host" (a private netns) has the same links afterwards,
+/// the container has only `lo`, no netns entry appears and `ovs-vsctl` (a
+/// recording stand-in) never ran.
+#[test]
+fn port_names_not_from_neutron_binding_change_nothing_on_the_host() {
+    in_private_netns(|| async {
+        let fx = Fixture::new().await;
+        let br = lb_bridge();
+        make_bridge(&br, "10.77.0.1/24", "fd77::1/64").await;
+        // Host devices a peer might name: a veth pair and a foreign bridge.
+        must("ip", &["link", "add", "victim0", "type", "veth", "peer", "name", "victim1"]).await;
+        must("ip", &["link", "add", "hostbr0", "type", "bridge"]).await;
+        let (c, pid) = fx.container(0).await;
+        let dir = std::env::temp_dir().join(format!("nd-binding-{}", fx.tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("vsctl.log");
+        let vsctl = dir.join("ovs-vsctl");
+        std::fs::write(&vsctl, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).unwrap();
+        must("chmod", &["755", vsctl.to_str().unwrap()]).await;
+        let opts = PlugOptions {
+            instance_uuid: Some(uuid::Uuid::new_v4().to_string()),
+            ovs_vsctl: vsctl.clone(),
+            ..PlugOptions::default()
+        };
+        let host_links = must("ip", &["-o", "link", "show"]).await;
+        let netns_before = must("ip", &["netns", "list"]).await;
+
+        let good = serde_json::to_value(bridge_vif(&br, "10.77.0.50", None, 1500)).unwrap();
+        let other_port = uuid::Uuid::new_v4().to_string();
+        let patches = [
+            serde_json::json!({"devname": "victim0"}),
+            serde_json::json!({"devname": "hostbr0"}),
+            serde_json::json!({"network": {"id": good["network"]["id"], "bridge": "hostbr0"}}),
+            serde_json::json!({"network": {"id": good["network"]["id"], "bridge": lb_bridge()}}),
+            serde_json::json!({"type": "ovs", "network": {"id": good["network"]["id"], "bridge": "br-ex"}}),
+            serde_json::json!({"type": "ovs", "network": {"id": good["network"]["id"], "bridge": "br-int"},
+                               "ovs_interfaceid": other_port}),
+            serde_json::json!({"type": "ovs", "network": {"id": good["network"]["id"], "bridge": "br-int"},
+                               "ovs_interfaceid": good["id"], "details": {"ovs_hybrid_plug": true},
+                               "devname": "victim1"}),
+        ];
+        for patch in patches {
+            let mut j = good.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                j[k] = v.clone();
+            }
+            let vif: Vif = serde_json::from_value(j).unwrap();
+            let e = plug(&vif, pid, "eth0", &opts).await.unwrap_err();
+            assert!(matches!(e, NetError::NotFromBinding { .. }), "{patch}: {e:?}");
+            let e = unplug(&vif, &opts).await.unwrap_err();
+            assert!(matches!(e, NetError::NotFromBinding { .. }), "{patch}: {e:?}");
+            println!("refused: {e}");
+        }
+
+        assert_eq!(must("ip", &["-o", "link", "show"]).await, host_links, "the host's links changed");
+        assert!(bridge_ports(&br).await.is_empty() && bridge_ports("hostbr0").await.is_empty());
+        assert!(exec(&c, &["ls", "/sys/class/net"]).await.stdout.split_whitespace().eq(["lo"]));
+        assert_eq!(must("ip", &["netns", "list"]).await, netns_before);
+        assert!(!log.exists(), "ovs-vsctl ran: {}", std::fs::read_to_string(&log).unwrap_or_default());
+
+        // The same port with Neutron's names plugs (the fixture is sound).
+        let vif: Vif = serde_json::from_value(good).unwrap();
+        plug(&vif, pid, "eth0", &opts).await.unwrap();
+        assert_eq!(bridge_ports(&br).await, [vif.devname_or_default()]);
+        unplug(&vif, &opts).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
