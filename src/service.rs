@@ -378,6 +378,13 @@ fn spawn_periodic_tasks(
             }
         });
     }
+    // Glance images no instance uses any more ([image_cache]).
+    crate::image::cache::spawn(
+        &manager.settings,
+        manager.driver.client().clone(),
+        manager.conductor.clone(),
+        stop.clone(),
+    );
     // Full power-state reconciliation and deleted-instance cleanup.
     let sync_every =
         [manager.settings.sync_power_state_interval, manager.settings.running_deleted_instance_poll_interval]

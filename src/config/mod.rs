@@ -270,6 +270,23 @@ pub struct ServiceSettings {
     pub region_name: Option<String>,
     pub valid_interfaces: Vec<String>,
     pub timeout: Duration,
+    /// How often an idempotent request (GET, PUT, DELETE) is tried again.
+    pub retries: Retries,
+}
+
+/// When an idempotent request is tried again, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Further attempts after the first.
+    pub attempts: u32,
+    /// Also after a server error (500, 502, 503, 504), not only after a
+    /// request that could not be sent or answered.
+    pub server_errors: bool,
+}
+
+impl Retries {
+    /// Placement's and Neutron's: twice, on connection errors only.
+    pub const CONNECTION: Retries = Retries { attempts: 2, server_errors: false };
 }
 
 /// Which RabbitMQ entities look like what the rest of the deployment declared.
@@ -369,7 +386,6 @@ pub struct Settings {
     pub transport_url: TransportUrl,
     pub control_exchange: String,
     pub rpc_response_timeout: Duration,
-    pub long_rpc_timeout: Duration,
     pub executor_pool_size: usize,
     pub report_interval: Duration,
     pub my_ip: Option<IpAddr>,
@@ -394,7 +410,6 @@ pub struct Settings {
     pub vif_plugging_timeout: Duration,
     pub vif_plugging_is_fatal: bool,
     pub resume_guests_state_on_host_boot: bool,
-    pub instance_name_template: String,
     pub graceful_shutdown_timeout: Duration,
     pub rpc_max_message_bytes: usize,
     pub nova_release: String,
@@ -405,7 +420,6 @@ pub struct Settings {
     pub glance: ServiceSettings,
     pub neutron: ServiceSettings,
     pub neutron_ovs_bridge: String,
-    pub glance_num_retries: u32,
     pub docker: DockerSettings,
     pub image_cache_interval: Option<Duration>,
     pub image_cache_remove_unused: bool,
@@ -544,7 +558,6 @@ impl Settings {
             transport_url,
             control_exchange: l.string(&CONTROL_EXCHANGE).unwrap_or_else(|| "nova".into()),
             rpc_response_timeout: secs(int(&RPC_RESPONSE_TIMEOUT)?),
-            long_rpc_timeout: secs(int(&LONG_RPC_TIMEOUT)?),
             executor_pool_size: int(&EXECUTOR_THREAD_POOL_SIZE)?.max(1) as usize,
             report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
             my_ip,
@@ -569,7 +582,6 @@ impl Settings {
             vif_plugging_timeout: secs(int(&VIF_PLUGGING_TIMEOUT)?),
             vif_plugging_is_fatal: l.bool(&VIF_PLUGGING_IS_FATAL)?,
             resume_guests_state_on_host_boot: l.bool(&RESUME_GUESTS_STATE_ON_HOST_BOOT)?,
-            instance_name_template: l.string(&INSTANCE_NAME_TEMPLATE).unwrap_or_else(|| "instance-%08x".into()),
             graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,
@@ -628,7 +640,8 @@ impl Settings {
                     timeout: &GLANCE_TIMEOUT,
                 },
                 glance_endpoint,
-            )?,
+            )?
+            .with_retries(Retries { attempts: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32, server_errors: true }),
             neutron: service_settings(
                 l,
                 "network",
@@ -649,7 +662,6 @@ impl Settings {
                 l.string(&NEUTRON_ENDPOINT_OVERRIDE),
             )?,
             neutron_ovs_bridge: l.string(&NEUTRON_OVS_BRIDGE).unwrap_or_else(|| "br-int".into()),
-            glance_num_retries: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32,
             docker: DockerSettings {
                 socket_path,
                 api_timeout: secs(int(&DOCKER_API_TIMEOUT)?.max(1)),
@@ -744,7 +756,15 @@ fn service_settings(
         region_name: l.string(o.region_name),
         valid_interfaces: l.list(o.valid_interfaces),
         timeout: Duration::from_secs(timeout as u64),
+        retries: Retries::CONNECTION,
     })
+}
+
+impl ServiceSettings {
+    /// The same settings with other retries.
+    pub fn with_retries(self, retries: Retries) -> Self {
+        ServiceSettings { retries, ..self }
+    }
 }
 
 fn docker_socket_path(url: &str) -> Result<PathBuf, ConfigError> {
@@ -902,6 +922,29 @@ driver = noop
         )
         .unwrap();
         assert!(s.rabbit.durable_queues && s.rabbit.quorum_queue);
+    }
+
+    #[test]
+    fn glance_retries_follow_num_retries_and_the_others_keep_theirs() {
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert_eq!(s.glance.retries, Retries { attempts: 3, server_errors: true });
+        assert_eq!((s.placement.retries, s.neutron.retries), (Retries::CONNECTION, Retries::CONNECTION));
+        let conf = format!("{PYTHON_COMPUTE_CONF}\n[glance]\nnum_retries = 0\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.glance.retries.attempts, 0);
+    }
+
+    #[test]
+    fn image_cache_options_are_read() {
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert_eq!(s.image_cache_interval, Some(Duration::from_secs(2400)));
+        assert!(s.image_cache_remove_unused);
+        assert_eq!(s.image_cache_minimum_age, Duration::from_secs(86400));
+        let conf = format!(
+            "{PYTHON_COMPUTE_CONF}\n[image_cache]\nmanager_interval = 0\nremove_unused_original_minimum_age_seconds = 5\n"
+        );
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!((s.image_cache_interval, s.image_cache_minimum_age), (None, Duration::from_secs(5)));
     }
 
     #[test]

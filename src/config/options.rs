@@ -54,8 +54,6 @@ opts! {
         "AMQP exchange that carries Nova's RPC (Nova sets it to nova).";
     RPC_RESPONSE_TIMEOUT: "DEFAULT" "rpc_response_timeout" Int = Some("60"), None,
         "Seconds to wait for a reply to an RPC call (conductor calls).";
-    LONG_RPC_TIMEOUT: "DEFAULT" "long_rpc_timeout" Int = Some("1800"), None,
-        "Seconds to wait for a reply to a long-running RPC call.";
     EXECUTOR_THREAD_POOL_SIZE: "DEFAULT" "executor_thread_pool_size" Int = Some("64"), None,
         "How many RPC requests are handled at once (oslo.messaging's worker pool size).";
     REPORT_INTERVAL: "DEFAULT" "report_interval" Int = Some("10"), None,
@@ -106,8 +104,6 @@ opts! {
         "Fail the build when network-vif-plugged does not arrive in time.";
     RESUME_GUESTS_STATE_ON_HOST_BOOT: "DEFAULT" "resume_guests_state_on_host_boot" Bool = Some("false"), None,
         "Start, at service start-up, the containers of instances Nova believes running.";
-    INSTANCE_NAME_TEMPLATE: "DEFAULT" "instance_name_template" Str = Some("instance-%08x"), None,
-        "Template of the instance name reported to Nova (from the instance id).";
     GRACEFUL_SHUTDOWN_TIMEOUT: "DEFAULT" "graceful_shutdown_timeout" Int = Some("60"), None,
         "Seconds in-flight requests get to finish after SIGTERM before the service exits anyway.";
 
@@ -175,7 +171,8 @@ opts! {
     GLANCE_REGION_NAME: "glance" "region_name" Str = None, None, "Region of the catalog endpoint.";
     GLANCE_VALID_INTERFACES: "glance" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     GLANCE_TIMEOUT: "glance" "timeout" Int = Some("60"), None, "Seconds to wait for response headers and between body chunks.";
-    GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None, "Retries of idempotent Glance requests on connection errors and 5xx.";
+    GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None,
+        "Times an idempotent Glance request (GET, PUT, DELETE) is tried again after a connection error or a 500, 502, 503 or 504, 200 ms after the first failure and twice as long after each next one (0-20).";
 
     // [neutron]
     NEUTRON_AUTH_TYPE: "neutron" "auth_type" Str = Some("password"), None,
@@ -242,11 +239,11 @@ opts! {
 
     // [image_cache]
     IMAGE_CACHE_MANAGER_INTERVAL: "image_cache" "manager_interval" Int = Some("2400"), None,
-        "Seconds between image cache passes (0 disables).";
+        "Seconds between image cache passes, which remove the Docker images loaded from Glance that nothing uses (0 disables).";
     IMAGE_CACHE_REMOVE_UNUSED: "image_cache" "remove_unused_base_images" Bool = Some("true"), None,
-        "Remove Docker images loaded from Glance that no instance uses.";
+        "Remove Docker images loaded from Glance (glance/<id>:v1-<hex> references) that no container of the engine and no instance of this host uses.";
     IMAGE_CACHE_MINIMUM_AGE: "image_cache" "remove_unused_original_minimum_age_seconds" Int = Some("86400"), None,
-        "An unused image is removed only after it has been unused for this many seconds.";
+        "An unused image is removed only after it has been unused for this many seconds, counted from its load and from the first pass of this process that found it unused (a restart starts the count again).";
 }
 
 /// Renders the sample configuration file from [`ALL`].
