@@ -204,3 +204,41 @@ async fn agents_reported_since(cloud: &Cloud, since: chrono::NaiveDateTime) -> b
                 .is_some_and(|t| t > since)
         })
 }
+
+/// Failover between the brokers of `transport_url`: a host given two
+/// (two relays to the control plane's RabbitMQ) loses the one it uses and
+/// goes on through the other: heartbeats, a boot and a delete.
+#[tokio::test]
+async fn fails_over_between_the_brokers_of_transport_url() {
+    let cloud = Cloud::get(Release::Newest);
+    let url = cloud.var("ND_TRANSPORT_URL").to_string();
+    let (scheme_and_user, rest) = url.split_once('@').expect("rabbit://user:password@host:port/vhost");
+    let user = scheme_and_user.trim_start_matches("rabbit://");
+    let (broker, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let relays = [Relay::start(broker).await, Relay::start(broker).await];
+    let addr = |r: &Relay| r.url.trim_start_matches("http://").to_string();
+    let both = format!("rabbit://{user}@{},{user}@{}/{vhost}", addr(&relays[0]), addr(&relays[1]));
+    let name = host_name("failover");
+    let mut host = ComputeHost::start(&cloud, &name, &format!("[DEFAULT]\ntransport_url = {both}\n")).await;
+    let sent = |r: &Relay| r.sent.load(std::sync::atomic::Ordering::SeqCst);
+    let used = relays.iter().position(|r| sent(r) > 0).expect("connected through one of the brokers");
+    let other = &relays[1 - used];
+    let before = sent(other);
+    relays[used].cut();
+    common::wait_for("the host to reconnect through the other broker", Duration::from_secs(60), async || {
+        sent(other) > before
+    })
+    .await;
+    // Heartbeats go on through it (a newer updated_at), and so does work.
+    let last = cloud.compute_service(&name).await.unwrap()["updated_at"].clone();
+    common::wait_for("a heartbeat through the other broker", Duration::from_secs(60), async || {
+        let svc = cloud.compute_service(&name).await.unwrap();
+        svc["state"] == "up" && svc["updated_at"].as_str() > last.as_str()
+    })
+    .await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("failover", &image, &name, "1").await;
+    cloud.wait_status(&id, "ACTIVE", Duration::from_secs(120)).await;
+    cloud.delete_server(&id, Duration::from_secs(120)).await;
+    assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
+}

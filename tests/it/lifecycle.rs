@@ -101,19 +101,27 @@ async fn full_lifecycle(release: Release) {
     assert_eq!(cloud.action(&id, json!({"suspend": null})).await.0, 202);
     let s = cloud.wait_status(&id, "SUSPENDED", T).await;
     assert_eq!(s["OS-EXT-STS:power_state"], 7);
+    // Suspended is frozen: the cgroup freezer holds every process.
+    let state = container(&docker, &id).await.unwrap().state.unwrap();
+    assert_eq!((state.paused, state.running), (Some(true), Some(true)), "suspended container frozen: {state:?}");
     assert_eq!(cloud.action(&id, json!({"resume": null})).await.0, 202);
     cloud.wait_status(&id, "ACTIVE", T).await;
+    let state = container(&docker, &id).await.unwrap().state.unwrap();
+    assert_eq!((state.paused, state.running), (Some(false), Some(true)), "resumed container thawed: {state:?}");
 
     // diagnostics from Docker stats
     let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{id}/diagnostics"), None, "2.48").await;
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["state"], "running");
+    // Nova's driver enum cannot say docker, and this is not libvirt.
+    assert_eq!((d["driver"].clone(), d["hypervisor"].clone()), (Value::Null, json!("docker")), "{d}");
     assert_eq!(d["memory_details"]["maximum"], 512);
     assert_eq!(d["num_cpus"], 1);
     assert!(d["cpu_details"][0]["time"].as_u64().unwrap() > 0);
     let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{id}/diagnostics"), None, "2.1").await;
     assert_eq!(status, 200, "{d}");
     assert!(d["memory"].as_u64().unwrap() > 0);
+    assert_eq!(d["driver"], "docker", "{d}");
 
     // every action has its compute event, finished with Success
     let actions = cloud.actions(&id).await;
