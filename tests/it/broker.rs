@@ -59,7 +59,7 @@ async fn broker_restart_while_idle() {
         assert!(back.elapsed() < Duration::from_secs(5), "not reconnected within 5 s of the broker's return");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("reconnected {:?} after the broker was back", back.elapsed());
+    common::figure(format!("reconnected {:?} after the broker was back", back.elapsed()));
     // The queues were lost with the broker (non-durable); they are declared
     // again and consumed: a real client's ping is answered.
     let out =
@@ -142,14 +142,14 @@ async fn main_broker_restarted_during_a_boot() {
     }
     relay.release();
     restart.await.unwrap();
-    eprintln!("the broker was away for {:?}", down.elapsed());
+    common::figure(format!("the broker was away for {:?}", down.elapsed()));
     let back = Instant::now();
     let back_utc = chrono::Utc::now().naive_utc();
     while !host.log_text().contains("connection=2") {
         assert!(back.elapsed() < Duration::from_secs(5), "not consuming again within 5 s of the broker's return");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("the host reconnected {:?} after the broker was back", back.elapsed());
+    common::figure(format!("the host consumed again {:?} after the broker was back", back.elapsed()));
 
     // The build finishes (its conductor calls wait for the conductor to be
     // back), the host heartbeats again and still takes new work.
@@ -178,13 +178,16 @@ async fn main_broker_restarted_during_a_boot() {
         Cloud::restart(release).await;
         let cloud = Cloud::get(release);
         cloud.wait_schedulable(Duration::from_secs(120)).await;
-        eprintln!("{release:?}: scheduling again {:?} after the broker was back", back.elapsed());
+        common::figure(format!("{release:?}: scheduling again {:?} after the broker was back", back.elapsed()));
         let started = Instant::now();
         while !agents_reported_since(&cloud, back_utc).await {
             assert!(started.elapsed() < Duration::from_secs(180), "{release:?}: Neutron agents did not report again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        eprintln!("{release:?}: Neutron agents reporting again {:?} after the broker was back", back.elapsed());
+        common::figure(format!(
+            "{release:?}: Neutron agents reporting again {:?} after the broker was back",
+            back.elapsed()
+        ));
     }
 }
 

@@ -197,7 +197,11 @@ async fn flood_of_large_messages_cannot_grow_memory_without_bound() {
         .unwrap();
     assert!(uptime.as_str().unwrap_or_default().contains("load average"), "{uptime}");
     let peak = vm_hwm(pid);
-    eprintln!("VmHWM before the flood {} MiB, after {} MiB ({count} messages of 1 MiB)", before >> 20, peak >> 20);
+    common::figure(format!(
+        "VmHWM before the flood {} MiB, after {} MiB ({count} messages of 1 MiB)",
+        before >> 20,
+        peak >> 20
+    ));
     assert!(peak < 384 << 20, "peak RSS {} MiB after {count} messages of 1 MiB", peak >> 20);
     host.stop().await;
     assert!(!host.log_text().contains("panicked"), "a task panicked");

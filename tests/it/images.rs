@@ -284,7 +284,7 @@ async fn unused_images_leave_the_cache() {
     let name = host_name("imgcache");
     let extra = "[image_cache]\nmanager_interval = 1\nremove_unused_original_minimum_age_seconds = 20\n";
     let mut host = ComputeHost::start(&cloud, &name, extra).await;
-    let archive = std::fs::read(common::fixture("busybox-save.tar")).unwrap();
+    let archive = common::docker_save("nd-busybox:latest");
     let kept = cloud.raw_glance_image(&common::unique("nd-cache-kept"), "docker", archive.clone()).await;
     let unused = cloud.raw_glance_image(&common::unique("nd-cache-unused"), "docker", archive).await;
     let a = cloud.create_server("cachekept", &kept, &name, "1").await;

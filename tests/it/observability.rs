@@ -104,7 +104,7 @@ async fn health_metrics_and_logs_of_a_running_host() {
     assert!(before.contains("# TYPE nova_docker_rpc_requests_total counter"), "{before}");
     // An image no host has seen (a Glance id of its own), so the build
     // downloads it: every byte of it is counted, once.
-    let archive = std::fs::read(common::fixture("busybox-save.tar")).unwrap();
+    let archive = common::docker_save("nd-busybox:latest");
     let size = archive.len() as f64;
     let image = cloud.raw_glance_image(&common::unique("nd-metrics"), "docker", archive).await;
     let id = cloud.create_server("metrics", &image, &name, "42").await;

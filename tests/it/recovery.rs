@@ -159,13 +159,8 @@ async fn sigterm_lets_a_build_in_flight_finish_then_exits_0() {
     let name = host_name("sigterm");
     let extra = format!("[glance]\nendpoint_override = {}\n", relay.url);
     let mut host = ComputeHost::start(&cloud, &name, &extra).await;
-    let fresh = cloud
-        .raw_glance_image(
-            &common::unique("nd-sigterm"),
-            "docker",
-            std::fs::read(common::fixture("busybox-save.tar")).unwrap(),
-        )
-        .await;
+    let fresh =
+        cloud.raw_glance_image(&common::unique("nd-sigterm"), "docker", common::docker_save("nd-busybox:latest")).await;
     relay.hold();
     let building = cloud.create_server("sigterm", &fresh, &name, "1").await;
     wait_for("the build's image download to be under way", T, async || {
