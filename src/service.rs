@@ -152,6 +152,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let driver = Arc::new(connect_docker(&settings, &stop).await?);
     announce_root_disk_mode(&settings, &driver)?;
+    for unknown in &settings.unknown_options {
+        tracing::warn!("{unknown} is not an option of nova-docker: ignored");
+    }
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     let transport = Transport::start(transport_options(&settings));
     let client = RpcClient::start(transport.clone(), &topology, settings.rpc_response_timeout).await?;

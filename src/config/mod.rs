@@ -147,6 +147,25 @@ impl Layered {
         Ok(Layered { cfg })
     }
 
+    /// Options set in the groups only nova-docker reads (`[docker]`) that
+    /// the option table does not know, as `[group] name`: a typo, or an
+    /// option of the old Python nova-docker driver. `check` and `serve`
+    /// warn about each, so none is ignored silently.
+    pub fn unknown(&self) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for group in options::OWN_GROUPS {
+            let Ok(table) = self.cfg.get_table(group) else { continue };
+            let mut names: Vec<&String> = table.keys().collect();
+            names.sort();
+            for name in names {
+                if !options::ALL.iter().any(|o| o.group == *group && o.name == name.as_str()) {
+                    unknown.push(format!("[{group}] {name}"));
+                }
+            }
+        }
+        unknown
+    }
+
     /// The raw text of an option (set value, else its default).
     pub fn raw(&self, opt: &Opt) -> Option<String> {
         self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
@@ -383,6 +402,8 @@ pub const MIN_CONSOLE_LOG_BYTES: i64 = 65536;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: String,
+    /// Options set in `[docker]` that this service does not have.
+    pub unknown_options: Vec<String>,
     pub transport_url: TransportUrl,
     pub control_exchange: String,
     pub rpc_response_timeout: Duration,
@@ -554,6 +575,7 @@ impl Settings {
         let instances_path =
             l.string(&INSTANCES_PATH).map(PathBuf::from).unwrap_or_else(|| state_path.join("instances"));
         Ok(Settings {
+            unknown_options: l.unknown(),
             host: l.string(&HOST).unwrap_or_else(system_hostname),
             transport_url,
             control_exchange: l.string(&CONTROL_EXCHANGE).unwrap_or_else(|| "nova".into()),
@@ -945,6 +967,17 @@ driver = noop
         );
         let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
         assert_eq!((s.image_cache_interval, s.image_cache_minimum_age), (None, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn unknown_options_of_our_own_group_are_reported() {
+        let conf =
+            format!("{PYTHON_COMPUTE_CONF}\n[docker]\nvif_driver = x\npids_limit = 10\nsnapshot_pauze = false\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.unknown_options, ["[docker] snapshot_pauze", "[docker] vif_driver"]);
+        // Nova's own groups hold many options this service does not read.
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert!(s.unknown_options.is_empty(), "{:?}", s.unknown_options);
     }
 
     #[test]

@@ -246,6 +246,11 @@ opts! {
         "An unused image is removed only after it has been unused for this many seconds, counted from its load and from the first pass of this process that found it unused (a restart starts the count again).";
 }
 
+/// The groups only nova-docker reads: an option set there that [`ALL`]
+/// does not have is reported (the other groups are Nova's and hold many
+/// options this service has no use for).
+pub const OWN_GROUPS: &[&str] = &["docker"];
+
 /// Renders the sample configuration file from [`ALL`].
 pub fn sample() -> String {
     let mut out = String::from(
