@@ -27,6 +27,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: ini::IniError },
     #[error("[{group}] {name} = {value:?} is not a valid {expected}")]
     BadValue { group: &'static str, name: &'static str, value: String, expected: &'static str },
+    #[error("[{group}] {name} = {value:?} is not one of {choices}")]
+    NotAChoice { group: &'static str, name: &'static str, value: String, choices: String },
     #[error("[{group}] {name} must be set")]
     Missing { group: &'static str, name: &'static str },
     #[error("[DEFAULT] transport_url: {0}")]
@@ -175,6 +177,18 @@ impl Layered {
     pub fn string(&self, opt: &Opt) -> Option<String> {
         debug_assert!(matches!(opt.kind, Kind::Str | Kind::Secret));
         self.raw(opt).filter(|s| !s.is_empty())
+    }
+
+    /// A choice option: its value (its default when unset or empty), one of
+    /// the table's `choices`, else an error listing them.
+    pub fn choice(&self, opt: &Opt) -> Result<String, ConfigError> {
+        debug_assert!(!opt.choices.is_empty());
+        let value = self.string(opt).or_else(|| opt.default.map(str::to_string)).unwrap_or_default();
+        if opt.choices.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            Err(ConfigError::NotAChoice { group: opt.group, name: opt.name, value, choices: opt.choices.join(", ") })
+        }
     }
 
     /// A required string option.
@@ -486,57 +500,26 @@ impl Settings {
             })?),
             None => None,
         };
-        let cpu_limit = match l.string(&DOCKER_CPU_LIMIT).as_deref() {
-            Some("shares") | None => CpuLimit::Shares,
-            Some("quota") => CpuLimit::Quota,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_CPU_LIMIT.group,
-                    name: DOCKER_CPU_LIMIT.name,
-                    value: other.into(),
-                    expected: "choice of shares or quota",
-                });
-            }
+        // The table allows only its choices; each maps to its setting.
+        let cpu_limit = match l.choice(&DOCKER_CPU_LIMIT)?.as_str() {
+            "quota" => CpuLimit::Quota,
+            _ => CpuLimit::Shares,
         };
-        let deleted_action = match l.string(&RUNNING_DELETED_INSTANCE_ACTION).as_deref() {
-            Some("noop") => DeletedInstanceAction::Noop,
-            Some("log") => DeletedInstanceAction::Log,
-            Some("shutdown") => DeletedInstanceAction::Shutdown,
-            Some("reap") | None => DeletedInstanceAction::Reap,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: RUNNING_DELETED_INSTANCE_ACTION.group,
-                    name: RUNNING_DELETED_INSTANCE_ACTION.name,
-                    value: other.into(),
-                    expected: "choice of noop, log, shutdown or reap",
-                });
-            }
+        let deleted_action = match l.choice(&RUNNING_DELETED_INSTANCE_ACTION)?.as_str() {
+            "noop" => DeletedInstanceAction::Noop,
+            "log" => DeletedInstanceAction::Log,
+            "shutdown" => DeletedInstanceAction::Shutdown,
+            _ => DeletedInstanceAction::Reap,
         };
-        let root_disk_limit = match l.string(&DOCKER_ROOT_DISK_LIMIT).as_deref() {
-            Some("auto") | None => RootDiskLimit::Auto,
-            Some("quota") => RootDiskLimit::Quota,
-            Some("measure") => RootDiskLimit::Measure,
-            Some("off") => RootDiskLimit::Off,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_ROOT_DISK_LIMIT.group,
-                    name: DOCKER_ROOT_DISK_LIMIT.name,
-                    value: other.into(),
-                    expected: "choice of auto, quota, measure or off",
-                });
-            }
+        let root_disk_limit = match l.choice(&DOCKER_ROOT_DISK_LIMIT)?.as_str() {
+            "quota" => RootDiskLimit::Quota,
+            "measure" => RootDiskLimit::Measure,
+            "off" => RootDiskLimit::Off,
+            _ => RootDiskLimit::Auto,
         };
-        let over_limit_action = match l.string(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION).as_deref() {
-            Some("stop") | None => OverLimitAction::Stop,
-            Some("log") => OverLimitAction::Log,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.group,
-                    name: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.name,
-                    value: other.into(),
-                    expected: "choice of stop or log",
-                });
-            }
+        let over_limit_action = match l.choice(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION)?.as_str() {
+            "log" => OverLimitAction::Log,
+            _ => OverLimitAction::Stop,
         };
         let positive = |o: &'static Opt, min: i64, expected: &'static str| -> Result<i64, ConfigError> {
             let v = int(o)?;
@@ -550,24 +533,8 @@ impl Settings {
         let console_log_max_bytes =
             positive(&DOCKER_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_BYTES, "number of bytes (at least 65536)")?;
         let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
-        let release = l.string(&DOCKER_NOVA_RELEASE).unwrap_or_else(|| "auto".into());
-        if !matches!(release.as_str(), "auto" | "zed" | "2026.2") {
-            return Err(ConfigError::BadValue {
-                group: DOCKER_NOVA_RELEASE.group,
-                name: DOCKER_NOVA_RELEASE.name,
-                value: release,
-                expected: "choice of auto, zed or 2026.2",
-            });
-        }
-        let log_format = l.string(&DOCKER_LOG_FORMAT).unwrap_or_else(|| "text".into());
-        if !matches!(log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::BadValue {
-                group: DOCKER_LOG_FORMAT.group,
-                name: DOCKER_LOG_FORMAT.name,
-                value: log_format,
-                expected: "choice of text or json",
-            });
-        }
+        let release = l.choice(&DOCKER_NOVA_RELEASE)?;
+        let log_format = l.choice(&DOCKER_LOG_FORMAT)?;
         let glance_endpoint =
             l.string(&GLANCE_ENDPOINT_OVERRIDE).or_else(|| l.list(&GLANCE_API_SERVERS).into_iter().next());
 
@@ -967,6 +934,25 @@ driver = noop
         );
         let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
         assert_eq!((s.image_cache_interval, s.image_cache_minimum_age), (None, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn every_choice_of_the_table_is_read_and_nothing_else() {
+        for opt in options::ALL.iter().filter(|o| !o.choices.is_empty()) {
+            for choice in opt.choices {
+                let conf =
+                    format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = {choice}\n", opt.group, opt.name);
+                let s = Settings::from_layered(&Layered::from_text(&conf).unwrap());
+                assert!(s.is_ok(), "{}.{} = {choice}: {:?}", opt.group, opt.name, s.err());
+            }
+            let conf = format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = bogus\n", opt.group, opt.name);
+            let err = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap_err();
+            let want = format!("[{}] {} = \"bogus\" is not one of {}", opt.group, opt.name, opt.choices.join(", "));
+            assert_eq!(err.to_string(), want);
+        }
+        let conf = "[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\ncpu_limit = quota\nroot_disk_limit = off\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!((s.docker.cpu_limit, s.docker.root_disk_limit), (CpuLimit::Quota, RootDiskLimit::Off));
     }
 
     #[test]

@@ -27,16 +27,20 @@ pub struct Opt {
     pub default: Option<&'static str>,
     /// Shown in the sample when the default is computed at run time.
     pub dynamic_default: Option<&'static str>,
+    /// The only values accepted, when the option is a choice (empty: any).
+    /// The parser refuses any other value and the sample lists them.
+    pub choices: &'static [&'static str],
     pub help: &'static str,
 }
 
 macro_rules! opts {
-    ($( $id:ident: $group:literal $name:literal $kind:ident = $default:expr, $dynamic:expr, $help:literal; )*) => {
+    ($( $id:ident: $group:literal $name:literal $kind:ident $([$($choice:literal),+])? = $default:expr, $dynamic:expr, $help:literal; )*) => {
         $(
             #[doc = $help]
             pub const $id: Opt = Opt {
                 group: $group, name: $name, kind: Kind::$kind,
                 default: $default, dynamic_default: $dynamic, help: $help,
+                choices: &[$($($choice),+)?],
             };
         )*
         /// All options in sample order.
@@ -94,7 +98,7 @@ opts! {
         "Seconds between full power-state reconciliations with Docker (Docker events update Nova in between). Negative disables.";
     SHUTDOWN_TIMEOUT: "DEFAULT" "shutdown_timeout" Int = Some("60"), None,
         "Seconds a container gets to stop after SIGTERM before it is killed (stop, soft reboot, delete).";
-    RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str = Some("reap"), None,
+    RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str ["noop", "log", "shutdown", "reap"] = Some("reap"), None,
         "What to do with containers of this host whose instance is deleted or unknown: noop, log, shutdown or reap.";
     RUNNING_DELETED_INSTANCE_POLL_INTERVAL: "DEFAULT" "running_deleted_instance_poll_interval" Int = Some("1800"), None,
         "Seconds between checks for containers whose instance is gone (0 disables).";
@@ -196,11 +200,11 @@ opts! {
         "Docker engine endpoint (unix socket only: the API is root-equivalent and is never reached over TCP).";
     DOCKER_API_TIMEOUT: "docker" "api_timeout" Int = Some("120"), None,
         "Seconds to wait for the engine's response headers on each API call.";
-    DOCKER_NOVA_RELEASE: "docker" "nova_release" Str = Some("auto"), None,
+    DOCKER_NOVA_RELEASE: "docker" "nova_release" Str ["auto", "zed", "2026.2"] = Some("auto"), None,
         "Nova release of the control plane: auto (asked from the conductor), zed or 2026.2. It sets the service version, object versions and RPC topics this host uses.";
     DOCKER_PIDS_LIMIT: "docker" "pids_limit" Int = Some("4096"), None,
         "Maximum number of processes in one instance (flavor extra spec quota:pids_limit overrides; 0: unlimited).";
-    DOCKER_CPU_LIMIT: "docker" "cpu_limit" Str = Some("shares"), None,
+    DOCKER_CPU_LIMIT: "docker" "cpu_limit" Str ["shares", "quota"] = Some("shares"), None,
         "How vCPUs limit a container: shares (relative weight, vcpus x 1024) or quota (a hard cap of vcpus CPUs, plus the weight).";
     DOCKER_CPUSET_CPUS: "docker" "cpuset_cpus" Str = None, None,
         "Host CPUs instances may run on (cpuset syntax, e.g. 2-7); unset: any.";
@@ -220,11 +224,11 @@ opts! {
         "Largest manifest.json or image config accepted in an image archive.";
     DOCKER_MAX_IMAGE_UNPACKED_MB: "docker" "max_image_unpacked_mb" Int = Some("20480"), None,
         "Largest size, in MiB, an image from Glance may unpack to on this host: its archive's files plus what compressed layers inflate to. Bounds the disk one tenant's image can fill (a load takes at most about twice this while it runs); a larger image fails its boot with a clear fault.";
-    DOCKER_ROOT_DISK_LIMIT: "docker" "root_disk_limit" Str = Some("auto"), None,
+    DOCKER_ROOT_DISK_LIMIT: "docker" "root_disk_limit" Str ["auto", "quota", "measure", "off"] = Some("auto"), None,
         "How the flavor's root_gb limits an instance's root filesystem: quota (the storage driver enforces a size per container: overlay2 on xfs mounted with prjquota, btrfs, zfs; a write past it fails with no space left), measure (the writable layer is measured every root_disk_measure_interval seconds and root_disk_over_limit_action applies to an instance over its root_gb), off (not limited), or auto (quota when the engine's storage driver and its filesystem can enforce it, else measure). nova-docker check says which mode the host is in and why.";
     DOCKER_ROOT_DISK_MEASURE_INTERVAL: "docker" "root_disk_measure_interval" Int = Some("60"), None,
         "Seconds between measurements of the instances' writable layers (root_disk_limit = measure). Each pass inspects at most 2 containers at once, each bounded by api_timeout.";
-    DOCKER_ROOT_DISK_OVER_LIMIT_ACTION: "docker" "root_disk_over_limit_action" Str = Some("stop"), None,
+    DOCKER_ROOT_DISK_OVER_LIMIT_ACTION: "docker" "root_disk_over_limit_action" Str ["stop", "log"] = Some("stop"), None,
         "What happens to an instance whose measured writable layer exceeds its flavor's root_gb (root_disk_limit = measure): stop (the container is stopped, Nova records a stop action, SHUTOFF and an instance fault saying why) or log (a warning in this service's log only).";
     DOCKER_ZERO_DISK_FLAVOR_ROOT_GB: "docker" "zero_disk_flavor_root_gb" Int = Some("0"), None,
         "Root disk limit in GiB for instances of flavors with root_gb = 0 (Nova's policy lets only admins boot those). 0: such instances have no root disk limit; nova-docker check warns about it.";
@@ -234,7 +238,7 @@ opts! {
         "Largest RPC message accepted; bigger ones are logged and dropped.";
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,
         "host:port of an HTTP endpoint serving /healthz, /readyz and Prometheus /metrics; unset: no endpoint.";
-    DOCKER_LOG_FORMAT: "docker" "log_format" Str = Some("text"), None,
+    DOCKER_LOG_FORMAT: "docker" "log_format" Str ["text", "json"] = Some("text"), None,
         "Log line format: text or json.";
 
     // [image_cache]
@@ -279,6 +283,9 @@ pub fn sample() -> String {
             Kind::List => "list",
         };
         out.push_str(&format!("# ({kind})\n"));
+        if !opt.choices.is_empty() {
+            out.push_str(&format!("# Possible values: {}\n", opt.choices.join(", ")));
+        }
         if let Some(dynamic) = opt.dynamic_default {
             out.push_str(&format!("# Default: {dynamic}\n"));
         }
@@ -319,6 +326,14 @@ mod tests {
         for opt in ALL {
             assert!(seen.insert((opt.group, opt.name)), "duplicate option {}.{}", opt.group, opt.name);
             assert!(!opt.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn defaults_of_choices_are_choices() {
+        for opt in ALL.iter().filter(|o| !o.choices.is_empty()) {
+            let default = opt.default.expect("a choice has a default");
+            assert!(opt.choices.contains(&default), "{}.{}: {default} not a choice", opt.group, opt.name);
         }
     }
 
