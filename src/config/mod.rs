@@ -445,6 +445,8 @@ pub struct Settings {
     pub vif_plugging_timeout: Duration,
     pub vif_plugging_is_fatal: bool,
     pub resume_guests_state_on_host_boot: bool,
+    /// `reclaim_instance_interval`; `None` when 0 (no soft delete).
+    pub reclaim_instance_interval: Option<Duration>,
     pub graceful_shutdown_timeout: Duration,
     pub rpc_max_message_bytes: usize,
     pub nova_release: String,
@@ -571,6 +573,7 @@ impl Settings {
             vif_plugging_timeout: secs(int(&VIF_PLUGGING_TIMEOUT)?),
             vif_plugging_is_fatal: l.bool(&VIF_PLUGGING_IS_FATAL)?,
             resume_guests_state_on_host_boot: l.bool(&RESUME_GUESTS_STATE_ON_HOST_BOOT)?,
+            reclaim_instance_interval: interval(int(&RECLAIM_INSTANCE_INTERVAL)?),
             graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,

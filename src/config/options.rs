@@ -108,6 +108,8 @@ opts! {
         "Fail the build when network-vif-plugged does not arrive in time.";
     RESUME_GUESTS_STATE_ON_HOST_BOOT: "DEFAULT" "resume_guests_state_on_host_boot" Bool = Some("false"), None,
         "Start, at service start-up, the containers of instances Nova believes running.";
+    RECLAIM_INSTANCE_INTERVAL: "DEFAULT" "reclaim_instance_interval" Int = Some("0"), None,
+        "Seconds after which a soft-deleted instance of this host is deleted for good (checked every as many seconds). Above 0, nova-api (with the same option in its nova.conf) soft-deletes servers, which can be restored meanwhile; 0: servers are deleted at once and nothing is reclaimed here.";
     GRACEFUL_SHUTDOWN_TIMEOUT: "DEFAULT" "graceful_shutdown_timeout" Int = Some("60"), None,
         "Seconds in-flight requests get to finish after SIGTERM before the service exits anyway.";
 
