@@ -272,18 +272,33 @@ async fn backups_rotate() {
     host.stop().await;
 }
 
+/// The `repo:tag` references in `repository` of the engine at `socket`.
+fn references_on(socket: &std::path::Path, repository: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["-H", &format!("unix://{}", socket.display()), "images", repository])
+        .args(["--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
 /// `[image_cache]`: the reference of a Glance image no container and no
 /// instance of this host uses is removed once unused for the minimum age;
 /// the reference of an image in use stays, though both name the same
-/// Docker image. (Runs alone: the pass sees every `glance/` reference of
-/// the machine's engine, other tests' too; the 20 s minimum age keeps it
-/// off an image another test run has just loaded for a build.)
+/// Docker image. The host has a private engine: its passes see only the
+/// images this test loads.
 #[tokio::test]
 async fn unused_images_leave_the_cache() {
     let cloud = Cloud::get(Release::Newest);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd"));
+    let engine = crate::faults::PrivateDocker::start(&dir).await;
+    let socket = engine.socket();
     let name = host_name("imgcache");
-    let extra = "[image_cache]\nmanager_interval = 1\nremove_unused_original_minimum_age_seconds = 20\n";
-    let mut host = ComputeHost::start(&cloud, &name, extra).await;
+    let extra = format!(
+        "[docker]\nhost_url = unix://{}\n[image_cache]\nmanager_interval = 1\nremove_unused_original_minimum_age_seconds = 3\n",
+        socket.display()
+    );
+    let mut host = ComputeHost::start(&cloud, &name, &extra).await;
     let archive = common::docker_save("nd-busybox:latest");
     let kept = cloud.raw_glance_image(&common::unique("nd-cache-kept"), "docker", archive.clone()).await;
     let unused = cloud.raw_glance_image(&common::unique("nd-cache-unused"), "docker", archive).await;
@@ -291,13 +306,13 @@ async fn unused_images_leave_the_cache() {
     let b = cloud.create_server("cacheunused", &unused, &name, "1").await;
     cloud.wait_status(&a, "ACTIVE", T).await;
     cloud.wait_status(&b, "ACTIVE", T).await;
-    assert_eq!(references(&format!("glance/{unused}")).len(), 1, "loaded for its server");
+    assert_eq!(references_on(&socket, &format!("glance/{unused}")).len(), 1, "loaded for its server");
     cloud.delete_server(&b, T).await;
     common::wait_for("the unused image's reference to be removed", T, async || {
-        references(&format!("glance/{unused}")).is_empty()
+        references_on(&socket, &format!("glance/{unused}")).is_empty()
     })
     .await;
-    assert_eq!(references(&format!("glance/{kept}")).len(), 1, "the image in use keeps its reference");
+    assert_eq!(references_on(&socket, &format!("glance/{kept}")).len(), 1, "the image in use keeps its reference");
     assert!(host.log_text().contains("removed the image reference"), "{}", host.log_text());
     // Booting from the removed image loads it again.
     let c = cloud.create_server("cacheagain", &unused, &name, "1").await;
@@ -308,8 +323,5 @@ async fn unused_images_leave_the_cache() {
     host.stop().await;
     for image in [&kept, &unused] {
         cloud.delete_glance_image(image).await;
-        for r in references(&format!("glance/{image}")) {
-            let _ = std::process::Command::new("docker").args(["rmi", &r]).output();
-        }
     }
 }
