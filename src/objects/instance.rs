@@ -87,11 +87,6 @@ impl Instance {
         self.obj.get_str("uuid").unwrap_or_default()
     }
 
-    /// Database id, used for the instance name.
-    pub fn id(&self) -> Option<i64> {
-        self.obj.get_i64("id")
-    }
-
     /// `vm_state`.
     pub fn vm_state(&self) -> Option<&str> {
         self.obj.get_str("vm_state")
