@@ -391,9 +391,8 @@ async fn soft_delete_as_nova_api_does(cloud: &Cloud, host: &str, id: &str) {
 /// restore through the API starts it again, and on a host with
 /// `reclaim_instance_interval` a soft-deleted server is deleted for good
 /// (gone from Nova, its container and its allocation removed).
-#[tokio::test]
-async fn soft_delete_restore_and_reclaim() {
-    let cloud = Cloud::get(Release::Newest);
+async fn soft_delete_restore_and_reclaim(release: Release) {
+    let cloud = Cloud::get(release);
     let docker = Docker::connect_with_unix_defaults().unwrap();
     let name = host_name("softdel");
     let mut host = ComputeHost::start(&cloud, &name, "").await;
@@ -432,4 +431,14 @@ async fn soft_delete_restore_and_reclaim() {
     assert_eq!(alloc["allocations"], json!({}), "allocation removed");
     assert!(host.log_text().contains("reclaiming a soft-deleted instance"), "{}", host.log_text());
     host.stop().await;
+}
+
+#[tokio::test]
+async fn soft_delete_restore_and_reclaim_newest() {
+    soft_delete_restore_and_reclaim(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn soft_delete_restore_and_reclaim_zed() {
+    soft_delete_restore_and_reclaim(Release::Zed).await;
 }
