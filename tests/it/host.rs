@@ -160,9 +160,8 @@ async fn a_stopped_host_goes_down() {
 /// The service record deleted under a running host (`openstack compute
 /// service delete`): the next heartbeat finds it gone and the host registers
 /// again, a new Service (up) and a ComputeNode Nova lists, and it can boot.
-#[tokio::test]
-async fn registers_again_after_its_service_record_is_deleted() {
-    let cloud = Cloud::get(Release::Newest);
+async fn registers_again_after_its_service_record_is_deleted(release: Release) {
+    let cloud = Cloud::get(release);
     let name = host_name("rereg");
     let mut host = ComputeHost::start(&cloud, &name, "").await;
     let old = cloud.compute_service(&name).await.unwrap();
@@ -174,6 +173,7 @@ async fn registers_again_after_its_service_record_is_deleted() {
     })
     .await;
     assert!(host.log_text().contains("registering again"), "{}", host.log_text());
+    cloud.map_host(&name).await;
     common::wait_for("the hypervisor listed again", Duration::from_secs(90), async || {
         let (_, hv) = cloud
             .nova(reqwest::Method::GET, &format!("/os-hypervisors?hypervisor_hostname_pattern={name}"), None, "2.53")
@@ -181,10 +181,19 @@ async fn registers_again_after_its_service_record_is_deleted() {
         hv["hypervisors"].as_array().is_some_and(|a| a.len() == 1)
     })
     .await;
-    cloud.map_host(&name).await;
     let image = cloud.busybox_image(&host.conf).await;
     let id = cloud.create_server("rereg", &image, &name, "1").await;
     cloud.wait_status(&id, "ACTIVE", Duration::from_secs(120)).await;
     cloud.delete_server(&id, Duration::from_secs(120)).await;
     assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
+}
+
+// Not on Zed: there Nova's service delete also drops the host's cell
+// mapping, and the compute node this host creates again (same uuid, from
+// compute_id) is Nova's soft-deleted row brought back with mapped = 1, so
+// discover_hosts never maps the host again: it is up but not listed nor
+// schedulable until `nova-manage cell_v2 discover_hosts --by-service`.
+#[tokio::test]
+async fn registers_again_after_its_service_record_is_deleted_newest() {
+    registers_again_after_its_service_record_is_deleted(Release::Newest).await;
 }
