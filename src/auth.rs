@@ -66,11 +66,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// How many times a request that could not be sent is tried again, when
-/// sending it twice is harmless (GET, PUT, DELETE): a pooled connection the
-/// service closed meanwhile, or a moment of overload, is not a failure.
-const TRANSPORT_RETRIES: u32 = 2;
-
 /// A URL as errors show it: without a user name or password (an endpoint
 /// configured as `http://user:secret@host/` keeps its credentials out of
 /// logs and faults).
@@ -236,8 +231,12 @@ impl ServiceClient {
     }
 
     /// Sends a request built by `build` (given the base URL), with auth and
-    /// request-id headers; retries once with a new token on 401. Returns the
-    /// response when its status is a success, an error otherwise.
+    /// request-id headers; retries once with a new token on 401. A request
+    /// sending twice is harmless for (GET, PUT, DELETE) is tried again as
+    /// the service's [`Retries`](crate::config::Retries) say: a pooled
+    /// connection the service closed meanwhile, or a moment of overload, is
+    /// not a failure. Returns the response when its status is a success, an
+    /// error otherwise.
     pub async fn send(
         &self,
         ctx: Option<&RequestContext>,
@@ -248,22 +247,32 @@ impl ServiceClient {
         let url = format!("{}{path}", self.endpoint(ctx).await?);
         let renewable = matches!(self.settings.auth, AuthSettings::Password { .. });
         let idempotent = matches!(method, reqwest::Method::GET | reqwest::Method::PUT | reqwest::Method::DELETE);
+        let retries = self.settings.retries;
         let mut attempt = 0;
-        let resp = loop {
-            match self.send_with(ctx, &method, &url, false, &build).await {
-                Err(e @ HttpError::Transport { .. }) if idempotent && attempt < TRANSPORT_RETRIES => {
-                    tracing::info!(error = %e, "retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        loop {
+            let again = idempotent && attempt < retries.attempts;
+            let resp = match self.send_with(ctx, &method, &url, false, &build).await {
+                Err(e @ HttpError::Transport { .. }) if again => {
+                    tracing::info!(error = %e, attempt = attempt + 1, "retrying");
+                    tokio::time::sleep(retry_delay(attempt)).await;
                     attempt += 1;
+                    continue;
                 }
-                other => break other?,
+                other => other?,
+            };
+            let resp = match resp.status().as_u16() {
+                401 if renewable => self.send_with(ctx, &method, &url, true, &build).await?,
+                _ => resp,
+            };
+            let status = resp.status().as_u16();
+            if again && retries.server_errors && matches!(status, 500 | 502 | 503 | 504) {
+                tracing::info!(service = self.name, %method, url = %shown_url(&url), status, attempt = attempt + 1, "retrying");
+                tokio::time::sleep(retry_delay(attempt)).await;
+                attempt += 1;
+                continue;
             }
-        };
-        let resp = match resp.status().as_u16() {
-            401 if renewable => self.send_with(ctx, &method, &url, true, &build).await?,
-            _ => resp,
-        };
-        self.success(&method, url, resp).await
+            return self.success(&method, url, resp).await;
+        }
     }
 
     /// Sends a request whose body cannot be replayed (a stream): no retry on
@@ -354,6 +363,11 @@ impl ServiceClient {
     }
 }
 
+/// The pause before retry number `attempt + 1`: 200 ms, doubling, at most 3.2 s.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200 << attempt.min(4))
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.len() <= n {
         s.to_string()
@@ -399,6 +413,74 @@ pub fn find_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local HTTP server answering `failures` times 503, then 200 `{}`;
+    /// returns its URL and the count of requests it got.
+    async fn flaky_server(failures: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = if n < failures { "503 Service Unavailable" } else { "200 OK" };
+                let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    fn client(url: &str, retries: crate::config::Retries) -> ServiceClient {
+        let settings = ServiceSettings {
+            service_type: "image",
+            auth: AuthSettings::None,
+            endpoint_override: Some(url.to_string()),
+            region_name: None,
+            valid_interfaces: vec![],
+            timeout: Duration::from_secs(5),
+            retries,
+        };
+        ServiceClient::new(settings, "glance", "glance")
+    }
+
+    #[tokio::test]
+    async fn idempotent_requests_are_retried_as_configured() {
+        use crate::config::Retries;
+        use std::sync::atomic::Ordering;
+        let glance = |n| Retries { attempts: n, server_errors: true };
+        // Two server errors, three retries allowed: the third try answers.
+        let (url, count) = flaky_server(2).await;
+        client(&url, glance(3)).json(None, reqwest::Method::GET, "/v2/images/x", |r| r).await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        // num_retries = 0: the first 503 is the answer.
+        let (url, count) = flaky_server(2).await;
+        let e = client(&url, glance(0)).json(None, reqwest::Method::GET, "/v2/images/x", |r| r).await.unwrap_err();
+        assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 1));
+        // Fewer retries than failures: the last 503 is the answer.
+        let (url, count) = flaky_server(5).await;
+        let e = client(&url, glance(2)).json(None, reqwest::Method::DELETE, "/v2/images/x", |r| r).await.unwrap_err();
+        assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 3));
+        // A POST is never sent twice.
+        let (url, count) = flaky_server(2).await;
+        let e = client(&url, glance(3)).json(None, reqwest::Method::POST, "/v2/images", |r| r).await.unwrap_err();
+        assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 1));
+        // Placement's and Neutron's retries leave a server error as it is.
+        let (url, count) = flaky_server(1).await;
+        let e = client(&url, Retries::CONNECTION).json(None, reqwest::Method::GET, "/x", |r| r).await.unwrap_err();
+        assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 1));
+    }
 
     #[test]
     fn endpoint_credentials_never_reach_an_error() {

@@ -35,6 +35,12 @@ impl Report {
 pub async fn run(settings: &Settings) -> bool {
     let mut r = Report { failures: 0 };
     r.ok("configuration", format!("host {}, transport_url {}", settings.host, settings.transport_url.brokers[0]));
+    for unknown in &settings.unknown_options {
+        r.warn(
+            "configuration",
+            format!("{unknown} is not an option of nova-docker: ignored (see `nova-docker config sample`)"),
+        );
+    }
     check_state_path(settings, &mut r).await;
     check_privileges(&mut r);
     check_docker(settings, &mut r).await;

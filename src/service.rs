@@ -152,6 +152,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let driver = Arc::new(connect_docker(&settings, &stop).await?);
     announce_root_disk_mode(&settings, &driver)?;
+    for unknown in &settings.unknown_options {
+        tracing::warn!("{unknown} is not an option of nova-docker: ignored");
+    }
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     let transport = Transport::start(transport_options(&settings));
     let client = RpcClient::start(transport.clone(), &topology, settings.rpc_response_timeout).await?;
@@ -378,6 +381,15 @@ fn spawn_periodic_tasks(
             }
         });
     }
+    // Soft-deleted instances deleted for good (reclaim_instance_interval).
+    crate::compute::reclaim::spawn(manager.clone(), stop.clone());
+    // Glance images no instance uses any more ([image_cache]).
+    crate::image::cache::spawn(
+        &manager.settings,
+        manager.driver.client().clone(),
+        manager.conductor.clone(),
+        stop.clone(),
+    );
     // Full power-state reconciliation and deleted-instance cleanup.
     let sync_every =
         [manager.settings.sync_power_state_interval, manager.settings.running_deleted_instance_poll_interval]

@@ -20,6 +20,7 @@ pub mod host;
 pub mod locks;
 pub mod manager;
 pub mod networking;
+pub mod reclaim;
 pub mod root_disk;
 pub mod snapshot;
 pub mod states;

@@ -27,6 +27,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: ini::IniError },
     #[error("[{group}] {name} = {value:?} is not a valid {expected}")]
     BadValue { group: &'static str, name: &'static str, value: String, expected: &'static str },
+    #[error("[{group}] {name} = {value:?} is not one of {choices}")]
+    NotAChoice { group: &'static str, name: &'static str, value: String, choices: String },
     #[error("[{group}] {name} must be set")]
     Missing { group: &'static str, name: &'static str },
     #[error("[DEFAULT] transport_url: {0}")]
@@ -147,6 +149,25 @@ impl Layered {
         Ok(Layered { cfg })
     }
 
+    /// Options set in the groups only nova-docker reads (`[docker]`) that
+    /// the option table does not know, as `[group] name`: a typo, or an
+    /// option of the old Python nova-docker driver. `check` and `serve`
+    /// warn about each, so none is ignored silently.
+    pub fn unknown(&self) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for group in options::OWN_GROUPS {
+            let Ok(table) = self.cfg.get_table(group) else { continue };
+            let mut names: Vec<&String> = table.keys().collect();
+            names.sort();
+            for name in names {
+                if !options::ALL.iter().any(|o| o.group == *group && o.name == name.as_str()) {
+                    unknown.push(format!("[{group}] {name}"));
+                }
+            }
+        }
+        unknown
+    }
+
     /// The raw text of an option (set value, else its default).
     pub fn raw(&self, opt: &Opt) -> Option<String> {
         self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
@@ -156,6 +177,18 @@ impl Layered {
     pub fn string(&self, opt: &Opt) -> Option<String> {
         debug_assert!(matches!(opt.kind, Kind::Str | Kind::Secret));
         self.raw(opt).filter(|s| !s.is_empty())
+    }
+
+    /// A choice option: its value (its default when unset or empty), one of
+    /// the table's `choices`, else an error listing them.
+    pub fn choice(&self, opt: &Opt) -> Result<String, ConfigError> {
+        debug_assert!(!opt.choices.is_empty());
+        let value = self.string(opt).or_else(|| opt.default.map(str::to_string)).unwrap_or_default();
+        if opt.choices.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            Err(ConfigError::NotAChoice { group: opt.group, name: opt.name, value, choices: opt.choices.join(", ") })
+        }
     }
 
     /// A required string option.
@@ -270,6 +303,23 @@ pub struct ServiceSettings {
     pub region_name: Option<String>,
     pub valid_interfaces: Vec<String>,
     pub timeout: Duration,
+    /// How often an idempotent request (GET, PUT, DELETE) is tried again.
+    pub retries: Retries,
+}
+
+/// When an idempotent request is tried again, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Further attempts after the first.
+    pub attempts: u32,
+    /// Also after a server error (500, 502, 503, 504), not only after a
+    /// request that could not be sent or answered.
+    pub server_errors: bool,
+}
+
+impl Retries {
+    /// Placement's and Neutron's: twice, on connection errors only.
+    pub const CONNECTION: Retries = Retries { attempts: 2, server_errors: false };
 }
 
 /// Which RabbitMQ entities look like what the rest of the deployment declared.
@@ -366,10 +416,11 @@ pub const MIN_CONSOLE_LOG_BYTES: i64 = 65536;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: String,
+    /// Options set in `[docker]` that this service does not have.
+    pub unknown_options: Vec<String>,
     pub transport_url: TransportUrl,
     pub control_exchange: String,
     pub rpc_response_timeout: Duration,
-    pub long_rpc_timeout: Duration,
     pub executor_pool_size: usize,
     pub report_interval: Duration,
     pub my_ip: Option<IpAddr>,
@@ -394,7 +445,8 @@ pub struct Settings {
     pub vif_plugging_timeout: Duration,
     pub vif_plugging_is_fatal: bool,
     pub resume_guests_state_on_host_boot: bool,
-    pub instance_name_template: String,
+    /// `reclaim_instance_interval`; `None` when 0 (no soft delete).
+    pub reclaim_instance_interval: Option<Duration>,
     pub graceful_shutdown_timeout: Duration,
     pub rpc_max_message_bytes: usize,
     pub nova_release: String,
@@ -405,7 +457,6 @@ pub struct Settings {
     pub glance: ServiceSettings,
     pub neutron: ServiceSettings,
     pub neutron_ovs_bridge: String,
-    pub glance_num_retries: u32,
     pub docker: DockerSettings,
     pub image_cache_interval: Option<Duration>,
     pub image_cache_remove_unused: bool,
@@ -451,57 +502,26 @@ impl Settings {
             })?),
             None => None,
         };
-        let cpu_limit = match l.string(&DOCKER_CPU_LIMIT).as_deref() {
-            Some("shares") | None => CpuLimit::Shares,
-            Some("quota") => CpuLimit::Quota,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_CPU_LIMIT.group,
-                    name: DOCKER_CPU_LIMIT.name,
-                    value: other.into(),
-                    expected: "choice of shares or quota",
-                });
-            }
+        // The table allows only its choices; each maps to its setting.
+        let cpu_limit = match l.choice(&DOCKER_CPU_LIMIT)?.as_str() {
+            "quota" => CpuLimit::Quota,
+            _ => CpuLimit::Shares,
         };
-        let deleted_action = match l.string(&RUNNING_DELETED_INSTANCE_ACTION).as_deref() {
-            Some("noop") => DeletedInstanceAction::Noop,
-            Some("log") => DeletedInstanceAction::Log,
-            Some("shutdown") => DeletedInstanceAction::Shutdown,
-            Some("reap") | None => DeletedInstanceAction::Reap,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: RUNNING_DELETED_INSTANCE_ACTION.group,
-                    name: RUNNING_DELETED_INSTANCE_ACTION.name,
-                    value: other.into(),
-                    expected: "choice of noop, log, shutdown or reap",
-                });
-            }
+        let deleted_action = match l.choice(&RUNNING_DELETED_INSTANCE_ACTION)?.as_str() {
+            "noop" => DeletedInstanceAction::Noop,
+            "log" => DeletedInstanceAction::Log,
+            "shutdown" => DeletedInstanceAction::Shutdown,
+            _ => DeletedInstanceAction::Reap,
         };
-        let root_disk_limit = match l.string(&DOCKER_ROOT_DISK_LIMIT).as_deref() {
-            Some("auto") | None => RootDiskLimit::Auto,
-            Some("quota") => RootDiskLimit::Quota,
-            Some("measure") => RootDiskLimit::Measure,
-            Some("off") => RootDiskLimit::Off,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_ROOT_DISK_LIMIT.group,
-                    name: DOCKER_ROOT_DISK_LIMIT.name,
-                    value: other.into(),
-                    expected: "choice of auto, quota, measure or off",
-                });
-            }
+        let root_disk_limit = match l.choice(&DOCKER_ROOT_DISK_LIMIT)?.as_str() {
+            "quota" => RootDiskLimit::Quota,
+            "measure" => RootDiskLimit::Measure,
+            "off" => RootDiskLimit::Off,
+            _ => RootDiskLimit::Auto,
         };
-        let over_limit_action = match l.string(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION).as_deref() {
-            Some("stop") | None => OverLimitAction::Stop,
-            Some("log") => OverLimitAction::Log,
-            Some(other) => {
-                return Err(ConfigError::BadValue {
-                    group: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.group,
-                    name: DOCKER_ROOT_DISK_OVER_LIMIT_ACTION.name,
-                    value: other.into(),
-                    expected: "choice of stop or log",
-                });
-            }
+        let over_limit_action = match l.choice(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION)?.as_str() {
+            "log" => OverLimitAction::Log,
+            _ => OverLimitAction::Stop,
         };
         let positive = |o: &'static Opt, min: i64, expected: &'static str| -> Result<i64, ConfigError> {
             let v = int(o)?;
@@ -515,24 +535,8 @@ impl Settings {
         let console_log_max_bytes =
             positive(&DOCKER_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_BYTES, "number of bytes (at least 65536)")?;
         let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
-        let release = l.string(&DOCKER_NOVA_RELEASE).unwrap_or_else(|| "auto".into());
-        if !matches!(release.as_str(), "auto" | "zed" | "2026.2") {
-            return Err(ConfigError::BadValue {
-                group: DOCKER_NOVA_RELEASE.group,
-                name: DOCKER_NOVA_RELEASE.name,
-                value: release,
-                expected: "choice of auto, zed or 2026.2",
-            });
-        }
-        let log_format = l.string(&DOCKER_LOG_FORMAT).unwrap_or_else(|| "text".into());
-        if !matches!(log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::BadValue {
-                group: DOCKER_LOG_FORMAT.group,
-                name: DOCKER_LOG_FORMAT.name,
-                value: log_format,
-                expected: "choice of text or json",
-            });
-        }
+        let release = l.choice(&DOCKER_NOVA_RELEASE)?;
+        let log_format = l.choice(&DOCKER_LOG_FORMAT)?;
         let glance_endpoint =
             l.string(&GLANCE_ENDPOINT_OVERRIDE).or_else(|| l.list(&GLANCE_API_SERVERS).into_iter().next());
 
@@ -540,11 +544,11 @@ impl Settings {
         let instances_path =
             l.string(&INSTANCES_PATH).map(PathBuf::from).unwrap_or_else(|| state_path.join("instances"));
         Ok(Settings {
+            unknown_options: l.unknown(),
             host: l.string(&HOST).unwrap_or_else(system_hostname),
             transport_url,
             control_exchange: l.string(&CONTROL_EXCHANGE).unwrap_or_else(|| "nova".into()),
             rpc_response_timeout: secs(int(&RPC_RESPONSE_TIMEOUT)?),
-            long_rpc_timeout: secs(int(&LONG_RPC_TIMEOUT)?),
             executor_pool_size: int(&EXECUTOR_THREAD_POOL_SIZE)?.max(1) as usize,
             report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
             my_ip,
@@ -569,7 +573,7 @@ impl Settings {
             vif_plugging_timeout: secs(int(&VIF_PLUGGING_TIMEOUT)?),
             vif_plugging_is_fatal: l.bool(&VIF_PLUGGING_IS_FATAL)?,
             resume_guests_state_on_host_boot: l.bool(&RESUME_GUESTS_STATE_ON_HOST_BOOT)?,
-            instance_name_template: l.string(&INSTANCE_NAME_TEMPLATE).unwrap_or_else(|| "instance-%08x".into()),
+            reclaim_instance_interval: interval(int(&RECLAIM_INSTANCE_INTERVAL)?),
             graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,
@@ -628,7 +632,8 @@ impl Settings {
                     timeout: &GLANCE_TIMEOUT,
                 },
                 glance_endpoint,
-            )?,
+            )?
+            .with_retries(Retries { attempts: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32, server_errors: true }),
             neutron: service_settings(
                 l,
                 "network",
@@ -649,7 +654,6 @@ impl Settings {
                 l.string(&NEUTRON_ENDPOINT_OVERRIDE),
             )?,
             neutron_ovs_bridge: l.string(&NEUTRON_OVS_BRIDGE).unwrap_or_else(|| "br-int".into()),
-            glance_num_retries: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32,
             docker: DockerSettings {
                 socket_path,
                 api_timeout: secs(int(&DOCKER_API_TIMEOUT)?.max(1)),
@@ -744,7 +748,15 @@ fn service_settings(
         region_name: l.string(o.region_name),
         valid_interfaces: l.list(o.valid_interfaces),
         timeout: Duration::from_secs(timeout as u64),
+        retries: Retries::CONNECTION,
     })
+}
+
+impl ServiceSettings {
+    /// The same settings with other retries.
+    pub fn with_retries(self, retries: Retries) -> Self {
+        ServiceSettings { retries, ..self }
+    }
 }
 
 fn docker_socket_path(url: &str) -> Result<PathBuf, ConfigError> {
@@ -902,6 +914,59 @@ driver = noop
         )
         .unwrap();
         assert!(s.rabbit.durable_queues && s.rabbit.quorum_queue);
+    }
+
+    #[test]
+    fn glance_retries_follow_num_retries_and_the_others_keep_theirs() {
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert_eq!(s.glance.retries, Retries { attempts: 3, server_errors: true });
+        assert_eq!((s.placement.retries, s.neutron.retries), (Retries::CONNECTION, Retries::CONNECTION));
+        let conf = format!("{PYTHON_COMPUTE_CONF}\n[glance]\nnum_retries = 0\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.glance.retries.attempts, 0);
+    }
+
+    #[test]
+    fn image_cache_options_are_read() {
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert_eq!(s.image_cache_interval, Some(Duration::from_secs(2400)));
+        assert!(s.image_cache_remove_unused);
+        assert_eq!(s.image_cache_minimum_age, Duration::from_secs(86400));
+        let conf = format!(
+            "{PYTHON_COMPUTE_CONF}\n[image_cache]\nmanager_interval = 0\nremove_unused_original_minimum_age_seconds = 5\n"
+        );
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!((s.image_cache_interval, s.image_cache_minimum_age), (None, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn every_choice_of_the_table_is_read_and_nothing_else() {
+        for opt in options::ALL.iter().filter(|o| !o.choices.is_empty()) {
+            for choice in opt.choices {
+                let conf =
+                    format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = {choice}\n", opt.group, opt.name);
+                let s = Settings::from_layered(&Layered::from_text(&conf).unwrap());
+                assert!(s.is_ok(), "{}.{} = {choice}: {:?}", opt.group, opt.name, s.err());
+            }
+            let conf = format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = bogus\n", opt.group, opt.name);
+            let err = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap_err();
+            let want = format!("[{}] {} = \"bogus\" is not one of {}", opt.group, opt.name, opt.choices.join(", "));
+            assert_eq!(err.to_string(), want);
+        }
+        let conf = "[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\ncpu_limit = quota\nroot_disk_limit = off\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!((s.docker.cpu_limit, s.docker.root_disk_limit), (CpuLimit::Quota, RootDiskLimit::Off));
+    }
+
+    #[test]
+    fn unknown_options_of_our_own_group_are_reported() {
+        let conf =
+            format!("{PYTHON_COMPUTE_CONF}\n[docker]\nvif_driver = x\npids_limit = 10\nsnapshot_pauze = false\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.unknown_options, ["[docker] snapshot_pauze", "[docker] vif_driver"]);
+        // Nova's own groups hold many options this service does not read.
+        let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
+        assert!(s.unknown_options.is_empty(), "{:?}", s.unknown_options);
     }
 
     #[test]

@@ -27,16 +27,20 @@ pub struct Opt {
     pub default: Option<&'static str>,
     /// Shown in the sample when the default is computed at run time.
     pub dynamic_default: Option<&'static str>,
+    /// The only values accepted, when the option is a choice (empty: any).
+    /// The parser refuses any other value and the sample lists them.
+    pub choices: &'static [&'static str],
     pub help: &'static str,
 }
 
 macro_rules! opts {
-    ($( $id:ident: $group:literal $name:literal $kind:ident = $default:expr, $dynamic:expr, $help:literal; )*) => {
+    ($( $id:ident: $group:literal $name:literal $kind:ident $([$($choice:literal),+])? = $default:expr, $dynamic:expr, $help:literal; )*) => {
         $(
             #[doc = $help]
             pub const $id: Opt = Opt {
                 group: $group, name: $name, kind: Kind::$kind,
                 default: $default, dynamic_default: $dynamic, help: $help,
+                choices: &[$($($choice),+)?],
             };
         )*
         /// All options in sample order.
@@ -54,8 +58,6 @@ opts! {
         "AMQP exchange that carries Nova's RPC (Nova sets it to nova).";
     RPC_RESPONSE_TIMEOUT: "DEFAULT" "rpc_response_timeout" Int = Some("60"), None,
         "Seconds to wait for a reply to an RPC call (conductor calls).";
-    LONG_RPC_TIMEOUT: "DEFAULT" "long_rpc_timeout" Int = Some("1800"), None,
-        "Seconds to wait for a reply to a long-running RPC call.";
     EXECUTOR_THREAD_POOL_SIZE: "DEFAULT" "executor_thread_pool_size" Int = Some("64"), None,
         "How many RPC requests are handled at once (oslo.messaging's worker pool size).";
     REPORT_INTERVAL: "DEFAULT" "report_interval" Int = Some("10"), None,
@@ -96,7 +98,7 @@ opts! {
         "Seconds between full power-state reconciliations with Docker (Docker events update Nova in between). Negative disables.";
     SHUTDOWN_TIMEOUT: "DEFAULT" "shutdown_timeout" Int = Some("60"), None,
         "Seconds a container gets to stop after SIGTERM before it is killed (stop, soft reboot, delete).";
-    RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str = Some("reap"), None,
+    RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str ["noop", "log", "shutdown", "reap"] = Some("reap"), None,
         "What to do with containers of this host whose instance is deleted or unknown: noop, log, shutdown or reap.";
     RUNNING_DELETED_INSTANCE_POLL_INTERVAL: "DEFAULT" "running_deleted_instance_poll_interval" Int = Some("1800"), None,
         "Seconds between checks for containers whose instance is gone (0 disables).";
@@ -106,8 +108,8 @@ opts! {
         "Fail the build when network-vif-plugged does not arrive in time.";
     RESUME_GUESTS_STATE_ON_HOST_BOOT: "DEFAULT" "resume_guests_state_on_host_boot" Bool = Some("false"), None,
         "Start, at service start-up, the containers of instances Nova believes running.";
-    INSTANCE_NAME_TEMPLATE: "DEFAULT" "instance_name_template" Str = Some("instance-%08x"), None,
-        "Template of the instance name reported to Nova (from the instance id).";
+    RECLAIM_INSTANCE_INTERVAL: "DEFAULT" "reclaim_instance_interval" Int = Some("0"), None,
+        "Seconds after which a soft-deleted instance of this host is deleted for good (checked every as many seconds). Above 0, nova-api (with the same option in its nova.conf) soft-deletes servers, which can be restored meanwhile; 0: servers are deleted at once and nothing is reclaimed here.";
     GRACEFUL_SHUTDOWN_TIMEOUT: "DEFAULT" "graceful_shutdown_timeout" Int = Some("60"), None,
         "Seconds in-flight requests get to finish after SIGTERM before the service exits anyway.";
 
@@ -175,7 +177,8 @@ opts! {
     GLANCE_REGION_NAME: "glance" "region_name" Str = None, None, "Region of the catalog endpoint.";
     GLANCE_VALID_INTERFACES: "glance" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     GLANCE_TIMEOUT: "glance" "timeout" Int = Some("60"), None, "Seconds to wait for response headers and between body chunks.";
-    GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None, "Retries of idempotent Glance requests on connection errors and 5xx.";
+    GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None,
+        "Times an idempotent Glance request (GET, PUT, DELETE) is tried again after a connection error or a 500, 502, 503 or 504, 200 ms after the first failure and twice as long after each next one (0-20).";
 
     // [neutron]
     NEUTRON_AUTH_TYPE: "neutron" "auth_type" Str = Some("password"), None,
@@ -199,11 +202,11 @@ opts! {
         "Docker engine endpoint (unix socket only: the API is root-equivalent and is never reached over TCP).";
     DOCKER_API_TIMEOUT: "docker" "api_timeout" Int = Some("120"), None,
         "Seconds to wait for the engine's response headers on each API call.";
-    DOCKER_NOVA_RELEASE: "docker" "nova_release" Str = Some("auto"), None,
+    DOCKER_NOVA_RELEASE: "docker" "nova_release" Str ["auto", "zed", "2026.2"] = Some("auto"), None,
         "Nova release of the control plane: auto (asked from the conductor), zed or 2026.2. It sets the service version, object versions and RPC topics this host uses.";
     DOCKER_PIDS_LIMIT: "docker" "pids_limit" Int = Some("4096"), None,
         "Maximum number of processes in one instance (flavor extra spec quota:pids_limit overrides; 0: unlimited).";
-    DOCKER_CPU_LIMIT: "docker" "cpu_limit" Str = Some("shares"), None,
+    DOCKER_CPU_LIMIT: "docker" "cpu_limit" Str ["shares", "quota"] = Some("shares"), None,
         "How vCPUs limit a container: shares (relative weight, vcpus x 1024) or quota (a hard cap of vcpus CPUs, plus the weight).";
     DOCKER_CPUSET_CPUS: "docker" "cpuset_cpus" Str = None, None,
         "Host CPUs instances may run on (cpuset syntax, e.g. 2-7); unset: any.";
@@ -223,11 +226,11 @@ opts! {
         "Largest manifest.json or image config accepted in an image archive.";
     DOCKER_MAX_IMAGE_UNPACKED_MB: "docker" "max_image_unpacked_mb" Int = Some("20480"), None,
         "Largest size, in MiB, an image from Glance may unpack to on this host: its archive's files plus what compressed layers inflate to. Bounds the disk one tenant's image can fill (a load takes at most about twice this while it runs); a larger image fails its boot with a clear fault.";
-    DOCKER_ROOT_DISK_LIMIT: "docker" "root_disk_limit" Str = Some("auto"), None,
+    DOCKER_ROOT_DISK_LIMIT: "docker" "root_disk_limit" Str ["auto", "quota", "measure", "off"] = Some("auto"), None,
         "How the flavor's root_gb limits an instance's root filesystem: quota (the storage driver enforces a size per container: overlay2 on xfs mounted with prjquota, btrfs, zfs; a write past it fails with no space left), measure (the writable layer is measured every root_disk_measure_interval seconds and root_disk_over_limit_action applies to an instance over its root_gb), off (not limited), or auto (quota when the engine's storage driver and its filesystem can enforce it, else measure). nova-docker check says which mode the host is in and why.";
     DOCKER_ROOT_DISK_MEASURE_INTERVAL: "docker" "root_disk_measure_interval" Int = Some("60"), None,
         "Seconds between measurements of the instances' writable layers (root_disk_limit = measure). Each pass inspects at most 2 containers at once, each bounded by api_timeout.";
-    DOCKER_ROOT_DISK_OVER_LIMIT_ACTION: "docker" "root_disk_over_limit_action" Str = Some("stop"), None,
+    DOCKER_ROOT_DISK_OVER_LIMIT_ACTION: "docker" "root_disk_over_limit_action" Str ["stop", "log"] = Some("stop"), None,
         "What happens to an instance whose measured writable layer exceeds its flavor's root_gb (root_disk_limit = measure): stop (the container is stopped, Nova records a stop action, SHUTOFF and an instance fault saying why) or log (a warning in this service's log only).";
     DOCKER_ZERO_DISK_FLAVOR_ROOT_GB: "docker" "zero_disk_flavor_root_gb" Int = Some("0"), None,
         "Root disk limit in GiB for instances of flavors with root_gb = 0 (Nova's policy lets only admins boot those). 0: such instances have no root disk limit; nova-docker check warns about it.";
@@ -237,17 +240,22 @@ opts! {
         "Largest RPC message accepted; bigger ones are logged and dropped.";
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,
         "host:port of an HTTP endpoint serving /healthz, /readyz and Prometheus /metrics; unset: no endpoint.";
-    DOCKER_LOG_FORMAT: "docker" "log_format" Str = Some("text"), None,
+    DOCKER_LOG_FORMAT: "docker" "log_format" Str ["text", "json"] = Some("text"), None,
         "Log line format: text or json.";
 
     // [image_cache]
     IMAGE_CACHE_MANAGER_INTERVAL: "image_cache" "manager_interval" Int = Some("2400"), None,
-        "Seconds between image cache passes (0 disables).";
+        "Seconds between image cache passes, which remove the Docker images loaded from Glance that nothing uses (0 disables).";
     IMAGE_CACHE_REMOVE_UNUSED: "image_cache" "remove_unused_base_images" Bool = Some("true"), None,
-        "Remove Docker images loaded from Glance that no instance uses.";
+        "Remove Docker images loaded from Glance (glance/<id>:v1-<hex> references) that no container of the engine and no instance of this host uses.";
     IMAGE_CACHE_MINIMUM_AGE: "image_cache" "remove_unused_original_minimum_age_seconds" Int = Some("86400"), None,
-        "An unused image is removed only after it has been unused for this many seconds.";
+        "An unused image is removed only after it has been unused for this many seconds, counted from its load and from the first pass of this process that found it unused (a restart starts the count again).";
 }
+
+/// The groups only nova-docker reads: an option set there that [`ALL`]
+/// does not have is reported (the other groups are Nova's and hold many
+/// options this service has no use for).
+pub const OWN_GROUPS: &[&str] = &["docker"];
 
 /// Renders the sample configuration file from [`ALL`].
 pub fn sample() -> String {
@@ -277,6 +285,9 @@ pub fn sample() -> String {
             Kind::List => "list",
         };
         out.push_str(&format!("# ({kind})\n"));
+        if !opt.choices.is_empty() {
+            out.push_str(&format!("# Possible values: {}\n", opt.choices.join(", ")));
+        }
         if let Some(dynamic) = opt.dynamic_default {
             out.push_str(&format!("# Default: {dynamic}\n"));
         }
@@ -317,6 +328,14 @@ mod tests {
         for opt in ALL {
             assert!(seen.insert((opt.group, opt.name)), "duplicate option {}.{}", opt.group, opt.name);
             assert!(!opt.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn defaults_of_choices_are_choices() {
+        for opt in ALL.iter().filter(|o| !o.choices.is_empty()) {
+            let default = opt.default.expect("a choice has a default");
+            assert!(opt.choices.contains(&default), "{}.{}: {default} not a choice", opt.group, opt.name);
         }
     }
 

@@ -142,6 +142,7 @@ impl Glance {
         id: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, GlanceError> {
         let path = format!("/v2/images/{}/file", url_part(id));
+        tracing::info!(image = id, "downloading the image from Glance");
         let resp = self.client.send(ctx, Method::GET, &path, |r| r).await?;
         if resp.status().as_u16() == 204 {
             return Err(HttpError::Status {

@@ -12,6 +12,7 @@
 //! `docker load` with bounded memory and no temporary file.
 
 pub mod archive;
+pub mod cache;
 pub mod cli;
 pub mod glance;
 pub mod integrity;

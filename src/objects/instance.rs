@@ -87,11 +87,6 @@ impl Instance {
         self.obj.get_str("uuid").unwrap_or_default()
     }
 
-    /// Database id, used for the instance name.
-    pub fn id(&self) -> Option<i64> {
-        self.obj.get_i64("id")
-    }
-
     /// `vm_state`.
     pub fn vm_state(&self) -> Option<&str> {
         self.obj.get_str("vm_state")
@@ -193,41 +188,10 @@ impl Instance {
             .unwrap_or_else(|| "[]".into())
     }
 
-    /// Nova's internal name, `instance_name_template % id`.
-    pub fn name(&self, template: &str) -> String {
-        let id = self.id().unwrap_or(0);
-        render_name_template(template, id, self.uuid())
-    }
-
     /// Sets a field and records the change.
     pub fn set(&mut self, field: &str, value: impl Into<Value>) {
         self.obj.set(field, value);
     }
-}
-
-/// Renders `instance_name_template` (`%08x`, `%d`, `%s`, `%(uuid)s`, ...).
-pub fn render_name_template(template: &str, id: i64, uuid: &str) -> String {
-    if template.contains("%(uuid)s") {
-        return template.replace("%(uuid)s", uuid);
-    }
-    let Some(start) = template.find('%') else { return template.to_string() };
-    let spec_end = template[start + 1..].find(|c: char| c.is_ascii_alphabetic()).map(|i| start + 1 + i);
-    let Some(end) = spec_end else { return template.to_string() };
-    let width: usize = template[start + 1..end].trim_start_matches('0').parse().unwrap_or(0);
-    let zero = template[start + 1..end].starts_with('0');
-    let rendered = match &template[end..=end] {
-        "x" => format!("{id:x}"),
-        "X" => format!("{id:X}"),
-        "d" | "i" | "s" => id.to_string(),
-        _ => return template.to_string(),
-    };
-    let padded = if rendered.len() < width {
-        let pad = if zero { "0" } else { " " };
-        format!("{}{rendered}", pad.repeat(width - rendered.len()))
-    } else {
-        rendered
-    };
-    format!("{}{padded}{}", &template[..start], &template[end + 1..])
 }
 
 #[cfg(test)]
@@ -254,14 +218,6 @@ mod tests {
         assert_eq!(i.flavor().unwrap().name(), Some("m1.tiny"));
         assert_eq!(i.network_info_json(), "[]");
         assert_eq!(i.system_metadata()["image_container_format"], "docker");
-    }
-
-    #[test]
-    fn name_template() {
-        assert_eq!(render_name_template("instance-%08x", 42, "u"), "instance-0000002a");
-        assert_eq!(render_name_template("vm-%d", 7, "u"), "vm-7");
-        assert_eq!(render_name_template("%(uuid)s", 7, "abc"), "abc");
-        assert_eq!(render_name_template("fixed", 7, "abc"), "fixed");
     }
 
     #[test]

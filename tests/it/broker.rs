@@ -59,7 +59,7 @@ async fn broker_restart_while_idle() {
         assert!(back.elapsed() < Duration::from_secs(5), "not reconnected within 5 s of the broker's return");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("reconnected {:?} after the broker was back", back.elapsed());
+    common::figure(format!("reconnected {:?} after the broker was back", back.elapsed()));
     // The queues were lost with the broker (non-durable); they are declared
     // again and consumed: a real client's ping is answered.
     let out =
@@ -142,14 +142,14 @@ async fn main_broker_restarted_during_a_boot() {
     }
     relay.release();
     restart.await.unwrap();
-    eprintln!("the broker was away for {:?}", down.elapsed());
+    common::figure(format!("the broker was away for {:?}", down.elapsed()));
     let back = Instant::now();
     let back_utc = chrono::Utc::now().naive_utc();
     while !host.log_text().contains("connection=2") {
         assert!(back.elapsed() < Duration::from_secs(5), "not consuming again within 5 s of the broker's return");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("the host reconnected {:?} after the broker was back", back.elapsed());
+    common::figure(format!("the host consumed again {:?} after the broker was back", back.elapsed()));
 
     // The build finishes (its conductor calls wait for the conductor to be
     // back), the host heartbeats again and still takes new work.
@@ -178,13 +178,16 @@ async fn main_broker_restarted_during_a_boot() {
         Cloud::restart(release).await;
         let cloud = Cloud::get(release);
         cloud.wait_schedulable(Duration::from_secs(120)).await;
-        eprintln!("{release:?}: scheduling again {:?} after the broker was back", back.elapsed());
+        common::figure(format!("{release:?}: scheduling again {:?} after the broker was back", back.elapsed()));
         let started = Instant::now();
         while !agents_reported_since(&cloud, back_utc).await {
             assert!(started.elapsed() < Duration::from_secs(180), "{release:?}: Neutron agents did not report again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        eprintln!("{release:?}: Neutron agents reporting again {:?} after the broker was back", back.elapsed());
+        common::figure(format!(
+            "{release:?}: Neutron agents reporting again {:?} after the broker was back",
+            back.elapsed()
+        ));
     }
 }
 
@@ -203,4 +206,42 @@ async fn agents_reported_since(cloud: &Cloud, since: chrono::NaiveDateTime) -> b
                 .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").ok())
                 .is_some_and(|t| t > since)
         })
+}
+
+/// Failover between the brokers of `transport_url`: a host given two
+/// (two relays to the control plane's RabbitMQ) loses the one it uses and
+/// goes on through the other: heartbeats, a boot and a delete.
+#[tokio::test]
+async fn fails_over_between_the_brokers_of_transport_url() {
+    let cloud = Cloud::get(Release::Newest);
+    let url = cloud.var("ND_TRANSPORT_URL").to_string();
+    let (scheme_and_user, rest) = url.split_once('@').expect("rabbit://user:password@host:port/vhost");
+    let user = scheme_and_user.trim_start_matches("rabbit://");
+    let (broker, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let relays = [Relay::start(broker).await, Relay::start(broker).await];
+    let addr = |r: &Relay| r.url.trim_start_matches("http://").to_string();
+    let both = format!("rabbit://{user}@{},{user}@{}/{vhost}", addr(&relays[0]), addr(&relays[1]));
+    let name = host_name("failover");
+    let mut host = ComputeHost::start(&cloud, &name, &format!("[DEFAULT]\ntransport_url = {both}\n")).await;
+    let sent = |r: &Relay| r.sent.load(std::sync::atomic::Ordering::SeqCst);
+    let used = relays.iter().position(|r| sent(r) > 0).expect("connected through one of the brokers");
+    let other = &relays[1 - used];
+    let before = sent(other);
+    relays[used].cut();
+    common::wait_for("the host to reconnect through the other broker", Duration::from_secs(60), async || {
+        sent(other) > before
+    })
+    .await;
+    // Heartbeats go on through it (a newer updated_at), and so does work.
+    let last = cloud.compute_service(&name).await.unwrap()["updated_at"].clone();
+    common::wait_for("a heartbeat through the other broker", Duration::from_secs(60), async || {
+        let svc = cloud.compute_service(&name).await.unwrap();
+        svc["state"] == "up" && svc["updated_at"].as_str() > last.as_str()
+    })
+    .await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("failover", &image, &name, "1").await;
+    cloud.wait_status(&id, "ACTIVE", Duration::from_secs(120)).await;
+    cloud.delete_server(&id, Duration::from_secs(120)).await;
+    assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
 }

@@ -189,6 +189,19 @@ impl Cloud {
         self.glance_image(name, container_format, data, Some("public")).await
     }
 
+    /// Deletes a Glance image a test made (whatever its state).
+    pub async fn delete_glance_image(&self, id: &str) {
+        let glance = self.var("ND_GLANCE");
+        let r = self
+            .http
+            .delete(format!("{glance}/v2/images/{id}"))
+            .header("X-Auth-Token", self.token())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {glance}/v2/images/{id}: {e}"));
+        assert!(r.status().is_success() || r.status() == 404, "DELETE image {id}: {}", r.status());
+    }
+
     /// Creates a Glance image, with Glance's default visibility if None
     /// (Zed's policy lets only its admin publicize images).
     async fn glance_image(
@@ -440,6 +453,13 @@ impl ComputeHost {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         }
         tokio::time::timeout(Duration::from_secs(90), child.wait()).await.ok().and_then(Result::ok)
+    }
+
+    /// Waits for the process to exit by itself (after a signal the test
+    /// sent); its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        tokio::time::timeout(timeout, child.wait()).await.ok().and_then(Result::ok)
     }
 
     /// The service's pid while it runs.

@@ -56,6 +56,21 @@ pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut(
     }
 }
 
+/// Prints one figure of RELIABILITY.md, tagged with the test that measured
+/// it; `tests/reliability/figures` collects these lines into that file.
+pub fn figure(text: impl std::fmt::Display) {
+    let thread = std::thread::current();
+    eprintln!("FIGURE {} | {text}", thread.name().unwrap_or("?"));
+}
+
+/// `docker save` of a local image: an archive a server boots from (the
+/// test images have a command; the busybox-save.tar fixture has none).
+pub fn docker_save(image: &str) -> Vec<u8> {
+    let out = std::process::Command::new("docker").args(["save", image]).output().expect("docker save");
+    assert!(out.status.success(), "docker save {image}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// A file tests/env/images.sh built in the environment's fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     let state = std::env::var("ND_ENV_STATE").unwrap_or_else(|_| "/var/lib/nova-docker-test".into());

@@ -37,29 +37,42 @@ async fn hostile_calls_get_errors_and_the_instance_carries_on() {
     let target = Target::new("compute", "6.0").server(&name);
     let timeout = Some(Duration::from_secs(30));
 
-    let calls: Vec<(&str, Value, &str)> = vec![
-        ("get_console_output", json!({}), "missing argument: instance"),
-        ("get_console_output", json!({"instance": 42}), "argument instance"),
-        ("get_console_output", json!({"instance": instance("../../containers/json", "2.8")}), "uuid"),
-        ("get_console_output", json!({"instance": instance(&victim, "3.0")}), "3.0"),
-        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": "ten"}), ""),
-        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": u64::MAX}), ""),
-        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": -1}), ""),
-        ("get_diagnostics", json!({"instance": {"nova_object.name": "Flavor"}}), "argument instance"),
-        ("get_instance_diagnostics", json!({"instance": instance("6f1b2c1e-0000-4000-8000-000000000001", "2.8")}), ""),
-        ("snapshot_instance", json!({"instance": instance(&victim, "2.8"), "image_id": 7}), "image_id"),
-        ("detach_interface", json!({"instance": instance(&victim, "2.8"), "port_id": ["x"]}), "port_id"),
-        ("frobnicate_instance", json!({"instance": instance(&victim, "2.8")}), ""),
+    // What each call must answer: a RemoteError whose text holds the given
+    // words, or (only where Nova answers) the victim's own console.
+    enum Want {
+        Error(&'static str),
+        VictimConsole,
+    }
+    use Want::*;
+    let missing = "6f1b2c1e-0000-4000-8000-000000000001";
+    let calls: Vec<(&str, Value, Want)> = vec![
+        ("get_console_output", json!({}), Error("missing argument: instance")),
+        ("get_console_output", json!({"instance": 42}), Error("argument instance")),
+        ("get_console_output", json!({"instance": instance("../../containers/json", "2.8")}), Error("uuid")),
+        ("get_console_output", json!({"instance": instance(missing, "2.8")}), Error("InstanceNotFound")),
+        ("get_console_output", json!({"instance": instance(&victim, "3.0")}), Error("3.0")),
+        // A bad tail length is ignored, as Nova does: the whole console.
+        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": "ten"}), VictimConsole),
+        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": u64::MAX}), VictimConsole),
+        ("get_console_output", json!({"instance": instance(&victim, "2.8"), "tail_length": -1}), VictimConsole),
+        ("get_diagnostics", json!({"instance": {"nova_object.name": "Flavor"}}), Error("argument instance")),
+        // Nova's manager: no guest is power state NOSTATE, not running.
+        ("get_instance_diagnostics", json!({"instance": instance(missing, "2.8")}), Error("InstanceInvalidState")),
+        ("snapshot_instance", json!({"instance": instance(&victim, "2.8"), "image_id": 7}), Error("image_id")),
+        ("detach_interface", json!({"instance": instance(&victim, "2.8"), "port_id": ["x"]}), Error("port_id")),
+        ("frobnicate_instance", json!({"instance": instance(&victim, "2.8")}), Error("frobnicate_instance")),
     ];
-    for (method, a, expect) in &calls {
-        match client.call(&ctx, &target, method, args(a.clone()), timeout).await {
-            Err(CallError::Remote(e)) => {
+    // The image prints this line at start; the server is named "victim".
+    let console = "nova-docker test instance victim up";
+    for (method, a, want) in &calls {
+        match (client.call(&ctx, &target, method, args(a.clone()), timeout).await, want) {
+            (Err(CallError::Remote(e)), Error(expect)) => {
                 let text = format!("{}: {}", e.class, e.message);
                 assert!(text.contains(expect), "{method} {a}: {text}");
             }
-            // A console with a bad tail length still answers (Nova ignores it).
-            Ok(v) if *method == "get_console_output" => assert!(v.is_string(), "{v}"),
-            other => panic!("{method} {a}: expected a remote error, got {other:?}"),
+            (Ok(v), VictimConsole) => assert!(v.as_str().is_some_and(|t| t.contains(console)), "{method} {a}: {v}"),
+            (other, Error(expect)) => panic!("{method} {a}: expected a remote error with {expect:?}, got {other:?}"),
+            (other, VictimConsole) => panic!("{method} {a}: expected the victim's console, got {other:?}"),
         }
     }
     // A call at a major version this host does not serve.
@@ -184,7 +197,11 @@ async fn flood_of_large_messages_cannot_grow_memory_without_bound() {
         .unwrap();
     assert!(uptime.as_str().unwrap_or_default().contains("load average"), "{uptime}");
     let peak = vm_hwm(pid);
-    eprintln!("VmHWM before the flood {} MiB, after {} MiB ({count} messages of 1 MiB)", before >> 20, peak >> 20);
+    common::figure(format!(
+        "VmHWM before the flood {} MiB, after {} MiB ({count} messages of 1 MiB)",
+        before >> 20,
+        peak >> 20
+    ));
     assert!(peak < 384 << 20, "peak RSS {} MiB after {count} messages of 1 MiB", peak >> 20);
     host.stop().await;
     assert!(!host.log_text().contains("panicked"), "a task panicked");

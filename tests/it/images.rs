@@ -165,9 +165,34 @@ async fn image_import_then_boot() {
     host.stop().await;
 }
 
+/// Starts a snapshot of `id` and waits until 8 MiB of its upload went
+/// through the relay; returns the snapshot's Glance image id.
+async fn snapshot_under_way(cloud: &Cloud, relay: &Relay, id: &str) -> String {
+    let before = relay.sent.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, v) = cloud.action(id, json!({"createImage": {"name": common::unique("nd-cut")}})).await;
+    assert_eq!(status, 202, "{v}");
+    let snap = v["image_id"].as_str().expect("image_id (2.45+)").to_string();
+    common::wait_for("8 MiB of the upload", T, async || {
+        relay.sent.load(std::sync::atomic::Ordering::SeqCst) >= before + 8 * 1024 * 1024
+    })
+    .await;
+    snap
+}
+
+/// The snapshot failed cleanly: the instance ACTIVE and running, the
+/// `createImage` action's event an error.
+async fn snapshot_failed(cloud: &Cloud, id: &str) {
+    let s = cloud.wait_status(id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    assert!(s["OS-EXT-STS:task_state"].is_null(), "{s}");
+    let action = cloud.actions(id).await.into_iter().find(|a| a["action"] == "createImage").unwrap();
+    assert_eq!(action["events"][0]["result"], "Error", "{action}");
+}
+
 /// Glance goes away in the middle of a snapshot's upload: the snapshot fails
-/// cleanly, the instance stays ACTIVE, the failure is recorded, and the host
-/// keeps serving.
+/// cleanly, the instance stays ACTIVE, the failure is recorded, the
+/// half-uploaded image is deleted (or, while Glance stays away, a warning
+/// names it), and the host keeps serving.
 #[tokio::test]
 async fn glance_lost_during_snapshot_upload() {
     let cloud = Cloud::get(Release::Newest);
@@ -182,20 +207,26 @@ async fn glance_lost_during_snapshot_upload() {
     // 64 MB of incompressible data makes the upload long enough to cut.
     docker_exec(&format!("nova-{id}"), "dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null").await;
 
-    let before = relay.sent.load(std::sync::atomic::Ordering::SeqCst);
-    let (status, v) = cloud.action(&id, json!({"createImage": {"name": common::unique("nd-cut")}})).await;
-    assert_eq!(status, 202, "{v}");
-    let started = Instant::now();
-    while relay.sent.load(std::sync::atomic::Ordering::SeqCst) < before + 8 * 1024 * 1024 {
-        assert!(started.elapsed() < T, "the upload never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // 1. The upload's connection drops; Glance answers again at once: the
+    // half-uploaded image is deleted.
+    let snap = snapshot_under_way(&cloud, &relay, &id).await;
+    relay.reset();
+    snapshot_failed(&cloud, &id).await;
+    common::wait_for("the half-uploaded image to be deleted", T, async || {
+        glance_request(&cloud, reqwest::Method::GET, &snap).await.status() == 404
+    })
+    .await;
+
+    // 2. Glance stays away: the image cannot be deleted, and a warning
+    // names it for the operator.
+    let snap = snapshot_under_way(&cloud, &relay, &id).await;
     relay.cut();
-    let s = cloud.wait_status(&id, "ACTIVE", T).await;
-    assert_eq!(s["OS-EXT-STS:power_state"], 1);
-    let action = cloud.actions(&id).await.into_iter().find(|a| a["action"] == "createImage").unwrap();
-    assert_eq!(action["events"][0]["result"], "Error", "{action}");
+    snapshot_failed(&cloud, &id).await;
+    let warned = host.log_text().lines().any(|l| l.contains("WARN") && l.contains(&snap));
+    assert!(warned, "no warning names the image {snap}:\n{}", host.log_text());
     relay.restore();
+    glance_request(&cloud, reqwest::Method::DELETE, &snap).await;
+
     // Still serving: a reboot works.
     assert_eq!(cloud.action(&id, json!({"reboot": {"type": "HARD"}})).await.0, 202);
     cloud.wait_status(&id, "ACTIVE", T).await;
@@ -239,4 +270,58 @@ async fn backups_rotate() {
     glance_request(&cloud, reqwest::Method::DELETE, &backups[1]).await;
     cloud.delete_server(&id, T).await;
     host.stop().await;
+}
+
+/// The `repo:tag` references in `repository` of the engine at `socket`.
+fn references_on(socket: &std::path::Path, repository: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["-H", &format!("unix://{}", socket.display()), "images", repository])
+        .args(["--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `[image_cache]`: the reference of a Glance image no container and no
+/// instance of this host uses is removed once unused for the minimum age;
+/// the reference of an image in use stays, though both name the same
+/// Docker image. The host has a private engine: its passes see only the
+/// images this test loads.
+#[tokio::test]
+async fn unused_images_leave_the_cache() {
+    let cloud = Cloud::get(Release::Newest);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd"));
+    let engine = crate::faults::PrivateDocker::start(&dir).await;
+    let socket = engine.socket();
+    let name = host_name("imgcache");
+    let extra = format!(
+        "[docker]\nhost_url = unix://{}\n[image_cache]\nmanager_interval = 1\nremove_unused_original_minimum_age_seconds = 3\n",
+        socket.display()
+    );
+    let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+    let archive = common::docker_save("nd-busybox:latest");
+    let kept = cloud.raw_glance_image(&common::unique("nd-cache-kept"), "docker", archive.clone()).await;
+    let unused = cloud.raw_glance_image(&common::unique("nd-cache-unused"), "docker", archive).await;
+    let a = cloud.create_server("cachekept", &kept, &name, "1").await;
+    let b = cloud.create_server("cacheunused", &unused, &name, "1").await;
+    cloud.wait_status(&a, "ACTIVE", T).await;
+    cloud.wait_status(&b, "ACTIVE", T).await;
+    assert_eq!(references_on(&socket, &format!("glance/{unused}")).len(), 1, "loaded for its server");
+    cloud.delete_server(&b, T).await;
+    common::wait_for("the unused image's reference to be removed", T, async || {
+        references_on(&socket, &format!("glance/{unused}")).is_empty()
+    })
+    .await;
+    assert_eq!(references_on(&socket, &format!("glance/{kept}")).len(), 1, "the image in use keeps its reference");
+    assert!(host.log_text().contains("removed the image reference"), "{}", host.log_text());
+    // Booting from the removed image loads it again.
+    let c = cloud.create_server("cacheagain", &unused, &name, "1").await;
+    cloud.wait_status(&c, "ACTIVE", T).await;
+    for s in [&a, &c] {
+        cloud.delete_server(s, T).await;
+    }
+    host.stop().await;
+    for image in [&kept, &unused] {
+        cloud.delete_glance_image(image).await;
+    }
 }

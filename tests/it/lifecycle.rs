@@ -101,19 +101,27 @@ async fn full_lifecycle(release: Release) {
     assert_eq!(cloud.action(&id, json!({"suspend": null})).await.0, 202);
     let s = cloud.wait_status(&id, "SUSPENDED", T).await;
     assert_eq!(s["OS-EXT-STS:power_state"], 7);
+    // Suspended is frozen: the cgroup freezer holds every process.
+    let state = container(&docker, &id).await.unwrap().state.unwrap();
+    assert_eq!((state.paused, state.running), (Some(true), Some(true)), "suspended container frozen: {state:?}");
     assert_eq!(cloud.action(&id, json!({"resume": null})).await.0, 202);
     cloud.wait_status(&id, "ACTIVE", T).await;
+    let state = container(&docker, &id).await.unwrap().state.unwrap();
+    assert_eq!((state.paused, state.running), (Some(false), Some(true)), "resumed container thawed: {state:?}");
 
     // diagnostics from Docker stats
     let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{id}/diagnostics"), None, "2.48").await;
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["state"], "running");
+    // Nova's driver enum cannot say docker, and this is not libvirt.
+    assert_eq!((d["driver"].clone(), d["hypervisor"].clone()), (Value::Null, json!("docker")), "{d}");
     assert_eq!(d["memory_details"]["maximum"], 512);
     assert_eq!(d["num_cpus"], 1);
     assert!(d["cpu_details"][0]["time"].as_u64().unwrap() > 0);
     let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{id}/diagnostics"), None, "2.1").await;
     assert_eq!(status, 200, "{d}");
     assert!(d["memory"].as_u64().unwrap() > 0);
+    assert_eq!(d["driver"], "docker", "{d}");
 
     // every action has its compute event, finished with Success
     let actions = cloud.actions(&id).await;
@@ -354,4 +362,83 @@ async fn unsupported_operations_fail_fast() {
     assert!(trace.contains("not supported"), "{rescue}");
     cloud.delete_server(&id, T).await;
     host.stop().await;
+}
+
+/// What nova-api does for a DELETE when its `reclaim_instance_interval` is
+/// above 0 (`compute.api.API.soft_delete`): task_state `soft-deleting` and
+/// `deleted_at` saved, then `soft_delete_instance` cast to the host. The
+/// test control planes delete at once, so the test plays nova-api's part
+/// through the real nova-conductor and broker.
+async fn soft_delete_as_nova_api_does(cloud: &Cloud, host: &str, id: &str) {
+    use nova_docker::conductor::{Conductor, Expected};
+    use nova_docker::rpc::{RequestContext, RpcClient, Target};
+    let transport = common::transport(cloud.var("ND_TRANSPORT_URL"));
+    common::connected(&transport).await;
+    let client = RpcClient::start(transport.clone(), &common::topology(), Duration::from_secs(30)).await.unwrap();
+    let conductor = Conductor::new(client.clone(), host);
+    let ctx = RequestContext::admin();
+    let mut i = conductor.instance_get(&ctx, id).await.unwrap();
+    i.set("task_state", "soft-deleting");
+    i.set("deleted_at", nova_docker::objects::time::now_field());
+    conductor.instance_save(&ctx, &mut i, Expected::OneOf(vec![None])).await.unwrap();
+    let args = json!({"instance": i.to_primitive()}).as_object().cloned().unwrap();
+    client.cast(&ctx, &Target::new("compute", "6.0").server(host), "soft_delete_instance", args).await.unwrap();
+    transport.close().await;
+}
+
+/// Soft delete and restore, then reclaim after `reclaim_instance_interval`:
+/// a soft-deleted server is SOFT_DELETED with its container stopped, a
+/// restore through the API starts it again, and on a host with
+/// `reclaim_instance_interval` a soft-deleted server is deleted for good
+/// (gone from Nova, its container and its allocation removed).
+async fn soft_delete_restore_and_reclaim(release: Release) {
+    let cloud = Cloud::get(release);
+    let docker = Docker::connect_with_unix_defaults().unwrap();
+    let name = host_name("softdel");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let id = cloud.create_server("softdel", &image, &name, "1").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+
+    soft_delete_as_nova_api_does(&cloud, &name, &id).await;
+    let s = cloud.wait_status(&id, "SOFT_DELETED", T).await;
+    assert!(s["OS-EXT-STS:task_state"].is_null(), "{s}");
+    assert_eq!(container(&docker, &id).await.unwrap().state.unwrap().running, Some(false), "stopped");
+    let (status, v) = cloud.action(&id, json!({"restore": null})).await;
+    assert_eq!(status, 202, "{v}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    assert_eq!(container(&docker, &id).await.unwrap().state.unwrap().running, Some(true), "started again");
+    let names: Vec<String> =
+        cloud.actions(&id).await.iter().filter_map(|a| a["action"].as_str().map(str::to_string)).collect();
+    assert!(names.contains(&"restore".to_string()), "{names:?}");
+
+    // The same host, now reclaiming after 2 s.
+    assert_eq!(host.stop().await.map(|s| s.success()), Some(true));
+    let conf = std::fs::read_to_string(&host.conf).unwrap();
+    std::fs::write(&host.conf, format!("{conf}\n[DEFAULT]\nreclaim_instance_interval = 2\n")).unwrap();
+    host.spawn();
+    host.wait_up(&cloud, T).await;
+    // Its start-up recovery resets task states in flight: soft-delete after it.
+    common::wait_for("the restarted host to serve", T, async || {
+        host.log_text().matches("ready: serving compute requests").count() == 2
+    })
+    .await;
+    soft_delete_as_nova_api_does(&cloud, &name, &id).await;
+    common::wait_for("the soft-deleted server to be reclaimed", T, async || cloud.server(&id).await.is_none()).await;
+    assert!(container(&docker, &id).await.is_none(), "container removed");
+    let alloc = cloud.placement(&format!("/allocations/{id}")).await;
+    assert_eq!(alloc["allocations"], json!({}), "allocation removed");
+    assert!(host.log_text().contains("reclaiming a soft-deleted instance"), "{}", host.log_text());
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn soft_delete_restore_and_reclaim_newest() {
+    soft_delete_restore_and_reclaim(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn soft_delete_restore_and_reclaim_zed() {
+    soft_delete_restore_and_reclaim(Release::Zed).await;
 }

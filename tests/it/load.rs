@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::cloud::{Cloud, ComputeHost};
-use crate::common::Release;
+use crate::common::{self, Release};
 
 const WAVES: usize = 4;
 const PER_WAVE: usize = 25;
@@ -116,13 +116,13 @@ async fn load_100_servers_in_waves_leaves_nothing_behind() {
         }
         let t1 = Instant::now();
         futures::future::join_all(ids.iter().map(|id| cloud.delete_server(id, T))).await;
-        eprintln!(
+        common::figure(format!(
             "wave {wave}: {PER_WAVE} servers ({WITH_PORT} with ports) ACTIVE in {booted:?}, deleted in {:?}; \
              RSS {} KiB, fds {}",
             t1.elapsed(),
             rss_kib(pid),
             open_fds(pid)
-        );
+        ));
     }
     assert_eq!(taps.len(), WAVES * WITH_PORT, "every server with a port had one: {taps:?}");
     assert_eq!(containers.len(), WAVES * PER_WAVE);
@@ -164,11 +164,11 @@ async fn load_100_servers_in_waves_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         (fds, rss) = (open_fds(pid), rss_kib(pid));
     }
-    eprintln!(
+    common::figure(format!(
         "{} servers in {:?}; fds {fds_base} -> {fds}; RSS baseline {rss_base} KiB, peak {rss_peak} KiB, after {rss} KiB",
         WAVES * PER_WAVE,
         started.elapsed()
-    );
+    ));
     assert!(fds <= fds_base + 4, "descriptors grew from {fds_base} to {fds}");
     assert!(rss <= rss_base + rss_base / 2 + 4096, "RSS {rss} KiB after, baseline {rss_base} KiB");
     assert!(!host.log_text().contains("panicked"), "a task panicked");

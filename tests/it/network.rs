@@ -323,3 +323,43 @@ async fn delete_releases_every_port_neutron_lists() {
     assert!(ports_of(&cloud, &id).await.is_empty(), "the port Nova did not know of is deleted");
     host.stop().await;
 }
+
+/// `network-vif-plugged` that never comes: a port created with its admin
+/// state down is bound to the host, but the L2 agent never wires it, so
+/// Neutron never sends the event. With `vif_plugging_is_fatal` the build
+/// fails after `vif_plugging_timeout` with a fault naming the event; without
+/// it the server goes ACTIVE and a warning says it went on without.
+#[tokio::test]
+async fn vif_plugged_that_never_comes_follows_the_options_newest() {
+    let cloud = Cloud::get(Release::Newest);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    for fatal in [true, false] {
+        let extra = format!("[DEFAULT]\nvif_plugging_timeout = 5\nvif_plugging_is_fatal = {fatal}\n");
+        let mut host = ComputeHost::start(&cloud, &host_name, &extra).await;
+        let image = cloud.busybox_image(&host.conf).await;
+        let body = json!({"port": {"network_id": net, "admin_state_up": false, "name": common::unique("nd-vifwait")}});
+        let (status, v) = neutron(&cloud, reqwest::Method::POST, "/v2.0/ports", Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        let port = v["port"]["id"].as_str().unwrap().to_string();
+        let body = json!({"server": {"name": "vifwait", "imageRef": image, "flavorRef": "1",
+            "networks": [{"port": port}], "availability_zone": format!("nova:{host_name}")}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["server"]["id"].as_str().unwrap().to_string();
+        if fatal {
+            let s = cloud.wait_status(&id, "ERROR", T).await;
+            let fault = format!("{} {}", s["fault"]["message"], s["fault"]["details"]);
+            assert!(fault.contains(&format!("network-vif-plugged-{port}")), "{fault}");
+        } else {
+            cloud.wait_status(&id, "ACTIVE", T).await;
+            let log = host.log_text();
+            assert!(log.contains("continuing without network-vif-plugged"), "{log}");
+        }
+        let (_, p) = neutron(&cloud, reqwest::Method::GET, &format!("/v2.0/ports/{port}"), None).await;
+        assert_ne!(p["port"]["status"], "ACTIVE", "the agent never wired it: {p}");
+        cloud.delete_server(&id, T).await;
+        neutron(&cloud, reqwest::Method::DELETE, &format!("/v2.0/ports/{port}"), None).await;
+        host.stop().await;
+    }
+}

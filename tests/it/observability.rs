@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::cloud::{Cloud, ComputeHost, host_name};
-use crate::common::Release;
+use crate::common::{self, Release};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -102,13 +102,17 @@ async fn health_metrics_and_logs_of_a_running_host() {
     let active = r#"nova_docker_instances{vm_state="active"}"#;
     let (_, before) = get(&format!("{base}/metrics")).await;
     assert!(before.contains("# TYPE nova_docker_rpc_requests_total counter"), "{before}");
-    let image = cloud.busybox_image(&host.conf).await;
+    // An image no host has seen (a Glance id of its own), so the build
+    // downloads it: every byte of it is counted, once.
+    let archive = common::docker_save("nd-busybox:latest");
+    let size = archive.len() as f64;
+    let image = cloud.raw_glance_image(&common::unique("nd-metrics"), "docker", archive).await;
     let id = cloud.create_server("metrics", &image, &name, "42").await;
     cloud.wait_status(&id, "ACTIVE", T).await;
     let (_, after) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&after, build), sample(&before, build) + 1.0, "{after}");
     let glance_in = r#"nova_docker_glance_bytes_total{direction="download"}"#;
-    assert!(sample(&after, glance_in) >= sample(&before, glance_in), "{after}");
+    assert_eq!(sample(&after, glance_in) - sample(&before, glance_in), size, "{after}");
     // The instance gauge counts it as soon as ACTIVE is saved.
     assert_eq!(sample(&after, active), sample(&before, active) + 1.0, "{after}");
     assert!(after.contains(r#"nova_docker_operation_duration_seconds_count{operation="build",phase="spawn"}"#));
@@ -123,4 +127,8 @@ async fn health_metrics_and_logs_of_a_running_host() {
     let (_, gone) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&gone, active), sample(&before, active), "deleted, no longer counted:\n{gone}");
     host.stop().await;
+    cloud.delete_glance_image(&image).await;
+    for r in crate::images::references(&format!("glance/{image}")) {
+        let _ = std::process::Command::new("docker").args(["rmi", &r]).output();
+    }
 }

@@ -50,6 +50,12 @@ impl Relay {
         self.cut_now.notify_waiters();
     }
 
+    /// Drops every open connection; new ones are relayed (Glance went
+    /// away in the middle of a transfer and came back).
+    pub fn reset(&self) {
+        self.cut_now.notify_waiters();
+    }
+
     /// Stops moving bytes (connections stay open, transfers stall).
     pub fn hold(&self) {
         self.hold.send_replace(true);

@@ -12,6 +12,25 @@ use crate::proxy::Relay;
 
 const T: Duration = Duration::from_secs(120);
 
+/// The engine's clock now, as `docker events --since` takes it.
+fn docker_now() -> String {
+    let out = std::process::Command::new("date").args(["+%s.%N"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The signals the engine has sent `container` since `since` (its `kill`
+/// events), e.g. "15" for the SIGTERM of a stop.
+fn signals_sent(container: &str, since: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["events", "--since", since, "--until", &docker_now()])
+        .args(["--filter", &format!("container={container}"), "--filter", "event=kill"])
+        .args(["--format", "{{index .Actor.Attributes \"signal\"}}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker events: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect()
+}
+
 #[tokio::test]
 async fn killed_during_build_delete_and_snapshot() {
     let cloud = Cloud::get(Release::Newest);
@@ -49,14 +68,16 @@ async fn killed_during_build_delete_and_snapshot() {
         cloud.server(&snapping).await.unwrap()["OS-EXT-STS:task_state"] == "image_uploading"
     })
     .await;
-    // 2. A delete waiting for a container that ignores SIGTERM.
+    // 2. A delete waiting for a container that ignores SIGTERM: under way
+    // once the engine has sent the container its SIGTERM.
+    let since = docker_now();
     let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/servers/{deleting}"), None, "2.88").await;
     assert_eq!(status, 204);
-    wait_for("the delete to be under way", T, async || {
-        cloud.server(&deleting).await.is_some_and(|s| s["OS-EXT-STS:task_state"] == "deleting")
+    wait_for("the delete's SIGTERM to the container", T, async || {
+        signals_sent(&format!("nova-{deleting}"), &since).contains(&"15".to_string())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cloud.server(&deleting).await.unwrap()["OS-EXT-STS:task_state"], "deleting");
     // 3. A build stalled while downloading its (never seen) image.
     let fresh = cloud
         .raw_glance_image(
@@ -66,11 +87,17 @@ async fn killed_during_build_delete_and_snapshot() {
         )
         .await;
     let building = cloud.create_server("building", &fresh, &name, "1").await;
-    wait_for("the build to be on this host", T, async || {
-        cloud.server(&building).await.unwrap()["OS-EXT-SRV-ATTR:host"] == name.as_str()
+    // Stalled in its download once the service has asked Glance (held by
+    // the relay) for the image's data and saved the build as spawning.
+    wait_for("the build's image download to be under way", T, async || {
+        host.log_text().lines().any(|l| l.contains("downloading the image from Glance") && l.contains(&fresh))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for("the build to be spawning on this host", T, async || {
+        let s = cloud.server(&building).await.unwrap();
+        s["OS-EXT-SRV-ATTR:host"] == name.as_str() && s["OS-EXT-STS:task_state"] == "spawning"
+    })
+    .await;
 
     // Crash, and something changes behind the dead service's back.
     host.kill().await;
@@ -119,4 +146,44 @@ async fn killed_during_build_delete_and_snapshot() {
         cloud.delete_server(i, T).await;
     }
     host.stop().await;
+}
+
+/// SIGTERM while a build is in flight (stalled in its image download):
+/// the service stops taking requests, lets the build finish (ACTIVE, its
+/// container running), then exits 0.
+#[tokio::test]
+async fn sigterm_lets_a_build_in_flight_finish_then_exits_0() {
+    let cloud = Cloud::get(Release::Newest);
+    let glance = cloud.var("ND_GLANCE").trim_start_matches("http://").to_string();
+    let relay = Relay::start(&glance).await;
+    let name = host_name("sigterm");
+    let extra = format!("[glance]\nendpoint_override = {}\n", relay.url);
+    let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+    let fresh =
+        cloud.raw_glance_image(&common::unique("nd-sigterm"), "docker", common::docker_save("nd-busybox:latest")).await;
+    relay.hold();
+    let building = cloud.create_server("sigterm", &fresh, &name, "1").await;
+    wait_for("the build's image download to be under way", T, async || {
+        host.log_text().lines().any(|l| l.contains("downloading the image from Glance") && l.contains(&fresh))
+    })
+    .await;
+    let pid = host.pid().expect("running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for("the service to take the SIGTERM", T, async || host.log_text().contains("SIGTERM: shutting down")).await;
+    relay.release();
+    let status = host.wait_exit(T).await.expect("the service exits");
+    assert!(status.success(), "exit status {status:?}:\n{}", host.log_text());
+    let s = cloud.wait_status(&building, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    let running = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &format!("nova-{building}")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
+    // Deleted by a host started again.
+    host.spawn();
+    host.wait_up(&cloud, T).await;
+    cloud.delete_server(&building, T).await;
+    host.stop().await;
+    cloud.delete_glance_image(&fresh).await;
 }
