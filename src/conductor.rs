@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, manifest_json};
+use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
 use crate::release::Release;
 use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 
@@ -54,25 +54,39 @@ impl From<ObjectError> for ConductorError {
 }
 
 /// The `expected_task_state` of `Instance.save`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expected {
     /// No check.
     Any,
     /// The task state must be one of these (None = no task).
-    OneOf(Vec<Option<&'static str>>),
+    OneOf(Vec<Option<TaskState>>),
 }
 
 impl Expected {
     /// Exactly this task state.
-    pub fn task(state: &'static str) -> Self {
+    pub fn task(state: TaskState) -> Self {
         Expected::OneOf(vec![Some(state)])
     }
 
+    /// No task in progress.
+    pub fn idle() -> Self {
+        Expected::OneOf(vec![None])
+    }
+
+    /// Whether an instance whose task state is `current` passes the check.
+    pub fn admits(&self, current: Option<&str>) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::OneOf(states) => states.iter().any(|s| s.map(TaskState::as_str) == current),
+        }
+    }
+
     fn to_json(&self) -> Option<Value> {
+        let name = |s: &Option<TaskState>| json!(s.map(TaskState::as_str));
         match self {
             Expected::Any => None,
-            Expected::OneOf(states) if states.len() == 1 => Some(json!(states[0])),
-            Expected::OneOf(states) => Some(json!(states)),
+            Expected::OneOf(states) if states.len() == 1 => Some(name(&states[0])),
+            Expected::OneOf(states) => Some(Value::Array(states.iter().map(name).collect())),
         }
     }
 }

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use super::errors::OpError;
 use super::events::{EventStatus, WaitOutcome};
 use super::manager::ComputeManager;
-use super::states::task;
+use super::operation::{OnFailure, Operation};
+use super::states::TaskState;
 use crate::conductor::Expected;
 use crate::net::{self, NetnsLink, NetworkInfo, Vif};
 use crate::network::{BoundPort, NetworkRequest, Requested};
@@ -96,8 +97,7 @@ impl<D: Driver> ComputeManager<D> {
         if *requested == Requested::None {
             return Ok(Vec::new());
         }
-        i.set("task_state", task::NETWORKING);
-        self.save(ctx, i, Expected::OneOf(vec![None])).await?;
+        self.begin_task(ctx, i, TaskState::Networking, Expected::idle()).await?;
         let neutron = self.neutron()?;
         let ports = neutron.allocate(i, requested, security_groups).await?;
         let ni = match neutron.network_info(&ports).await {
@@ -303,12 +303,12 @@ impl<D: Driver> ComputeManager<D> {
         request: NetworkRequest,
     ) -> Result<Value, OpError> {
         let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        self.with_event(ctx, &uuid, "compute_attach_interface", async {
+        // A call: the caller gets the error, the instance no fault.
+        let op = Operation::new("compute_attach_interface").on_failure(OnFailure::EventOnly);
+        self.run(ctx, &mut i, op, async |i| {
             let neutron = self.neutron()?;
             // As Nova's attach: no groups asked for, the project's default.
-            let port = neutron.bind_one(&i, &request, &[]).await?;
+            let port = neutron.bind_one(i, &request, &[]).await?;
             let new = match neutron.network_info(std::slice::from_ref(&port)).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -317,14 +317,14 @@ impl<D: Driver> ComputeManager<D> {
                 }
             };
             let vif = new.into_iter().next().ok_or_else(|| OpError::Invalid("Neutron returned no port".into()))?;
-            let mut ni = self.network_info(ctx, &mut i).await?;
+            let mut ni = self.network_info(ctx, i).await?;
             let plugged = self.plug_one(&uuid, &vif, ni.len()).await;
             if let Err(e) = plugged {
                 neutron.deallocate(std::slice::from_ref(&port)).await;
                 return Err(e);
             }
             ni.push(vif.clone());
-            self.conductor.info_cache_save(ctx, &mut i, &to_json(&ni)?).await?;
+            self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
             serde_json::to_value(&vif).map_err(|e| OpError::Invalid(e.to_string()))
         })
         .await
@@ -356,44 +356,35 @@ impl<D: Driver> ComputeManager<D> {
     pub async fn detach_interface(
         &self,
         ctx: &RequestContext,
-        mut i: Instance,
+        i: Instance,
         port_id: &str,
         release: bool,
     ) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_detach_interface", async {
-                let mut ni = self.network_info(ctx, &mut i).await?;
-                let Some(pos) = ni.iter().position(|v| v.id == port_id) else {
-                    return Err(OpError::Nova(crate::rpc::RemoteError::nova(
-                        "PortNotFound",
-                        format!("Port id {port_id} could not be found."),
-                        404,
-                        json!({"port_id": port_id}),
-                    )));
-                };
-                let vif = ni.remove(pos);
-                if let Err(e) = net::unplug(&vif, &self.plug_options(&uuid)).await {
-                    tracing::warn!(instance = %uuid, port = port_id, error = %e, "unplug failed");
-                }
-                if release {
-                    self.deallocate_network(&vec![vif]).await;
-                }
-                self.conductor.info_cache_save(ctx, &mut i, &to_json(&ni)?).await?;
-                Ok(())
-            })
-            .await;
-        match r {
-            // A user's request gets a fault; Neutron's event does not.
-            Err(e) if !e.is_superseded() && release => {
-                self.record_fault(ctx, &uuid, &e).await;
-                Err(e)
+        // A user's request gets a fault; Neutron's event does not.
+        let on_failure = if release { OnFailure::FaultOnly } else { OnFailure::EventOnly };
+        let op = Operation::new("compute_detach_interface").on_failure(on_failure);
+        self.operate(ctx, i, op, async |i| {
+            let uuid = i.uuid().to_string();
+            let mut ni = self.network_info(ctx, i).await?;
+            let Some(pos) = ni.iter().position(|v| v.id == port_id) else {
+                return Err(OpError::Nova(crate::rpc::RemoteError::nova(
+                    "PortNotFound",
+                    format!("Port id {port_id} could not be found."),
+                    404,
+                    json!({"port_id": port_id}),
+                )));
+            };
+            let vif = ni.remove(pos);
+            if let Err(e) = net::unplug(&vif, &self.plug_options(&uuid)).await {
+                tracing::warn!(instance = %uuid, port = port_id, error = %e, "unplug failed");
             }
-            Err(e) if !e.is_superseded() => Err(e),
-            _ => Ok(()),
-        }
+            if release {
+                self.deallocate_network(&vec![vif]).await;
+            }
+            self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Starts a stopped container and plugs its ports into the new network

@@ -23,35 +23,7 @@ use futures::stream::BoxStream;
 
 pub use spec::ContainerSpec;
 
-/// Nova's `power_state` values (`nova/compute/power_state.py`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerState {
-    NoState = 0,
-    Running = 1,
-    Paused = 3,
-    Shutdown = 4,
-    Crashed = 6,
-    Suspended = 7,
-}
-
-impl PowerState {
-    /// The integer stored in `Instance.power_state`.
-    pub fn code(self) -> i64 {
-        self as i64
-    }
-
-    /// The name used in Diagnostics (`InstancePowerState` enum values).
-    pub fn name(self) -> &'static str {
-        match self {
-            PowerState::NoState => "pending",
-            PowerState::Running => "running",
-            PowerState::Paused => "paused",
-            PowerState::Shutdown => "shutdown",
-            PowerState::Crashed => "crashed",
-            PowerState::Suspended => "suspended",
-        }
-    }
-}
+pub use crate::objects::states::PowerState;
 
 /// What the engine reports about one instance.
 #[derive(Debug, Clone, PartialEq)]
