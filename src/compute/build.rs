@@ -71,11 +71,11 @@ impl<D: Driver> ComputeManager<D> {
             }
             Err(e) if e.is_superseded() => {
                 tracing::info!(instance = %uuid, error = %e, "build stopped: the instance was deleted or changed");
-                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+                let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
             }
             Err(e) => {
                 tracing::warn!(instance = %uuid, error = %e, "build failed");
-                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+                let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
                 // Nova's _nil_out_instance_obj_host_and_node + error state.
                 i.set("host", Value::Null);
                 i.set("node", Value::Null);
@@ -160,8 +160,7 @@ impl<D: Driver> ComputeManager<D> {
         phase("build", "network_allocate", t);
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image).await;
         if built.is_err() {
-            let cid = self.container_id(&uuid).await;
-            self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
+            self.driver.unplug_vifs(&uuid, &ni).await;
             self.deallocate_network(&ni).await;
         }
         built
@@ -220,12 +219,10 @@ impl<D: Driver> ComputeManager<D> {
         let mut spec =
             spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
-        spec.dns = super::networking::dns_servers(ni);
-        spec.addresses = super::networking::fixed_addresses(ni);
         spec.volumes = image.volumes.clone();
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
-        Ok(self.driver.create(&spec).await?)
+        Ok(self.driver.create(&spec, ni).await?)
     }
 
     /// Starts the created container (the spawn phase).
@@ -299,9 +296,7 @@ impl<D: Driver> ComputeManager<D> {
             let uuid = i.uuid().to_string();
             let t = Instant::now();
             let ni = self.network_info(ctx, i).await?;
-            let cid = self.container_id(&uuid).await;
-            self.driver.destroy(&uuid, self.settings.shutdown_timeout).await?;
-            self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
+            self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
             self.release_network(&uuid, &ni).await?;
             phase("delete", "destroy", t);
             i.set("terminated_at", Self::now());

@@ -19,7 +19,6 @@ use super::states::{TaskState, VmState};
 use crate::conductor::{Conductor, Expected};
 use crate::config::Settings;
 use crate::image::ImageService;
-use crate::net::PlugOptions;
 use crate::network::Neutron;
 use crate::objects::Instance;
 use crate::objects::time;
@@ -48,8 +47,6 @@ pub struct ComputeManager<D: Driver> {
     busy: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Neutron, when configured.
     pub neutron: Option<Neutron>,
-    /// How ports are plugged on this host.
-    pub plug_opts: PlugOptions,
     /// Pending waits for Neutron's events.
     pub vif_events: EventWaiters,
     /// Instances by vm_state, for the metrics.
@@ -98,7 +95,6 @@ impl<D: Driver> ComputeManager<D> {
             ready,
             busy: Default::default(),
             neutron,
-            plug_opts: PlugOptions::default(),
             vif_events: EventWaiters::default(),
             census: Default::default(),
         }
@@ -162,13 +158,11 @@ impl<D: Driver> ComputeManager<D> {
     /// Powers the instance off within `timeout` (a missing container is
     /// off): its power state afterwards.
     pub async fn power_off(&self, uuid: &str, timeout: Duration) -> Result<PowerState, OpError> {
-        let state = match self.driver.power_off(uuid, timeout).await {
-            Ok(info) => info.state,
-            Err(VirtError::NotFound(_)) => PowerState::NoState,
-            Err(e) => return Err(e.into()),
-        };
-        self.forget_netns(uuid).await;
-        Ok(state)
+        match self.driver.power_off(uuid, timeout).await {
+            Ok(info) => Ok(info.state),
+            Err(VirtError::NotFound(_)) => Ok(PowerState::NoState),
+            Err(e) => Err(e.into()),
+        }
     }
 
     // ------------------------------------------------------------------

@@ -55,7 +55,7 @@ impl<D: Driver> ComputeManager<D> {
         }
         if vm_state == Some(VmState::Building) || task_state.is_some_and(TaskState::is_build) {
             tracing::warn!(instance = %uuid, "the build was interrupted by a restart of this service; setting ERROR");
-            let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+            let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
             let e = OpError::Invalid("the build was interrupted by a restart of the compute service".into());
             self.record_fault(ctx, &uuid, &e).await;
             self.set_error_state(ctx, &mut i, true).await;
@@ -169,8 +169,8 @@ impl<D: Driver> ComputeManager<D> {
                 }
                 i.set_vm_state(VmState::Stopped);
                 i.set_power_state(PowerState::Shutdown);
-                // Its namespace entry would keep the dead namespace alive.
-                self.forget_netns(uuid).await;
+                // What the host kept for the running container goes.
+                self.driver.cleanup_stopped(uuid).await;
             }
             (Some(VmState::Stopped), PowerState::Running | PowerState::Paused) => {
                 tracing::warn!(instance = uuid, "the container runs but Nova has it stopped; stopping it");
@@ -286,7 +286,7 @@ impl<D: Driver> ComputeManager<D> {
                 tracing::warn!(instance = i.uuid(), error = %e, "power-state sync failed");
             }
         }
-        self.sweep_netns_entries().await;
+        self.driver.cleanup_host().await;
         let known: HashSet<&str> = instances.iter().map(|i| i.uuid()).collect();
         for c in containers.iter().filter(|c| !known.contains(c.uuid.as_str()) && !self.is_busy(&c.uuid)) {
             self.handle_orphan(ctx, &c.uuid, c.state).await;
@@ -326,7 +326,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             DeletedInstanceAction::Reap => {
                 tracing::warn!(instance = uuid, "removing the container of a deleted instance");
-                if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout).await {
+                if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout, &Vec::new()).await {
                     tracing::warn!(instance = uuid, error = %e, "could not remove the container");
                 }
             }

@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::guest_files;
+use super::host_network::{self, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::config::DockerSettings;
 use crate::image::archive::VOLUMES_LABEL;
+use crate::net::{NetworkInfo, Vif};
 
 /// The Docker driver.
 #[derive(Clone)]
@@ -40,6 +42,8 @@ pub struct DockerDriver {
     host: String,
     /// How root disk limits are enforced (decided once at connect).
     root_disk: RootDiskMode,
+    /// How the instances' ports are plugged on this host.
+    network: HostNetwork,
 }
 
 /// How many containers a root disk measurement inspects at once: each
@@ -118,7 +122,38 @@ impl DockerDriver {
             status: None,
         })?;
         let root_disk = detect_root_disk(&docker, settings).await?;
-        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string(), root_disk })
+        let network = HostNetwork::default();
+        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string(), root_disk, network })
+    }
+
+    /// The same driver plugging ports as `network` says (the integration
+    /// bridge of `[neutron] ovs_bridge`).
+    pub fn with_network(mut self, network: HostNetwork) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Ids of every container the engine has (any owner, any state).
+    pub async fn all_container_ids(&self) -> Result<Vec<String>, VirtError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// The container of `uuid`, None when there is none (an engine error is
+    /// logged and counts as none: callers clean up best effort).
+    async fn existing(&self, uuid: &str) -> Option<InstanceInfo> {
+        match self.inspect(uuid).await {
+            Ok(info) => Some(info),
+            Err(VirtError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(instance = uuid, error = %e, "cannot inspect the container");
+                None
+            }
+        }
     }
 
     /// The bollard client (for image streaming helpers).
@@ -399,10 +434,12 @@ impl Driver for DockerDriver {
             .collect())
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+    async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let host_resolv_conf = guest_files::read_host_resolv_conf().await;
-        let files = guest_files::render(&host_resolv_conf, &spec.dns, &spec.hostname, &spec.addresses);
+        let dns = host_network::dns_servers(network_info);
+        let addresses = host_network::fixed_addresses(network_info);
+        let files = guest_files::render(&host_resolv_conf, &dns, &spec.hostname, &addresses);
         let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
@@ -432,17 +469,70 @@ impl Driver for DockerDriver {
         if let Err(e) = self.docker.start_container(&container_name(uuid), None::<StartContainerOptions>).await {
             let err = engine("start", e);
             // Never leave a created-but-broken container behind.
-            let _ = self.destroy(uuid, Duration::ZERO).await;
+            let _ = self.destroy(uuid, Duration::ZERO, &Vec::new()).await;
             return Err(err);
         }
         self.inspect(uuid).await
     }
 
-    async fn destroy(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
+    async fn destroy(&self, uuid: &str, timeout: Duration, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        let container_id = self.existing(uuid).await.map(|c| c.container_id);
         self.remove_container(uuid, timeout).await?;
-        guest_files::remove(&self.settings.instances_path, uuid)
+        let removed = guest_files::remove(&self.settings.instances_path, uuid)
             .await
-            .map_err(|(path, source)| VirtError::HostFile { path, source })
+            .map_err(|(path, source)| VirtError::HostFile { path, source });
+        self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
+        removed
+    }
+
+    async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        if network_info.is_empty() {
+            return Ok(());
+        }
+        let info = self.inspect(uuid).await?;
+        self.network.plug_all(&info, network_info).await
+    }
+
+    async fn unplug_vifs(&self, uuid: &str, network_info: &NetworkInfo) {
+        let container_id = self.existing(uuid).await.map(|c| c.container_id);
+        self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
+    }
+
+    async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
+        let info = self.inspect(uuid).await?;
+        self.network.plug_one(&info, vif, index).await
+    }
+
+    async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
+        self.network.unplug_one(uuid, vif).await
+    }
+
+    async fn ensure_vifs_plugged(&self, uuid: &str, network_info: &NetworkInfo) -> Result<bool, VirtError> {
+        if network_info.is_empty() {
+            return Ok(false);
+        }
+        let info = match self.inspect(uuid).await {
+            Ok(info) => info,
+            Err(VirtError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if info.pid.is_none() || self.network.is_current(&info).await {
+            return Ok(false);
+        }
+        tracing::info!(instance = uuid, "the container's namespace changed; plugging its ports again");
+        self.network.plug_all(&info, network_info).await?;
+        Ok(true)
+    }
+
+    async fn cleanup_stopped(&self, uuid: &str) {
+        if let Some(c) = self.existing(uuid).await {
+            self.network.forget(uuid, &c.container_id).await;
+        }
+    }
+
+    async fn cleanup_host(&self) {
+        let Ok(ids) = self.all_container_ids().await else { return };
+        self.network.sweep(&ids.into_iter().collect()).await;
     }
 
     async fn reboot(&self, uuid: &str, hard: bool, timeout: Duration) -> Result<InstanceInfo, VirtError> {
@@ -495,7 +585,10 @@ impl Driver for DockerDriver {
             Err(e) if is_status(&e, 304) => {} // already stopped
             Err(e) => return Err(Self::not_found_or(uuid, "stop", e)),
         }
-        self.inspect(uuid).await
+        let stopped = self.inspect(uuid).await?;
+        // The namespace is gone: its entry goes too.
+        self.network.forget(uuid, &stopped.container_id).await;
+        Ok(stopped)
     }
 
     async fn power_on(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
@@ -672,15 +765,6 @@ impl Driver for DockerDriver {
         Ok(r.id)
     }
 
-    async fn all_container_ids(&self) -> Result<Vec<String>, VirtError> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
-            .await
-            .map_err(|e| engine("list containers", e))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
-    }
-
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {
         let docker = self.with_wait(Duration::from_secs(3600));
         let image = image.to_string();
@@ -785,8 +869,6 @@ mod tests {
             security_opt: vec![],
             read_only_rootfs: false,
             userns_mode: None,
-            dns: vec![],
-            addresses: vec![],
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),
