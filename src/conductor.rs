@@ -6,9 +6,10 @@
 //! wraps those calls for the objects this service uses, with the object
 //! versions of the release it talks to.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
@@ -91,11 +92,39 @@ impl Expected {
     }
 }
 
+/// Where the conductor's calls go: nova-conductor over RabbitMQ
+/// ([`RpcClient`]), or in unit tests an in-memory Nova that answers the same
+/// calls, so the compute state machine is tested without a cloud.
+pub trait ConductorTransport: Send + Sync + 'static {
+    /// Sends one call to `target` and returns its result.
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Value, CallError>>;
+}
+
+impl ConductorTransport for RpcClient {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(RpcClient::call(self, ctx, target, method, args, timeout))
+    }
+}
+
 /// Client of nova-conductor's object API.
 #[derive(Clone)]
 pub struct Conductor {
-    rpc: RpcClient,
-    release: std::sync::Arc<OnceLock<&'static Release>>,
+    rpc: Arc<dyn ConductorTransport>,
+    release: Arc<OnceLock<&'static Release>>,
     host: String,
 }
 
@@ -123,7 +152,12 @@ fn args(v: Value) -> Map<String, Value> {
 impl Conductor {
     /// A conductor client for `host`.
     pub fn new(rpc: RpcClient, host: &str) -> Self {
-        Conductor { rpc, release: Default::default(), host: host.to_string() }
+        Self::with_transport(Arc::new(rpc), host)
+    }
+
+    /// A conductor client for `host` whose calls go to `transport`.
+    pub fn with_transport(transport: Arc<dyn ConductorTransport>, host: &str) -> Self {
+        Conductor { rpc: transport, release: Default::default(), host: host.to_string() }
     }
 
     /// Fixes the release once known (object versions depend on it).

@@ -26,6 +26,8 @@ pub mod networking;
 pub mod operation;
 pub mod root_disk;
 pub mod snapshot;
+#[cfg(test)]
+mod state_machine_tests;
 pub mod states;
 pub mod sync;
 
