@@ -189,6 +189,24 @@ async fn a_build_whose_container_cannot_start_ends_in_error_with_nothing_left() 
 }
 
 #[tokio::test]
+async fn a_build_failing_after_its_container_started_removes_the_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    // The claim, block_device_mapping and spawning saves pass; ACTIVE's does not.
+    h.nova.fail_after("Instance.save", 3);
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.driver.calls().contains(&format!("start_created {u}")));
+    assert!(h.driver.container(&u).is_none(), "no container outlives a failed build");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert_eq!(h.states(&u).1, Some(TaskState::Spawning), "the conductor saved nothing more");
+}
+
+#[tokio::test]
 async fn a_build_of_an_image_docker_cannot_run_fails_before_any_container() {
     let h = Harness::new();
     let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);

@@ -4,7 +4,7 @@
 //! `object_class_action_versions` calls nova-conductor answers, with the same
 //! exceptions. Any call can be made to fail as if the conductor were gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,7 +44,8 @@ struct Db {
     instances: HashMap<String, Map<String, Value>>,
     events: Vec<ActionEvent>,
     faults: Vec<Fault>,
-    failing: HashSet<String>,
+    /// Calls that fail once they succeeded this many more times.
+    failing: HashMap<String, usize>,
     saves: usize,
 }
 
@@ -114,7 +115,13 @@ impl FakeNova {
     /// Makes every later call of `what` (`Instance.save`,
     /// `InstanceActionEvent.event_start`, ...) time out.
     pub fn fail(&self, what: &str) {
-        self.with(|db| db.failing.insert(what.to_string()));
+        self.fail_after(what, 0);
+    }
+
+    /// Lets `n` more calls of `what` through, then makes every later one
+    /// time out.
+    pub fn fail_after(&self, what: &str, n: usize) {
+        self.with(|db| db.failing.insert(what.to_string(), n));
     }
 
     fn object_action(&self, args: &Map<String, Value>) -> Result<Value, CallError> {
@@ -253,7 +260,15 @@ impl ConductorTransport for FakeNova {
                     args["objmethod"].as_str().unwrap_or_default()
                 ),
             };
-            if self.with(|db| db.failing.contains(&what)) {
+            let fails = self.with(|db| match db.failing.get_mut(&what) {
+                Some(0) => true,
+                Some(n) => {
+                    *n -= 1;
+                    false
+                }
+                None => false,
+            });
+            if fails {
                 return Err(CallError::Timeout { method: what, timeout: timeout.unwrap_or(Duration::from_secs(60)) });
             }
             match method {
