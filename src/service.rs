@@ -176,7 +176,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         driver.clone(),
         images,
         registrar,
-        neutron_client(&settings),
+        neutron_client(&settings).map(|n| Arc::new(n) as Arc<dyn crate::network::PortService>),
     ));
 
     // RPC first: queues exist and ping answers before Nova knows this host.

@@ -19,7 +19,7 @@ use super::states::{TaskState, VmState};
 use crate::conductor::{Conductor, Expected};
 use crate::config::Settings;
 use crate::image::ImageService;
-use crate::network::Neutron;
+use crate::network::PortService;
 use crate::objects::Instance;
 use crate::objects::time;
 use crate::placement::Placement;
@@ -46,7 +46,7 @@ pub struct ComputeManager<D: Driver> {
     /// Instances with an operation in progress, to keep power sync away.
     busy: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Neutron, when configured.
-    pub neutron: Option<Neutron>,
+    pub neutron: Option<Arc<dyn PortService>>,
     /// Pending waits for Neutron's events.
     pub vif_events: EventWaiters,
     /// Instances by vm_state, for the metrics.
@@ -78,7 +78,7 @@ impl<D: Driver> ComputeManager<D> {
         driver: Arc<D>,
         images: ImageService<D>,
         registrar: HostRegistrar<D>,
-        neutron: Option<Neutron>,
+        neutron: Option<Arc<dyn PortService>>,
     ) -> Self {
         let (ready, _) = watch::channel(false);
         ComputeManager {

@@ -47,8 +47,8 @@ impl<D: Driver> ComputeManager<D> {
         Ok(self.network_info_of(i))
     }
 
-    fn neutron(&self) -> Result<&crate::network::Neutron, OpError> {
-        self.neutron.as_ref().ok_or_else(|| {
+    fn neutron(&self) -> Result<&dyn crate::network::PortService, OpError> {
+        self.neutron.as_deref().ok_or_else(|| {
             OpError::Invalid("Neutron is not configured ([neutron] section): boot with --nic none".into())
         })
     }

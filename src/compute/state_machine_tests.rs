@@ -394,3 +394,137 @@ async fn power_sync_records_a_container_stopped_outside_nova() {
     h.manager.sync_instance(&h.ctx, &v).await.unwrap();
     assert_eq!(h.states(&v).0, Some(VmState::Active));
 }
+
+// ---------------------------------------------------------------------------
+// Ports (an in-memory Neutron)
+// ---------------------------------------------------------------------------
+
+fn build_on_net(h: &Harness, u: &str) -> BuildRequest {
+    h.driver.add_cached_image("img-1");
+    let _ = u;
+    BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        requested_networks: Some(json!({"nova_object.data": {"objects": [
+            {"nova_object.data": {"network_id": crate::testing::fake_neutron::NETWORK}}]}})),
+        ..Default::default()
+    }
+}
+
+fn cached_ports(h: &Harness, u: &str) -> Vec<String> {
+    h.manager.network_info_of(&h.rpc_instance(u)).into_iter().map(|v| v.id).collect()
+}
+
+#[tokio::test]
+async fn a_build_with_a_port_binds_caches_and_plugs_it_and_the_guest_resolves_with_its_dns() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+    let c = h.driver.container(&u).unwrap();
+    assert_eq!(c.plugged, ["port-1"]);
+    assert_eq!(c.dns, [crate::testing::fake_neutron::DNS], "the driver wrote the guest's files from network_info");
+}
+
+#[tokio::test]
+async fn a_build_with_a_port_that_cannot_start_releases_the_port() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.driver.fail("start_created");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.neutron.ports().is_empty());
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test]
+async fn a_build_waits_for_network_vif_plugged_of_a_port_not_active_yet() {
+    let h = Harness::new();
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    let build = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.build_and_run_instance(&ctx, i, req).await }
+    });
+    // Neutron's event, once the build waits for it.
+    let event = crate::compute::events::EventStatus::Completed;
+    while !h.manager.vif_events.deliver(&u, "network-vif-plugged-port-1", event.clone()) {
+        assert!(!build.is_finished(), "the build ended without waiting: {:?}", h.states(&u));
+        tokio::task::yield_now().await;
+    }
+    build.await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_whose_plug_event_never_comes_fails_when_vif_plugging_is_fatal() {
+    let h = Harness::with_options("vif_plugging_timeout = 30\nvif_plugging_is_fatal = true");
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("vif_plugging_timeout"), "{faults:?}");
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_whose_plug_event_never_comes_goes_on_when_vif_plugging_is_not_fatal() {
+    let h = Harness::with_options("vif_plugging_timeout = 30\nvif_plugging_is_fatal = false");
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test]
+async fn a_delete_releases_the_instances_ports_and_keeps_the_users_own() {
+    let h = Harness::new();
+    h.neutron.add_user_port("users-port");
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let mut req = build_on_net(&h, &u);
+    req.requested_networks = Some(json!({"nova_object.data": {"objects": [
+        {"nova_object.data": {"network_id": crate::testing::fake_neutron::NETWORK}},
+        {"nova_object.data": {"port_id": "users-port"}}]}}));
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(cached_ports(&h, &u), ["port-1", "users-port"]);
+    h.request(&u, TaskState::Deleting);
+    h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert_eq!(h.neutron.ports(), ["users-port"], "the user's port is only unbound");
+}
+
+#[tokio::test]
+async fn attach_and_detach_an_interface() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    let request = crate::network::NetworkRequest {
+        network_id: Some(crate::testing::fake_neutron::NETWORK.into()),
+        port_id: None,
+        address: None,
+        tag: None,
+    };
+    let vif = h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request.clone()).await.unwrap();
+    assert_eq!(vif["id"], "port-1");
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+
+    h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-1", true).await.unwrap();
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+
+    // A port the driver cannot plug is released again; the caller gets the error.
+    h.driver.fail("attach_interface");
+    assert!(h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request).await.is_err());
+    assert_eq!(h.neutron.deleted(), ["port-1", "port-2"]);
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(faults_of(&h, &u).is_empty(), "a call's failure goes to its caller, not to a fault");
+}

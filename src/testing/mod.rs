@@ -5,6 +5,7 @@
 //! without RabbitMQ, Docker or OpenStack.
 
 pub mod fake_driver;
+pub mod fake_neutron;
 pub mod fake_nova;
 
 use std::sync::Arc;
@@ -17,10 +18,12 @@ use crate::compute::host::HostRegistrar;
 use crate::conductor::Conductor;
 use crate::config::{Layered, Settings};
 use crate::image::{Glance, ImageService};
+use crate::network::PortService;
 use crate::objects::{Instance, PowerState, TaskState, VmState};
 use crate::rpc::RequestContext;
 
 pub use fake_driver::FakeDriver;
+pub use fake_neutron::FakeNeutron;
 pub use fake_nova::FakeNova;
 
 /// The host name of the harness's compute.
@@ -34,6 +37,8 @@ pub struct Harness {
     pub driver: Arc<FakeDriver>,
     /// The Nova behind its conductor.
     pub nova: Arc<FakeNova>,
+    /// Its Neutron.
+    pub neutron: Arc<FakeNeutron>,
     /// The context requests come with.
     pub ctx: RequestContext,
 }
@@ -41,7 +46,12 @@ pub struct Harness {
 impl Harness {
     /// A ready manager with no instances.
     pub fn new() -> Self {
-        let text = format!("[DEFAULT]\ntransport_url = rabbit://fake/\nhost = {HOST}\n");
+        Self::with_options("")
+    }
+
+    /// The same with more `[DEFAULT]` options (INI lines).
+    pub fn with_options(options: &str) -> Self {
+        let text = format!("[DEFAULT]\ntransport_url = rabbit://fake/\nhost = {HOST}\n{options}\n");
         let settings = Arc::new(Settings::from_layered(&Layered::from_text(&text).expect("ini")).expect("settings"));
         let nova = Arc::new(FakeNova::default());
         let conductor = Conductor::with_transport(nova.clone(), HOST);
@@ -55,9 +65,12 @@ impl Harness {
             placement: None,
             driver: driver.clone(),
         };
-        let manager = Arc::new(ComputeManager::new(settings, conductor, None, driver.clone(), images, registrar, None));
+        let neutron = Arc::new(FakeNeutron::default());
+        let ports: Arc<dyn PortService> = neutron.clone();
+        let manager =
+            Arc::new(ComputeManager::new(settings, conductor, None, driver.clone(), images, registrar, Some(ports)));
         manager.mark_ready();
-        Harness { manager, driver, nova, ctx: RequestContext::admin() }
+        Harness { manager, driver, nova, neutron, ctx: RequestContext::admin() }
     }
 
     /// An instance of this host in `vm`/`task`, with a container in `power`
