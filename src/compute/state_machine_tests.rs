@@ -528,3 +528,63 @@ async fn attach_and_detach_an_interface() {
     assert!(cached_ports(&h, &u).is_empty());
     assert!(faults_of(&h, &u).is_empty(), "a call's failure goes to its caller, not to a fault");
 }
+
+// ---------------------------------------------------------------------------
+// Snapshots (an in-memory Glance)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_snapshot_uploads_the_canonical_archive_and_ends_idle() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    let (image, data) = h.glance.image("snap-1").expect("the snapshot stays");
+    assert_eq!((image.container_format.as_deref(), image.disk_format.as_deref()), (Some("docker"), Some("raw")));
+    let data = data.expect("data uploaded");
+    assert!(data.len() > 1024 && data.windows(13).any(|w| w == b"manifest.json"), "a docker-save archive");
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("remove_image")), "the committed image goes");
+    assert_eq!(only_event(&h, &u, "compute_snapshot_instance"), None);
+}
+
+#[tokio::test]
+async fn a_snapshot_that_cannot_commit_deletes_the_glance_image_and_reverts() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.driver.fail("commit");
+    assert!(h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.is_err());
+    assert!(h.glance.image("snap-1").is_none(), "Nova's delete_image_on_error");
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_upload_fails_deletes_the_half_made_image() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.glance.fail("upload");
+    let err = h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    assert!(h.glance.image("snap-1").is_none());
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("remove_image")), "the committed image goes");
+    assert_eq!(h.states(&u).1, None);
+}
+
+#[tokio::test]
+async fn a_backup_rotates_out_the_oldest_backups_of_its_type() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageBackup), Running);
+    let props = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u});
+    for id in ["b-1", "b-2", "b-3"] {
+        h.glance.add_queued(id, props.clone());
+    }
+    let rotation = crate::compute::snapshot::Rotation { backup_type: "daily".into(), keep: 2 };
+    h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "b-3", Some(rotation)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.glance.image("b-1").is_none(), "the oldest goes");
+    assert!(h.glance.image("b-2").is_some() && h.glance.image("b-3").is_some());
+    assert_eq!(only_event(&h, &u, "compute_backup_instance"), None);
+}

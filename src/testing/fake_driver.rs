@@ -372,8 +372,13 @@ impl Driver for FakeDriver {
         Ok(format!("sha256:{}", "c".repeat(64)))
     }
 
-    fn save_image(&self, _image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {
-        Box::pin(futures::stream::once(async { Err(VirtError::Invalid("the fake engine saves no images".into())) }))
+    fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {
+        let calls = self.with(|s| {
+            s.calls.push(format!("save_image {image}"));
+            s.failing.contains("save_image")
+        });
+        let data = if calls { Err(injected("save_image")) } else { Ok(Bytes::from(docker_save_archive())) };
+        Box::pin(futures::stream::once(async move { data }))
     }
 
     fn root_disk_mode(&self) -> &RootDiskMode {
@@ -388,4 +393,31 @@ impl Driver for FakeDriver {
     fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>> {
         Box::pin(futures::stream::pending())
     }
+}
+
+/// What `docker save` writes for a one-layer image (the legacy layout).
+pub fn docker_save_archive() -> Vec<u8> {
+    use sha2::Digest;
+    fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], kind: tar::EntryType) {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_entry_type(kind);
+        b.append_data(&mut h, path, data).expect("tar entry");
+    }
+    let mut layer = tar::Builder::new(Vec::new());
+    add(&mut layer, "bin/busybox", b"busybox binary", tar::EntryType::Regular);
+    let layer = layer.into_inner().expect("layer tar");
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:0000"]}}"#;
+    let cfg = format!("{:x}.json", sha2::Sha256::digest(config));
+    let id = format!("{:064x}", 1);
+    let manifest = serde_json::json!([{"Config": cfg, "RepoTags": [], "Layers": [format!("{id}/layer.tar")]}]);
+    let mut b = tar::Builder::new(Vec::new());
+    add(&mut b, &format!("{id}/"), b"", tar::EntryType::Directory);
+    add(&mut b, &format!("{id}/VERSION"), b"1.0", tar::EntryType::Regular);
+    add(&mut b, &format!("{id}/json"), br#"{"id":"1"}"#, tar::EntryType::Regular);
+    add(&mut b, &format!("{id}/layer.tar"), &layer, tar::EntryType::Regular);
+    add(&mut b, &cfg, config, tar::EntryType::Regular);
+    add(&mut b, "manifest.json", manifest.to_string().as_bytes(), tar::EntryType::Regular);
+    b.into_inner().expect("archive")
 }

@@ -1,10 +1,12 @@
 //! Fakes for unit tests of the compute state machine: an in-memory driver
 //! ([`fake_driver`]), an in-memory Nova behind the conductor
-//! ([`fake_nova`]), and a [`Harness`] that builds a [`ComputeManager`] on
+//! ([`fake_nova`]), an in-memory Neutron ([`fake_neutron`]) and Glance
+//! ([`fake_glance`]), and a [`Harness`] that builds a [`ComputeManager`] on
 //! them, so each operation's success and failure paths run in milliseconds
 //! without RabbitMQ, Docker or OpenStack.
 
 pub mod fake_driver;
+pub mod fake_glance;
 pub mod fake_neutron;
 pub mod fake_nova;
 
@@ -12,17 +14,17 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::auth::ServiceClient;
 use crate::compute::ComputeManager;
 use crate::compute::host::HostRegistrar;
 use crate::conductor::Conductor;
 use crate::config::{Layered, Settings};
-use crate::image::{Glance, ImageService};
+use crate::image::{ImageService, ImageStore};
 use crate::network::PortService;
 use crate::objects::{Instance, PowerState, TaskState, VmState};
 use crate::rpc::RequestContext;
 
 pub use fake_driver::FakeDriver;
+pub use fake_glance::FakeGlance;
 pub use fake_neutron::FakeNeutron;
 pub use fake_nova::FakeNova;
 
@@ -39,6 +41,8 @@ pub struct Harness {
     pub nova: Arc<FakeNova>,
     /// Its Neutron.
     pub neutron: Arc<FakeNeutron>,
+    /// Its Glance.
+    pub glance: Arc<FakeGlance>,
     /// The context requests come with.
     pub ctx: RequestContext,
 }
@@ -56,9 +60,9 @@ impl Harness {
         let nova = Arc::new(FakeNova::default());
         let conductor = Conductor::with_transport(nova.clone(), HOST);
         let driver = Arc::new(FakeDriver::default());
-        // Never reached: the fake driver has every image the tests boot.
-        let glance = Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"));
-        let images = ImageService::new(glance, driver.clone(), crate::image::archive_limits(&settings.docker));
+        let glance = Arc::new(FakeGlance::default());
+        let store: Arc<dyn ImageStore> = glance.clone();
+        let images = ImageService::with_store(store, driver.clone(), crate::image::archive_limits(&settings.docker));
         let registrar = HostRegistrar {
             settings: settings.clone(),
             conductor: conductor.clone(),
@@ -70,7 +74,7 @@ impl Harness {
         let manager =
             Arc::new(ComputeManager::new(settings, conductor, None, driver.clone(), images, registrar, Some(ports)));
         manager.mark_ready();
-        Harness { manager, driver, nova, neutron, ctx: RequestContext::admin() }
+        Harness { manager, driver, nova, neutron, glance, ctx: RequestContext::admin() }
     }
 
     /// An instance of this host in `vm`/`task`, with a container in `power`
