@@ -141,7 +141,6 @@ impl FakeDriver {
                 uuid: uuid.to_string(),
                 container_id: format!("{:0>64}", uuid.replace('-', "")),
                 state: c.state,
-                pid: None,
                 oom_killed: false,
                 exit_code: None,
                 started_at: None,

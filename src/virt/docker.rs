@@ -23,7 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::guest_files;
-use super::host_network::{self, HostNetwork};
+use super::host_network::{self, HostContainer, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
@@ -167,21 +167,31 @@ impl DockerDriver {
     }
 
     async fn inspect(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        Ok(self.inspect_host(uuid).await?.0)
+    }
+
+    /// The container's state, and what the host side of its ports needs
+    /// (its process, whose namespace they go into): the latter stays in the
+    /// driver.
+    async fn inspect_host(&self, uuid: &str) -> Result<(InstanceInfo, HostContainer), VirtError> {
         let name = container_name(uuid);
         let c = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await.map_err(|e| {
             if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine("inspect", e) }
         })?;
         let state = c.state.unwrap_or_default();
         let oom = state.oom_killed.unwrap_or(false);
-        Ok(InstanceInfo {
+        let container_id = c.id.unwrap_or_default();
+        let host =
+            HostContainer { uuid: uuid.to_string(), id: container_id.clone(), pid: state.pid.filter(|p| *p > 0) };
+        let info = InstanceInfo {
             uuid: uuid.to_string(),
-            container_id: c.id.unwrap_or_default(),
+            container_id,
             state: power_state(state.status.as_ref(), oom, state.exit_code),
-            pid: state.pid.filter(|p| *p > 0),
             oom_killed: oom,
             exit_code: state.exit_code,
             started_at: state.started_at,
-        })
+        };
+        Ok((info, host))
     }
 
     /// Creates, in a created container, the mount points of the volumes its
@@ -489,8 +499,8 @@ impl Driver for DockerDriver {
         if network_info.is_empty() {
             return Ok(());
         }
-        let info = self.inspect(uuid).await?;
-        self.network.plug_all(&info, network_info).await
+        let (_, host) = self.inspect_host(uuid).await?;
+        self.network.plug_all(&host, network_info).await
     }
 
     async fn unplug_vifs(&self, uuid: &str, network_info: &NetworkInfo) {
@@ -499,8 +509,8 @@ impl Driver for DockerDriver {
     }
 
     async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
-        let info = self.inspect(uuid).await?;
-        self.network.plug_one(&info, vif, index).await
+        let (_, host) = self.inspect_host(uuid).await?;
+        self.network.plug_one(&host, vif, index).await
     }
 
     async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
@@ -511,16 +521,16 @@ impl Driver for DockerDriver {
         if network_info.is_empty() {
             return Ok(false);
         }
-        let info = match self.inspect(uuid).await {
-            Ok(info) => info,
+        let host = match self.inspect_host(uuid).await {
+            Ok((_, host)) => host,
             Err(VirtError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if info.pid.is_none() || self.network.is_current(&info).await {
+        if host.pid.is_none() || self.network.is_current(&host).await {
             return Ok(false);
         }
         tracing::info!(instance = uuid, "the container's namespace changed; plugging its ports again");
-        self.network.plug_all(&info, network_info).await?;
+        self.network.plug_all(&host, network_info).await?;
         Ok(true)
     }
 
@@ -667,10 +677,10 @@ impl Driver for DockerDriver {
             .map_err(|e| Self::not_found_or(uuid, "stats", e))?;
         let cpu = s.cpu_stats.unwrap_or_default();
         let mem = s.memory_stats.unwrap_or_default();
-        let info = self.inspect(uuid).await?;
+        let (info, host) = self.inspect_host(uuid).await?;
         // Docker's stats list only interfaces libnetwork made, never the
         // plugged ports: the kernel's counters of the namespace have them.
-        let nics = match info.pid {
+        let nics = match host.pid {
             Some(pid) => super::net_dev::read(pid).await.unwrap_or_default(),
             None => Vec::new(),
         };

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use crate::net::{self, NetnsLink, NetworkInfo, PlugOptions, Vif};
 
-use super::{InstanceInfo, VirtError};
+use super::VirtError;
 
 /// How many `ethN` names an attach tries past the instance's last port.
 const ATTACH_NAME_TRIES: usize = 16;
@@ -47,6 +47,17 @@ pub fn fixed_addresses(ni: &NetworkInfo) -> Vec<String> {
     out
 }
 
+/// A container as the host side of its ports sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostContainer {
+    /// The instance.
+    pub uuid: String,
+    /// The engine's container id (names the netns entry).
+    pub id: String,
+    /// Its init process while it runs (its namespace gets the ports).
+    pub pid: Option<i64>,
+}
+
 /// The host's way of plugging ports (the integration bridge, timeouts).
 #[derive(Debug, Clone, Default)]
 pub struct HostNetwork {
@@ -66,30 +77,30 @@ impl HostNetwork {
         PlugOptions { instance_uuid: Some(uuid.to_string()), ..self.options.clone() }
     }
 
-    /// Plugs every port into the running container `info` (after each start,
+    /// Plugs every port into the running container `c` (after each start,
     /// since a started container has a new namespace) and points the netns
     /// entry at its namespace. Port names not from Neutron's binding are
     /// refused before anything is created.
-    pub async fn plug_all(&self, info: &InstanceInfo, ni: &NetworkInfo) -> Result<(), VirtError> {
+    pub async fn plug_all(&self, c: &HostContainer, ni: &NetworkInfo) -> Result<(), VirtError> {
         if ni.is_empty() {
             return Ok(());
         }
         let pid =
-            info.pid.ok_or_else(|| VirtError::Invalid("the container is not running; cannot plug its ports".into()))?;
-        let opts = self.options(&info.uuid);
+            c.pid.ok_or_else(|| VirtError::Invalid("the container is not running; cannot plug its ports".into()))?;
+        let opts = self.options(&c.uuid);
         net::binding::check_all(ni, &opts)?;
-        NetnsLink::create(&info.container_id, pid as i32).await?;
+        NetnsLink::create(&c.id, pid as i32).await?;
         net::plug_all(ni, pid as i32, &opts).await?;
         Ok(())
     }
 
     /// Plugs one port into the container under the first free `ethN` from
     /// `from`; a stopped container gets it at its next start.
-    pub async fn plug_one(&self, info: &InstanceInfo, vif: &Vif, from: usize) -> Result<(), VirtError> {
-        let opts = self.options(&info.uuid);
+    pub async fn plug_one(&self, c: &HostContainer, vif: &Vif, from: usize) -> Result<(), VirtError> {
+        let opts = self.options(&c.uuid);
         net::binding::check(vif, &opts)?;
-        let Some(pid) = info.pid else { return Ok(()) };
-        NetnsLink::create(&info.container_id, pid as i32).await?;
+        let Some(pid) = c.pid else { return Ok(()) };
+        NetnsLink::create(&c.id, pid as i32).await?;
         let mut last = None;
         for n in from..from + ATTACH_NAME_TRIES {
             match net::plug(vif, pid as i32, &format!("eth{n}"), &opts).await {
@@ -127,11 +138,11 @@ impl HostNetwork {
         }
     }
 
-    /// Whether the netns entry of the running container `info` is its
+    /// Whether the netns entry of the running container `c` is its
     /// current namespace (a container restarted outside Nova has a new one).
-    pub async fn is_current(&self, info: &InstanceInfo) -> bool {
-        match info.pid {
-            Some(pid) => NetnsLink::is_current(&info.container_id, pid as i32).await.unwrap_or(false),
+    pub async fn is_current(&self, c: &HostContainer) -> bool {
+        match c.pid {
+            Some(pid) => NetnsLink::is_current(&c.id, pid as i32).await.unwrap_or(false),
             None => true,
         }
     }

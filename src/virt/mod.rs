@@ -37,8 +37,6 @@ pub struct InstanceInfo {
     pub uuid: String,
     pub container_id: String,
     pub state: PowerState,
-    /// PID of the container's init process when running.
-    pub pid: Option<i64>,
     /// Whether the last exit was an OOM kill.
     pub oom_killed: bool,
     pub exit_code: Option<i64>,
