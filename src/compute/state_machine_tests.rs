@@ -588,3 +588,58 @@ async fn a_backup_rotates_out_the_oldest_backups_of_its_type() {
     assert!(h.glance.image("b-2").is_some() && h.glance.image("b-3").is_some());
     assert_eq!(only_event(&h, &u, "compute_backup_instance"), None);
 }
+
+// ---------------------------------------------------------------------------
+// Images a build downloads (the in-memory Glance)
+// ---------------------------------------------------------------------------
+
+/// A build of Glance image `id` with Nova's image dict (Glance's record).
+fn build_of(h: &Harness, id: &str) -> BuildRequest {
+    let (image, _) = h.glance.image(id).expect("the image");
+    BuildRequest {
+        image: json!({"id": id, "status": image.status, "container_format": image.container_format,
+            "disk_format": image.disk_format, "size": image.size, "os_hash_algo": image.os_hash_algo,
+            "os_hash_value": image.os_hash_value}),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_build_downloads_a_missing_image_once_and_later_builds_reuse_it() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    let v = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&v), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&v).0, Some(VmState::Active));
+    let loads = h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count();
+    assert_eq!(loads, 1, "the second build finds the image bound to its Glance id");
+}
+
+#[tokio::test]
+async fn a_build_whose_image_download_breaks_off_fails_with_nothing_loaded() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    h.glance.cut_downloads_after(1000);
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("interrupted"), "{faults:?}");
+}
+
+#[tokio::test]
+async fn a_build_of_an_archive_that_is_not_an_image_is_refused() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", b"not a tar archive at all".repeat(40));
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("load_image")), "the hash passed; the archive did not");
+    assert_eq!(faults_of(&h, &u).len(), 1, "{:?}", faults_of(&h, &u));
+}

@@ -346,10 +346,21 @@ impl Driver for FakeDriver {
 
     async fn load_image(
         &self,
-        _archive: BoxStream<'static, Result<Bytes, std::io::Error>>,
+        archive: BoxStream<'static, Result<Bytes, std::io::Error>>,
     ) -> Result<Vec<String>, VirtError> {
+        use futures::TryStreamExt;
         self.enter("load_image", "-").await?;
-        Err(VirtError::Invalid("the fake engine loads no images".into()))
+        // As Docker: the whole archive, or nothing when the stream breaks.
+        let chunks: Vec<Bytes> = archive.try_collect().await.map_err(|e| VirtError::Engine {
+            op: "load".into(),
+            detail: e.to_string(),
+            status: None,
+        })?;
+        let id = loaded_image_id(&chunks.concat())
+            .ok_or_else(|| VirtError::Invalid("the archive has no manifest.json naming a config".into()))?;
+        let image = LocalImage { id: id.clone(), tags: Vec::new(), volumes: Vec::new() };
+        self.with(|s| s.images.push(image));
+        Ok(vec![format!("Loaded image ID: {id}")])
     }
 
     async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<(), VirtError> {
@@ -419,4 +430,23 @@ pub fn docker_save_archive() -> Vec<u8> {
     add(&mut b, &cfg, config, tar::EntryType::Regular);
     add(&mut b, "manifest.json", manifest.to_string().as_bytes(), tar::EntryType::Regular);
     b.into_inner().expect("archive")
+}
+
+/// The image id `docker load` reports for an archive: its config's digest
+/// (the canonical archive names the config `<hex>.json`).
+fn loaded_image_id(archive: &[u8]) -> Option<String> {
+    use std::io::Read;
+    let mut entries = tar::Archive::new(archive);
+    for entry in entries.entries().ok()? {
+        let mut entry = entry.ok()?;
+        if entry.path().ok()?.to_str() == Some("manifest.json") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).ok()?;
+            let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let config = manifest[0]["Config"].as_str()?;
+            let hex = config.trim_start_matches("blobs/sha256/").trim_end_matches(".json");
+            return Some(format!("sha256:{hex}"));
+        }
+    }
+    None
 }

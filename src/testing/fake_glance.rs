@@ -18,6 +18,7 @@ use crate::rpc::RequestContext;
 struct State {
     images: BTreeMap<String, (GlanceImage, Option<Vec<u8>>)>,
     failing: HashSet<&'static str>,
+    cut_after: Option<usize>,
 }
 
 /// The in-memory Glance.
@@ -50,6 +51,21 @@ impl FakeGlance {
         }
         let image = GlanceImage::from_json(&doc).expect("an image document");
         self.with(|s| s.images.insert(id.to_string(), (image, None)));
+    }
+
+    /// An active image of `container_format` with `data`.
+    pub fn add_active(&self, id: &str, container_format: &str, data: Vec<u8>) {
+        use sha2::Digest;
+        let hash = format!("{:x}", sha2::Sha512::digest(&data));
+        let doc = json!({"id": id, "status": "active", "container_format": container_format, "disk_format": "raw",
+            "size": data.len(), "os_hash_algo": "sha512", "os_hash_value": hash});
+        let image = GlanceImage::from_json(&doc).expect("an image document");
+        self.with(|s| s.images.insert(id.to_string(), (image, Some(data))));
+    }
+
+    /// Its downloads deliver the first `n` bytes, then break off.
+    pub fn cut_downloads_after(&self, n: usize) {
+        self.with(|s| s.cut_after = Some(n));
     }
 
     /// The record and data of an image, if it exists.
@@ -111,9 +127,16 @@ impl ImageStore for FakeGlance {
     ) -> BoxFuture<'a, Result<ImageData, GlanceError>> {
         Box::pin(async move {
             self.check("download", id)?;
-            let data = self.with(|s| s.images.get(id).and_then(|(_, d)| d.clone()));
+            let (data, cut) = self.with(|s| (s.images.get(id).and_then(|(_, d)| d.clone()), s.cut_after));
             let data = data.ok_or_else(|| status("GET", id, 204, "the image has no data"))?;
-            let stream: ImageData = Box::pin(futures::stream::once(async move { Ok(bytes::Bytes::from(data)) }));
+            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = match cut {
+                Some(n) => vec![
+                    Ok(bytes::Bytes::from(data[..n.min(data.len())].to_vec())),
+                    Err(std::io::Error::other("Glance download interrupted: connection reset")),
+                ],
+                None => vec![Ok(bytes::Bytes::from(data))],
+            };
+            let stream: ImageData = Box::pin(futures::stream::iter(chunks));
             Ok(stream)
         })
     }
