@@ -643,3 +643,69 @@ async fn a_build_of_an_archive_that_is_not_an_image_is_refused() {
     assert!(h.driver.calls().iter().any(|c| c.starts_with("load_image")), "the hash passed; the archive did not");
     assert_eq!(faults_of(&h, &u).len(), 1, "{:?}", faults_of(&h, &u));
 }
+
+// ---------------------------------------------------------------------------
+// Host-driven changes: root disks, orphans, Neutron's events, diagnostics
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_instance_over_its_root_disk_is_stopped_with_a_fault_saying_why() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    let within = h.instance(VmState::Active, None, Running);
+    h.driver.set_root_disk_usage(vec![
+        crate::virt::RootDiskUsage { uuid: u.clone(), used_bytes: 3 << 30, limit_gb: 1 },
+        crate::virt::RootDiskUsage { uuid: within.clone(), used_bytes: 1 << 20, limit_gb: 1 },
+    ]);
+    h.manager.enforce_root_disks().await;
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("root disk"), "{faults:?}");
+    assert_eq!(only_event(&h, &u, "compute_stop_instance"), None);
+    assert_eq!(h.states(&within), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test]
+async fn the_full_sync_reaps_containers_of_deleted_instances_and_leaves_others_alone() {
+    let h = Harness::new();
+    let mine = h.instance(VmState::Active, None, Running);
+    let orphan = uuid::Uuid::new_v4().to_string();
+    h.driver.add_container(&orphan, Running);
+    let elsewhere = h.instance(VmState::Active, None, Running);
+    h.nova.set_field(&elsewhere, "host", json!("other-host"));
+    h.manager.sync_all(&h.ctx).await;
+    assert!(h.driver.container(&orphan).is_none(), "running_deleted_instance_action = reap");
+    assert!(h.driver.container(&mine).is_some());
+    assert!(h.driver.container(&elsewhere).is_some(), "an instance Nova places elsewhere is not ours to remove");
+    assert!(h.driver.calls().contains(&"cleanup_host -".to_string()));
+}
+
+#[tokio::test]
+async fn neutron_deleting_a_port_unplugs_it_without_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    give_port(&h, &u);
+    h.manager.ensure_plugged(&h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    let args = json!({
+        "events": [{"nova_object.data": {"instance_uuid": u, "name": "network-vif-deleted", "tag": "port-1",
+            "status": "completed"}}],
+        "instances": [h.rpc_instance(&u).to_primitive()],
+    });
+    h.manager.handle_external_events(&h.ctx, args.as_object().unwrap()).await;
+    assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(faults_of(&h, &u).is_empty());
+    assert!(h.neutron.deleted().is_empty(), "Neutron deleted it already");
+}
+
+#[tokio::test]
+async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Stopped, None, Shutdown);
+    let err = h.manager.get_diagnostics(&h.rpc_instance(&u)).await.unwrap_err();
+    assert_eq!(err.to_remote().class, "InstanceInvalidState");
+    let running = h.instance(VmState::Active, None, Running);
+    let d = h.manager.get_instance_diagnostics(&h.rpc_instance(&running)).await.unwrap();
+    assert_eq!(d["nova_object.data"]["state"], "running");
+}

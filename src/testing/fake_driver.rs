@@ -54,6 +54,7 @@ struct State {
     gates: HashMap<&'static str, Arc<Gate>>,
     calls: Vec<String>,
     images: Vec<LocalImage>,
+    root_disks: Vec<RootDiskUsage>,
 }
 
 /// The in-memory driver.
@@ -110,6 +111,11 @@ impl FakeDriver {
     /// The operations called so far, in order (`op uuid`).
     pub fn calls(&self) -> Vec<String> {
         self.with(|s| s.calls.clone())
+    }
+
+    /// What the next root disk measurements report.
+    pub fn set_root_disk_usage(&self, usage: Vec<RootDiskUsage>) {
+        self.with(|s| s.root_disks = usage);
     }
 
     /// Makes Glance image `glance_id` one this host has loaded.
@@ -397,7 +403,7 @@ impl Driver for FakeDriver {
 
     async fn root_disk_usage(&self) -> Result<Vec<RootDiskUsage>, VirtError> {
         self.enter("root_disk_usage", "-").await?;
-        Ok(Vec::new())
+        Ok(self.with(|s| s.root_disks.clone()))
     }
 
     fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>> {
