@@ -34,4 +34,6 @@ pub mod placement;
 pub mod release;
 pub mod rpc;
 pub mod service;
+#[cfg(test)]
+pub mod testing;
 pub mod virt;

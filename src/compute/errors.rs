@@ -5,7 +5,6 @@ use serde_json::json;
 
 use crate::conductor::ConductorError;
 use crate::image::ImageError;
-use crate::net::NetError;
 use crate::network::NetworkError;
 use crate::rpc::RemoteError;
 use crate::virt::VirtError;
@@ -28,8 +27,6 @@ pub enum OpError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Network(#[from] NetworkError),
-    #[error("network plumbing: {0}")]
-    Net(#[from] NetError),
     #[error("{0}")]
     Invalid(String),
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::compute::states::vm;
+use crate::compute::states::VmState;
 use crate::conductor::{Conductor, ConductorError};
 use crate::config::Settings;
 use crate::objects::compute_node::NodeResources;
@@ -116,7 +116,7 @@ impl Usage {
     pub fn of(instances: &[Instance]) -> Self {
         let mut u = Usage::default();
         for i in instances {
-            if matches!(i.vm_state(), Some(vm::DELETED) | Some(vm::SHELVED_OFFLOADED)) {
+            if matches!(i.vm_state(), Some(VmState::Deleted | VmState::ShelvedOffloaded)) {
                 continue;
             }
             let disk = i.root_gb().max(0).saturating_add(i.obj.get_i64("ephemeral_gb").unwrap_or(0).max(0));

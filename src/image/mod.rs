@@ -16,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod glance;
 pub mod integrity;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::rpc::RequestContext;
 use crate::virt::{Driver, ImageRef, VirtError};
 use archive::{ArchiveError, ArchiveLimits, ArchiveSummary};
 pub use glance::{Glance, GlanceImage};
+pub use store::ImageStore;
 
 /// Why an image could not be made available to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +84,7 @@ pub fn cache_reference(glance_id: &str, image_id: &str) -> String {
 
 /// Makes Glance images available to Docker.
 pub struct ImageService<D: Driver> {
-    glance: Glance,
+    glance: Arc<dyn ImageStore>,
     driver: Arc<D>,
     limits: ArchiveLimits,
     /// One download per image at a time; others wait and reuse it.
@@ -92,12 +94,17 @@ pub struct ImageService<D: Driver> {
 impl<D: Driver> ImageService<D> {
     /// A service over a Glance client and the driver.
     pub fn new(glance: Glance, driver: Arc<D>, limits: ArchiveLimits) -> Self {
+        Self::with_store(Arc::new(glance), driver, limits)
+    }
+
+    /// A service over any image store (an in-memory one in unit tests).
+    pub fn with_store(glance: Arc<dyn ImageStore>, driver: Arc<D>, limits: ArchiveLimits) -> Self {
         ImageService { glance, driver, limits, inflight: Mutex::new(HashMap::new()) }
     }
 
     /// The Glance client.
-    pub fn glance(&self) -> &Glance {
-        &self.glance
+    pub fn glance(&self) -> &dyn ImageStore {
+        self.glance.as_ref()
     }
 
     /// The limits applied to every archive.
@@ -253,7 +260,7 @@ where
 /// load (snapshots and `image import` alike). `sent` counts bytes out.
 pub async fn save_to_glance<D: Driver>(
     driver: &D,
-    glance: &Glance,
+    glance: &dyn ImageStore,
     ctx: Option<&RequestContext>,
     docker_image: &str,
     glance_id: &str,
@@ -279,7 +286,7 @@ pub async fn save_to_glance<D: Driver>(
             }
             std::io::Error::other(text)
         });
-    let uploaded = glance.upload(ctx, glance_id, body).await;
+    let uploaded = glance.upload(ctx, glance_id, body.boxed()).await;
     if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(ImageError::Archive { id: docker_image.to_string(), source: e });
     }

@@ -10,6 +10,7 @@
 pub mod compute_node;
 pub mod instance;
 pub mod service;
+pub mod states;
 pub mod time;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use serde_json::{Map, Value, json};
 pub use compute_node::ComputeNode;
 pub use instance::{Flavor, Instance};
 pub use service::Service;
+pub use states::{PowerState, TaskState, VmState};
 
 const NAME: &str = "nova_object.name";
 const NAMESPACE: &str = "nova_object.namespace";

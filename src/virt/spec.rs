@@ -58,11 +58,6 @@ pub struct ContainerSpec {
     pub security_opt: Vec<String>,
     pub read_only_rootfs: bool,
     pub userns_mode: Option<String>,
-    /// The instance's DNS servers (its Neutron subnets'), for resolv.conf.
-    pub dns: Vec<String>,
-    /// The instance's fixed IP addresses, listed under its hostname in
-    /// /etc/hosts.
-    pub addresses: Vec<String>,
     /// The root disk limit in GiB: the flavor's `root_gb`, or for a
     /// zero-disk flavor `[docker] zero_disk_flavor_root_gb`; `None`: none.
     pub root_disk_gb: Option<u64>,
@@ -307,8 +302,6 @@ pub fn build(
         security_opt,
         read_only_rootfs: read_only,
         userns_mode: settings.userns_mode.clone(),
-        dns: Vec::new(),
-        addresses: Vec::new(),
         root_disk_gb,
         console_log_max_bytes: settings.console_log_max_bytes,
         volumes: Vec::new(),
