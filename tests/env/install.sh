@@ -7,7 +7,8 @@
 #   * The newest Nova release (2026.2, nova 34) from PyPI in virtualenvs built
 #     with Debian's /usr/bin/python3 (never the pyenv python on PATH); the
 #     neutron 29 venv also provides neutron-rpc-server and
-#     neutron-openvswitch-agent (and its privsep-helper).
+#     neutron-openvswitch-agent (and its privsep-helper); the newest Keystone
+#     from PyPI in a virtualenv of its own.
 #
 # Environment:
 #   NOVA_DOCKER_OPT   where the virtualenvs live (default /opt/nova-docker-test)
@@ -35,8 +36,10 @@ fi
 pkgs=(rabbitmq-server curl bc iproute2 iptables busybox-static shellcheck python3-venv openvswitch-switch
       ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
 if [ "${SKIP_ZED:-0}" != 1 ]; then
+  # keystone: Zed's identity service (its python3-keystone and
+  # keystone-manage; served by uwsgi, which Debian's keystone depends on)
   pkgs+=(nova-conductor nova-api nova-scheduler placement-api glance-api
-         python3-glanceclient neutron-server python3-openstackclient)
+         python3-glanceclient neutron-server python3-openstackclient keystone)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -63,6 +66,8 @@ if [ "${SKIP_NEWEST:-0}" != 1 ]; then
   venv "$OPT/venv" nova==34.0.0 openstack-placement==16.0.0 python-openstackclient oslo.messaging gunicorn
   venv "$OPT/venv-glance" glance==33.0.0 gunicorn
   venv "$OPT/venv-neutron" neutron==29.0.0 gunicorn
+  # the newest Keystone, in its own virtualenv (its pins are not nova's)
+  venv "$OPT/venv-keystone" keystone gunicorn
   log "nova 34 virtualenvs present in $OPT"
 fi
 log "done"
