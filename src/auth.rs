@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::config::keystone::{Domain, KeystoneAuth, Method, Scope, TlsSettings, User};
 use crate::config::{AuthSettings, ServiceSettings};
 use crate::rpc::RequestContext;
 
@@ -121,6 +122,33 @@ pub struct ServiceClient {
 
 /// Builds the process's HTTP client: rustls, bounded connect time, pooled.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
+    client_builder(timeout).build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The HTTP client of a service section, with its TLS settings (`cafile`,
+/// `certfile`/`keyfile`, `insecure`). The configuration checked the files
+/// already; should the client still not build, it trusts no certificate at
+/// all (every TLS request fails, naming the problem) rather than the system's.
+pub fn service_http_client(timeout: Duration, tls: &TlsSettings) -> reqwest::Client {
+    let mut b = client_builder(timeout);
+    if let Some(pem) = &tls.ca_pem {
+        b = b.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default());
+    }
+    if let Some(pem) = &tls.identity_pem
+        && let Ok(id) = reqwest::Identity::from_pem(pem)
+    {
+        b = b.identity(id);
+    }
+    if tls.insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    b.build().unwrap_or_else(|e| {
+        tracing::error!(error = %error_chain(&e), "TLS settings unusable: this client trusts no certificate");
+        client_builder(timeout).tls_certs_only(Vec::new()).build().unwrap_or_else(|_| reqwest::Client::new())
+    })
+}
+
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(timeout)
@@ -129,15 +157,76 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         // closing at that moment fails the request.
         .pool_idle_timeout(Duration::from_millis(1500))
         .user_agent(concat!("nova-docker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn domain_json(d: &Domain) -> Value {
+    match d {
+        Domain::Id(id) => json!({"id": id}),
+        Domain::Name(name) => json!({"name": name}),
+    }
+}
+
+fn user_json(u: &User) -> Value {
+    match u {
+        User::Id(id) => json!({"id": id}),
+        User::Name { name, domain } => json!({"name": name, "domain": domain_json(domain)}),
+    }
+}
+
+/// The body of `POST /v3/auth/tokens` for a login, as keystoneauth sends it.
+pub fn auth_request(k: &KeystoneAuth) -> Value {
+    let identity = match &k.method {
+        Method::Password { user, password } => {
+            let mut u = user_json(user);
+            u["password"] = json!(password);
+            json!({"methods": ["password"], "password": {"user": u}})
+        }
+        Method::ApplicationCredential { id, name, user, secret } => {
+            let mut c = json!({"secret": secret});
+            if let Some(id) = id {
+                c["id"] = json!(id);
+            } else if let Some(name) = name {
+                c["name"] = json!(name);
+                if let Some(u) = user {
+                    c["user"] = user_json(u);
+                }
+            }
+            json!({"methods": ["application_credential"], "application_credential": c})
+        }
+    };
+    let mut auth = json!({"identity": identity});
+    match &k.scope {
+        Scope::ProjectId(id) => auth["scope"] = json!({"project": {"id": id}}),
+        Scope::ProjectName { name, domain } => {
+            auth["scope"] = json!({"project": {"name": name, "domain": domain_json(domain)}})
+        }
+        Scope::System => auth["scope"] = json!({"system": {"all": true}}),
+        Scope::Credential => {}
+    }
+    json!({ "auth": auth })
+}
+
+/// Who a login is for, in errors (never the secret).
+fn login_name(k: &KeystoneAuth) -> String {
+    let user = |u: &User| match u {
+        User::Id(id) => format!("user id {id}"),
+        User::Name { name, .. } => format!("user {name:?}"),
+    };
+    match &k.method {
+        Method::Password { user: u, .. } => user(u),
+        Method::ApplicationCredential { id: Some(id), .. } => format!("application credential {id}"),
+        Method::ApplicationCredential { name, .. } => {
+            format!("application credential {:?}", name.as_deref().unwrap_or_default())
+        }
+    }
 }
 
 impl ServiceClient {
     /// A client for the service described by `settings` (`name` for messages,
     /// `section` the nova.conf group to point operators to).
     pub fn new(settings: ServiceSettings, name: &'static str, section: &'static str) -> Self {
-        ServiceClient { http: http_client(settings.timeout), settings, name, section, token: Default::default() }
+        let http = service_http_client(settings.timeout, &settings.tls);
+        ServiceClient { http, settings, name, section, token: Default::default() }
     }
 
     /// The service's display name.
@@ -156,16 +245,8 @@ impl ServiceClient {
     }
 
     async fn keystone_token(&self, force: bool) -> Result<CachedToken, HttpError> {
-        let AuthSettings::Password {
-            auth_url,
-            username,
-            password,
-            user_domain_name,
-            project_name,
-            project_domain_name,
-        } = &self.settings.auth
-        else {
-            return Err(HttpError::Auth { service: self.name, detail: "not a password section".into() });
+        let AuthSettings::Keystone(login) = &self.settings.auth else {
+            return Err(HttpError::Auth { service: self.name, detail: "not a Keystone section".into() });
         };
         let mut cached = self.token.lock().await;
         if let Some(t) = cached.as_ref() {
@@ -174,12 +255,9 @@ impl ServiceClient {
                 return Ok(t.clone());
             }
         }
-        let base = auth_url.trim_end_matches('/');
+        let base = login.auth_url.trim_end_matches('/');
         let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
-        let body = json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": username, "password": password, "domain": {"name": user_domain_name}}}},
-            "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}}});
+        let body = auth_request(login);
         let resp = self.http.post(&url).json(&body).timeout(self.settings.timeout).send().await.map_err(|source| {
             HttpError::Transport { service: "keystone", method: "POST".into(), url: shown_url(&url), source }
         })?;
@@ -189,7 +267,12 @@ impl ServiceClient {
         let (Some(token), true) = (token, status.is_success()) else {
             return Err(HttpError::Auth {
                 service: self.name,
-                detail: format!("Keystone answered {status} for user {username:?} at {url}: {}", truncate(&text, 300)),
+                detail: format!(
+                    "Keystone answered {status} for {} at {}: {}",
+                    login_name(login),
+                    shown_url(&url),
+                    truncate(&text, 300)
+                ),
             });
         };
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -209,7 +292,7 @@ impl ServiceClient {
         match &self.settings.auth {
             AuthSettings::None => Ok(None),
             AuthSettings::AdminToken { token, .. } => Ok(Some(token.clone())),
-            AuthSettings::Password { .. } => Ok(Some(self.keystone_token(force).await?.token)),
+            AuthSettings::Keystone(_) => Ok(Some(self.keystone_token(force).await?.token)),
             AuthSettings::User => Ok(ctx.and_then(|c| c.auth_token()).map(str::to_string)),
         }
     }
@@ -223,7 +306,7 @@ impl ServiceClient {
             return Ok(e.trim_end_matches('/').to_string());
         }
         let catalog = match &self.settings.auth {
-            AuthSettings::Password { .. } => self.keystone_token(false).await?.catalog,
+            AuthSettings::Keystone(_) => self.keystone_token(false).await?.catalog,
             _ => ctx.map(|c| c.service_catalog().to_vec()).unwrap_or_default(),
         };
         find_endpoint(
@@ -246,7 +329,7 @@ impl ServiceClient {
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, HttpError> {
         let url = format!("{}{path}", self.endpoint(ctx).await?);
-        let renewable = matches!(self.settings.auth, AuthSettings::Password { .. });
+        let renewable = matches!(self.settings.auth, AuthSettings::Keystone(_));
         let idempotent = matches!(method, reqwest::Method::GET | reqwest::Method::PUT | reqwest::Method::DELETE);
         let mut attempt = 0;
         let resp = loop {

@@ -145,8 +145,8 @@ opts! {
 
     // [placement]
     PLACEMENT_AUTH_TYPE: "placement" "auth_type" Str = Some("password"), None,
-        "How to authenticate to Placement: password (Keystone v3), admin_token (endpoint + token) or none.";
-    PLACEMENT_AUTH_URL: "placement" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Placement: password or v3password (Keystone v3), v3applicationcredential, admin_token (endpoint + token) or none.";
+    PLACEMENT_AUTH_URL: "placement" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     PLACEMENT_USERNAME: "placement" "username" Str = None, None, "Keystone user (auth_type = password).";
     PLACEMENT_PASSWORD: "placement" "password" Secret = None, None, "Keystone password (auth_type = password).";
     PLACEMENT_USER_DOMAIN_NAME: "placement" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -158,11 +158,25 @@ opts! {
     PLACEMENT_REGION_NAME: "placement" "region_name" Str = None, None, "Region of the catalog endpoint.";
     PLACEMENT_VALID_INTERFACES: "placement" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     PLACEMENT_TIMEOUT: "placement" "timeout" Int = Some("30"), None, "Seconds per HTTP request.";
+    PLACEMENT_USER_ID: "placement" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    PLACEMENT_USER_DOMAIN_ID: "placement" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    PLACEMENT_PROJECT_ID: "placement" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    PLACEMENT_PROJECT_DOMAIN_ID: "placement" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    PLACEMENT_DEFAULT_DOMAIN_ID: "placement" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    PLACEMENT_DEFAULT_DOMAIN_NAME: "placement" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    PLACEMENT_SYSTEM_SCOPE: "placement" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    PLACEMENT_APPLICATION_CREDENTIAL_ID: "placement" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    PLACEMENT_APPLICATION_CREDENTIAL_NAME: "placement" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    PLACEMENT_APPLICATION_CREDENTIAL_SECRET: "placement" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    PLACEMENT_CAFILE: "placement" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    PLACEMENT_CERTFILE: "placement" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    PLACEMENT_KEYFILE: "placement" "keyfile" Str = None, None, "PEM private key of certfile.";
+    PLACEMENT_INSECURE: "placement" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
     // [glance]
     GLANCE_AUTH_TYPE: "glance" "auth_type" Str = Some("user"), None,
-        "How to authenticate to Glance: user (the request's own token, as Nova does), password, admin_token or none.";
-    GLANCE_AUTH_URL: "glance" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Glance: user (the request's own token, as Nova does), password or v3password, v3applicationcredential, admin_token or none.";
+    GLANCE_AUTH_URL: "glance" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     GLANCE_USERNAME: "glance" "username" Str = None, None, "Keystone user (auth_type = password).";
     GLANCE_PASSWORD: "glance" "password" Secret = None, None, "Keystone password (auth_type = password).";
     GLANCE_USER_DOMAIN_NAME: "glance" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -176,11 +190,25 @@ opts! {
     GLANCE_VALID_INTERFACES: "glance" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     GLANCE_TIMEOUT: "glance" "timeout" Int = Some("60"), None, "Seconds to wait for response headers and between body chunks.";
     GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None, "Retries of idempotent Glance requests on connection errors and 5xx.";
+    GLANCE_USER_ID: "glance" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    GLANCE_USER_DOMAIN_ID: "glance" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    GLANCE_PROJECT_ID: "glance" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    GLANCE_PROJECT_DOMAIN_ID: "glance" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    GLANCE_DEFAULT_DOMAIN_ID: "glance" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    GLANCE_DEFAULT_DOMAIN_NAME: "glance" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    GLANCE_SYSTEM_SCOPE: "glance" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    GLANCE_APPLICATION_CREDENTIAL_ID: "glance" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    GLANCE_APPLICATION_CREDENTIAL_NAME: "glance" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    GLANCE_APPLICATION_CREDENTIAL_SECRET: "glance" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    GLANCE_CAFILE: "glance" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    GLANCE_CERTFILE: "glance" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    GLANCE_KEYFILE: "glance" "keyfile" Str = None, None, "PEM private key of certfile.";
+    GLANCE_INSECURE: "glance" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
     // [neutron]
     NEUTRON_AUTH_TYPE: "neutron" "auth_type" Str = Some("password"), None,
-        "How to authenticate to Neutron: password (Keystone v3), admin_token or none.";
-    NEUTRON_AUTH_URL: "neutron" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Neutron: password or v3password (Keystone v3), v3applicationcredential, admin_token or none.";
+    NEUTRON_AUTH_URL: "neutron" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     NEUTRON_USERNAME: "neutron" "username" Str = None, None, "Keystone user (auth_type = password).";
     NEUTRON_PASSWORD: "neutron" "password" Secret = None, None, "Keystone password (auth_type = password).";
     NEUTRON_USER_DOMAIN_NAME: "neutron" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -193,6 +221,20 @@ opts! {
     NEUTRON_VALID_INTERFACES: "neutron" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     NEUTRON_TIMEOUT: "neutron" "timeout" Int = Some("30"), None, "Seconds per HTTP request.";
     NEUTRON_OVS_BRIDGE: "neutron" "ovs_bridge" Str = Some("br-int"), None, "Integration bridge for ovs VIFs when the port does not name one.";
+    NEUTRON_USER_ID: "neutron" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    NEUTRON_USER_DOMAIN_ID: "neutron" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    NEUTRON_PROJECT_ID: "neutron" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    NEUTRON_PROJECT_DOMAIN_ID: "neutron" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    NEUTRON_DEFAULT_DOMAIN_ID: "neutron" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    NEUTRON_DEFAULT_DOMAIN_NAME: "neutron" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    NEUTRON_SYSTEM_SCOPE: "neutron" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    NEUTRON_APPLICATION_CREDENTIAL_ID: "neutron" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    NEUTRON_APPLICATION_CREDENTIAL_NAME: "neutron" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    NEUTRON_APPLICATION_CREDENTIAL_SECRET: "neutron" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    NEUTRON_CAFILE: "neutron" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    NEUTRON_CERTFILE: "neutron" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    NEUTRON_KEYFILE: "neutron" "keyfile" Str = None, None, "PEM private key of certfile.";
+    NEUTRON_INSECURE: "neutron" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
     // [docker]
     DOCKER_HOST_URL: "docker" "host_url" Str = Some("unix:///var/run/docker.sock"), None,
