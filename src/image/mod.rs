@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod cli_auth;
 pub mod glance;
 pub mod integrity;
 
