@@ -118,6 +118,57 @@ pub struct ServiceClient {
     name: &'static str,
     section: &'static str,
     token: Arc<Mutex<Option<CachedToken>>>,
+    /// `[service_user]`'s client (its own TLS settings) and token.
+    service_http: Option<reqwest::Client>,
+    service_user_token: Arc<Mutex<Option<CachedToken>>>,
+}
+
+/// A token of `login`, from `cache` while it has more than a minute left
+/// (or a fresh one when `force`, e.g. after a 401).
+async fn login_token(
+    http: &reqwest::Client,
+    login: &KeystoneAuth,
+    cache: &Mutex<Option<CachedToken>>,
+    timeout: Duration,
+    service: &'static str,
+    force: bool,
+) -> Result<CachedToken, HttpError> {
+    let mut cached = cache.lock().await;
+    if let Some(t) = cached.as_ref() {
+        let fresh = t.expires_at.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now());
+        if fresh && !force {
+            return Ok(t.clone());
+        }
+    }
+    let base = login.auth_url.trim_end_matches('/');
+    let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
+    let body = auth_request(login);
+    let resp = http.post(&url).json(&body).timeout(timeout).send().await.map_err(|source| HttpError::Transport {
+        service: "keystone",
+        method: "POST".into(),
+        url: shown_url(&url),
+        source,
+    })?;
+    let status = resp.status();
+    let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = resp.text().await.unwrap_or_default();
+    let (Some(token), true) = (token, status.is_success()) else {
+        return Err(HttpError::Auth {
+            service,
+            detail: format!(
+                "Keystone answered {status} for {} at {}: {}",
+                login_name(login),
+                shown_url(&url),
+                truncate(&text, 300)
+            ),
+        });
+    };
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let expires_at = v["token"]["expires_at"].as_str().and_then(crate::objects::time::parse);
+    let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
+    let t = CachedToken { token, expires_at, catalog };
+    *cached = Some(t.clone());
+    Ok(t)
 }
 
 /// Builds the process's HTTP client: rustls, bounded connect time, pooled.
@@ -226,7 +277,16 @@ impl ServiceClient {
     /// `section` the nova.conf group to point operators to).
     pub fn new(settings: ServiceSettings, name: &'static str, section: &'static str) -> Self {
         let http = service_http_client(settings.timeout, &settings.tls);
-        ServiceClient { http, settings, name, section, token: Default::default() }
+        let service_http = settings.service_user.as_ref().map(|su| service_http_client(su.timeout, &su.tls));
+        ServiceClient {
+            http,
+            settings,
+            name,
+            section,
+            token: Default::default(),
+            service_http,
+            service_user_token: Default::default(),
+        }
     }
 
     /// The service's display name.
@@ -248,39 +308,14 @@ impl ServiceClient {
         let AuthSettings::Keystone(login) = &self.settings.auth else {
             return Err(HttpError::Auth { service: self.name, detail: "not a Keystone section".into() });
         };
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref() {
-            let fresh = t.expires_at.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now());
-            if fresh && !force {
-                return Ok(t.clone());
-            }
-        }
-        let base = login.auth_url.trim_end_matches('/');
-        let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
-        let body = auth_request(login);
-        let resp = self.http.post(&url).json(&body).timeout(self.settings.timeout).send().await.map_err(|source| {
-            HttpError::Transport { service: "keystone", method: "POST".into(), url: shown_url(&url), source }
-        })?;
-        let status = resp.status();
-        let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let text = resp.text().await.unwrap_or_default();
-        let (Some(token), true) = (token, status.is_success()) else {
-            return Err(HttpError::Auth {
-                service: self.name,
-                detail: format!(
-                    "Keystone answered {status} for {} at {}: {}",
-                    login_name(login),
-                    shown_url(&url),
-                    truncate(&text, 300)
-                ),
-            });
-        };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let expires_at = v["token"]["expires_at"].as_str().and_then(crate::objects::time::parse);
-        let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
-        let t = CachedToken { token, expires_at, catalog };
-        *cached = Some(t.clone());
-        Ok(t)
+        login_token(&self.http, login, &self.token, self.settings.timeout, self.name, force).await
+    }
+
+    /// The `[service_user]` token (X-Service-Token), when configured.
+    async fn service_token(&self) -> Result<Option<String>, HttpError> {
+        let Some(su) = &self.settings.service_user else { return Ok(None) };
+        let http = self.service_http.as_ref().unwrap_or(&self.http);
+        Ok(Some(login_token(http, &su.login, &self.service_user_token, su.timeout, "service_user", false).await?.token))
     }
 
     /// The token to send, if any.
@@ -375,6 +410,13 @@ impl ServiceClient {
         let mut req = self.http.request(method.clone(), url);
         if let Some(token) = self.token_inner(ctx, renew).await? {
             req = req.header("X-Auth-Token", token);
+            // With the user's token, the service token too ([service_user]):
+            // the service then accepts the user's even once it has expired.
+            if self.settings.auth == AuthSettings::User
+                && let Some(service) = self.service_token().await?
+            {
+                req = req.header("X-Service-Token", service);
+            }
         }
         if let Some(id) = ctx.and_then(|c| c.global_request_id().or(c.request_id())) {
             req = req.header("X-OpenStack-Request-ID", id);

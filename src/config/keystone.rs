@@ -122,6 +122,14 @@ impl std::fmt::Debug for TlsSettings {
     }
 }
 
+/// The `[service_user]` login whose token is sent as `X-Service-Token`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceUser {
+    pub login: KeystoneAuth,
+    pub tls: TlsSettings,
+    pub timeout: std::time::Duration,
+}
+
 /// The keystoneauth options of one section.
 pub struct Opts {
     pub auth_url: &'static Opt,
@@ -252,6 +260,35 @@ pub fn keystone_auth(l: &Layered, auth_type: &str, auth_url: String, o: &Opts) -
         (Method::Password { user, password }, scope(l, o)?)
     };
     Ok(KeystoneAuth { auth_url, method, scope })
+}
+
+/// `[service_user]`, when `send_service_user_token` is on: its login is
+/// required then (a service token that cannot be had would fail every
+/// long operation later, not at start-up).
+pub fn service_user(
+    l: &Layered,
+    send: &'static Opt,
+    auth_type: &'static Opt,
+    timeout: &'static Opt,
+    o: &Opts,
+) -> Result<Option<ServiceUser>, ConfigError> {
+    if !l.bool(send)? {
+        return Ok(None);
+    }
+    refuse_unsupported(l, send.group)?;
+    let kind = l.string(auth_type).unwrap_or_else(|| "password".into());
+    if !matches!(kind.as_str(), "password" | "v3password" | "v3applicationcredential") {
+        return Err(ConfigError::BadValue {
+            group: auth_type.group,
+            name: auth_type.name,
+            value: kind,
+            expected: "auth type (password, v3password, v3applicationcredential)",
+        });
+    }
+    let login = keystone_auth(l, &kind, l.required(o.auth_url)?, o)?;
+    interfaces(l, o)?;
+    let secs = l.int(timeout)?.unwrap_or(30).max(1) as u64;
+    Ok(Some(ServiceUser { login, tls: tls(l, o)?, timeout: std::time::Duration::from_secs(secs) }))
 }
 
 /// `valid_interfaces`, each one keystoneauth knows.
@@ -445,5 +482,36 @@ mod tests {
         let s = settings("username = a\npassword = p\nproject_name = p\ninsecure = true\n").unwrap();
         assert!(s.placement.tls.insecure && s.placement.tls.ca_pem.is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn service_user_only_when_asked_and_then_complete() {
+        let base = "[DEFAULT]\ntransport_url = rabbit://h/\n[service_user]\n";
+        let load = |t: &str| Settings::from_layered(&Layered::from_text(&format!("{base}{t}")).unwrap());
+        // off: nothing read, nothing required
+        assert_eq!(load("username = nova\n").unwrap().glance.service_user, None);
+        let s = load(
+            "send_service_user_token = true\nauth_url = http://ks/v3\nusername = nova\npassword = pw\n\
+             project_name = service\n",
+        )
+        .unwrap();
+        let su = s.glance.service_user.expect("service user");
+        assert_eq!(auth_request(&su.login)["auth"]["identity"]["password"]["user"]["name"], "nova");
+        assert_eq!(s.placement.service_user, None, "only Glance is reached with the user's token");
+        for (t, needle) in [
+            ("send_service_user_token = true\n", "[service_user] auth_url must be set"),
+            (
+                "send_service_user_token = true\nauth_url = http://ks/v3\nusername = nova\npassword = p\n",
+                "[service_user] project_name must be set",
+            ),
+            ("send_service_user_token = true\nauth_type = token\n", "[service_user] auth_type"),
+            (
+                "send_service_user_token = true\nauth_url = u\nusername = n\npassword = p\nproject_name = s\ntrust_id = t\n",
+                "[service_user] trust_id is not supported",
+            ),
+        ] {
+            let err = load(t).unwrap_err().to_string();
+            assert!(err.contains(needle), "{t}: {err}");
+        }
     }
 }

@@ -266,6 +266,9 @@ pub struct ServiceSettings {
     pub valid_interfaces: Vec<String>,
     pub timeout: Duration,
     pub tls: keystone::TlsSettings,
+    /// `[service_user]` when `send_service_user_token` is on (Glance only:
+    /// the one service reached with the user's token).
+    pub service_user: Option<keystone::ServiceUser>,
 }
 
 /// Which RabbitMQ entities look like what the rest of the deployment declared.
@@ -535,6 +538,71 @@ impl Settings {
         let state_path = PathBuf::from(l.string(&STATE_PATH).unwrap_or_else(|| "/var/lib/nova".into()));
         let instances_path =
             l.string(&INSTANCES_PATH).map(PathBuf::from).unwrap_or_else(|| state_path.join("instances"));
+        let mut glance = service_settings(
+            l,
+            "image",
+            ServiceOpts {
+                auth_type: &GLANCE_AUTH_TYPE,
+                token: &GLANCE_TOKEN,
+                endpoint: &GLANCE_ENDPOINT,
+                region_name: &GLANCE_REGION_NAME,
+                timeout: &GLANCE_TIMEOUT,
+                ks: keystone::Opts {
+                    auth_url: &GLANCE_AUTH_URL,
+                    username: &GLANCE_USERNAME,
+                    user_id: &GLANCE_USER_ID,
+                    password: &GLANCE_PASSWORD,
+                    user_domain_name: &GLANCE_USER_DOMAIN_NAME,
+                    user_domain_id: &GLANCE_USER_DOMAIN_ID,
+                    project_name: &GLANCE_PROJECT_NAME,
+                    project_id: &GLANCE_PROJECT_ID,
+                    project_domain_name: &GLANCE_PROJECT_DOMAIN_NAME,
+                    project_domain_id: &GLANCE_PROJECT_DOMAIN_ID,
+                    default_domain_id: &GLANCE_DEFAULT_DOMAIN_ID,
+                    default_domain_name: &GLANCE_DEFAULT_DOMAIN_NAME,
+                    system_scope: &GLANCE_SYSTEM_SCOPE,
+                    application_credential_id: &GLANCE_APPLICATION_CREDENTIAL_ID,
+                    application_credential_name: &GLANCE_APPLICATION_CREDENTIAL_NAME,
+                    application_credential_secret: &GLANCE_APPLICATION_CREDENTIAL_SECRET,
+                    valid_interfaces: &GLANCE_VALID_INTERFACES,
+                    cafile: &GLANCE_CAFILE,
+                    certfile: &GLANCE_CERTFILE,
+                    keyfile: &GLANCE_KEYFILE,
+                    insecure: &GLANCE_INSECURE,
+                },
+            },
+            glance_endpoint,
+        )?;
+        // [service_user]: a service token rides along with the user's (Glance).
+        glance.service_user = keystone::service_user(
+            l,
+            &SERVICE_USER_SEND_SERVICE_USER_TOKEN,
+            &SERVICE_USER_AUTH_TYPE,
+            &SERVICE_USER_TIMEOUT,
+            &keystone::Opts {
+                auth_url: &SERVICE_USER_AUTH_URL,
+                username: &SERVICE_USER_USERNAME,
+                user_id: &SERVICE_USER_USER_ID,
+                password: &SERVICE_USER_PASSWORD,
+                user_domain_name: &SERVICE_USER_USER_DOMAIN_NAME,
+                user_domain_id: &SERVICE_USER_USER_DOMAIN_ID,
+                project_name: &SERVICE_USER_PROJECT_NAME,
+                project_id: &SERVICE_USER_PROJECT_ID,
+                project_domain_name: &SERVICE_USER_PROJECT_DOMAIN_NAME,
+                project_domain_id: &SERVICE_USER_PROJECT_DOMAIN_ID,
+                default_domain_id: &SERVICE_USER_DEFAULT_DOMAIN_ID,
+                default_domain_name: &SERVICE_USER_DEFAULT_DOMAIN_NAME,
+                system_scope: &SERVICE_USER_SYSTEM_SCOPE,
+                application_credential_id: &SERVICE_USER_APPLICATION_CREDENTIAL_ID,
+                application_credential_name: &SERVICE_USER_APPLICATION_CREDENTIAL_NAME,
+                application_credential_secret: &SERVICE_USER_APPLICATION_CREDENTIAL_SECRET,
+                valid_interfaces: &SERVICE_USER_VALID_INTERFACES,
+                cafile: &SERVICE_USER_CAFILE,
+                certfile: &SERVICE_USER_CERTFILE,
+                keyfile: &SERVICE_USER_KEYFILE,
+                insecure: &SERVICE_USER_INSECURE,
+            },
+        )?;
         Ok(Settings {
             host: l.string(&HOST).unwrap_or_else(system_hostname),
             transport_url,
@@ -622,41 +690,7 @@ impl Settings {
                 },
                 l.string(&PLACEMENT_ENDPOINT_OVERRIDE),
             )?,
-            glance: service_settings(
-                l,
-                "image",
-                ServiceOpts {
-                    auth_type: &GLANCE_AUTH_TYPE,
-                    token: &GLANCE_TOKEN,
-                    endpoint: &GLANCE_ENDPOINT,
-                    region_name: &GLANCE_REGION_NAME,
-                    timeout: &GLANCE_TIMEOUT,
-                    ks: keystone::Opts {
-                        auth_url: &GLANCE_AUTH_URL,
-                        username: &GLANCE_USERNAME,
-                        user_id: &GLANCE_USER_ID,
-                        password: &GLANCE_PASSWORD,
-                        user_domain_name: &GLANCE_USER_DOMAIN_NAME,
-                        user_domain_id: &GLANCE_USER_DOMAIN_ID,
-                        project_name: &GLANCE_PROJECT_NAME,
-                        project_id: &GLANCE_PROJECT_ID,
-                        project_domain_name: &GLANCE_PROJECT_DOMAIN_NAME,
-                        project_domain_id: &GLANCE_PROJECT_DOMAIN_ID,
-                        default_domain_id: &GLANCE_DEFAULT_DOMAIN_ID,
-                        default_domain_name: &GLANCE_DEFAULT_DOMAIN_NAME,
-                        system_scope: &GLANCE_SYSTEM_SCOPE,
-                        application_credential_id: &GLANCE_APPLICATION_CREDENTIAL_ID,
-                        application_credential_name: &GLANCE_APPLICATION_CREDENTIAL_NAME,
-                        application_credential_secret: &GLANCE_APPLICATION_CREDENTIAL_SECRET,
-                        valid_interfaces: &GLANCE_VALID_INTERFACES,
-                        cafile: &GLANCE_CAFILE,
-                        certfile: &GLANCE_CERTFILE,
-                        keyfile: &GLANCE_KEYFILE,
-                        insecure: &GLANCE_INSECURE,
-                    },
-                },
-                glance_endpoint,
-            )?,
+            glance,
             neutron: service_settings(
                 l,
                 "network",
@@ -780,6 +814,7 @@ fn service_settings(
         valid_interfaces: keystone::interfaces(l, &o.ks)?,
         timeout: Duration::from_secs(timeout as u64),
         tls: keystone::tls(l, &o.ks)?,
+        service_user: None,
     })
 }
 

@@ -205,6 +205,32 @@ opts! {
     GLANCE_KEYFILE: "glance" "keyfile" Str = None, None, "PEM private key of certfile.";
     GLANCE_INSECURE: "glance" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
+    // [service_user]
+    SERVICE_USER_SEND_SERVICE_USER_TOKEN: "service_user" "send_service_user_token" Bool = Some("false"), None, "Send a service token (X-Service-Token) with every request made with a user's token (Glance), so that an operation outliving the user's token (a long snapshot upload) still completes.";
+    SERVICE_USER_AUTH_TYPE: "service_user" "auth_type" Str = Some("password"), None, "How the service user logs in: password, v3password or v3applicationcredential.";
+    SERVICE_USER_AUTH_URL: "service_user" "auth_url" Str = None, None, "Keystone URL of the service user.";
+    SERVICE_USER_USERNAME: "service_user" "username" Str = None, None, "Service user name.";
+    SERVICE_USER_USER_ID: "service_user" "user_id" Str = None, None, "Service user id (instead of username and its domain).";
+    SERVICE_USER_PASSWORD: "service_user" "password" Secret = None, None, "Service user password.";
+    SERVICE_USER_USER_DOMAIN_NAME: "service_user" "user_domain_name" Str = Some("Default"), None, "Domain of the service user.";
+    SERVICE_USER_USER_DOMAIN_ID: "service_user" "user_domain_id" Str = None, None, "Domain of the service user, by id.";
+    SERVICE_USER_PROJECT_NAME: "service_user" "project_name" Str = None, None, "Project of the service token.";
+    SERVICE_USER_PROJECT_ID: "service_user" "project_id" Str = None, None, "Project of the service token, by id.";
+    SERVICE_USER_PROJECT_DOMAIN_NAME: "service_user" "project_domain_name" Str = Some("Default"), None, "Domain of the project.";
+    SERVICE_USER_PROJECT_DOMAIN_ID: "service_user" "project_domain_id" Str = None, None, "Domain of the project, by id.";
+    SERVICE_USER_DEFAULT_DOMAIN_ID: "service_user" "default_domain_id" Str = None, None, "Domain of the user and project when neither names its own, by id.";
+    SERVICE_USER_DEFAULT_DOMAIN_NAME: "service_user" "default_domain_name" Str = None, None, "Domain of the user and project when neither names its own, by name.";
+    SERVICE_USER_SYSTEM_SCOPE: "service_user" "system_scope" Str = None, None, "Scope the service token to the system (only 'all').";
+    SERVICE_USER_APPLICATION_CREDENTIAL_ID: "service_user" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    SERVICE_USER_APPLICATION_CREDENTIAL_NAME: "service_user" "application_credential_name" Str = None, None, "Application credential name, with its user.";
+    SERVICE_USER_APPLICATION_CREDENTIAL_SECRET: "service_user" "application_credential_secret" Secret = None, None, "Application credential secret.";
+    SERVICE_USER_VALID_INTERFACES: "service_user" "valid_interfaces" List = Some("internal,public"), None, "Unused by the service token (it names no endpoint); checked like the other sections'.";
+    SERVICE_USER_CAFILE: "service_user" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone (service user).";
+    SERVICE_USER_CERTFILE: "service_user" "certfile" Str = None, None, "PEM client certificate for Keystone (service user).";
+    SERVICE_USER_KEYFILE: "service_user" "keyfile" Str = None, None, "PEM private key of certfile.";
+    SERVICE_USER_INSECURE: "service_user" "insecure" Bool = Some("false"), None, "Do not verify Keystone's TLS certificate (tests only).";
+    SERVICE_USER_TIMEOUT: "service_user" "timeout" Int = Some("30"), None, "Seconds per Keystone request of the service user.";
+
     // [neutron]
     NEUTRON_AUTH_TYPE: "neutron" "auth_type" Str = Some("password"), None,
         "How to authenticate to Neutron: password or v3password (Keystone v3), v3applicationcredential, admin_token or none.";
