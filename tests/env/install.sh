@@ -12,6 +12,8 @@
 #
 # Environment:
 #   NOVA_DOCKER_OPT   where the virtualenvs live (default /opt/nova-docker-test)
+#   ND_POLICY_RC_D    the policy-rc.d this script puts in place while it
+#                     installs (default /usr/sbin/policy-rc.d; tests)
 #   SKIP_NEWEST=1     do not build the nova 34 virtualenvs
 #   SKIP_ZED=1        do not install the Zed service packages
 set -euo pipefail
@@ -21,9 +23,15 @@ log() { printf '[install %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 # Package postinsts must not start services with Debian's stock configs on our
 # ports: the harness starts every service itself with its own configuration.
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod 755 /usr/sbin/policy-rc.d
+# A policy-rc.d forbids that while we install, and only then: one we created
+# is removed when this script exits, however it exits (left behind, it
+# would stop every service the machine installs later from starting). One
+# that was there before (e.g. a Docker base image's) stays.
+POLICY_RC_D=${ND_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+if [ ! -e "$POLICY_RC_D" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$POLICY_RC_D"
+  chmod 755 "$POLICY_RC_D"
+  trap 'rm -f "$POLICY_RC_D"' EXIT
 fi
 
 # openvswitch-switch: newest's L2 agent (neutron-openvswitch-agent) runs on our

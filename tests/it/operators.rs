@@ -42,6 +42,34 @@ fn run(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+// ------------------------------------------------------------ install.sh
+
+/// `tests/env/install.sh` (which `tests/run` and the all-in-one run first)
+/// forbids services to start only while it installs: a policy-rc.d it put
+/// in place is gone when it exits, one that was there before stays.
+#[test]
+fn install_leaves_no_policy_rc_d_behind() {
+    let dir = std::env::temp_dir().join(crate::common::unique("nd-policy-rc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy-rc.d");
+    let install = || {
+        let (ok, stdout, stderr) = run(
+            Command::new(repo().join("tests/env/install.sh")).env("ND_POLICY_RC_D", &policy),
+            Duration::from_secs(600),
+        );
+        assert!(ok, "install.sh failed:\n{stdout}{stderr}");
+    };
+    install();
+    assert!(!policy.exists(), "install.sh left {} behind", policy.display());
+    std::fs::write(&policy, "#!/bin/sh\n# the machine's own\nexit 101\n").unwrap();
+    install();
+    assert!(
+        std::fs::read_to_string(&policy).unwrap().contains("the machine's own"),
+        "a policy-rc.d it did not create stays"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------- shellcheck
 
 /// Shell scripts of the repository: `*.sh`, files with a sh/bash shebang,
