@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nova_docker::config::Settings;
+use nova_docker::config::{AuthSettings, Settings};
 use nova_docker::net::{PlugOptions, Vif, plug, unplug};
 use serde_json::{Value, json};
 
@@ -158,6 +158,11 @@ fn devstack_plugin_functions() {
     assert_eq!(s.docker.socket_path, PathBuf::from("/var/run/docker.sock"));
     assert_eq!(s.neutron_ovs_bridge, "br-int");
     assert_eq!(s.state_path, state.join("state"));
+    // Keystone logins, no static token (the all-in-one's cloud has Keystone)
+    for (what, auth) in [("placement", &s.placement.auth), ("neutron", &s.neutron.auth)] {
+        assert!(matches!(auth, AuthSettings::Keystone(_)), "[{what}] of the all-in-one: {auth:?}");
+    }
+    assert_eq!(s.glance.auth, AuthSettings::User, "Glance with the user's token, as Nova");
 
     let (ok, stdout, stderr) = run(
         Command::new(repo().join("tests/operators/devstack-plugin.sh")).arg(&conf).arg(&work),
