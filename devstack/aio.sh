@@ -308,6 +308,11 @@ Use the cloud with the openstack CLI, as the admin (Keystone user admin):
   openstack server list
   openstack console log show $AIO_SERVER
   openstack server create --flavor m1.tiny --image $AIO_IMAGE --availability-zone nova:$HOST ${NIC_ARGS[*]} NAME
+As a tenant (user $ND_MEMBER_A, member of project $ND_TENANT_A):
+  export OS_CLOUD=$OS_CLOUD-tenant-a OS_CLIENT_CONFIG_FILE=$OS_CLIENT_CONFIG_FILE
+  openstack token issue
+  openstack server create --flavor m1.tiny --image $AIO_IMAGE --availability-zone nova:$HOST ${NIC_ARGS[*]} NAME
+  openstack server list
 Inside the container:  docker exec -it nova-$SERVER_ID sh
 Stop it all:           sudo $0 down
 EOF

@@ -427,6 +427,47 @@ impl Drop for Aio {
     }
 }
 
+/// Runs the openstack CLI commands `aio.sh up` printed, as printed (the
+/// admin's, then the tenant's: one shell, in order; `NAME` replaced by a
+/// fresh name). Each server created boots on the all-in-one's host, in the
+/// project of the user who created it; both are deleted afterwards.
+async fn printed_commands_work(cloud: &Cloud, stdout: &str, host: &str) {
+    let block: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Use the cloud with the openstack CLI"))
+        .take_while(|l| !l.starts_with("Inside the container"))
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert!(block.iter().filter(|l| l.contains("token issue")).count() == 2, "{stdout}");
+    let names = [crate::common::unique("nd-aio-admin"), crate::common::unique("nd-aio-tenant")];
+    let mut created = 0;
+    let mut script = String::from("set -euo pipefail\nshopt -s expand_aliases\n");
+    for l in &block {
+        let mut line = l.trim().to_string();
+        if line.ends_with(" NAME") {
+            line = format!("{} {}", line.trim_end_matches(" NAME"), names[created]);
+            created += 1;
+        }
+        script.push_str(&format!("echo '+ {}'\n{line}\n", line.replace('\'', "")));
+    }
+    assert_eq!(created, 2, "two server create commands: {block:?}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new("bash").arg("-c").arg(&script).env_remove("OS_CLOUD"), Duration::from_secs(300))
+    });
+    assert!(ok, "the printed commands failed:\n{out}\n{err}");
+    for (name, project) in names.iter().zip(["admin", "nd-tenant-a"]) {
+        let (_, v) = cloud
+            .nova(reqwest::Method::GET, &format!("/servers/detail?all_tenants=1&name=^{name}$"), None, "2.88")
+            .await;
+        let s = &v["servers"][0];
+        let id = s["id"].as_str().unwrap_or_else(|| panic!("no server {name}: {v}\n{out}")).to_string();
+        assert_eq!(s["tenant_id"].as_str(), Some(cloud.project_id(project).as_str()), "{s}");
+        let s = cloud.wait_status(&id, "ACTIVE", Duration::from_secs(180)).await;
+        assert_eq!(s["OS-EXT-SRV-ATTR:host"], host, "{s}");
+        cloud.delete_server(&id, Duration::from_secs(180)).await;
+    }
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -445,6 +486,7 @@ async fn aio_up_boots_a_server_is_idempotent_and_goes_down() {
     assert!(stdout.contains("nova-docker all-in-one is up"), "{stdout}");
     assert!(stdout.contains("nova-docker test instance"), "no console output in:\n{stdout}");
     assert!(stdout.contains("openstack console log show"), "{stdout}");
+    printed_commands_work(&cloud, &stdout, &host).await;
 
     let find = |name: String| {
         let cloud = &cloud;
