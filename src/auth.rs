@@ -106,8 +106,20 @@ impl HttpError {
 #[derive(Clone)]
 struct CachedToken {
     token: String,
-    expires_at: Option<DateTime<Utc>>,
+    /// When to log in again: a minute before the token expires, or after
+    /// three quarters of its lifetime when that is shorter than 4 minutes.
+    renew_at: Option<DateTime<Utc>>,
     catalog: Vec<Value>,
+}
+
+/// When a token issued at `issued` and expiring at `expires` is renewed.
+fn renew_at(issued: Option<DateTime<Utc>>, expires: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    let expires = expires?;
+    let margin = match issued {
+        Some(i) if expires > i => ((expires - i) / 4).min(chrono::Duration::seconds(60)),
+        _ => chrono::Duration::seconds(60),
+    };
+    Some(expires - margin)
 }
 
 /// A client for one OpenStack service.
@@ -135,7 +147,7 @@ async fn login_token(
 ) -> Result<CachedToken, HttpError> {
     let mut cached = cache.lock().await;
     if let Some(t) = cached.as_ref() {
-        let fresh = t.expires_at.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now());
+        let fresh = t.renew_at.is_none_or(|r| r > Utc::now());
         if fresh && !force {
             return Ok(t.clone());
         }
@@ -164,9 +176,11 @@ async fn login_token(
         });
     };
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let expires_at = v["token"]["expires_at"].as_str().and_then(crate::objects::time::parse);
+    let time = |k: &str| v["token"][k].as_str().and_then(crate::objects::time::parse);
+    let (issued_at, expires_at) = (time("issued_at"), time("expires_at"));
+    tracing::debug!(service, login = %login_name(login), expires_at = ?expires_at, "logged in to Keystone");
     let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
-    let t = CachedToken { token, expires_at, catalog };
+    let t = CachedToken { token, renew_at: renew_at(issued_at, expires_at), catalog };
     *cached = Some(t.clone());
     Ok(t)
 }
@@ -378,7 +392,10 @@ impl ServiceClient {
             }
         };
         let resp = match resp.status().as_u16() {
-            401 if renewable => self.send_with(ctx, &method, &url, true, &build).await?,
+            401 if renewable => {
+                tracing::info!(service = self.name, url = %shown_url(&url), "token refused (401): logging in again, retrying once");
+                self.send_with(ctx, &method, &url, true, &build).await?
+            }
             _ => resp,
         };
         self.success(&method, url, resp).await
@@ -524,6 +541,16 @@ pub fn find_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_before_they_expire() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0);
+        // an hour's token: a minute before; a 20 s one: 5 s before
+        assert_eq!(renew_at(t(0), t(3600)), t(3540));
+        assert_eq!(renew_at(t(0), t(20)), t(15));
+        assert_eq!(renew_at(None, t(3600)), t(3540));
+        assert_eq!(renew_at(t(0), None), None);
+    }
 
     #[test]
     fn endpoint_credentials_never_reach_an_error() {

@@ -109,6 +109,9 @@
 #            ND_ADMIN_USER/_PASSWORD/_PROJECT, ND_SERVICE_PASSWORD,
 #            ND_MEMBER_PASSWORD, ND_TENANT_A/_B and ND_MEMBER_A/_B (names),
 #            ND_PROJECT_IDS (JSON: admin, nd-tenant-a, nd-tenant-b), ND_REGION,
+#            ND_KEYSTONE_CONF, ND_KEYSTONE_GUNICORN (newest: to serve another
+#            Keystone on the same DB and keys, e.g. with a short token
+#            lifetime), ND_PYLIB (tests/env/pylib),
 #            ND_TOKEN (noauth only: get a token with
 #            `python3 tests/env/pylib/nd_keystone.py token`),
 #            ND_OPENSTACK (CLI to use), ND_NOVA_MANAGE (command line),
@@ -813,6 +816,9 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_TENANT_B=nd-tenant-b" "ND_MEMBER_B=nd-member-b" \
       "ND_PROJECT_IDS=$PROJECT_IDS" \
       "ND_REGION=$REGION" \
+      "ND_KEYSTONE_CONF=$( if ks; then echo "$KEYSTONE_CONF"; fi )" \
+      "ND_KEYSTONE_GUNICORN=$( if ks && [ "$RELEASE" = newest ]; then echo "$VK/bin/gunicorn"; fi )" \
+      "ND_PYLIB=$PYLIB" \
       "ND_OPENSTACK=$OSC" \
       "ND_NOVA_MANAGE=${NOVA_MANAGE_CMD[*]}" \
       "ND_PYTHON=$PY" \

@@ -340,3 +340,300 @@ async fn a_tenants_private_image_is_fetched_with_the_tenants_token() {
         glance(&cloud, &admin, reqwest::Method::DELETE, &format!("/v2/images/{img}"), None).await;
     }
 }
+
+/// Another Keystone of the newest control plane, on the same database and
+/// fernet keys, whose tokens live `lifetime` seconds: what it issues every
+/// service validates. Stopped on drop (or by `stop`, for an outage).
+struct ShortKeystone {
+    dir: PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+    conf: PathBuf,
+    gunicorn: String,
+    pylib: String,
+}
+
+impl ShortKeystone {
+    fn start(cloud: &Cloud, lifetime: u32) -> ShortKeystone {
+        let dir = std::env::temp_dir().join(common::unique("nd-short-keystone"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = std::fs::read_to_string(cloud.var("ND_KEYSTONE_CONF")).unwrap();
+        let conf = dir.join("keystone.conf");
+        let text = base
+            .replace(
+                &format!("expiration = {}", base.split("expiration = ").nth(1).and_then(|r| r.lines().next()).unwrap()),
+                &format!("expiration = {lifetime}"),
+            )
+            .replace("log_file = ", &format!("log_file = {}/keystone.log\n# was ", dir.display()));
+        std::fs::write(&conf, text).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut k = ShortKeystone {
+            dir,
+            port,
+            child: None,
+            conf,
+            gunicorn: cloud.var("ND_KEYSTONE_GUNICORN").to_string(),
+            pylib: cloud.var("ND_PYLIB").to_string(),
+        };
+        k.resume();
+        k
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v3", self.port)
+    }
+
+    /// Starts it (again) and waits until it answers.
+    fn resume(&mut self) {
+        let child = std::process::Command::new(&self.gunicorn)
+            .args(["--no-control-socket", "--workers", "1", "--threads", "4", "--bind"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("nd_keystone_wsgi:application")
+            .env("OS_KEYSTONE_CONFIG_FILES", &self.conf)
+            .env("PYTHONPATH", &self.pylib)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("gunicorn.log")).unwrap())
+            .spawn()
+            .expect("gunicorn runs");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", "--max-time", "5", &self.url()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the short-lived Keystone did not answer");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A Keystone outage: the process is gone.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ShortKeystone {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A project-scoped token of `user` from the Keystone at `url`.
+async fn token_from(url: &str, user: &str, password: &str, project: &str) -> String {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "password": password, "domain": {"id": "default"}}}},
+        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
+    let resp = reqwest::Client::new().post(format!("{url}/auth/tokens")).json(&body).send().await.unwrap();
+    assert!(resp.status().is_success(), "token from {url}: {}", resp.status());
+    resp.headers()["X-Subject-Token"].to_str().unwrap().to_string()
+}
+
+/// Whether Keystone still takes `token` as valid.
+async fn valid(cloud: &Cloud, token: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("{}/auth/tokens", cloud.var("ND_KEYSTONE")))
+        .header("X-Auth-Token", cloud.var("ND_TOKEN"))
+        .header("X-Subject-Token", token)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// `[service_user] send_service_user_token`: a snapshot whose upload starts
+/// after the user's token expired (the host was down when the user asked
+/// for it) still completes, because a service token rides along; the same
+/// without the service token is refused by Glance.
+#[tokio::test]
+async fn a_service_token_carries_a_snapshot_past_the_users_token() {
+    let cloud = Cloud::get(Release::Newest);
+    let short = ShortKeystone::start(&cloud, 20);
+    let image = {
+        let setup = ComputeHost::configure(&cloud, &host_name("kssetup"), "");
+        cloud.public_busybox_image(&setup.conf).await
+    };
+    let service_user = format!(
+        "[service_user]\nsend_service_user_token = true\nauth_url = {}\nusername = nova\npassword = {}\n\
+         project_name = service\n",
+        cloud.var("ND_KEYSTONE"),
+        cloud.var("ND_SERVICE_PASSWORD")
+    );
+    let (member, project, password) = (
+        cloud.var("ND_MEMBER_A").to_string(),
+        cloud.var("ND_TENANT_A").to_string(),
+        cloud.var("ND_MEMBER_PASSWORD").to_string(),
+    );
+    for with_service_token in [true, false] {
+        let name = host_name(if with_service_token { "kssvc" } else { "ksnosvc" });
+        let extra = if with_service_token { service_user.as_str() } else { "" };
+        let mut host = ComputeHost::start(&cloud, &name, extra).await;
+        let token = token_from(&short.url(), &member, &password, &project).await;
+        let id = cloud.create_server_as(&token, "ks-snap", &image, &name, "42").await;
+        cloud.wait_status(&id, "ACTIVE", T).await;
+        host.stop().await;
+        // a fresh short token: valid when the API takes the snapshot...
+        let token = token_from(&short.url(), &member, &password, &project).await;
+        let snap = common::unique("nd-ks-snap");
+        let (status, v) = cloud
+            .nova_as(
+                &token,
+                reqwest::Method::POST,
+                &format!("/servers/{id}/action"),
+                Some(json!({"createImage": {"name": snap}})),
+                "2.88",
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        let snap_id = v["image_id"].as_str().expect("image_id").to_string();
+        // ...expired when the host, back, uploads it
+        wait_for("the user's token to expire", Duration::from_secs(60), async || !valid(&cloud, &token).await).await;
+        host.spawn();
+        let admin = cloud.var("ND_TOKEN").to_string();
+        let mut last = Value::Null;
+        wait_for("the snapshot to settle", T, async || {
+            let (status, img) =
+                glance(&cloud, &admin, reqwest::Method::GET, &format!("/v2/images/{snap_id}"), None).await;
+            last = img.clone();
+            status == 404 || img["status"] == "active" || img["status"] == "killed"
+        })
+        .await;
+        if with_service_token {
+            assert_eq!(last["status"], "active", "the upload with an expired user token and a service token: {last}");
+        } else {
+            assert_ne!(last["status"], "active", "Glance took an expired token without a service token: {last}");
+            assert!(host.log_text().contains("401"), "the refusal is in the host's log");
+        }
+        cloud.wait_status(&id, "ACTIVE", T).await;
+        cloud.delete_server(&id, T).await;
+        host.stop().await;
+        glance(&cloud, &admin, reqwest::Method::DELETE, &format!("/v2/images/{snap_id}"), None).await;
+    }
+}
+
+/// The host's own tokens (Placement, Neutron) from a Keystone whose tokens
+/// live 20 s: renewed before they expire (no 401 in minutes of resource
+/// updates), and renewed once after Keystone revoked them (401). Then a
+/// Keystone outage: a boot that needs a new token (the service token for
+/// Glance) fails with a fault naming Keystone; once Keystone is back the
+/// host boots again.
+#[tokio::test]
+async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
+    let cloud = Cloud::get(Release::Newest);
+    let mut short = ShortKeystone::start(&cloud, 20);
+    let admin = cloud.var("ND_TOKEN").to_string();
+    // a user of the host's own: revoking its tokens touches no other service
+    let user = common::unique("nd-ks-host");
+    let password = "nd-ks-host-secret";
+    let (status, v) = keystone(
+        &cloud,
+        &admin,
+        reqwest::Method::POST,
+        "/users",
+        Some(json!({"user": {"name": user, "password": password, "domain_id": "default"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let user_id = v["user"]["id"].as_str().unwrap().to_string();
+    let (_, v) = keystone(&cloud, &admin, reqwest::Method::GET, "/projects?name=service", None).await;
+    let service = v["projects"][0]["id"].as_str().unwrap().to_string();
+    for role in ["admin", "service"] {
+        let (_, r) = keystone(&cloud, &admin, reqwest::Method::GET, &format!("/roles?name={role}"), None).await;
+        let role_id = r["roles"][0]["id"].as_str().unwrap().to_string();
+        let (status, v) = keystone(
+            &cloud,
+            &admin,
+            reqwest::Method::PUT,
+            &format!("/projects/{service}/users/{user_id}/roles/{role_id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 204, "{v}");
+    }
+    let login = |section: &str| {
+        format!(
+            "[{section}]\nauth_url = {}\nusername = {user}\npassword = {password}\nproject_name = service\n",
+            short.url()
+        )
+    };
+    let extra = format!(
+        "[DEFAULT]\nupdate_resources_interval = 2\n{}{}{}send_service_user_token = true\n",
+        login("placement"),
+        login("neutron"),
+        login("service_user")
+    );
+    let name = host_name("ksrenew");
+    let mut host = ComputeHost::configure(&cloud, &name, &extra);
+    host.spawn();
+    host.wait_up(&cloud, Duration::from_secs(60)).await;
+    cloud.map_host(&name).await;
+    // three lifetimes of resource updates: several logins, never a 401
+    wait_for("four Keystone logins", Duration::from_secs(180), async || {
+        host.log_text().matches("logged in to Keystone").count() >= 4
+    })
+    .await;
+    assert!(!host.log_text().contains("token refused (401)"), "a token was used past its renewal time");
+
+    // Keystone revokes the host's tokens (the user is disabled, then enabled)
+    for enabled in [false, true] {
+        let (status, v) = keystone(
+            &cloud,
+            &admin,
+            reqwest::Method::PATCH,
+            &format!("/users/{user_id}"),
+            Some(json!({"user": {"enabled": enabled}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    wait_for("a 401 answered by a new login", Duration::from_secs(60), async || {
+        host.log_text().contains("token refused (401): logging in again")
+    })
+    .await;
+    let image = cloud.public_busybox_image(&host.conf).await;
+    let id = cloud.create_server(&common::unique("ks-after-401"), &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    cloud.delete_server(&id, T).await;
+
+    // the outage: once every token issued before it is due (a lifetime
+    // later) and the host has met the dead Keystone, a boot fails clearly
+    short.stop();
+    let started = std::time::Instant::now();
+    let dead = format!("127.0.0.1:{}", short.port);
+    wait_for(
+        "the host to meet the dead Keystone, a token lifetime into the outage",
+        Duration::from_secs(120),
+        async || {
+            let log = host.log_text();
+            started.elapsed() > Duration::from_secs(20)
+                && log.lines().any(|l| l.contains(&dead) && l.contains("Connection refused"))
+        },
+    )
+    .await;
+    let id = cloud.create_server(&common::unique("ks-outage"), &image, &name, "42").await;
+    let s = cloud.wait_status(&id, "ERROR", Duration::from_secs(180)).await;
+    let details = s["fault"]["details"].as_str().unwrap_or_default().to_string()
+        + s["fault"]["message"].as_str().unwrap_or_default();
+    assert!(details.to_lowercase().contains("keystone"), "the fault names Keystone: {}", s["fault"]);
+    println!("boot failed {:?} into the outage: {}", started.elapsed(), s["fault"]);
+    cloud.delete_server(&id, T).await;
+    short.resume();
+    let id = cloud.create_server(&common::unique("ks-back"), &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+    keystone(&cloud, &admin, reqwest::Method::DELETE, &format!("/users/{user_id}"), None).await;
+}
