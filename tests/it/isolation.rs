@@ -76,8 +76,8 @@ async fn instances_are_isolated_and_secrets_stay_out() {
 /// A host logging everything at debug level (every crate: lapin, hyper,
 /// reqwest included) boots, reboots and deletes a server created with an
 /// admin password: its log has neither the password, nor the user's token
-/// (the request context's), nor its own Neutron token, nor the broker's
-/// password.
+/// (the request context's), nor its own Neutron token or Keystone password,
+/// nor the broker's password.
 #[tokio::test]
 async fn debug_logs_hold_no_password_or_token() {
     let cloud = Cloud::get(Release::Newest);
@@ -113,6 +113,11 @@ async fn debug_logs_hold_no_password_or_token() {
         ("the admin password", secret.as_str()),
         ("the user's token", user_token),
         ("the Neutron token", neutron_token.as_str()),
+        // with Keystone, the host logs in with the service users' password
+        (
+            "the Keystone password",
+            cloud.env.get("ND_SERVICE_PASSWORD").map(String::as_str).unwrap_or(neutron_token.as_str()),
+        ),
         ("the broker's password", "guest:guest@"),
     ] {
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(s)).take(3).collect();
