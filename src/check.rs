@@ -262,6 +262,16 @@ async fn check_http(name: &'static str, s: &ServiceSettings, path: &str, r: &mut
 /// of the error chain, and which settings to look at.
 fn explain(e: &HttpError, section: &str) -> String {
     match e {
+        HttpError::Transport { url, source, service: "keystone", .. } => {
+            let mut cause: &dyn std::error::Error = source;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!(
+                "cannot reach Keystone at {url}: {cause}. Is [{section}] auth_url right (and, for TLS, cafile or \
+                 certfile/keyfile)?"
+            )
+        }
         HttpError::Transport { url, source, .. } => {
             let mut cause: &dyn std::error::Error = source;
             while let Some(next) = cause.source() {
