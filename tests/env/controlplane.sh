@@ -909,6 +909,10 @@ start_service() {
   case $RELEASE:$name in
     zed:keystone)
       # Debian's WSGI script under uwsgi (as Debian's own keystone service).
+      # 'Connection: close': uwsgi's plain http-socket closes the connection
+      # after each response without saying so, and a client reusing it
+      # fails ("Remote end closed connection without response": the
+      # services' token validation then answers 503).
       # Without pylib's SQLite tuning: under it, Zed's keystone left a
       # BEGIN IMMEDIATE open and every later request waited for the lock
       # ("database is locked" after 30 s); keystone barely writes anyway
@@ -917,7 +921,7 @@ start_service() {
         /usr/bin/uwsgi --plugins python3 --http-socket "127.0.0.1:$port" \
         --wsgi-file /usr/bin/keystone-wsgi-public --master --processes 1 --threads 8 \
         --enable-threads --lazy-apps --die-on-term --buffer-size 65535 \
-        --logto "$STATE/log/keystone.uwsgi.log" ;;
+        --add-header 'Connection: close' --logto "$STATE/log/keystone.uwsgi.log" ;;
     newest:keystone)
       OS_KEYSTONE_CONFIG_FILES=$KEYSTONE_CONF daemon_start "$STATE" "$name" \
         "$VK/bin/gunicorn" "${gunicorn[@]}" --threads 8 nd_keystone_wsgi:application ;;
@@ -1223,6 +1227,12 @@ do_up() {
   init_dbs
   if [ "$RELEASE" = zed ]; then ensure_lb_uplink; else start_ovs; fi
   local s
+  # Keystone first, with its users: nova-conductor and -scheduler log in
+  # to Keystone as they start (their Placement client), and exit on a 401
+  if ks; then
+    start_service keystone
+    keystone_seed
+  fi
   for s in "${SERVICES[@]}"; do start_service "$s"; done
   echo "$AUTH" > "$STATE/auth-mode"
   if [ "$RELEASE" = newest ]; then
@@ -1235,7 +1245,6 @@ do_up() {
   wait "$qpid" || true
   if [ "$(cat "$qfile" 2>/dev/null)" = yes ]; then start_l2_agent; fi
   rm -f "$qfile"
-  keystone_seed
   wait_services
   local net_id
   net_id=$(ND_PROJECT_IDS=$PROJECT_IDS /usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
