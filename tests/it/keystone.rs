@@ -455,9 +455,10 @@ async fn valid(cloud: &Cloud, token: &str) -> bool {
 }
 
 /// `[service_user] send_service_user_token`: a snapshot whose upload starts
-/// after the user's token expired (the host was down when the user asked
-/// for it) still completes, because a service token rides along; the same
-/// without the service token is refused by Glance.
+/// after the user's token expired (the host was paused, SIGSTOP, from the
+/// user's request until the token's expiry) still completes, because a
+/// service token rides along; the same without the service token is
+/// refused by Glance.
 #[tokio::test]
 async fn a_service_token_carries_a_snapshot_past_the_users_token() {
     let cloud = Cloud::get(Release::Newest);
@@ -484,7 +485,8 @@ async fn a_service_token_carries_a_snapshot_past_the_users_token() {
         let token = token_from(&short.url(), &member, &password, &project).await;
         let id = cloud.create_server_as(&token, "ks-snap", &image, &name, "42").await;
         cloud.wait_status(&id, "ACTIVE", T).await;
-        host.stop().await;
+        let pid = nix::unistd::Pid::from_raw(host.pid().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
         // a fresh short token: valid when the API takes the snapshot...
         let token = token_from(&short.url(), &member, &password, &project).await;
         let snap = common::unique("nd-ks-snap");
@@ -501,7 +503,7 @@ async fn a_service_token_carries_a_snapshot_past_the_users_token() {
         let snap_id = v["image_id"].as_str().expect("image_id").to_string();
         // ...expired when the host, back, uploads it
         wait_for("the user's token to expire", Duration::from_secs(60), async || !valid(&cloud, &token).await).await;
-        host.spawn();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
         let admin = cloud.var("ND_TOKEN").to_string();
         let mut last = Value::Null;
         wait_for("the snapshot to settle", T, async || {
@@ -609,7 +611,17 @@ async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
     cloud.delete_server(&id, T).await;
 
     // the outage: once every token issued before it is due (a lifetime
-    // later) and the host has met the dead Keystone, a boot fails clearly
+    // later) and the host has met the dead Keystone, a boot that needs
+    // Glance (an image this host has not loaded: the service token is
+    // needed) fails clearly. (A boot from a loaded image needs no token.)
+    let fresh = cloud
+        .docker_image_in_glance(
+            &host.conf,
+            "nd-busybox:latest",
+            &common::unique("nd-ks-outage"),
+            &["--visibility", "public"],
+        )
+        .await;
     short.stop();
     let started = std::time::Instant::now();
     let dead = format!("127.0.0.1:{}", short.port);
@@ -623,7 +635,7 @@ async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
         },
     )
     .await;
-    let id = cloud.create_server(&common::unique("ks-outage"), &image, &name, "42").await;
+    let id = cloud.create_server(&common::unique("ks-outage"), &fresh, &name, "42").await;
     let s = cloud.wait_status(&id, "ERROR", Duration::from_secs(180)).await;
     let details = s["fault"]["details"].as_str().unwrap_or_default().to_string()
         + s["fault"]["message"].as_str().unwrap_or_default();
@@ -631,9 +643,10 @@ async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
     println!("boot failed {:?} into the outage: {}", started.elapsed(), s["fault"]);
     cloud.delete_server(&id, T).await;
     short.resume();
-    let id = cloud.create_server(&common::unique("ks-back"), &image, &name, "42").await;
+    let id = cloud.create_server(&common::unique("ks-back"), &fresh, &name, "42").await;
     cloud.wait_status(&id, "ACTIVE", T).await;
     cloud.delete_server(&id, T).await;
     host.stop().await;
+    glance(&cloud, &admin, reqwest::Method::DELETE, &format!("/v2/images/{fresh}"), None).await;
     keystone(&cloud, &admin, reqwest::Method::DELETE, &format!("/users/{user_id}"), None).await;
 }
