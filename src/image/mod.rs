@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod cache;
 pub mod cli;
+pub mod cli_auth;
 pub mod glance;
 pub mod integrity;
 pub mod store;
