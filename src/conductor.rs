@@ -19,10 +19,22 @@ use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 /// A conductor call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConductorError {
+    /// The RPC call itself failed (timeout, remote exception, transport).
     #[error("conductor call {method} failed: {source}")]
-    Call { method: String, source: CallError },
+    Call {
+        /// The conductor method called.
+        method: String,
+        /// Why the call failed.
+        source: CallError,
+    },
+    /// The conductor answered, but not with what the call must return.
     #[error("conductor returned an unusable {what}: {detail}")]
-    BadResult { what: &'static str, detail: String },
+    BadResult {
+        /// What was expected (e.g. `Instance`).
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 impl ConductorError {

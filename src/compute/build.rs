@@ -28,6 +28,9 @@ pub struct BuildRequest {
     /// `security_groups`: the names (or ids) of the groups the server asked
     /// for, applied to the ports this host creates.
     pub security_groups: Option<Value>,
+    /// The password Nova generated or the user gave for the server. Kept only
+    /// so `Debug` can show whether one came; a container has no console login
+    /// to set it on.
     pub admin_password: Option<String>,
 }
 

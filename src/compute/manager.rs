@@ -31,14 +31,23 @@ pub const MAX_CONSOLE_BYTES: usize = 100 * 1024;
 
 /// The compute manager.
 pub struct ComputeManager<D: Driver> {
+    /// The host's configuration.
     pub settings: Arc<Settings>,
+    /// Nova's object API: instances, faults, actions, records.
     pub conductor: Conductor,
+    /// Placement, for allocations this host changes; None when not configured.
     pub placement: Option<Placement>,
+    /// The virt driver that runs the containers.
     pub driver: Arc<D>,
+    /// Glance to Docker image transfer, with its cache.
     pub images: ImageService<D>,
+    /// One operation at a time per instance, as Nova's per-instance lock.
     pub locks: InstanceLocks,
+    /// Caps concurrent builds (`max_concurrent_builds`); None for unlimited.
     pub build_slots: Option<Semaphore>,
+    /// Caps concurrent snapshots (`max_concurrent_snapshots`); None for unlimited.
     pub snapshot_slots: Option<Semaphore>,
+    /// Registers the host and refreshes its records and provider.
     pub registrar: HostRegistrar<D>,
     /// Set once the host is registered; handlers wait for it.
     pub records: tokio::sync::OnceCell<Arc<HostRecords>>,

@@ -22,7 +22,9 @@ use crate::virt::Driver;
 /// A backup's rotation request.
 #[derive(Debug, Clone)]
 pub struct Rotation {
+    /// The rotation group (e.g. `daily`): only backups of this type count.
     pub backup_type: String,
+    /// How many backups of that type to keep; older ones are deleted.
     pub keep: usize,
 }
 

@@ -38,19 +38,54 @@ pub enum ImageError {
         "image {id} has container_format {format:?}: nova-docker boots only container_format=docker images \
          (the output of `docker save`)"
     )]
-    NotDocker { id: String, format: Option<String> },
+    /// Only `docker save` archives can become containers; any other format
+    /// is refused rather than guessed at.
+    NotDocker {
+        /// The Glance image id.
+        id: String,
+        /// Its `container_format`.
+        format: Option<String>,
+    },
+    /// The image is not `active` in Glance (queued, killed, deleted...): it
+    /// has no data to boot.
     #[error("image {id} is {status}, not active")]
-    NotActive { id: String, status: String },
+    NotActive {
+        /// The Glance image id.
+        id: String,
+        /// Its Glance status.
+        status: String,
+    },
+    /// Glance refused or failed the download.
     #[error("Glance: {0}")]
     Glance(#[from] glance::GlanceError),
+    /// The image has no hash this host can verify its data against.
     #[error(transparent)]
     NoHash(#[from] integrity::NoUsableHash),
+    /// The image data is not an archive this host will hand to Docker.
     #[error("image {id} was refused: {source}")]
-    Archive { id: String, source: ArchiveError },
+    Archive {
+        /// The Glance image id.
+        id: String,
+        /// Why the archive was refused.
+        source: ArchiveError,
+    },
+    /// Docker could not load the archive.
     #[error("docker load of image {id} failed: {source}")]
-    Load { id: String, source: VirtError },
+    Load {
+        /// The Glance image id.
+        id: String,
+        /// The engine's error.
+        source: VirtError,
+    },
+    /// Docker loaded something else than the image this host sent.
     #[error("docker load of image {id} did not load the image this host sent ({detail})")]
-    Unexpected { id: String, detail: String },
+    Unexpected {
+        /// The Glance image id.
+        id: String,
+        /// What Docker loaded instead.
+        detail: String,
+    },
+    /// Another Docker call (inspect, tag, remove) failed.
     #[error("Docker: {0}")]
     Docker(#[from] VirtError),
 }
@@ -194,9 +229,13 @@ impl<D: Driver> ImageService<D> {
 /// Why [`load_canonical`] failed, before the image it was for is known.
 #[derive(Debug)]
 pub enum LoadError {
+    /// The archive was refused.
     Archive(ArchiveError),
+    /// Docker could not load it.
     Load(VirtError),
+    /// Docker loaded something else than the image sent.
     Unexpected(String),
+    /// Another Docker call failed.
     Docker(VirtError),
 }
 

@@ -11,12 +11,14 @@ use super::{NovaObject, ObjectError};
 /// compute host reads and writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
+    /// The object as received; written back with its changes tracked.
     pub obj: NovaObject,
 }
 
 /// The flavor embedded in an instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flavor {
+    /// The flavor object as embedded in the instance.
     pub obj: NovaObject,
 }
 

@@ -34,24 +34,35 @@ pub use crate::objects::states::PowerState;
 /// What the engine reports about one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceInfo {
+    /// The Nova instance the container runs.
     pub uuid: String,
+    /// Docker's id of the container.
     pub container_id: String,
+    /// The container's state in Nova's terms, for `power_state`.
     pub state: PowerState,
     /// Whether the last exit was an OOM kill.
     pub oom_killed: bool,
+    /// The exit code of the last run, as Docker reports it (0 when it never
+    /// stopped).
     pub exit_code: Option<i64>,
+    /// When the container last started (RFC 3339, as Docker reports it).
     pub started_at: Option<String>,
 }
 
 /// The host's resources as reported to Nova and Placement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostResources {
+    /// CPUs the engine sees, before overcommit.
     pub vcpus: u64,
+    /// Memory the engine sees, in MiB.
     pub memory_mb: u64,
+    /// Size of the filesystem holding Docker's data, in GiB.
     pub disk_gb: u64,
+    /// Free space on that filesystem, in GiB.
     pub disk_free_gb: u64,
     /// The engine version as an integer (Nova's `convert_version_to_int`).
     pub hypervisor_version: i64,
+    /// The host's CPU architecture in Nova's spelling (e.g. `x86_64`).
     pub arch: String,
     /// JSON text for `ComputeNode.cpu_info`.
     pub cpu_info: String,
@@ -60,43 +71,62 @@ pub struct HostResources {
 /// Runtime statistics of one instance (for diagnostics).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceStats {
+    /// CPU time the container used, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// Memory the container uses now, in bytes.
     pub memory_used_bytes: u64,
+    /// The container's memory limit (its flavor's RAM), in bytes.
     pub memory_limit_bytes: u64,
+    /// CPUs the container may run on.
     pub online_cpus: u64,
     /// Per interface (loopback left out), by name.
     pub nics: Vec<NicStats>,
+    /// Seconds since the container started; None when it is not running.
     pub uptime_s: Option<u64>,
 }
 
 /// Counters of one network interface.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NicStats {
+    /// The interface name inside the container (e.g. `eth0`).
     pub name: String,
     /// The interface's MAC, when the container's sysfs shows it.
     pub mac_address: Option<String>,
+    /// Bytes received.
     pub rx_octets: u64,
+    /// Packets received.
     pub rx_packets: u64,
+    /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
     pub rx_drop: u64,
+    /// Bytes sent.
     pub tx_octets: u64,
+    /// Packets sent.
     pub tx_packets: u64,
+    /// Send errors.
     pub tx_errors: u64,
+    /// Packets dropped on send.
     pub tx_drop: u64,
 }
 
 /// A container this host runs, as found by label (for reconciliation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManagedContainer {
+    /// The instance uuid from the container's `nova.instance` label.
     pub uuid: String,
+    /// Docker's id of the container.
     pub container_id: String,
+    /// The container's state in Nova's terms.
     pub state: PowerState,
+    /// All its labels, as the engine lists them.
     pub labels: BTreeMap<String, String>,
 }
 
 /// The measured root disk of one running instance (the writable layer).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootDiskUsage {
+    /// The instance the container runs.
     pub uuid: String,
     /// Bytes created or changed by the instance (`SizeRw`).
     pub used_bytes: u64,
@@ -114,25 +144,48 @@ impl RootDiskUsage {
 /// A change seen on the engine's event stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
+    /// The instance whose container changed.
     pub uuid: String,
+    /// Docker's event action (`start`, `die`, `oom`, ...).
     pub action: String,
 }
 
 /// Driver failures.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtError {
+    /// The instance has no container here; Nova maps it to InstanceNotFound.
     #[error("instance {0} has no container on this host")]
     NotFound(String),
+    /// The engine refused or failed an operation.
     #[error("Docker {op} failed: {detail}")]
-    Engine { op: String, detail: String, status: Option<u16> },
+    Engine {
+        /// The engine operation (e.g. `create`).
+        op: String,
+        /// The engine's message.
+        detail: String,
+        /// The HTTP status the engine answered, when it answered.
+        status: Option<u16>,
+    },
+    /// The engine did not answer in time; the operation's outcome is unknown.
     #[error("Docker {op} did not finish within {after:?}")]
-    Timeout { op: String, after: Duration },
+    Timeout {
+        /// The engine operation.
+        op: String,
+        /// The time it was given.
+        after: Duration,
+    },
+    /// The request cannot be honoured by this driver; the message says why.
     #[error("{0}")]
     Invalid(String),
     /// A file the driver keeps on the host for an instance (its resolv.conf
     /// and hosts) could not be written or removed.
     #[error("instance file {path}: {source}")]
-    HostFile { path: std::path::PathBuf, source: std::io::Error },
+    HostFile {
+        /// The file on the host.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The host side of a port (plugging, unplugging, the netns entry).
     #[error("network plumbing: {0}")]
     Net(#[from] NetError),
