@@ -223,6 +223,20 @@ impl Cloud {
         v["resource_providers"].as_array().and_then(|a| a.first().cloned())
     }
 
+    /// Waits for the resource provider named `name`: a host's service
+    /// record is up as soon as it exists, before its compute node and
+    /// provider are written.
+    pub async fn wait_provider(&self, name: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(rp) = self.provider(name).await {
+                return rp;
+            }
+            assert!(started.elapsed() < timeout, "no resource provider {name} after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// `controlplane.sh RELEASE map HOST`: `host` mapped to cell1, by
     /// `nova-manage cell_v2 discover_hosts` or, when that loses the race with
     /// the scheduler's own periodic discovery, by the scheduler.

@@ -29,7 +29,7 @@ async fn registers_with_real_resources(release: Release) {
     assert!(hv["local_gb"].as_i64().unwrap() > 0);
     assert!(hv["hypervisor_version"].as_i64().unwrap() > 1_000_000, "engine version as an integer: {hv}");
 
-    let rp = cloud.provider(&name).await.expect("resource provider");
+    let rp = cloud.wait_provider(&name, Duration::from_secs(60)).await;
     let uuid = rp["uuid"].as_str().unwrap().to_string();
     assert_eq!(hv["id"].as_str(), Some(uuid.as_str()), "provider uuid = compute node uuid");
     let inv = cloud.placement(&format!("/resource_providers/{uuid}/inventories")).await;
@@ -88,7 +88,7 @@ async fn disabling_the_service_sets_the_trait(release: Release) {
     let mut host = ComputeHost::start(&cloud, &name, "").await;
     let svc = cloud.compute_service(&name).await.unwrap();
     let id = svc["id"].as_str().map(|s| s.to_string()).unwrap_or_else(|| svc["id"].to_string());
-    let uuid = cloud.provider(&name).await.unwrap()["uuid"].as_str().unwrap().to_string();
+    let uuid = cloud.wait_provider(&name, Duration::from_secs(60)).await["uuid"].as_str().unwrap().to_string();
     let traits_path = format!("/resource_providers/{uuid}/traits");
     let has_disabled = async |cloud: &Cloud| {
         let t = cloud.placement(&traits_path).await;

@@ -255,7 +255,7 @@ async fn host_logs_in_over_tls_with_ids() {
     let extra = format!("{}{}", section("placement", &ca), section("neutron", &ca));
     let name = host_name("kstls");
     let mut host = ComputeHost::start(&cloud, &name, &extra).await;
-    assert!(cloud.provider(&name).await.is_some(), "the host registered its resource provider");
+    cloud.wait_provider(&name, Duration::from_secs(60)).await;
     host.stop().await;
 
     // the same without the CA: Keystone's certificate is not trusted
