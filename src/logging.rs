@@ -3,17 +3,62 @@
 //! the request id and instance uuid, so every line of an operation can be
 //! found by either. Secrets never reach a log line: the types that hold them
 //! (transport URLs, contexts) print redacted forms.
+//!
+//! The level filter can be replaced while the service runs ([`set_debug`]):
+//! SIGHUP re-reads `[DEFAULT] debug`, as oslo services do.
+
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
+/// Why the log levels could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("logging was not initialised by this process")]
+    NotInitialised,
+    #[error("cannot replace the log filter: {0}")]
+    Reload(String),
+}
+
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Replaces the installed filter; set once by [`init`].
+static RELOAD: OnceLock<Reloader> = OnceLock::new();
+
+/// The filter for `debug`; `RUST_LOG`, when set, wins (an operator's
+/// explicit override survives a reload too).
+fn filter(debug: bool) -> EnvFilter {
+    let default = if debug { "debug,lapin=info,hyper=info,reqwest=info,h2=info" } else { "info,lapin=warn" };
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(debug: bool, json: bool) {
-    let default = if debug { "debug,lapin=info,hyper=info,reqwest=info,h2=info" } else { "info,lapin=warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(debug))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let reloader: Reloader = if json {
+        let builder = builder.json().flatten_event(true).with_filter_reloading();
+        let handle = builder.reload_handle();
+        if builder.try_init().is_err() {
+            return;
+        }
+        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+    } else {
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        if builder.try_init().is_err() {
+            return;
+        }
+        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+    };
+    let _ = RELOAD.set(reloader);
+}
+
+/// Switches between the info and debug levels of [`init`] at run time.
+pub fn set_debug(debug: bool) -> Result<(), LoggingError> {
+    let reload = RELOAD.get().ok_or(LoggingError::NotInitialised)?;
+    reload(filter(debug)).map_err(LoggingError::Reload)
 }

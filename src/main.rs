@@ -103,7 +103,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config_files } => {
             let settings = nova_docker::config::Settings::load(&config_files)?;
             nova_docker::logging::init(settings.debug, settings.log_json);
-            nova_docker::service::serve(settings).await?;
+            let launch = nova_docker::service::Launch { config_files, force_debug: false };
+            nova_docker::service::serve(settings, launch).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config_files } => {

@@ -5,6 +5,7 @@
 //! host is advertised, so no cast to `compute.<host>` is ever dropped; compute
 //! requests wait until registration and start-up recovery are done.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,19 +103,60 @@ fn neutron_client(settings: &Settings) -> Option<Neutron> {
     Some(Neutron::new(client, &settings.host, &settings.neutron_ovs_bridge))
 }
 
-fn spawn_signal_handler(stop: CancellationToken) {
+/// Re-reads `[DEFAULT] debug` from the configuration files and applies it
+/// to the log filter (what oslo services reload on SIGHUP). A file that no
+/// longer parses keeps the current levels and says why.
+fn reload_log_levels(config_files: &[PathBuf], force_debug: bool) {
+    let debug = crate::config::Layered::load(config_files)
+        .and_then(|l| l.bool(&crate::config::options::DEBUG))
+        .map(|d| d || force_debug);
+    match debug {
+        Ok(on) => match crate::logging::set_debug(on) {
+            Ok(()) => {
+                tracing::info!(debug = on, files = ?config_files, "SIGHUP: reloaded the log levels from the configuration files");
+                tracing::debug!("debug logging is on");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: cannot change the log levels"),
+        },
+        Err(e) => tracing::error!(error = %e, "SIGHUP: cannot read the configuration; log levels unchanged"),
+    }
+}
+
+/// Installs the handlers now (so no signal arrives before they exist):
+/// SIGTERM and SIGINT stop the service gracefully; SIGHUP reloads the log
+/// levels and never stops it.
+fn spawn_signal_handler(stop: CancellationToken, config_files: Vec<PathBuf>, force_debug: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down gracefully"); break }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down gracefully"); break }
+                _ = hup.recv() => {
+                    let files = config_files.clone();
+                    // Reading files is blocking I/O: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || reload_log_levels(&files, force_debug)).await;
+                }
+            }
         }
         stop.cancel();
+        // Later signals are absorbed while the drain runs; a second SIGHUP
+        // still reloads.
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: already shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: already shutting down"),
+                _ = hup.recv() => {
+                    let files = config_files.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload_log_levels(&files, force_debug)).await;
+                }
+            }
+        }
     });
+    Ok(())
 }
 
 async fn choose_release(settings: &Settings, conductor: &Conductor) -> &'static Release {
@@ -141,11 +183,20 @@ async fn choose_release(settings: &Settings, conductor: &Conductor) -> &'static 
     }
 }
 
+/// How the service was started, beyond its settings.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The configuration files, in order: SIGHUP reads them again.
+    pub config_files: Vec<PathBuf>,
+    /// `--debug` on the command line: debug logging whatever the files say.
+    pub force_debug: bool,
+}
+
 /// Runs the compute service until a termination signal.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone());
+    spawn_signal_handler(stop.clone(), launch.config_files, launch.force_debug)?;
     tracing::info!(host = %settings.host, brokers = ?settings.transport_url.brokers, "nova-docker starting");
     std::fs::create_dir_all(&settings.state_path)
         .with_context(|| format!("cannot create state_path {}", settings.state_path.display()))?;

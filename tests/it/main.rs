@@ -23,4 +23,5 @@ mod recovery;
 mod resources;
 mod rpc;
 mod secgroups;
+mod signals;
 mod tenants;

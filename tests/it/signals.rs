@@ -1,0 +1,132 @@
+//! Signals of `nova-docker serve` as an operator sends them: SIGHUP (what
+//! `systemctl reload`, logrotate and DevStack send) reloads the log levels
+//! and never stops the service; SIGTERM drains and exits 0.
+//!
+//! The service runs on a control exchange of its own, so no conductor ever
+//! answers: it stays in its start-up wait, which needs only RabbitMQ and
+//! Docker (not the control planes).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+
+use crate::common;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A running `nova-docker serve` whose stderr lines the test reads.
+pub struct Service {
+    pub child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Service {
+    /// Starts the binary with `args` and extra environment (RUST_LOG unset:
+    /// the configuration decides the levels).
+    pub fn spawn(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Service {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nova-docker starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Service { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing every one of `parts`; returns it.
+    pub async fn expect(&mut self, parts: &[&str]) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if parts.iter().all(|p| line.contains(p)) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(T, wait).await {
+            Ok(Some(line)) => line,
+            _ => panic!("no line with {parts:?}; the service wrote:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("still running") as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// A configuration for a host that nothing else uses, on an exchange no
+/// conductor listens to.
+pub fn isolated_conf(dir: &Path, name: &str, extra: &str) -> String {
+    format!(
+        "[DEFAULT]\nhost = {name}\ntransport_url = {url}\ncontrol_exchange = {name}\nstate_path = {state}\n{extra}\n",
+        url = common::rabbit_url(),
+        state = dir.join("state").display(),
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nd-it-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn sighup_reloads_log_levels_and_never_stops_the_service() {
+    use nix::sys::signal::Signal;
+    let name = common::unique("nd-sighup");
+    let dir = scratch(&name);
+    let conf = dir.join("nova.conf");
+    std::fs::write(&conf, isolated_conf(&dir, &name, "debug = false")).unwrap();
+    let mut svc = Service::spawn(&["serve".as_ref(), "--config-file".as_ref(), conf.as_os_str()], &[]);
+    svc.expect(&["nova-docker starting"]).await;
+
+    // debug turned on in the file: SIGHUP applies it, and debug lines appear.
+    std::fs::write(&conf, isolated_conf(&dir, &name, "debug = true")).unwrap();
+    svc.signal(Signal::SIGHUP);
+    svc.expect(&["SIGHUP: reloaded the log levels", "debug=true"]).await;
+    svc.expect(&["DEBUG", "debug logging is on"]).await;
+    assert!(svc.running(), "SIGHUP stopped the service");
+
+    // And off again.
+    std::fs::write(&conf, isolated_conf(&dir, &name, "debug = false")).unwrap();
+    svc.signal(Signal::SIGHUP);
+    svc.expect(&["SIGHUP: reloaded the log levels", "debug=false"]).await;
+
+    // A file broken meanwhile: the service says so and keeps running.
+    std::fs::write(&conf, "debug = true\n[DEFAULT\n").unwrap();
+    svc.signal(Signal::SIGHUP);
+    svc.expect(&["SIGHUP: cannot read the configuration"]).await;
+    assert!(svc.running(), "a SIGHUP with a broken file stopped the service");
+
+    // SIGTERM still stops it, cleanly.
+    svc.signal(Signal::SIGTERM);
+    svc.expect(&["SIGTERM: shutting down gracefully"]).await;
+    let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
