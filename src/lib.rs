@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod network;
+pub mod notify;
 pub mod objects;
 pub mod placement;
 pub mod release;

@@ -197,6 +197,8 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone(), launch.config_files, launch.force_debug)?;
+    let notifier = crate::notify::Notifier::from_env()?;
+    let watchdog = crate::notify::watchdog_period()?;
     tracing::info!(host = %settings.host, brokers = ?settings.transport_url.brokers, "nova-docker starting");
     std::fs::create_dir_all(&settings.state_path)
         .with_context(|| format!("cannot create state_path {}", settings.state_path.display()))?;
@@ -272,6 +274,12 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
         }
     });
 
+    // The last heartbeat's outcome (true until the first one fails).
+    let heartbeat_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if let Some(period) = watchdog {
+        spawn_watchdog(notifier.clone(), period, transport.clone(), server_ended.clone(), heartbeat_ok.clone());
+    }
+
     if let Some(listen) = settings.metrics_listen.clone() {
         let (t, m) = (transport.clone(), manager.clone());
         let ready: health::ReadyCheck = Arc::new(move || {
@@ -297,11 +305,11 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     // The conductor, then the release, then the host records.
     tokio::select! {
         _ = conductor.wait_until_ready() => {}
-        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+        _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
     }
     let release = tokio::select! {
         r = choose_release(&settings, &conductor) => r,
-        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+        _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
     };
     conductor.set_release(release);
     if release.alt_topic {
@@ -311,7 +319,7 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let records = loop {
         let attempt = tokio::select! {
             r = manager.registrar.register(&ctx) => r,
-            _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+            _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
         };
         match attempt {
             Ok(r) => break Arc::new(r),
@@ -328,24 +336,70 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     }
     manager.mark_ready();
     tracing::info!("ready: serving compute requests");
+    notifier.notify("READY=1");
 
-    spawn_periodic_tasks(manager.clone(), records, stop.clone(), transport.clone());
+    spawn_periodic_tasks(manager.clone(), records, stop.clone(), transport.clone(), heartbeat_ok);
     // One full pass now: containers whose instance is gone, power states.
     let first_pass = manager.clone();
     tokio::spawn(async move { first_pass.sync_all(&RequestContext::admin()).await });
     tokio::spawn(manager.clone().watch_events(stop.clone()));
 
     stop.cancelled().await;
-    shutdown(transport, server_task, &server_ended).await
+    shutdown(&notifier, transport, server_task, &server_ended).await
+}
+
+/// Keeps systemd's watchdog (`WatchdogSec`) fed at half its period while
+/// the RPC server runs, the broker connection is up and the last heartbeat
+/// succeeded; otherwise it lets the watchdog fire, and systemd restarts the
+/// service.
+fn spawn_watchdog(
+    notifier: crate::notify::Notifier,
+    period: Duration,
+    transport: Transport,
+    server_ended: Arc<std::sync::atomic::AtomicBool>,
+    heartbeat_ok: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_healthy = true;
+        loop {
+            tick.tick().await;
+            let problem = if server_ended.load(SeqCst) {
+                Some("the RPC server ended")
+            } else if !transport.is_connected() {
+                Some("no RabbitMQ connection")
+            } else if !heartbeat_ok.load(SeqCst) {
+                Some("the last service heartbeat failed")
+            } else {
+                None
+            };
+            match problem {
+                None => {
+                    notifier.notify("WATCHDOG=1");
+                    was_healthy = true;
+                }
+                Some(why) => {
+                    if was_healthy {
+                        tracing::warn!(reason = why, "not feeding the systemd watchdog");
+                    }
+                    was_healthy = false;
+                }
+            }
+        }
+    });
 }
 
 /// Lets the RPC server drain, closes the broker connection; an error when
 /// the stop came from the RPC server ending on its own (`server_ended`).
 async fn shutdown(
+    notifier: &crate::notify::Notifier,
     transport: Transport,
     server_task: tokio::task::JoinHandle<Result<(), crate::rpc::TransportError>>,
     server_ended: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
+    notifier.notify("STOPPING=1");
     match server_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "RPC server ended with an error"),
@@ -370,6 +424,7 @@ fn spawn_periodic_tasks(
     records: Arc<crate::compute::host::HostRecords>,
     stop: CancellationToken,
     transport: Transport,
+    heartbeat_ok: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let s = manager.settings.clone();
     // Heartbeat: report_count every report_interval.
@@ -386,7 +441,9 @@ fn spawn_periodic_tasks(
                     metrics::global().add("nova_docker_amqp_connections_total", &[], (connects - last_connects) as f64);
                     last_connects = connects;
                 }
-                match m.registrar.heartbeat(&RequestContext::admin(), &r).await {
+                let beat = m.registrar.heartbeat(&RequestContext::admin(), &r).await;
+                heartbeat_ok.store(beat.is_ok(), std::sync::atomic::Ordering::SeqCst);
+                match beat {
                     Ok(true) => {
                         if let Err(e) = m.registrar.sync_traits(&r).await {
                             tracing::warn!(error = %e, "could not sync the disabled trait");
@@ -394,8 +451,9 @@ fn spawn_periodic_tasks(
                     }
                     Ok(false) => {}
                     Err(crate::compute::host::HostError::Conductor(e)) if e.is_nova("ServiceNotFound") => {
-                        if let Err(e) = m.registrar.reregister(&RequestContext::admin(), &r).await {
-                            tracing::error!(error = %e, "registering again failed");
+                        match m.registrar.reregister(&RequestContext::admin(), &r).await {
+                            Ok(_) => heartbeat_ok.store(true, std::sync::atomic::Ordering::SeqCst),
+                            Err(e) => tracing::error!(error = %e, "registering again failed"),
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "service heartbeat failed"),

@@ -130,3 +130,48 @@ async fn sighup_reloads_log_levels_and_never_stops_the_service() {
     assert!(status.success(), "SIGTERM exit status: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Datagrams received on a `NOTIFY_SOCKET` the test binds, until `until`.
+async fn notifications_until(socket: &tokio::net::UnixDatagram, until: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let len = tokio::time::timeout(T, socket.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {until:?} notification; got {got:?}"))
+            .unwrap();
+        let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+        got.push(msg.clone());
+        if msg.lines().any(|l| l == until) {
+            return got;
+        }
+    }
+}
+
+#[tokio::test]
+async fn systemd_notify_watchdog_while_healthy_stopping_on_drain_no_early_ready() {
+    use nix::sys::signal::Signal;
+    let name = common::unique("nd-notify");
+    let dir = scratch(&name);
+    let conf = dir.join("nova.conf");
+    std::fs::write(&conf, isolated_conf(&dir, &name, "")).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut svc = Service::spawn(
+        &["serve".as_ref(), "--config-file".as_ref(), conf.as_os_str()],
+        &[("NOTIFY_SOCKET", sock_path.as_os_str()), ("WATCHDOG_USEC", "400000".as_ref())],
+    );
+    svc.expect(&["nova-docker starting"]).await;
+
+    // The RPC server runs (no conductor answers on this exchange): the
+    // watchdog is fed, but the host is not registered, so it is not READY.
+    let before = notifications_until(&socket, "WATCHDOG=1").await;
+    let again = notifications_until(&socket, "WATCHDOG=1").await;
+    svc.signal(Signal::SIGTERM);
+    let after = notifications_until(&socket, "STOPPING=1").await;
+    let all: Vec<&String> = before.iter().chain(&again).chain(&after).collect();
+    assert!(!all.iter().any(|m| m.contains("READY=1")), "READY before registration: {all:?}");
+    let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
