@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod cli;
 pub mod compute;
 pub mod conductor;
 pub mod config;

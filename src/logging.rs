@@ -18,6 +18,8 @@ pub enum LoggingError {
     NotInitialised,
     #[error("cannot replace the log filter: {0}")]
     Reload(String),
+    #[error("cannot open the log file {path}: {source}")]
+    File { path: std::path::PathBuf, source: std::io::Error },
 }
 
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
@@ -32,29 +34,45 @@ fn filter(debug: bool) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Installs the global subscriber; a second call is a no-op.
+/// Installs the global subscriber writing to stderr; a second call is a no-op.
 pub fn init(debug: bool, json: bool) {
+    let _ = init_to(debug, json, None);
+}
+
+/// Installs the global subscriber, appending to `log_file` when given
+/// (`--log-file`), else writing to stderr; a second call is a no-op.
+pub fn init_to(debug: bool, json: bool, log_file: Option<&std::path::Path>) -> Result<(), LoggingError> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(debug))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, ansi) = match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LoggingError::File { path: path.to_path_buf(), source })?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+        }
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(debug)).with_writer(writer).with_ansi(ansi);
     let reloader: Reloader = if json {
         let builder = builder.json().flatten_event(true).with_filter_reloading();
         let handle = builder.reload_handle();
         if builder.try_init().is_err() {
-            return;
+            return Ok(());
         }
         Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
     } else {
         let builder = builder.with_filter_reloading();
         let handle = builder.reload_handle();
         if builder.try_init().is_err() {
-            return;
+            return Ok(());
         }
         Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
     };
     let _ = RELOAD.set(reloader);
+    Ok(())
 }
 
 /// Switches between the info and debug levels of [`init`] at run time.

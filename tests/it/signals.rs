@@ -175,3 +175,50 @@ async fn systemd_notify_watchdog_while_healthy_stopping_on_drain_no_early_ready(
     assert!(status.success(), "SIGTERM exit status: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn oslo_style_command_line_config_dir_debug_log_file_version() {
+    use nix::sys::signal::Signal;
+    let version =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker")).arg("--version").output().await.unwrap();
+    assert!(version.status.success());
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("nova-docker {}", env!("CARGO_PKG_VERSION")));
+
+    let name = common::unique("nd-cli");
+    let dir = scratch(&name);
+    let conf = dir.join("nova.conf");
+    // The base file says debug = false; a later --config-dir file turns it
+    // on: only honoured if the directory is read, after the file.
+    std::fs::write(&conf, isolated_conf(&dir, &name, "debug = false")).unwrap();
+    let conf_d = dir.join("nova.conf.d");
+    std::fs::create_dir_all(&conf_d).unwrap();
+    std::fs::write(conf_d.join("50-debug.conf"), "[DEFAULT]\ndebug = true\n").unwrap();
+    std::fs::write(conf_d.join("README"), "not a config file [\n").unwrap();
+    let log = dir.join("service.log");
+    // Options before and after the subcommand, as oslo services accept them.
+    let mut svc = Service::spawn(
+        &[
+            "--config-file".as_ref(),
+            conf.as_os_str(),
+            "serve".as_ref(),
+            "--config-dir".as_ref(),
+            conf_d.as_os_str(),
+            "--log-file".as_ref(),
+            log.as_os_str(),
+        ],
+        &[],
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for("the log file to show the start", T, async || log_text().contains("nova-docker starting")).await;
+    let text = log_text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("configuration files read") && l.contains("50-debug.conf")),
+        "{text}"
+    );
+    svc.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+    assert!(log_text().contains("stopped"), "{}", log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
