@@ -208,6 +208,9 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     for unknown in &settings.unknown_options {
         tracing::warn!("{unknown} is not an option of nova-docker: ignored");
     }
+    for line in &settings.unused_options {
+        tracing::info!("{line}");
+    }
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     let transport = Transport::start(transport_options(&settings));
     let client = RpcClient::start(transport.clone(), &topology, settings.rpc_response_timeout).await?;

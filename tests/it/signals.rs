@@ -189,7 +189,9 @@ async fn oslo_style_command_line_config_dir_debug_log_file_version() {
     let conf = dir.join("nova.conf");
     // The base file says debug = false; a later --config-dir file turns it
     // on: only honoured if the directory is read, after the file.
-    std::fs::write(&conf, isolated_conf(&dir, &name, "debug = false")).unwrap();
+    // An option of Nova's this host does not use is listed, once.
+    let extra = "debug = false\ncompute_driver = libvirt.LibvirtDriver";
+    std::fs::write(&conf, isolated_conf(&dir, &name, extra)).unwrap();
     let conf_d = dir.join("nova.conf.d");
     std::fs::create_dir_all(&conf_d).unwrap();
     std::fs::write(conf_d.join("50-debug.conf"), "[DEFAULT]\ndebug = true\n").unwrap();
@@ -216,6 +218,10 @@ async fn oslo_style_command_line_config_dir_debug_log_file_version() {
             .any(|l| l.contains("DEBUG") && l.contains("configuration files read") && l.contains("50-debug.conf")),
         "{text}"
     );
+    common::wait_for("the unused options listed", T, async || {
+        log_text().contains("[DEFAULT] not used by this host: compute_driver")
+    })
+    .await;
     svc.signal(Signal::SIGTERM);
     let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
     assert!(status.success(), "SIGTERM exit status: {status:?}");
