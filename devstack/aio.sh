@@ -18,8 +18,8 @@
 #      not answer (devstack/lib/nova-docker, shared with the DevStack plugin).
 #   3. tests/env/rabbitmq.sh, then tests/env/controlplane.sh newest up: a real
 #      control plane (nova-api/-conductor/-scheduler, placement, glance,
-#      neutron with an Open vSwitch L2 agent) on loopback, no keystone (token
-#      admin:admin). Skipped when `controlplane.sh newest status` says that
+#      neutron with an Open vSwitch L2 agent, Keystone with an admin and two
+#      tenant users) on loopback. Skipped when `controlplane.sh newest status` says that
 #      everything answers already: `up` rewrites the control plane's config
 #      files, which other users of the same control plane (tests/run) may be
 #      reading at that moment.
@@ -107,6 +107,13 @@ load_env() { # the control plane's env.sh; HOST, NIC, NOVA_MANAGE from it
   [ -s "$ENV_SH" ] || return 1
   # shellcheck disable=SC1090
   . "$ENV_SH"
+  if [ "${ND_AUTH:-noauth}" = keystone ]; then
+    # the admin's token for this run's own requests (valid for an hour;
+    # nd_rest.py and the glance import use it too)
+    ND_TOKEN=$(/usr/bin/python3 "$ENVDIR/pylib/nd_keystone.py" token) ||
+      die "Keystone ($ND_KEYSTONE) issues no token for $ND_ADMIN_USER"
+    export ND_TOKEN
+  fi
   HOST=${AIO_HOST:-$ND_NET_HOST}
   [[ $HOST =~ ^[A-Za-z0-9][A-Za-z0-9.-]*$ ]] || die "bad AIO_HOST '$HOST' (letters, digits, . and -)"
   NIC=${AIO_NIC:-auto}
@@ -141,7 +148,7 @@ host_up() { # Nova lists the service up, it consumes its queue, its provider exi
   [ "$(api GET "/os-services?host=$HOST&binary=nova-compute" |
        json 'd["services"][0]["state"] if d["services"] else ""')" = up ] || return 1
   [ "$(queue_consumers)" -gt 0 ] || return 1
-  curl -sf --max-time 10 -H 'X-Auth-Token: admin' "$ND_PLACEMENT/resource_providers?name=$HOST" |
+  curl -sf --max-time 10 -H "X-Auth-Token: $ND_TOKEN" "$ND_PLACEMENT/resource_providers?name=$HOST" |
     grep -q "\"$HOST\""
 }
 host_mapped() {
@@ -294,12 +301,18 @@ nova-docker all-in-one is up.
 Console log of $AIO_SERVER:
 $(console_log "$SERVER_ID" | sed -e :a -e '/^[[:space:]]*$/{$d;N;ba' -e '}' | sed 's/^/  | /')
 
-Use the cloud with the openstack CLI (no keystone: a static admin token):
+Use the cloud with the openstack CLI, as the admin (Keystone user admin):
   export OS_CLOUD=$OS_CLOUD OS_CLIENT_CONFIG_FILE=$OS_CLIENT_CONFIG_FILE
   alias openstack=$ND_OPENSTACK
+  openstack token issue
   openstack server list
   openstack console log show $AIO_SERVER
   openstack server create --flavor m1.tiny --image $AIO_IMAGE --availability-zone nova:$HOST ${NIC_ARGS[*]} NAME
+As a tenant (user $ND_MEMBER_A, member of project $ND_TENANT_A):
+  export OS_CLOUD=$OS_CLOUD-tenant-a OS_CLIENT_CONFIG_FILE=$OS_CLIENT_CONFIG_FILE
+  openstack token issue
+  openstack server create --flavor m1.tiny --image $AIO_IMAGE --availability-zone nova:$HOST ${NIC_ARGS[*]} NAME
+  openstack server list
 Inside the container:  docker exec -it nova-$SERVER_ID sh
 Stop it all:           sudo $0 down
 EOF

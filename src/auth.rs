@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::config::keystone::{Domain, KeystoneAuth, Method, Scope, TlsSettings, User};
 use crate::config::{AuthSettings, ServiceSettings};
 use crate::rpc::RequestContext;
 
@@ -100,8 +101,20 @@ impl HttpError {
 #[derive(Clone)]
 struct CachedToken {
     token: String,
-    expires_at: Option<DateTime<Utc>>,
+    /// When to log in again: a minute before the token expires, or after
+    /// three quarters of its lifetime when that is shorter than 4 minutes.
+    renew_at: Option<DateTime<Utc>>,
     catalog: Vec<Value>,
+}
+
+/// When a token issued at `issued` and expiring at `expires` is renewed.
+fn renew_at(issued: Option<DateTime<Utc>>, expires: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    let expires = expires?;
+    let margin = match issued {
+        Some(i) if expires > i => ((expires - i) / 4).min(chrono::Duration::seconds(60)),
+        _ => chrono::Duration::seconds(60),
+    };
+    Some(expires - margin)
 }
 
 /// A client for one OpenStack service.
@@ -112,10 +125,90 @@ pub struct ServiceClient {
     name: &'static str,
     section: &'static str,
     token: Arc<Mutex<Option<CachedToken>>>,
+    /// `[service_user]`'s client (its own TLS settings) and token.
+    service_http: Option<reqwest::Client>,
+    service_user_token: Arc<Mutex<Option<CachedToken>>>,
+}
+
+/// A token of `login`, from `cache` while it has more than a minute left
+/// (or a fresh one when `force`, e.g. after a 401).
+async fn login_token(
+    http: &reqwest::Client,
+    login: &KeystoneAuth,
+    cache: &Mutex<Option<CachedToken>>,
+    timeout: Duration,
+    service: &'static str,
+    force: bool,
+) -> Result<CachedToken, HttpError> {
+    let mut cached = cache.lock().await;
+    if let Some(t) = cached.as_ref() {
+        let fresh = t.renew_at.is_none_or(|r| r > Utc::now());
+        if fresh && !force {
+            return Ok(t.clone());
+        }
+    }
+    let base = login.auth_url.trim_end_matches('/');
+    let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
+    let body = auth_request(login);
+    let resp = http.post(&url).json(&body).timeout(timeout).send().await.map_err(|source| HttpError::Transport {
+        service: "keystone",
+        method: "POST".into(),
+        url: shown_url(&url),
+        source,
+    })?;
+    let status = resp.status();
+    let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = resp.text().await.unwrap_or_default();
+    let (Some(token), true) = (token, status.is_success()) else {
+        return Err(HttpError::Auth {
+            service,
+            detail: format!(
+                "Keystone answered {status} for {} at {}: {}",
+                login_name(login),
+                shown_url(&url),
+                truncate(&text, 300)
+            ),
+        });
+    };
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let time = |k: &str| v["token"][k].as_str().and_then(crate::objects::time::parse);
+    let (issued_at, expires_at) = (time("issued_at"), time("expires_at"));
+    tracing::debug!(service, login = %login_name(login), expires_at = ?expires_at, "logged in to Keystone");
+    let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
+    let t = CachedToken { token, renew_at: renew_at(issued_at, expires_at), catalog };
+    *cached = Some(t.clone());
+    Ok(t)
 }
 
 /// Builds the process's HTTP client: rustls, bounded connect time, pooled.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
+    client_builder(timeout).build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The HTTP client of a service section, with its TLS settings (`cafile`,
+/// `certfile`/`keyfile`, `insecure`). The configuration checked the files
+/// already; should the client still not build, it trusts no certificate at
+/// all (every TLS request fails, naming the problem) rather than the system's.
+pub fn service_http_client(timeout: Duration, tls: &TlsSettings) -> reqwest::Client {
+    let mut b = client_builder(timeout);
+    if let Some(pem) = &tls.ca_pem {
+        b = b.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default());
+    }
+    if let Some(pem) = &tls.identity_pem
+        && let Ok(id) = reqwest::Identity::from_pem(pem)
+    {
+        b = b.identity(id);
+    }
+    if tls.insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    b.build().unwrap_or_else(|e| {
+        tracing::error!(error = %error_chain(&e), "TLS settings unusable: this client trusts no certificate");
+        client_builder(timeout).tls_certs_only(Vec::new()).build().unwrap_or_else(|_| reqwest::Client::new())
+    })
+}
+
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(timeout)
@@ -124,15 +217,85 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         // closing at that moment fails the request.
         .pool_idle_timeout(Duration::from_millis(1500))
         .user_agent(concat!("nova-docker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn domain_json(d: &Domain) -> Value {
+    match d {
+        Domain::Id(id) => json!({"id": id}),
+        Domain::Name(name) => json!({"name": name}),
+    }
+}
+
+fn user_json(u: &User) -> Value {
+    match u {
+        User::Id(id) => json!({"id": id}),
+        User::Name { name, domain } => json!({"name": name, "domain": domain_json(domain)}),
+    }
+}
+
+/// The body of `POST /v3/auth/tokens` for a login, as keystoneauth sends it.
+pub fn auth_request(k: &KeystoneAuth) -> Value {
+    let identity = match &k.method {
+        Method::Password { user, password } => {
+            let mut u = user_json(user);
+            u["password"] = json!(password);
+            json!({"methods": ["password"], "password": {"user": u}})
+        }
+        Method::ApplicationCredential { id, name, user, secret } => {
+            let mut c = json!({"secret": secret});
+            if let Some(id) = id {
+                c["id"] = json!(id);
+            } else if let Some(name) = name {
+                c["name"] = json!(name);
+                if let Some(u) = user {
+                    c["user"] = user_json(u);
+                }
+            }
+            json!({"methods": ["application_credential"], "application_credential": c})
+        }
+    };
+    let mut auth = json!({"identity": identity});
+    match &k.scope {
+        Scope::ProjectId(id) => auth["scope"] = json!({"project": {"id": id}}),
+        Scope::ProjectName { name, domain } => {
+            auth["scope"] = json!({"project": {"name": name, "domain": domain_json(domain)}})
+        }
+        Scope::System => auth["scope"] = json!({"system": {"all": true}}),
+        Scope::Credential => {}
+    }
+    json!({ "auth": auth })
+}
+
+/// Who a login is for, in errors (never the secret).
+fn login_name(k: &KeystoneAuth) -> String {
+    let user = |u: &User| match u {
+        User::Id(id) => format!("user id {id}"),
+        User::Name { name, .. } => format!("user {name:?}"),
+    };
+    match &k.method {
+        Method::Password { user: u, .. } => user(u),
+        Method::ApplicationCredential { id: Some(id), .. } => format!("application credential {id}"),
+        Method::ApplicationCredential { name, .. } => {
+            format!("application credential {:?}", name.as_deref().unwrap_or_default())
+        }
+    }
 }
 
 impl ServiceClient {
     /// A client for the service described by `settings` (`name` for messages,
     /// `section` the nova.conf group to point operators to).
     pub fn new(settings: ServiceSettings, name: &'static str, section: &'static str) -> Self {
-        ServiceClient { http: http_client(settings.timeout), settings, name, section, token: Default::default() }
+        let http = service_http_client(settings.timeout, &settings.tls);
+        let service_http = settings.service_user.as_ref().map(|su| service_http_client(su.timeout, &su.tls));
+        ServiceClient {
+            http,
+            settings,
+            name,
+            section,
+            token: Default::default(),
+            service_http,
+            service_user_token: Default::default(),
+        }
     }
 
     /// The service's display name.
@@ -151,48 +314,17 @@ impl ServiceClient {
     }
 
     async fn keystone_token(&self, force: bool) -> Result<CachedToken, HttpError> {
-        let AuthSettings::Password {
-            auth_url,
-            username,
-            password,
-            user_domain_name,
-            project_name,
-            project_domain_name,
-        } = &self.settings.auth
-        else {
-            return Err(HttpError::Auth { service: self.name, detail: "not a password section".into() });
+        let AuthSettings::Keystone(login) = &self.settings.auth else {
+            return Err(HttpError::Auth { service: self.name, detail: "not a Keystone section".into() });
         };
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref() {
-            let fresh = t.expires_at.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now());
-            if fresh && !force {
-                return Ok(t.clone());
-            }
-        }
-        let base = auth_url.trim_end_matches('/');
-        let url = if base.ends_with("/v3") { format!("{base}/auth/tokens") } else { format!("{base}/v3/auth/tokens") };
-        let body = json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": username, "password": password, "domain": {"name": user_domain_name}}}},
-            "scope": {"project": {"name": project_name, "domain": {"name": project_domain_name}}}}});
-        let resp = self.http.post(&url).json(&body).timeout(self.settings.timeout).send().await.map_err(|source| {
-            HttpError::Transport { service: "keystone", method: "POST".into(), url: shown_url(&url), source }
-        })?;
-        let status = resp.status();
-        let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let text = resp.text().await.unwrap_or_default();
-        let (Some(token), true) = (token, status.is_success()) else {
-            return Err(HttpError::Auth {
-                service: self.name,
-                detail: format!("Keystone answered {status} for user {username:?} at {url}: {}", truncate(&text, 300)),
-            });
-        };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let expires_at = v["token"]["expires_at"].as_str().and_then(crate::objects::time::parse);
-        let catalog = v["token"]["catalog"].as_array().cloned().unwrap_or_default();
-        let t = CachedToken { token, expires_at, catalog };
-        *cached = Some(t.clone());
-        Ok(t)
+        login_token(&self.http, login, &self.token, self.settings.timeout, self.name, force).await
+    }
+
+    /// The `[service_user]` token (X-Service-Token), when configured.
+    async fn service_token(&self) -> Result<Option<String>, HttpError> {
+        let Some(su) = &self.settings.service_user else { return Ok(None) };
+        let http = self.service_http.as_ref().unwrap_or(&self.http);
+        Ok(Some(login_token(http, &su.login, &self.service_user_token, su.timeout, "service_user", false).await?.token))
     }
 
     /// The token to send, if any.
@@ -204,7 +336,7 @@ impl ServiceClient {
         match &self.settings.auth {
             AuthSettings::None => Ok(None),
             AuthSettings::AdminToken { token, .. } => Ok(Some(token.clone())),
-            AuthSettings::Password { .. } => Ok(Some(self.keystone_token(force).await?.token)),
+            AuthSettings::Keystone(_) => Ok(Some(self.keystone_token(force).await?.token)),
             AuthSettings::User => Ok(ctx.and_then(|c| c.auth_token()).map(str::to_string)),
         }
     }
@@ -218,7 +350,7 @@ impl ServiceClient {
             return Ok(e.trim_end_matches('/').to_string());
         }
         let catalog = match &self.settings.auth {
-            AuthSettings::Password { .. } => self.keystone_token(false).await?.catalog,
+            AuthSettings::Keystone(_) => self.keystone_token(false).await?.catalog,
             _ => ctx.map(|c| c.service_catalog().to_vec()).unwrap_or_default(),
         };
         find_endpoint(
@@ -245,7 +377,7 @@ impl ServiceClient {
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, HttpError> {
         let url = format!("{}{path}", self.endpoint(ctx).await?);
-        let renewable = matches!(self.settings.auth, AuthSettings::Password { .. });
+        let renewable = matches!(self.settings.auth, AuthSettings::Keystone(_));
         let idempotent = matches!(method, reqwest::Method::GET | reqwest::Method::PUT | reqwest::Method::DELETE);
         let retries = self.settings.retries;
         let mut attempt = 0;
@@ -261,7 +393,10 @@ impl ServiceClient {
                 other => other?,
             };
             let resp = match resp.status().as_u16() {
-                401 if renewable => self.send_with(ctx, &method, &url, true, &build).await?,
+                401 if renewable => {
+                    tracing::info!(service = self.name, url = %shown_url(&url), "token refused (401): logging in again, retrying once");
+                    self.send_with(ctx, &method, &url, true, &build).await?
+                }
                 _ => resp,
             };
             let status = resp.status().as_u16();
@@ -301,6 +436,13 @@ impl ServiceClient {
         let mut req = self.http.request(method.clone(), url);
         if let Some(token) = self.token_inner(ctx, renew).await? {
             req = req.header("X-Auth-Token", token);
+            // With the user's token, the service token too ([service_user]):
+            // the service then accepts the user's even once it has expired.
+            if self.settings.auth == AuthSettings::User
+                && let Some(service) = self.service_token().await?
+            {
+                req = req.header("X-Service-Token", service);
+            }
         }
         if let Some(id) = ctx.and_then(|c| c.global_request_id().or(c.request_id())) {
             req = req.header("X-OpenStack-Request-ID", id);
@@ -451,6 +593,8 @@ mod tests {
             valid_interfaces: vec![],
             timeout: Duration::from_secs(5),
             retries,
+            tls: Default::default(),
+            service_user: None,
         };
         ServiceClient::new(settings, "glance", "glance")
     }
@@ -480,6 +624,16 @@ mod tests {
         let (url, count) = flaky_server(1).await;
         let e = client(&url, Retries::CONNECTION).json(None, reqwest::Method::GET, "/x", |r| r).await.unwrap_err();
         assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 1));
+    }
+
+    #[test]
+    fn tokens_are_renewed_before_they_expire() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0);
+        // an hour's token: a minute before; a 20 s one: 5 s before
+        assert_eq!(renew_at(t(0), t(3600)), t(3540));
+        assert_eq!(renew_at(t(0), t(20)), t(15));
+        assert_eq!(renew_at(None, t(3600)), t(3540));
+        assert_eq!(renew_at(t(0), None), None);
     }
 
     #[test]

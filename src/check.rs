@@ -230,7 +230,11 @@ async fn check_placement(settings: &Settings, r: &mut Report) {
 
 async fn check_glance(settings: &Settings, r: &mut Report) {
     if settings.glance.auth == AuthSettings::User {
-        // Nova's default: requests carry the user's token; only reachability can be checked.
+        // Nova's default: requests carry the user's token (and, without an
+        // endpoint_override, the user's catalog names Glance).
+        if settings.glance.endpoint_override.is_none() {
+            return r.ok("glance", glance_from_catalog(&settings.glance));
+        }
         return check_http("glance", &settings.glance, "/versions", r).await;
     }
     let glance = Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"));
@@ -239,6 +243,17 @@ async fn check_glance(settings: &Settings, r: &mut Report) {
         Ok(Err(e)) => r.fail("glance", explain(&e, "glance")),
         Err(_) => r.fail("glance", "no answer within 20 s"),
     }
+}
+
+/// How a boot finds Glance when each request's catalog names it.
+fn glance_from_catalog(s: &ServiceSettings) -> String {
+    let interfaces =
+        if s.valid_interfaces.is_empty() { "internal,public".to_string() } else { s.valid_interfaces.join(",") };
+    let region = s.region_name.as_deref().map(|r| format!(", region {r}")).unwrap_or_default();
+    format!(
+        "each boot uses the image endpoint of the user's service catalog (interface {interfaces}{region}), with \
+         the user's token: nothing to reach before a boot (set [glance] endpoint_override to pin one)"
+    )
 }
 
 async fn check_http(name: &'static str, s: &ServiceSettings, path: &str, r: &mut Report) {
@@ -256,6 +271,16 @@ async fn check_http(name: &'static str, s: &ServiceSettings, path: &str, r: &mut
 /// of the error chain, and which settings to look at.
 fn explain(e: &HttpError, section: &str) -> String {
     match e {
+        HttpError::Transport { url, source, service: "keystone", .. } => {
+            let mut cause: &dyn std::error::Error = source;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!(
+                "cannot reach Keystone at {url}: {cause}. Is [{section}] auth_url right (and, for TLS, cafile or \
+                 certfile/keyfile)?"
+            )
+        }
         HttpError::Transport { url, source, .. } => {
             let mut cause: &dyn std::error::Error = source;
             while let Some(next) = cause.source() {

@@ -6,22 +6,35 @@
 //! wraps those calls for the objects this service uses, with the object
 //! versions of the release it talks to.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, manifest_json};
+use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
 use crate::release::Release;
 use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 
 /// A conductor call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConductorError {
+    /// The RPC call itself failed (timeout, remote exception, transport).
     #[error("conductor call {method} failed: {source}")]
-    Call { method: String, source: CallError },
+    Call {
+        /// The conductor method called.
+        method: String,
+        /// Why the call failed.
+        source: CallError,
+    },
+    /// The conductor answered, but not with what the call must return.
     #[error("conductor returned an unusable {what}: {detail}")]
-    BadResult { what: &'static str, detail: String },
+    BadResult {
+        /// What was expected (e.g. `Instance`).
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 impl ConductorError {
@@ -54,34 +67,76 @@ impl From<ObjectError> for ConductorError {
 }
 
 /// The `expected_task_state` of `Instance.save`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expected {
     /// No check.
     Any,
     /// The task state must be one of these (None = no task).
-    OneOf(Vec<Option<&'static str>>),
+    OneOf(Vec<Option<TaskState>>),
 }
 
 impl Expected {
     /// Exactly this task state.
-    pub fn task(state: &'static str) -> Self {
+    pub fn task(state: TaskState) -> Self {
         Expected::OneOf(vec![Some(state)])
     }
 
+    /// No task in progress.
+    pub fn idle() -> Self {
+        Expected::OneOf(vec![None])
+    }
+
+    /// Whether an instance whose task state is `current` passes the check.
+    pub fn admits(&self, current: Option<&str>) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::OneOf(states) => states.iter().any(|s| s.map(TaskState::as_str) == current),
+        }
+    }
+
     fn to_json(&self) -> Option<Value> {
+        let name = |s: &Option<TaskState>| json!(s.map(TaskState::as_str));
         match self {
             Expected::Any => None,
-            Expected::OneOf(states) if states.len() == 1 => Some(json!(states[0])),
-            Expected::OneOf(states) => Some(json!(states)),
+            Expected::OneOf(states) if states.len() == 1 => Some(name(&states[0])),
+            Expected::OneOf(states) => Some(Value::Array(states.iter().map(name).collect())),
         }
+    }
+}
+
+/// Where the conductor's calls go: nova-conductor over RabbitMQ
+/// ([`RpcClient`]), or in unit tests an in-memory Nova that answers the same
+/// calls, so the compute state machine is tested without a cloud.
+pub trait ConductorTransport: Send + Sync + 'static {
+    /// Sends one call to `target` and returns its result.
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Value, CallError>>;
+}
+
+impl ConductorTransport for RpcClient {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(RpcClient::call(self, ctx, target, method, args, timeout))
     }
 }
 
 /// Client of nova-conductor's object API.
 #[derive(Clone)]
 pub struct Conductor {
-    rpc: RpcClient,
-    release: std::sync::Arc<OnceLock<&'static Release>>,
+    rpc: Arc<dyn ConductorTransport>,
+    release: Arc<OnceLock<&'static Release>>,
     host: String,
 }
 
@@ -109,7 +164,12 @@ fn args(v: Value) -> Map<String, Value> {
 impl Conductor {
     /// A conductor client for `host`.
     pub fn new(rpc: RpcClient, host: &str) -> Self {
-        Conductor { rpc, release: Default::default(), host: host.to_string() }
+        Self::with_transport(Arc::new(rpc), host)
+    }
+
+    /// A conductor client for `host` whose calls go to `transport`.
+    pub fn with_transport(transport: Arc<dyn ConductorTransport>, host: &str) -> Self {
+        Conductor { rpc: transport, release: Default::default(), host: host.to_string() }
     }
 
     /// Fixes the release once known (object versions depend on it).

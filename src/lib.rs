@@ -17,6 +17,8 @@
 // Remote errors are a few strings and maps; they travel on failure paths
 // only, so boxing them would cost clarity for no measurable gain.
 #![allow(clippy::result_large_err)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod auth;
 pub mod check;
@@ -36,4 +38,6 @@ pub mod placement;
 pub mod release;
 pub mod rpc;
 pub mod service;
+#[cfg(test)]
+pub mod testing;
 pub mod virt;

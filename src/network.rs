@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -174,6 +175,80 @@ pub struct Neutron {
     client: ServiceClient,
     host: String,
     ovs_bridge: String,
+}
+
+/// What the compute manager asks of Neutron for its instances: ports bound
+/// to this host, described as Nova's `network_info`, and released. Exists so
+/// the manager runs on [`Neutron`] in production and on an in-memory
+/// Neutron in unit tests.
+pub trait PortService: Send + Sync + 'static {
+    /// Binds the requested ports for the instance (see [`Neutron::allocate`]).
+    fn allocate<'a>(
+        &'a self,
+        i: &'a Instance,
+        requested: &'a Requested,
+        security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>>;
+    /// Binds one request (see [`Neutron::bind_one`]).
+    fn bind_one<'a>(
+        &'a self,
+        i: &'a Instance,
+        r: &'a NetworkRequest,
+        security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<BoundPort, NetworkError>>;
+    /// Releases ports, best effort (see [`Neutron::deallocate`]).
+    fn deallocate<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, ()>;
+    /// Releases every port of a deleted instance (see
+    /// [`Neutron::release_instance_ports`]).
+    fn release_instance_ports<'a>(
+        &'a self,
+        uuid: &'a str,
+        preserved: &'a [String],
+    ) -> BoxFuture<'a, Result<(), NetworkError>>;
+    /// The ports of an instance (see [`Neutron::instance_ports`]).
+    fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
+    /// Nova's network_info of bound ports (see [`Neutron::network_info`]).
+    fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>>;
+}
+
+impl PortService for Neutron {
+    fn allocate<'a>(
+        &'a self,
+        i: &'a Instance,
+        requested: &'a Requested,
+        security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>> {
+        Box::pin(Neutron::allocate(self, i, requested, security_groups))
+    }
+
+    fn bind_one<'a>(
+        &'a self,
+        i: &'a Instance,
+        r: &'a NetworkRequest,
+        security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<BoundPort, NetworkError>> {
+        Box::pin(Neutron::bind_one(self, i, r, security_groups))
+    }
+
+    fn deallocate<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, ()> {
+        Box::pin(Neutron::deallocate(self, ports))
+    }
+
+    fn release_instance_ports<'a>(
+        &'a self,
+        uuid: &'a str,
+        preserved: &'a [String],
+    ) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(Neutron::release_instance_ports(self, uuid, preserved))
+    }
+
+    fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
+        Box::pin(Neutron::instance_ports(self, uuid))
+    }
+
+    fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>> {
+        Box::pin(Neutron::network_info(self, ports))
+    }
 }
 
 /// A port bound for an instance, and whether this service created it.

@@ -26,6 +26,7 @@ pub struct Release {
     pub instance_compute_id: bool,
     /// Nova's `initial_cpu_allocation_ratio` / `initial_ram_allocation_ratio` defaults.
     pub initial_cpu_ratio: f64,
+    /// Nova's `initial_ram_allocation_ratio` default for this release.
     pub initial_ram_ratio: f64,
     /// The lowest conductor service version that identifies this release.
     pub min_conductor_version: i64,

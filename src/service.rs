@@ -26,6 +26,7 @@ use crate::rpc::{
     TransportOptions,
 };
 use crate::virt::docker::DockerDriver;
+use crate::virt::host_network::HostNetwork;
 use crate::{health, metrics};
 
 /// The transport options of the settings.
@@ -46,7 +47,7 @@ async fn connect_docker(settings: &Settings, stop: &CancellationToken) -> anyhow
     let mut attempt = 0u32;
     loop {
         match DockerDriver::connect(&settings.docker, &settings.host).await {
-            Ok(d) => return Ok(d),
+            Ok(d) => return Ok(d.with_network(HostNetwork::new(&settings.neutron_ovs_bridge))),
             Err(e) => {
                 attempt += 1;
                 if attempt == 1 || attempt.is_multiple_of(10) {
@@ -234,7 +235,7 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
         driver.clone(),
         images,
         registrar,
-        neutron_client(&settings),
+        neutron_client(&settings).map(|n| Arc::new(n) as Arc<dyn crate::network::PortService>),
     ));
 
     // RPC first: queues exist and ping answers before Nova knows this host.

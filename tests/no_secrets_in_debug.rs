@@ -20,9 +20,10 @@ username = placement
 password = nd-secret-placement-pass-2
 project_name = service
 [neutron]
-auth_type = admin_token
-endpoint = http://127.0.0.1:9696
-token = nd-secret-neutron-token-3
+auth_type = v3applicationcredential
+auth_url = http://keystone:5000/v3
+application_credential_id = nd-app-cred
+application_credential_secret = nd-secret-neutron-token-3
 [glance]
 auth_type = admin_token
 endpoint_override = http://127.0.0.1:9292

@@ -7,14 +7,15 @@ use serde_json::{Map, Value};
 
 use super::errors::OpError;
 use super::manager::ComputeManager;
-use super::states::{task, vm};
+use super::operation::{OnFailure, Operation};
+use super::states::{PowerState, TaskState, VmState};
 use crate::conductor::Expected;
 use crate::image::GlanceImage;
 use crate::metrics;
 use crate::network::{Requested, requested_networks, requested_security_groups};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
-use crate::virt::{Driver, ImageRef, InstanceInfo, PowerState, spec};
+use crate::virt::{Driver, ImageRef, InstanceInfo, spec};
 
 /// The arguments of `build_and_run_instance` this host uses. `Debug` shows
 /// whether an admin password came, never the password.
@@ -27,6 +28,9 @@ pub struct BuildRequest {
     /// `security_groups`: the names (or ids) of the groups the server asked
     /// for, applied to the ports this host creates.
     pub security_groups: Option<Value>,
+    /// The password Nova generated or the user gave for the server. Kept only
+    /// so `Debug` can show whether one came; a container has no console login
+    /// to set it on.
     pub admin_password: Option<String>,
 }
 
@@ -62,27 +66,27 @@ impl<D: Driver> ComputeManager<D> {
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         let started = Instant::now();
-        let r =
-            self.with_event(ctx, &uuid, "compute__do_build_and_run_instance", self.do_build(ctx, &mut i, &req)).await;
+        let op = Operation::new("compute__do_build_and_run_instance").on_failure(OnFailure::EventOnly);
+        let r = self.run_held(ctx, &mut i, op, async |i| self.do_build(ctx, i, &req).await).await;
         match r {
             Ok(()) => {
                 tracing::info!(instance = %uuid, elapsed_ms = started.elapsed().as_millis() as u64, "instance built");
             }
             Err(e) if e.is_superseded() => {
                 tracing::info!(instance = %uuid, error = %e, "build stopped: the instance was deleted or changed");
-                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+                let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
             }
             Err(e) => {
                 tracing::warn!(instance = %uuid, error = %e, "build failed");
-                let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
-                self.record_fault(ctx, &uuid, &e).await;
+                let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
                 // Nova's _nil_out_instance_obj_host_and_node + error state.
                 i.set("host", Value::Null);
                 i.set("node", Value::Null);
                 if self.conductor.release().instance_compute_id {
                     i.set("compute_id", Value::Null);
                 }
-                self.set_error_state(ctx, &mut i, true).await;
+                let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: false };
+                let _ = self.fail(ctx, &mut i, on_failure, e).await;
                 if let Some(p) = &self.placement
                     && let Err(pe) = p.delete_allocation(&uuid).await
                 {
@@ -121,10 +125,8 @@ impl<D: Driver> ComputeManager<D> {
         let as_requested = i.clone();
         let saves = async {
             self.claim(ctx, i).await?;
-            i.set("task_state", task::BLOCK_DEVICE_MAPPING);
-            self.save(ctx, i, Expected::Any).await?;
-            i.set("task_state", task::SPAWNING);
-            self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
+            self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any).await?;
+            self.begin_task(ctx, i, TaskState::Spawning, Expected::task(TaskState::BlockDeviceMapping)).await
         };
         let docker = async {
             let (meta, image) = self.build_image(ctx, req, image_id).await?;
@@ -161,8 +163,7 @@ impl<D: Driver> ComputeManager<D> {
         phase("build", "network_allocate", t);
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image).await;
         if built.is_err() {
-            let cid = self.container_id(&uuid).await;
-            self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
+            self.driver.unplug_vifs(&uuid, &ni).await;
             self.deallocate_network(&ni).await;
         }
         built
@@ -175,8 +176,8 @@ impl<D: Driver> ComputeManager<D> {
     /// state.
     async fn claim(&self, ctx: &RequestContext, i: &mut Instance) -> Result<(), OpError> {
         let t = Instant::now();
-        i.set("vm_state", vm::BUILDING);
-        i.set("task_state", Value::Null);
+        i.set_vm_state(VmState::Building);
+        i.set_task_state(None);
         i.set("host", self.host());
         i.set("launched_on", self.host());
         i.set("node", self.host());
@@ -186,7 +187,7 @@ impl<D: Driver> ComputeManager<D> {
         {
             i.set("compute_id", id);
         }
-        self.save(ctx, i, Expected::OneOf(vec![Some(task::SCHEDULING), None])).await?;
+        self.save(ctx, i, Expected::OneOf(vec![Some(TaskState::Scheduling), None])).await?;
         phase("build", "claim", t);
         Ok(())
     }
@@ -221,12 +222,10 @@ impl<D: Driver> ComputeManager<D> {
         let mut spec =
             spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
-        spec.dns = super::networking::dns_servers(ni);
-        spec.addresses = super::networking::fixed_addresses(ni);
         spec.volumes = image.volumes.clone();
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
-        Ok(self.driver.create(&spec).await?)
+        Ok(self.driver.create(&spec, ni).await?)
     }
 
     /// Starts the created container (the spawn phase).
@@ -254,18 +253,12 @@ impl<D: Driver> ComputeManager<D> {
         let uuid = i.uuid().to_string();
         // 5. Block devices: none to prepare for an image-backed container.
         let as_requested = i.clone();
-        let bdm = async {
-            i.set("task_state", task::BLOCK_DEVICE_MAPPING);
-            self.save(ctx, i, Expected::Any).await
-        };
+        let bdm = self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any);
         let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni));
         saved?;
         created?;
         // 6. Spawn.
-        let spawning = async {
-            i.set("task_state", task::SPAWNING);
-            self.save(ctx, i, Expected::task(task::BLOCK_DEVICE_MAPPING)).await
-        };
+        let spawning = self.begin_task(ctx, i, TaskState::Spawning, Expected::task(TaskState::BlockDeviceMapping));
         let (saved, started) = tokio::join!(spawning, self.start_created(&uuid));
         saved?;
         let info = started?;
@@ -280,11 +273,8 @@ impl<D: Driver> ComputeManager<D> {
     /// Step 7: ACTIVE, with the power state the started container reported.
     async fn save_active(&self, ctx: &RequestContext, i: &mut Instance, info: InstanceInfo) -> Result<(), OpError> {
         let t = Instant::now();
-        i.set("power_state", info.state.code());
-        i.set("vm_state", vm::ACTIVE);
-        i.set("task_state", Value::Null);
         i.set("launched_at", Self::now());
-        self.save(ctx, i, Expected::task(task::SPAWNING)).await?;
+        self.settle(ctx, i, VmState::Active, info.state, Expected::task(TaskState::Spawning)).await?;
         phase("build", "active_saved", t);
         Ok(())
     }
@@ -302,42 +292,27 @@ impl<D: Driver> ComputeManager<D> {
     /// `terminate_instance`: stop and remove the container, record the
     /// deletion, free the allocation, destroy the instance row. Idempotent:
     /// a missing container or instance is not an error.
-    pub async fn terminate_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_terminate_instance", async {
-                let t = Instant::now();
-                let ni = self.network_info(ctx, &mut i).await?;
-                let cid = self.container_id(&uuid).await;
-                self.driver.destroy(&uuid, self.settings.shutdown_timeout).await?;
-                self.unplug_vifs(&uuid, &ni, cid.as_deref()).await;
-                self.release_network(&uuid, &ni).await?;
-                phase("delete", "destroy", t);
-                i.set("vm_state", vm::DELETED);
-                i.set("task_state", Value::Null);
-                i.set("power_state", PowerState::NoState.code());
-                i.set("terminated_at", Self::now());
-                self.save(ctx, &mut i, Expected::Any).await?;
-                if let Some(p) = &self.placement {
-                    p.delete_allocation(&uuid).await.map_err(|e| OpError::Invalid(e.to_string()))?;
-                }
-                self.conductor.clean_console_auths(ctx, &uuid).await;
-                self.conductor.instance_destroy(ctx, &mut i).await?;
-                self.census.record(&uuid, None);
-                Ok(())
-            })
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_superseded() => Ok(()),
-            Err(e) => {
-                self.record_fault(ctx, &uuid, &e).await;
-                self.set_error_state(ctx, &mut i, false).await;
-                Err(e)
+    pub async fn terminate_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        let op = Operation::new("compute_terminate_instance")
+            .on_failure(OnFailure::ErrorState { clean_task_state: false, refresh_power: false });
+        self.operate(ctx, i, op, async |i| {
+            let uuid = i.uuid().to_string();
+            let t = Instant::now();
+            let ni = self.network_info(ctx, i).await?;
+            self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
+            self.release_network(&uuid, &ni).await?;
+            phase("delete", "destroy", t);
+            i.set("terminated_at", Self::now());
+            self.settle(ctx, i, VmState::Deleted, PowerState::NoState, Expected::Any).await?;
+            if let Some(p) = &self.placement {
+                p.delete_allocation(&uuid).await.map_err(|e| OpError::Invalid(e.to_string()))?;
             }
-        }
+            self.conductor.clean_console_auths(ctx, &uuid).await;
+            self.conductor.instance_destroy(ctx, i).await?;
+            self.census.record(&uuid, None);
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -5,7 +5,6 @@ use serde_json::json;
 
 use crate::conductor::ConductorError;
 use crate::image::ImageError;
-use crate::net::NetError;
 use crate::network::NetworkError;
 use crate::rpc::RemoteError;
 use crate::virt::VirtError;
@@ -20,16 +19,21 @@ pub enum OpError {
     /// the operation stops without touching it further.
     #[error("instance changed or vanished meanwhile: {0}")]
     Superseded(ConductorError),
+    /// A conductor call failed for another reason than the instance changing
+    /// meanwhile (that is [`OpError::Superseded`]).
     #[error(transparent)]
     Conductor(ConductorError),
+    /// The Docker driver failed.
     #[error(transparent)]
     Virt(#[from] VirtError),
+    /// The image could not be fetched from Glance or loaded into Docker.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Neutron port handling failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
-    #[error("network plumbing: {0}")]
-    Net(#[from] NetError),
+    /// The request cannot be honoured on this host (e.g. boot from volume); the
+    /// message says why, for the tenant.
     #[error("{0}")]
     Invalid(String),
 }
@@ -83,6 +87,8 @@ impl OpError {
 /// 500.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRecord {
+    /// The HTTP-like code Nova stores with the fault: 500 for a host failure,
+    /// another code when the request itself was at fault.
     pub code: u16,
     /// Without host paths, URLs or addresses ([`redact_host_details`]).
     pub message: String,

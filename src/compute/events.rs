@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 /// An event outcome reported by Neutron.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventStatus {
+    /// Neutron finished the change (e.g. the port is bound and up).
     Completed,
+    /// Neutron could not make the change; the waiting operation fails.
     Failed,
 }
 

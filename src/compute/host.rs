@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::compute::states::vm;
+use crate::compute::states::VmState;
 use crate::conductor::{Conductor, ConductorError};
 use crate::config::Settings;
 use crate::objects::compute_node::NodeResources;
@@ -52,20 +52,33 @@ pub const ABSENT_CAPABILITY_TRAITS: &[&str] = &[
 /// Registration failures.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
+    /// A conductor call (service or node record) failed.
     #[error(transparent)]
     Conductor(#[from] ConductorError),
+    /// Placement refused or did not answer the provider update.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// The driver could not report the host's resources.
     #[error(transparent)]
     Virt(#[from] VirtError),
+    /// The node's persistent uuid file cannot be read or written; without it
+    /// the node would come back as a new one after a restart.
     #[error("node identity file {path}: {detail}")]
-    Identity { path: String, detail: String },
+    Identity {
+        /// The file holding the node's persistent uuid.
+        path: String,
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 /// The registered identity of this host, shared by the manager.
 pub struct HostRecords {
+    /// This host's Service record; the report loop updates it.
     pub service: Mutex<Service>,
+    /// This host's ComputeNode record, updated with resource figures.
     pub node: Mutex<ComputeNode>,
+    /// The node's persistent uuid, also its resource provider's uuid in Placement.
     pub node_uuid: String,
     /// The ComputeNode's database id (0 until known), for `Instance.compute_id`.
     pub node_id: std::sync::atomic::AtomicI64,
@@ -103,9 +116,13 @@ pub async fn write_node_identity(path: &Path, uuid: &str) -> Result<(), HostErro
 /// What this host uses, from Nova's view of its instances.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Usage {
+    /// vCPUs of the flavors placed here.
     pub vcpus: i64,
+    /// Memory of the flavors placed here, in MiB.
     pub memory_mb: i64,
+    /// Root plus ephemeral disk of the flavors placed here, in GiB.
     pub disk_gb: i64,
+    /// Instances that hold resources (deleted and offloaded ones do not).
     pub instances: i64,
 }
 
@@ -116,7 +133,7 @@ impl Usage {
     pub fn of(instances: &[Instance]) -> Self {
         let mut u = Usage::default();
         for i in instances {
-            if matches!(i.vm_state(), Some(vm::DELETED) | Some(vm::SHELVED_OFFLOADED)) {
+            if matches!(i.vm_state(), Some(VmState::Deleted | VmState::ShelvedOffloaded)) {
                 continue;
             }
             let disk = i.root_gb().max(0).saturating_add(i.obj.get_i64("ephemeral_gb").unwrap_or(0).max(0));
@@ -131,9 +148,14 @@ impl Usage {
 
 /// Registers and keeps the host's records current.
 pub struct HostRegistrar<D: Driver> {
+    /// The host's configuration (host name, ratios, reserved resources).
     pub settings: Arc<Settings>,
+    /// Reads and writes the Service and ComputeNode records.
     pub conductor: Conductor,
+    /// Placement, to keep the resource provider current; None when
+    /// Placement is not configured.
     pub placement: Option<Placement>,
+    /// The driver, which reports the host's resources.
     pub driver: Arc<D>,
 }
 

@@ -1,13 +1,12 @@
 //! The compute manager: Nova's state machine around the driver, as
 //! `nova/compute/manager.py` runs it. Each RPC method becomes one operation
-//! that takes the instance's lock, records the instance-action event with the
-//! request's context, moves vm_state / task_state / power_state through the
-//! same `Instance.save(expected_task_state=...)` steps as Python, and on
-//! failure records a fault and leaves the instance in the state Nova expects.
+//! run by [`super::operation`] (the instance's lock, the instance-action
+//! event with the request's context, on failure a fault and the state Nova
+//! expects) whose body moves vm_state / task_state / power_state through the
+//! same `Instance.save(expected_task_state=...)` steps as Python.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
@@ -15,13 +14,12 @@ use super::errors::{OpError, instance_invalid_state, instance_not_found};
 use super::events::EventWaiters;
 use super::host::{HostRecords, HostRegistrar};
 use super::locks::InstanceLocks;
-use super::states::{task, vm};
+use super::operation::{OnFailure, Operation};
+use super::states::{TaskState, VmState};
 use crate::conductor::{Conductor, Expected};
 use crate::config::Settings;
 use crate::image::ImageService;
-use crate::metrics;
-use crate::net::PlugOptions;
-use crate::network::Neutron;
+use crate::network::PortService;
 use crate::objects::Instance;
 use crate::objects::time;
 use crate::placement::Placement;
@@ -33,14 +31,23 @@ pub const MAX_CONSOLE_BYTES: usize = 100 * 1024;
 
 /// The compute manager.
 pub struct ComputeManager<D: Driver> {
+    /// The host's configuration.
     pub settings: Arc<Settings>,
+    /// Nova's object API: instances, faults, actions, records.
     pub conductor: Conductor,
+    /// Placement, for allocations this host changes; None when not configured.
     pub placement: Option<Placement>,
+    /// The virt driver that runs the containers.
     pub driver: Arc<D>,
+    /// Glance to Docker image transfer, with its cache.
     pub images: ImageService<D>,
+    /// One operation at a time per instance, as Nova's per-instance lock.
     pub locks: InstanceLocks,
+    /// Caps concurrent builds (`max_concurrent_builds`); None for unlimited.
     pub build_slots: Option<Semaphore>,
+    /// Caps concurrent snapshots (`max_concurrent_snapshots`); None for unlimited.
     pub snapshot_slots: Option<Semaphore>,
+    /// Registers the host and refreshes its records and provider.
     pub registrar: HostRegistrar<D>,
     /// Set once the host is registered; handlers wait for it.
     pub records: tokio::sync::OnceCell<Arc<HostRecords>>,
@@ -48,9 +55,7 @@ pub struct ComputeManager<D: Driver> {
     /// Instances with an operation in progress, to keep power sync away.
     busy: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Neutron, when configured.
-    pub neutron: Option<Neutron>,
-    /// How ports are plugged on this host.
-    pub plug_opts: PlugOptions,
+    pub neutron: Option<Arc<dyn PortService>>,
     /// Pending waits for Neutron's events.
     pub vif_events: EventWaiters,
     /// Instances by vm_state, for the metrics.
@@ -82,7 +87,7 @@ impl<D: Driver> ComputeManager<D> {
         driver: Arc<D>,
         images: ImageService<D>,
         registrar: HostRegistrar<D>,
-        neutron: Option<Neutron>,
+        neutron: Option<Arc<dyn PortService>>,
     ) -> Self {
         let (ready, _) = watch::channel(false);
         ComputeManager {
@@ -99,7 +104,6 @@ impl<D: Driver> ComputeManager<D> {
             ready,
             busy: Default::default(),
             neutron,
-            plug_opts: PlugOptions::default(),
             vif_events: EventWaiters::default(),
             census: Default::default(),
         }
@@ -132,70 +136,6 @@ impl<D: Driver> ComputeManager<D> {
         &self.settings.host
     }
 
-    /// Records `compute_<event>` start and finish around `op`, with the
-    /// request's context (instance actions are found by its request id).
-    pub async fn with_event<T>(
-        &self,
-        ctx: &RequestContext,
-        uuid: &str,
-        event: &str,
-        op: impl Future<Output = Result<T, OpError>>,
-    ) -> Result<T, OpError> {
-        let started = Instant::now();
-        // The action event is a record of its own: written while the
-        // operation begins rather than one conductor round trip before it.
-        let ((), result) = tokio::join!(self.conductor.event_start(ctx, uuid, event), op);
-        let failure = match &result {
-            Ok(_) => None,
-            Err(e) if e.is_superseded() => None,
-            Err(e) => Some((e.tenant_message(), e.to_remote())),
-        };
-        // The event's message is shown to the tenant (microversion 2.84
-        // `details`), its traceback to admins only: the whole error goes there.
-        let (message, trace) = match &failure {
-            Some((message, f)) => (message.clone(), format!("{}: {}\n", f.class, f.message)),
-            None => (String::new(), String::new()),
-        };
-        let detail = failure.as_ref().map(|_| (message.as_str(), trace.as_str()));
-        self.conductor.event_finish(ctx, uuid, event, detail).await;
-        metrics::global().observe(
-            "nova_docker_operation_duration_seconds",
-            &[("operation", event), ("phase", "total")],
-            started.elapsed(),
-        );
-        result
-    }
-
-    /// Records an instance fault for a failed operation.
-    pub async fn record_fault(&self, ctx: &RequestContext, uuid: &str, err: &OpError) {
-        if err.is_superseded() {
-            return;
-        }
-        // The tenant reads the message; the whole error goes to details.
-        let fault = err.fault_record();
-        self.conductor.fault_create(ctx, uuid, fault.code, &fault.message, &fault.details).await;
-    }
-
-    /// `@reverts_task_state`: clears the task state after a failure (unless
-    /// someone else changed the instance).
-    pub async fn revert_task_state(&self, ctx: &RequestContext, instance: &mut Instance) {
-        instance.set("task_state", serde_json::Value::Null);
-        if let Err(e) = self.conductor.instance_save(ctx, instance, Expected::Any).await {
-            tracing::warn!(instance = instance.uuid(), error = %e, "could not revert the task state");
-        }
-    }
-
-    /// Marks the instance in error, as `_set_instance_obj_error_state` does.
-    pub async fn set_error_state(&self, ctx: &RequestContext, instance: &mut Instance, clean_task_state: bool) {
-        instance.set("vm_state", vm::ERROR);
-        if clean_task_state {
-            instance.set("task_state", serde_json::Value::Null);
-        }
-        if let Err(e) = self.conductor.instance_save(ctx, instance, Expected::Any).await {
-            tracing::warn!(instance = instance.uuid(), error = %e, "could not set the instance in error");
-        }
-    }
-
     /// The power state the driver sees (NOSTATE when there is no container).
     pub async fn power_state_of(&self, uuid: &str) -> Result<PowerState, OpError> {
         match self.driver.get_info(uuid).await {
@@ -208,7 +148,7 @@ impl<D: Driver> ComputeManager<D> {
     /// Saves the instance, with the expected task state.
     pub async fn save(&self, ctx: &RequestContext, i: &mut Instance, expected: Expected) -> Result<(), OpError> {
         self.conductor.instance_save(ctx, i, expected).await?;
-        self.census.record(i.uuid(), i.vm_state());
+        self.census.record(i.uuid(), i.vm_state_name());
         Ok(())
     }
 
@@ -224,243 +164,154 @@ impl<D: Driver> ComputeManager<D> {
         )
     }
 
+    /// Powers the instance off within `timeout` (a missing container is
+    /// off): its power state afterwards.
+    pub async fn power_off(&self, uuid: &str, timeout: Duration) -> Result<PowerState, OpError> {
+        match self.driver.power_off(uuid, timeout).await {
+            Ok(info) => Ok(info.state),
+            Err(VirtError::NotFound(_)) => Ok(PowerState::NoState),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     // ------------------------------------------------------------------
     // Simple power operations
     // ------------------------------------------------------------------
 
     /// `stop_instance`: graceful stop, then `vm_state=stopped`.
-    pub async fn stop_instance(&self, ctx: &RequestContext, mut i: Instance, clean: bool) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_stop_instance", async {
-                let current = self.power_state_of(&uuid).await?;
-                let mut expected = vec![Some(task::POWERING_OFF)];
-                if matches!(current, PowerState::NoState | PowerState::Shutdown | PowerState::Crashed) {
-                    expected.push(None);
-                }
-                let timeout = self.shutdown_timeout(&i, clean);
-                let state = match self.driver.power_off(&uuid, timeout).await {
-                    Ok(info) => info.state,
-                    Err(VirtError::NotFound(_)) => PowerState::NoState,
-                    Err(e) => return Err(e.into()),
-                };
-                self.forget_netns(&uuid).await;
-                i.set("power_state", state.code());
-                i.set("vm_state", vm::STOPPED);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::OneOf(expected)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+    pub async fn stop_instance(&self, ctx: &RequestContext, i: Instance, clean: bool) -> Result<(), OpError> {
+        self.operate(ctx, i, Operation::new("compute_stop_instance"), async |i| {
+            let current = self.power_state_of(i.uuid()).await?;
+            let mut expected = vec![Some(TaskState::PoweringOff)];
+            if matches!(current, PowerState::NoState | PowerState::Shutdown | PowerState::Crashed) {
+                expected.push(None);
+            }
+            let state = self.power_off(i.uuid(), self.shutdown_timeout(i, clean)).await?;
+            self.settle(ctx, i, VmState::Stopped, state, Expected::OneOf(expected)).await
+        })
+        .await
     }
 
     /// `start_instance`: start, then `vm_state=active`.
-    pub async fn start_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_start_instance", async {
-                let info = self.power_on_and_replug(ctx, &mut i).await?;
-                i.set("power_state", info.state.code());
-                i.set("vm_state", vm::ACTIVE);
-                i.set("task_state", serde_json::Value::Null);
-                for key in ["shelved_at", "shelved_image_id", "shelved_host"] {
-                    if i.system_metadata().contains_key(key) {
-                        i.set_system_metadata(key, None);
-                    }
+    pub async fn start_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        self.operate(ctx, i, Operation::new("compute_start_instance"), async |i| {
+            let info = self.power_on_and_replug(ctx, i).await?;
+            for key in ["shelved_at", "shelved_image_id", "shelved_host"] {
+                if i.system_metadata().contains_key(key) {
+                    i.set_system_metadata(key, None);
                 }
-                self.save(ctx, &mut i, Expected::task(task::POWERING_ON)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+            }
+            self.settle(ctx, i, VmState::Active, info.state, Expected::task(TaskState::PoweringOn)).await
+        })
+        .await
     }
 
     /// `pause_instance` / `unpause_instance` (cgroup freezer).
-    pub async fn pause_instance(&self, ctx: &RequestContext, mut i: Instance, pause: bool) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
+    pub async fn pause_instance(&self, ctx: &RequestContext, i: Instance, pause: bool) -> Result<(), OpError> {
         let event = if pause { "compute_pause_instance" } else { "compute_unpause_instance" };
-        let r = self
-            .with_event(ctx, &uuid, event, async {
-                let info = if pause { self.driver.pause(&uuid).await? } else { self.driver.unpause(&uuid).await? };
-                i.set("power_state", info.state.code());
-                i.set("vm_state", if pause { vm::PAUSED } else { vm::ACTIVE });
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::task(if pause { task::PAUSING } else { task::UNPAUSING })).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+        self.operate(ctx, i, Operation::new(event), async |i| {
+            let (info, vm, task) = if pause {
+                (self.driver.pause(i.uuid()).await?, VmState::Paused, TaskState::Pausing)
+            } else {
+                (self.driver.unpause(i.uuid()).await?, VmState::Active, TaskState::Unpausing)
+            };
+            self.settle(ctx, i, vm, info.state, Expected::task(task)).await
+        })
+        .await
     }
 
     /// `suspend_instance`: a container has no memory image to save, so
     /// suspend freezes its processes (like pause) and Nova records SUSPENDED;
     /// memory stays allocated. The previous vm_state is kept in
     /// `system_metadata.old_vm_state` as Nova does.
-    pub async fn suspend_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let previous = i.vm_state().unwrap_or(vm::ACTIVE).to_string();
-        let r = self
-            .with_event(ctx, &uuid, "compute_suspend_instance", async {
-                self.driver.pause(&uuid).await?;
-                i.set_system_metadata("old_vm_state", Some(&previous));
-                i.set("power_state", PowerState::Suspended.code());
-                i.set("vm_state", vm::SUSPENDED);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::task(task::SUSPENDING)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+    pub async fn suspend_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        let previous = i.vm_state_name().unwrap_or(VmState::Active.as_str()).to_string();
+        self.operate(ctx, i, Operation::new("compute_suspend_instance"), async |i| {
+            self.driver.pause(i.uuid()).await?;
+            i.set_system_metadata("old_vm_state", Some(&previous));
+            let expected = Expected::task(TaskState::Suspending);
+            self.settle(ctx, i, VmState::Suspended, PowerState::Suspended, expected).await
+        })
+        .await
     }
 
     /// `resume_instance`: thaws, and restores the vm_state from before.
-    pub async fn resume_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_resume_instance", async {
-                let info = self.driver.unpause(&uuid).await?;
-                let old = i.system_metadata().get("old_vm_state").cloned().unwrap_or_else(|| vm::ACTIVE.to_string());
-                i.set_system_metadata("old_vm_state", None);
-                i.set("power_state", info.state.code());
-                i.set("vm_state", old);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::task(task::RESUMING)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+    pub async fn resume_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        self.operate(ctx, i, Operation::new("compute_resume_instance"), async |i| {
+            let info = self.driver.unpause(i.uuid()).await?;
+            let old =
+                i.system_metadata().get("old_vm_state").and_then(|s| VmState::parse(s)).unwrap_or(VmState::Active);
+            i.set_system_metadata("old_vm_state", None);
+            self.settle(ctx, i, old, info.state, Expected::task(TaskState::Resuming)).await
+        })
+        .await
     }
 
     /// `soft_delete_instance`: powers off and records `soft-delete`.
-    pub async fn soft_delete_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_soft_delete_instance", async {
-                let state = match self.driver.power_off(&uuid, self.settings.shutdown_timeout).await {
-                    Ok(info) => info.state,
-                    Err(VirtError::NotFound(_)) => PowerState::NoState,
-                    Err(e) => return Err(e.into()),
-                };
-                self.forget_netns(&uuid).await;
-                i.set("power_state", state.code());
-                i.set("vm_state", vm::SOFT_DELETED);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::task(task::SOFT_DELETING)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+    pub async fn soft_delete_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        self.operate(ctx, i, Operation::new("compute_soft_delete_instance"), async |i| {
+            let state = self.power_off(i.uuid(), self.settings.shutdown_timeout).await?;
+            self.settle(ctx, i, VmState::SoftDeleted, state, Expected::task(TaskState::SoftDeleting)).await
+        })
+        .await
     }
 
     /// `restore_instance`: powers a soft-deleted instance back on.
-    pub async fn restore_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let r = self
-            .with_event(ctx, &uuid, "compute_restore_instance", async {
-                let info = self.power_on_and_replug(ctx, &mut i).await?;
-                i.set("power_state", info.state.code());
-                i.set("vm_state", vm::ACTIVE);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::task(task::RESTORING)).await
-            })
-            .await;
-        self.finish(ctx, &mut i, r).await
+    pub async fn restore_instance(&self, ctx: &RequestContext, i: Instance) -> Result<(), OpError> {
+        self.operate(ctx, i, Operation::new("compute_restore_instance"), async |i| {
+            let info = self.power_on_and_replug(ctx, i).await?;
+            self.settle(ctx, i, VmState::Active, info.state, Expected::task(TaskState::Restoring)).await
+        })
+        .await
     }
 
     /// `reboot_instance`: the pending/started task states, then a soft
-    /// (SIGTERM, wait, start) or hard (kill, start) restart.
-    pub async fn reboot_instance(&self, ctx: &RequestContext, mut i: Instance, hard: bool) -> Result<(), OpError> {
-        let uuid = i.uuid().to_string();
-        let _lock = self.locks.lock(&uuid).await;
-        let _busy = self.mark_busy(&uuid);
-        let (expected, pending, started) = if hard {
-            (
-                vec![Some(task::REBOOTING_HARD), Some(task::REBOOT_PENDING_HARD), Some(task::REBOOT_STARTED_HARD)],
-                task::REBOOT_PENDING_HARD,
-                task::REBOOT_STARTED_HARD,
-            )
+    /// (SIGTERM, wait, start) or hard (kill, start) restart. A failure
+    /// leaves the instance in ERROR with its power state read again.
+    pub async fn reboot_instance(&self, ctx: &RequestContext, i: Instance, hard: bool) -> Result<(), OpError> {
+        let (requested, pending, started) = if hard {
+            (TaskState::RebootingHard, TaskState::RebootPendingHard, TaskState::RebootStartedHard)
         } else {
-            (
-                vec![Some(task::REBOOTING), Some(task::REBOOT_PENDING), Some(task::REBOOT_STARTED)],
-                task::REBOOT_PENDING,
-                task::REBOOT_STARTED,
-            )
+            (TaskState::Rebooting, TaskState::RebootPending, TaskState::RebootStarted)
         };
-        let result = self
-            .with_event(ctx, &uuid, "compute_reboot_instance", async {
-                let current = self.power_state_of(&uuid).await?;
-                i.set("power_state", current.code());
-                i.set("task_state", pending);
-                self.save(ctx, &mut i, Expected::OneOf(expected)).await?;
-                // Nova saves the started state and then reboots. The
-                // restart needs nothing from that save, so it runs beside it
-                // and beside loading the network info its replug needs; a
-                // refused save still wins over the restart's outcome.
-                let started_saved = async {
-                    i.set("task_state", started);
-                    self.save(ctx, &mut i, Expected::task(pending)).await?;
-                    self.network_info(ctx, &mut i).await
-                };
-                let (ni, rebooted) =
-                    tokio::join!(started_saved, self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout));
-                let ni = ni?;
-                let new_state = match rebooted {
-                    Ok(info) => {
-                        // A restarted container has a new network namespace.
-                        self.plug_vifs(&uuid, &ni, false).await?;
-                        info.state
+        let op = Operation::new("compute_reboot_instance")
+            .on_failure(OnFailure::ErrorState { clean_task_state: true, refresh_power: true });
+        self.operate(ctx, i, op, async |i| {
+            let uuid = i.uuid().to_string();
+            i.set_power_state(self.power_state_of(&uuid).await?);
+            let expected = Expected::OneOf(vec![Some(requested), Some(pending), Some(started)]);
+            self.begin_task(ctx, i, pending, expected).await?;
+            // Nova saves the started state and then reboots. The restart
+            // needs nothing from that save, so it runs beside it and beside
+            // loading the network info its replug needs; a refused save
+            // still wins over the restart's outcome.
+            let started_saved = async {
+                self.begin_task(ctx, i, started, Expected::task(pending)).await?;
+                self.network_info(ctx, i).await
+            };
+            let (ni, rebooted) =
+                tokio::join!(started_saved, self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout));
+            let ni = ni?;
+            let new_state = match rebooted {
+                Ok(info) => {
+                    // A restarted container has a new network namespace.
+                    self.plug_vifs(&uuid, &ni, false).await?;
+                    info.state
+                }
+                Err(e) => {
+                    // Nova: if the guest still runs, record the fault and carry on.
+                    let now = self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState);
+                    if now != PowerState::Running {
+                        return Err(e.into());
                     }
-                    Err(e) => {
-                        // Nova: if the guest still runs, record the fault and carry on.
-                        let now = self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState);
-                        if now != PowerState::Running {
-                            return Err(e.into());
-                        }
-                        self.record_fault(ctx, &uuid, &OpError::Virt(e)).await;
-                        now
-                    }
-                };
-                let new_vm = if i.vm_state() == Some(vm::RESCUED) { vm::RESCUED } else { vm::ACTIVE };
-                i.set("power_state", new_state.code());
-                i.set("vm_state", new_vm);
-                i.set("task_state", serde_json::Value::Null);
-                self.save(ctx, &mut i, Expected::Any).await
-            })
-            .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_superseded() => Ok(()),
-            Err(e) => {
-                self.record_fault(ctx, &uuid, &e).await;
-                i.set("power_state", self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState).code());
-                self.set_error_state(ctx, &mut i, true).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Common end of an operation: on failure a fault and the task state
-    /// reverted (Nova's `wrap_instance_fault` + `reverts_task_state`); an
-    /// operation superseded by another request ends quietly.
-    pub async fn finish(&self, ctx: &RequestContext, i: &mut Instance, r: Result<(), OpError>) -> Result<(), OpError> {
-        let Err(e) = r else { return Ok(()) };
-        if e.is_superseded() {
-            tracing::info!(instance = i.uuid(), error = %e, "operation superseded; nothing more to do");
-            return Ok(());
-        }
-        tracing::warn!(instance = i.uuid(), error = %e, "operation failed");
-        self.record_fault(ctx, i.uuid(), &e).await;
-        self.revert_task_state(ctx, i).await;
-        Err(e)
+                    self.record_fault(ctx, &uuid, &OpError::Virt(e)).await;
+                    now
+                }
+            };
+            let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
+            self.settle(ctx, i, vm, new_state, Expected::Any).await
+        })
+        .await
     }
 
     // ------------------------------------------------------------------
@@ -573,15 +424,9 @@ impl<D: Driver> ComputeManager<D> {
     ) -> RemoteError {
         let err = self.unsupported(method);
         if let Some(mut i) = instance {
-            let uuid = i.uuid().to_string();
-            let _lock = self.locks.lock(&uuid).await;
             let e = OpError::Nova(err.clone());
-            let r: Result<(), OpError> =
-                self.with_event(ctx, &uuid, &format!("compute_{method}"), async { Err(e) }).await;
-            if let Err(e) = r {
-                self.record_fault(ctx, &uuid, &e).await;
-                self.revert_task_state(ctx, &mut i).await;
-            }
+            let op = Operation::new(format!("compute_{method}"));
+            let _ = self.run(ctx, &mut i, op, async |_| Err::<(), _>(e)).await;
         }
         err
     }

@@ -2,6 +2,8 @@
 //! around the driver, and the RPC endpoint that exposes it.
 //!
 //! - [`host`]: Service, ComputeNode and Placement records, heartbeats;
+//! - [`operation`]: how every instance operation runs (lock, action event,
+//!   fault and state revert on failure);
 //! - [`manager`]: operations with Nova's state transitions;
 //! - [`build`]: building and deleting instances;
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
@@ -9,7 +11,8 @@
 //! - [`sync`]: start-up recovery and power-state sync;
 //! - [`root_disk`]: instances over their root disk limit (measure mode);
 //! - [`endpoint`]: the compute RPC methods;
-//! - [`locks`], [`states`], [`errors`]: supporting pieces.
+//! - [`locks`], [`states`] (typed vm, task and power states), [`errors`]:
+//!   supporting pieces.
 
 pub mod build;
 pub mod census;
@@ -20,9 +23,12 @@ pub mod host;
 pub mod locks;
 pub mod manager;
 pub mod networking;
+pub mod operation;
 pub mod reclaim;
 pub mod root_disk;
 pub mod snapshot;
+#[cfg(test)]
+mod state_machine_tests;
 pub mod states;
 pub mod sync;
 

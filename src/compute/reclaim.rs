@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::manager::ComputeManager;
-use super::states::vm;
+use super::states::VmState;
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
 use crate::virt::Driver;
@@ -21,7 +21,7 @@ use crate::virt::Driver;
 /// at least `interval` ago; one without `deleted_at` is due at once, as in
 /// Nova's `_deleted_old_enough`.
 pub fn due(instance: &Instance, now: DateTime<Utc>, interval: Duration) -> bool {
-    if instance.vm_state() != Some(vm::SOFT_DELETED) || instance.task_state().is_some() {
+    if instance.vm_state() != Some(VmState::SoftDeleted) || instance.task_state().is_some() {
         return false;
     }
     match instance.obj.get_str("deleted_at").and_then(crate::objects::time::parse) {

@@ -6,15 +6,14 @@
 //! `powering-off`, then SHUTOFF with power state SHUTDOWN) and an instance
 //! fault says why; with `log` only this service's log says so.
 
-use serde_json::Value;
-
 use super::errors::OpError;
 use super::manager::ComputeManager;
-use super::states::{task, vm};
+use super::operation::Operation;
+use super::states::{TaskState, VmState};
 use crate::conductor::Expected;
 use crate::config::OverLimitAction;
 use crate::rpc::RequestContext;
-use crate::virt::{Driver, PowerState, RootDiskUsage, VirtError};
+use crate::virt::{Driver, RootDiskUsage};
 
 const MIB: u64 = 1 << 20;
 
@@ -72,7 +71,7 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if i.host() != Some(self.host()) || i.vm_state() != Some(vm::ACTIVE) || i.task_state().is_some() {
+        if i.host() != Some(self.host()) || i.vm_state() != Some(VmState::Active) || i.has_task_state() {
             return Ok(());
         }
         tracing::warn!(
@@ -83,25 +82,18 @@ impl<D: Driver> ComputeManager<D> {
         );
         // As the compute API's stop: the action, then powering-off.
         self.conductor.action_start(&ctx, &u.uuid, "stop").await;
-        i.set("task_state", task::POWERING_OFF);
-        self.save(&ctx, &mut i, Expected::OneOf(vec![None])).await?;
-        let uuid = u.uuid.clone();
-        let r = self
-            .with_event(&ctx, &uuid, "compute_stop_instance", async {
-                let state = match self.driver.power_off(&uuid, self.settings.shutdown_timeout).await {
-                    Ok(info) => info.state,
-                    Err(VirtError::NotFound(_)) => PowerState::NoState,
-                    Err(e) => return Err(e.into()),
-                };
-                self.forget_netns(&uuid).await;
-                i.set("power_state", state.code());
-                i.set("vm_state", vm::STOPPED);
-                i.set("task_state", Value::Null);
-                self.save(&ctx, &mut i, Expected::task(task::POWERING_OFF)).await
+        self.begin_task(&ctx, &mut i, TaskState::PoweringOff, Expected::idle()).await?;
+        let stopped = self
+            .run_held(&ctx, &mut i, Operation::new("compute_stop_instance"), async |i| {
+                let state = self.power_off(&u.uuid, self.settings.shutdown_timeout).await?;
+                self.settle(&ctx, i, VmState::Stopped, state, Expected::task(TaskState::PoweringOff)).await
             })
             .await;
-        self.finish(&ctx, &mut i, r).await?;
-        self.record_fault(&ctx, &uuid, &OpError::Invalid(over_limit_message(u))).await;
+        match stopped {
+            Err(e) if e.is_superseded() => {}
+            r => r?,
+        }
+        self.record_fault(&ctx, &u.uuid, &OpError::Invalid(over_limit_message(u))).await;
         Ok(())
     }
 }

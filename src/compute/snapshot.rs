@@ -6,11 +6,12 @@
 
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::errors::OpError;
 use super::manager::ComputeManager;
-use super::states::task;
+use super::operation::{OnFailure, Operation};
+use super::states::TaskState;
 use crate::conductor::Expected;
 use crate::image::{ImageError, cache_repository, cache_tag, save_to_glance};
 use crate::metrics;
@@ -21,7 +22,9 @@ use crate::virt::Driver;
 /// A backup's rotation request.
 #[derive(Debug, Clone)]
 pub struct Rotation {
+    /// The rotation group (e.g. `daily`): only backups of this type count.
     pub backup_type: String,
+    /// How many backups of that type to keep; older ones are deleted.
     pub keep: usize,
 }
 
@@ -41,27 +44,25 @@ impl<D: Driver> ComputeManager<D> {
         };
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
-        let (event, first_expected) = match rotation {
-            Some(_) => ("compute_backup_instance", task::IMAGE_BACKUP),
-            None => ("compute_snapshot_instance", task::IMAGE_SNAPSHOT_PENDING),
-        };
+        let event = if rotation.is_some() { "compute_backup_instance" } else { "compute_snapshot_instance" };
         let started = Instant::now();
+        let op = Operation::new(event).on_failure(OnFailure::EventOnly);
         let r = self
-            .with_event(ctx, &uuid, event, async {
+            .run_held(ctx, &mut i, op, async |i| {
                 // Nova saves image_snapshot, then the power state: one save
                 // here, with the same expected task state and end result.
-                let current = self.power_state_of(&uuid).await?;
-                i.set("power_state", current.code());
-                if rotation.is_none() {
-                    i.set("task_state", task::IMAGE_SNAPSHOT);
-                    self.save(ctx, &mut i, Expected::task(task::IMAGE_SNAPSHOT_PENDING)).await?;
+                i.set_power_state(self.power_state_of(&uuid).await?);
+                let expected = if rotation.is_none() {
+                    let pending = Expected::task(TaskState::ImageSnapshotPending);
+                    self.begin_task(ctx, i, TaskState::ImageSnapshot, pending).await?;
+                    TaskState::ImageSnapshot
                 } else {
-                    self.save(ctx, &mut i, Expected::Any).await?;
-                }
-                let expected = if rotation.is_some() { first_expected } else { task::IMAGE_SNAPSHOT };
-                self.snapshot_to_glance(ctx, &mut i, image_id, expected).await?;
-                i.set("task_state", Value::Null);
-                self.save(ctx, &mut i, Expected::task(task::IMAGE_UPLOADING)).await?;
+                    self.save(ctx, i, Expected::Any).await?;
+                    TaskState::ImageBackup
+                };
+                self.snapshot_to_glance(ctx, i, image_id, expected).await?;
+                i.set_task_state(None);
+                self.save(ctx, i, Expected::task(TaskState::ImageUploading)).await?;
                 if let Some(rot) = &rotation {
                     self.rotate_backups(ctx, &uuid, rot).await;
                 }
@@ -73,16 +74,12 @@ impl<D: Driver> ComputeManager<D> {
             &[("operation", "snapshot"), ("phase", "total")],
             started.elapsed(),
         );
-        if let Err(e) = &r {
-            // Nova's delete_image_on_error: the half-made image goes.
-            if let Err(de) = self.images.glance().delete(Some(ctx), image_id).await {
-                tracing::warn!(instance = %uuid, image = image_id, error = %de, "could not delete the failed snapshot image");
-            }
-            if e.is_superseded() {
-                return Ok(());
-            }
+        let Err(e) = r else { return Ok(()) };
+        // Nova's delete_image_on_error: the half-made image goes.
+        if let Err(de) = self.images.glance().delete(Some(ctx), image_id).await {
+            tracing::warn!(instance = %uuid, image = image_id, error = %de, "could not delete the failed snapshot image");
         }
-        self.finish(ctx, &mut i, r).await
+        self.fail(ctx, &mut i, OnFailure::RevertTask, e).await
     }
 
     async fn snapshot_to_glance(
@@ -90,11 +87,10 @@ impl<D: Driver> ComputeManager<D> {
         ctx: &RequestContext,
         i: &mut Instance,
         image_id: &str,
-        expected: &'static str,
+        expected: TaskState,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
-        i.set("task_state", task::IMAGE_PENDING_UPLOAD);
-        self.save(ctx, i, Expected::task(expected)).await?;
+        self.begin_task(ctx, i, TaskState::ImagePendingUpload, Expected::task(expected)).await?;
 
         let t = Instant::now();
         let glance = self.images.glance();
@@ -120,8 +116,8 @@ impl<D: Driver> ComputeManager<D> {
                 &[("operation", "snapshot"), ("phase", "commit")],
                 t.elapsed(),
             );
-            i.set("task_state", task::IMAGE_UPLOADING);
-            let marked = self.save(ctx, i, Expected::task(task::IMAGE_PENDING_UPLOAD)).await;
+            let marked =
+                self.begin_task(ctx, i, TaskState::ImageUploading, Expected::task(TaskState::ImagePendingUpload)).await;
             Ok::<_, OpError>((image, marked))
         };
         let (committed, formats) = tokio::join!(commit_and_mark, formats);

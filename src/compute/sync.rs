@@ -8,27 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::OpError;
 use super::manager::ComputeManager;
-use super::states::{task, vm};
+use super::states::{TaskState, VmState};
 use crate::conductor::Expected;
 use crate::config::DeletedInstanceAction;
 use crate::metrics;
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
 use crate::virt::{Driver, PowerState, VirtError};
-
-const BUILD_TASKS: &[&str] = &[task::SCHEDULING, task::BLOCK_DEVICE_MAPPING, task::NETWORKING, task::SPAWNING];
-const SNAPSHOT_TASKS: &[&str] = &[
-    task::IMAGE_SNAPSHOT_PENDING,
-    task::IMAGE_SNAPSHOT,
-    task::IMAGE_PENDING_UPLOAD,
-    task::IMAGE_UPLOADING,
-    task::IMAGE_BACKUP,
-];
 
 impl<D: Driver> ComputeManager<D> {
     /// `set_host_enabled`: the COMPUTE_STATUS_DISABLED trait follows.
@@ -57,20 +47,21 @@ impl<D: Driver> ComputeManager<D> {
     async fn init_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         let _lock = self.locks.lock(&uuid).await;
-        let vm_state = i.vm_state().unwrap_or("").to_string();
-        let task_state = i.task_state().map(str::to_string);
-        if matches!(vm_state.as_str(), vm::DELETED | vm::SOFT_DELETED) && task_state.is_none() {
+        let vm_state = i.vm_state();
+        let task_state = i.task_state();
+        let has_task = i.has_task_state();
+        if matches!(vm_state, Some(VmState::Deleted | VmState::SoftDeleted)) && !has_task {
             return Ok(());
         }
-        if vm_state == vm::BUILDING || task_state.as_deref().is_some_and(|t| BUILD_TASKS.contains(&t)) {
+        if vm_state == Some(VmState::Building) || task_state.is_some_and(TaskState::is_build) {
             tracing::warn!(instance = %uuid, "the build was interrupted by a restart of this service; setting ERROR");
-            let _ = self.driver.destroy(&uuid, Duration::ZERO).await;
+            let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
             let e = OpError::Invalid("the build was interrupted by a restart of the compute service".into());
             self.record_fault(ctx, &uuid, &e).await;
             self.set_error_state(ctx, &mut i, true).await;
             return Ok(());
         }
-        if task_state.as_deref() == Some(task::DELETING) {
+        if task_state == Some(TaskState::Deleting) {
             tracing::info!(instance = %uuid, "finishing a deletion interrupted by a restart");
             drop(_lock);
             return self.terminate_instance(ctx, i).await;
@@ -80,44 +71,42 @@ impl<D: Driver> ComputeManager<D> {
             Err(VirtError::NotFound(_)) => PowerState::NoState,
             Err(e) => return Err(e.into()),
         };
-        match task_state.as_deref() {
-            Some(t) if SNAPSHOT_TASKS.contains(&t) => {
-                tracing::info!(instance = %uuid, task = t, "resetting a snapshot interrupted by a restart");
-                if current == PowerState::Paused && vm_state != vm::PAUSED && vm_state != vm::SUSPENDED {
+        match task_state {
+            Some(t) if t.is_snapshot() => {
+                tracing::info!(instance = %uuid, task = %t, "resetting a snapshot interrupted by a restart");
+                if current == PowerState::Paused && !matches!(vm_state, Some(VmState::Paused | VmState::Suspended)) {
                     // The engine pauses during commit; thaw what we froze.
                     let _ = self.driver.unpause(&uuid).await;
                 }
             }
-            Some(task::POWERING_OFF) => {
+            Some(TaskState::PoweringOff) => {
                 if current == PowerState::Running {
                     let _ = self.driver.power_off(&uuid, self.settings.shutdown_timeout).await;
                 }
-                i.set("vm_state", vm::STOPPED);
+                i.set_vm_state(VmState::Stopped);
             }
-            Some(task::POWERING_ON) => {
+            Some(TaskState::PoweringOn) => {
                 if current != PowerState::Running {
                     let _ = self.driver.power_on(&uuid).await;
                 }
-                i.set("vm_state", vm::ACTIVE);
+                i.set_vm_state(VmState::Active);
             }
-            Some(t) if t.starts_with("reboot") => {
+            Some(t) if t.is_reboot() => {
                 if current != PowerState::Running {
                     let _ = self.driver.power_on(&uuid).await;
                 }
-                i.set("vm_state", vm::ACTIVE);
+                i.set_vm_state(VmState::Active);
             }
-            Some(task::PAUSING) | Some(task::SUSPENDING) => {
+            Some(t @ (TaskState::Pausing | TaskState::Suspending)) => {
                 let _ = self.driver.pause(&uuid).await;
-                i.set(
-                    "vm_state",
-                    if task_state.as_deref() == Some(task::PAUSING) { vm::PAUSED } else { vm::SUSPENDED },
-                );
+                i.set_vm_state(if t == TaskState::Pausing { VmState::Paused } else { VmState::Suspended });
             }
-            Some(task::UNPAUSING) | Some(task::RESUMING) => {
+            Some(TaskState::Unpausing | TaskState::Resuming) => {
                 let _ = self.driver.unpause(&uuid).await;
-                i.set("vm_state", vm::ACTIVE);
+                i.set_vm_state(VmState::Active);
             }
-            None if vm_state == vm::ACTIVE
+            None if !has_task
+                && vm_state == Some(VmState::Active)
                 && self.settings.resume_guests_state_on_host_boot
                 && matches!(current, PowerState::Shutdown | PowerState::Crashed) =>
             {
@@ -132,13 +121,13 @@ impl<D: Driver> ComputeManager<D> {
         {
             tracing::warn!(instance = %uuid, error = %e, "could not plug the instance's ports at start-up");
         }
-        let mut changed = task_state.is_some();
-        if task_state.is_some() {
-            i.set("task_state", Value::Null);
+        let mut changed = has_task;
+        if has_task {
+            i.set_task_state(None);
         }
         let reported = nova_power_state(now, i.vm_state());
-        if i.power_state() != reported.code() {
-            i.set("power_state", reported.code());
+        if i.power_state() != reported {
+            i.set_power_state(reported);
             changed = true;
         }
         if changed {
@@ -159,7 +148,7 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if i.host() != Some(self.host()) || i.task_state().is_some() {
+        if i.host() != Some(self.host()) || i.has_task_state() {
             return Ok(());
         }
         let info = match self.driver.get_info(uuid).await {
@@ -168,36 +157,36 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) => return Err(e.into()),
         };
         let state = info.as_ref().map(|i| i.state).unwrap_or(PowerState::NoState);
-        let vm_state = i.vm_state().unwrap_or("").to_string();
+        let vm_state = i.vm_state();
         let mut fault = None;
-        match (vm_state.as_str(), state) {
-            (vm::ACTIVE, PowerState::Shutdown | PowerState::Crashed) => {
+        match (vm_state, state) {
+            (Some(VmState::Active), PowerState::Shutdown | PowerState::Crashed) => {
                 tracing::warn!(instance = uuid, "the container stopped outside Nova; recording SHUTOFF");
                 if info.as_ref().is_some_and(|x| x.oom_killed) {
                     fault = Some(OpError::Invalid(
                         "the container was killed for exceeding its memory limit (the flavor's RAM)".into(),
                     ));
                 }
-                i.set("vm_state", vm::STOPPED);
-                i.set("power_state", PowerState::Shutdown.code());
-                // Its namespace entry would keep the dead namespace alive.
-                self.forget_netns(uuid).await;
+                i.set_vm_state(VmState::Stopped);
+                i.set_power_state(PowerState::Shutdown);
+                // What the host kept for the running container goes.
+                self.driver.cleanup_stopped(uuid).await;
             }
-            (vm::STOPPED, PowerState::Running | PowerState::Paused) => {
+            (Some(VmState::Stopped), PowerState::Running | PowerState::Paused) => {
                 tracing::warn!(instance = uuid, "the container runs but Nova has it stopped; stopping it");
                 let off = self.driver.power_off(uuid, self.settings.shutdown_timeout).await?;
-                i.set("power_state", nova_power_state(off.state, Some(vm::STOPPED)).code());
+                i.set_power_state(nova_power_state(off.state, Some(VmState::Stopped)));
             }
-            (vm::PAUSED | vm::SUSPENDED, PowerState::Shutdown | PowerState::Crashed) => {
-                i.set("vm_state", vm::STOPPED);
-                i.set("power_state", PowerState::Shutdown.code());
+            (Some(VmState::Paused | VmState::Suspended), PowerState::Shutdown | PowerState::Crashed) => {
+                i.set_vm_state(VmState::Stopped);
+                i.set_power_state(PowerState::Shutdown);
             }
             _ => {
                 let reported = nova_power_state(state, i.vm_state());
-                if i.power_state() != reported.code() {
-                    i.set("power_state", reported.code());
+                if i.power_state() != reported {
+                    i.set_power_state(reported);
                 }
-                if vm_state == vm::ACTIVE && state == PowerState::Running {
+                if vm_state == Some(VmState::Active) && state == PowerState::Running {
                     self.ensure_plugged(&i).await?;
                 }
             }
@@ -208,7 +197,7 @@ impl<D: Driver> ComputeManager<D> {
         if let Some(e) = &fault {
             self.record_fault(ctx, uuid, e).await;
         }
-        self.save(ctx, &mut i, Expected::OneOf(vec![None])).await
+        self.save(ctx, &mut i, Expected::idle()).await
     }
 
     /// Follows Docker's event stream until `stop`, syncing the instances it
@@ -291,13 +280,13 @@ impl<D: Driver> ComputeManager<D> {
                 return;
             }
         };
-        self.census.replace(instances.iter().map(|i| (i.uuid(), i.vm_state().unwrap_or("unknown"))));
+        self.census.replace(instances.iter().map(|i| (i.uuid(), i.vm_state_name().unwrap_or("unknown"))));
         for i in &instances {
             if let Err(e) = self.sync_instance(ctx, i.uuid()).await {
                 tracing::warn!(instance = i.uuid(), error = %e, "power-state sync failed");
             }
         }
-        self.sweep_netns_entries().await;
+        self.driver.cleanup_host().await;
         let known: HashSet<&str> = instances.iter().map(|i| i.uuid()).collect();
         for c in containers.iter().filter(|c| !known.contains(c.uuid.as_str()) && !self.is_busy(&c.uuid)) {
             self.handle_orphan(ctx, &c.uuid, c.state).await;
@@ -307,8 +296,8 @@ impl<D: Driver> ComputeManager<D> {
     /// A container of this host whose instance Nova does not place here.
     async fn handle_orphan(&self, ctx: &RequestContext, uuid: &str, state: PowerState) {
         match self.conductor.instance_get(ctx, uuid).await {
-            Ok(i) if i.host() == Some(self.host()) && i.vm_state() != Some(vm::DELETED) => return,
-            Ok(i) if i.vm_state() != Some(vm::DELETED) => {
+            Ok(i) if i.host() == Some(self.host()) && i.vm_state() != Some(VmState::Deleted) => return,
+            Ok(i) if i.vm_state() != Some(VmState::Deleted) => {
                 tracing::warn!(instance = uuid, nova_host = ?i.host(), "a container here belongs to an instance Nova places elsewhere; left alone");
                 return;
             }
@@ -337,7 +326,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             DeletedInstanceAction::Reap => {
                 tracing::warn!(instance = uuid, "removing the container of a deleted instance");
-                if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout).await {
+                if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout, &Vec::new()).await {
                     tracing::warn!(instance = uuid, error = %e, "could not remove the container");
                 }
             }
@@ -347,9 +336,9 @@ impl<D: Driver> ComputeManager<D> {
 
 /// The power state Nova should record: a frozen container is PAUSED, or
 /// SUSPENDED when Nova suspended it (containers have no memory image).
-pub fn nova_power_state(engine: PowerState, vm_state: Option<&str>) -> PowerState {
+pub fn nova_power_state(engine: PowerState, vm_state: Option<VmState>) -> PowerState {
     match (engine, vm_state) {
-        (PowerState::Paused, Some(vm::SUSPENDED)) => PowerState::Suspended,
+        (PowerState::Paused, Some(VmState::Suspended)) => PowerState::Suspended,
         (PowerState::Crashed, _) => PowerState::Shutdown,
         (s, _) => s,
     }

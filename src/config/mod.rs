@@ -7,6 +7,7 @@
 //! nova.conf of a Python compute host can be used as it is.
 
 pub mod ini;
+pub mod keystone;
 pub mod options;
 pub mod transport_url;
 
@@ -31,6 +32,10 @@ pub enum ConfigError {
     NotAChoice { group: &'static str, name: &'static str, value: String, choices: String },
     #[error("[{group}] {name} must be set")]
     Missing { group: &'static str, name: &'static str },
+    #[error("[{group}] {name} is not supported by nova-docker: {hint}")]
+    Unsupported { group: &'static str, name: &'static str, hint: &'static str },
+    #[error("[{group}] {name}: cannot read {path}: {source}")]
+    File { group: &'static str, name: &'static str, path: PathBuf, source: std::io::Error },
     #[error("[DEFAULT] transport_url: {0}")]
     TransportUrl(#[from] transport_url::TransportUrlError),
     #[error("configuration: {0}")]
@@ -201,6 +206,12 @@ impl Layered {
         self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
     }
 
+    /// Whether `[group] name` is set by a file or the environment (any
+    /// option, known to the options table or not).
+    pub fn is_set(&self, group: &str, name: &str) -> bool {
+        self.cfg.get_string(&format!("{group}.{name}")).is_ok()
+    }
+
     /// A string option; `None` when unset and without default, or set empty.
     pub fn string(&self, opt: &Opt) -> Option<String> {
         debug_assert!(matches!(opt.kind, Kind::Str | Kind::Secret));
@@ -288,15 +299,9 @@ pub enum AuthSettings {
     None,
     /// A static token sent to a fixed endpoint.
     AdminToken { endpoint: Option<String>, token: String },
-    /// Keystone v3 password authentication; endpoints come from the catalog.
-    Password {
-        auth_url: String,
-        username: String,
-        password: String,
-        user_domain_name: String,
-        project_name: String,
-        project_domain_name: String,
-    },
+    /// A Keystone v3 login (password or application credential); endpoints
+    /// come from the token's catalog unless overridden.
+    Keystone(keystone::KeystoneAuth),
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -307,17 +312,7 @@ impl std::fmt::Debug for AuthSettings {
             AuthSettings::AdminToken { endpoint, .. } => {
                 f.debug_struct("AdminToken").field("endpoint", endpoint).field("token", &"***").finish()
             }
-            AuthSettings::Password {
-                auth_url, username, user_domain_name, project_name, project_domain_name, ..
-            } => f
-                .debug_struct("Password")
-                .field("auth_url", auth_url)
-                .field("username", username)
-                .field("password", &"***")
-                .field("user_domain_name", user_domain_name)
-                .field("project_name", project_name)
-                .field("project_domain_name", project_domain_name)
-                .finish(),
+            AuthSettings::Keystone(k) => f.debug_tuple("Keystone").field(k).finish(),
         }
     }
 }
@@ -333,6 +328,10 @@ pub struct ServiceSettings {
     pub timeout: Duration,
     /// How often an idempotent request (GET, PUT, DELETE) is tried again.
     pub retries: Retries,
+    pub tls: keystone::TlsSettings,
+    /// `[service_user]` when `send_service_user_token` is on (Glance only:
+    /// the one service reached with the user's token).
+    pub service_user: Option<keystone::ServiceUser>,
 }
 
 /// When an idempotent request is tried again, and how often.
@@ -574,6 +573,71 @@ impl Settings {
         let state_path = PathBuf::from(l.string(&STATE_PATH).unwrap_or_else(|| "/var/lib/nova".into()));
         let instances_path =
             l.string(&INSTANCES_PATH).map(PathBuf::from).unwrap_or_else(|| state_path.join("instances"));
+        let mut glance = service_settings(
+            l,
+            "image",
+            ServiceOpts {
+                auth_type: &GLANCE_AUTH_TYPE,
+                token: &GLANCE_TOKEN,
+                endpoint: &GLANCE_ENDPOINT,
+                region_name: &GLANCE_REGION_NAME,
+                timeout: &GLANCE_TIMEOUT,
+                ks: keystone::Opts {
+                    auth_url: &GLANCE_AUTH_URL,
+                    username: &GLANCE_USERNAME,
+                    user_id: &GLANCE_USER_ID,
+                    password: &GLANCE_PASSWORD,
+                    user_domain_name: &GLANCE_USER_DOMAIN_NAME,
+                    user_domain_id: &GLANCE_USER_DOMAIN_ID,
+                    project_name: &GLANCE_PROJECT_NAME,
+                    project_id: &GLANCE_PROJECT_ID,
+                    project_domain_name: &GLANCE_PROJECT_DOMAIN_NAME,
+                    project_domain_id: &GLANCE_PROJECT_DOMAIN_ID,
+                    default_domain_id: &GLANCE_DEFAULT_DOMAIN_ID,
+                    default_domain_name: &GLANCE_DEFAULT_DOMAIN_NAME,
+                    system_scope: &GLANCE_SYSTEM_SCOPE,
+                    application_credential_id: &GLANCE_APPLICATION_CREDENTIAL_ID,
+                    application_credential_name: &GLANCE_APPLICATION_CREDENTIAL_NAME,
+                    application_credential_secret: &GLANCE_APPLICATION_CREDENTIAL_SECRET,
+                    valid_interfaces: &GLANCE_VALID_INTERFACES,
+                    cafile: &GLANCE_CAFILE,
+                    certfile: &GLANCE_CERTFILE,
+                    keyfile: &GLANCE_KEYFILE,
+                    insecure: &GLANCE_INSECURE,
+                },
+            },
+            glance_endpoint,
+        )?;
+        // [service_user]: a service token rides along with the user's (Glance).
+        glance.service_user = keystone::service_user(
+            l,
+            &SERVICE_USER_SEND_SERVICE_USER_TOKEN,
+            &SERVICE_USER_AUTH_TYPE,
+            &SERVICE_USER_TIMEOUT,
+            &keystone::Opts {
+                auth_url: &SERVICE_USER_AUTH_URL,
+                username: &SERVICE_USER_USERNAME,
+                user_id: &SERVICE_USER_USER_ID,
+                password: &SERVICE_USER_PASSWORD,
+                user_domain_name: &SERVICE_USER_USER_DOMAIN_NAME,
+                user_domain_id: &SERVICE_USER_USER_DOMAIN_ID,
+                project_name: &SERVICE_USER_PROJECT_NAME,
+                project_id: &SERVICE_USER_PROJECT_ID,
+                project_domain_name: &SERVICE_USER_PROJECT_DOMAIN_NAME,
+                project_domain_id: &SERVICE_USER_PROJECT_DOMAIN_ID,
+                default_domain_id: &SERVICE_USER_DEFAULT_DOMAIN_ID,
+                default_domain_name: &SERVICE_USER_DEFAULT_DOMAIN_NAME,
+                system_scope: &SERVICE_USER_SYSTEM_SCOPE,
+                application_credential_id: &SERVICE_USER_APPLICATION_CREDENTIAL_ID,
+                application_credential_name: &SERVICE_USER_APPLICATION_CREDENTIAL_NAME,
+                application_credential_secret: &SERVICE_USER_APPLICATION_CREDENTIAL_SECRET,
+                valid_interfaces: &SERVICE_USER_VALID_INTERFACES,
+                cafile: &SERVICE_USER_CAFILE,
+                certfile: &SERVICE_USER_CERTFILE,
+                keyfile: &SERVICE_USER_KEYFILE,
+                insecure: &SERVICE_USER_INSECURE,
+            },
+        )?;
         Ok(Settings {
             unknown_options: l.unknown(),
             unused_options: l.unused(),
@@ -632,56 +696,70 @@ impl Settings {
                 "placement",
                 ServiceOpts {
                     auth_type: &PLACEMENT_AUTH_TYPE,
-                    auth_url: &PLACEMENT_AUTH_URL,
-                    username: &PLACEMENT_USERNAME,
-                    password: &PLACEMENT_PASSWORD,
-                    user_domain_name: &PLACEMENT_USER_DOMAIN_NAME,
-                    project_name: &PLACEMENT_PROJECT_NAME,
-                    project_domain_name: &PLACEMENT_PROJECT_DOMAIN_NAME,
                     token: &PLACEMENT_TOKEN,
                     endpoint: &PLACEMENT_ENDPOINT,
                     region_name: &PLACEMENT_REGION_NAME,
-                    valid_interfaces: &PLACEMENT_VALID_INTERFACES,
                     timeout: &PLACEMENT_TIMEOUT,
+                    ks: keystone::Opts {
+                        auth_url: &PLACEMENT_AUTH_URL,
+                        username: &PLACEMENT_USERNAME,
+                        user_id: &PLACEMENT_USER_ID,
+                        password: &PLACEMENT_PASSWORD,
+                        user_domain_name: &PLACEMENT_USER_DOMAIN_NAME,
+                        user_domain_id: &PLACEMENT_USER_DOMAIN_ID,
+                        project_name: &PLACEMENT_PROJECT_NAME,
+                        project_id: &PLACEMENT_PROJECT_ID,
+                        project_domain_name: &PLACEMENT_PROJECT_DOMAIN_NAME,
+                        project_domain_id: &PLACEMENT_PROJECT_DOMAIN_ID,
+                        default_domain_id: &PLACEMENT_DEFAULT_DOMAIN_ID,
+                        default_domain_name: &PLACEMENT_DEFAULT_DOMAIN_NAME,
+                        system_scope: &PLACEMENT_SYSTEM_SCOPE,
+                        application_credential_id: &PLACEMENT_APPLICATION_CREDENTIAL_ID,
+                        application_credential_name: &PLACEMENT_APPLICATION_CREDENTIAL_NAME,
+                        application_credential_secret: &PLACEMENT_APPLICATION_CREDENTIAL_SECRET,
+                        valid_interfaces: &PLACEMENT_VALID_INTERFACES,
+                        cafile: &PLACEMENT_CAFILE,
+                        certfile: &PLACEMENT_CERTFILE,
+                        keyfile: &PLACEMENT_KEYFILE,
+                        insecure: &PLACEMENT_INSECURE,
+                    },
                 },
                 l.string(&PLACEMENT_ENDPOINT_OVERRIDE),
             )?,
-            glance: service_settings(
-                l,
-                "image",
-                ServiceOpts {
-                    auth_type: &GLANCE_AUTH_TYPE,
-                    auth_url: &GLANCE_AUTH_URL,
-                    username: &GLANCE_USERNAME,
-                    password: &GLANCE_PASSWORD,
-                    user_domain_name: &GLANCE_USER_DOMAIN_NAME,
-                    project_name: &GLANCE_PROJECT_NAME,
-                    project_domain_name: &GLANCE_PROJECT_DOMAIN_NAME,
-                    token: &GLANCE_TOKEN,
-                    endpoint: &GLANCE_ENDPOINT,
-                    region_name: &GLANCE_REGION_NAME,
-                    valid_interfaces: &GLANCE_VALID_INTERFACES,
-                    timeout: &GLANCE_TIMEOUT,
-                },
-                glance_endpoint,
-            )?
-            .with_retries(Retries { attempts: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32, server_errors: true }),
+            glance: glance
+                .with_retries(Retries { attempts: int(&GLANCE_NUM_RETRIES)?.clamp(0, 20) as u32, server_errors: true }),
             neutron: service_settings(
                 l,
                 "network",
                 ServiceOpts {
                     auth_type: &NEUTRON_AUTH_TYPE,
-                    auth_url: &NEUTRON_AUTH_URL,
-                    username: &NEUTRON_USERNAME,
-                    password: &NEUTRON_PASSWORD,
-                    user_domain_name: &NEUTRON_USER_DOMAIN_NAME,
-                    project_name: &NEUTRON_PROJECT_NAME,
-                    project_domain_name: &NEUTRON_PROJECT_DOMAIN_NAME,
                     token: &NEUTRON_TOKEN,
                     endpoint: &NEUTRON_ENDPOINT,
                     region_name: &NEUTRON_REGION_NAME,
-                    valid_interfaces: &NEUTRON_VALID_INTERFACES,
                     timeout: &NEUTRON_TIMEOUT,
+                    ks: keystone::Opts {
+                        auth_url: &NEUTRON_AUTH_URL,
+                        username: &NEUTRON_USERNAME,
+                        user_id: &NEUTRON_USER_ID,
+                        password: &NEUTRON_PASSWORD,
+                        user_domain_name: &NEUTRON_USER_DOMAIN_NAME,
+                        user_domain_id: &NEUTRON_USER_DOMAIN_ID,
+                        project_name: &NEUTRON_PROJECT_NAME,
+                        project_id: &NEUTRON_PROJECT_ID,
+                        project_domain_name: &NEUTRON_PROJECT_DOMAIN_NAME,
+                        project_domain_id: &NEUTRON_PROJECT_DOMAIN_ID,
+                        default_domain_id: &NEUTRON_DEFAULT_DOMAIN_ID,
+                        default_domain_name: &NEUTRON_DEFAULT_DOMAIN_NAME,
+                        system_scope: &NEUTRON_SYSTEM_SCOPE,
+                        application_credential_id: &NEUTRON_APPLICATION_CREDENTIAL_ID,
+                        application_credential_name: &NEUTRON_APPLICATION_CREDENTIAL_NAME,
+                        application_credential_secret: &NEUTRON_APPLICATION_CREDENTIAL_SECRET,
+                        valid_interfaces: &NEUTRON_VALID_INTERFACES,
+                        cafile: &NEUTRON_CAFILE,
+                        certfile: &NEUTRON_CERTFILE,
+                        keyfile: &NEUTRON_KEYFILE,
+                        insecure: &NEUTRON_INSECURE,
+                    },
                 },
                 l.string(&NEUTRON_ENDPOINT_OVERRIDE),
             )?,
@@ -721,17 +799,11 @@ impl Settings {
 
 struct ServiceOpts {
     auth_type: &'static Opt,
-    auth_url: &'static Opt,
-    username: &'static Opt,
-    password: &'static Opt,
-    user_domain_name: &'static Opt,
-    project_name: &'static Opt,
-    project_domain_name: &'static Opt,
     token: &'static Opt,
     endpoint: &'static Opt,
     region_name: &'static Opt,
-    valid_interfaces: &'static Opt,
     timeout: &'static Opt,
+    ks: keystone::Opts,
 }
 
 fn service_settings(
@@ -740,6 +812,7 @@ fn service_settings(
     o: ServiceOpts,
     endpoint_override: Option<String>,
 ) -> Result<ServiceSettings, ConfigError> {
+    keystone::refuse_unsupported(l, o.auth_type.group)?;
     let auth_type = l.string(o.auth_type).unwrap_or_else(|| "password".into());
     let auth = match auth_type.as_str() {
         "user" => AuthSettings::User,
@@ -747,19 +820,15 @@ fn service_settings(
         "admin_token" | "token" => {
             AuthSettings::AdminToken { endpoint: l.string(o.endpoint), token: l.required(o.token)? }
         }
-        "password" | "v3password" => {
+        "password" | "v3password" | "v3applicationcredential" => {
             // Without credentials, a password section cannot authenticate; allow it
             // only when there is nothing to authenticate to (no auth_url): the
             // service then runs without that peer and `check` says so.
-            match l.string(o.auth_url) {
-                Some(auth_url) => AuthSettings::Password {
-                    auth_url,
-                    username: l.required(o.username)?,
-                    password: l.required(o.password)?,
-                    user_domain_name: l.string(o.user_domain_name).unwrap_or_else(|| "Default".into()),
-                    project_name: l.required(o.project_name)?,
-                    project_domain_name: l.string(o.project_domain_name).unwrap_or_else(|| "Default".into()),
-                },
+            match l.string(o.ks.auth_url) {
+                Some(auth_url) => AuthSettings::Keystone(keystone::keystone_auth(l, &auth_type, auth_url, &o.ks)?),
+                None if auth_type == "v3applicationcredential" => {
+                    return Err(ConfigError::Missing { group: o.ks.auth_url.group, name: o.ks.auth_url.name });
+                }
                 None => AuthSettings::None,
             }
         }
@@ -768,7 +837,7 @@ fn service_settings(
                 group: o.auth_type.group,
                 name: o.auth_type.name,
                 value: other.into(),
-                expected: "auth type (password, admin_token, none, user)",
+                expected: "auth type (password, v3password, v3applicationcredential, admin_token, none, user)",
             });
         }
     };
@@ -778,9 +847,11 @@ fn service_settings(
         auth,
         endpoint_override,
         region_name: l.string(o.region_name),
-        valid_interfaces: l.list(o.valid_interfaces),
+        valid_interfaces: keystone::interfaces(l, &o.ks)?,
         timeout: Duration::from_secs(timeout as u64),
         retries: Retries::CONNECTION,
+        tls: keystone::tls(l, &o.ks)?,
+        service_user: None,
     })
 }
 

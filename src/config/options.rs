@@ -147,8 +147,8 @@ opts! {
 
     // [placement]
     PLACEMENT_AUTH_TYPE: "placement" "auth_type" Str = Some("password"), None,
-        "How to authenticate to Placement: password (Keystone v3), admin_token (endpoint + token) or none.";
-    PLACEMENT_AUTH_URL: "placement" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Placement: password or v3password (Keystone v3), v3applicationcredential, admin_token (endpoint + token) or none.";
+    PLACEMENT_AUTH_URL: "placement" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     PLACEMENT_USERNAME: "placement" "username" Str = None, None, "Keystone user (auth_type = password).";
     PLACEMENT_PASSWORD: "placement" "password" Secret = None, None, "Keystone password (auth_type = password).";
     PLACEMENT_USER_DOMAIN_NAME: "placement" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -160,11 +160,25 @@ opts! {
     PLACEMENT_REGION_NAME: "placement" "region_name" Str = None, None, "Region of the catalog endpoint.";
     PLACEMENT_VALID_INTERFACES: "placement" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     PLACEMENT_TIMEOUT: "placement" "timeout" Int = Some("30"), None, "Seconds per HTTP request.";
+    PLACEMENT_USER_ID: "placement" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    PLACEMENT_USER_DOMAIN_ID: "placement" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    PLACEMENT_PROJECT_ID: "placement" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    PLACEMENT_PROJECT_DOMAIN_ID: "placement" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    PLACEMENT_DEFAULT_DOMAIN_ID: "placement" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    PLACEMENT_DEFAULT_DOMAIN_NAME: "placement" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    PLACEMENT_SYSTEM_SCOPE: "placement" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    PLACEMENT_APPLICATION_CREDENTIAL_ID: "placement" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    PLACEMENT_APPLICATION_CREDENTIAL_NAME: "placement" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    PLACEMENT_APPLICATION_CREDENTIAL_SECRET: "placement" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    PLACEMENT_CAFILE: "placement" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    PLACEMENT_CERTFILE: "placement" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    PLACEMENT_KEYFILE: "placement" "keyfile" Str = None, None, "PEM private key of certfile.";
+    PLACEMENT_INSECURE: "placement" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
     // [glance]
     GLANCE_AUTH_TYPE: "glance" "auth_type" Str = Some("user"), None,
-        "How to authenticate to Glance: user (the request's own token, as Nova does), password, admin_token or none.";
-    GLANCE_AUTH_URL: "glance" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Glance: user (the request's own token, as Nova does), password or v3password, v3applicationcredential, admin_token or none.";
+    GLANCE_AUTH_URL: "glance" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     GLANCE_USERNAME: "glance" "username" Str = None, None, "Keystone user (auth_type = password).";
     GLANCE_PASSWORD: "glance" "password" Secret = None, None, "Keystone password (auth_type = password).";
     GLANCE_USER_DOMAIN_NAME: "glance" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -179,11 +193,51 @@ opts! {
     GLANCE_TIMEOUT: "glance" "timeout" Int = Some("60"), None, "Seconds to wait for response headers and between body chunks.";
     GLANCE_NUM_RETRIES: "glance" "num_retries" Int = Some("3"), None,
         "Times an idempotent Glance request (GET, PUT, DELETE) is tried again after a connection error or a 500, 502, 503 or 504, 200 ms after the first failure and twice as long after each next one (0-20).";
+    GLANCE_USER_ID: "glance" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    GLANCE_USER_DOMAIN_ID: "glance" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    GLANCE_PROJECT_ID: "glance" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    GLANCE_PROJECT_DOMAIN_ID: "glance" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    GLANCE_DEFAULT_DOMAIN_ID: "glance" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    GLANCE_DEFAULT_DOMAIN_NAME: "glance" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    GLANCE_SYSTEM_SCOPE: "glance" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    GLANCE_APPLICATION_CREDENTIAL_ID: "glance" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    GLANCE_APPLICATION_CREDENTIAL_NAME: "glance" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    GLANCE_APPLICATION_CREDENTIAL_SECRET: "glance" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    GLANCE_CAFILE: "glance" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    GLANCE_CERTFILE: "glance" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    GLANCE_KEYFILE: "glance" "keyfile" Str = None, None, "PEM private key of certfile.";
+    GLANCE_INSECURE: "glance" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
+
+    // [service_user]
+    SERVICE_USER_SEND_SERVICE_USER_TOKEN: "service_user" "send_service_user_token" Bool = Some("false"), None, "Send a service token (X-Service-Token) with every request made with a user's token (Glance), so that an operation outliving the user's token (a long snapshot upload) still completes.";
+    SERVICE_USER_AUTH_TYPE: "service_user" "auth_type" Str = Some("password"), None, "How the service user logs in: password, v3password or v3applicationcredential.";
+    SERVICE_USER_AUTH_URL: "service_user" "auth_url" Str = None, None, "Keystone URL of the service user.";
+    SERVICE_USER_USERNAME: "service_user" "username" Str = None, None, "Service user name.";
+    SERVICE_USER_USER_ID: "service_user" "user_id" Str = None, None, "Service user id (instead of username and its domain).";
+    SERVICE_USER_PASSWORD: "service_user" "password" Secret = None, None, "Service user password.";
+    SERVICE_USER_USER_DOMAIN_NAME: "service_user" "user_domain_name" Str = Some("Default"), None, "Domain of the service user.";
+    SERVICE_USER_USER_DOMAIN_ID: "service_user" "user_domain_id" Str = None, None, "Domain of the service user, by id.";
+    SERVICE_USER_PROJECT_NAME: "service_user" "project_name" Str = None, None, "Project of the service token.";
+    SERVICE_USER_PROJECT_ID: "service_user" "project_id" Str = None, None, "Project of the service token, by id.";
+    SERVICE_USER_PROJECT_DOMAIN_NAME: "service_user" "project_domain_name" Str = Some("Default"), None, "Domain of the project.";
+    SERVICE_USER_PROJECT_DOMAIN_ID: "service_user" "project_domain_id" Str = None, None, "Domain of the project, by id.";
+    SERVICE_USER_DEFAULT_DOMAIN_ID: "service_user" "default_domain_id" Str = None, None, "Domain of the user and project when neither names its own, by id.";
+    SERVICE_USER_DEFAULT_DOMAIN_NAME: "service_user" "default_domain_name" Str = None, None, "Domain of the user and project when neither names its own, by name.";
+    SERVICE_USER_SYSTEM_SCOPE: "service_user" "system_scope" Str = None, None, "Scope the service token to the system (only 'all').";
+    SERVICE_USER_APPLICATION_CREDENTIAL_ID: "service_user" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    SERVICE_USER_APPLICATION_CREDENTIAL_NAME: "service_user" "application_credential_name" Str = None, None, "Application credential name, with its user.";
+    SERVICE_USER_APPLICATION_CREDENTIAL_SECRET: "service_user" "application_credential_secret" Secret = None, None, "Application credential secret.";
+    SERVICE_USER_VALID_INTERFACES: "service_user" "valid_interfaces" List = Some("internal,public"), None, "Unused by the service token (it names no endpoint); checked like the other sections'.";
+    SERVICE_USER_CAFILE: "service_user" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone (service user).";
+    SERVICE_USER_CERTFILE: "service_user" "certfile" Str = None, None, "PEM client certificate for Keystone (service user).";
+    SERVICE_USER_KEYFILE: "service_user" "keyfile" Str = None, None, "PEM private key of certfile.";
+    SERVICE_USER_INSECURE: "service_user" "insecure" Bool = Some("false"), None, "Do not verify Keystone's TLS certificate (tests only).";
+    SERVICE_USER_TIMEOUT: "service_user" "timeout" Int = Some("30"), None, "Seconds per Keystone request of the service user.";
 
     // [neutron]
     NEUTRON_AUTH_TYPE: "neutron" "auth_type" Str = Some("password"), None,
-        "How to authenticate to Neutron: password (Keystone v3), admin_token or none.";
-    NEUTRON_AUTH_URL: "neutron" "auth_url" Str = None, None, "Keystone URL (auth_type = password).";
+        "How to authenticate to Neutron: password or v3password (Keystone v3), v3applicationcredential, admin_token or none.";
+    NEUTRON_AUTH_URL: "neutron" "auth_url" Str = None, None, "Keystone URL (auth_type = password or v3applicationcredential).";
     NEUTRON_USERNAME: "neutron" "username" Str = None, None, "Keystone user (auth_type = password).";
     NEUTRON_PASSWORD: "neutron" "password" Secret = None, None, "Keystone password (auth_type = password).";
     NEUTRON_USER_DOMAIN_NAME: "neutron" "user_domain_name" Str = Some("Default"), None, "Domain of the user.";
@@ -196,6 +250,20 @@ opts! {
     NEUTRON_VALID_INTERFACES: "neutron" "valid_interfaces" List = Some("internal,public"), None, "Catalog interfaces to try, in order.";
     NEUTRON_TIMEOUT: "neutron" "timeout" Int = Some("30"), None, "Seconds per HTTP request.";
     NEUTRON_OVS_BRIDGE: "neutron" "ovs_bridge" Str = Some("br-int"), None, "Integration bridge for ovs VIFs when the port does not name one.";
+    NEUTRON_USER_ID: "neutron" "user_id" Str = None, None, "Keystone user id (instead of username and its domain).";
+    NEUTRON_USER_DOMAIN_ID: "neutron" "user_domain_id" Str = None, None, "Domain of the user, by id (wins over user_domain_name).";
+    NEUTRON_PROJECT_ID: "neutron" "project_id" Str = None, None, "Project to scope the token to, by id (instead of project_name and its domain).";
+    NEUTRON_PROJECT_DOMAIN_ID: "neutron" "project_domain_id" Str = None, None, "Domain of the project, by id (wins over project_domain_name).";
+    NEUTRON_DEFAULT_DOMAIN_ID: "neutron" "default_domain_id" Str = None, None, "Domain of the user and the project when neither names its own, by id.";
+    NEUTRON_DEFAULT_DOMAIN_NAME: "neutron" "default_domain_name" Str = None, None, "Domain of the user and the project when neither names its own, by name.";
+    NEUTRON_SYSTEM_SCOPE: "neutron" "system_scope" Str = None, None, "Scope the token to the system (only 'all') instead of a project.";
+    NEUTRON_APPLICATION_CREDENTIAL_ID: "neutron" "application_credential_id" Str = None, None, "Application credential id (auth_type = v3applicationcredential).";
+    NEUTRON_APPLICATION_CREDENTIAL_NAME: "neutron" "application_credential_name" Str = None, None, "Application credential name, with the user that owns it (auth_type = v3applicationcredential).";
+    NEUTRON_APPLICATION_CREDENTIAL_SECRET: "neutron" "application_credential_secret" Secret = None, None, "Application credential secret (auth_type = v3applicationcredential).";
+    NEUTRON_CAFILE: "neutron" "cafile" Str = None, None, "PEM bundle of the CAs to trust for Keystone and the service (instead of the system's).";
+    NEUTRON_CERTFILE: "neutron" "certfile" Str = None, None, "PEM client certificate presented to Keystone and the service (with keyfile).";
+    NEUTRON_KEYFILE: "neutron" "keyfile" Str = None, None, "PEM private key of certfile.";
+    NEUTRON_INSECURE: "neutron" "insecure" Bool = Some("false"), None, "Do not verify the server's TLS certificate (tests only).";
 
     // [docker]
     DOCKER_HOST_URL: "docker" "host_url" Str = Some("unix:///var/run/docker.sock"), None,

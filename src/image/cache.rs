@@ -26,8 +26,11 @@ use tokio_util::sync::CancellationToken;
 /// Why an image cache pass stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The engine failed to list or remove an image.
     #[error("Docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    /// Without the host's instances the cache cannot know what is in use,
+    /// so it removes nothing.
     #[error("listing the instances of this host: {0}")]
     Conductor(#[from] crate::conductor::ConductorError),
 }

@@ -9,32 +9,45 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
-use super::{Glance, ImageService, archive_limits, save_to_glance};
+use super::{Glance, ImageService, archive_limits, cli_auth, save_to_glance};
 use crate::auth::ServiceClient;
+use crate::config::keystone::TlsSettings;
 use crate::config::{AuthSettings, Settings};
 use crate::rpc::RequestContext;
 use crate::virt::Driver;
 use crate::virt::docker::DockerDriver;
 
-/// A context carrying the operator's token when Glance is configured to use
-/// the caller's token (`[glance] auth_type = user`, Nova's default).
-fn cli_context(settings: &Settings) -> anyhow::Result<Option<RequestContext>> {
-    if settings.glance.auth != AuthSettings::User {
-        return Ok(None);
+/// The Glance client and the request context of the operator's command.
+///
+/// When `[glance]` uses the caller's token (auth_type unset or `user`,
+/// Nova's default), the caller authenticates like every OpenStack CLI
+/// ([`cli_auth`]): the context carries the token and the catalog, where
+/// Glance is found unless nova.conf names it; `OS_REGION_NAME`,
+/// `OS_INTERFACE` and the CLI's TLS settings apply to Glance too. Otherwise
+/// nova.conf's own credentials are used and there is no caller context.
+async fn cli_glance(settings: &Settings) -> anyhow::Result<(Glance, Option<RequestContext>)> {
+    let mut glance = settings.glance.clone();
+    if glance.auth != AuthSettings::User {
+        return Ok((Glance::new(ServiceClient::new(glance, "glance", "glance")), None));
     }
-    let token = std::env::var("OS_AUTH_TOKEN").or_else(|_| std::env::var("OS_TOKEN")).context(
-        "[glance] uses the caller's token (auth_type unset or user): export OS_AUTH_TOKEN, \
-         or configure [glance] auth_type = password with credentials",
-    )?;
+    let (auth, cloud) = cli_auth::from_env(|k| std::env::var(k).ok())?;
+    if let Some(region) = &cloud.region_name {
+        glance.region_name = Some(region.clone());
+    }
+    if let Some(interface) = &cloud.interface {
+        glance.valid_interfaces = vec![interface.trim_end_matches("URL").to_string()];
+    }
+    if cloud.tls != TlsSettings::default() {
+        glance.tls = cloud.tls.clone();
+    }
+    let session = auth.session(&cloud, glance.timeout).await?;
     let mut m = Map::new();
-    m.insert("auth_token".into(), json!(token));
+    m.insert("auth_token".into(), json!(session.token));
+    m.insert("service_catalog".into(), Value::Array(session.catalog));
     m.insert("is_admin".into(), json!(true));
     m.insert("request_id".into(), json!(format!("req-{}", uuid::Uuid::new_v4())));
-    Ok(Some(RequestContext::from_map(m)?))
-}
-
-fn glance(settings: &Settings) -> Glance {
-    Glance::new(ServiceClient::new(settings.glance.clone(), "glance", "glance"))
+    let ctx = RequestContext::from_map(m)?;
+    Ok((Glance::new(ServiceClient::new(glance, "glance", "glance")), Some(ctx)))
 }
 
 /// Streams `docker save IMAGE` into a new Glance image; returns its id.
@@ -45,12 +58,11 @@ pub async fn import(
     visibility: Option<String>,
     properties: &[String],
 ) -> anyhow::Result<String> {
-    let ctx = cli_context(settings)?;
+    let (glance, ctx) = cli_glance(settings).await?;
     let driver = DockerDriver::connect(&settings.docker, &settings.host).await?;
     if driver.find_image(image).await?.is_none() {
         bail!("Docker has no image {image:?} on this host");
     }
-    let glance = glance(settings);
     let mut body = Map::new();
     body.insert("name".into(), json!(name.unwrap_or_else(|| image.to_string())));
     body.insert("container_format".into(), json!("docker"));
@@ -77,9 +89,9 @@ pub async fn import(
 
 /// Loads a Glance image into Docker; returns the Docker image id.
 pub async fn fetch(settings: &Settings, glance_id: &str) -> anyhow::Result<String> {
-    let ctx = cli_context(settings)?;
+    let (glance, ctx) = cli_glance(settings).await?;
     let driver = Arc::new(DockerDriver::connect(&settings.docker, &settings.host).await?);
-    let service = ImageService::new(glance(settings), driver, archive_limits(&settings.docker));
+    let service = ImageService::new(glance, driver, archive_limits(&settings.docker));
     let image = service.glance().get(ctx.as_ref(), glance_id).await?;
     let (found, _) = service.ensure(ctx.as_ref(), &image).await?;
     Ok(found.id)

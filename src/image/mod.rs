@@ -14,8 +14,10 @@
 pub mod archive;
 pub mod cache;
 pub mod cli;
+pub mod cli_auth;
 pub mod glance;
 pub mod integrity;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::rpc::RequestContext;
 use crate::virt::{Driver, ImageRef, VirtError};
 use archive::{ArchiveError, ArchiveLimits, ArchiveSummary};
 pub use glance::{Glance, GlanceImage};
+pub use store::ImageStore;
 
 /// Why an image could not be made available to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +38,54 @@ pub enum ImageError {
         "image {id} has container_format {format:?}: nova-docker boots only container_format=docker images \
          (the output of `docker save`)"
     )]
-    NotDocker { id: String, format: Option<String> },
+    /// Only `docker save` archives can become containers; any other format
+    /// is refused rather than guessed at.
+    NotDocker {
+        /// The Glance image id.
+        id: String,
+        /// Its `container_format`.
+        format: Option<String>,
+    },
+    /// The image is not `active` in Glance (queued, killed, deleted...): it
+    /// has no data to boot.
     #[error("image {id} is {status}, not active")]
-    NotActive { id: String, status: String },
+    NotActive {
+        /// The Glance image id.
+        id: String,
+        /// Its Glance status.
+        status: String,
+    },
+    /// Glance refused or failed the download.
     #[error("Glance: {0}")]
     Glance(#[from] glance::GlanceError),
+    /// The image has no hash this host can verify its data against.
     #[error(transparent)]
     NoHash(#[from] integrity::NoUsableHash),
+    /// The image data is not an archive this host will hand to Docker.
     #[error("image {id} was refused: {source}")]
-    Archive { id: String, source: ArchiveError },
+    Archive {
+        /// The Glance image id.
+        id: String,
+        /// Why the archive was refused.
+        source: ArchiveError,
+    },
+    /// Docker could not load the archive.
     #[error("docker load of image {id} failed: {source}")]
-    Load { id: String, source: VirtError },
+    Load {
+        /// The Glance image id.
+        id: String,
+        /// The engine's error.
+        source: VirtError,
+    },
+    /// Docker loaded something else than the image this host sent.
     #[error("docker load of image {id} did not load the image this host sent ({detail})")]
-    Unexpected { id: String, detail: String },
+    Unexpected {
+        /// The Glance image id.
+        id: String,
+        /// What Docker loaded instead.
+        detail: String,
+    },
+    /// Another Docker call (inspect, tag, remove) failed.
     #[error("Docker: {0}")]
     Docker(#[from] VirtError),
 }
@@ -82,7 +120,7 @@ pub fn cache_reference(glance_id: &str, image_id: &str) -> String {
 
 /// Makes Glance images available to Docker.
 pub struct ImageService<D: Driver> {
-    glance: Glance,
+    glance: Arc<dyn ImageStore>,
     driver: Arc<D>,
     limits: ArchiveLimits,
     /// One download per image at a time; others wait and reuse it.
@@ -92,12 +130,17 @@ pub struct ImageService<D: Driver> {
 impl<D: Driver> ImageService<D> {
     /// A service over a Glance client and the driver.
     pub fn new(glance: Glance, driver: Arc<D>, limits: ArchiveLimits) -> Self {
+        Self::with_store(Arc::new(glance), driver, limits)
+    }
+
+    /// A service over any image store (an in-memory one in unit tests).
+    pub fn with_store(glance: Arc<dyn ImageStore>, driver: Arc<D>, limits: ArchiveLimits) -> Self {
         ImageService { glance, driver, limits, inflight: Mutex::new(HashMap::new()) }
     }
 
     /// The Glance client.
-    pub fn glance(&self) -> &Glance {
-        &self.glance
+    pub fn glance(&self) -> &dyn ImageStore {
+        self.glance.as_ref()
     }
 
     /// The limits applied to every archive.
@@ -186,9 +229,13 @@ impl<D: Driver> ImageService<D> {
 /// Why [`load_canonical`] failed, before the image it was for is known.
 #[derive(Debug)]
 pub enum LoadError {
+    /// The archive was refused.
     Archive(ArchiveError),
+    /// Docker could not load it.
     Load(VirtError),
+    /// Docker loaded something else than the image sent.
     Unexpected(String),
+    /// Another Docker call failed.
     Docker(VirtError),
 }
 
@@ -253,7 +300,7 @@ where
 /// load (snapshots and `image import` alike). `sent` counts bytes out.
 pub async fn save_to_glance<D: Driver>(
     driver: &D,
-    glance: &Glance,
+    glance: &dyn ImageStore,
     ctx: Option<&RequestContext>,
     docker_image: &str,
     glance_id: &str,
@@ -279,7 +326,7 @@ pub async fn save_to_glance<D: Driver>(
             }
             std::io::Error::other(text)
         });
-    let uploaded = glance.upload(ctx, glance_id, body).await;
+    let uploaded = glance.upload(ctx, glance_id, body.boxed()).await;
     if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(ImageError::Archive { id: docker_image.to_string(), source: e });
     }

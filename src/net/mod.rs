@@ -13,7 +13,8 @@
 //!   [`netns_handle`]: netlink inside a container's netns, safely;
 //! - [`NetError`]: what can go wrong, naming the device and the errno.
 //!
-//! Typical use by the compute after `docker start`:
+//! Typical use by the Docker driver ([`crate::virt::host_network`]) after
+//! `docker start`:
 //!
 //! ```no_run
 //! # async fn f(ni: nova_docker::net::NetworkInfo, cid: &str, pid: i32) -> Result<(), nova_docker::net::NetError> {

@@ -10,26 +10,42 @@ pub const COMPUTE_NODE_VERSION: &str = "1.19";
 /// A ComputeNode record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComputeNode {
+    /// The object as exchanged with the conductor; the accessors read it.
     pub obj: NovaObject,
 }
 
 /// Resource figures reported for the node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeResources {
+    /// CPUs on the host, before overcommit.
     pub vcpus: i64,
+    /// Memory on the host, in MiB.
     pub memory_mb: i64,
+    /// Disk for instances, in GiB.
     pub local_gb: i64,
+    /// vCPUs taken by the instances on the host.
     pub vcpus_used: i64,
+    /// Memory in use, in MiB: reserved for the host plus the instances' flavors.
     pub memory_mb_used: i64,
+    /// Disk in use, in GiB: reserved for the host plus the instances' flavors.
     pub local_gb_used: i64,
+    /// Instances on the host that hold resources.
     pub running_vms: i64,
+    /// Free disk on the host, in GiB (Nova shows it to admins).
     pub disk_available_least: i64,
+    /// The Docker engine's version as an integer, shown as the hypervisor version.
     pub hypervisor_version: i64,
+    /// The host CPU description (JSON), shown by `hypervisor show`.
     pub cpu_info: String,
+    /// The host's CPU architecture.
     pub arch: String,
+    /// The address Nova shows for the hypervisor (`my_ip`).
     pub host_ip: String,
+    /// Overcommit ratio for vCPUs, as Placement applies it.
     pub cpu_allocation_ratio: f64,
+    /// Overcommit ratio for memory.
     pub ram_allocation_ratio: f64,
+    /// Overcommit ratio for disk.
     pub disk_allocation_ratio: f64,
 }
 

@@ -4,18 +4,21 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::states::{PowerState, TaskState, VmState};
 use super::{NovaObject, ObjectError};
 
 /// An instance as received from Nova, with typed accessors for the fields a
 /// compute host reads and writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
+    /// The object as received; written back with its changes tracked.
     pub obj: NovaObject,
 }
 
 /// The flavor embedded in an instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flavor {
+    /// The flavor object as embedded in the instance.
     pub obj: NovaObject,
 }
 
@@ -87,19 +90,51 @@ impl Instance {
         self.obj.get_str("uuid").unwrap_or_default()
     }
 
-    /// `vm_state`.
-    pub fn vm_state(&self) -> Option<&str> {
+    /// `vm_state` (None when absent or one this service does not know:
+    /// [`Instance::vm_state_name`] has the string).
+    pub fn vm_state(&self) -> Option<VmState> {
+        self.vm_state_name().and_then(VmState::parse)
+    }
+
+    /// `vm_state` as Nova sent it.
+    pub fn vm_state_name(&self) -> Option<&str> {
         self.obj.get_str("vm_state")
     }
 
-    /// `task_state` (None when idle).
-    pub fn task_state(&self) -> Option<&str> {
+    /// `task_state` (None when idle, or for a task this service does not
+    /// know: [`Instance::has_task_state`] tells those apart).
+    pub fn task_state(&self) -> Option<TaskState> {
+        self.task_state_name().and_then(TaskState::parse)
+    }
+
+    /// `task_state` as Nova sent it.
+    pub fn task_state_name(&self) -> Option<&str> {
         self.obj.get_str("task_state")
     }
 
-    /// `power_state` as Nova's integer.
-    pub fn power_state(&self) -> i64 {
-        self.obj.get_i64("power_state").unwrap_or(0)
+    /// Whether a task (known or not) is in progress on the instance.
+    pub fn has_task_state(&self) -> bool {
+        self.task_state_name().is_some()
+    }
+
+    /// `power_state`.
+    pub fn power_state(&self) -> PowerState {
+        PowerState::from_code(self.obj.get_i64("power_state").unwrap_or(0))
+    }
+
+    /// Sets `vm_state`.
+    pub fn set_vm_state(&mut self, state: VmState) {
+        self.obj.set("vm_state", state.as_str());
+    }
+
+    /// Sets `task_state` (None: idle).
+    pub fn set_task_state(&mut self, state: Option<TaskState>) {
+        self.obj.set("task_state", state.map(TaskState::as_str));
+    }
+
+    /// Sets `power_state`.
+    pub fn set_power_state(&mut self, state: PowerState) {
+        self.obj.set("power_state", state.code());
     }
 
     /// The host Nova believes runs the instance.
@@ -210,8 +245,8 @@ mod tests {
     fn reads_the_instance_of_a_real_build() {
         let i = Instance::from_primitive(&build_args()["instance"]).unwrap();
         assert_eq!(i.uuid().len(), 36);
-        assert_eq!(i.vm_state(), Some("building"));
-        assert_eq!(i.task_state(), Some("scheduling"));
+        assert_eq!(i.vm_state(), Some(VmState::Building));
+        assert_eq!(i.task_state(), Some(TaskState::Scheduling));
         assert_eq!(i.memory_mb(), 512);
         assert_eq!(i.vcpus(), 1);
         assert!(i.image_ref().is_some());

@@ -10,6 +10,7 @@
 pub mod compute_node;
 pub mod instance;
 pub mod service;
+pub mod states;
 pub mod time;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use serde_json::{Map, Value, json};
 pub use compute_node::ComputeNode;
 pub use instance::{Flavor, Instance};
 pub use service::Service;
+pub use states::{PowerState, TaskState, VmState};
 
 const NAME: &str = "nova_object.name";
 const NAMESPACE: &str = "nova_object.namespace";
@@ -29,16 +31,39 @@ const CHANGES: &str = "nova_object.changes";
 /// Why a value is not a usable object.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ObjectError {
+    /// The value lacks the `nova_object.*` keys.
     #[error("not a Nova object primitive")]
     NotAnObject,
+    /// A namespace other than `nova`: not an object this service knows.
     #[error("object namespace {0:?} is not \"nova\"")]
     Namespace(String),
+    /// An object of another class than the one expected.
     #[error("expected a {expected} object, got {got}")]
-    WrongType { expected: &'static str, got: String },
+    WrongType {
+        /// The object name the caller needs.
+        expected: &'static str,
+        /// The name that came.
+        got: String,
+    },
+    /// A field the host needs is absent or of the wrong type.
     #[error("{object}.{field} is missing or has the wrong type")]
-    Field { object: &'static str, field: &'static str },
+    Field {
+        /// The object's name.
+        object: &'static str,
+        /// The field's name.
+        field: &'static str,
+    },
+    /// An object version of another major: its fields may mean something else,
+    /// so it is refused rather than guessed at.
     #[error("{object} version {version:?} is not understood (this service reads {object} {major}.x)")]
-    IncompatibleVersion { object: &'static str, version: String, major: u32 },
+    IncompatibleVersion {
+        /// The object's name.
+        object: &'static str,
+        /// The version that came.
+        version: String,
+        /// The major version this service reads.
+        major: u32,
+    },
 }
 
 /// The major version of each object type this service reads. Minor versions

@@ -10,6 +10,7 @@ pub const SERVICE_VERSION: &str = "1.22";
 /// A Service record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
+    /// The object as exchanged with the conductor; the accessors read it.
     pub obj: NovaObject,
 }
 

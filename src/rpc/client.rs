@@ -19,9 +19,13 @@ use super::transport::{Incoming, PublishOutcome, PublishProps, Transport, Transp
 /// Where a message goes.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The topic the request is routed by (e.g. `conductor`).
     pub topic: String,
+    /// A server within the topic, for a request meant for one host only.
     pub server: Option<String>,
+    /// The endpoint namespace on the server (e.g. `baseapi`), None for the default.
     pub namespace: Option<String>,
+    /// The API version the request needs; the server refuses one it cannot serve.
     pub version: String,
 }
 
@@ -54,10 +58,20 @@ impl Target {
 /// Why a call did not produce a result.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The callee did not reply in time; oslo's `MessagingTimeout`, which Nova
+    /// expects, so callers can treat it as such.
     #[error("no reply to {method} within {timeout:?} (MessagingTimeout)")]
-    Timeout { method: String, timeout: Duration },
+    Timeout {
+        /// The method that went unanswered.
+        method: String,
+        /// How long the call waited.
+        timeout: Duration,
+    },
+    /// The callee answered with an exception, kept as it came so the caller can
+    /// match its class.
     #[error("{0}")]
     Remote(RemoteError),
+    /// The request could not be sent or its reply not received.
     #[error(transparent)]
     Transport(#[from] TransportError),
 }

@@ -22,7 +22,9 @@ pub struct RequestContext {
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("context key {key:?} must be {expected}")]
 pub struct ContextError {
+    /// The `_context_` key that was wrong.
     pub key: String,
+    /// The JSON type that key must have.
     pub expected: &'static str,
 }
 

@@ -22,9 +22,13 @@ pub type CallResult = Result<Value, RemoteError>;
 /// redacted (no `admin_password`, no token).
 #[derive(Clone)]
 pub struct Invocation {
+    /// Who asked (user, project, roles, request id); policy and logs rely on it.
     pub context: RequestContext,
+    /// The manager method to run.
     pub method: String,
+    /// The method's keyword arguments, as sent.
     pub args: Map<String, Value>,
+    /// The API version the caller needs, already checked against ours.
     pub version: Version,
     /// Whether the caller waits for a reply (a call, not a cast).
     pub is_call: bool,

@@ -16,14 +16,21 @@ use super::version::Version;
 /// Why a body could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EnvelopeError {
+    /// The body is larger than `rpc_max_message_bytes` (size, limit): refused
+    /// before parsing so a huge message cannot exhaust memory.
     #[error("message of {0} bytes exceeds the limit of {1} bytes")]
     TooLarge(usize, usize),
+    /// The body is not JSON at all.
     #[error("body is not valid JSON: {0}")]
     NotJson(String),
+    /// The body is JSON but not the `{oslo.version, oslo.message}` object.
     #[error("body is not a JSON object")]
     NotObject,
+    /// An envelope version this host does not understand; guessing could
+    /// misread the message.
     #[error("unsupported envelope version {0:?} (only 2.x with minor 0 is understood)")]
     Version(String),
+    /// `oslo.message` is not a string holding a JSON object.
     #[error("oslo.message is not a JSON object encoded as a string")]
     BadInner,
 }
@@ -31,16 +38,22 @@ pub enum EnvelopeError {
 /// Why a decoded message is not a usable request.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RequestError {
+    /// A request without a method cannot be dispatched.
     #[error("request has no method")]
     NoMethod,
+    /// A request field is of the wrong JSON type.
     #[error("request field {0:?} has the wrong type")]
     BadField(&'static str),
+    /// A name field is too long; bounds what a sender can make us log and store.
     #[error("request field {0:?} is longer than {MAX_NAME_BYTES} bytes")]
     TooLong(&'static str),
+    /// `_timeout` is negative, not finite or too large to be a duration.
     #[error("request field \"_timeout\" is not a duration in seconds: {0}")]
     BadTimeout(f64),
+    /// The `_context_*` keys are malformed.
     #[error("invalid request context: {0}")]
     Context(#[from] ContextError),
+    /// The `version` field is not `major.minor`.
     #[error("invalid request version {0:?}")]
     Version(String),
 }
@@ -61,7 +74,9 @@ pub const MAX_CALL_MONITOR_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
 /// Where a call's reply goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyTo {
+    /// The caller's call id; the reply carries it back so the caller can match it.
     pub msg_id: String,
+    /// The caller's reply queue, which receives the reply.
     pub reply_q: String,
 }
 
@@ -87,17 +102,23 @@ pub fn redacted(v: &Value) -> Value {
 /// A decoded RPC request. `Debug` shows its arguments [`redacted`].
 #[derive(Clone)]
 pub struct Request {
+    /// The manager method to run.
     pub method: String,
+    /// The method's keyword arguments.
     pub args: Map<String, Value>,
+    /// The endpoint namespace (None for the manager's own methods).
     pub namespace: Option<String>,
     /// The requested version as sent (`"1.0"` when absent).
     pub version_text: String,
+    /// The requested version, parsed, to check against the one served.
     pub version: Version,
+    /// oslo's `_unique_id`, used to drop a message delivered twice.
     pub unique_id: Option<String>,
     /// Present for calls, absent for casts and fanouts.
     pub reply_to: Option<ReplyTo>,
     /// Call-monitor timeout in seconds, when the caller set one.
     pub call_monitor_timeout: Option<f64>,
+    /// The caller's identity and request id (`_context_*` keys).
     pub context: RequestContext,
 }
 
@@ -119,9 +140,14 @@ impl std::fmt::Debug for Request {
 /// A reply to a call (final or call-monitor heartbeat).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The call id this reply answers.
     pub msg_id: String,
+    /// The method's return value (null on failure).
     pub result: Value,
+    /// The exception to raise in the caller, when the call failed.
     pub failure: Option<RemoteError>,
+    /// True on the last reply of a call; false on a call-monitor heartbeat,
+    /// which only tells the caller to keep waiting.
     pub ending: bool,
 }
 

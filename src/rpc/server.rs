@@ -53,6 +53,7 @@ pub struct ServerOptions {
     pub topics: Vec<String>,
     /// The server name (`[DEFAULT] host`).
     pub server: String,
+    /// Larger messages are dropped unparsed (`[docker] rpc_max_message_bytes`).
     pub max_message_bytes: usize,
     /// Requests handled at once.
     pub concurrency: usize,

@@ -10,48 +10,67 @@ use crate::config::RabbitSettings;
 /// An exchange to declare.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDecl {
+    /// The exchange's name, as the rest of the deployment spells it.
     pub name: String,
+    /// How the exchange routes (topic or fanout).
     pub kind: ExchangeKind,
+    /// Whether it survives a broker restart (`amqp_durable_queues`).
     pub durable: bool,
+    /// Whether the broker deletes it when its last binding goes (`amqp_auto_delete`).
     pub auto_delete: bool,
 }
 
 /// Exchange types used by oslo.messaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
+    /// Routes by routing key: requests to a topic or to one server of it.
     Topic,
+    /// Copies each message to every bound queue: fanout casts to all hosts.
     Fanout,
 }
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArgValue {
+    /// An integer argument (e.g. `x-expires` in milliseconds).
     Int(i64),
+    /// A string argument (e.g. `x-queue-type`).
     Str(String),
 }
 
 /// A queue to declare.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueDecl {
+    /// The queue's name, as oslo names it for this topic and server.
     pub name: String,
+    /// Whether it survives a broker restart.
     pub durable: bool,
+    /// Whether the broker deletes it when its last consumer goes.
     pub auto_delete: bool,
+    /// The `x-` arguments (queue type, expiry), which must match any existing
+    /// declaration of the same queue.
     pub arguments: Vec<(String, ArgValue)>,
 }
 
 /// A binding of a queue to an exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingDecl {
+    /// The queue receiving the messages.
     pub queue: String,
+    /// The exchange they come from.
     pub exchange: String,
+    /// The key that selects them.
     pub routing_key: String,
 }
 
 /// Something to (re)declare on every new connection, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Declaration {
+    /// Declare an exchange.
     Exchange(ExchangeDecl),
+    /// Declare a queue.
     Queue(QueueDecl),
+    /// Bind a queue to an exchange.
     Binding(BindingDecl),
 }
 

@@ -33,11 +33,15 @@ use crate::config::BrokerAddress;
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct TransportOptions {
+    /// The RabbitMQ servers from `transport_url`, tried in turn on failover.
     pub brokers: Vec<BrokerAddress>,
     /// Negotiated AMQP heartbeat in seconds (0 disables).
     pub heartbeat: u16,
+    /// First delay before reconnecting (`rabbit_retry_interval`).
     pub retry_interval: Duration,
+    /// Added to the delay at each further attempt (`rabbit_retry_backoff`).
     pub retry_backoff: Duration,
+    /// Upper bound on the reconnect delay (`rabbit_interval_max`).
     pub interval_max: Duration,
     /// Bound on one connection attempt.
     pub connect_timeout: Duration,
@@ -66,9 +70,14 @@ pub fn effective_prefetch(configured: u16) -> u16 {
 /// A message taken from a queue (already acknowledged).
 #[derive(Debug)]
 pub struct Incoming {
+    /// The queue it was consumed from.
     pub queue: String,
+    /// The key it was published with (the topic, or topic.server).
     pub routing_key: String,
+    /// The broker delivered it before, to a consumer that did not acknowledge;
+    /// logged so a duplicate can be recognised.
     pub redelivered: bool,
+    /// The raw message body (an oslo envelope).
     pub body: Vec<u8>,
 }
 
@@ -95,12 +104,17 @@ pub struct PublishProps {
 /// Transport failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// No broker connection came up in time; the message was not sent.
     #[error("no connection to RabbitMQ within {0:?}")]
     NotConnected(Duration),
+    /// The broker did not confirm the publish: it may or may not have been
+    /// routed, so the caller must not assume either.
     #[error("message may not have reached RabbitMQ: {0}")]
     Unconfirmed(String),
+    /// The AMQP client failed.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The transport was shut down; nothing more can be sent.
     #[error("the transport is shut down")]
     Closed,
 }

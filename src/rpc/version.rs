@@ -6,7 +6,9 @@ use std::str::FromStr;
 /// A `major.minor` RPC API version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// Incompatible changes bump it: a server serves only its own major.
     pub major: u32,
+    /// Compatible additions bump it: a server serves any minor up to its own.
     pub minor: u32,
 }
 

@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use super::guest_files;
+use super::host_network::{self, HostContainer, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
 use super::spec::{ContainerSpec, container_name, labels};
 use super::{
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::config::DockerSettings;
 use crate::image::archive::VOLUMES_LABEL;
+use crate::net::{NetworkInfo, Vif};
 
 /// The Docker driver.
 #[derive(Clone)]
@@ -40,6 +42,8 @@ pub struct DockerDriver {
     host: String,
     /// How root disk limits are enforced (decided once at connect).
     root_disk: RootDiskMode,
+    /// How the instances' ports are plugged on this host.
+    network: HostNetwork,
 }
 
 /// How many containers a root disk measurement inspects at once: each
@@ -118,7 +122,38 @@ impl DockerDriver {
             status: None,
         })?;
         let root_disk = detect_root_disk(&docker, settings).await?;
-        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string(), root_disk })
+        let network = HostNetwork::default();
+        Ok(DockerDriver { docker, settings: settings.clone(), host: host.to_string(), root_disk, network })
+    }
+
+    /// The same driver plugging ports as `network` says (the integration
+    /// bridge of `[neutron] ovs_bridge`).
+    pub fn with_network(mut self, network: HostNetwork) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Ids of every container the engine has (any owner, any state).
+    pub async fn all_container_ids(&self) -> Result<Vec<String>, VirtError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
+            .await
+            .map_err(|e| engine("list containers", e))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// The container of `uuid`, None when there is none (an engine error is
+    /// logged and counts as none: callers clean up best effort).
+    async fn existing(&self, uuid: &str) -> Option<InstanceInfo> {
+        match self.inspect(uuid).await {
+            Ok(info) => Some(info),
+            Err(VirtError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(instance = uuid, error = %e, "cannot inspect the container");
+                None
+            }
+        }
     }
 
     /// The bollard client (for image streaming helpers).
@@ -132,21 +167,31 @@ impl DockerDriver {
     }
 
     async fn inspect(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
+        Ok(self.inspect_host(uuid).await?.0)
+    }
+
+    /// The container's state, and what the host side of its ports needs
+    /// (its process, whose namespace they go into): the latter stays in the
+    /// driver.
+    async fn inspect_host(&self, uuid: &str) -> Result<(InstanceInfo, HostContainer), VirtError> {
         let name = container_name(uuid);
         let c = self.docker.inspect_container(&name, None::<InspectContainerOptions>).await.map_err(|e| {
             if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine("inspect", e) }
         })?;
         let state = c.state.unwrap_or_default();
         let oom = state.oom_killed.unwrap_or(false);
-        Ok(InstanceInfo {
+        let container_id = c.id.unwrap_or_default();
+        let host =
+            HostContainer { uuid: uuid.to_string(), id: container_id.clone(), pid: state.pid.filter(|p| *p > 0) };
+        let info = InstanceInfo {
             uuid: uuid.to_string(),
-            container_id: c.id.unwrap_or_default(),
+            container_id,
             state: power_state(state.status.as_ref(), oom, state.exit_code),
-            pid: state.pid.filter(|p| *p > 0),
             oom_killed: oom,
             exit_code: state.exit_code,
             started_at: state.started_at,
-        })
+        };
+        Ok((info, host))
     }
 
     /// Creates, in a created container, the mount points of the volumes its
@@ -399,10 +444,12 @@ impl Driver for DockerDriver {
             .collect())
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+    async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let host_resolv_conf = guest_files::read_host_resolv_conf().await;
-        let files = guest_files::render(&host_resolv_conf, &spec.dns, &spec.hostname, &spec.addresses);
+        let dns = host_network::dns_servers(network_info);
+        let addresses = host_network::fixed_addresses(network_info);
+        let files = guest_files::render(&host_resolv_conf, &dns, &spec.hostname, &addresses);
         let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
@@ -432,17 +479,70 @@ impl Driver for DockerDriver {
         if let Err(e) = self.docker.start_container(&container_name(uuid), None::<StartContainerOptions>).await {
             let err = engine("start", e);
             // Never leave a created-but-broken container behind.
-            let _ = self.destroy(uuid, Duration::ZERO).await;
+            let _ = self.destroy(uuid, Duration::ZERO, &Vec::new()).await;
             return Err(err);
         }
         self.inspect(uuid).await
     }
 
-    async fn destroy(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
+    async fn destroy(&self, uuid: &str, timeout: Duration, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        let container_id = self.existing(uuid).await.map(|c| c.container_id);
         self.remove_container(uuid, timeout).await?;
-        guest_files::remove(&self.settings.instances_path, uuid)
+        let removed = guest_files::remove(&self.settings.instances_path, uuid)
             .await
-            .map_err(|(path, source)| VirtError::HostFile { path, source })
+            .map_err(|(path, source)| VirtError::HostFile { path, source });
+        self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
+        removed
+    }
+
+    async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        if network_info.is_empty() {
+            return Ok(());
+        }
+        let (_, host) = self.inspect_host(uuid).await?;
+        self.network.plug_all(&host, network_info).await
+    }
+
+    async fn unplug_vifs(&self, uuid: &str, network_info: &NetworkInfo) {
+        let container_id = self.existing(uuid).await.map(|c| c.container_id);
+        self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
+    }
+
+    async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
+        let (_, host) = self.inspect_host(uuid).await?;
+        self.network.plug_one(&host, vif, index).await
+    }
+
+    async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
+        self.network.unplug_one(uuid, vif).await
+    }
+
+    async fn ensure_vifs_plugged(&self, uuid: &str, network_info: &NetworkInfo) -> Result<bool, VirtError> {
+        if network_info.is_empty() {
+            return Ok(false);
+        }
+        let host = match self.inspect_host(uuid).await {
+            Ok((_, host)) => host,
+            Err(VirtError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if host.pid.is_none() || self.network.is_current(&host).await {
+            return Ok(false);
+        }
+        tracing::info!(instance = uuid, "the container's namespace changed; plugging its ports again");
+        self.network.plug_all(&host, network_info).await?;
+        Ok(true)
+    }
+
+    async fn cleanup_stopped(&self, uuid: &str) {
+        if let Some(c) = self.existing(uuid).await {
+            self.network.forget(uuid, &c.container_id).await;
+        }
+    }
+
+    async fn cleanup_host(&self) {
+        let Ok(ids) = self.all_container_ids().await else { return };
+        self.network.sweep(&ids.into_iter().collect()).await;
     }
 
     async fn reboot(&self, uuid: &str, hard: bool, timeout: Duration) -> Result<InstanceInfo, VirtError> {
@@ -495,7 +595,10 @@ impl Driver for DockerDriver {
             Err(e) if is_status(&e, 304) => {} // already stopped
             Err(e) => return Err(Self::not_found_or(uuid, "stop", e)),
         }
-        self.inspect(uuid).await
+        let stopped = self.inspect(uuid).await?;
+        // The namespace is gone: its entry goes too.
+        self.network.forget(uuid, &stopped.container_id).await;
+        Ok(stopped)
     }
 
     async fn power_on(&self, uuid: &str) -> Result<InstanceInfo, VirtError> {
@@ -574,10 +677,10 @@ impl Driver for DockerDriver {
             .map_err(|e| Self::not_found_or(uuid, "stats", e))?;
         let cpu = s.cpu_stats.unwrap_or_default();
         let mem = s.memory_stats.unwrap_or_default();
-        let info = self.inspect(uuid).await?;
+        let (info, host) = self.inspect_host(uuid).await?;
         // Docker's stats list only interfaces libnetwork made, never the
         // plugged ports: the kernel's counters of the namespace have them.
-        let nics = match info.pid {
+        let nics = match host.pid {
             Some(pid) => super::net_dev::read(pid).await.unwrap_or_default(),
             None => Vec::new(),
         };
@@ -670,15 +773,6 @@ impl Driver for DockerDriver {
             .await
             .map_err(|e| Self::not_found_or(uuid, "commit", e))?;
         Ok(r.id)
-    }
-
-    async fn all_container_ids(&self) -> Result<Vec<String>, VirtError> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).build()))
-            .await
-            .map_err(|e| engine("list containers", e))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {
@@ -785,8 +879,6 @@ mod tests {
             security_opt: vec![],
             read_only_rootfs: false,
             userns_mode: None,
-            dns: vec![],
-            addresses: vec![],
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),

@@ -26,7 +26,10 @@ const MAX_NAMESERVERS: usize = 3;
 /// What the guest's two files say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuestFiles {
+    /// The guest's `/etc/resolv.conf`: the host's search and options, with the
+    /// instance's Neutron DNS servers (else the host's, minus loopback).
     pub resolv_conf: String,
+    /// The guest's `/etc/hosts`: localhost and the instance's own name and addresses.
     pub hosts: String,
 }
 

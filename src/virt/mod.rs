@@ -3,13 +3,17 @@
 //! honestly do, and its Docker implementation.
 //!
 //! The compute manager drives the Nova state machine and talks to Nova; a
-//! driver only acts on the host. Operations are idempotent where Nova expects
+//! driver only acts on the host, and owns everything there for an instance:
+//! its container, the guest's files, and the host side of its ports (plugged
+//! from the `network_info` the manager hands over: the manager never sees a
+//! pid or a namespace). Operations are idempotent where Nova expects
 //! it (destroying a missing instance succeeds) and every engine call is
 //! bounded in time.
 
 pub mod capabilities;
 pub mod docker;
 pub mod guest_files;
+pub mod host_network;
 pub mod net_dev;
 pub mod root_disk;
 pub mod spec;
@@ -23,59 +27,42 @@ use futures::stream::BoxStream;
 
 pub use spec::ContainerSpec;
 
-/// Nova's `power_state` values (`nova/compute/power_state.py`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerState {
-    NoState = 0,
-    Running = 1,
-    Paused = 3,
-    Shutdown = 4,
-    Crashed = 6,
-    Suspended = 7,
-}
+use crate::net::{NetError, NetworkInfo, Vif};
 
-impl PowerState {
-    /// The integer stored in `Instance.power_state`.
-    pub fn code(self) -> i64 {
-        self as i64
-    }
-
-    /// The name used in Diagnostics (`InstancePowerState` enum values).
-    pub fn name(self) -> &'static str {
-        match self {
-            PowerState::NoState => "pending",
-            PowerState::Running => "running",
-            PowerState::Paused => "paused",
-            PowerState::Shutdown => "shutdown",
-            PowerState::Crashed => "crashed",
-            PowerState::Suspended => "suspended",
-        }
-    }
-}
+pub use crate::objects::states::PowerState;
 
 /// What the engine reports about one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceInfo {
+    /// The Nova instance the container runs.
     pub uuid: String,
+    /// Docker's id of the container.
     pub container_id: String,
+    /// The container's state in Nova's terms, for `power_state`.
     pub state: PowerState,
-    /// PID of the container's init process when running.
-    pub pid: Option<i64>,
     /// Whether the last exit was an OOM kill.
     pub oom_killed: bool,
+    /// The exit code of the last run, as Docker reports it (0 when it never
+    /// stopped).
     pub exit_code: Option<i64>,
+    /// When the container last started (RFC 3339, as Docker reports it).
     pub started_at: Option<String>,
 }
 
 /// The host's resources as reported to Nova and Placement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostResources {
+    /// CPUs the engine sees, before overcommit.
     pub vcpus: u64,
+    /// Memory the engine sees, in MiB.
     pub memory_mb: u64,
+    /// Size of the filesystem holding Docker's data, in GiB.
     pub disk_gb: u64,
+    /// Free space on that filesystem, in GiB.
     pub disk_free_gb: u64,
     /// The engine version as an integer (Nova's `convert_version_to_int`).
     pub hypervisor_version: i64,
+    /// The host's CPU architecture in Nova's spelling (e.g. `x86_64`).
     pub arch: String,
     /// JSON text for `ComputeNode.cpu_info`.
     pub cpu_info: String,
@@ -84,43 +71,62 @@ pub struct HostResources {
 /// Runtime statistics of one instance (for diagnostics).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceStats {
+    /// CPU time the container used, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// Memory the container uses now, in bytes.
     pub memory_used_bytes: u64,
+    /// The container's memory limit (its flavor's RAM), in bytes.
     pub memory_limit_bytes: u64,
+    /// CPUs the container may run on.
     pub online_cpus: u64,
     /// Per interface (loopback left out), by name.
     pub nics: Vec<NicStats>,
+    /// Seconds since the container started; None when it is not running.
     pub uptime_s: Option<u64>,
 }
 
 /// Counters of one network interface.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NicStats {
+    /// The interface name inside the container (e.g. `eth0`).
     pub name: String,
     /// The interface's MAC, when the container's sysfs shows it.
     pub mac_address: Option<String>,
+    /// Bytes received.
     pub rx_octets: u64,
+    /// Packets received.
     pub rx_packets: u64,
+    /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
     pub rx_drop: u64,
+    /// Bytes sent.
     pub tx_octets: u64,
+    /// Packets sent.
     pub tx_packets: u64,
+    /// Send errors.
     pub tx_errors: u64,
+    /// Packets dropped on send.
     pub tx_drop: u64,
 }
 
 /// A container this host runs, as found by label (for reconciliation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManagedContainer {
+    /// The instance uuid from the container's `nova.instance` label.
     pub uuid: String,
+    /// Docker's id of the container.
     pub container_id: String,
+    /// The container's state in Nova's terms.
     pub state: PowerState,
+    /// All its labels, as the engine lists them.
     pub labels: BTreeMap<String, String>,
 }
 
 /// The measured root disk of one running instance (the writable layer).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootDiskUsage {
+    /// The instance the container runs.
     pub uuid: String,
     /// Bytes created or changed by the instance (`SizeRw`).
     pub used_bytes: u64,
@@ -138,25 +144,51 @@ impl RootDiskUsage {
 /// A change seen on the engine's event stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
+    /// The instance whose container changed.
     pub uuid: String,
+    /// Docker's event action (`start`, `die`, `oom`, ...).
     pub action: String,
 }
 
 /// Driver failures.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtError {
+    /// The instance has no container here; Nova maps it to InstanceNotFound.
     #[error("instance {0} has no container on this host")]
     NotFound(String),
+    /// The engine refused or failed an operation.
     #[error("Docker {op} failed: {detail}")]
-    Engine { op: String, detail: String, status: Option<u16> },
+    Engine {
+        /// The engine operation (e.g. `create`).
+        op: String,
+        /// The engine's message.
+        detail: String,
+        /// The HTTP status the engine answered, when it answered.
+        status: Option<u16>,
+    },
+    /// The engine did not answer in time; the operation's outcome is unknown.
     #[error("Docker {op} did not finish within {after:?}")]
-    Timeout { op: String, after: Duration },
+    Timeout {
+        /// The engine operation.
+        op: String,
+        /// The time it was given.
+        after: Duration,
+    },
+    /// The request cannot be honoured by this driver; the message says why.
     #[error("{0}")]
     Invalid(String),
     /// A file the driver keeps on the host for an instance (its resolv.conf
     /// and hosts) could not be written or removed.
     #[error("instance file {path}: {source}")]
-    HostFile { path: std::path::PathBuf, source: std::io::Error },
+    HostFile {
+        /// The file on the host.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The host side of a port (plugging, unplugging, the netns entry).
+    #[error("network plumbing: {0}")]
+    Net(#[from] NetError),
 }
 
 /// A Docker image reference resolved to its id.
@@ -189,15 +221,58 @@ pub trait Driver: Send + Sync + 'static {
     /// Containers of this host's instances (found by label).
     fn list_instances(&self) -> impl Future<Output = Result<Vec<ManagedContainer>, VirtError>> + Send;
     /// Creates the container of an instance, not started yet (replacing a
-    /// leftover container of the same instance). Separate from `start_created`
-    /// so a build can create while it saves its state to the conductor.
-    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// leftover container of the same instance), with the guest's view of
+    /// `network_info` (its DNS servers and addresses). Separate from
+    /// `start_created` so a build can create while it saves its state to the
+    /// conductor.
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+        network_info: &NetworkInfo,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
     /// Starts a container made by `create`; removes it when it cannot start,
     /// so no created-but-broken container is left behind.
     fn start_created(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
-    /// Stops (gracefully within `timeout`) and removes the container and its
-    /// anonymous volumes; succeeds when there is nothing to remove.
-    fn destroy(&self, uuid: &str, timeout: Duration) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Stops (gracefully within `timeout`) and removes the container, its
+    /// anonymous volumes and the host side of the ports of `network_info`;
+    /// succeeds when there is nothing to remove.
+    fn destroy(
+        &self,
+        uuid: &str,
+        timeout: Duration,
+        network_info: &NetworkInfo,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Plugs every port of `network_info` into the running instance, in
+    /// order (`eth0`, `eth1`, ...); needed after every start, since a started
+    /// container has a new network namespace. Nothing to do without ports.
+    fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Removes the host side of the ports of `network_info` (best effort:
+    /// failures are logged), e.g. after a build that failed with them plugged.
+    fn unplug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> impl Future<Output = ()> + Send;
+    /// Plugs one more port into the instance as its interface `index` or the
+    /// next free one; a stopped instance gets it at its next start.
+    fn attach_interface(
+        &self,
+        uuid: &str,
+        vif: &Vif,
+        index: usize,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Removes the host side of one port.
+    fn detach_interface(&self, uuid: &str, vif: &Vif) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Plugs the ports again when the running instance's namespace is not the
+    /// one plugged last (it was started outside Nova, or while this service
+    /// was down); returns whether it did.
+    fn ensure_vifs_plugged(
+        &self,
+        uuid: &str,
+        network_info: &NetworkInfo,
+    ) -> impl Future<Output = Result<bool, VirtError>> + Send;
+    /// The instance stopped on its own: releases what only a running instance
+    /// needs on the host (best effort).
+    fn cleanup_stopped(&self, uuid: &str) -> impl Future<Output = ()> + Send;
+    /// Removes what the host keeps for instances that no longer exist (best
+    /// effort; part of the periodic sync).
+    fn cleanup_host(&self) -> impl Future<Output = ()> + Send;
     /// Soft (SIGTERM, wait, start) or hard (kill, start) reboot.
     fn reboot(
         &self,
@@ -205,7 +280,8 @@ pub trait Driver: Send + Sync + 'static {
         hard: bool,
         timeout: Duration,
     ) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
-    /// Graceful stop within `timeout`, then kill.
+    /// Graceful stop within `timeout`, then kill; what the host kept for the
+    /// running instance goes.
     fn power_off(&self, uuid: &str, timeout: Duration) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
     /// Starts a stopped container.
     fn power_on(&self, uuid: &str) -> impl Future<Output = Result<InstanceInfo, VirtError>> + Send;
@@ -242,8 +318,6 @@ pub trait Driver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, VirtError>> + Send;
     /// `docker save` of one image as a stream.
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>>;
-    /// Ids of every container the engine has (any owner, any state).
-    fn all_container_ids(&self) -> impl Future<Output = Result<Vec<String>, VirtError>> + Send;
     /// How root disk limits are enforced on this host, and why.
     fn root_disk_mode(&self) -> &root_disk::RootDiskMode;
     /// Measures the writable layer of every running instance that has a

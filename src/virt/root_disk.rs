@@ -32,7 +32,9 @@ pub enum Enforcement {
 /// The mode this host is in, and why (shown by `check` and at start-up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootDiskMode {
+    /// How root disk limits are enforced on this host.
     pub enforcement: Enforcement,
+    /// Why, in words for the operator (storage driver, backing filesystem, options).
     pub reason: String,
     /// `root_disk_limit = quota` was configured although the storage driver
     /// cannot enforce one: the engine will refuse every create.
@@ -68,7 +70,9 @@ impl EngineStorage {
 /// One mount, as `/proc/self/mountinfo` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// Where it is mounted.
     pub mount_point: PathBuf,
+    /// The filesystem type (e.g. `xfs`); quotas depend on it.
     pub fs_type: String,
     /// Per-mount and superblock options together.
     pub options: Vec<String>,

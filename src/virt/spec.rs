@@ -19,8 +19,11 @@ pub mod labels {
     pub const INSTANCE: &str = "nova.instance";
     /// The compute host that owns the container.
     pub const HOST: &str = "nova.host";
+    /// The project owning the instance; for operators listing containers.
     pub const PROJECT: &str = "nova.project";
+    /// The user who created the instance.
     pub const USER: &str = "nova.user";
+    /// The flavor name, so an operator can see what the container was sized for.
     pub const FLAVOR: &str = "nova.flavor";
     /// The Glance image id the container was booted from.
     pub const IMAGE: &str = "nova.image";
@@ -40,29 +43,40 @@ pub fn container_name(uuid: &str) -> String {
 /// Everything needed to create an instance's container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
+    /// The instance the container runs.
     pub uuid: String,
+    /// The container name, derived from the uuid so it is unique on the host.
     pub name: String,
     /// Docker image id.
     pub image: String,
+    /// The guest's hostname, made valid from the instance's hostname or name.
     pub hostname: String,
     /// Overrides the image's CMD (image property `os_command_line`).
     pub command: Option<Vec<String>>,
+    /// Environment (`KEY=value`) set in the container.
     pub env: Vec<String>,
+    /// The `nova.*` labels that tie the container to its instance and host.
     pub labels: BTreeMap<String, String>,
+    /// The flavor's RAM, as the container's hard memory limit, in bytes.
     pub memory_bytes: i64,
+    /// CPU weight relative to other containers: 1024 per flavor vCPU.
     pub cpu_shares: i64,
+    /// A hard CPU quota (`docker:cpu_limit=quota`), in billionths of a CPU.
     pub nano_cpus: Option<i64>,
+    /// CPUs the container may run on (`[docker] cpuset_cpus`).
     pub cpuset_cpus: Option<String>,
+    /// Cap on processes in the container; None: no cap.
     pub pids_limit: Option<i64>,
+    /// Capabilities the container gets: `[docker] capabilities` plus the flavor's
+    /// `docker:capabilities`.
     pub cap_add: Vec<String>,
+    /// Docker `--security-opt` values: always no-new-privileges, plus the
+    /// configured seccomp profile.
     pub security_opt: Vec<String>,
+    /// Whether the image's filesystem is mounted read-only.
     pub read_only_rootfs: bool,
+    /// Docker `--userns` mode (`[docker] userns_mode`); None: the engine's default.
     pub userns_mode: Option<String>,
-    /// The instance's DNS servers (its Neutron subnets'), for resolv.conf.
-    pub dns: Vec<String>,
-    /// The instance's fixed IP addresses, listed under its hostname in
-    /// /etc/hosts.
-    pub addresses: Vec<String>,
     /// The root disk limit in GiB: the flavor's `root_gb`, or for a
     /// zero-disk flavor `[docker] zero_disk_flavor_root_gb`; `None`: none.
     pub root_disk_gb: Option<u64>,
@@ -76,14 +90,32 @@ pub struct ContainerSpec {
 /// A request the spec cannot honour.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
+    /// A `docker:*` flavor extra spec this host cannot honour.
     #[error("flavor extra spec {key}={value:?} is invalid: {why}")]
-    ExtraSpec { key: String, value: String, why: &'static str },
+    ExtraSpec {
+        /// The extra spec's key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        why: &'static str,
+    },
+    /// The image's `os_command_line` cannot be split into arguments.
     #[error("image property os_command_line is not a valid command line: {0}")]
     CommandLine(String),
+    /// The flavor asks for a capability that would let the tenant escape.
     #[error("flavor docker:capabilities: {0}")]
     Capability(#[from] capabilities::NotTenantSafe),
+    /// A flavor size no container can be given (negative, or past a kernel limit).
     #[error("flavor {field} {value} is out of range: {why}")]
-    FlavorSize { field: &'static str, value: i64, why: &'static str },
+    FlavorSize {
+        /// The flavor field.
+        field: &'static str,
+        /// Its value.
+        value: i64,
+        /// The limit it breaks.
+        why: &'static str,
+    },
 }
 
 /// Splits a command line like a POSIX shell would split words (quotes and
@@ -307,8 +339,6 @@ pub fn build(
         security_opt,
         read_only_rootfs: read_only,
         userns_mode: settings.userns_mode.clone(),
-        dns: Vec::new(),
-        addresses: Vec::new(),
         root_disk_gb,
         console_log_max_bytes: settings.console_log_max_bytes,
         volumes: Vec::new(),

@@ -313,7 +313,7 @@ class Api:
             self.req('DELETE', '%s/os-services/%s' % (self.nova, sv['id']), ok=(204, 404))
 
     def provider_ready(self, name):
-        h = {'X-Auth-Token': 'admin', 'OpenStack-API-Version': 'placement 1.36'}
+        h = {'X-Auth-Token': self.token, 'OpenStack-API-Version': 'placement 1.36'}
         r = requests.get(self.placement + '/resource_providers', params={'name': name}, headers=h, timeout=30)
         rps = r.json().get('resource_providers', []) if r.ok else []
         if not rps:
@@ -583,6 +583,12 @@ class Bench:
         self.mode = 'quick' if args.quick else 'full'
         self.cfg = MODES[self.mode]
         self.env = read_env_sh(os.path.join(STATE, 'env.sh'))
+        if not self.env.get('ND_TOKEN'):
+            # Keystone: the admin's token, issued now (tests/env/pylib)
+            sys.path.insert(0, os.path.join(ROOT, 'tests', 'env', 'pylib'))
+            from nd_keystone import issue
+            e = self.env
+            e['ND_TOKEN'] = issue(e['ND_KEYSTONE'], e['ND_ADMIN_USER'], e['ND_ADMIN_PASSWORD'], e['ND_ADMIN_PROJECT'])
         self.api = Api(self.env)
         self.r = {'mode': self.mode, 'config': self.cfg}
         self.errors = []

@@ -17,8 +17,8 @@
 #   zed     OpenStack Zed from Debian bookworm packages (nova 26.2.2, placement 8,
 #           glance 25, neutron 21), as in harness.md. Ports 8774/8778/9292/9696.
 #           RabbitMQ vhost novazed.
-# Both: no keystone (token "admin:admin" is admin), SQLite, loopback only, real
-# neutron (ML2, flat type driver) with one real L2 agent on this machine:
+# Both: Keystone (fernet tokens, see "Identity" below), SQLite, loopback only,
+# real neutron (ML2, flat type driver) with one real L2 agent on this machine:
 #
 #   release  mech driver / agent                  vif_type  host side of a port
 #   zed      linuxbridge / neutron-linuxbridge-    bridge    tap<port-id[:11]>, in
@@ -44,8 +44,32 @@
 # host gets binding:vif_type binding_failed (nova: PortBindingFailed). The
 # agent sets a port ACTIVE once it sees the host-side device, and neutron then
 # POSTs network-vif-plugged to nova-api's os-server-external-events (also
-# network-changed, network-vif-unplugged, network-vif-deleted), token admin:admin.
+# network-changed, network-vif-unplugged, network-vif-deleted), as user nova.
 # Neutron does not run DHCP/L3 agents.
+#
+# Identity (ND_AUTH=keystone, the default):
+#   newest  Keystone from PyPI (its own virtualenv venv-keystone) under
+#           gunicorn, port 15000
+#   zed     Debian's keystone 22 (Zed) under uwsgi, port 5000
+#   Fernet tokens (expiration ND_TOKEN_EXPIRATION s, default 3600), SQLite,
+#   one region RegionOne. Users and projects as a deployment has them:
+#     admin (project admin, role admin)           password $ND_ADMIN_PASSWORD
+#     project service: nova, glance, neutron,      password $ND_SERVICE_PASSWORD
+#       placement (roles admin + service)
+#     project nd-tenant-a: nd-member-a (member)    password $ND_MEMBER_PASSWORD
+#     project nd-tenant-b: nd-member-b (member)
+#   Catalog: identity, compute, placement, image, network, each with public
+#   and internal endpoints (the same loopback URL). nova-api, placement,
+#   glance and neutron validate tokens with keystonemiddleware's authtoken
+#   (in-process cache); nova's conductor/scheduler, neutron's notifier and
+#   the compute template authenticate as service users. Nova's policy lets a
+#   project member force a host (availability zone nova:HOST), so that
+#   tenants' servers can land on a test's own compute host; everything else
+#   is the releases' default policy.
+#   ND_AUTH=noauth is the fast mode without Keystone (token "admin:admin" is
+#   admin; "USER:PROJECT" a member of PROJECT), for quick local iterations;
+#   CI does not use it. `up` refuses to switch a running control plane from
+#   one mode to the other: use `restart`.
 #
 # Security groups are enforced by the agents' real firewall drivers, and the
 # test network has port security on (each port gets its project's default
@@ -80,7 +104,16 @@
 # State: $ND_ENV_STATE/RELEASE (default /var/lib/nova-docker-test/RELEASE):
 #   env.sh   source it; exports ND_RELEASE, ND_STATE, OS_CLOUD,
 #            OS_CLIENT_CONFIG_FILE, ND_VHOST, ND_TRANSPORT_URL, ND_NOVA_API
-#            (.../v2.1), ND_PLACEMENT, ND_GLANCE, ND_NEUTRON (URLs), ND_TOKEN,
+#            (.../v2.1), ND_PLACEMENT, ND_GLANCE, ND_NEUTRON (URLs), ND_AUTH
+#            (keystone|noauth), ND_KEYSTONE (.../v3; empty with noauth),
+#            ND_ADMIN_USER/_PASSWORD/_PROJECT, ND_SERVICE_PASSWORD,
+#            ND_MEMBER_PASSWORD, ND_TENANT_A/_B and ND_MEMBER_A/_B (names),
+#            ND_PROJECT_IDS (JSON: admin, nd-tenant-a, nd-tenant-b), ND_REGION,
+#            ND_KEYSTONE_CONF, ND_KEYSTONE_GUNICORN (newest: to serve another
+#            Keystone on the same DB and keys, e.g. with a short token
+#            lifetime), ND_PYLIB (tests/env/pylib),
+#            ND_TOKEN (noauth only: get a token with
+#            `python3 tests/env/pylib/nd_keystone.py token`),
 #            ND_OPENSTACK (CLI to use), ND_NOVA_MANAGE (command line),
 #            ND_PYTHON (python with this release's nova + oslo.messaging),
 #            ND_COMPUTE_CONF_TEMPLATE, ND_NETWORK(_ID), ND_FAKE_COMPUTE,
@@ -90,7 +123,9 @@
 #            ND_OVS_RUNDIR (newest; empty for zed), OVS_RUNDIR (newest only)
 #   etc/nova-compute.conf.template nova.conf for a compute host of this
 #            release (no compute_driver); replace @HOST@ and @STATE_PATH@
-#   etc/, db/, log/, pids/, osc/clouds.yaml, compute/<fake host>/, ovs/
+#   etc/, db/, log/, pids/, osc/clouds.yaml (clouds nd-RELEASE = admin,
+#            nd-RELEASE-tenant-a, nd-RELEASE-tenant-b), compute/<fake host>/,
+#            ovs/, keystone/ (fernet and credential keys)
 # Delete the directory (after `down`) to start from scratch.
 #
 # Environment:
@@ -103,6 +138,8 @@
 #                      both would consume compute.ND_NET_HOST.
 #   ND_ENV_STATE, NOVA_DOCKER_OPT   see above
 #   ND_TIMEOUT         seconds to wait for each service (default 180)
+#   ND_AUTH            keystone (default) | noauth (see Identity above)
+#   ND_TOKEN_EXPIRATION  Keystone's token lifetime in seconds (default 3600)
 #
 # What `up` does, and why:
 #   * RabbitMQ main node + vhost via rabbitmq.sh (firehose trace_on per vhost).
@@ -153,30 +190,42 @@ OPT=${NOVA_DOCKER_OPT:-/opt/nova-docker-test}
 PYLIB=$HERE/pylib
 TIMEOUT=${ND_TIMEOUT:-180}
 FAKE_COMPUTE=${FAKE_COMPUTE:-}
+AUTH=${ND_AUTH:-keystone}
+case $AUTH in keystone|noauth) ;; *) die "ND_AUTH must be keystone or noauth" ;; esac
+TOKEN_EXPIRATION=${ND_TOKEN_EXPIRATION:-3600}
+# noauth: a static token; keystone: issued once Keystone answers (keystone_seed)
 TOKEN=admin:admin
+# Loopback-only test cloud: fixed passwords (env.sh has them for the tests).
+ADMIN_PASSWORD=nd-admin-secret SERVICE_PASSWORD=nd-service-secret MEMBER_PASSWORD=nd-member-secret
+REGION=RegionOne
+PROJECT_IDS='{"admin": "admin"}'
+ks() { [ "$AUTH" = keystone ]; }
 
 case $RELEASE in
   newest)
-    VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696
-    V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron
+    VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696 P_KEYSTONE=15000
+    V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron VK=$OPT/venv-keystone
+    KEYSTONE_MANAGE=$VK/bin/keystone-manage
     PY=$V/bin/python OSC=$V/bin/openstack
     NOVA_MANAGE=$V/bin/nova-manage
     FAKE_DRIVER=fake.FakeDriverWithoutFakeNodes  # keeps its node UUID across restarts
     NET_AGENT=neutron-openvswitch-agent NET_VIF_TYPE=ovs MECH_DRIVER=openvswitch
     FIREWALL_DRIVER=openvswitch
     for f in "$V/bin/nova-conductor" "$VG/bin/glance-manage" "$VN/bin/neutron-db-manage" \
-             "$VN/bin/neutron-rpc-server" "$VN/bin/$NET_AGENT" /usr/sbin/ovs-vswitchd; do
+             "$VN/bin/neutron-rpc-server" "$VN/bin/$NET_AGENT" /usr/sbin/ovs-vswitchd \
+             "$VK/bin/keystone-manage"; do
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
     done ;;
   zed)
-    VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696
+    VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696 P_KEYSTONE=5000
+    KEYSTONE_MANAGE=/usr/bin/keystone-manage
     PY=/usr/bin/python3 OSC=/usr/bin/openstack
     NOVA_MANAGE=/usr/bin/nova-manage
     FAKE_DRIVER=fake.FakeDriver
     NET_AGENT=neutron-linuxbridge-agent NET_VIF_TYPE=bridge MECH_DRIVER=linuxbridge
     FIREWALL_DRIVER=iptables
     for f in /usr/bin/nova-api /usr/bin/placement-api /usr/bin/glance-api /usr/bin/neutron-server \
-             "/usr/bin/$NET_AGENT"; do
+             "/usr/bin/$NET_AGENT" /usr/bin/keystone-wsgi-public /usr/bin/uwsgi; do
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
     done ;;
   *) usage ;;
@@ -187,7 +236,14 @@ URL_NOVA=http://127.0.0.1:$P_NOVA/v2.1
 URL_PLACEMENT=http://127.0.0.1:$P_PLACEMENT
 URL_GLANCE=http://127.0.0.1:$P_GLANCE
 URL_NEUTRON=http://127.0.0.1:$P_NEUTRON
+URL_KEYSTONE=http://127.0.0.1:$P_KEYSTONE/v3
 NOVA_CONF=$STATE/etc/nova/nova.conf
+KEYSTONE_CONF=$STATE/etc/keystone/keystone.conf
+# what nd_keystone.py (seed, token) and nd_rest.py read
+export ND_KEYSTONE=$URL_KEYSTONE ND_ADMIN_USER=admin ND_ADMIN_PASSWORD=$ADMIN_PASSWORD ND_ADMIN_PROJECT=admin
+export ND_SERVICE_PASSWORD=$SERVICE_PASSWORD ND_MEMBER_PASSWORD=$MEMBER_PASSWORD ND_REGION=$REGION
+export ND_ENDPOINTS="compute=$URL_NOVA,placement=$URL_PLACEMENT,image=$URL_GLANCE,network=$URL_NEUTRON"
+ks || ND_KEYSTONE=""
 # every OpenStack process we run gets the SQLite tuning and the paste filters
 export PYTHONPATH=$PYLIB
 NOVA_MANAGE_CMD=(env "PYTHONPATH=$PYLIB" "$NOVA_MANAGE" --config-file "$NOVA_CONF")
@@ -196,6 +252,7 @@ SERVICES=(placement-api glance-api neutron-api nova-conductor nova-scheduler nov
 # newest: neutron 29's WSGI API has no RPC consumers; neutron-rpc-server does that
 [ "$RELEASE" = zed ] ||
   SERVICES=(placement-api glance-api neutron-api neutron-rpc nova-conductor nova-scheduler nova-api)
+if ks; then SERVICES=(keystone "${SERVICES[@]}"); fi
 
 # L2 networking (see the header): the agent's host name, the physnet plumbing
 NET_HOST=nd-net-$RELEASE
@@ -209,7 +266,33 @@ OVS_SERVICES=()
 ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "$NET_AGENT")
 
 # ====================================================================== configs
-admin_token_sections() { # the [placement]/[neutron] sections every nova.conf needs
+password_auth() { # USER: keystoneauth password options (a service user in project service)
+  cat <<EOF
+auth_type = password
+auth_url = $URL_KEYSTONE
+username = $1
+password = $SERVICE_PASSWORD
+user_domain_name = Default
+project_name = service
+project_domain_name = Default
+region_name = $REGION
+EOF
+}
+
+authtoken_section() { # USER: [keystone_authtoken] of an API service validating as USER
+  printf '[keystone_authtoken]\nwww_authenticate_uri = %s\n' "$URL_KEYSTONE"
+  password_auth "$1"
+  # no memcached: the middleware caches validated tokens in process
+  echo "service_token_roles_required = true"
+}
+
+service_sections() { # the [placement]/[neutron] sections every nova.conf needs
+  if ks; then
+    # endpoints from the catalog (internal interface), as a deployment has them
+    printf '[placement]\n'; password_auth placement; printf 'valid_interfaces = internal\n\n'
+    printf '[neutron]\n'; password_auth neutron; printf 'valid_interfaces = internal\n'
+    return 0
+  fi
   cat <<EOF
 [placement]
 auth_type = admin_token
@@ -246,7 +329,7 @@ osapi_compute_listen_port = $P_NOVA
 osapi_compute_workers = 1
 
 [api]
-auth_strategy = noauth2
+auth_strategy = $( if ks; then echo keystone; else echo noauth2; fi )
 
 [wsgi]
 api_paste_config = $STATE/etc/nova/api-paste.ini
@@ -291,7 +374,15 @@ connection = sqlite:///$STATE/db/nova.sqlite
 sqlite_synchronous = false
 
 EOF
-    admin_token_sections
+    service_sections
+    if ks; then
+      printf '\n'; authtoken_section nova
+      cat <<EOF
+
+[oslo_policy]
+policy_file = $STATE/etc/nova/policy.yaml
+EOF
+    fi
     cat <<EOF
 
 [oslo_concurrency]
@@ -302,8 +393,20 @@ driver = noop
 EOF
   } > "$NOVA_CONF"
 
-  # paste pipeline: keystone-free auth that still gives the context a token
+  # Tests boot tenants' servers on their own compute host: a member may
+  # force a host (nova:HOST). The rule's name is the same in Zed and nova 34.
+  cat > "$STATE/etc/nova/policy.yaml" <<EOF
+# written by tests/env/controlplane.sh: the releases' defaults, but project
+# members may force a host (tests boot tenants' servers on their own host)
+"os_compute_api:servers:create:forced_host": "role:admin or role:member"
+EOF
   local src
+  if ks; then # the stock pipelines: authtoken keystonecontext
+    if [ "$RELEASE" = zed ]; then src=/etc/nova/api-paste.ini; else src=$V/etc/nova/api-paste.ini; fi
+    cp "$src" "$STATE/etc/nova/api-paste.ini"
+    return 0
+  fi
+  # noauth paste pipeline: keystone-free auth that still gives the context a token
   if [ "$RELEASE" = zed ]; then
     src=/etc/nova/api-paste.ini
     sed -e 's/ noauth2 osapi_compute_app_v21/ noauth2 ctxtoken osapi_compute_app_v21/' \
@@ -342,7 +445,7 @@ my_ip = 127.0.0.1
 endpoint_override = $URL_GLANCE
 
 EOF
-  admin_token_sections >> "$STATE/etc/nova-compute.conf.template"
+  service_sections >> "$STATE/etc/nova-compute.conf.template"
   cat >> "$STATE/etc/nova-compute.conf.template" <<EOF
 
 [oslo_concurrency]
@@ -360,12 +463,15 @@ write_placement_conf() {
 log_file = $STATE/log/placement-api.log
 
 [api]
-auth_strategy = noauth2
+auth_strategy = $( if ks; then echo keystone; else echo noauth2; fi )
 
 [placement_database]
 connection = sqlite:///$STATE/db/placement.sqlite
 sqlite_synchronous = false
 EOF
+  if ks; then
+    { printf '\n'; authtoken_section placement; } >> "$STATE/etc/placement/placement.conf"
+  fi
 }
 
 write_glance_conf() {
@@ -386,7 +492,14 @@ sqlite_synchronous = false
 
 [paste_deploy]
 EOF
-    if [ "$RELEASE" = zed ]; then
+    if ks; then
+      if [ "$RELEASE" = zed ]; then
+        printf 'flavor = keystone\nconfig_file = /etc/glance/glance-api-paste.ini\n'
+      else
+        printf 'flavor = keystone\nconfig_file = %s\n' "$VG/etc/glance/glance-api-paste.ini"
+      fi
+      printf '\n'; authtoken_section glance
+    elif [ "$RELEASE" = zed ]; then
       # empty flavor = pipeline 'glance-api' = unauthenticated-context (admin)
       printf 'flavor =\nconfig_file = /etc/glance/glance-api-paste.ini\n'
     else
@@ -414,7 +527,7 @@ lock_path = $STATE/lock
 driver = noop
 EOF
   } > "$c"
-  if [ "$RELEASE" = newest ]; then
+  if [ "$RELEASE" = newest ] && ! ks; then
     sed -e 's/ authtoken context / nd_noauth context /' \
         "$VG/etc/glance/glance-api-paste.ini" > "$STATE/etc/glance/glance-api-paste.ini"
     printf '\n[filter:nd_noauth]\npaste.filter_factory = nd_noauth:filter_factory\n' \
@@ -438,7 +551,7 @@ EOF
       echo "api_paste_config = $VN/etc/neutron/api-paste.ini"
     fi
     cat <<EOF
-auth_strategy = noauth
+auth_strategy = $( if ks; then echo keystone; else echo noauth; fi )
 core_plugin = ml2
 # 'router' is needed even without L3 agents: it imports the port_forwarding
 # model that ml2 get_ports() references
@@ -470,12 +583,14 @@ extension_drivers = port_security
 flat_networks = *
 
 [nova]
-# no keystone: a static token that nova-api's auth (zed noauth2, newest
-# pylib/nd_noauth.py) turns into an admin context
-auth_type = admin_token
-endpoint = $URL_NOVA
-token = $TOKEN
-region_name = RegionOne
+$( if ks; then
+     password_auth nova; echo "endpoint_type = internal"
+     echo; authtoken_section neutron
+   else
+     # no keystone: a static token that nova-api's auth (zed noauth2, newest
+     # pylib/nd_noauth.py) turns into an admin context
+     printf 'auth_type = admin_token\nendpoint = %s\ntoken = %s\nregion_name = RegionOne\n' "$URL_NOVA" "$TOKEN"
+   fi )
 
 [oslo_concurrency]
 lock_path = $STATE/lock
@@ -559,7 +674,101 @@ EOF
   fi
 }
 
+write_keystone_conf() {
+  mkdir -p "$STATE/etc/keystone" "$STATE/keystone"
+  cat > "$KEYSTONE_CONF" <<EOF
+# written by tests/env/controlplane.sh $RELEASE up; do not edit
+[DEFAULT]
+log_file = $STATE/log/keystone.log
+
+[database]
+connection = sqlite:///$STATE/db/keystone.sqlite
+sqlite_synchronous = false
+
+[token]
+provider = fernet
+expiration = $TOKEN_EXPIRATION
+
+[fernet_tokens]
+key_repository = $STATE/keystone/fernet-keys
+
+[fernet_receipts]
+key_repository = $STATE/keystone/fernet-keys
+
+[credential]
+key_repository = $STATE/keystone/credential-keys
+
+[identity]
+# bcrypt's minimum: every password login costs Keystone CPU (services log
+# in, tests issue tokens), and this cloud's passwords are loopback test ones
+password_hash_rounds = 4
+EOF
+}
+
+# Keystone's database, keys and bootstrap (admin, roles, region, identity
+# endpoints): once, marked by db/.keystone-initialised.
+init_keystone() {
+  [ -e "$STATE/db/.keystone-initialised" ] && return 0
+  log "creating Keystone's database and keys (log: $STATE/log/db-init.log)"
+  local K=("$KEYSTONE_MANAGE" --config-file "$KEYSTONE_CONF")
+  rm -f "$STATE/db/keystone.sqlite"
+  rm -rf "$STATE/keystone/fernet-keys" "$STATE/keystone/credential-keys"
+  (
+    set -e
+    "${K[@]}" db_sync
+    "${K[@]}" fernet_setup --keystone-user root --keystone-group root
+    "${K[@]}" credential_setup --keystone-user root --keystone-group root
+    "${K[@]}" bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
+      --bootstrap-username admin --bootstrap-project-name admin --bootstrap-role-name admin \
+      --bootstrap-admin-url "$URL_KEYSTONE" --bootstrap-public-url "$URL_KEYSTONE" \
+      --bootstrap-internal-url "$URL_KEYSTONE" --bootstrap-region-id "$REGION"
+  ) >> "$STATE/log/db-init.log" 2>&1 || {
+    tail -n 20 "$STATE/log/db-init.log" >&2; die "Keystone initialisation failed (see $STATE/log/db-init.log)"
+  }
+  touch "$STATE/db/.keystone-initialised"
+  log "Keystone initialised (admin, roles, region $REGION, identity endpoints)"
+}
+
+keystone_ready() { curl -sf -o /dev/null --max-time 10 "$URL_KEYSTONE"; }
+
+# Waits for Keystone, creates what a deployment has (nd_keystone.py seed),
+# then issues the admin token this script's own checks use.
+keystone_seed() {
+  ks || return 0
+  daemon_wait "$STATE" keystone "$TIMEOUT" "keystone $URL_KEYSTONE" keystone_ready
+  PROJECT_IDS=$(/usr/bin/python3 "$PYLIB/nd_keystone.py" seed) ||
+    die "could not seed Keystone's users, projects and catalog"
+  TOKEN=$(/usr/bin/python3 "$PYLIB/nd_keystone.py" token) || die "Keystone issues no admin token"
+  export ND_TOKEN=$TOKEN ND_PROJECT_IDS=$PROJECT_IDS
+  log "keystone: service users, tenants nd-tenant-a/-b and the catalog present"
+}
+
 write_clouds_yaml() {
+  if ks; then
+    {
+      echo "clouds:"
+      local cloud user project pass
+      for cloud in "nd-$RELEASE admin admin $ADMIN_PASSWORD" \
+                   "nd-$RELEASE-tenant-a nd-member-a nd-tenant-a $MEMBER_PASSWORD" \
+                   "nd-$RELEASE-tenant-b nd-member-b nd-tenant-b $MEMBER_PASSWORD"; do
+        read -r cloud user project pass <<< "$cloud"
+        cat <<EOF
+  $cloud:
+    auth:
+      auth_url: $URL_KEYSTONE
+      username: $user
+      password: $pass
+      project_name: $project
+      user_domain_name: Default
+      project_domain_name: Default
+    identity_api_version: 3
+    region_name: $REGION
+    interface: public
+EOF
+      done
+    } > "$STATE/osc/clouds.yaml"
+    return 0
+  fi
   cat > "$STATE/osc/clouds.yaml" <<EOF
 clouds:
   nd-$RELEASE:
@@ -596,7 +805,20 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_PLACEMENT=$URL_PLACEMENT" \
       "ND_GLANCE=$URL_GLANCE" \
       "ND_NEUTRON=$URL_NEUTRON" \
-      "ND_TOKEN=$TOKEN" \
+      "ND_AUTH=$AUTH" \
+      "ND_KEYSTONE=$ND_KEYSTONE" \
+      "ND_ADMIN_USER=admin" \
+      "ND_ADMIN_PASSWORD=$ADMIN_PASSWORD" \
+      "ND_ADMIN_PROJECT=admin" \
+      "ND_SERVICE_PASSWORD=$SERVICE_PASSWORD" \
+      "ND_MEMBER_PASSWORD=$MEMBER_PASSWORD" \
+      "ND_TENANT_A=nd-tenant-a" "ND_MEMBER_A=nd-member-a" \
+      "ND_TENANT_B=nd-tenant-b" "ND_MEMBER_B=nd-member-b" \
+      "ND_PROJECT_IDS=$PROJECT_IDS" \
+      "ND_REGION=$REGION" \
+      "ND_KEYSTONE_CONF=$( if ks; then echo "$KEYSTONE_CONF"; fi )" \
+      "ND_KEYSTONE_GUNICORN=$( if ks && [ "$RELEASE" = newest ]; then echo "$VK/bin/gunicorn"; fi )" \
+      "ND_PYLIB=$PYLIB" \
       "ND_OPENSTACK=$OSC" \
       "ND_NOVA_MANAGE=${NOVA_MANAGE_CMD[*]}" \
       "ND_PYTHON=$PY" \
@@ -612,6 +834,8 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_OVS_RUNDIR=$ovs_rundir"; do
       printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
     done
+    # noauth: the static token; keystone: tokens expire, get one when needed
+    if ! ks; then printf 'export ND_TOKEN=%q\n' "$TOKEN"; fi
     # so that ovs-vsctl/ovs-ofctl/ovs-appctl in a shell that sourced this
     # file talk to this control plane's Open vSwitch
     if [ -n "$ovs_rundir" ]; then printf 'export OVS_RUNDIR=%q\n' "$ovs_rundir"; fi
@@ -661,6 +885,7 @@ init_dbs() {
 # ====================================================================== services
 port_of() {
   case $1 in
+    keystone) echo "$P_KEYSTONE" ;;
     placement-api) echo "$P_PLACEMENT" ;; glance-api) echo "$P_GLANCE" ;;
     neutron-api) echo "$P_NEUTRON" ;; nova-api) echo "$P_NOVA" ;; *) echo "" ;;
   esac
@@ -682,6 +907,24 @@ start_service() {
   # then finds no allocation candidates: NoValidHost under load).
   local gunicorn=(--no-control-socket --workers 1 --bind "127.0.0.1:$port" --limit-request-line 0 --keep-alive 75)
   case $RELEASE:$name in
+    zed:keystone)
+      # Debian's WSGI script under uwsgi (as Debian's own keystone service).
+      # 'Connection: close': uwsgi's plain http-socket closes the connection
+      # after each response without saying so, and a client reusing it
+      # fails ("Remote end closed connection without response": the
+      # services' token validation then answers 503).
+      # Without pylib's SQLite tuning: under it, Zed's keystone left a
+      # BEGIN IMMEDIATE open and every later request waited for the lock
+      # ("database is locked" after 30 s); keystone barely writes anyway
+      # (fernet tokens are not stored).
+      ND_SQLITE_TUNE=0 OS_KEYSTONE_CONFIG_FILES=$KEYSTONE_CONF daemon_start "$STATE" "$name" \
+        /usr/bin/uwsgi --plugins python3 --http-socket "127.0.0.1:$port" \
+        --wsgi-file /usr/bin/keystone-wsgi-public --master --processes 1 --threads 8 \
+        --enable-threads --lazy-apps --die-on-term --buffer-size 65535 \
+        --add-header 'Connection: close' --logto "$STATE/log/keystone.uwsgi.log" ;;
+    newest:keystone)
+      OS_KEYSTONE_CONFIG_FILES=$KEYSTONE_CONF daemon_start "$STATE" "$name" \
+        "$VK/bin/gunicorn" "${gunicorn[@]}" --threads 8 nd_keystone_wsgi:application ;;
     zed:placement-api)
       OS_PLACEMENT_CONFIG_DIR=$STATE/etc/placement daemon_start "$STATE" "$name" \
         /usr/bin/placement-api --host 127.0.0.1 --port "$port" ;;
@@ -898,7 +1141,7 @@ wait_services() {
 
 # ====================================================================== fake compute
 rp_exists() { # resource provider named $1 exists in placement
-  curl -sf --max-time 10 -H 'X-Auth-Token: admin' "$URL_PLACEMENT/resource_providers?name=$1" |
+  curl -sf --max-time 10 -H "X-Auth-Token: $TOKEN" "$URL_PLACEMENT/resource_providers?name=$1" |
     grep -q "\"$1\""
 }
 compute_ready() { # nova-compute $1 consumes its RPC queue and has its resource provider
@@ -977,12 +1220,21 @@ do_up() {
   local qfile=$STATE/pids/.neutron-queues qpid
   { if neutron_queues_exist; then echo yes; else echo no; fi; } > "$qfile" 2>/dev/null &
   qpid=$!
+  check_auth_mode
   write_nova_conf; write_compute_template; write_placement_conf
   write_glance_conf; write_neutron_conf; write_l2_agent_conf; write_clouds_yaml
+  if ks; then write_keystone_conf; init_keystone; fi
   init_dbs
   if [ "$RELEASE" = zed ]; then ensure_lb_uplink; else start_ovs; fi
   local s
+  # Keystone first, with its users: nova-conductor and -scheduler log in
+  # to Keystone as they start (their Placement client), and exit on a 401
+  if ks; then
+    start_service keystone
+    keystone_seed
+  fi
   for s in "${SERVICES[@]}"; do start_service "$s"; done
+  echo "$AUTH" > "$STATE/auth-mode"
   if [ "$RELEASE" = newest ]; then
     daemon_wait "$STATE" ovs-vswitchd 60 "ovs-vswitchd, bridge $OVS_PHYS_BR (datapath netdev)" ovs_phys_bridge
   fi
@@ -995,7 +1247,7 @@ do_up() {
   rm -f "$qfile"
   wait_services
   local net_id
-  net_id=$(/usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
+  net_id=$(ND_PROJECT_IDS=$PROJECT_IDS /usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
   log "flavors m1.tiny/m1.small/m1.nano and network private ($net_id) present"
   if [ -n "$FAKE_COMPUTE" ]; then start_fake_compute "$FAKE_COMPUTE"; fi
   local fake=$FAKE_COMPUTE
@@ -1008,6 +1260,19 @@ do_up() {
   fi
   write_env_sh "$net_id" "$fake"
   log "control plane '$RELEASE' is up; source $STATE/env.sh"
+}
+
+# The services run with the auth mode of the `up` that started them: a
+# different one needs new processes (`restart`), not only new configs.
+check_auth_mode() {
+  local was s
+  was=$(cat "$STATE/auth-mode" 2>/dev/null || echo noauth)
+  [ "$was" != "$AUTH" ] || return 0
+  for s in "${ALL_SERVICES[@]}" keystone; do
+    if daemon_alive "$STATE" "$s"; then
+      die "the control plane runs with ND_AUTH=$was ($s is running): use '$0 $RELEASE restart' to switch to $AUTH"
+    fi
+  done
 }
 
 do_down() {
@@ -1034,6 +1299,14 @@ do_down() {
 
 do_status() {
   local ok=0 s f
+  if ks; then
+    if keystone_ready && TOKEN=$(/usr/bin/python3 "$PYLIB/nd_keystone.py" token 2>/dev/null); then
+      echo "answers  keystone $URL_KEYSTONE (admin token issued)"
+      export ND_TOKEN=$TOKEN
+    else
+      echo "NO ANSWER keystone $URL_KEYSTONE (no admin token)"; ok=1
+    fi
+  fi
   for s in "${ALL_SERVICES[@]}"; do
     if daemon_alive "$STATE" "$s"; then echo "running  $s"; else echo "DOWN     $s"; ok=1; fi
   done

@@ -7,10 +7,13 @@
 #   * The newest Nova release (2026.2, nova 34) from PyPI in virtualenvs built
 #     with Debian's /usr/bin/python3 (never the pyenv python on PATH); the
 #     neutron 29 venv also provides neutron-rpc-server and
-#     neutron-openvswitch-agent (and its privsep-helper).
+#     neutron-openvswitch-agent (and its privsep-helper); the newest Keystone
+#     from PyPI in a virtualenv of its own.
 #
 # Environment:
 #   NOVA_DOCKER_OPT   where the virtualenvs live (default /opt/nova-docker-test)
+#   ND_POLICY_RC_D    the policy-rc.d this script puts in place while it
+#                     installs (default /usr/sbin/policy-rc.d; tests)
 #   SKIP_NEWEST=1     do not build the nova 34 virtualenvs
 #   SKIP_ZED=1        do not install the Zed service packages
 set -euo pipefail
@@ -20,9 +23,15 @@ log() { printf '[install %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 # Package postinsts must not start services with Debian's stock configs on our
 # ports: the harness starts every service itself with its own configuration.
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod 755 /usr/sbin/policy-rc.d
+# A policy-rc.d forbids that while we install, and only then: one we created
+# is removed when this script exits, however it exits (left behind, it
+# would stop every service the machine installs later from starting). One
+# that was there before (e.g. a Docker base image's) stays.
+POLICY_RC_D=${ND_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+if [ ! -e "$POLICY_RC_D" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$POLICY_RC_D"
+  chmod 755 "$POLICY_RC_D"
+  trap 'rm -f "$POLICY_RC_D"' EXIT
 fi
 
 # openvswitch-switch: newest's L2 agent (neutron-openvswitch-agent) runs on our
@@ -35,8 +44,10 @@ fi
 pkgs=(rabbitmq-server curl bc iproute2 iptables busybox-static shellcheck python3-venv openvswitch-switch
       ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
 if [ "${SKIP_ZED:-0}" != 1 ]; then
+  # keystone: Zed's identity service (its python3-keystone and
+  # keystone-manage; served by uwsgi, which Debian's keystone depends on)
   pkgs+=(nova-conductor nova-api nova-scheduler placement-api glance-api
-         python3-glanceclient neutron-server python3-openstackclient)
+         python3-glanceclient neutron-server python3-openstackclient keystone)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -63,6 +74,8 @@ if [ "${SKIP_NEWEST:-0}" != 1 ]; then
   venv "$OPT/venv" nova==34.0.0 openstack-placement==16.0.0 python-openstackclient oslo.messaging gunicorn
   venv "$OPT/venv-glance" glance==33.0.0 gunicorn
   venv "$OPT/venv-neutron" neutron==29.0.0 gunicorn
+  # the newest Keystone, in its own virtualenv (its pins are not nova's)
+  venv "$OPT/venv-keystone" keystone gunicorn
   log "nova 34 virtualenvs present in $OPT"
 fi
 log "done"

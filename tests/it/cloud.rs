@@ -64,8 +64,49 @@ fn parse_env_sh(text: &str) -> HashMap<String, String> {
     env
 }
 
+/// The tenant projects every control plane has, each with one member
+/// (`tests/env/controlplane.sh`, "Identity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenant {
+    /// Project nd-tenant-a, user nd-member-a.
+    A,
+    /// Project nd-tenant-b, user nd-member-b.
+    B,
+}
+
+/// A project-scoped token from Keystone (password authentication), issued
+/// on a thread of its own: `Cloud::get` is called from sync and async code.
+fn keystone_token(keystone: &str, user: &str, password: &str, project: &str) -> String {
+    let url = format!("{}/auth/tokens", keystone.trim_end_matches('/'));
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "password": password, "domain": {"name": "Default"}}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}});
+    let what = format!("a token for {user} in project {project} from {url}");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let resp = reqwest::Client::new()
+                .post(&url)
+                .json(&body)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e} (is the control plane up?)"));
+            let status = resp.status();
+            let token = resp.headers().get("X-Subject-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let text = resp.text().await.unwrap_or_default();
+            token.filter(|_| status.is_success()).unwrap_or_else(|| panic!("{what}: {status} {text}"))
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("no Keystone token"))
+}
+
 impl Cloud {
     /// The control plane of `release`; it must be up (tests/env/controlplane.sh).
+    /// With Keystone (the default), the admin's token (`ND_TOKEN`) is issued
+    /// here, so that every test starts with a fresh one.
     pub fn get(release: Release) -> Cloud {
         let name = release.env_name();
         let path = env_state().join(name).join("env.sh");
@@ -75,7 +116,51 @@ impl Cloud {
         // API servers close idle keep-alive connections (gunicorn after 2 s
         // by default, Apache after 5 s): never reuse one that old.
         let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_millis(1500)).build().unwrap();
-        Cloud { env: parse_env_sh(&text), http }
+        let mut cloud = Cloud { env: parse_env_sh(&text), http };
+        if cloud.keystone() {
+            let token = keystone_token(
+                cloud.var("ND_KEYSTONE"),
+                cloud.var("ND_ADMIN_USER"),
+                cloud.var("ND_ADMIN_PASSWORD"),
+                cloud.var("ND_ADMIN_PROJECT"),
+            );
+            cloud.env.insert("ND_TOKEN".into(), token);
+        }
+        cloud
+    }
+
+    /// Whether this control plane authenticates with Keystone (else it is
+    /// the noauth fast mode, `ND_AUTH=noauth`).
+    pub fn keystone(&self) -> bool {
+        self.env.get("ND_AUTH").is_some_and(|a| a == "keystone")
+    }
+
+    /// A fresh token of the tenant's member (role member in its project).
+    pub fn tenant_token(&self, tenant: Tenant) -> String {
+        let (user, project) = match tenant {
+            Tenant::A => (self.var("ND_MEMBER_A"), self.var("ND_TENANT_A")),
+            Tenant::B => (self.var("ND_MEMBER_B"), self.var("ND_TENANT_B")),
+        };
+        if self.keystone() {
+            keystone_token(self.var("ND_KEYSTONE"), user, self.var("ND_MEMBER_PASSWORD"), project)
+        } else {
+            format!("{user}:{project}")
+        }
+    }
+
+    /// The id of a project of the cloud: `admin`, `nd-tenant-a` or `nd-tenant-b`.
+    pub fn project_id(&self, name: &str) -> String {
+        let ids: Value = self
+            .env
+            .get("ND_PROJECT_IDS")
+            .map(|j| serde_json::from_str(j).expect("ND_PROJECT_IDS is JSON"))
+            .unwrap_or_default();
+        match ids[name].as_str() {
+            Some(id) => id.to_string(),
+            // noauth: a project is its name
+            None if !self.keystone() => name.to_string(),
+            None => panic!("no project {name} in ND_PROJECT_IDS: {ids}"),
+        }
     }
 
     /// A value of env.sh.
@@ -92,8 +177,7 @@ impl Cloud {
         self.nova_as(self.token(), method, path, body, mv).await
     }
 
-    /// A request to nova-api with another token (`user:project`: a user
-    /// other than `admin` is a plain member of the project).
+    /// A request to nova-api with another token (e.g. `tenant_token`).
     pub async fn nova_as(
         &self,
         token: &str,
@@ -124,7 +208,7 @@ impl Cloud {
         let resp = self
             .http
             .get(&url)
-            .header("X-Auth-Token", "admin")
+            .header("X-Auth-Token", self.token())
             .header("OpenStack-API-Version", "placement 1.36")
             .timeout(Duration::from_secs(30))
             .send()
@@ -160,7 +244,14 @@ impl Cloud {
         self.docker_image_in_glance(conf, "nd-busybox:latest", "nd-busybox", &[]).await
     }
 
+    /// The test busybox image as a public Glance image (tenants can boot
+    /// it), imported once per control plane.
+    pub async fn public_busybox_image(&self, conf: &PathBuf) -> String {
+        self.docker_image_in_glance(conf, "nd-busybox:latest", "nd-busybox-public", &["--visibility", "public"]).await
+    }
+
     /// A Glance image made from a local Docker image, imported once.
+    /// `props` are `key=value` properties, or `--visibility V`.
     pub async fn docker_image_in_glance(&self, conf: &PathBuf, docker_ref: &str, name: &str, props: &[&str]) -> String {
         let url = format!("{}/v2/images?name={name}&status=active", self.var("ND_GLANCE"));
         let v: Value =
@@ -170,7 +261,7 @@ impl Cloud {
         }
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
             .args(["image", "import", docker_ref, "--name", name])
-            .args(props.iter().flat_map(|p| ["--property", p]))
+            .args(image_import_args(props))
             .arg("--config-file")
             .arg(conf)
             .env("OS_AUTH_TOKEN", self.token())
@@ -291,9 +382,21 @@ impl Cloud {
     /// `POST /servers` for a server with no network on `host` (forced
     /// through the availability zone); nova-api's status and answer.
     async fn post_server(&self, name: &str, image: &str, host: &str, flavor: &str) -> (u16, Value) {
+        self.post_server_as(self.token(), name, image, host, flavor).await
+    }
+
+    async fn post_server_as(&self, token: &str, name: &str, image: &str, host: &str, flavor: &str) -> (u16, Value) {
         let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none",
                                       "availability_zone": format!("nova:{host}")}});
-        self.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await
+        self.nova_as(token, reqwest::Method::POST, "/servers", Some(body), "2.88").await
+    }
+
+    /// Boots a server on `host` as the owner of `token` (a tenant's member
+    /// may force a host in the test clouds' policy).
+    pub async fn create_server_as(&self, token: &str, name: &str, image: &str, host: &str, flavor: &str) -> String {
+        let (status, v) = self.post_server_as(token, name, image, host, flavor).await;
+        assert_eq!(status, 202, "create server: {v}");
+        v["server"]["id"].as_str().expect("server id").to_string()
     }
 
     /// Boots a server on `host` (forced through the availability zone).
@@ -511,6 +614,21 @@ impl Drop for ComputeHost {
             }
         }
     }
+}
+
+/// `--property k=v` for each property; `--visibility V` passes through.
+fn image_import_args(props: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = props.iter();
+    while let Some(p) = it.next() {
+        if *p == "--visibility" {
+            out.push(p.to_string());
+            out.push(it.next().expect("--visibility takes a value").to_string());
+        } else {
+            out.extend(["--property".to_string(), p.to_string()]);
+        }
+    }
+    out
 }
 
 /// A fresh host name for one test.

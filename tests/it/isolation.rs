@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::cloud::{Cloud, ComputeHost, Tenant, host_name};
 use crate::common::{self, Release};
 
 const T: Duration = Duration::from_secs(120);
@@ -76,8 +76,8 @@ async fn instances_are_isolated_and_secrets_stay_out() {
 /// A host logging everything at debug level (every crate: lapin, hyper,
 /// reqwest included) boots, reboots and deletes a server created with an
 /// admin password: its log has neither the password, nor the user's token
-/// (the request context's), nor its own Neutron token, nor the broker's
-/// password.
+/// (the request context's), nor its own Neutron token or Keystone password,
+/// nor the broker's password.
 #[tokio::test]
 async fn debug_logs_hold_no_password_or_token() {
     let cloud = Cloud::get(Release::Newest);
@@ -113,6 +113,11 @@ async fn debug_logs_hold_no_password_or_token() {
         ("the admin password", secret.as_str()),
         ("the user's token", user_token),
         ("the Neutron token", neutron_token.as_str()),
+        // with Keystone, the host logs in with the service users' password
+        (
+            "the Keystone password",
+            cloud.env.get("ND_SERVICE_PASSWORD").map(String::as_str).unwrap_or(neutron_token.as_str()),
+        ),
         ("the broker's password", "guest:guest@"),
     ] {
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(s)).take(3).collect();
@@ -130,13 +135,15 @@ async fn debug_logs_hold_no_password_or_token() {
 async fn tenants_see_faults_without_host_paths_or_internal_urls() {
     let cloud = Cloud::get(Release::Newest);
     let ok_host = ComputeHost::start(&cloud, &host_name("faultimg"), "").await;
-    let image = cloud.busybox_image(&ok_host.conf).await;
+    let image = cloud.public_busybox_image(&ok_host.conf).await;
     drop(ok_host);
     let glance_down = "[glance]\nendpoint_override = http://127.0.0.1:9/nd-internal-glance\n";
     let blocked = std::env::temp_dir().join(common::unique("nd-not-a-dir"));
     std::fs::write(&blocked, b"a file where a directory should be").unwrap();
     let no_instances_path = format!("[DEFAULT]\ninstances_path = {}/instances\n", blocked.display());
-    let tenant = "nd-tenant:admin";
+    // The tenant (a member of its own project) boots; the admin looks too.
+    let tenant = cloud.tenant_token(Tenant::A);
+    let tenant = tenant.as_str();
     for (extra, leak) in [(glance_down.to_string(), "127.0.0.1:9"), (no_instances_path, blocked.to_str().unwrap())] {
         let name = host_name("fault");
         let mut host = ComputeHost::start(&cloud, &name, &extra).await;
@@ -146,7 +153,7 @@ async fn tenants_see_faults_without_host_paths_or_internal_urls() {
         } else {
             image.clone()
         };
-        let id = cloud.create_server("fault", &image, &name, "42").await;
+        let id = cloud.create_server_as(tenant, "fault", &image, &name, "42").await;
         let admin_view = cloud.wait_status(&id, "ERROR", T).await;
         let (status, tenant_view) =
             cloud.nova_as(tenant, reqwest::Method::GET, &format!("/servers/{id}"), None, "2.88").await;

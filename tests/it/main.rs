@@ -12,6 +12,7 @@ mod host;
 mod hostile;
 mod images;
 mod isolation;
+mod keystone;
 mod lifecycle;
 mod load;
 mod net;

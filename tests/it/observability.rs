@@ -76,6 +76,33 @@ async fn check_says_what_is_wrong() {
     assert!(report.trim_end().ends_with("4 check(s) failed"), "{report}");
 }
 
+/// With Nova's usual `[glance]` (the user's token, no endpoint_override),
+/// each boot finds Glance in the request's catalog: `check` says so rather
+/// than failing for want of an endpoint.
+#[tokio::test]
+async fn check_explains_glance_from_the_catalog() {
+    let cloud = Cloud::get(Release::Newest);
+    let host = ComputeHost::configure(&cloud, &host_name("checkcat"), "");
+    let text = std::fs::read_to_string(&host.conf).unwrap();
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if l.starts_with('[') {
+            section = l.to_string();
+        }
+        if !(section == "[glance]" && l.starts_with("endpoint_override")) {
+            out.push(l);
+        }
+    }
+    let conf = host.state.join("catalog.conf");
+    std::fs::write(&conf, format!("{}\n[glance]\nregion_name = RegionOne\n", out.join("\n"))).unwrap();
+    let (ok, report) = check(&conf).await;
+    let glance = line(&report, "glance");
+    assert!(ok, "{report}");
+    assert!(glance.starts_with("[ OK ]") && glance.contains("service catalog"), "{glance}");
+    assert!(glance.contains("region RegionOne") && glance.contains("user's token"), "{glance}");
+}
+
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(10)).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())

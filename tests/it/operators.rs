@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nova_docker::config::Settings;
+use nova_docker::config::{AuthSettings, Settings};
 use nova_docker::net::{PlugOptions, Vif, plug, unplug};
 use serde_json::{Value, json};
 
@@ -40,6 +40,34 @@ fn run(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
         }
     };
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+// ------------------------------------------------------------ install.sh
+
+/// `tests/env/install.sh` (which `tests/run` and the all-in-one run first)
+/// forbids services to start only while it installs: a policy-rc.d it put
+/// in place is gone when it exits, one that was there before stays.
+#[test]
+fn install_leaves_no_policy_rc_d_behind() {
+    let dir = std::env::temp_dir().join(crate::common::unique("nd-policy-rc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy-rc.d");
+    let install = || {
+        let (ok, stdout, stderr) = run(
+            Command::new(repo().join("tests/env/install.sh")).env("ND_POLICY_RC_D", &policy),
+            Duration::from_secs(600),
+        );
+        assert!(ok, "install.sh failed:\n{stdout}{stderr}");
+    };
+    install();
+    assert!(!policy.exists(), "install.sh left {} behind", policy.display());
+    std::fs::write(&policy, "#!/bin/sh\n# the machine's own\nexit 101\n").unwrap();
+    install();
+    assert!(
+        std::fs::read_to_string(&policy).unwrap().contains("the machine's own"),
+        "a policy-rc.d it did not create stays"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------- shellcheck
@@ -130,6 +158,11 @@ fn devstack_plugin_functions() {
     assert_eq!(s.docker.socket_path, PathBuf::from("/var/run/docker.sock"));
     assert_eq!(s.neutron_ovs_bridge, "br-int");
     assert_eq!(s.state_path, state.join("state"));
+    // Keystone logins, no static token (the all-in-one's cloud has Keystone)
+    for (what, auth) in [("placement", &s.placement.auth), ("neutron", &s.neutron.auth)] {
+        assert!(matches!(auth, AuthSettings::Keystone(_)), "[{what}] of the all-in-one: {auth:?}");
+    }
+    assert_eq!(s.glance.auth, AuthSettings::User, "Glance with the user's token, as Nova");
 
     let (ok, stdout, stderr) = run(
         Command::new(repo().join("tests/operators/devstack-plugin.sh")).arg(&conf).arg(&work),
@@ -394,6 +427,47 @@ impl Drop for Aio {
     }
 }
 
+/// Runs the openstack CLI commands `aio.sh up` printed, as printed (the
+/// admin's, then the tenant's: one shell, in order; `NAME` replaced by a
+/// fresh name). Each server created boots on the all-in-one's host, in the
+/// project of the user who created it; both are deleted afterwards.
+async fn printed_commands_work(cloud: &Cloud, stdout: &str, host: &str) {
+    let block: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Use the cloud with the openstack CLI"))
+        .take_while(|l| !l.starts_with("Inside the container"))
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert!(block.iter().filter(|l| l.contains("token issue")).count() == 2, "{stdout}");
+    let names = [crate::common::unique("nd-aio-admin"), crate::common::unique("nd-aio-tenant")];
+    let mut created = 0;
+    let mut script = String::from("set -euo pipefail\nshopt -s expand_aliases\n");
+    for l in &block {
+        let mut line = l.trim().to_string();
+        if line.ends_with(" NAME") {
+            line = format!("{} {}", line.trim_end_matches(" NAME"), names[created]);
+            created += 1;
+        }
+        script.push_str(&format!("echo '+ {}'\n{line}\n", line.replace('\'', "")));
+    }
+    assert_eq!(created, 2, "two server create commands: {block:?}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new("bash").arg("-c").arg(&script).env_remove("OS_CLOUD"), Duration::from_secs(300))
+    });
+    assert!(ok, "the printed commands failed:\n{out}\n{err}");
+    for (name, project) in names.iter().zip(["admin", "nd-tenant-a"]) {
+        let (_, v) = cloud
+            .nova(reqwest::Method::GET, &format!("/servers/detail?all_tenants=1&name=^{name}$"), None, "2.88")
+            .await;
+        let s = &v["servers"][0];
+        let id = s["id"].as_str().unwrap_or_else(|| panic!("no server {name}: {v}\n{out}")).to_string();
+        assert_eq!(s["tenant_id"].as_str(), Some(cloud.project_id(project).as_str()), "{s}");
+        let s = cloud.wait_status(&id, "ACTIVE", Duration::from_secs(180)).await;
+        assert_eq!(s["OS-EXT-SRV-ATTR:host"], host, "{s}");
+        cloud.delete_server(&id, Duration::from_secs(180)).await;
+    }
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -412,6 +486,7 @@ async fn aio_up_boots_a_server_is_idempotent_and_goes_down() {
     assert!(stdout.contains("nova-docker all-in-one is up"), "{stdout}");
     assert!(stdout.contains("nova-docker test instance"), "no console output in:\n{stdout}");
     assert!(stdout.contains("openstack console log show"), "{stdout}");
+    printed_commands_work(&cloud, &stdout, &host).await;
 
     let find = |name: String| {
         let cloud = &cloud;

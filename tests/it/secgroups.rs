@@ -116,11 +116,13 @@ async fn icmp_follows_the_group(release: Release) {
     let mut host = ComputeHost::start(&cloud, &host_name, "").await;
     let image = cloud.busybox_image(&host.conf).await;
     let flavor = ping_flavor(&cloud).await;
+    // the admin boots: the groups are the admin's project's
+    let admin = cloud.project_id("admin");
 
     // pinger: a group that lets ICMP in (the control); target: none does.
     let (open_name, closed_name) = (common::unique("sg-icmp"), common::unique("sg-noicmp"));
-    let open = group(&cloud, &open_name, "admin", &[icmp_v4(), icmp_v6()]).await;
-    let closed = group(&cloud, &closed_name, "admin", &[]).await;
+    let open = group(&cloud, &open_name, &admin, &[icmp_v4(), icmp_v6()]).await;
+    let closed = group(&cloud, &closed_name, &admin, &[]).await;
     let pinger = boot(&cloud, "sg-pinger", &image, &host_name, &flavor, &net, &[&open_name]).await;
     let target = boot(&cloud, "sg-target", &image, &host_name, &flavor, &net, &[&closed_name]).await;
     cloud.wait_status(&pinger, "ACTIVE", T).await;
@@ -141,7 +143,7 @@ async fn icmp_follows_the_group(release: Release) {
     assert_blocked(&pinger, &t4, "the target's group has no ICMP rule").await;
     assert_blocked(&pinger, &t6, "the target's group has no ICMPv6 rule").await;
 
-    let icmp = rule(&cloud, &closed, "admin", icmp_v4()).await;
+    let icmp = rule(&cloud, &closed, &admin, icmp_v4()).await;
     wait_reachable(&pinger, &t4, "the target's group now allows ICMP").await;
     assert_blocked(&pinger, &t6, "the rule allows IPv4 ICMP only").await;
 
@@ -210,20 +212,21 @@ async fn security_group_of_another_project_is_refused() {
 #[tokio::test]
 async fn security_groups_on_a_network_without_port_security_are_refused() {
     let cloud = Cloud::get(Release::Newest);
+    let admin = cloud.project_id("admin");
     // A flat network of its own physnet (no agent serves it: the boot must
     // fail before any binding is tried anyway).
     let body = json!({"network": {"name": common::unique("nd-noportsec"), "port_security_enabled": false,
         "provider:network_type": "flat", "provider:physical_network": common::unique("nd-physnet"),
-        "project_id": "admin", "shared": true}});
+        "project_id": admin, "shared": true}});
     let (status, v) = neutron(&cloud, reqwest::Method::POST, "/v2.0/networks", Some(body)).await;
     assert_eq!(status, 201, "{v}");
     let net = v["network"]["id"].as_str().unwrap().to_string();
     let body = json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.98.0.0/24",
-        "enable_dhcp": false, "project_id": "admin"}});
+        "enable_dhcp": false, "project_id": admin}});
     let (status, v) = neutron(&cloud, reqwest::Method::POST, "/v2.0/subnets", Some(body)).await;
     assert_eq!(status, 201, "{v}");
     let sg_name = common::unique("sg-any");
-    let sg = group(&cloud, &sg_name, "admin", &[]).await;
+    let sg = group(&cloud, &sg_name, &admin, &[]).await;
 
     let msg = boot_refused(&cloud, "sgnoportsec", &net, &[&sg_name]).await;
     assert!(msg.contains("port_security_enabled") && msg.contains("security groups"), "{msg}");

@@ -14,9 +14,13 @@ pub(super) const PEEK: usize = 10;
 /// A compression format Docker recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// gzip (`1f 8b 08`), what `docker save | gzip` gives.
     Gzip,
+    /// bzip2 (`BZh`).
     Bzip2,
+    /// xz (`fd 37 7a 58 5a 00`).
     Xz,
+    /// zstd (`28 b5 2f fd`, or a skippable frame first).
     Zstd,
 }
 

@@ -4,8 +4,8 @@
   nd_rest.py seed NOVA_URL NEUTRON_URL
       flavors m1.tiny (id 1), m1.small (id 2), m1.nano (id 42) and the shared
       flat network 'private' with subnets 10.99.0.0/24 (DNS 10.99.0.53) and
-      fd00:99::/64, port security on; the default security group of project
-      'admin' (the tests' project) exists.
+      fd00:99::/64, port security on; the default security group of each
+      project of $ND_PROJECT_IDS (admin, the tenants) exists.
       Idempotent: only what is missing (or a changed DNS server) is written.
   nd_rest.py image-ensure GLANCE_URL NAME
       an active image NAME (a 10 KiB tar, container_format=docker,
@@ -31,18 +31,34 @@
       delete the port (404 is fine)
 
 Why not the openstack CLI: each `openstack` run costs 1.5-3 s of CPU, which
-adds up on a 2-core machine; nova/neutron/glance are reached directly with
-the harness's token "admin:admin" (no keystone; see harness*.md).
+adds up on a 2-core machine; nova/neutron/glance are reached directly.
+
+The token: $ND_TOKEN if set, else one Keystone issues for the admin of
+env.sh (ND_KEYSTONE, ND_ADMIN_*), else noauth's "admin:admin" (see
+nd_keystone.env_token). Seed's project ids: $ND_PROJECT_IDS, the JSON that
+`nd_keystone.py seed` prints (default: project id 'admin', noauth's).
 """
 import io
 import json
+import os
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
 
-TOKEN = 'admin:admin'
+_TOKEN = []
+
+
+def token():
+    if not _TOKEN:
+        from nd_keystone import env_token
+        _TOKEN.append(env_token())
+    return _TOKEN[0]
+
+
+def project_ids():
+    return json.loads(os.environ.get('ND_PROJECT_IDS') or '{"admin": "admin"}')
 
 FLAVORS = [  # (id, name, ram MB, vcpus, disk GB)
     ('1', 'm1.tiny', 512, 1, 1),
@@ -56,7 +72,6 @@ NETWORK = {
     'name': 'private',
     'shared': True,
     'port_security_enabled': True,
-    'project_id': 'admin',
     'provider:network_type': 'flat',
     'provider:physical_network': 'private',
 }
@@ -77,7 +92,7 @@ class HTTPError(Exception):
 
 
 def req(method, url, body=None, headers=None, raw=False):
-    h = {'X-Auth-Token': TOKEN, 'Accept': 'application/json'}
+    h = {'X-Auth-Token': token(), 'Accept': 'application/json'}
     data = None
     if body is not None:
         if raw:
@@ -126,8 +141,8 @@ def seed(nova, neutron):
                 {'network': {'port_security_enabled': True}})
             log('turned port security on on network private')
     else:
-        net = req('POST', neutron + '/v2.0/networks',
-                  {'network': NETWORK})['network']
+        net = req('POST', neutron + '/v2.0/networks', {'network': dict(
+            NETWORK, project_id=project_ids()['admin'])})['network']
         log('created network private %s' % net['id'])
     have = {s['cidr']: s for s in req(
         'GET', neutron + '/v2.0/subnets?network_id=' + net['id'])['subnets']}
@@ -139,11 +154,12 @@ def seed(nova, neutron):
                 {'subnet': {'dns_nameservers': dns}})
             log('set dns_nameservers %s on subnet %s' % (dns, sn['cidr']))
         if old is None:
-            body = dict(sn, network_id=net['id'], project_id='admin')
+            body = dict(sn, network_id=net['id'], project_id=net['project_id'])
             s = req('POST', neutron + '/v2.0/subnets', {'subnet': body})
             log('created subnet %s %s' % (sn['cidr'], s['subnet']['id']))
     ensure_default_sg_rule_templates(neutron)
-    ensure_default_security_group(neutron, net['id'], 'admin')
+    for project in sorted(set(project_ids().values())):
+        ensure_default_security_group(neutron, net['id'], project)
     print(net['id'])
 
 
@@ -302,7 +318,8 @@ def agent_alive(neutron, host, binary, since=None):
 
 def port_create(neutron, network_id, host, device_id, name='nd-net-check'):
     p = req('POST', neutron.rstrip('/') + '/v2.0/ports', {'port': {
-        'network_id': network_id, 'name': name, 'project_id': 'admin',
+        'network_id': network_id, 'name': name,
+        'project_id': project_ids()['admin'],
         'device_owner': 'compute:nova', 'device_id': device_id,
         'binding:host_id': host}})['port']
     print(p['id'])

@@ -1,0 +1,259 @@
+//! One way every instance operation runs, what Nova writes once as
+//! `@wrap_instance_event`, `@reverts_task_state` and `@wrap_instance_fault`:
+//! the instance's lock (two operations on one instance never interleave),
+//! the busy mark (power sync stays away), the instance-action event recorded
+//! at the start and finish with the request's context, and on failure the
+//! fault and the instance's state put back as Nova expects. An operation is
+//! then only its own steps: [`ComputeManager::run`] with an [`Operation`] and
+//! a body that moves the instance with [`ComputeManager::begin_task`] and
+//! [`ComputeManager::settle`].
+//!
+//! An operation superseded by another request (the instance was deleted or
+//! its task state changed: `UnexpectedTaskStateError`, `InstanceNotFound`)
+//! stops quietly: no fault, no revert, nothing more written.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::time::Instant;
+
+use super::errors::OpError;
+use super::manager::ComputeManager;
+use crate::conductor::Expected;
+use crate::metrics;
+use crate::objects::Instance;
+use crate::objects::states::{PowerState, TaskState, VmState};
+use crate::rpc::RequestContext;
+use crate::virt::Driver;
+
+/// What a failed operation leaves on the instance (besides the action event,
+/// which always records the failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// A fault, and the task state cleared (`@wrap_instance_fault` and
+    /// `@reverts_task_state`): the instance keeps its vm_state.
+    RevertTask,
+    /// A fault, and vm_state ERROR (`_set_instance_obj_error_state`).
+    ErrorState {
+        /// Whether the task state is cleared too.
+        clean_task_state: bool,
+        /// Whether the power state is read again from the driver first.
+        refresh_power: bool,
+    },
+    /// A fault only.
+    FaultOnly,
+    /// Nothing beyond the event: the caller handles the failure (an RPC call
+    /// whose caller gets the error, or an operation with its own clean-up,
+    /// which then calls [`ComputeManager::fail`]).
+    EventOnly,
+}
+
+/// How one operation runs.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    /// The instance-action event (`compute_<method>`).
+    pub event: Cow<'static, str>,
+    /// What a failure leaves on the instance.
+    pub on_failure: OnFailure,
+}
+
+impl Operation {
+    /// An operation recorded as `event` that reverts the task state on failure.
+    pub fn new(event: impl Into<Cow<'static, str>>) -> Self {
+        Operation { event: event.into(), on_failure: OnFailure::RevertTask }
+    }
+
+    /// The same operation with another failure policy.
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+}
+
+impl<D: Driver> ComputeManager<D> {
+    /// Runs `body` as the operation `op` on `i`: takes the instance's lock,
+    /// marks it busy, records the action event around the body, and on
+    /// failure applies `op.on_failure`. The error is returned, superseded
+    /// ones included (see [`ComputeManager::operate`] for operations that
+    /// end quietly then).
+    pub async fn run<T>(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        op: Operation,
+        body: impl AsyncFnOnce(&mut Instance) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        let uuid = i.uuid().to_string();
+        let _lock = self.locks.lock(&uuid).await;
+        let _busy = self.mark_busy(&uuid);
+        self.run_held(ctx, i, op, body).await
+    }
+
+    /// [`ComputeManager::run`] for a caller that already holds the
+    /// instance's lock and busy mark (it read the instance under them).
+    pub async fn run_held<T>(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        op: Operation,
+        body: impl AsyncFnOnce(&mut Instance) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        let uuid = i.uuid().to_string();
+        let result = self.with_event(ctx, &uuid, &op.event, body(i)).await;
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.apply_failure(ctx, i, op.on_failure, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`ComputeManager::run`] for an operation with no result: superseded
+    /// by another request, it ends quietly with `Ok`.
+    pub async fn operate(
+        &self,
+        ctx: &RequestContext,
+        mut i: Instance,
+        op: Operation,
+        body: impl AsyncFnOnce(&mut Instance) -> Result<(), OpError>,
+    ) -> Result<(), OpError> {
+        let r = self.run(ctx, &mut i, op, body).await;
+        quiet_if_superseded(i.uuid(), r)
+    }
+
+    /// Applies `on_failure` for `err` after the operation's own clean-up
+    /// (for operations run with [`OnFailure::EventOnly`]); superseded ends
+    /// quietly with `Ok`.
+    pub async fn fail(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        on_failure: OnFailure,
+        err: OpError,
+    ) -> Result<(), OpError> {
+        self.apply_failure(ctx, i, on_failure, &err).await;
+        quiet_if_superseded(i.uuid(), Err(err))
+    }
+
+    async fn apply_failure(&self, ctx: &RequestContext, i: &mut Instance, on_failure: OnFailure, e: &OpError) {
+        if e.is_superseded() || on_failure == OnFailure::EventOnly {
+            return;
+        }
+        tracing::warn!(instance = i.uuid(), error = %e, "operation failed");
+        self.record_fault(ctx, i.uuid(), e).await;
+        match on_failure {
+            OnFailure::RevertTask => self.revert_task_state(ctx, i).await,
+            OnFailure::ErrorState { clean_task_state, refresh_power } => {
+                if refresh_power {
+                    let now = self.power_state_of(i.uuid()).await.unwrap_or(PowerState::NoState);
+                    i.set_power_state(now);
+                }
+                self.set_error_state(ctx, i, clean_task_state).await;
+            }
+            OnFailure::FaultOnly | OnFailure::EventOnly => {}
+        }
+    }
+
+    /// Moves the instance into `task`, saved only if its task state is
+    /// `expected` (another request that changed it wins).
+    pub async fn begin_task(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        task: TaskState,
+        expected: Expected,
+    ) -> Result<(), OpError> {
+        i.set_task_state(Some(task));
+        self.save(ctx, i, expected).await
+    }
+
+    /// The end of an operation: `vm` and `power` with no task, saved only if
+    /// the task state is `expected`.
+    pub async fn settle(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        vm: VmState,
+        power: PowerState,
+        expected: Expected,
+    ) -> Result<(), OpError> {
+        i.set_power_state(power);
+        i.set_vm_state(vm);
+        i.set_task_state(None);
+        self.save(ctx, i, expected).await
+    }
+
+    /// Records the `event` start and finish around `op`, with the request's
+    /// context (instance actions are found by its request id).
+    pub async fn with_event<T>(
+        &self,
+        ctx: &RequestContext,
+        uuid: &str,
+        event: &str,
+        op: impl Future<Output = Result<T, OpError>>,
+    ) -> Result<T, OpError> {
+        let started = Instant::now();
+        // The action event is a record of its own: written while the
+        // operation begins rather than one conductor round trip before it.
+        let ((), result) = tokio::join!(self.conductor.event_start(ctx, uuid, event), op);
+        let failure = match &result {
+            Ok(_) => None,
+            Err(e) if e.is_superseded() => None,
+            Err(e) => Some((e.tenant_message(), e.to_remote())),
+        };
+        // The event's message is shown to the tenant (microversion 2.84
+        // `details`), its traceback to admins only: the whole error goes there.
+        let (message, trace) = match &failure {
+            Some((message, f)) => (message.clone(), format!("{}: {}\n", f.class, f.message)),
+            None => (String::new(), String::new()),
+        };
+        let detail = failure.as_ref().map(|_| (message.as_str(), trace.as_str()));
+        self.conductor.event_finish(ctx, uuid, event, detail).await;
+        metrics::global().observe(
+            "nova_docker_operation_duration_seconds",
+            &[("operation", event), ("phase", "total")],
+            started.elapsed(),
+        );
+        result
+    }
+
+    /// Records an instance fault for a failed operation.
+    pub async fn record_fault(&self, ctx: &RequestContext, uuid: &str, err: &OpError) {
+        if err.is_superseded() {
+            return;
+        }
+        // The tenant reads the message; the whole error goes to details.
+        let fault = err.fault_record();
+        self.conductor.fault_create(ctx, uuid, fault.code, &fault.message, &fault.details).await;
+    }
+
+    /// `@reverts_task_state`: clears the task state after a failure (unless
+    /// someone else changed the instance).
+    pub async fn revert_task_state(&self, ctx: &RequestContext, instance: &mut Instance) {
+        instance.set_task_state(None);
+        if let Err(e) = self.conductor.instance_save(ctx, instance, Expected::Any).await {
+            tracing::warn!(instance = instance.uuid(), error = %e, "could not revert the task state");
+        }
+    }
+
+    /// Marks the instance in error, as `_set_instance_obj_error_state` does.
+    pub async fn set_error_state(&self, ctx: &RequestContext, instance: &mut Instance, clean_task_state: bool) {
+        instance.set_vm_state(VmState::Error);
+        if clean_task_state {
+            instance.set_task_state(None);
+        }
+        if let Err(e) = self.conductor.instance_save(ctx, instance, Expected::Any).await {
+            tracing::warn!(instance = instance.uuid(), error = %e, "could not set the instance in error");
+        }
+    }
+}
+
+fn quiet_if_superseded(uuid: &str, r: Result<(), OpError>) -> Result<(), OpError> {
+    match r {
+        Err(e) if e.is_superseded() => {
+            tracing::info!(instance = uuid, error = %e, "operation superseded; nothing more to do");
+            Ok(())
+        }
+        other => other,
+    }
+}

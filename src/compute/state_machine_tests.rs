@@ -1,0 +1,711 @@
+//! The compute state machine on fakes ([`crate::testing`]): each operation's
+//! success and failure paths (a driver error, a conductor error, a
+//! concurrent request, an unknown instance), checked on what Nova records:
+//! the instance's states, its faults and its action events.
+
+use serde_json::{Value, json};
+
+use crate::compute::build::BuildRequest;
+use crate::objects::{PowerState, TaskState, VmState};
+use crate::testing::Harness;
+use crate::testing::fake_nova::ActionEvent;
+
+use PowerState::{NoState, Paused, Running, Shutdown};
+
+fn event(uuid: &str, name: &str, failure: Option<&str>) -> ActionEvent {
+    ActionEvent { uuid: uuid.into(), event: name.into(), finished: true, failure: failure.map(str::to_string) }
+}
+
+/// The one event of the test, finished; its failure message if any.
+fn only_event(h: &Harness, uuid: &str, name: &str) -> Option<String> {
+    let events: Vec<ActionEvent> = h.nova.events().into_iter().filter(|e| e.uuid == uuid).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events.into_iter().next().unwrap();
+    assert_eq!((e.event.as_str(), e.finished), (name, true), "{e:?}");
+    e.failure
+}
+
+fn faults_of(h: &Harness, uuid: &str) -> Vec<String> {
+    h.nova.faults().into_iter().filter(|f| f.uuid == uuid).map(|f| f.message).collect()
+}
+
+const ONE_PORT: &str = r#"[{"id": "port-1", "address": "fa:16:3e:00:00:01", "type": "bridge", "active": true,
+    "network": {"id": "net-1", "bridge": "brq-net-1", "subnets": [
+      {"cidr": "10.0.0.0/24", "version": 4, "dns": [{"address": "10.0.0.2"}],
+       "ips": [{"address": "10.0.0.5", "type": "fixed", "version": 4}]}]}}]"#;
+
+fn give_port(h: &Harness, uuid: &str) {
+    let cache = json!({"nova_object.name": "InstanceInfoCache", "nova_object.namespace": "nova",
+        "nova_object.version": "1.5", "nova_object.data": {"instance_uuid": uuid, "network_info": ONE_PORT}});
+    h.nova.set_field(uuid, "info_cache", cache);
+}
+
+// ---------------------------------------------------------------------------
+// Success paths
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stop_and_start_move_the_instance_and_record_their_events() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::PoweringOff), Running);
+    h.manager.stop_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    assert_eq!(h.driver.container(&u).unwrap().state, Shutdown);
+
+    h.request(&u, TaskState::PoweringOn);
+    give_port(&h, &u);
+    h.manager.start_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    // The driver plugged the cached port into the started container.
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    assert_eq!(h.nova.events(), [event(&u, "compute_stop_instance", None), event(&u, "compute_start_instance", None)]);
+    assert!(faults_of(&h, &u).is_empty());
+}
+
+#[tokio::test]
+async fn pause_unpause_suspend_resume_soft_delete_restore() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    let m = &h.manager;
+    h.request(&u, TaskState::Pausing);
+    m.pause_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Paused), None, Paused));
+    h.request(&u, TaskState::Unpausing);
+    m.pause_instance(&h.ctx, h.rpc_instance(&u), false).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+
+    h.request(&u, TaskState::Suspending);
+    m.suspend_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Suspended), None, PowerState::Suspended));
+    assert_eq!(h.driver.container(&u).unwrap().state, Paused, "suspend freezes the container");
+    assert_eq!(h.rpc_instance(&u).system_metadata().get("old_vm_state").map(String::as_str), Some("active"));
+    h.request(&u, TaskState::Resuming);
+    m.resume_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(!h.rpc_instance(&u).system_metadata().contains_key("old_vm_state"));
+
+    h.request(&u, TaskState::SoftDeleting);
+    m.soft_delete_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::SoftDeleted), None, Shutdown));
+    h.request(&u, TaskState::Restoring);
+    m.restore_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.nova.events().iter().all(|e| e.finished && e.failure.is_none()), "{:?}", h.nova.events());
+    assert_eq!(h.nova.events().len(), 6);
+}
+
+#[tokio::test]
+async fn a_reboot_restarts_and_plugs_the_ports_into_the_new_namespace() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::RebootingHard), Running);
+    give_port(&h, &u);
+    h.manager.reboot_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    assert_eq!(only_event(&h, &u, "compute_reboot_instance"), None);
+}
+
+#[tokio::test]
+async fn a_build_without_ports_ends_active_with_a_running_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.driver.container(&u).unwrap().state, Running);
+    assert_eq!(only_event(&h, &u, "compute__do_build_and_run_instance"), None);
+}
+
+#[tokio::test]
+async fn terminate_removes_the_container_and_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Deleting), Running);
+    h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(h.nova.field(&u, "vm_state"), None, "the row is destroyed");
+    assert_eq!(only_event(&h, &u, "compute_terminate_instance"), None);
+}
+
+// ---------------------------------------------------------------------------
+// Driver errors
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_driver_error_records_a_fault_and_reverts_the_task_state() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::PoweringOff), Running);
+    h.driver.fail("power_off");
+    let err = h.manager.stop_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "vm_state kept, task state reverted");
+    assert_eq!(faults_of(&h, &u), ["Docker power_off failed: injected failure"]);
+    let failure = only_event(&h, &u, "compute_stop_instance").expect("the event records the failure");
+    assert!(failure.contains("injected failure"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_failed_reboot_leaves_the_instance_in_error_with_its_power_state() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Rebooting), Shutdown);
+    h.driver.fail("reboot");
+    assert!(h.manager.reboot_instance(&h.ctx, h.rpc_instance(&u), false).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Error), None, Shutdown));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_reboot_instance").is_some());
+}
+
+#[tokio::test]
+async fn a_reboot_failing_while_the_guest_still_runs_carries_on_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Rebooting), Running);
+    h.driver.fail("reboot");
+    h.manager.reboot_instance(&h.ctx, h.rpc_instance(&u), false).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1, "Nova records the failed reboot");
+    assert_eq!(only_event(&h, &u, "compute_reboot_instance"), None);
+}
+
+#[tokio::test]
+async fn a_build_whose_container_cannot_start_ends_in_error_with_nothing_left() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    h.driver.fail("start_created");
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null), "the host is given up");
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(faults_of(&h, &u), ["Docker start_created failed: injected failure"]);
+    assert!(only_event(&h, &u, "compute__do_build_and_run_instance").is_some());
+}
+
+#[tokio::test]
+async fn a_build_failing_after_its_container_started_removes_the_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    // The claim, block_device_mapping and spawning saves pass; ACTIVE's does not.
+    h.nova.fail_after("Instance.save", 3);
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.driver.calls().contains(&format!("start_created {u}")));
+    assert!(h.driver.container(&u).is_none(), "no container outlives a failed build");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert_eq!(h.states(&u).1, Some(TaskState::Spawning), "the conductor saved nothing more");
+}
+
+#[tokio::test]
+async fn a_build_of_an_image_docker_cannot_run_fails_before_any_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "bare", "disk_format": "qcow2"}),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_terminate_leaves_the_instance_in_error_and_deleting() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Deleting), Running);
+    h.driver.fail("destroy");
+    assert!(h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Error), Some(TaskState::Deleting), Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Conductor errors
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_conductor_that_does_not_answer_fails_the_operation_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Pausing), Running);
+    h.nova.fail("Instance.save");
+    let err = h.manager.pause_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap_err();
+    assert!(err.to_string().contains("MessagingTimeout"), "{err}");
+    // Nothing could be saved: Nova still has the request's state.
+    assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::Pausing), Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_pause_instance").is_some());
+}
+
+#[tokio::test]
+async fn an_operation_runs_even_when_its_action_event_cannot_be_recorded() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Pausing), Running);
+    h.nova.fail("InstanceActionEvent.event_start");
+    h.manager.pause_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Paused), None, Paused));
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent requests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_delete_waits_for_the_operation_in_progress_which_then_ends_quietly() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Pausing), Running);
+    let gate = h.driver.hold("pause");
+    let pause = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.pause_instance(&ctx, i, true).await }
+    });
+    gate.entered().await;
+    assert!(h.manager.is_busy(&u), "power sync stays away while an operation runs");
+    // The API accepts a delete in any task state.
+    h.request(&u, TaskState::Deleting);
+    let delete = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.terminate_instance(&ctx, i).await }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("destroy")), "the delete waits for the instance's lock");
+    gate.release();
+    pause.await.unwrap().expect("superseded by the delete: ends quietly");
+    delete.await.unwrap().unwrap();
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(h.nova.field(&u, "vm_state"), None);
+    assert!(faults_of(&h, &u).is_empty(), "a superseded operation records no fault");
+    assert!(h.nova.events().iter().all(|e| e.finished && e.failure.is_none()), "{:?}", h.nova.events());
+    assert!(!h.manager.is_busy(&u));
+}
+
+#[tokio::test]
+async fn an_operation_whose_task_state_changed_meanwhile_stops_without_touching_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::PoweringOff), Running);
+    let rpc = h.rpc_instance(&u);
+    // Another request took the instance over after the API cast the stop.
+    h.request(&u, TaskState::RebootingHard);
+    h.manager.stop_instance(&h.ctx, rpc, true).await.unwrap();
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+    assert_eq!(h.states(&u).1, Some(TaskState::RebootingHard), "no revert over the other request");
+    assert!(faults_of(&h, &u).is_empty());
+    assert_eq!(only_event(&h, &u, "compute_stop_instance"), None);
+}
+
+// ---------------------------------------------------------------------------
+// Unknown instances
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_instance_deleted_meanwhile_ends_the_operation_quietly() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::PoweringOff), Running);
+    let rpc = h.rpc_instance(&u);
+    h.nova.remove_instance(&u);
+    h.manager.stop_instance(&h.ctx, rpc, true).await.unwrap();
+    assert!(h.nova.faults().is_empty());
+    assert_eq!(only_event(&h, &u, "compute_stop_instance"), None);
+}
+
+#[tokio::test]
+async fn an_instance_without_a_container_is_stopped_and_has_no_console() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::PoweringOff), NoState);
+    h.manager.stop_instance(&h.ctx, h.rpc_instance(&u), true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, NoState));
+    let err = h.manager.get_console_output(&h.rpc_instance(&u), None).await.unwrap_err();
+    assert_eq!(err.to_remote().class, "InstanceNotFound");
+}
+
+#[tokio::test]
+async fn unpausing_a_missing_container_fails_with_instance_not_found() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Paused, Some(TaskState::Unpausing), NoState);
+    let err = h.manager.pause_instance(&h.ctx, h.rpc_instance(&u), false).await.unwrap_err();
+    assert_eq!(err.to_remote().class, "InstanceNotFound");
+    assert_eq!(h.states(&u), (Some(VmState::Paused), None, NoState));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// What this host cannot do, and recovery
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unsupported_cast_reverts_the_task_state_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Rescuing), Running);
+    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u))).await;
+    assert_eq!(err.class, "NotImplementedError");
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_rescue_instance").is_some());
+}
+
+#[tokio::test]
+async fn detaching_a_port_the_instance_does_not_have_is_port_not_found() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    give_port(&h, &u);
+    let err = h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-9", true).await.unwrap_err();
+    assert_eq!(err.to_remote().class, "PortNotFound");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    // Neutron's own event for a port it deleted records no fault.
+    assert!(h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-9", false).await.is_err());
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn start_up_recovery_finishes_interrupted_operations() {
+    let h = Harness::new();
+    let stopping = h.instance(VmState::Active, Some(TaskState::PoweringOff), Running);
+    let building = h.instance(VmState::Building, Some(TaskState::Spawning), Running);
+    let pausing = h.instance(VmState::Active, Some(TaskState::Pausing), Running);
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&stopping), (Some(VmState::Stopped), None, Shutdown));
+    assert_eq!(h.states(&building).0, Some(VmState::Error));
+    assert!(h.driver.container(&building).is_none());
+    assert_eq!(h.states(&pausing), (Some(VmState::Paused), None, Paused));
+}
+
+#[tokio::test]
+async fn power_sync_records_a_container_stopped_outside_nova() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Shutdown);
+    h.manager.sync_instance(&h.ctx, &u).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    assert!(h.driver.calls().contains(&format!("cleanup_stopped {u}")));
+    // Busy instances are left to their operation.
+    let v = h.instance(VmState::Active, None, Shutdown);
+    let _busy = h.manager.mark_busy(&v);
+    h.manager.sync_instance(&h.ctx, &v).await.unwrap();
+    assert_eq!(h.states(&v).0, Some(VmState::Active));
+}
+
+// ---------------------------------------------------------------------------
+// Ports (an in-memory Neutron)
+// ---------------------------------------------------------------------------
+
+fn build_on_net(h: &Harness, u: &str) -> BuildRequest {
+    h.driver.add_cached_image("img-1");
+    let _ = u;
+    BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        requested_networks: Some(json!({"nova_object.data": {"objects": [
+            {"nova_object.data": {"network_id": crate::testing::fake_neutron::NETWORK}}]}})),
+        ..Default::default()
+    }
+}
+
+fn cached_ports(h: &Harness, u: &str) -> Vec<String> {
+    h.manager.network_info_of(&h.rpc_instance(u)).into_iter().map(|v| v.id).collect()
+}
+
+#[tokio::test]
+async fn a_build_with_a_port_binds_caches_and_plugs_it_and_the_guest_resolves_with_its_dns() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+    let c = h.driver.container(&u).unwrap();
+    assert_eq!(c.plugged, ["port-1"]);
+    assert_eq!(c.dns, [crate::testing::fake_neutron::DNS], "the driver wrote the guest's files from network_info");
+}
+
+#[tokio::test]
+async fn a_build_with_a_port_that_cannot_start_releases_the_port() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.driver.fail("start_created");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.neutron.ports().is_empty());
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test]
+async fn a_build_waits_for_network_vif_plugged_of_a_port_not_active_yet() {
+    let h = Harness::new();
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    let build = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.build_and_run_instance(&ctx, i, req).await }
+    });
+    // Neutron's event, once the build waits for it.
+    let event = crate::compute::events::EventStatus::Completed;
+    while !h.manager.vif_events.deliver(&u, "network-vif-plugged-port-1", event.clone()) {
+        assert!(!build.is_finished(), "the build ended without waiting: {:?}", h.states(&u));
+        tokio::task::yield_now().await;
+    }
+    build.await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_whose_plug_event_never_comes_fails_when_vif_plugging_is_fatal() {
+    let h = Harness::with_options("vif_plugging_timeout = 30\nvif_plugging_is_fatal = true");
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("vif_plugging_timeout"), "{faults:?}");
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_whose_plug_event_never_comes_goes_on_when_vif_plugging_is_not_fatal() {
+    let h = Harness::with_options("vif_plugging_timeout = 30\nvif_plugging_is_fatal = false");
+    h.neutron.inactive_ports();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test]
+async fn a_delete_releases_the_instances_ports_and_keeps_the_users_own() {
+    let h = Harness::new();
+    h.neutron.add_user_port("users-port");
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let mut req = build_on_net(&h, &u);
+    req.requested_networks = Some(json!({"nova_object.data": {"objects": [
+        {"nova_object.data": {"network_id": crate::testing::fake_neutron::NETWORK}},
+        {"nova_object.data": {"port_id": "users-port"}}]}}));
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(cached_ports(&h, &u), ["port-1", "users-port"]);
+    h.request(&u, TaskState::Deleting);
+    h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert_eq!(h.neutron.ports(), ["users-port"], "the user's port is only unbound");
+}
+
+#[tokio::test]
+async fn attach_and_detach_an_interface() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    let request = crate::network::NetworkRequest {
+        network_id: Some(crate::testing::fake_neutron::NETWORK.into()),
+        port_id: None,
+        address: None,
+        tag: None,
+    };
+    let vif = h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request.clone()).await.unwrap();
+    assert_eq!(vif["id"], "port-1");
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+
+    h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-1", true).await.unwrap();
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+
+    // A port the driver cannot plug is released again; the caller gets the error.
+    h.driver.fail("attach_interface");
+    assert!(h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request).await.is_err());
+    assert_eq!(h.neutron.deleted(), ["port-1", "port-2"]);
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(faults_of(&h, &u).is_empty(), "a call's failure goes to its caller, not to a fault");
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots (an in-memory Glance)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_snapshot_uploads_the_canonical_archive_and_ends_idle() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    let (image, data) = h.glance.image("snap-1").expect("the snapshot stays");
+    assert_eq!((image.container_format.as_deref(), image.disk_format.as_deref()), (Some("docker"), Some("raw")));
+    let data = data.expect("data uploaded");
+    assert!(data.len() > 1024 && data.windows(13).any(|w| w == b"manifest.json"), "a docker-save archive");
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("remove_image")), "the committed image goes");
+    assert_eq!(only_event(&h, &u, "compute_snapshot_instance"), None);
+}
+
+#[tokio::test]
+async fn a_snapshot_that_cannot_commit_deletes_the_glance_image_and_reverts() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.driver.fail("commit");
+    assert!(h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.is_err());
+    assert!(h.glance.image("snap-1").is_none(), "Nova's delete_image_on_error");
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_upload_fails_deletes_the_half_made_image() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageSnapshotPending), Running);
+    h.glance.add_queued("snap-1", json!({}));
+    h.glance.fail("upload");
+    let err = h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "snap-1", None).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    assert!(h.glance.image("snap-1").is_none());
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("remove_image")), "the committed image goes");
+    assert_eq!(h.states(&u).1, None);
+}
+
+#[tokio::test]
+async fn a_backup_rotates_out_the_oldest_backups_of_its_type() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageBackup), Running);
+    let props = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u});
+    for id in ["b-1", "b-2", "b-3"] {
+        h.glance.add_queued(id, props.clone());
+    }
+    let rotation = crate::compute::snapshot::Rotation { backup_type: "daily".into(), keep: 2 };
+    h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "b-3", Some(rotation)).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.glance.image("b-1").is_none(), "the oldest goes");
+    assert!(h.glance.image("b-2").is_some() && h.glance.image("b-3").is_some());
+    assert_eq!(only_event(&h, &u, "compute_backup_instance"), None);
+}
+
+// ---------------------------------------------------------------------------
+// Images a build downloads (the in-memory Glance)
+// ---------------------------------------------------------------------------
+
+/// A build of Glance image `id` with Nova's image dict (Glance's record).
+fn build_of(h: &Harness, id: &str) -> BuildRequest {
+    let (image, _) = h.glance.image(id).expect("the image");
+    BuildRequest {
+        image: json!({"id": id, "status": image.status, "container_format": image.container_format,
+            "disk_format": image.disk_format, "size": image.size, "os_hash_algo": image.os_hash_algo,
+            "os_hash_value": image.os_hash_value}),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_build_downloads_a_missing_image_once_and_later_builds_reuse_it() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    let v = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&v), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&v).0, Some(VmState::Active));
+    let loads = h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count();
+    assert_eq!(loads, 1, "the second build finds the image bound to its Glance id");
+}
+
+#[tokio::test]
+async fn a_build_whose_image_download_breaks_off_fails_with_nothing_loaded() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    h.glance.cut_downloads_after(1000);
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("interrupted"), "{faults:?}");
+}
+
+#[tokio::test]
+async fn a_build_of_an_archive_that_is_not_an_image_is_refused() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", b"not a tar archive at all".repeat(40));
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), build_of(&h, "img-1")).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("load_image")), "the hash passed; the archive did not");
+    assert_eq!(faults_of(&h, &u).len(), 1, "{:?}", faults_of(&h, &u));
+}
+
+// ---------------------------------------------------------------------------
+// Host-driven changes: root disks, orphans, Neutron's events, diagnostics
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_instance_over_its_root_disk_is_stopped_with_a_fault_saying_why() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    let within = h.instance(VmState::Active, None, Running);
+    h.driver.set_root_disk_usage(vec![
+        crate::virt::RootDiskUsage { uuid: u.clone(), used_bytes: 3 << 30, limit_gb: 1 },
+        crate::virt::RootDiskUsage { uuid: within.clone(), used_bytes: 1 << 20, limit_gb: 1 },
+    ]);
+    h.manager.enforce_root_disks().await;
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("root disk"), "{faults:?}");
+    assert_eq!(only_event(&h, &u, "compute_stop_instance"), None);
+    assert_eq!(h.states(&within), (Some(VmState::Active), None, Running));
+}
+
+#[tokio::test]
+async fn the_full_sync_reaps_containers_of_deleted_instances_and_leaves_others_alone() {
+    let h = Harness::new();
+    let mine = h.instance(VmState::Active, None, Running);
+    let orphan = uuid::Uuid::new_v4().to_string();
+    h.driver.add_container(&orphan, Running);
+    let elsewhere = h.instance(VmState::Active, None, Running);
+    h.nova.set_field(&elsewhere, "host", json!("other-host"));
+    h.manager.sync_all(&h.ctx).await;
+    assert!(h.driver.container(&orphan).is_none(), "running_deleted_instance_action = reap");
+    assert!(h.driver.container(&mine).is_some());
+    assert!(h.driver.container(&elsewhere).is_some(), "an instance Nova places elsewhere is not ours to remove");
+    assert!(h.driver.calls().contains(&"cleanup_host -".to_string()));
+}
+
+#[tokio::test]
+async fn neutron_deleting_a_port_unplugs_it_without_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, None, Running);
+    give_port(&h, &u);
+    h.manager.ensure_plugged(&h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    let args = json!({
+        "events": [{"nova_object.data": {"instance_uuid": u, "name": "network-vif-deleted", "tag": "port-1",
+            "status": "completed"}}],
+        "instances": [h.rpc_instance(&u).to_primitive()],
+    });
+    h.manager.handle_external_events(&h.ctx, args.as_object().unwrap()).await;
+    assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert!(cached_ports(&h, &u).is_empty());
+    assert!(faults_of(&h, &u).is_empty());
+    assert!(h.neutron.deleted().is_empty(), "Neutron deleted it already");
+}
+
+#[tokio::test]
+async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Stopped, None, Shutdown);
+    let err = h.manager.get_diagnostics(&h.rpc_instance(&u)).await.unwrap_err();
+    assert_eq!(err.to_remote().class, "InstanceInvalidState");
+    let running = h.instance(VmState::Active, None, Running);
+    let d = h.manager.get_instance_diagnostics(&h.rpc_instance(&running)).await.unwrap();
+    assert_eq!(d["nova_object.data"]["state"], "running");
+}

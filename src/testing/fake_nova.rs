@@ -1,0 +1,281 @@
+//! An in-memory Nova behind the conductor's calls ([`ConductorTransport`]):
+//! instance rows with `Instance.save`'s expected-task-state check, action
+//! events, faults and info caches, answering the same `object_action` and
+//! `object_class_action_versions` calls nova-conductor answers, with the same
+//! exceptions. Any call can be made to fail as if the conductor were gone.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use crate::conductor::ConductorTransport;
+use crate::objects::Instance;
+use crate::rpc::{CallError, RemoteError, RequestContext, Target};
+
+/// One `InstanceActionEvent` as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionEvent {
+    /// The instance.
+    pub uuid: String,
+    /// `compute_<method>`.
+    pub event: String,
+    /// Whether it finished (a started event that never finished is a bug).
+    pub finished: bool,
+    /// The failure message it finished with.
+    pub failure: Option<String>,
+}
+
+/// One `InstanceFault`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// The instance.
+    pub uuid: String,
+    /// Its HTTP code.
+    pub code: u64,
+    /// What the tenant reads.
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Db {
+    instances: HashMap<String, Map<String, Value>>,
+    events: Vec<ActionEvent>,
+    faults: Vec<Fault>,
+    /// Calls that fail once they succeeded this many more times.
+    failing: HashMap<String, usize>,
+    saves: usize,
+}
+
+/// The in-memory Nova.
+#[derive(Default)]
+pub struct FakeNova {
+    db: Mutex<Db>,
+}
+
+fn nova_error(class: &str, message: String, code: u16) -> CallError {
+    CallError::Remote(RemoteError::nova(class, message, code, json!({})))
+}
+
+fn instance_primitive(data: &Map<String, Value>) -> Value {
+    json!({"nova_object.name": "Instance", "nova_object.namespace": "nova", "nova_object.version": "2.8",
+           "nova_object.data": data})
+}
+
+impl FakeNova {
+    fn with<T>(&self, f: impl FnOnce(&mut Db) -> T) -> T {
+        f(&mut self.db.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds an instance row (the `nova_object.data` of an Instance).
+    pub fn add_instance(&self, data: Value) {
+        let data = data.as_object().cloned().unwrap_or_default();
+        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| db.instances.insert(uuid, data));
+    }
+
+    /// The instance as the API would send it in an RPC.
+    pub fn instance(&self, uuid: &str) -> Instance {
+        let data = self.with(|db| db.instances.get(uuid).cloned()).unwrap_or_default();
+        Instance::from_primitive(&instance_primitive(&data)).expect("a stored instance")
+    }
+
+    /// One field of an instance row (Null when unset, None without a row).
+    pub fn field(&self, uuid: &str, field: &str) -> Option<Value> {
+        self.with(|db| db.instances.get(uuid).map(|d| d.get(field).cloned().unwrap_or(Value::Null)))
+    }
+
+    /// Changes a row behind the compute's back (another request).
+    pub fn set_field(&self, uuid: &str, field: &str, value: Value) {
+        self.with(|db| db.instances.get_mut(uuid).map(|d| d.insert(field.to_string(), value)));
+    }
+
+    /// Removes an instance row (the API deleted the instance).
+    pub fn remove_instance(&self, uuid: &str) {
+        self.with(|db| db.instances.remove(uuid));
+    }
+
+    /// The action events recorded.
+    pub fn events(&self) -> Vec<ActionEvent> {
+        self.with(|db| db.events.clone())
+    }
+
+    /// The faults recorded.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.with(|db| db.faults.clone())
+    }
+
+    /// How many `Instance.save` calls succeeded.
+    pub fn saves(&self) -> usize {
+        self.with(|db| db.saves)
+    }
+
+    /// Makes every later call of `what` (`Instance.save`,
+    /// `InstanceActionEvent.event_start`, ...) time out.
+    pub fn fail(&self, what: &str) {
+        self.fail_after(what, 0);
+    }
+
+    /// Lets `n` more calls of `what` through, then makes every later one
+    /// time out.
+    pub fn fail_after(&self, what: &str, n: usize) {
+        self.with(|db| db.failing.insert(what.to_string(), n));
+    }
+
+    fn object_action(&self, args: &Map<String, Value>) -> Result<Value, CallError> {
+        let obj = &args["objinst"];
+        let data = obj["nova_object.data"].as_object().cloned().unwrap_or_default();
+        let changes: Vec<String> = obj["nova_object.changes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        let name = obj["nova_object.name"].as_str().unwrap_or_default();
+        let method = args["objmethod"].as_str().unwrap_or_default();
+        let str_of = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| match (name, method) {
+            ("Instance", "save") => {
+                let uuid = str_of("uuid");
+                let Some(row) = db.instances.get_mut(&uuid) else {
+                    return Err(nova_error("InstanceNotFound", format!("Instance {uuid} could not be found."), 404));
+                };
+                if let Some(expected) = args["kwargs"].get("expected_task_state") {
+                    let allowed = match expected {
+                        Value::Array(a) => a.clone(),
+                        one => vec![one.clone()],
+                    };
+                    let actual = row.get("task_state").cloned().unwrap_or(Value::Null);
+                    if !allowed.contains(&actual) {
+                        let class = if actual == "deleting" {
+                            "UnexpectedDeletingTaskStateError"
+                        } else {
+                            "UnexpectedTaskStateError"
+                        };
+                        let message =
+                            format!("Unexpected task state: expecting {expected} but the actual state is {actual}");
+                        return Err(nova_error(class, message, 500));
+                    }
+                }
+                for c in changes {
+                    row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
+                }
+                db.saves += 1;
+                Ok(json!([{}, null]))
+            }
+            ("Instance", "destroy") => {
+                db.instances.remove(&str_of("uuid"));
+                Ok(json!([{}, null]))
+            }
+            ("InstanceFault", "create") => {
+                db.faults.push(Fault {
+                    uuid: str_of("instance_uuid"),
+                    code: data.get("code").and_then(Value::as_u64).unwrap_or(0),
+                    message: str_of("message"),
+                });
+                Ok(json!([{}, null]))
+            }
+            ("InstanceInfoCache", "save") => {
+                let uuid = str_of("instance_uuid");
+                let cache = json!({"nova_object.name": "InstanceInfoCache", "nova_object.namespace": "nova",
+                    "nova_object.version": "1.5", "nova_object.data": data});
+                db.instances.get_mut(&uuid).map(|row| row.insert("info_cache".into(), cache));
+                Ok(json!([{}, null]))
+            }
+            _ => Err(nova_error("NotImplementedError", format!("fake Nova: {name}.{method}"), 500)),
+        })
+    }
+
+    fn class_action(&self, args: &Map<String, Value>) -> Result<Value, CallError> {
+        let name = args["objname"].as_str().unwrap_or_default();
+        let method = args["objmethod"].as_str().unwrap_or_default();
+        let a = args["args"].as_array().cloned().unwrap_or_default();
+        let arg = |n: usize| a.get(n).and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| match (name, method) {
+            ("InstanceActionEvent", "event_start") => {
+                db.events.push(ActionEvent { uuid: arg(0), event: arg(1), finished: false, failure: None });
+                Ok(Value::Null)
+            }
+            ("InstanceActionEvent", "event_finish_with_failure") => {
+                let (uuid, event) = (arg(0), arg(1));
+                let failure = args["kwargs"]["exc_val"].as_str().map(str::to_string);
+                match db.events.iter_mut().rev().find(|e| e.uuid == uuid && e.event == event && !e.finished) {
+                    Some(e) => {
+                        e.finished = true;
+                        e.failure = failure;
+                    }
+                    // Finished without a start (the start raced): still recorded.
+                    None => db.events.push(ActionEvent { uuid, event, finished: true, failure }),
+                }
+                Ok(Value::Null)
+            }
+            ("InstanceAction", "action_start") | ("ConsoleAuthToken", "clean_console_auths_for_instance") => {
+                Ok(Value::Null)
+            }
+            ("Instance", "get_by_uuid") => match db.instances.get(&arg(0)) {
+                Some(data) => Ok(instance_primitive(data)),
+                None => Err(nova_error("InstanceNotFound", format!("Instance {} could not be found.", arg(0)), 404)),
+            },
+            ("InstanceList", "get_by_host") => {
+                let host = arg(0);
+                let objects: Vec<Value> = db
+                    .instances
+                    .values()
+                    .filter(|d| d.get("host").and_then(Value::as_str) == Some(host.as_str()))
+                    .map(instance_primitive)
+                    .collect();
+                Ok(json!({"nova_object.name": "InstanceList", "nova_object.namespace": "nova",
+                          "nova_object.version": "2.6", "nova_object.data": {"objects": objects}}))
+            }
+            ("InstanceInfoCache", "get_by_instance_uuid") => {
+                match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
+                    Some(cache) => Ok(cache),
+                    None => Err(nova_error("InstanceInfoCacheNotFound", "no info cache".into(), 404)),
+                }
+            }
+            _ => Err(nova_error("NotImplementedError", format!("fake Nova: {name}.{method}"), 500)),
+        })
+    }
+}
+
+impl ConductorTransport for FakeNova {
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a RequestContext,
+        _target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async move {
+            let what = match method {
+                "object_action" => format!(
+                    "{}.{}",
+                    args["objinst"]["nova_object.name"].as_str().unwrap_or_default(),
+                    args["objmethod"].as_str().unwrap_or_default()
+                ),
+                _ => format!(
+                    "{}.{}",
+                    args["objname"].as_str().unwrap_or_default(),
+                    args["objmethod"].as_str().unwrap_or_default()
+                ),
+            };
+            let fails = self.with(|db| match db.failing.get_mut(&what) {
+                Some(0) => true,
+                Some(n) => {
+                    *n -= 1;
+                    false
+                }
+                None => false,
+            });
+            if fails {
+                return Err(CallError::Timeout { method: what, timeout: timeout.unwrap_or(Duration::from_secs(60)) });
+            }
+            match method {
+                "object_action" => self.object_action(&args),
+                "object_class_action_versions" => self.class_action(&args),
+                other => Err(nova_error("NotImplementedError", format!("fake Nova: {other}"), 500)),
+            }
+        })
+    }
+}
