@@ -11,14 +11,22 @@ pub const DEFAULT_CONFIG_FILES: [&str; 2] = ["/etc/nova/nova.conf", "/etc/nova/n
 /// A `--config-dir` that cannot be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The directory cannot be read.
     #[error("--config-dir {path}: {source}")]
-    ConfigDir { path: PathBuf, source: std::io::Error },
+    ConfigDir {
+        /// The directory given.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
 }
 
 /// One configuration source as given on the command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
+    /// `--config-file PATH`.
     File(PathBuf),
+    /// `--config-dir DIR`.
     Dir(PathBuf),
 }
 

@@ -14,12 +14,20 @@ use tracing_subscriber::EnvFilter;
 /// Why the log levels could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
+    /// [`init`] was not called (or another subscriber was installed first).
     #[error("logging was not initialised by this process")]
     NotInitialised,
+    /// The subscriber refused the new filter.
     #[error("cannot replace the log filter: {0}")]
     Reload(String),
+    /// `--log-file` cannot be opened for appending.
     #[error("cannot open the log file {path}: {source}")]
-    File { path: std::path::PathBuf, source: std::io::Error },
+    File {
+        /// The file given.
+        path: std::path::PathBuf,
+        /// Why it cannot be opened.
+        source: std::io::Error,
+    },
 }
 
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;

@@ -12,10 +12,18 @@ use std::time::Duration;
 /// Why a notification could not be set up or sent.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// `NOTIFY_SOCKET` names no unix socket address systemd would use.
     #[error("NOTIFY_SOCKET={0:?} is neither an absolute path nor an abstract (@) name")]
     BadAddress(String),
+    /// The address or the sending socket cannot be set up.
     #[error("NOTIFY_SOCKET={addr:?}: {source}")]
-    Socket { addr: String, source: io::Error },
+    Socket {
+        /// The value of `NOTIFY_SOCKET`.
+        addr: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// `WATCHDOG_USEC` is not a usable period.
     #[error("WATCHDOG_USEC={0:?} is not a positive number of microseconds")]
     BadWatchdog(String),
 }
