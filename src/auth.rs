@@ -38,16 +38,67 @@ pub fn url_part(value: &str) -> String {
 /// An HTTP-level failure talking to a service.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// Neither `endpoint_override`, a static endpoint nor the Keystone
+    /// catalog names a URL for the service, so no request can be sent.
     #[error("{service}: no endpoint configured or found in the catalog (set [{section}] endpoint_override)")]
-    NoEndpoint { service: &'static str, section: &'static str },
+    NoEndpoint {
+        /// The service the request was for (`placement`, `glance`, `neutron`).
+        service: &'static str,
+        /// The nova.conf group where the operator sets the endpoint.
+        section: &'static str,
+    },
+    /// No token could be had: Keystone refused the login or answered
+    /// without `X-Subject-Token`, or the section is not configured for
+    /// Keystone when a catalog or token was needed.
     #[error("{service}: authentication failed: {detail}")]
-    Auth { service: &'static str, detail: String },
+    Auth {
+        /// The service the token was for.
+        service: &'static str,
+        /// What Keystone answered (status, user, URL, start of the body),
+        /// or why the section cannot log in.
+        detail: String,
+    },
+    /// The request got no HTTP answer (connection refused, TLS, timeout) or
+    /// its body could not be read.
     #[error("{service}: {method} {url} failed: {}", error_chain(source))]
-    Transport { service: &'static str, method: String, url: String, source: reqwest::Error },
+    Transport {
+        /// The service called (`keystone` for a login).
+        service: &'static str,
+        /// The HTTP method sent.
+        method: String,
+        /// The URL called, without credentials (see [`shown_url`]).
+        url: String,
+        /// reqwest's error; its causes are shown by [`error_chain`].
+        source: reqwest::Error,
+    },
+    /// The service answered with a non-success status; callers match on
+    /// [`HttpError::status`] (e.g. 404 or 409) to decide what it means.
     #[error("{service}: {method} {url} answered {status}: {body}")]
-    Status { service: &'static str, method: String, url: String, status: u16, body: String },
+    Status {
+        /// The service called.
+        service: &'static str,
+        /// The HTTP method sent.
+        method: String,
+        /// The URL called, without credentials.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body (about 500 bytes), which
+        /// carries the service's own explanation.
+        body: String,
+    },
+    /// A success answer whose body is not the JSON expected.
     #[error("{service}: unexpected response to {method} {url}: {detail}")]
-    Decode { service: &'static str, method: String, url: String, detail: String },
+    Decode {
+        /// The service called.
+        service: &'static str,
+        /// The HTTP method sent.
+        method: String,
+        /// The URL called, without credentials.
+        url: String,
+        /// Why the body could not be decoded.
+        detail: String,
+    },
 }
 
 /// An error and its causes, `outer: inner: root`: reqwest's own message

@@ -26,18 +26,38 @@ use crate::objects::Instance;
 /// Networking failures, worded for the instance fault.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
+    /// A Neutron request failed (no endpoint, auth, transport, or an error
+    /// status).
     #[error("Neutron: {0}")]
     Http(#[from] HttpError),
+    /// Neutron left the port unbound after we set `binding:host_id`:
+    /// usually no L2 agent serves this host. The port is released.
     #[error(
         "port {port} could not be bound to host {host} (binding:vif_type {vif_type}): is a Neutron L2 agent running for this host?"
     )]
-    BindingFailed { port: String, host: String, vif_type: String },
+    BindingFailed {
+        /// The port's id.
+        port: String,
+        /// The host it was to be bound to (this service's `host`).
+        host: String,
+        /// What Neutron reported instead of a usable VIF type
+        /// (`binding_failed` or `unbound`).
+        vif_type: String,
+    },
+    /// A port the user brought is already some other instance's device;
+    /// carries the port id.
     #[error("port {0} is in use by another instance")]
     PortInUse(String),
+    /// The build's request is malformed (a network request with neither
+    /// port nor network, `security_groups` not a list of names, groups
+    /// without a project); carries what was wrong.
     #[error("network request not understood: {0}")]
     BadRequest(String),
+    /// `--nic auto` but the project owns no network and none is shared.
     #[error("no network to auto-allocate: none is shared or owned by the project")]
     NoAutoNetwork,
+    /// Neutron answered a success without the fields expected, or a port
+    /// that does not make a VIF.
     #[error("Neutron returned an unusable document: {0}")]
     Decode(String),
     /// Nova's `SecurityGroupNotFound`: not a group of the instance's project
@@ -55,17 +75,26 @@ pub enum NetworkError {
 /// One entry of a `NetworkRequestList`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkRequest {
+    /// The network to create a port on (also `auto`/`none` in the raw
+    /// list, which [`requested_networks`] turns into [`Requested`]).
     pub network_id: Option<String>,
+    /// A port the user created, bound as it is; wins over `network_id`.
     pub port_id: Option<String>,
+    /// The fixed IP asked for on a port this service creates.
     pub address: Option<String>,
+    /// The device tag the user gave (`--nic tag=`); read, not yet used by
+    /// this host.
     pub tag: Option<String>,
 }
 
 /// What a build asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Requested {
+    /// No networking: no list, an empty one, or only `none`.
     None,
+    /// `auto`: a network the project owns, else a shared one, is picked.
     Auto,
+    /// The ports and networks asked for, in order (the order of the VIFs).
     Some(Vec<NetworkRequest>),
 }
 
@@ -254,7 +283,10 @@ impl PortService for Neutron {
 /// A port bound for an instance, and whether this service created it.
 #[derive(Debug, Clone)]
 pub struct BoundPort {
+    /// Neutron's port document after binding.
     pub port: Value,
+    /// Whether this service created the port: created ports are deleted
+    /// with the instance, the user's own are only unbound.
     pub created: bool,
 }
 

@@ -16,10 +16,17 @@ use crate::auth::{HttpError, ServiceClient, url_part};
 /// Placement failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
+    /// The request itself failed (no endpoint, auth, transport, or an
+    /// error status not handled here).
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// A 409 that re-reading and retrying did not resolve: the provider's
+    /// inventory or traits kept changing under us, or another provider
+    /// already has this node's name.
     #[error("placement: {0}")]
     Conflict(String),
+    /// Placement answered a success without what the API promises (e.g. no
+    /// `resource_provider_generation`).
     #[error("placement returned an unexpected document: {0}")]
     Decode(String),
 }
@@ -27,9 +34,15 @@ pub enum PlacementError {
 /// One resource class's inventory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
+    /// The standard resource class (`VCPU`, `MEMORY_MB`, `DISK_GB`).
     pub resource_class: &'static str,
+    /// What the host has, in the class's unit.
     pub total: u64,
+    /// What the host keeps for itself (`reserved_host_*`); sent capped at
+    /// `total`, which Placement requires.
     pub reserved: u64,
+    /// Overcommit factor: the scheduler may allocate up to
+    /// `(total - reserved) * allocation_ratio`.
     pub allocation_ratio: f64,
 }
 

@@ -41,15 +41,25 @@ const INTERFACES: &[&str] = &["public", "internal", "admin"];
 /// A domain, by id or by name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Domain {
+    /// `*_domain_id`: sent as `{"id": ...}`.
     Id(String),
+    /// `*_domain_name` (or keystoneauth's fallback "Default"): sent as
+    /// `{"name": ...}`.
     Name(String),
 }
 
 /// A user, by id or by name within a domain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum User {
+    /// `user_id`: unique on its own, so no domain is sent.
     Id(String),
-    Name { name: String, domain: Domain },
+    /// `username`: only unique within its domain, so the domain goes with it.
+    Name {
+        /// The `username` option.
+        name: String,
+        /// `user_domain_id`/`user_domain_name`, else the default domain.
+        domain: Domain,
+    },
 }
 
 /// What the token is scoped to.
@@ -58,7 +68,12 @@ pub enum Scope {
     /// A project by id.
     ProjectId(String),
     /// A project by name within a domain.
-    ProjectName { name: String, domain: Domain },
+    ProjectName {
+        /// The `project_name` option.
+        name: String,
+        /// `project_domain_id`/`project_domain_name`, else the default domain.
+        domain: Domain,
+    },
     /// The whole deployment (`system_scope = all`).
     System,
     /// An application credential's own scope.
@@ -69,9 +84,24 @@ pub enum Scope {
 #[derive(Clone, PartialEq)]
 pub enum Method {
     /// `password` / `v3password`.
-    Password { user: User, password: String },
+    Password {
+        /// Who logs in.
+        user: User,
+        /// The user's password (kept out of `Debug`).
+        password: String,
+    },
     /// `v3applicationcredential`: by id, or by name with its owner.
-    ApplicationCredential { id: Option<String>, name: Option<String>, user: Option<User>, secret: String },
+    ApplicationCredential {
+        /// `application_credential_id`: identifies the credential alone.
+        id: Option<String>,
+        /// `application_credential_name`: only unique per user, so `user`
+        /// is required with it.
+        name: Option<String>,
+        /// The credential's owner, when set (needed with `name`).
+        user: Option<User>,
+        /// `application_credential_secret` (kept out of `Debug`).
+        secret: String,
+    },
 }
 
 impl std::fmt::Debug for Method {
@@ -95,8 +125,13 @@ impl std::fmt::Debug for Method {
 /// A Keystone v3 login: where, how, and for which scope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeystoneAuth {
+    /// `auth_url`: Keystone's base URL, with or without `/v3`; tokens are
+    /// requested at its `/v3/auth/tokens`.
     pub auth_url: String,
+    /// The credentials sent.
     pub method: Method,
+    /// The scope asked for; it decides which catalog and roles the token
+    /// carries.
     pub scope: Scope,
 }
 
@@ -125,33 +160,59 @@ impl std::fmt::Debug for TlsSettings {
 /// The `[service_user]` login whose token is sent as `X-Service-Token`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceUser {
+    /// How the service user logs in to Keystone.
     pub login: KeystoneAuth,
+    /// TLS towards `[service_user] auth_url`.
     pub tls: TlsSettings,
+    /// `[service_user] timeout`: the limit on each of its Keystone requests.
     pub timeout: std::time::Duration,
 }
 
-/// The keystoneauth options of one section.
+/// The keystoneauth options of one section: the same option names exist
+/// in `[placement]`, `[glance]`, `[neutron]` and `[service_user]`, and the
+/// readers here take whichever section's table they are given.
 pub struct Opts {
+    /// Keystone's URL (`auth_url`).
     pub auth_url: &'static Opt,
+    /// The user by name (`username`), with its domain.
     pub username: &'static Opt,
+    /// The user by id (`user_id`); wins over `username`.
     pub user_id: &'static Opt,
+    /// The password of a `password`/`v3password` login.
     pub password: &'static Opt,
+    /// The user's domain by name.
     pub user_domain_name: &'static Opt,
+    /// The user's domain by id; wins over the name.
     pub user_domain_id: &'static Opt,
+    /// The project scoped to, by name (with its domain).
     pub project_name: &'static Opt,
+    /// The project scoped to, by id; wins over the name.
     pub project_id: &'static Opt,
+    /// The project's domain by name.
     pub project_domain_name: &'static Opt,
+    /// The project's domain by id; wins over the name.
     pub project_domain_id: &'static Opt,
+    /// The domain of user and project when neither names its own.
     pub default_domain_id: &'static Opt,
+    /// As `default_domain_id`, by name (the id wins).
     pub default_domain_name: &'static Opt,
+    /// `all` for a system-scoped token instead of a project.
     pub system_scope: &'static Opt,
+    /// The application credential by id.
     pub application_credential_id: &'static Opt,
+    /// The application credential by name (needs the user).
     pub application_credential_name: &'static Opt,
+    /// The application credential's secret.
     pub application_credential_secret: &'static Opt,
+    /// Which catalog interfaces (public, internal, admin) may be used.
     pub valid_interfaces: &'static Opt,
+    /// PEM bundle of the only CAs trusted.
     pub cafile: &'static Opt,
+    /// Client certificate (PEM), used with `keyfile`.
     pub certfile: &'static Opt,
+    /// Private key (PEM) of `certfile`.
     pub keyfile: &'static Opt,
+    /// Skip verification of the server's certificate.
     pub insecure: &'static Opt,
 }
 

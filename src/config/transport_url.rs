@@ -8,11 +8,19 @@ use std::fmt;
 /// One broker endpoint of a transport URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerAddress {
+    /// Host name or IP address; an IPv6 literal without its brackets.
     pub host: String,
+    /// The port given, else 5672 (5671 with TLS).
     pub port: u16,
+    /// Percent-decoded user name; `guest` when the host has no credentials.
     pub username: String,
+    /// Percent-decoded password (never shown by `Debug`/`Display`); `guest`
+    /// when the host has no credentials, empty for `user@host`.
     pub password: String,
+    /// The URL's path, percent-decoded, shared by every host; `/` when empty.
     pub vhost: String,
+    /// Whether to connect with TLS: `?ssl=true` in the URL or
+    /// `[oslo_messaging_rabbit] ssl = true`.
     pub tls: bool,
 }
 
@@ -34,24 +42,36 @@ impl fmt::Display for BrokerAddress {
 /// A parsed `transport_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportUrl {
+    /// The hosts in the order written, never empty: the connection fails
+    /// over from one to the next.
     pub brokers: Vec<BrokerAddress>,
 }
 
 /// Why a transport URL was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TransportUrlError {
+    /// The option is blank: there is no broker to connect to.
     #[error("transport_url is empty")]
     Empty,
+    /// A driver other than `rabbit://`/`amqp://` (e.g. `kafka://`), which
+    /// this service does not speak; carries the scheme written.
     #[error("transport_url scheme `{0}` is not supported: this service speaks AMQP to RabbitMQ only (use rabbit://)")]
     UnsupportedScheme(String),
+    /// Not a URL at all: no `scheme://`.
     #[error("transport_url has no `://` after the scheme")]
     NoScheme,
+    /// The URL lists no host, or a host part is only credentials.
     #[error("transport_url names no host")]
     NoHost,
+    /// A port that is not a number in 0..=65535, or text after an IPv6
+    /// literal's `]` that is not `:port`; carries the host part written.
     #[error("transport_url host `{0}` has an invalid port")]
     BadPort(String),
+    /// A `[` with no closing `]`; carries the host part written.
     #[error("transport_url host `{0}` has an unterminated IPv6 literal")]
     BadIpv6(String),
+    /// A `%` escape in the credentials or vhost that is malformed or does
+    /// not decode to UTF-8.
     #[error("transport_url contains invalid percent-encoding")]
     BadEncoding,
 }

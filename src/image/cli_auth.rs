@@ -21,14 +21,29 @@ pub const NO_CREDENTIALS: &str = "no OpenStack credentials: set OS_CLOUD (a clou
 /// A CLI authentication problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum CliAuthError {
+    /// No `OS_CLOUD`, `OS_AUTH_URL` or `OS_TOKEN`: the message lists what
+    /// to set ([`NO_CREDENTIALS`]).
     #[error("{NO_CREDENTIALS}")]
     Nothing,
+    /// Some credentials are given but not enough or not usable (a missing
+    /// variable, an unsupported auth type, an unreadable or unpaired TLS
+    /// file); the message names what to set or fix.
     #[error("{0}")]
     Incomplete(String),
+    /// `OS_CLOUD` is set but clouds.yaml is absent, unreadable, not YAML, or
+    /// has no such cloud.
     #[error("clouds.yaml: {0}")]
     CloudsYaml(String),
+    /// Keystone could not be reached, refused the login, or did not accept
+    /// the given token.
     #[error("Keystone at {url}: {detail}")]
-    Keystone { url: String, detail: String },
+    Keystone {
+        /// The Keystone URL called, without credentials.
+        url: String,
+        /// Why it failed (the connection error, or the status and
+        /// Keystone's message).
+        detail: String,
+    },
 }
 
 /// Where and how the CLI logs in, as read from the environment.
@@ -36,7 +51,13 @@ pub enum CliAuthError {
 pub enum CliAuth {
     /// A token given as it is (`OS_TOKEN`); with `OS_AUTH_URL`, the catalog
     /// is read from Keystone with it.
-    Token { token: String, auth_url: Option<String> },
+    Token {
+        /// The token sent as `X-Auth-Token`.
+        token: String,
+        /// Keystone's URL, to read the catalog with the token; without it
+        /// Glance must be named in nova.conf.
+        auth_url: Option<String>,
+    },
     /// A Keystone login (password or application credential).
     Login(KeystoneAuth),
 }
@@ -44,14 +65,23 @@ pub enum CliAuth {
 /// Where endpoints are looked up, and over which TLS settings.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CliCloud {
+    /// `OS_REGION_NAME` or the cloud's `region_name`: replaces `[glance]
+    /// region_name` for the catalog lookup.
     pub region_name: Option<String>,
+    /// `OS_INTERFACE` or the cloud's `interface` (`public`, `internalURL`
+    /// ...): replaces `[glance] valid_interfaces`.
     pub interface: Option<String>,
+    /// `OS_CACERT`/`OS_CERT`/`OS_KEY`/`OS_INSECURE` or the cloud's
+    /// `cacert`/`cert`/`key`/`verify`: used towards Keystone, and towards
+    /// Glance when any is set.
     pub tls: TlsSettings,
 }
 
 /// A token and the service catalog that goes with it (empty when unknown).
 pub struct Session {
+    /// The token Glance is called with, as the caller's own.
     pub token: String,
+    /// Keystone's catalog entries, where Glance's endpoint is looked up.
     pub catalog: Vec<Value>,
 }
 

@@ -44,11 +44,19 @@ const CORE_KEYS: &[&str] = &[
 /// An image record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlanceImage {
+    /// The image's UUID, which Nova passes as `image_ref`.
     pub id: String,
+    /// The name users gave it; not unique, for messages only.
     pub name: Option<String>,
+    /// Glance's lifecycle state (`queued`, `active`, ...); empty when the
+    /// document has none. Only an `active` image's data can be read.
     pub status: String,
+    /// What the data is packaged as; this host boots only `docker` images
+    /// (a `docker save` archive).
     pub container_format: Option<String>,
+    /// What the data's disk is (`raw` for the images this host makes).
     pub disk_format: Option<String>,
+    /// The data's size in bytes, once uploaded.
     pub size: Option<u64>,
     /// Glance's MD5 of the data (legacy `checksum`).
     pub checksum: Option<String>,
