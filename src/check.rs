@@ -41,6 +41,9 @@ pub async fn run(settings: &Settings) -> bool {
             format!("{unknown} is not an option of nova-docker: ignored (see `nova-docker config sample`)"),
         );
     }
+    for line in &settings.unused_options {
+        println!("[INFO] configuration: {line}");
+    }
     check_state_path(settings, &mut r).await;
     check_privileges(&mut r);
     check_docker(settings, &mut r).await;

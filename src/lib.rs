@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod cli;
 pub mod compute;
 pub mod conductor;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod network;
+pub mod notify;
 pub mod objects;
 pub mod placement;
 pub mod release;

@@ -12,13 +12,28 @@ use clap::{Parser, Subcommand};
 
 /// A nova-compute that runs OpenStack Nova instances as Docker containers.
 ///
-/// It reads the nova.conf of a compute host (pass it with --config-file, several
-/// times to layer files: later files override earlier ones, as with oslo.config).
+/// It reads the nova.conf of a compute host, as oslo services do: --config-file
+/// (repeatable, later files win) and --config-dir (its *.conf files in name
+/// order), anywhere on the command line, in the order given; with neither,
+/// /etc/nova/nova.conf then /etc/nova/nova-docker.conf, those that exist.
 #[derive(Parser)]
 #[command(name = "nova-docker", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A nova.conf-style file; repeat to layer files (later ones win).
+    #[arg(long = "config-file", global = true, value_name = "PATH")]
+    config_files: Vec<PathBuf>,
+    /// A directory whose *.conf files are read in name order, where it stands
+    /// among the --config-file options.
+    #[arg(long = "config-dir", global = true, value_name = "DIR")]
+    config_dirs: Vec<PathBuf>,
+    /// Log at debug level, whatever [DEFAULT] debug says.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Append the log to this file instead of stderr.
+    #[arg(long = "log-file", global = true, value_name = "PATH")]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -26,17 +41,10 @@ enum Command {
     /// Run the compute service: consume Nova's compute RPC for this host, register
     /// the host with nova-conductor and Placement, and run instances as containers.
     /// Exits 0 after a graceful shutdown on SIGTERM or SIGINT.
-    Serve {
-        /// A nova.conf-style file; repeat to layer files (later ones win).
-        #[arg(long = "config-file", required = true)]
-        config_files: Vec<PathBuf>,
-    },
+    Serve,
     /// Check RabbitMQ, nova-conductor, Placement, Glance, Neutron and Docker:
     /// reachability, credentials and privileges. Exits non-zero on any failure.
-    Check {
-        #[arg(long = "config-file", required = true)]
-        config_files: Vec<PathBuf>,
-    },
+    Check,
     /// Move images between Docker and Glance.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -62,15 +70,9 @@ enum ImageCommand {
         /// Image property key=value (repeatable), e.g. os_command_line="sleep 1d".
         #[arg(long = "property")]
         properties: Vec<String>,
-        #[arg(long = "config-file", required = true)]
-        config_files: Vec<PathBuf>,
     },
     /// Glance image GLANCE_ID streamed into `docker load`, to pre-seed this host.
-    Fetch {
-        glance_id: String,
-        #[arg(long = "config-file", required = true)]
-        config_files: Vec<PathBuf>,
-    },
+    Fetch { glance_id: String },
 }
 
 #[derive(Subcommand)]
@@ -80,7 +82,19 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let config_files = match nova_docker::cli::config_files(&matches) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("nova-docker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -88,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, config_files));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -98,29 +112,40 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, config_files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let load = || -> anyhow::Result<nova_docker::config::Settings> {
+        if config_files.is_empty() {
+            anyhow::bail!("no configuration file: pass --config-file or --config-dir, or create /etc/nova/nova.conf");
+        }
+        Ok(nova_docker::config::Settings::load(&config_files)?)
+    };
+    let log = |settings: &nova_docker::config::Settings, json: bool| {
+        nova_docker::logging::init_to(settings.debug || cli.debug, json, cli.log_file.as_deref())
+    };
     match cli.command {
-        Command::Serve { config_files } => {
-            let settings = nova_docker::config::Settings::load(&config_files)?;
-            nova_docker::logging::init(settings.debug, settings.log_json);
-            nova_docker::service::serve(settings).await?;
+        Command::Serve => {
+            let settings = load()?;
+            log(&settings, settings.log_json)?;
+            tracing::debug!(files = ?config_files, "configuration files read");
+            let launch = nova_docker::service::Launch { config_files, force_debug: cli.debug };
+            nova_docker::service::serve(settings, launch).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config_files } => {
-            let settings = nova_docker::config::Settings::load(&config_files)?;
+        Command::Check => {
+            let settings = load()?;
             let ok = nova_docker::check::run(&settings).await;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Image(ImageCommand::Import { image, name, visibility, properties, config_files }) => {
-            let settings = nova_docker::config::Settings::load(&config_files)?;
-            nova_docker::logging::init(settings.debug, false);
+        Command::Image(ImageCommand::Import { image, name, visibility, properties }) => {
+            let settings = load()?;
+            log(&settings, false)?;
             let id = nova_docker::image::cli::import(&settings, &image, name, visibility, &properties).await?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image(ImageCommand::Fetch { glance_id, config_files }) => {
-            let settings = nova_docker::config::Settings::load(&config_files)?;
-            nova_docker::logging::init(settings.debug, false);
+        Command::Image(ImageCommand::Fetch { glance_id }) => {
+            let settings = load()?;
+            log(&settings, false)?;
             let loaded = nova_docker::image::cli::fetch(&settings, &glance_id).await?;
             println!("{loaded}");
             Ok(ExitCode::SUCCESS)

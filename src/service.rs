@@ -5,6 +5,7 @@
 //! host is advertised, so no cast to `compute.<host>` is ever dropped; compute
 //! requests wait until registration and start-up recovery are done.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,19 +104,60 @@ fn neutron_client(settings: &Settings) -> Option<Neutron> {
     Some(Neutron::new(client, &settings.host, &settings.neutron_ovs_bridge))
 }
 
-fn spawn_signal_handler(stop: CancellationToken) {
+/// Re-reads `[DEFAULT] debug` from the configuration files and applies it
+/// to the log filter (what oslo services reload on SIGHUP). A file that no
+/// longer parses keeps the current levels and says why.
+fn reload_log_levels(config_files: &[PathBuf], force_debug: bool) {
+    let debug = crate::config::Layered::load(config_files)
+        .and_then(|l| l.bool(&crate::config::options::DEBUG))
+        .map(|d| d || force_debug);
+    match debug {
+        Ok(on) => match crate::logging::set_debug(on) {
+            Ok(()) => {
+                tracing::info!(debug = on, files = ?config_files, "SIGHUP: reloaded the log levels from the configuration files");
+                tracing::debug!("debug logging is on");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: cannot change the log levels"),
+        },
+        Err(e) => tracing::error!(error = %e, "SIGHUP: cannot read the configuration; log levels unchanged"),
+    }
+}
+
+/// Installs the handlers now (so no signal arrives before they exist):
+/// SIGTERM and SIGINT stop the service gracefully; SIGHUP reloads the log
+/// levels and never stops it.
+fn spawn_signal_handler(stop: CancellationToken, config_files: Vec<PathBuf>, force_debug: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down gracefully"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down gracefully"); break }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down gracefully"); break }
+                _ = hup.recv() => {
+                    let files = config_files.clone();
+                    // Reading files is blocking I/O: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || reload_log_levels(&files, force_debug)).await;
+                }
+            }
         }
         stop.cancel();
+        // Later signals are absorbed while the drain runs; a second SIGHUP
+        // still reloads.
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: already shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: already shutting down"),
+                _ = hup.recv() => {
+                    let files = config_files.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload_log_levels(&files, force_debug)).await;
+                }
+            }
+        }
     });
+    Ok(())
 }
 
 async fn choose_release(settings: &Settings, conductor: &Conductor) -> &'static Release {
@@ -142,11 +184,22 @@ async fn choose_release(settings: &Settings, conductor: &Conductor) -> &'static 
     }
 }
 
+/// How the service was started, beyond its settings.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The configuration files, in order: SIGHUP reads them again.
+    pub config_files: Vec<PathBuf>,
+    /// `--debug` on the command line: debug logging whatever the files say.
+    pub force_debug: bool,
+}
+
 /// Runs the compute service until a termination signal.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone());
+    spawn_signal_handler(stop.clone(), launch.config_files, launch.force_debug)?;
+    let notifier = crate::notify::Notifier::from_env()?;
+    let watchdog = crate::notify::watchdog_period()?;
     tracing::info!(host = %settings.host, brokers = ?settings.transport_url.brokers, "nova-docker starting");
     std::fs::create_dir_all(&settings.state_path)
         .with_context(|| format!("cannot create state_path {}", settings.state_path.display()))?;
@@ -155,6 +208,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     announce_root_disk_mode(&settings, &driver)?;
     for unknown in &settings.unknown_options {
         tracing::warn!("{unknown} is not an option of nova-docker: ignored");
+    }
+    for line in &settings.unused_options {
+        tracing::info!("{line}");
     }
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     let transport = Transport::start(transport_options(&settings));
@@ -222,6 +278,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
+    // The last heartbeat's outcome (true until the first one fails).
+    let heartbeat_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if let Some(period) = watchdog {
+        spawn_watchdog(notifier.clone(), period, transport.clone(), server_ended.clone(), heartbeat_ok.clone());
+    }
+
     if let Some(listen) = settings.metrics_listen.clone() {
         let (t, m) = (transport.clone(), manager.clone());
         let ready: health::ReadyCheck = Arc::new(move || {
@@ -247,11 +309,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The conductor, then the release, then the host records.
     tokio::select! {
         _ = conductor.wait_until_ready() => {}
-        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+        _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
     }
     let release = tokio::select! {
         r = choose_release(&settings, &conductor) => r,
-        _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+        _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
     };
     conductor.set_release(release);
     if release.alt_topic {
@@ -261,7 +323,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let records = loop {
         let attempt = tokio::select! {
             r = manager.registrar.register(&ctx) => r,
-            _ = stop.cancelled() => return shutdown(transport, server_task, &server_ended).await,
+            _ = stop.cancelled() => return shutdown(&notifier, transport, server_task, &server_ended).await,
         };
         match attempt {
             Ok(r) => break Arc::new(r),
@@ -278,24 +340,70 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     manager.mark_ready();
     tracing::info!("ready: serving compute requests");
+    notifier.notify("READY=1");
 
-    spawn_periodic_tasks(manager.clone(), records, stop.clone(), transport.clone());
+    spawn_periodic_tasks(manager.clone(), records, stop.clone(), transport.clone(), heartbeat_ok);
     // One full pass now: containers whose instance is gone, power states.
     let first_pass = manager.clone();
     tokio::spawn(async move { first_pass.sync_all(&RequestContext::admin()).await });
     tokio::spawn(manager.clone().watch_events(stop.clone()));
 
     stop.cancelled().await;
-    shutdown(transport, server_task, &server_ended).await
+    shutdown(&notifier, transport, server_task, &server_ended).await
+}
+
+/// Keeps systemd's watchdog (`WatchdogSec`) fed at half its period while
+/// the RPC server runs, the broker connection is up and the last heartbeat
+/// succeeded; otherwise it lets the watchdog fire, and systemd restarts the
+/// service.
+fn spawn_watchdog(
+    notifier: crate::notify::Notifier,
+    period: Duration,
+    transport: Transport,
+    server_ended: Arc<std::sync::atomic::AtomicBool>,
+    heartbeat_ok: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_healthy = true;
+        loop {
+            tick.tick().await;
+            let problem = if server_ended.load(SeqCst) {
+                Some("the RPC server ended")
+            } else if !transport.is_connected() {
+                Some("no RabbitMQ connection")
+            } else if !heartbeat_ok.load(SeqCst) {
+                Some("the last service heartbeat failed")
+            } else {
+                None
+            };
+            match problem {
+                None => {
+                    notifier.notify("WATCHDOG=1");
+                    was_healthy = true;
+                }
+                Some(why) => {
+                    if was_healthy {
+                        tracing::warn!(reason = why, "not feeding the systemd watchdog");
+                    }
+                    was_healthy = false;
+                }
+            }
+        }
+    });
 }
 
 /// Lets the RPC server drain, closes the broker connection; an error when
 /// the stop came from the RPC server ending on its own (`server_ended`).
 async fn shutdown(
+    notifier: &crate::notify::Notifier,
     transport: Transport,
     server_task: tokio::task::JoinHandle<Result<(), crate::rpc::TransportError>>,
     server_ended: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
+    notifier.notify("STOPPING=1");
     match server_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "RPC server ended with an error"),
@@ -320,6 +428,7 @@ fn spawn_periodic_tasks(
     records: Arc<crate::compute::host::HostRecords>,
     stop: CancellationToken,
     transport: Transport,
+    heartbeat_ok: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let s = manager.settings.clone();
     // Heartbeat: report_count every report_interval.
@@ -336,7 +445,9 @@ fn spawn_periodic_tasks(
                     metrics::global().add("nova_docker_amqp_connections_total", &[], (connects - last_connects) as f64);
                     last_connects = connects;
                 }
-                match m.registrar.heartbeat(&RequestContext::admin(), &r).await {
+                let beat = m.registrar.heartbeat(&RequestContext::admin(), &r).await;
+                heartbeat_ok.store(beat.is_ok(), std::sync::atomic::Ordering::SeqCst);
+                match beat {
                     Ok(true) => {
                         if let Err(e) = m.registrar.sync_traits(&r).await {
                             tracing::warn!(error = %e, "could not sync the disabled trait");
@@ -344,8 +455,9 @@ fn spawn_periodic_tasks(
                     }
                     Ok(false) => {}
                     Err(crate::compute::host::HostError::Conductor(e)) if e.is_nova("ServiceNotFound") => {
-                        if let Err(e) = m.registrar.reregister(&RequestContext::admin(), &r).await {
-                            tracing::error!(error = %e, "registering again failed");
+                        match m.registrar.reregister(&RequestContext::admin(), &r).await {
+                            Ok(_) => heartbeat_ok.store(true, std::sync::atomic::Ordering::SeqCst),
+                            Err(e) => tracing::error!(error = %e, "registering again failed"),
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "service heartbeat failed"),

@@ -173,6 +173,34 @@ impl Layered {
         unknown
     }
 
+    /// Options set in the files (or environment) in groups other than our
+    /// own that the host does not read (most of a Python compute host's
+    /// nova.conf), one line per group: `[group] not used by this host: a, b`.
+    /// `check` and `serve` list them, so nothing in a file is dropped
+    /// without a word. (Keys containing a dot cannot be ours and are not
+    /// listed.)
+    pub fn unused(&self) -> Vec<String> {
+        let groups: BTreeMap<String, config::Map<String, config::Value>> =
+            self.cfg.clone().try_deserialize().unwrap_or_default();
+        let mut lines = Vec::new();
+        for (group, table) in groups {
+            if options::OWN_GROUPS.contains(&group.as_str()) {
+                continue;
+            }
+            let mut names: Vec<&String> = table
+                .keys()
+                .filter(|name| !options::ALL.iter().any(|o| o.group == group && o.name == name.as_str()))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            names.sort();
+            let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+            lines.push(format!("[{group}] not used by this host: {}", names.join(", ")));
+        }
+        lines
+    }
+
     /// The raw text of an option (set value, else its default).
     pub fn raw(&self, opt: &Opt) -> Option<String> {
         self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
@@ -417,6 +445,9 @@ pub struct Settings {
     pub host: String,
     /// Options set in `[docker]` that this service does not have.
     pub unknown_options: Vec<String>,
+    /// Options of other groups set in the files that this host does not
+    /// read, one line per group (see [`Layered::unused`]).
+    pub unused_options: Vec<String>,
     pub transport_url: TransportUrl,
     pub control_exchange: String,
     pub rpc_response_timeout: Duration,
@@ -609,6 +640,7 @@ impl Settings {
         )?;
         Ok(Settings {
             unknown_options: l.unknown(),
+            unused_options: l.unused(),
             host: l.string(&HOST).unwrap_or_else(system_hostname),
             transport_url,
             control_exchange: l.string(&CONTROL_EXCHANGE).unwrap_or_else(|| "nova".into()),
@@ -1038,6 +1070,20 @@ driver = noop
         // Nova's own groups hold many options this service does not read.
         let s = Settings::from_layered(&Layered::from_text(PYTHON_COMPUTE_CONF).unwrap()).unwrap();
         assert!(s.unknown_options.is_empty(), "{:?}", s.unknown_options);
+    }
+
+    #[test]
+    fn options_the_host_does_not_use_are_listed_per_group() {
+        let conf = "[DEFAULT]\ntransport_url = rabbit://h/\ncompute_driver = libvirt.LibvirtDriver\nhost = h1\n\
+                    use_syslog = true\n[libvirt]\nvirt_type = kvm\n[docker]\nvif_driver = x\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!(
+            s.unused_options,
+            [
+                "[DEFAULT] not used by this host: compute_driver, use_syslog",
+                "[libvirt] not used by this host: virt_type"
+            ]
+        );
     }
 
     #[test]

@@ -24,4 +24,5 @@ mod recovery;
 mod resources;
 mod rpc;
 mod secgroups;
+mod signals;
 mod tenants;
