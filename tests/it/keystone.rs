@@ -33,16 +33,29 @@ async fn keystone(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// A request to Glance with `token`; status and body.
+/// A request to Glance with `token`; status and body. A request that could
+/// not be sent is tried again (twice): a busy Glance worker may drop one.
 async fn glance(cloud: &Cloud, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let url = format!("{}{path}", cloud.var("ND_GLANCE"));
-    let mut req = reqwest::Client::new().request(method, &url).header("X-Auth-Token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
+    let mut attempt = 0;
+    loop {
+        let mut req = reqwest::Client::new().request(method.clone(), &url).header("X-Auth-Token", token);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        match req.timeout(Duration::from_secs(60)).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                return (status, resp.json().await.unwrap_or(Value::Null));
+            }
+            Err(e) if attempt < 2 => {
+                eprintln!("{method} {url}: {e:?}: trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{url}: {e:?}"),
+        }
     }
-    let resp = req.timeout(Duration::from_secs(60)).send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// `[section]` of a nova.conf text without the lines starting with one of `keys`.
