@@ -677,6 +677,94 @@ mod tests {
         assert_eq!((e.status(), count.load(Ordering::SeqCst)), (Some(503), 1));
     }
 
+    /// A fake Keystone + service on one port: logins hand out tok-1,
+    /// tok-2, ...; GET /thing accepts only `accepted`. Counts both.
+    async fn fake_cloud(accepted: &'static str) -> (String, Arc<std::sync::Mutex<(u32, u32)>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counts = Arc::new(std::sync::Mutex::new((0u32, 0u32)));
+        let c = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_lowercase();
+                let token =
+                    head.lines().find_map(|l| l.strip_prefix("x-auth-token: ")).map(str::trim).map(str::to_string);
+                let resp = if head.starts_with("post /v3/auth/tokens") {
+                    let n = {
+                        let mut c = c.lock().unwrap();
+                        c.0 += 1;
+                        c.0
+                    };
+                    let body = r#"{"token": {"issued_at": "2026-01-01T00:00:00Z", "expires_at": "2999-01-01T00:00:00Z", "catalog": []}}"#;
+                    format!(
+                        "HTTP/1.1 201 Created\r\nX-Subject-Token: tok-{n}\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    c.lock().unwrap().1 += 1;
+                    if token.as_deref() == Some(accepted) {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{\"ok\": true}".to_string()
+                    } else {
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                    }
+                };
+                let _ = sock.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, counts)
+    }
+
+    fn client_of(url: &str) -> ServiceClient {
+        use crate::config::keystone::{Domain, KeystoneAuth, Method, Scope, User};
+        let login = KeystoneAuth {
+            auth_url: format!("{url}/v3"),
+            method: Method::Password {
+                user: User::Name { name: "nova".into(), domain: Domain::Name("Default".into()) },
+                password: "pw".into(),
+            },
+            scope: Scope::ProjectName { name: "service".into(), domain: Domain::Name("Default".into()) },
+        };
+        ServiceClient::new(
+            ServiceSettings {
+                service_type: "placement",
+                auth: AuthSettings::Keystone(login),
+                endpoint_override: Some(url.to_string()),
+                region_name: None,
+                valid_interfaces: Vec::new(),
+                timeout: Duration::from_secs(10),
+                retries: crate::config::Retries::CONNECTION,
+                tls: Default::default(),
+                service_user: None,
+            },
+            "placement",
+            "placement",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_401_is_answered_by_one_new_login_and_one_retry() {
+        // the first token is refused (revoked), the second accepted
+        let (url, counts) = fake_cloud("tok-2").await;
+        let v = client_of(&url).json(None, reqwest::Method::GET, "/thing", |b| b).await.unwrap();
+        assert_eq!(v, json!({"ok": true}));
+        assert_eq!(*counts.lock().unwrap(), (2, 2), "(logins, requests)");
+        // refused again after the new login: the 401 is the answer, no loop
+        let (url, counts) = fake_cloud("never").await;
+        let err = client_of(&url).json(None, reqwest::Method::GET, "/thing", |b| b).await.unwrap_err();
+        assert_eq!(err.status(), Some(401), "{err}");
+        assert_eq!(*counts.lock().unwrap(), (2, 2), "(logins, requests)");
+    }
+
     #[test]
     fn tokens_are_renewed_before_they_expire() {
         let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0);

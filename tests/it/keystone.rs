@@ -33,16 +33,29 @@ async fn keystone(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// A request to Glance with `token`; status and body.
+/// A request to Glance with `token`; status and body. A request that could
+/// not be sent is tried again (twice): a busy Glance worker may drop one.
 async fn glance(cloud: &Cloud, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let url = format!("{}{path}", cloud.var("ND_GLANCE"));
-    let mut req = reqwest::Client::new().request(method, &url).header("X-Auth-Token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
+    let mut attempt = 0;
+    loop {
+        let mut req = reqwest::Client::new().request(method.clone(), &url).header("X-Auth-Token", token);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        match req.timeout(Duration::from_secs(60)).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                return (status, resp.json().await.unwrap_or(Value::Null));
+            }
+            Err(e) if attempt < 2 => {
+                eprintln!("{method} {url}: {e:?}: trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{url}: {e:?}"),
+        }
     }
-    let resp = req.timeout(Duration::from_secs(60)).send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// `[section]` of a nova.conf text without the lines starting with one of `keys`.
@@ -505,19 +518,22 @@ async fn a_service_token_carries_a_snapshot_past_the_users_token() {
         wait_for("the user's token to expire", Duration::from_secs(60), async || !valid(&cloud, &token).await).await;
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
         let admin = cloud.var("ND_TOKEN").to_string();
-        let mut last = Value::Null;
-        wait_for("the snapshot to settle", T, async || {
+        let image_status = async || {
             let (status, img) =
                 glance(&cloud, &admin, reqwest::Method::GET, &format!("/v2/images/{snap_id}"), None).await;
-            last = img.clone();
-            status == 404 || img["status"] == "active" || img["status"] == "killed"
+            if status == 404 { "deleted".to_string() } else { img["status"].as_str().unwrap_or_default().to_string() }
+        };
+        // the snapshot ends (task state cleared), with an image or without
+        wait_for("the snapshot to end", T, async || {
+            cloud.server(&id).await.is_some_and(|s| s["OS-EXT-STS:task_state"].is_null())
         })
         .await;
+        let status = image_status().await;
         if with_service_token {
-            assert_eq!(last["status"], "active", "the upload with an expired user token and a service token: {last}");
+            assert_eq!(status, "active", "the upload with an expired user token and a service token");
         } else {
-            assert_ne!(last["status"], "active", "Glance took an expired token without a service token: {last}");
-            assert!(host.log_text().contains("401"), "the refusal is in the host's log");
+            assert_ne!(status, "active", "Glance took an expired token without a service token");
+            assert!(host.log_text().contains("answered 401"), "the refusal is in the host's log");
         }
         cloud.wait_status(&id, "ACTIVE", T).await;
         cloud.delete_server(&id, T).await;
@@ -526,18 +542,20 @@ async fn a_service_token_carries_a_snapshot_past_the_users_token() {
     }
 }
 
-/// The host's own tokens (Placement, Neutron) from a Keystone whose tokens
-/// live 20 s: renewed before they expire (no 401 in minutes of resource
-/// updates), and renewed once after Keystone revoked them (401). Then a
-/// Keystone outage: a boot that needs a new token (the service token for
-/// Glance) fails with a fault naming Keystone; once Keystone is back the
-/// host boots again.
+/// The host's own tokens (Placement, Neutron, the service token) from a
+/// Keystone whose tokens live 20 s: renewed before they expire (no 401 in
+/// minutes of resource updates; the single retry after a 401 is
+/// `auth::tests::a_401_is_answered_by_one_new_login_and_one_retry`: the
+/// services' token caches make a revocation invisible here for minutes).
+/// Then a Keystone outage: a boot that needs a new token (the service
+/// token for Glance) fails with a fault naming Keystone; once Keystone is
+/// back the host boots again.
 #[tokio::test]
 async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
     let cloud = Cloud::get(Release::Newest);
     let mut short = ShortKeystone::start(&cloud, 20);
     let admin = cloud.var("ND_TOKEN").to_string();
-    // a user of the host's own: revoking its tokens touches no other service
+    // a user of the host's own
     let user = common::unique("nd-ks-host");
     let password = "nd-ks-host-secret";
     let (status, v) = keystone(
@@ -589,24 +607,8 @@ async fn host_tokens_are_renewed_and_a_keystone_outage_fails_a_boot_clearly() {
     .await;
     assert!(!host.log_text().contains("token refused (401)"), "a token was used past its renewal time");
 
-    // Keystone revokes the host's tokens (the user is disabled, then enabled)
-    for enabled in [false, true] {
-        let (status, v) = keystone(
-            &cloud,
-            &admin,
-            reqwest::Method::PATCH,
-            &format!("/users/{user_id}"),
-            Some(json!({"user": {"enabled": enabled}})),
-        )
-        .await;
-        assert_eq!(status, 200, "{v}");
-    }
-    wait_for("a 401 answered by a new login", Duration::from_secs(60), async || {
-        host.log_text().contains("token refused (401): logging in again")
-    })
-    .await;
     let image = cloud.public_busybox_image(&host.conf).await;
-    let id = cloud.create_server(&common::unique("ks-after-401"), &image, &name, "42").await;
+    let id = cloud.create_server(&common::unique("ks-renewed"), &image, &name, "42").await;
     cloud.wait_status(&id, "ACTIVE", T).await;
     cloud.delete_server(&id, T).await;
 
