@@ -19,12 +19,16 @@ pub struct IniFile {
 /// Why a file could not be parsed; carries the 1-based line number.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum IniError {
+    /// A `key = value` line comes before any `[section]`.
     #[error("line {0}: a key = value line appears before any [section] header")]
     NoSection(usize),
+    /// A line starting with `[` is not a well-formed `[section]` header.
     #[error("line {0}: invalid section header")]
     BadSection(usize),
+    /// A line has no `=` or `:` separator, or nothing before it.
     #[error("line {0}: expected `key = value`")]
     NoSeparator(usize),
+    /// An indented continuation line has no key above it to continue.
     #[error("line {0}: continuation line without a preceding key")]
     StrayContinuation(usize),
 }

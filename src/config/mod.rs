@@ -22,22 +22,80 @@ pub use transport_url::{BrokerAddress, TransportUrl};
 /// A configuration problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A `--config-file` could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file given.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// A `--config-file` is not valid INI.
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: ini::IniError },
+    Parse {
+        /// The file given.
+        path: PathBuf,
+        /// The line and what is wrong with it.
+        source: ini::IniError,
+    },
+    /// An option's value is not of its kind or is out of its range.
     #[error("[{group}] {name} = {value:?} is not a valid {expected}")]
-    BadValue { group: &'static str, name: &'static str, value: String, expected: &'static str },
+    BadValue {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// The value as written.
+        value: String,
+        /// What a valid value looks like, for the message.
+        expected: &'static str,
+    },
+    /// A choice option holds a value outside its choices.
     #[error("[{group}] {name} = {value:?} is not one of {choices}")]
-    NotAChoice { group: &'static str, name: &'static str, value: String, choices: String },
+    NotAChoice {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// The value as written.
+        value: String,
+        /// The accepted values, comma-separated.
+        choices: String,
+    },
+    /// A required option (no default) is unset.
     #[error("[{group}] {name} must be set")]
-    Missing { group: &'static str, name: &'static str },
+    Missing {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+    },
+    /// An option is set to something this host cannot honour (refused, not ignored).
     #[error("[{group}] {name} is not supported by nova-docker: {hint}")]
-    Unsupported { group: &'static str, name: &'static str, hint: &'static str },
+    Unsupported {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// What to set instead.
+        hint: &'static str,
+    },
+    /// A file an option names (e.g. a CA bundle) could not be read.
     #[error("[{group}] {name}: cannot read {path}: {source}")]
-    File { group: &'static str, name: &'static str, path: PathBuf, source: std::io::Error },
+    File {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// The file the option names.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// `[DEFAULT] transport_url` is not a RabbitMQ URL this host can use.
     #[error("[DEFAULT] transport_url: {0}")]
     TransportUrl(#[from] transport_url::TransportUrlError),
+    /// The `config` crate failed to merge or read the layered sources.
     #[error("configuration: {0}")]
     Layering(#[from] config::ConfigError),
 }
@@ -298,7 +356,12 @@ pub enum AuthSettings {
     /// No token at all.
     None,
     /// A static token sent to a fixed endpoint.
-    AdminToken { endpoint: Option<String>, token: String },
+    AdminToken {
+        /// `[group] endpoint`: the service URL, unless `endpoint_override` is set.
+        endpoint: Option<String>,
+        /// `[group] token`: sent as `X-Auth-Token`.
+        token: String,
+    },
     /// A Keystone v3 login (password or application credential); endpoints
     /// come from the token's catalog unless overridden.
     Keystone(keystone::KeystoneAuth),
@@ -320,14 +383,21 @@ impl std::fmt::Debug for AuthSettings {
 /// Settings of one HTTP peer (Placement, Glance, Neutron).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSettings {
+    /// Catalog type looked up in the token's catalog (`placement`, `image`, `network`).
     pub service_type: &'static str,
+    /// `[group] auth_type` and its credentials: how requests are authenticated.
     pub auth: AuthSettings,
+    /// `[group] endpoint_override` (Glance: else the first `api_servers`): URL used instead of the catalog's.
     pub endpoint_override: Option<String>,
+    /// `[group] region_name`: region of the catalog endpoint.
     pub region_name: Option<String>,
+    /// `[group] valid_interfaces`: catalog interfaces tried, in order.
     pub valid_interfaces: Vec<String>,
+    /// `[group] timeout`: bound on each HTTP request (Glance: on headers and between body chunks).
     pub timeout: Duration,
     /// How often an idempotent request (GET, PUT, DELETE) is tried again.
     pub retries: Retries,
+    /// `[group] cafile`, `certfile`, `keyfile`, `insecure`: TLS to Keystone and the service.
     pub tls: keystone::TlsSettings,
     /// `[service_user]` when `send_service_user_token` is on (Glance only:
     /// the one service reached with the user's token).
@@ -352,35 +422,55 @@ impl Retries {
 /// Which RabbitMQ entities look like what the rest of the deployment declared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RabbitSettings {
+    /// `[oslo_messaging_rabbit] heartbeat_timeout_threshold`: AMQP heartbeat timeout negotiated with the broker (0: none).
     pub heartbeat_timeout_threshold: u16,
+    /// `[oslo_messaging_rabbit] amqp_durable_queues`: declare the exchange and topic queues durable.
     pub durable_queues: bool,
+    /// `[oslo_messaging_rabbit] amqp_auto_delete`: declare the exchange and topic queues auto-delete.
     pub auto_delete: bool,
+    /// `[oslo_messaging_rabbit] rabbit_ha_queues`: add `x-ha-policy: all` to declared queues.
     pub ha_queues: bool,
+    /// `[oslo_messaging_rabbit] rabbit_quorum_queue`: declare topic queues as quorum queues.
     pub quorum_queue: bool,
+    /// `[oslo_messaging_rabbit] rabbit_quorum_delivery_limit`: `x-delivery-limit` of quorum queues (0: not set).
     pub quorum_delivery_limit: i64,
+    /// `[oslo_messaging_rabbit] rabbit_quorum_max_memory_length`: `x-max-in-memory-length` (0: not set).
     pub quorum_max_memory_length: i64,
+    /// `[oslo_messaging_rabbit] rabbit_quorum_max_memory_bytes`: `x-max-in-memory-bytes` (0: not set).
     pub quorum_max_memory_bytes: i64,
+    /// `[oslo_messaging_rabbit] rabbit_transient_queues_ttl`: `x-expires` of reply and fanout queues (at least 1 s).
     pub transient_queues_ttl: Duration,
+    /// `[oslo_messaging_rabbit] rabbit_qos_prefetch_count`: AMQP prefetch per consumer, as written (the transport takes 0 as 16).
     pub prefetch_count: u16,
+    /// `[oslo_messaging_rabbit] rabbit_retry_interval`: delay before the first reconnection attempt.
     pub retry_interval: Duration,
+    /// `[oslo_messaging_rabbit] rabbit_retry_backoff`: added to the reconnection delay after each failed attempt.
     pub retry_backoff: Duration,
+    /// `[oslo_messaging_rabbit] rabbit_interval_max`: longest delay between reconnection attempts.
     pub interval_max: Duration,
+    /// `[oslo_messaging_rabbit] kombu_missing_consumer_retry_timeout`: how long a reply is retried while the caller's reply queue is missing.
     pub missing_consumer_retry_timeout: Duration,
 }
 
 /// How vCPUs limit a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuLimit {
+    /// `shares`: a relative CPU weight (vcpus x 1024).
     Shares,
+    /// `quota`: a hard cap of vcpus CPUs, plus the weight.
     Quota,
 }
 
 /// What to do with containers whose instance Nova no longer has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeletedInstanceAction {
+    /// `noop`: leave them alone.
     Noop,
+    /// `log`: log each one.
     Log,
+    /// `shutdown`: stop them.
     Shutdown,
+    /// `reap`: remove them.
     Reap,
 }
 
@@ -410,25 +500,40 @@ pub enum OverLimitAction {
 /// Docker-side settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSettings {
+    /// `[docker] host_url`: the engine's unix socket (TCP is refused).
     pub socket_path: PathBuf,
+    /// `[docker] api_timeout`: wait for the engine's response headers on each API call (at least 1 s).
     pub api_timeout: Duration,
+    /// `[docker] pids_limit`: most processes in one instance (flavor `quota:pids_limit` overrides; 0: unlimited).
     pub pids_limit: i64,
+    /// `[docker] cpu_limit`: how vCPUs limit a container.
     pub cpu_limit: CpuLimit,
+    /// `[docker] cpuset_cpus`: host CPUs instances may run on (`None`: any).
     pub cpuset_cpus: Option<String>,
+    /// `[docker] capabilities`: Linux capabilities an instance keeps (upper-cased); all others are dropped.
     pub capabilities: Vec<String>,
+    /// `[docker] seccomp_profile`: seccomp profile (JSON) applied to instances (`None`: the engine's default).
     pub seccomp_profile: Option<PathBuf>,
+    /// `[docker] userns_mode`: user namespace mode passed to the engine (`None`: the daemon's setting).
     pub userns_mode: Option<String>,
+    /// `[docker] read_only_rootfs`: mount instances' root filesystems read-only (image property `os_read_only_rootfs` overrides).
     pub read_only_rootfs: bool,
+    /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
+    /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
     pub keep_snapshot_images: bool,
+    /// `[docker] max_image_manifest_bytes`: largest manifest.json or image config accepted in an image archive (at least 4096).
     pub max_image_manifest_bytes: u64,
     /// `[docker] max_image_unpacked_mb`, in bytes.
     pub max_image_unpacked_bytes: u64,
     /// Nova's `instances_path`: where the driver keeps each instance's
     /// generated resolv.conf and hosts (bind-mounted into its container).
     pub instances_path: PathBuf,
+    /// `[docker] root_disk_limit`: how the flavor's `root_gb` limits the root filesystem.
     pub root_disk_limit: RootDiskLimit,
+    /// `[docker] root_disk_measure_interval`: time between measurements of writable layers (`measure`).
     pub root_disk_measure_interval: Duration,
+    /// `[docker] root_disk_over_limit_action`: what happens to an instance measured over its limit.
     pub root_disk_over_limit_action: OverLimitAction,
     /// Root disk limit in GiB for flavors with `root_gb = 0` (0: none).
     pub zero_disk_flavor_root_gb: u64,
@@ -442,54 +547,96 @@ pub const MIN_CONSOLE_LOG_BYTES: i64 = 65536;
 /// Everything the service reads from its configuration, typed and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `[DEFAULT] host`: names the RPC queue `compute.<host>` and the Service and ComputeNode records (default: the hostname).
     pub host: String,
     /// Options set in `[docker]` that this service does not have.
     pub unknown_options: Vec<String>,
     /// Options of other groups set in the files that this host does not
     /// read, one line per group (see [`Layered::unused`]).
     pub unused_options: Vec<String>,
+    /// `[DEFAULT] transport_url`: the RabbitMQ broker(s) to connect to.
     pub transport_url: TransportUrl,
+    /// `[DEFAULT] control_exchange`: AMQP exchange carrying Nova's RPC.
     pub control_exchange: String,
+    /// `[DEFAULT] rpc_response_timeout`: wait for a reply to an RPC call.
     pub rpc_response_timeout: Duration,
+    /// `[DEFAULT] executor_thread_pool_size`: RPC requests handled at once (at least 1).
     pub executor_pool_size: usize,
+    /// `[DEFAULT] report_interval`: time between service heartbeats (at least 1 s).
     pub report_interval: Duration,
+    /// `[DEFAULT] my_ip`: reported as the compute node's `host_ip` (`None`: the default route's interface address).
     pub my_ip: Option<IpAddr>,
+    /// `[DEFAULT] state_path`: directory of persistent state (holds `compute_id`).
     pub state_path: PathBuf,
+    /// `[DEFAULT] debug`: log at debug level.
     pub debug: bool,
+    /// `[DEFAULT] max_concurrent_builds`: instance builds run at once (0: unlimited).
     pub max_concurrent_builds: usize,
+    /// `[DEFAULT] max_concurrent_snapshots`: snapshots and backups run at once (0: unlimited).
     pub max_concurrent_snapshots: usize,
+    /// `[DEFAULT] reserved_host_cpus`: placement VCPU `reserved`.
     pub reserved_host_cpus: u64,
+    /// `[DEFAULT] reserved_host_memory_mb`: placement MEMORY_MB `reserved`.
     pub reserved_host_memory_mb: u64,
+    /// `[DEFAULT] reserved_host_disk_mb`: placement DISK_GB `reserved` (rounded up to GiB).
     pub reserved_host_disk_mb: u64,
+    /// `[DEFAULT] cpu_allocation_ratio`: VCPU overcommit (`None`, or 0 or less: keep placement's value, else the initial one).
     pub cpu_allocation_ratio: Option<f64>,
+    /// `[DEFAULT] ram_allocation_ratio`: MEMORY_MB overcommit (`None`, or 0 or less: keep placement's value, else the initial one).
     pub ram_allocation_ratio: Option<f64>,
+    /// `[DEFAULT] disk_allocation_ratio`: DISK_GB overcommit (`None`, or 0 or less: keep placement's value, else the initial one).
     pub disk_allocation_ratio: Option<f64>,
+    /// `[DEFAULT] initial_cpu_allocation_ratio`: VCPU ratio of a new provider (`None`: the release's default, as Nova).
     pub initial_cpu_allocation_ratio: Option<f64>,
+    /// `[DEFAULT] initial_ram_allocation_ratio`: MEMORY_MB ratio of a new provider (`None`: the release's default, as Nova).
     pub initial_ram_allocation_ratio: Option<f64>,
+    /// `[DEFAULT] initial_disk_allocation_ratio`: DISK_GB ratio of a new provider.
     pub initial_disk_allocation_ratio: f64,
+    /// `[DEFAULT] update_resources_interval`: time between refreshes of the compute node and placement inventory (0 or less: 60 s).
     pub update_resources_interval: Duration,
+    /// `[DEFAULT] sync_power_state_interval`: time between full power-state reconciliations (`None` when 0 or less: off).
     pub sync_power_state_interval: Option<Duration>,
+    /// `[DEFAULT] shutdown_timeout`: time a container gets after SIGTERM before it is killed.
     pub shutdown_timeout: Duration,
+    /// `[DEFAULT] running_deleted_instance_action`: what to do with containers whose instance is gone.
     pub running_deleted_instance_action: DeletedInstanceAction,
+    /// `[DEFAULT] running_deleted_instance_poll_interval`: time between those checks (`None` when 0 or less: off).
     pub running_deleted_instance_poll_interval: Option<Duration>,
+    /// `[DEFAULT] vif_plugging_timeout`: wait for Neutron's `network-vif-plugged` (0: no wait).
     pub vif_plugging_timeout: Duration,
+    /// `[DEFAULT] vif_plugging_is_fatal`: fail the build when `network-vif-plugged` is late.
     pub vif_plugging_is_fatal: bool,
+    /// `[DEFAULT] resume_guests_state_on_host_boot`: at start-up, start the containers of instances Nova believes running.
     pub resume_guests_state_on_host_boot: bool,
     /// `reclaim_instance_interval`; `None` when 0 (no soft delete).
     pub reclaim_instance_interval: Option<Duration>,
+    /// `[DEFAULT] graceful_shutdown_timeout`: time in-flight requests get after SIGTERM before the service exits.
     pub graceful_shutdown_timeout: Duration,
+    /// `[docker] rpc_max_message_bytes`: largest RPC message accepted (at least 1024); bigger ones are logged and dropped.
     pub rpc_max_message_bytes: usize,
+    /// `[docker] nova_release`: `auto`, `zed` or `2026.2`; sets the service version, object versions and RPC topics.
     pub nova_release: String,
+    /// `[docker] metrics_listen`: host:port serving /healthz, /readyz and /metrics (`None`: no endpoint).
     pub metrics_listen: Option<String>,
+    /// `[docker] log_format` = json: log lines as JSON instead of text.
     pub log_json: bool,
+    /// `[oslo_messaging_rabbit]`: how RabbitMQ entities are declared and reconnected.
     pub rabbit: RabbitSettings,
+    /// `[placement]`: how to reach and authenticate to Placement.
     pub placement: ServiceSettings,
+    /// `[glance]` (and `[service_user]`): how to reach and authenticate to Glance; retries `num_retries` times, also after server errors.
     pub glance: ServiceSettings,
+    /// `[neutron]`: how to reach and authenticate to Neutron.
     pub neutron: ServiceSettings,
+    /// `[neutron] ovs_bridge`: integration bridge for ovs VIFs when the port names none.
     pub neutron_ovs_bridge: String,
+    /// `[docker]` and `instances_path`: the engine and how instances are confined.
     pub docker: DockerSettings,
+    /// `[image_cache] manager_interval`: time between image cache passes (`None` when 0 or less: off).
     pub image_cache_interval: Option<Duration>,
+    /// `[image_cache] remove_unused_base_images`: remove Glance-loaded images nothing uses.
     pub image_cache_remove_unused: bool,
+    /// `[image_cache] remove_unused_original_minimum_age_seconds`: how long an image must be unused before it is removed.
     pub image_cache_minimum_age: Duration,
 }
 

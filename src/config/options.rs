@@ -7,11 +7,15 @@
 /// How an option's text is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Plain text.
     Str,
     /// A string that is never logged or printed (passwords, tokens, URLs with credentials).
     Secret,
+    /// A whole number.
     Int,
+    /// A decimal number.
     Float,
+    /// true/1/yes/on or false/0/no/off, any case.
     Bool,
     /// Comma-separated list.
     List,
@@ -20,8 +24,11 @@ pub enum Kind {
 /// One option: where it lives, what it means, and its default.
 #[derive(Debug)]
 pub struct Opt {
+    /// The `[group]` it is read from (`DEFAULT` for the top).
     pub group: &'static str,
+    /// Its name within the group, as written in nova.conf.
     pub name: &'static str,
+    /// How its text is parsed.
     pub kind: Kind,
     /// The default as it would be written in the file; `None` means unset.
     pub default: Option<&'static str>,
@@ -30,6 +37,7 @@ pub struct Opt {
     /// The only values accepted, when the option is a choice (empty: any).
     /// The parser refuses any other value and the sample lists them.
     pub choices: &'static [&'static str],
+    /// What it does, for the operator (printed in the sample).
     pub help: &'static str,
 }
 
