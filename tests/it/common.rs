@@ -178,3 +178,28 @@ impl Drop for PythonServer {
         let _ = self.child.start_kill();
     }
 }
+
+/// `nova-docker check` of a configuration: whether it passed, and its report.
+pub async fn check(conf: &std::path::Path) -> (bool, String) {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(["check", "--config-file"])
+            .arg(conf)
+            .output(),
+    )
+    .await
+    .expect("check finished in time")
+    .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The line of a `check` report about `what` (`[OK] what: ...`).
+pub fn line<'a>(report: &'a str, what: &str) -> &'a str {
+    report.lines().find(|l| l.contains(&format!("] {what}:"))).unwrap_or_else(|| {
+        panic!(
+            "no {what} line:
+{report}"
+        )
+    })
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cloud::{Cloud, ComputeHost, host_name};
 use crate::common::{self, Release};
+use crate::common::{check, line};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -13,24 +14,6 @@ const T: Duration = Duration::from_secs(120);
 fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-async fn check(conf: &std::path::Path) -> (bool, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
-            .args(["check", "--config-file"])
-            .arg(conf)
-            .output(),
-    )
-    .await
-    .expect("check finished in time")
-    .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn line<'a>(report: &'a str, what: &str) -> &'a str {
-    report.lines().find(|l| l.contains(&format!("] {what}:"))).unwrap_or_else(|| panic!("no {what} line:\n{report}"))
 }
 
 #[tokio::test]

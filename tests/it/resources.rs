@@ -22,7 +22,7 @@ use bollard::query_parameters::InspectContainerOptions;
 use serde_json::{Value, json};
 
 use crate::cloud::{Cloud, ComputeHost, host_name};
-use crate::common::{self, Release, wait_for};
+use crate::common::{self, Release, check, line, wait_for};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -42,25 +42,6 @@ fn docker_cli(socket: Option<&Path>, args: &[&str]) -> (bool, String) {
     }
     let out = cmd.args(args).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-/// `nova-docker check` of a configuration: success and report.
-async fn check(conf: &Path) -> (bool, String) {
-    let out = tokio::time::timeout(
-        T,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
-            .args(["check", "--config-file"])
-            .arg(conf)
-            .output(),
-    )
-    .await
-    .expect("check finished in time")
-    .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn line<'a>(report: &'a str, what: &str) -> &'a str {
-    report.lines().find(|l| l.contains(&format!("] {what}:"))).unwrap_or_else(|| panic!("no {what} line:\n{report}"))
 }
 
 /// The instance faults Nova's cell database holds for a server (the API
