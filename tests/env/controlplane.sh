@@ -1226,8 +1226,10 @@ do_up() {
   check_auth_mode
   write_nova_conf; write_compute_template; write_placement_conf
   write_glance_conf; write_neutron_conf; write_l2_agent_conf; write_clouds_yaml
-  if ks; then write_keystone_conf; init_keystone; fi
+  # the databases first: init_dbs starts from an empty db/ on a fresh
+  # machine, which would take Keystone's database and marker with it
   init_dbs
+  if ks; then write_keystone_conf; init_keystone; fi
   if [ "$RELEASE" = zed ]; then ensure_lb_uplink; else start_ovs; fi
   local s
   # Keystone first, with its users: nova-conductor and -scheduler log in
