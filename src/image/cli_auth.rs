@@ -3,7 +3,9 @@
 //! `OS_CLOUD` and clouds.yaml, from `OS_AUTH_URL` / `OS_USERNAME` /
 //! `OS_PASSWORD` / `OS_PROJECT_NAME` and the domain variables, or from
 //! `OS_TOKEN`. A login also brings the catalog, so Glance is found there
-//! unless nova.conf names it.
+//! unless nova.conf names it. clouds.yaml is read with `yaml-rust2` (the
+//! YAML parser the `config` crate itself uses), directly: through `config`
+//! every key is lowercased, and openstacksdk's cloud names keep their case.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -258,6 +260,38 @@ fn yaml_string(v: &Value) -> Option<String> {
     }
 }
 
+/// The first document of a YAML text as JSON values, keys exactly as
+/// written (cloud names are case-sensitive for openstacksdk; the `config`
+/// crate would lowercase them).
+fn parse_yaml(text: &str) -> Result<Value, String> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
+    Ok(docs.first().map(yaml_to_json).unwrap_or(Value::Null))
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .filter_map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) | Yaml::Real(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((key, yaml_to_json(v)))
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
 /// Cloud `name` of clouds.yaml (`OS_CLIENT_CONFIG_FILE`, else the usual places).
 pub fn from_clouds_yaml(name: &str, explicit: Option<PathBuf>) -> Result<(CliAuth, CliCloud), CliAuthError> {
     let paths = clouds_yaml_paths(explicit);
@@ -267,11 +301,7 @@ pub fn from_clouds_yaml(name: &str, explicit: Option<PathBuf>) -> Result<(CliAut
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| CliAuthError::CloudsYaml(format!("{}: {e}", path.display())))?;
-    let doc: Value = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Yaml))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| CliAuthError::CloudsYaml(format!("{}: {e}", path.display())))?;
+    let doc = parse_yaml(&text).map_err(|e| CliAuthError::CloudsYaml(format!("{}: {e}", path.display())))?;
     let Some(cloud) = doc.get("clouds").and_then(|c| c.get(name)) else {
         return Err(CliAuthError::CloudsYaml(format!("{} has no cloud {name:?} (OS_CLOUD)", path.display())));
     };
@@ -418,7 +448,7 @@ mod tests {
             &file,
             "clouds:\n  mine:\n    auth:\n      auth_url: http://ks/v3\n      username: u\n      password: p\n      \
              project_id: p1\n      user_domain_name: D\n    region_name: R\n    interface: internal\n    verify: false\n  \
-             app:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://ks/v3\n      \
+             App:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://ks/v3\n      \
              application_credential_id: a1\n      application_credential_secret: s\n",
         )
         .unwrap();
@@ -435,7 +465,8 @@ mod tests {
         );
         assert_eq!((cloud.region_name.as_deref(), cloud.interface.as_deref()), (Some("R"), Some("internal")));
         assert!(cloud.tls.insecure);
-        let (auth, _) = from_clouds_yaml("app", Some(file.clone())).unwrap();
+        // Cloud names keep their case, as openstacksdk reads them.
+        let (auth, _) = from_clouds_yaml("App", Some(file.clone())).unwrap();
         let CliAuth::Login(k) = auth else { panic!("{auth:?}") };
         assert_eq!(k.scope, Scope::Credential);
         let err = from_clouds_yaml("nope", Some(file.clone())).unwrap_err().to_string();
