@@ -8,8 +8,8 @@
 //! archive went through (`archive`): images loaded under another policy,
 //! by an older host, are loaded again rather than trusted. Tags inside archives never reach
 //! Docker (see [`archive`]); every boot creates its container from the image
-//! ID itself. Bytes flow Glance -> hash check -> canonicalizer ->
-//! `docker load` with bounded memory and no temporary file.
+//! ID itself. Bytes flow Glance -> hash check (on its own task, [`readahead`]) ->
+//! canonicalizer -> `docker load` with bounded memory and no temporary file.
 
 pub mod archive;
 pub mod cache;
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cli_auth;
 pub mod glance;
 pub mod integrity;
+pub mod readahead;
 pub mod store;
 
 use std::collections::HashMap;
@@ -105,6 +106,10 @@ pub fn cache_repository(glance_id: &str) -> String {
     format!("glance/{}", glance_id.to_lowercase())
 }
 
+/// How many downloaded chunks may wait for the canonicalizer: enough for
+/// the download and its hash to run while Docker takes earlier bytes.
+const READ_AHEAD_CHUNKS: usize = 8;
+
 /// The version of the canonicalization policy, in every reference.
 const POLICY: &str = "v1";
 
@@ -125,7 +130,15 @@ pub struct ImageService<D: Driver> {
     limits: ArchiveLimits,
     /// One download per image at a time; others wait and reuse it.
     inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// The Docker image ID last found bound to each Glance image: a hint
+    /// that turns the lookup into one inspect of the exact reference
+    /// (Docker's filtered image list costs several times more). Never
+    /// trusted alone: the reference must still name that ID.
+    bound: std::sync::Mutex<HashMap<String, String>>,
 }
+
+/// Hints kept at most; beyond it they are forgotten and relearned.
+const MAX_BOUND_HINTS: usize = 4096;
 
 impl<D: Driver> ImageService<D> {
     /// A service over a Glance client and the driver.
@@ -135,7 +148,7 @@ impl<D: Driver> ImageService<D> {
 
     /// A service over any image store (an in-memory one in unit tests).
     pub fn with_store(glance: Arc<dyn ImageStore>, driver: Arc<D>, limits: ArchiveLimits) -> Self {
-        ImageService { glance, driver, limits, inflight: Mutex::new(HashMap::new()) }
+        ImageService { glance, driver, limits, inflight: Mutex::new(HashMap::new()), bound: Default::default() }
     }
 
     /// The Glance client.
@@ -188,11 +201,19 @@ impl<D: Driver> ImageService<D> {
     /// reference names. A reference naming an ID the image does not have
     /// was moved by someone else; it is ignored (and the image loaded anew).
     pub async fn cached(&self, glance_id: &str) -> Result<Option<ImageRef>, ImageError> {
+        let hint = self.bound_hint(glance_id);
+        if let Some(image_id) = hint {
+            match self.driver.find_image(&cache_reference(glance_id, &image_id)).await? {
+                Some(found) if found.id == image_id => return Ok(Some(found)),
+                _ => self.forget_binding(glance_id),
+            }
+        }
         let repository = cache_repository(glance_id);
         for image in self.driver.images_in_repository(&repository).await? {
             let bound = image.tags.iter().any(|t| *t == cache_reference(glance_id, &image.id));
             let moved: Vec<&String> = image.tags.iter().filter(|t| t.starts_with(&format!("{repository}:"))).collect();
             if bound {
+                self.remember_binding(glance_id, &image.id);
                 return Ok(Some(ImageRef { id: image.id, volumes: image.volumes }));
             }
             if moved.iter().any(|t| t.rsplit_once(':').is_some_and(|(_, tag)| tag.starts_with(&format!("{POLICY}-")))) {
@@ -201,6 +222,22 @@ impl<D: Driver> ImageService<D> {
             }
         }
         Ok(None)
+    }
+
+    fn bound_hint(&self, glance_id: &str) -> Option<String> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).get(glance_id).cloned()
+    }
+
+    fn remember_binding(&self, glance_id: &str, image_id: &str) {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        if bound.len() >= MAX_BOUND_HINTS {
+            bound.clear();
+        }
+        bound.insert(glance_id.to_string(), image_id.to_string());
+    }
+
+    fn forget_binding(&self, glance_id: &str) {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).remove(glance_id);
     }
 
     /// Streams Glance's data through its hash check and the canonicalizer
@@ -214,11 +251,12 @@ impl<D: Driver> ImageService<D> {
         let id = image.id.as_str();
         let expected = integrity::expected(image)?;
         let data = self.glance.download(ctx, id).await?;
-        let data = integrity::verified(data, expected);
+        let data = readahead::read_ahead(integrity::verified(data, expected), READ_AHEAD_CHUNKS);
         let (summary, lines, loaded) =
             load_canonical(self.driver.as_ref(), data, self.limits.clone()).await.map_err(|e| e.for_image(id))?;
         let image_id = summary.image_id.clone();
         self.driver.tag_image(&image_id, &cache_repository(id), &cache_tag(&image_id)).await?;
+        self.remember_binding(id, &image_id);
         tracing::info!(image = id, docker_image = %image_id, bytes = summary.input_bytes,
             compression = summary.compression.map(|c| c.name()), dropped_tags = ?summary.dropped_tags,
             removed_volumes = ?summary.removed_volumes, engine = ?lines, "image loaded from Glance");
@@ -335,4 +373,58 @@ pub async fn save_to_glance<D: Driver>(
         id: docker_image.to_string(),
         detail: "the archive was not read to its end".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fake_driver::FakeDriver;
+    use crate::testing::fake_glance::FakeGlance;
+
+    fn service(driver: Arc<FakeDriver>) -> ImageService<FakeDriver> {
+        ImageService::with_store(Arc::new(FakeGlance::default()), driver, ArchiveLimits::default())
+    }
+
+    fn lookups(driver: &FakeDriver) -> (usize, usize) {
+        let calls = driver.calls();
+        let count = |op: &str| calls.iter().filter(|c| c.starts_with(&format!("{op} "))).count();
+        (count("find_image"), count("images_in_repository"))
+    }
+
+    #[tokio::test]
+    async fn a_known_binding_is_one_inspect_of_its_reference() {
+        let driver = Arc::new(FakeDriver::default());
+        driver.add_cached_image("g1");
+        let images = service(driver.clone());
+        let first = images.cached("g1").await.unwrap().unwrap();
+        assert_eq!(lookups(&driver), (0, 1));
+        let again = images.cached("g1").await.unwrap().unwrap();
+        assert_eq!(again.id, first.id);
+        assert_eq!(lookups(&driver), (1, 1), "the second lookup inspects the reference only");
+    }
+
+    #[tokio::test]
+    async fn a_moved_reference_is_not_trusted_through_the_hint() {
+        let driver = Arc::new(FakeDriver::default());
+        driver.add_cached_image("g1");
+        let images = service(driver.clone());
+        let bound = images.cached("g1").await.unwrap().unwrap();
+        // Someone on the host points the reference at another image.
+        let other = format!("sha256:{}", "b".repeat(64));
+        driver.move_reference(&cache_reference("g1", &bound.id), &other);
+        assert!(images.cached("g1").await.unwrap().is_none(), "the moved reference is ignored");
+        // And the hint is gone: the next lookup lists the repository again.
+        assert!(images.cached("g1").await.unwrap().is_none());
+        assert_eq!(lookups(&driver), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn a_removed_reference_is_looked_up_anew() {
+        let driver = Arc::new(FakeDriver::default());
+        driver.add_cached_image("g1");
+        let images = service(driver.clone());
+        let bound = images.cached("g1").await.unwrap().unwrap();
+        driver.remove_image(&bound.id).await.unwrap();
+        assert!(images.cached("g1").await.unwrap().is_none());
+    }
 }

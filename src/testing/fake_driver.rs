@@ -125,6 +125,18 @@ impl FakeDriver {
         self.with(|s| s.images.push(image));
     }
 
+    /// Points `reference` at another image, as `docker tag` by anyone on
+    /// the host would (the reference leaves the image that had it).
+    pub fn move_reference(&self, reference: &str, to_image_id: &str) {
+        self.with(|s| {
+            s.images.iter_mut().for_each(|i| i.tags.retain(|t| t != reference));
+            if !s.images.iter().any(|i| i.id == to_image_id) {
+                s.images.push(LocalImage { id: to_image_id.to_string(), tags: Vec::new(), volumes: Vec::new() });
+            }
+            s.images.iter_mut().filter(|i| i.id == to_image_id).for_each(|i| i.tags.push(reference.to_string()));
+        });
+    }
+
     /// Records the call, waits at its gate, fails when told to.
     async fn enter(&self, op: &'static str, uuid: &str) -> Result<(), VirtError> {
         let gate = self.with(|s| {
