@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
+use crate::objects::{
+    ComputeNode, Instance, Manifest, Migration, NovaObject, ObjectError, Service, TaskState, manifest_json,
+};
 use crate::release::Release;
 use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 
@@ -117,6 +119,21 @@ pub trait ConductorTransport: Send + Sync + 'static {
         args: Map<String, Value>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'a, Result<Value, CallError>>;
+
+    /// Sends one cast to `target` (no reply): a move's next step on
+    /// another compute host. A transport that cannot cast says so.
+    fn cast<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        let _ = (ctx, target, args);
+        Box::pin(async move {
+            Err(CallError::Remote(RemoteError::not_implemented(format!("this transport cannot cast {method}"))))
+        })
+    }
 }
 
 impl ConductorTransport for RpcClient {
@@ -129,6 +146,16 @@ impl ConductorTransport for RpcClient {
         timeout: Option<Duration>,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
         Box::pin(RpcClient::call(self, ctx, target, method, args, timeout))
+    }
+
+    fn cast<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(RpcClient::cast(self, ctx, target, method, args))
     }
 }
 
@@ -449,6 +476,30 @@ impl Conductor {
             kwargs.insert("expected_task_state".into(), e);
         }
         self.object_action(ctx, &mut instance.obj, "save", Value::Object(kwargs)).await.map(|_| ())
+    }
+
+    /// `Migration.save()` of the changed fields.
+    pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {
+        if migration.obj.changes().is_empty() {
+            return Ok(());
+        }
+        self.object_action(ctx, &mut migration.obj, "save", json!({})).await.map(|_| ())
+    }
+
+    /// Casts `method` to the compute service of `host` (compute RPC API
+    /// 6.0), as `nova/compute/rpcapi.py` does for a move's next step.
+    pub async fn cast_compute(
+        &self,
+        ctx: &RequestContext,
+        host: &str,
+        method: &str,
+        a: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("compute", "6.0").server(host);
+        self.rpc
+            .cast(ctx, &target, method, args(a))
+            .await
+            .map_err(|source| ConductorError::Call { method: format!("compute.{host}.{method}"), source })
     }
 
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).
