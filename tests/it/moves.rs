@@ -275,8 +275,19 @@ async fn cold_migration_between_hosts(release: Release) {
     assert_eq!(memory_allocations(&cloud, &mig).await, [], "confirm drops the source allocation");
     assert_eq!(memory_allocations(&cloud, &id).await, [(rp_b.clone(), NANO_MB)]);
 
+    // Migrate back to A... deleted while waiting for confirmation: the
+    // API confirms first (a call to the source), then deletes.
+    let body = json!({"migrate": {"host": a_name}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await;
+    assert_eq!(status, 202, "{v}");
+    let s = wait_verify(&cloud, &id).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], a_name.as_str());
+    let mig = migration(&cloud, &id).await["uuid"].as_str().unwrap().to_string();
     cloud.delete_server(&id, T).await;
     assert_eq!(container(b, &id), None);
+    assert_eq!(container(None, &id), None);
+    assert_eq!(memory_allocations(&cloud, &mig).await, []);
+    assert_eq!(memory_allocations(&cloud, &id).await, []);
 }
 
 #[tokio::test]
@@ -287,4 +298,56 @@ async fn cold_migration_between_hosts_revert_and_confirm() {
 #[tokio::test]
 async fn cold_migration_between_hosts_revert_and_confirm_zed() {
     cold_migration_between_hosts(Release::Zed).await;
+}
+
+/// A same-host resize of a server with a port, on the host name the
+/// release's L2 agent serves (`ND_NET_HOST`, the only one Neutron binds
+/// to in the test clouds): the port stays bound here and is plugged into
+/// the new container, and again into the one a revert makes.
+#[tokio::test]
+async fn resize_with_a_port_replugs_it_newest() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let host = ComputeHost::start(&cloud, &name, "").await;
+    let rp = cloud.wait_provider(&name, T).await["uuid"].as_str().unwrap().to_string();
+    let marker = format!("CUSTOM_ND_{}", common::unique("P").replace('-', "_").to_uppercase());
+    add_trait(&cloud, &rp, &marker).await;
+    let big = pinned_flavor(&cloud, BIG_MB, &marker).await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let body = json!({"server": {"name": common::unique("nd-resize-port"), "imageRef": image, "flavorRef": "42",
+        "networks": [{"uuid": net}], "availability_zone": format!("nova:{name}")}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let ports = crate::network::ports_of(&cloud, &id).await;
+    assert_eq!(ports.len(), 1);
+    let (port, mac) =
+        (ports[0]["id"].as_str().unwrap().to_string(), ports[0]["mac_address"].as_str().unwrap().to_string());
+    let plugged = async || {
+        let (_, link) = crate::network::exec(&format!("nova-{id}"), "cat /sys/class/net/eth0/address").await;
+        assert!(link.contains(&mac), "the port is plugged into the container: {link}");
+        wait_for("the port to be active again", T, async || {
+            let p = crate::network::ports_of(&cloud, &id).await;
+            p[0]["status"] == "ACTIVE" && p[0]["binding:host_id"] == name.as_str()
+        })
+        .await;
+    };
+
+    let (status, v) = cloud.action(&id, json!({"resize": {"flavorRef": big}})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_verify(&cloud, &id).await;
+    assert_eq!(container(None, &id), Some((true, BIG_MB << 20)));
+    plugged().await;
+
+    let (status, v) = cloud.action(&id, json!({"revertResize": null})).await;
+    assert_eq!(status, 202, "{v}");
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(container(None, &id), Some((true, NANO_MB << 20)));
+    plugged().await;
+    assert_eq!(crate::network::ports_of(&cloud, &id).await[0]["id"], port.as_str(), "the same port");
+
+    cloud.delete_server(&id, T).await;
+    delete_flavor(&cloud, &big).await;
 }
