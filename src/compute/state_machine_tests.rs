@@ -936,3 +936,15 @@ mod resize {
         assert_eq!(faults_of(&h, &u).len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
+    let h = Harness::new();
+    let running = h.instance(VmState::Active, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&running, "system_metadata", json!({"old_vm_state": "active"}));
+    let stopped = h.instance(VmState::Stopped, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&stopped, "system_metadata", json!({"old_vm_state": "stopped"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&running), (Some(VmState::Active), None, Running));
+    assert_eq!(h.states(&stopped), (Some(VmState::Stopped), None, Shutdown));
+}
