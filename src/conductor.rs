@@ -159,6 +159,10 @@ impl ConductorTransport for RpcClient {
     }
 }
 
+/// Nova's default `long_rpc_timeout`: how long a conductor task call
+/// (a reschedule) may take.
+pub const LONG_RPC_TIMEOUT: Duration = Duration::from_secs(1800);
+
 /// Client of nova-conductor's object API.
 #[derive(Clone)]
 pub struct Conductor {
@@ -500,6 +504,36 @@ impl Conductor {
             .cast(ctx, &target, method, args(a))
             .await
             .map_err(|source| ConductorError::Call { method: format!("compute.{host}.{method}"), source })
+    }
+
+    /// `ComputeTaskAPI.migrate_server` (conductor `compute_task` 1.20): a
+    /// cold migration or resize that failed on the destination started again
+    /// on the next of the scheduler's alternate hosts (`host_list`), as
+    /// Nova's `_reschedule_resize_or_reraise` does. A call, bounded by Nova's
+    /// default `long_rpc_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn migrate_server(
+        &self,
+        ctx: &RequestContext,
+        instance: &Instance,
+        filter_properties: Value,
+        flavor: Value,
+        clean_shutdown: bool,
+        request_spec: Value,
+        host_list: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("conductor", "1.20").namespace("compute_task");
+        let a = json!({
+            "instance": instance.to_primitive(), "scheduler_hint": {"filter_properties": filter_properties},
+            "live": false, "rebuild": false, "flavor": flavor, "block_migration": null,
+            "disk_over_commit": null, "reservations": null, "clean_shutdown": clean_shutdown,
+            "request_spec": request_spec, "host_list": host_list,
+        });
+        self.rpc
+            .call(ctx, &target, "migrate_server", args(a), Some(LONG_RPC_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|source| ConductorError::Call { method: "compute_task.migrate_server".into(), source })
     }
 
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::build::build_request;
 use super::manager::ComputeManager;
+use super::resize::ResizeRequest;
 use super::snapshot::Rotation;
 use crate::network::NetworkRequest;
 use crate::objects::{Flavor, Instance, Migration, NovaObject};
@@ -241,12 +242,15 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     map(m.detach_interface(&ctx, instance_arg(&args)?, &port, true).await)
                 }
                 "prep_resize" => {
-                    let flavor = flavor_arg(&args, &["flavor", "instance_type"])?;
-                    let clean = bool_arg(&args, "clean_shutdown", true);
-                    let (image, spec) = (value_arg(&args, "image"), value_arg(&args, "request_spec"));
-                    map(m
-                        .prep_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, flavor, image, spec, clean)
-                        .await)
+                    let req = ResizeRequest {
+                        flavor: flavor_arg(&args, &["flavor", "instance_type"])?,
+                        image: value_arg(&args, "image"),
+                        request_spec: value_arg(&args, "request_spec"),
+                        filter_properties: value_arg(&args, "filter_properties"),
+                        host_list: value_arg(&args, "host_list"),
+                        clean_shutdown: bool_arg(&args, "clean_shutdown", true),
+                    };
+                    map(m.prep_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, req).await)
                 }
                 "resize_instance" => {
                     let clean = bool_arg(&args, "clean_shutdown", true);

@@ -72,6 +72,24 @@ impl DiskInfo {
     }
 }
 
+/// What `prep_resize` is asked (its RPC arguments besides the instance and
+/// the migration).
+#[derive(Debug, Clone)]
+pub struct ResizeRequest {
+    /// The new flavor (the same one for a cold migration).
+    pub flavor: Flavor,
+    /// The image dict, passed along to the source.
+    pub image: Value,
+    /// The request spec, passed along (and back to the conductor on a reschedule).
+    pub request_spec: Value,
+    /// The scheduler's legacy filter properties (`retry` when rescheduling is allowed).
+    pub filter_properties: Value,
+    /// The scheduler's alternate hosts (Selection objects).
+    pub host_list: Value,
+    /// Whether the source stops the guest gracefully.
+    pub clean_shutdown: bool,
+}
+
 /// What happens to the migration's allocation when a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnMoveFailure {
@@ -162,71 +180,117 @@ impl<D: Driver> ComputeManager<D> {
     // ------------------------------------------------------------------
 
     /// `prep_resize`, on the destination: checks this host can take the
-    /// instance with `flavor`, records itself on the migration
+    /// instance with the new flavor, records itself on the migration
     /// (`pre-migrating`), stashes the new flavor and the vm_state, and casts
-    /// `resize_instance` to the source. A refusal gives the allocation back
-    /// and leaves the instance as it was, with a fault.
-    #[allow(clippy::too_many_arguments)]
+    /// `resize_instance` to the source. A refusal gives the allocation back;
+    /// then, with alternate hosts from the scheduler, the conductor is asked
+    /// to try the next one (Nova's `_reschedule_resize_or_reraise`; the
+    /// fault stays recorded), or else the instance is left as it was, with a
+    /// fault.
     pub async fn prep_resize(
         &self,
         ctx: &RequestContext,
         i: Instance,
         mut m: Migration,
-        flavor: Flavor,
-        image: Value,
-        request_spec: Value,
-        clean_shutdown: bool,
+        req: ResizeRequest,
     ) -> Result<(), OpError> {
-        self.move_step(
-            ctx,
-            i,
-            &mut m,
-            Operation::new("compute_prep_resize").on_failure(OnFailure::RevertTask),
-            OnMoveFailure::RevertAllocation,
-            async |i, m| {
-                let Some(source) = i.host().map(str::to_string) else {
-                    return Err(migration_error("Instance has no source host"));
-                };
-                if m.cross_cell_move() {
-                    return Err(migration_error("cross-cell resize is not supported by nova-docker"));
-                }
-                let same_flavor = flavor.id().is_some() && flavor.id() == i.obj.get_i64("instance_type_id");
-                if source == self.host() && same_flavor {
-                    return Err(OpError::Nova(RemoteError::nova(
-                        "UnableToMigrateToSelf",
-                        format!("Unable to migrate instance ({}) to current host ({}).", i.uuid(), self.host()),
-                        400,
-                        json!({}),
-                    )));
-                }
-                self.check_flavor_here(i, &flavor)?;
-                i.set("new_flavor", flavor.obj.to_primitive());
-                let vm = i.vm_state_name().unwrap_or(VmState::Active.as_str()).to_string();
-                i.set_system_metadata("old_vm_state", Some(&vm));
-                self.save(ctx, i, Expected::Any).await?;
-
-                m.obj.set("dest_compute", self.host());
-                m.obj.set("dest_node", self.host());
-                m.obj.set(
-                    "dest_host",
-                    self.settings.my_ip.map(|ip| ip.to_string()).unwrap_or_else(|| self.host().into()),
-                );
-                if let Some(id) = self.node_id() {
-                    m.obj.set("dest_compute_id", id);
-                }
-                m.set_status("pre-migrating");
-                self.conductor.migration_save(ctx, m).await?;
-
-                let args = json!({
-                    "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
-                    "flavor": flavor.obj.to_primitive(), "clean_shutdown": clean_shutdown,
-                    "request_spec": request_spec,
-                });
-                self.conductor.cast_compute(ctx, &source, "resize_instance", args).await?;
-                Ok(())
-            },
-        )
+        let op = Operation::new("compute_prep_resize").on_failure(OnFailure::RevertTask);
+        self.move_step(ctx, i, &mut m, op, OnMoveFailure::Keep, async |i, m| {
+            let Err(e) = self.do_prep_resize(ctx, i, m, &req).await else { return Ok(()) };
+            if e.is_superseded() {
+                return Err(e);
+            }
+            self.move_allocation_on_failure(m, i.uuid(), OnMoveFailure::RevertAllocation).await;
+            if self.reschedule_resize(ctx, i, &req, &e).await {
+                self.record_fault(ctx, i.uuid(), &e).await;
+                return Ok(());
+            }
+            Err(e)
+        })
         .await
+    }
+
+    async fn do_prep_resize(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        m: &mut Migration,
+        req: &ResizeRequest,
+    ) -> Result<(), OpError> {
+        let flavor = &req.flavor;
+        let Some(source) = i.host().map(str::to_string) else {
+            return Err(migration_error("Instance has no source host"));
+        };
+        if m.cross_cell_move() {
+            return Err(migration_error("cross-cell resize is not supported by nova-docker"));
+        }
+        let same_flavor = flavor.id().is_some() && flavor.id() == i.obj.get_i64("instance_type_id");
+        if source == self.host() && same_flavor {
+            return Err(OpError::Nova(RemoteError::nova(
+                "UnableToMigrateToSelf",
+                format!("Unable to migrate instance ({}) to current host ({}).", i.uuid(), self.host()),
+                400,
+                json!({}),
+            )));
+        }
+        self.check_flavor_here(i, flavor)?;
+        i.set("new_flavor", flavor.obj.to_primitive());
+        let vm = i.vm_state_name().unwrap_or(VmState::Active.as_str()).to_string();
+        i.set_system_metadata("old_vm_state", Some(&vm));
+        self.save(ctx, i, Expected::Any).await?;
+
+        m.obj.set("dest_compute", self.host());
+        m.obj.set("dest_node", self.host());
+        m.obj.set("dest_host", self.settings.my_ip.map(|ip| ip.to_string()).unwrap_or_else(|| self.host().into()));
+        if let Some(id) = self.node_id() {
+            m.obj.set("dest_compute_id", id);
+        }
+        m.set_status("pre-migrating");
+        self.conductor.migration_save(ctx, m).await?;
+
+        let args = json!({
+            "instance": i.to_primitive(), "migration": m.to_primitive(), "image": req.image,
+            "flavor": flavor.obj.to_primitive(), "clean_shutdown": req.clean_shutdown,
+            "request_spec": req.request_spec,
+        });
+        self.conductor.cast_compute(ctx, &source, "resize_instance", args).await?;
+        Ok(())
+    }
+
+    /// Asks the conductor to move the instance to the next alternate host;
+    /// whether it took the request (no retry information or no alternate
+    /// left: no).
+    async fn reschedule_resize(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        req: &ResizeRequest,
+        e: &OpError,
+    ) -> bool {
+        let alternates = req.host_list.as_array().is_some_and(|a| !a.is_empty());
+        if !req.filter_properties["retry"].is_object() || !alternates {
+            return false;
+        }
+        let mut filter_properties = req.filter_properties.clone();
+        filter_properties["retry"]["exc"] = json!([e.to_string()]);
+        if let Err(se) = self.begin_task(ctx, i, TaskState::ResizePrep, Expected::Any).await {
+            tracing::warn!(instance = i.uuid(), error = %se, "cannot reschedule the resize");
+            return false;
+        }
+        let flavor = req.flavor.obj.to_primitive();
+        let spec = req.request_spec.clone();
+        let hosts = req.host_list.clone();
+        match self.conductor.migrate_server(ctx, i, filter_properties, flavor, req.clean_shutdown, spec, hosts).await {
+            Ok(()) => {
+                tracing::info!(instance = i.uuid(), error = %e, "resize refused here; rescheduled to an alternate host");
+                true
+            }
+            Err(re) => {
+                tracing::warn!(instance = i.uuid(), error = %re, "could not reschedule the resize");
+                self.record_fault(ctx, i.uuid(), &OpError::from(re)).await;
+                false
+            }
+        }
     }
 
     // ------------------------------------------------------------------

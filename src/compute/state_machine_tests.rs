@@ -716,6 +716,7 @@ async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
 
 mod resize {
     use super::*;
+    use crate::compute::resize::ResizeRequest;
     use crate::objects::{Flavor, Instance, Migration, NovaObject};
     use crate::testing::HOST;
 
@@ -724,6 +725,17 @@ mod resize {
             "nova_object.data": {"id": id, "flavorid": format!("f{id}"), "name": format!("f{id}"),
                 "memory_mb": memory_mb, "vcpus": 1, "root_gb": 1, "ephemeral_gb": 0, "extra_specs": extra_specs}});
         Flavor { obj: NovaObject::expect(&v, "Flavor").unwrap() }
+    }
+
+    fn request(flavor: Flavor) -> ResizeRequest {
+        ResizeRequest {
+            flavor,
+            image: json!({}),
+            request_spec: Value::Null,
+            filter_properties: json!({}),
+            host_list: json!([]),
+            clean_shutdown: true,
+        }
     }
 
     /// An active instance of flavor 1 (64 MiB) on this host, the API's
@@ -764,10 +776,7 @@ mod resize {
     }
 
     async fn resize_to(h: &Harness, u: &str, m: &str, to: Flavor) {
-        h.manager
-            .prep_resize(&h.ctx, h.rpc_instance(u), h.nova.migration(m), to, json!({}), Value::Null, true)
-            .await
-            .unwrap();
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(u), h.nova.migration(m), request(to)).await.unwrap();
         assert_eq!(deliver(h).await, ["resize_instance", "finish_resize"]);
     }
 
@@ -853,15 +862,7 @@ mod resize {
         let (u, m) = resizing(&h, 1);
         let r = h
             .manager
-            .prep_resize(
-                &h.ctx,
-                h.rpc_instance(&u),
-                h.nova.migration(&m),
-                flavor(1, 64, json!({})),
-                json!({}),
-                Value::Null,
-                true,
-            )
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(1, 64, json!({}))))
             .await;
         assert!(r.is_err());
         assert!(h.nova.take_casts().is_empty(), "nothing moves");
@@ -872,14 +873,39 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn a_refused_resize_goes_to_the_next_alternate_host_when_the_scheduler_gave_some() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1, "hosts": [[HOST, HOST]]}});
+        req.host_list = json!([{"nova_object.name": "Selection", "nova_object.data": {"service_host": "other"}}]);
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let c = &casts[0];
+        assert_eq!((c.host.as_str(), c.method.as_str()), ("conductor", "migrate_server"));
+        assert_eq!(c.args["host_list"][0]["nova_object.data"]["service_host"], "other");
+        let retry = &c.args["scheduler_hint"]["filter_properties"]["retry"];
+        assert!(retry["exc"][0].as_str().unwrap().contains("Unable to migrate"), "{retry}");
+        assert_eq!((c.args["live"].clone(), c.args["rebuild"].clone()), (json!(false), json!(false)));
+        // The conductor goes on: the task stays resize_prep; the fault says why.
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+        // Without alternates the same refusal ends the resize here.
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1}});
+        assert!(h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.is_err());
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    }
+
+    #[tokio::test]
     async fn a_flavor_this_host_cannot_honour_is_refused_before_anything_moves() {
         let h = Harness::new();
         let (u, m) = resizing(&h, 2);
         let bad = flavor(2, 128, json!({"docker:cpu_limit": "turbo"}));
-        let r = h
-            .manager
-            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), bad, json!({}), Value::Null, true)
-            .await;
+        let r = h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(bad)).await;
         assert!(r.is_err());
         assert!(h.nova.take_casts().is_empty());
         assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
@@ -892,15 +918,7 @@ mod resize {
         let (u, m) = resizing(&h, 2);
         h.driver.fail("commit");
         h.manager
-            .prep_resize(
-                &h.ctx,
-                h.rpc_instance(&u),
-                h.nova.migration(&m),
-                flavor(2, 128, json!({})),
-                json!({}),
-                Value::Null,
-                true,
-            )
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
             .await
             .unwrap();
         assert_eq!(deliver(&h).await, ["resize_instance"]);
@@ -917,15 +935,7 @@ mod resize {
         let (u, m) = resizing(&h, 2);
         h.driver.fail("create");
         h.manager
-            .prep_resize(
-                &h.ctx,
-                h.rpc_instance(&u),
-                h.nova.migration(&m),
-                flavor(2, 128, json!({})),
-                json!({}),
-                Value::Null,
-                true,
-            )
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
             .await
             .unwrap();
         assert_eq!(deliver(&h).await, ["resize_instance", "finish_resize"]);
