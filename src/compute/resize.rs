@@ -234,6 +234,12 @@ impl<D: Driver> ComputeManager<D> {
             )));
         }
         self.check_flavor_here(i, flavor)?;
+        // A host whose engine does not answer cannot take the instance: the
+        // scheduler's alternate may.
+        self.driver
+            .ping()
+            .await
+            .map_err(|e| OpError::Invalid(format!("this host's Docker engine does not answer: {e}")))?;
         i.set("new_flavor", flavor.obj.to_primitive());
         let vm = i.vm_state_name().unwrap_or(VmState::Active.as_str()).to_string();
         i.set_system_metadata("old_vm_state", Some(&vm));

@@ -351,3 +351,67 @@ async fn resize_with_a_port_replugs_it_newest() {
     cloud.delete_server(&id, T).await;
     delete_flavor(&cloud, &big).await;
 }
+
+/// A resize the scheduler first sends to a host that cannot take it (its
+/// Docker engine is down, the host itself up) is refused there and
+/// rescheduled by the conductor to the alternate host, as with Python
+/// nova-compute: the instance moves from C to B, not to A.
+async fn resize_rescheduled_to_the_alternate(release: Release) {
+    let cloud = Cloud::get(release);
+    let (a_name, b_name, c_name) = (host_name("reschda"), host_name("reschdb"), host_name("reschdc"));
+    let engine_a = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-ra"))).await;
+    let engine_b = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-rb"))).await;
+    let host_c = ComputeHost::start(&cloud, &c_name, "").await;
+    let _host_a =
+        ComputeHost::start(&cloud, &a_name, &format!("[docker]\nhost_url = unix://{}\n", engine_a.socket().display()))
+            .await;
+    // B reports much less free memory: the RAM weigher puts A first.
+    let extra = format!(
+        "[DEFAULT]\nreserved_host_memory_mb = 8192\n[docker]\nhost_url = unix://{}\n",
+        engine_b.socket().display()
+    );
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    let marker = format!("CUSTOM_ND_{}", common::unique("S").replace('-', "_").to_uppercase());
+    for name in [&a_name, &b_name] {
+        let rp = cloud.wait_provider(name, T).await["uuid"].as_str().unwrap().to_string();
+        add_trait(&cloud, &rp, &marker).await;
+    }
+    let big = pinned_flavor(&cloud, BIG_MB, &marker).await;
+    let image = cloud.busybox_image(&host_c.conf).await;
+    let id = cloud.create_server(&common::unique("nd-resched"), &image, &c_name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let text = common::unique("kept");
+    write_file(None, &id, &text).await;
+    drop(engine_a);
+
+    let (status, v) = cloud.action(&id, json!({"resize": {"flavorRef": big}})).await;
+    assert_eq!(status, 202, "{v}");
+    let s = wait_verify(&cloud, &id).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str(), "rescheduled to the alternate");
+    assert_eq!(container(Some(&engine_b), &id), Some((true, BIG_MB << 20)));
+    assert_eq!(read_file(Some(&engine_b), &id), text);
+    let actions = cloud.actions(&id).await;
+    let prep_hosts: Vec<String> = actions
+        .iter()
+        .flat_map(|a| a["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event"] == "compute_prep_resize")
+        .filter_map(|e| e["host"].as_str().map(str::to_string))
+        .collect();
+    assert!(prep_hosts.contains(&a_name) && prep_hosts.contains(&b_name), "tried A, then B: {prep_hosts:?}");
+    let (status, v) = cloud.action(&id, json!({"confirmResize": null})).await;
+    assert_eq!(status, 204, "{v}");
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(container(None, &id), None, "C's container went with the confirm");
+    cloud.delete_server(&id, T).await;
+    delete_flavor(&cloud, &big).await;
+}
+
+#[tokio::test]
+async fn resize_refused_here_is_rescheduled_to_the_alternate() {
+    resize_rescheduled_to_the_alternate(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn resize_refused_here_is_rescheduled_to_the_alternate_zed() {
+    resize_rescheduled_to_the_alternate(Release::Zed).await;
+}
