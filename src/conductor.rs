@@ -506,6 +506,32 @@ impl Conductor {
             .map_err(|source| ConductorError::Call { method: format!("compute.{host}.{method}"), source })
     }
 
+    /// `Migration.get_by_instance_and_status`: the instance's migration in
+    /// `status`, if any.
+    pub async fn migration_by_instance_and_status(
+        &self,
+        ctx: &RequestContext,
+        instance_uuid: &str,
+        status: &str,
+    ) -> Result<Option<Migration>, ConductorError> {
+        let manifest: Manifest = vec![("Migration", "1.7")];
+        match self
+            .class_action(
+                ctx,
+                "Migration",
+                "get_by_instance_and_status",
+                &manifest,
+                vec![json!(instance_uuid), json!(status)],
+                json!({}),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(Migration::from_primitive(&v)?)),
+            Err(e) if e.is_nova("MigrationNotFoundByStatus") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `ComputeTaskAPI.migrate_server` (conductor `compute_task` 1.20): a
     /// cold migration or resize that failed on the destination started again
     /// on the next of the scheduler's alternate hosts (`host_list`), as

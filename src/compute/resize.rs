@@ -388,10 +388,12 @@ impl<D: Driver> ComputeManager<D> {
         // Nova's migrate_instance_start: this host's side of the ports goes.
         self.driver.unplug_vifs(uuid, &ni).await;
         let committed = self.driver.commit(uuid, false, Vec::new()).await?;
+        // Referenced at once, so that nothing is left unnamed if this host
+        // dies now: same host, it is kept for the new container and a
+        // revert, and the image cache manager removes it once no container
+        // uses it; between hosts it goes once uploaded.
+        self.driver.tag_image(&committed, &committed_repository(m), &cache_tag(&committed)).await?;
         if m.same_host() {
-            // Kept for the new container and a revert; the image cache
-            // manager removes it once no container uses it.
-            self.driver.tag_image(&committed, &committed_repository(m), &cache_tag(&committed)).await?;
             return Ok(DiskInfo { docker_image: committed, glance_image: None });
         }
         let uploaded = self.upload_for_move(ctx, i, m, &committed).await;
@@ -431,6 +433,63 @@ impl<D: Driver> ComputeManager<D> {
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Start-up after a crash in `resize_instance` (task `resize_migrating`):
+    /// what the move left is cleaned up and its allocation given back, as a
+    /// failed `resize_instance` would have: the migration's Glance image
+    /// and committed image, the source allocation back to the instance, the
+    /// migration in `error`. The caller starts the instance again.
+    pub async fn roll_back_interrupted_resize(&self, ctx: &RequestContext, i: &Instance) {
+        let uuid = i.uuid();
+        let mut found = None;
+        for status in ["migrating", "post-migrating", "pre-migrating"] {
+            match self.conductor.migration_by_instance_and_status(ctx, uuid, status).await {
+                Ok(Some(m)) => {
+                    found = Some(m);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(instance = uuid, error = %e, "cannot read the interrupted migration");
+                    return;
+                }
+            }
+        }
+        let Some(mut m) = found else {
+            tracing::warn!(instance = uuid, "no migration in progress found for the interrupted resize");
+            return;
+        };
+        let glance = self.images.glance();
+        match glance.list(Some(ctx), &[("nova_docker_migration", m.uuid())]).await {
+            Ok(images) => {
+                for image in images {
+                    match glance.delete(Some(ctx), &image.id).await {
+                        Ok(()) => {
+                            tracing::info!(instance = uuid, image = %image.id, "deleted the interrupted migration's Glance image")
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not delete the migration image")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
+                "cannot list the migration's Glance images (without [glance] credentials there is no token at \
+                 start-up): delete the image named nova-docker-migration-<migration> by hand"),
+        }
+        if let Ok(committed) = self.driver.images_in_repository(&committed_repository(&m)).await {
+            for image in committed {
+                if let Err(e) = self.driver.remove_image(&image.id).await {
+                    tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not remove the committed image");
+                }
+            }
+        }
+        self.move_allocation_on_failure(&m, uuid, OnMoveFailure::RevertAllocation).await;
+        m.set_status("error");
+        if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
+            tracing::warn!(instance = uuid, error = %e, "could not mark the migration in error");
         }
     }
 

@@ -275,6 +275,18 @@ impl FakeNova {
                 Ok(json!({"nova_object.name": "InstanceList", "nova_object.namespace": "nova",
                           "nova_object.version": "2.6", "nova_object.data": {"objects": objects}}))
             }
+            ("Migration", "get_by_instance_and_status") => {
+                let (instance, status) = (arg(0), arg(1));
+                let found = db.migrations.values().find(|m| {
+                    m.get("instance_uuid").and_then(Value::as_str) == Some(instance.as_str())
+                        && m.get("status").and_then(Value::as_str) == Some(status.as_str())
+                });
+                match found {
+                    Some(data) => Ok(json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                        "nova_object.version": "1.7", "nova_object.data": data})),
+                    None => Err(nova_error("MigrationNotFoundByStatus", format!("no migration {status}"), 404)),
+                }
+            }
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
                     Some(cache) => Ok(cache),

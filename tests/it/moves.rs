@@ -415,3 +415,98 @@ async fn resize_refused_here_is_rescheduled_to_the_alternate() {
 async fn resize_refused_here_is_rescheduled_to_the_alternate_zed() {
     resize_rescheduled_to_the_alternate(Release::Zed).await;
 }
+
+/// SIGKILL of the source while it hands the instance's filesystem over
+/// (its Glance traffic held), then a restart: the move is rolled back as
+/// Nova's start-up does (the instance runs on the source again, files
+/// intact), and nothing is left: no container on the destination, no
+/// allocation held by the migration, no Glance image of the move.
+async fn source_killed_during_a_migration(release: Release) {
+    let cloud = Cloud::get(release);
+    let glance = cloud.var("ND_GLANCE").trim_start_matches("http://").to_string();
+    let relay = crate::proxy::Relay::start(&glance).await;
+    let engine = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-kill"))).await;
+    let (a_name, b_name) = (host_name("killa"), host_name("killb"));
+    // A host reaches Glance with the request's token; at start-up there is
+    // none, so the clean-up of the move's image needs credentials of its own.
+    let mut glance_conf = format!("[glance]\nendpoint_override = {}\n", relay.url);
+    if cloud.keystone() {
+        glance_conf += &format!(
+            "auth_type = password\nauth_url = {}\nusername = {}\npassword = {}\nproject_name = {}\n\
+             user_domain_name = Default\nproject_domain_name = Default\n",
+            cloud.var("ND_KEYSTONE"),
+            cloud.var("ND_ADMIN_USER"),
+            cloud.var("ND_ADMIN_PASSWORD"),
+            cloud.var("ND_ADMIN_PROJECT")
+        );
+    }
+    let mut host_a = ComputeHost::start(&cloud, &a_name, &glance_conf).await;
+    let extra = format!("[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    let rp_a = cloud.wait_provider(&a_name, T).await["uuid"].as_str().unwrap().to_string();
+    let image = cloud.busybox_image(&host_a.conf).await;
+    let id = cloud.create_server(&common::unique("nd-migrate-kill"), &image, &a_name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let text = common::unique("kept");
+    write_file(None, &id, &text).await;
+
+    relay.hold();
+    let body = json!({"migrate": {"host": b_name}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the source to stop and commit the instance", T, async || {
+        let s = cloud.server(&id).await.unwrap();
+        s["OS-EXT-STS:task_state"] == "resize_migrating" && container(None, &id).is_some_and(|(running, _)| !running)
+    })
+    .await;
+    let mig = migration(&cloud, &id).await["uuid"].as_str().unwrap().to_string();
+    // Whether the source got as far as creating the Glance image (the
+    // relay holds its transfers, but the record may be written first).
+    let image_created = migration_image_exists(&cloud, &mig).await;
+    host_a.kill().await;
+    relay.release();
+    host_a.spawn();
+    host_a.wait_up(&cloud, T).await;
+
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], a_name.as_str());
+    wait_for("the instance to run again", T, async || container(None, &id).is_some_and(|(running, _)| running)).await;
+    assert_eq!(read_file(None, &id), text);
+    assert_eq!(container(Some(&engine), &id), None, "nothing on the destination");
+    wait_for("the migration to be in error", T, async || migration(&cloud, &id).await["status"] == "error").await;
+    assert_eq!(memory_allocations(&cloud, &mig).await, [], "no allocation left on the migration");
+    assert_eq!(memory_allocations(&cloud, &id).await, [(rp_a.clone(), NANO_MB)]);
+    no_migration_image(&cloud, &mig).await;
+    if image_created {
+        assert!(host_a.log_text().contains("deleted the interrupted migration's Glance image"));
+    }
+    eprintln!(
+        "the source was killed {} the move's Glance image existed",
+        if image_created { "once" } else { "before" }
+    );
+    cloud.delete_server(&id, T).await;
+}
+
+async fn migration_image_exists(cloud: &Cloud, migration: &str) -> bool {
+    let url = format!("{}/v2/images?name=nova-docker-migration-{migration}", cloud.var("ND_GLANCE"));
+    let v: Value = reqwest::Client::new()
+        .get(&url)
+        .header("X-Auth-Token", cloud.var("ND_TOKEN"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["images"].as_array().is_some_and(|a| !a.is_empty())
+}
+
+#[tokio::test]
+async fn source_killed_during_a_migration_rolls_back() {
+    source_killed_during_a_migration(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn source_killed_during_a_migration_rolls_back_zed() {
+    source_killed_during_a_migration(Release::Zed).await;
+}
