@@ -238,6 +238,8 @@ pub trait PortService: Send + Sync + 'static {
     fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
     /// Nova's network_info of bound ports (see [`Neutron::network_info`]).
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>>;
+    /// Moves a port's binding to `host` (see [`Neutron::bind_to_host`]).
+    fn bind_to_host<'a>(&'a self, port_id: &'a str, host: &'a str) -> BoxFuture<'a, Result<Value, NetworkError>>;
 }
 
 impl PortService for Neutron {
@@ -277,6 +279,10 @@ impl PortService for Neutron {
 
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>> {
         Box::pin(Neutron::network_info(self, ports))
+    }
+
+    fn bind_to_host<'a>(&'a self, port_id: &'a str, host: &'a str) -> BoxFuture<'a, Result<Value, NetworkError>> {
+        Box::pin(Neutron::bind_to_host(self, port_id, host))
     }
 }
 
@@ -449,6 +455,20 @@ impl Neutron {
             });
         }
         Ok(BoundPort { port, created })
+    }
+
+    /// Moves an instance's port to `host` (`binding:host_id`), as Nova's
+    /// `migrate_instance_finish` does when a resize or migration lands on a
+    /// host (or a revert comes back): that host's L2 agent then wires it.
+    /// A binding Neutron cannot make on that host is an error.
+    pub async fn bind_to_host(&self, port_id: &str, host: &str) -> Result<Value, NetworkError> {
+        let body = json!({"port": {"binding:host_id": host}});
+        let port = self.get_put(&format!("/v2.0/ports/{}", url_part(port_id)), body).await?;
+        let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound").to_string();
+        if matches!(vif_type.as_str(), "binding_failed" | "unbound") {
+            return Err(NetworkError::BindingFailed { port: port_id.into(), host: host.into(), vif_type });
+        }
+        Ok(port)
     }
 
     async fn get_put(&self, path: &str, body: Value) -> Result<Value, NetworkError> {

@@ -192,6 +192,39 @@ impl Placement {
         }
     }
 
+    /// Moves the allocations of consumer `from` to consumer `to`, replacing
+    /// whatever `to` held, in one request (Nova's `move_allocations`): a
+    /// resize's revert gives the migration's source allocation back to the
+    /// instance. Returns false when `from` holds nothing (nothing moved).
+    /// Retried when another writer changed either consumer meanwhile.
+    pub async fn move_allocations(&self, from: &str, to: &str) -> Result<bool, PlacementError> {
+        for _ in 0..RETRIES {
+            let path = |c: &str| format!("/allocations/{}", url_part(c));
+            let source = self.req(Method::GET, &path(from), "1.28", None).await?;
+            let Some(allocs) = source["allocations"].as_object().filter(|a| !a.is_empty()) else {
+                return Ok(false);
+            };
+            let target = self.req(Method::GET, &path(to), "1.28", None).await?;
+            let resources: serde_json::Map<String, Value> =
+                allocs.iter().map(|(rp, a)| (rp.clone(), json!({"resources": a["resources"]}))).collect();
+            let owner = |v: &Value, k: &str| {
+                v[k].as_str().map(str::to_string).or_else(|| source[k].as_str().map(str::to_string))
+            };
+            let body = json!({
+                from: {"allocations": {}, "project_id": source["project_id"], "user_id": source["user_id"],
+                       "consumer_generation": source["consumer_generation"]},
+                to: {"allocations": resources, "project_id": owner(&target, "project_id"),
+                     "user_id": owner(&target, "user_id"), "consumer_generation": target["consumer_generation"]},
+            });
+            match self.req(Method::POST, "/allocations", "1.28", Some(body)).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.status() == Some(409) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PlacementError::Conflict(format!("allocations of {from} and {to} kept changing under us")))
+    }
+
     /// The resources allocated to a consumer on any provider (empty when none).
     pub async fn allocations(&self, consumer: &str) -> Result<Value, PlacementError> {
         let v = self.req(Method::GET, &format!("/allocations/{}", url_part(consumer)), "1.28", None).await?;

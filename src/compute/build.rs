@@ -211,7 +211,7 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Creates (does not start) the instance's container from its spec.
-    async fn create_container(
+    pub(super) async fn create_container(
         &self,
         i: &Instance,
         meta: &GlanceImage,
@@ -229,7 +229,7 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Starts the created container (the spawn phase).
-    async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
+    pub(super) async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
         let t = Instant::now();
         // The bench's mark for where Docker's own start begins.
         tracing::debug!(instance = %uuid, "container start sent");
@@ -279,7 +279,7 @@ impl<D: Driver> ComputeManager<D> {
         Ok(())
     }
 
-    async fn seccomp_profile(&self) -> Result<Option<String>, OpError> {
+    pub(super) async fn seccomp_profile(&self) -> Result<Option<String>, OpError> {
         match &self.settings.docker.seccomp_profile {
             None => Ok(None),
             Some(path) => tokio::fs::read_to_string(path)

@@ -8,9 +8,10 @@ use serde_json::{Map, Value, json};
 
 use super::build::build_request;
 use super::manager::ComputeManager;
+use super::resize::ResizeRequest;
 use super::snapshot::Rotation;
 use crate::network::NetworkRequest;
-use crate::objects::Instance;
+use crate::objects::{Flavor, Instance, Migration, NovaObject};
 use crate::rpc::{BoxFuture, CallResult, Endpoint, Invocation, RemoteError, Version};
 use crate::virt::Driver;
 
@@ -37,6 +38,12 @@ const SUPPORTED: &[&str] = &[
     "backup_instance",
     "attach_interface",
     "detach_interface",
+    "prep_resize",
+    "resize_instance",
+    "finish_resize",
+    "confirm_resize",
+    "revert_resize",
+    "finish_revert_resize",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -52,12 +59,6 @@ const UNSUPPORTED: &[&str] = &[
     "extend_volume",
     "volume_snapshot_create",
     "volume_snapshot_delete",
-    "confirm_resize",
-    "revert_resize",
-    "finish_resize",
-    "finish_revert_resize",
-    "prep_resize",
-    "resize_instance",
     "prep_snapshot_based_resize_at_dest",
     "prep_snapshot_based_resize_at_source",
     "finish_snapshot_based_resize_at_dest",
@@ -114,6 +115,27 @@ impl<D: Driver> ComputeEndpoint<D> {
 fn instance_arg(args: &Map<String, Value>) -> Result<Instance, RemoteError> {
     let v = args.get("instance").ok_or_else(|| RemoteError::bad_request("missing argument: instance"))?;
     Instance::from_primitive(v).map_err(|e| RemoteError::bad_request(format!("argument instance: {e}")))
+}
+
+fn migration_arg(args: &Map<String, Value>) -> Result<Migration, RemoteError> {
+    let v = args.get("migration").ok_or_else(|| RemoteError::bad_request("missing argument: migration"))?;
+    Migration::from_primitive(v).map_err(|e| RemoteError::bad_request(format!("argument migration: {e}")))
+}
+
+/// The flavor argument, under the first of `names` present (6.0 renamed
+/// `instance_type` to `flavor`).
+fn flavor_arg(args: &Map<String, Value>, names: &[&str]) -> Result<Flavor, RemoteError> {
+    let v = names
+        .iter()
+        .find_map(|n| args.get(*n).filter(|v| !v.is_null()))
+        .ok_or_else(|| RemoteError::bad_request("missing argument: flavor"))?;
+    NovaObject::expect(v, "Flavor")
+        .map(|obj| Flavor { obj })
+        .map_err(|e| RemoteError::bad_request(format!("argument flavor: {e}")))
+}
+
+fn value_arg(args: &Map<String, Value>, name: &str) -> Value {
+    args.get(name).cloned().unwrap_or(Value::Null)
 }
 
 fn str_arg(args: &Map<String, Value>, name: &str) -> Result<String, RemoteError> {
@@ -218,6 +240,34 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                 "detach_interface" => {
                     let port = str_arg(&args, "port_id")?;
                     map(m.detach_interface(&ctx, instance_arg(&args)?, &port, true).await)
+                }
+                "prep_resize" => {
+                    let req = ResizeRequest {
+                        flavor: flavor_arg(&args, &["flavor", "instance_type"])?,
+                        image: value_arg(&args, "image"),
+                        request_spec: value_arg(&args, "request_spec"),
+                        filter_properties: value_arg(&args, "filter_properties"),
+                        host_list: value_arg(&args, "host_list"),
+                        clean_shutdown: bool_arg(&args, "clean_shutdown", true),
+                    };
+                    map(m.prep_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, req).await)
+                }
+                "resize_instance" => {
+                    let clean = bool_arg(&args, "clean_shutdown", true);
+                    let (image, spec) = (value_arg(&args, "image"), value_arg(&args, "request_spec"));
+                    map(m.resize_instance(&ctx, instance_arg(&args)?, migration_arg(&args)?, image, spec, clean).await)
+                }
+                "finish_resize" => {
+                    let disk_info = args.get("disk_info").cloned();
+                    map(m.finish_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, disk_info).await)
+                }
+                "confirm_resize" => map(m.confirm_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await),
+                "revert_resize" => {
+                    let spec = value_arg(&args, "request_spec");
+                    map(m.revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, spec).await)
+                }
+                "finish_revert_resize" => {
+                    map(m.finish_revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await)
                 }
                 other if call.is_call => Err(m.unsupported(other)),
                 other => {

@@ -8,6 +8,7 @@
 //! - [`build`]: building and deleting instances;
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
 //! - [`snapshot`]: snapshots and backups into Glance;
+//! - [`resize`]: resize and cold migration, on one host or between two;
 //! - [`sync`]: start-up recovery and power-state sync;
 //! - [`root_disk`]: instances over their root disk limit (measure mode);
 //! - [`endpoint`]: the compute RPC methods;
@@ -25,6 +26,7 @@ pub mod manager;
 pub mod networking;
 pub mod operation;
 pub mod reclaim;
+pub mod resize;
 pub mod root_disk;
 pub mod snapshot;
 #[cfg(test)]

@@ -709,3 +709,260 @@ async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
     let d = h.manager.get_instance_diagnostics(&h.rpc_instance(&running)).await.unwrap();
     assert_eq!(d["nova_object.data"]["state"], "running");
 }
+
+// ---------------------------------------------------------------------------
+// Resize and cold migration (same host: every step runs on this harness)
+// ---------------------------------------------------------------------------
+
+mod resize {
+    use super::*;
+    use crate::compute::resize::ResizeRequest;
+    use crate::objects::{Flavor, Instance, Migration, NovaObject};
+    use crate::testing::HOST;
+
+    fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
+        let v = json!({"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
+            "nova_object.data": {"id": id, "flavorid": format!("f{id}"), "name": format!("f{id}"),
+                "memory_mb": memory_mb, "vcpus": 1, "root_gb": 1, "ephemeral_gb": 0, "extra_specs": extra_specs}});
+        Flavor { obj: NovaObject::expect(&v, "Flavor").unwrap() }
+    }
+
+    fn request(flavor: Flavor) -> ResizeRequest {
+        ResizeRequest {
+            flavor,
+            image: json!({}),
+            request_spec: Value::Null,
+            filter_properties: json!({}),
+            host_list: json!([]),
+            clean_shutdown: true,
+        }
+    }
+
+    /// An active instance of flavor 1 (64 MiB) on this host, the API's
+    /// resize_prep task set, and the conductor's migration to flavor `to`.
+    fn resizing(h: &Harness, to: i64) -> (String, String) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        h.nova.set_field(&u, "flavor", flavor(1, 64, json!({})).obj.to_primitive());
+        h.nova.set_field(&u, "instance_type_id", json!(1));
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 7, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "status": "pre-migrating", "old_instance_type_id": 1,
+            "new_instance_type_id": to, "migration_type": if to == 1 { "migration" } else { "resize" }}));
+        (u, m)
+    }
+
+    /// Delivers the casts the manager sent to itself until none is left.
+    async fn deliver(h: &Harness) -> Vec<String> {
+        let mut methods = Vec::new();
+        loop {
+            let casts = h.nova.take_casts();
+            if casts.is_empty() {
+                return methods;
+            }
+            for c in casts {
+                assert_eq!(c.host, HOST, "{c:?}");
+                let i = Instance::from_primitive(&c.args["instance"]).unwrap();
+                let m = Migration::from_primitive(&c.args["migration"]).unwrap();
+                let r = match c.method.as_str() {
+                    "resize_instance" => h.manager.resize_instance(&h.ctx, i, m, json!({}), Value::Null, true).await,
+                    "finish_resize" => h.manager.finish_resize(&h.ctx, i, m, c.args.get("disk_info").cloned()).await,
+                    "finish_revert_resize" => h.manager.finish_revert_resize(&h.ctx, i, m).await,
+                    other => panic!("unexpected cast {other}"),
+                };
+                methods.push(c.method.clone());
+                let _ = r;
+            }
+        }
+    }
+
+    async fn resize_to(h: &Harness, u: &str, m: &str, to: Flavor) {
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(u), h.nova.migration(m), request(to)).await.unwrap();
+        assert_eq!(deliver(h).await, ["resize_instance", "finish_resize"]);
+    }
+
+    #[tokio::test]
+    async fn a_same_host_resize_recreates_the_container_with_the_new_flavor_then_confirms() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_user_port("port-1");
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+
+        assert_eq!(h.states(&u), (Some(VmState::Resized), None, Running));
+        let c = h.driver.container(&u).unwrap();
+        assert_eq!(c.memory_bytes, 128 << 20, "the new flavor's limit");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "created from the committed filesystem");
+        assert_eq!(c.plugged, ["port-1"]);
+        assert_eq!(h.neutron.binding_host("port-1").as_deref(), Some(HOST));
+        assert_eq!(h.nova.migration(&m).status(), Some("finished"));
+        let i = h.rpc_instance(&u);
+        assert_eq!(i.memory_mb(), 128);
+        assert_eq!(i.flavor_named("old_flavor").unwrap().memory_mb(), Some(64));
+        assert_eq!(i.system_metadata().get("old_vm_state").map(String::as_str), Some("active"));
+        let calls = h.driver.calls();
+        let pos = |p: &str| calls.iter().position(|c| c.starts_with(p)).unwrap_or_else(|| panic!("{p}: {calls:?}"));
+        assert!(pos("power_off") < pos("commit") && pos("commit") < pos("destroy") && pos("destroy") < pos("create"));
+
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("confirmed"));
+        let i = h.rpc_instance(&u);
+        assert_eq!(i.obj.get("old_flavor"), Some(&Value::Null));
+        assert!(!i.system_metadata().contains_key("old_vm_state"));
+        assert_eq!(h.driver.container(&u).unwrap().memory_bytes, 128 << 20, "confirm keeps the resized container");
+        assert!(faults_of(&h, &u).is_empty(), "{:?}", faults_of(&h, &u));
+        let names: Vec<String> = h.nova.events().into_iter().filter(|e| e.uuid == u).map(|e| e.event).collect();
+        assert_eq!(
+            names,
+            ["compute_prep_resize", "compute_resize_instance", "compute_finish_resize", "compute_confirm_resize"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reverted_same_host_resize_gets_the_old_flavor_and_filesystem_back() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+
+        h.request(&u, TaskState::ResizeReverting);
+        h.nova.set_migration_field(&m, "status", json!("reverting"));
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        assert_eq!(h.nova.migration(&m).status(), Some("reverted"));
+        assert_eq!(deliver(&h).await, ["finish_revert_resize"]);
+
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        let c = h.driver.container(&u).unwrap();
+        assert_eq!(c.memory_bytes, 64 << 20, "the old flavor's limit again");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "from the filesystem committed before the resize");
+        let i = h.rpc_instance(&u);
+        assert_eq!((i.memory_mb(), i.host()), (64, Some(HOST)));
+        assert!(i.flavor_named("new_flavor").is_none() && i.flavor_named("old_flavor").is_none());
+        assert!(faults_of(&h, &u).is_empty(), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_instance_is_resized_stopped_and_reverted_stopped() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.nova.set_field(&u, "vm_state", json!("stopped"));
+        h.driver.add_container(&u, Shutdown);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u), (Some(VmState::Resized), None, Shutdown));
+        assert_eq!(h.driver.container(&u).unwrap().state, Shutdown);
+        h.request(&u, TaskState::ResizeReverting);
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        deliver(&h).await;
+        assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    }
+
+    #[tokio::test]
+    async fn migrating_to_the_same_host_is_refused_and_leaves_the_instance_as_it_was() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 1);
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(1, 64, json!({}))))
+            .await;
+        assert!(r.is_err());
+        assert!(h.nova.take_casts().is_empty(), "nothing moves");
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(faults_of(&h, &u)[0].contains("Unable to migrate"), "{:?}", faults_of(&h, &u));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+    }
+
+    #[tokio::test]
+    async fn a_refused_resize_goes_to_the_next_alternate_host_when_the_scheduler_gave_some() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1, "hosts": [[HOST, HOST]]}});
+        req.host_list = json!([{"nova_object.name": "Selection", "nova_object.data": {"service_host": "other"}}]);
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let c = &casts[0];
+        assert_eq!((c.host.as_str(), c.method.as_str()), ("conductor", "migrate_server"));
+        assert_eq!(c.args["host_list"][0]["nova_object.data"]["service_host"], "other");
+        let retry = &c.args["scheduler_hint"]["filter_properties"]["retry"];
+        assert!(retry["exc"][0].as_str().unwrap().contains("Unable to migrate"), "{retry}");
+        assert_eq!((c.args["live"].clone(), c.args["rebuild"].clone()), (json!(false), json!(false)));
+        // The conductor goes on: the task stays resize_prep; the fault says why.
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+        // Without alternates the same refusal ends the resize here.
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1}});
+        assert!(h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.is_err());
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    }
+
+    #[tokio::test]
+    async fn a_flavor_this_host_cannot_honour_is_refused_before_anything_moves() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let bad = flavor(2, 128, json!({"docker:cpu_limit": "turbo"}));
+        let r = h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(bad)).await;
+        assert!(r.is_err());
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert!(faults_of(&h, &u)[0].contains("docker:cpu_limit"), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_starts_the_instance_again_where_it_was() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail("commit");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_leaves_the_instance_in_error_with_its_old_flavor() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail("create");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance", "finish_resize"]);
+        let (vm, task, _) = h.states(&u);
+        assert_eq!((vm, task), (Some(VmState::Error), None));
+        assert_eq!(h.rpc_instance(&u).memory_mb(), 64);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
+    let h = Harness::new();
+    let running = h.instance(VmState::Active, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&running, "system_metadata", json!({"old_vm_state": "active"}));
+    let stopped = h.instance(VmState::Stopped, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&stopped, "system_metadata", json!({"old_vm_state": "stopped"}));
+    let m = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": m, "instance_uuid": running, "status": "migrating",
+        "source_compute": crate::testing::HOST, "dest_compute": "other"}));
+    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m}));
+    h.glance.add_queued("unrelated", json!({"nova_docker_migration": "another"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&running), (Some(VmState::Active), None, Running));
+    assert_eq!(h.states(&stopped), (Some(VmState::Stopped), None, Shutdown));
+    assert_eq!(h.nova.migration(&m).status(), Some("error"));
+    assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
+    assert!(h.glance.image("unrelated").is_some());
+}

@@ -79,6 +79,16 @@ impl<D: Driver> ComputeManager<D> {
                     let _ = self.driver.unpause(&uuid).await;
                 }
             }
+            Some(TaskState::ResizeMigrating) => {
+                // Nova rolls a resize interrupted on the source back: the
+                // instance runs here again as it did before.
+                let was_stopped = i.system_metadata().get("old_vm_state").map(String::as_str) == Some("stopped");
+                tracing::warn!(instance = %uuid, "a resize was interrupted by a restart here; rolling it back");
+                self.roll_back_interrupted_resize(ctx, &i).await;
+                if !was_stopped && current != PowerState::Running {
+                    let _ = self.driver.power_on(&uuid).await;
+                }
+            }
             Some(TaskState::PoweringOff) => {
                 if current == PowerState::Running {
                     let _ = self.driver.power_off(&uuid, self.settings.shutdown_timeout).await;

@@ -38,6 +38,11 @@ impl Flavor {
         self.obj.get_i64("root_gb")
     }
 
+    /// The flavor's database id (`instance_type_id`).
+    pub fn id(&self) -> Option<i64> {
+        self.obj.get_i64("id")
+    }
+
     /// Flavor name.
     pub fn name(&self) -> Option<&str> {
         self.obj.get_str("name")
@@ -175,6 +180,29 @@ impl Instance {
     /// The embedded flavor, if loaded.
     pub fn flavor(&self) -> Option<Flavor> {
         self.obj.get("flavor").and_then(|v| NovaObject::expect(v, "Flavor").ok()).map(|obj| Flavor { obj })
+    }
+
+    /// One of the instance's flavors: `flavor`, `old_flavor` (kept during a
+    /// resize for a revert) or `new_flavor` (stashed by prep_resize).
+    pub fn flavor_named(&self, field: &str) -> Option<Flavor> {
+        self.obj.get(field).and_then(|v| NovaObject::expect(v, "Flavor").ok()).map(|obj| Flavor { obj })
+    }
+
+    /// Makes `flavor` the instance's flavor with the columns that mirror it,
+    /// as Nova's `_set_instance_info` does when a resize finishes or reverts.
+    pub fn apply_flavor(&mut self, flavor: &Flavor) {
+        for (column, field) in [
+            ("memory_mb", "memory_mb"),
+            ("vcpus", "vcpus"),
+            ("root_gb", "root_gb"),
+            ("ephemeral_gb", "ephemeral_gb"),
+            ("instance_type_id", "id"),
+        ] {
+            if let Some(v) = flavor.obj.get_i64(field) {
+                self.obj.set(column, v);
+            }
+        }
+        self.obj.set("flavor", flavor.obj.to_primitive());
     }
 
     /// RAM in MiB (flavor first, then the instance column).

@@ -27,6 +27,10 @@ pub struct FakeContainer {
     pub plugged: Vec<String>,
     /// The DNS servers its resolv.conf names.
     pub dns: Vec<String>,
+    /// Its memory limit (0 for one the test added).
+    pub memory_bytes: i64,
+    /// The image it was created from (empty for one the test added).
+    pub image: String,
 }
 
 /// An operation held at its start until the test releases it.
@@ -87,7 +91,7 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new() };
+        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), memory_bytes: 0, image: String::new() };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
     }
 
@@ -218,7 +222,13 @@ impl Driver for FakeDriver {
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("create", &spec.uuid).await?;
         let dns = crate::virt::host_network::dns_servers(network_info);
-        let c = FakeContainer { state: PowerState::Shutdown, plugged: Vec::new(), dns };
+        let c = FakeContainer {
+            state: PowerState::Shutdown,
+            plugged: Vec::new(),
+            dns,
+            memory_bytes: spec.memory_bytes,
+            image: spec.image.clone(),
+        };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())
     }
@@ -397,7 +407,13 @@ impl Driver for FakeDriver {
     async fn commit(&self, uuid: &str, _pause: bool, _changes: Vec<String>) -> Result<String, VirtError> {
         self.enter("commit", uuid).await?;
         self.info(uuid)?;
-        Ok(format!("sha256:{}", "c".repeat(64)))
+        let id = format!("sha256:{}", "c".repeat(64));
+        self.with(|s| {
+            if !s.images.iter().any(|i| i.id == id) {
+                s.images.push(LocalImage { id: id.clone(), tags: Vec::new(), volumes: Vec::new() });
+            }
+        });
+        Ok(id)
     }
 
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {

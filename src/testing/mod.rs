@@ -26,7 +26,7 @@ use crate::rpc::RequestContext;
 pub use fake_driver::FakeDriver;
 pub use fake_glance::FakeGlance;
 pub use fake_neutron::FakeNeutron;
-pub use fake_nova::FakeNova;
+pub use fake_nova::{Cast, FakeNova};
 
 /// The host name of the harness's compute.
 pub const HOST: &str = "fake-host";
