@@ -3,10 +3,13 @@
 //! Files are read with an oslo.config-compatible parser ([`ini`]) and layered
 //! with the `config` crate: later `--config-file`s override earlier ones, and
 //! `OS_<GROUP>__<OPTION>` environment variables override files (oslo.config's
-//! environment source). Options this service does not know are ignored, so the
+//! environment source). Values are interpolated as oslo.config does
+//! ([`interpolate`]: `$option`, `${group.option}`, `$$`). Options this service
+//! does not read are listed ([`Layered::unused`]), not refused, so the
 //! nova.conf of a Python compute host can be used as it is.
 
 pub mod ini;
+pub mod interpolate;
 pub mod keystone;
 pub mod options;
 pub mod transport_url;
@@ -95,6 +98,17 @@ pub enum ConfigError {
     /// `[DEFAULT] transport_url` is not a RabbitMQ URL this host can use.
     #[error("[DEFAULT] transport_url: {0}")]
     TransportUrl(#[from] transport_url::TransportUrlError),
+    /// A `$option` / `${group.option}` reference in an option's value
+    /// cannot be resolved (oslo.config's template substitution).
+    #[error("[{group}] {name}: {source}")]
+    Interpolation {
+        /// The option whose value holds the reference.
+        group: &'static str,
+        /// Its name.
+        name: &'static str,
+        /// Which reference, and why it cannot be resolved.
+        source: interpolate::InterpolationError,
+    },
     /// The `config` crate failed to merge or read the layered sources.
     #[error("configuration: {0}")]
     Layering(#[from] config::ConfigError),
@@ -180,6 +194,9 @@ impl config::Source for EnvSource {
 #[derive(Clone)]
 pub struct Layered {
     cfg: config::Config,
+    /// The values of the table's options holding `$` references, interpolated
+    /// once at load (so a bad reference is an error at start, not later).
+    interpolated: BTreeMap<(&'static str, &'static str), String>,
 }
 
 impl std::fmt::Debug for Layered {
@@ -201,7 +218,7 @@ impl Layered {
             builder = builder.add_source(IniSource { origin: path.display().to_string(), file });
         }
         builder = builder.add_source(EnvSource::from_env());
-        Ok(Layered { cfg: builder.build()? })
+        Layered::interpolated(builder.build()?)
     }
 
     /// Builds from INI text (tests, and `check` on an in-memory file).
@@ -209,7 +226,31 @@ impl Layered {
         let file =
             ini::IniFile::parse(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<text>"), source })?;
         let cfg = config::Config::builder().add_source(IniSource { origin: "<text>".into(), file }).build()?;
-        Ok(Layered { cfg })
+        Layered::interpolated(cfg)
+    }
+
+    /// Interpolates every option of the table that holds a `$` (its set
+    /// value, or its default), as oslo.config does on access. Options the
+    /// host does not read are left alone: a reference in one of those is
+    /// Nova's business.
+    fn interpolated(cfg: config::Config) -> Result<Self, ConfigError> {
+        let mut layered = Layered { cfg, interpolated: BTreeMap::new() };
+        let mut interpolated = BTreeMap::new();
+        for opt in options::ALL {
+            let Some(raw) = layered.uninterpolated(opt) else { continue };
+            if !interpolate::has_template(&raw) {
+                continue;
+            }
+            let value = interpolate::interpolate(&layered, opt.group, opt.name, &raw)
+                .map_err(|source| ConfigError::Interpolation { group: opt.group, name: opt.name, source })?;
+            interpolated.insert((opt.group, opt.name), value);
+        }
+        layered.interpolated = interpolated;
+        Ok(layered)
+    }
+
+    fn uninterpolated(&self, opt: &Opt) -> Option<String> {
+        self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
     }
 
     /// Options set in the groups only nova-docker reads (`[docker]`) that
@@ -260,8 +301,12 @@ impl Layered {
     }
 
     /// The raw text of an option (set value, else its default).
+    /// References (`$option`, `${group.option}`) are already substituted.
     pub fn raw(&self, opt: &Opt) -> Option<String> {
-        self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
+        if let Some(value) = self.interpolated.get(&(opt.group, opt.name)) {
+            return Some(value.clone());
+        }
+        self.uninterpolated(opt)
     }
 
     /// Whether `[group] name` is set by a file or the environment (any
@@ -335,6 +380,28 @@ impl Layered {
                 expected,
             }),
         }
+    }
+}
+
+impl interpolate::Lookup for Layered {
+    fn find(&self, group: &str, name: &str) -> Option<interpolate::Found> {
+        use interpolate::Found;
+        if name.contains('.') || group.contains('.') {
+            return None;
+        }
+        if let Ok(value) = self.cfg.get_string(&format!("{group}.{name}")) {
+            return Some(Found::Value(value));
+        }
+        let opt = options::ALL.iter().find(|o| o.group == group && o.name == name)?;
+        Some(match (opt.default, opt.name) {
+            (Some(default), _) => Found::Value(default.to_string()),
+            // Nova's own computed defaults that are known without probing the host.
+            (None, "host") if group == "DEFAULT" => Found::Value(system_hostname()),
+            (None, "instances_path") if group == "DEFAULT" => Found::Value("$state_path/instances".into()),
+            (None, _) if opt.dynamic_default.is_some() => Found::Computed,
+            // A known option without a value: oslo substitutes "".
+            (None, _) => Found::Value(String::new()),
+        })
     }
 }
 
@@ -1238,5 +1305,39 @@ driver = noop
         let conf = "[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /srv/nova\n";
         let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
         assert_eq!(s.docker.instances_path, PathBuf::from("/srv/nova/instances"));
+    }
+
+    #[test]
+    fn values_are_interpolated_as_oslo_config_does() {
+        let conf = "[DEFAULT]\nbase = /srv\nstate_path = $base/nova\ninstances_path = ${state_path}/inst\n\
+                    transport_url = rabbit://nova:pa$$s@h/\nhost = ${docker.node}-x\n\
+                    [docker]\nnode = cmp1\n[glance]\nendpoint_override = http://img.$host:9292\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!(s.state_path, PathBuf::from("/srv/nova"));
+        assert_eq!(s.docker.instances_path, PathBuf::from("/srv/nova/inst"));
+        assert_eq!(s.compute_id_path(), PathBuf::from("/srv/nova/compute_id"));
+        assert_eq!(s.transport_url.brokers[0].password, "pa$s");
+        assert_eq!(s.host, "cmp1-x");
+        assert_eq!(s.glance.endpoint_override.as_deref(), Some("http://img.cmp1-x:9292"));
+        // A default holding a reference (instances_path) follows state_path.
+        let s = Settings::from_layered(
+            &Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /data\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.docker.instances_path, PathBuf::from("/data/instances"));
+    }
+
+    #[test]
+    fn bad_references_are_errors_naming_the_option() {
+        let err =
+            Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = $pybasedir/x\n").unwrap_err();
+        assert_eq!(err.to_string(), "[DEFAULT] state_path: $pybasedir: no such option in [DEFAULT]");
+        let err = Layered::from_text("[DEFAULT]\nstate_path = $instances_path\ninstances_path = $state_path/i\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("the references loop"), "{err}");
+        let err = Layered::from_text("[glance]\nregion_name = $my_ip\n").unwrap_err();
+        assert!(err.to_string().starts_with("[glance] region_name: $my_ip: its value is computed"), "{err}");
+        // References in options the host does not read are Nova's business.
+        assert!(Layered::from_text("[vnc]\nserver_listen = $my_ip\n[DEFAULT]\nx = $nothing\n").is_ok());
     }
 }
