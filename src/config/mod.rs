@@ -685,8 +685,14 @@ pub struct Settings {
     pub nova_release: String,
     /// `[docker] metrics_listen`: host:port serving /healthz, /readyz and /metrics (`None`: no endpoint).
     pub metrics_listen: Option<String>,
-    /// `[docker] log_format` = json: log lines as JSON instead of text.
+    /// `[DEFAULT] use_json` or `[docker] log_format` = json: log lines as oslo.log JSON instead of text.
     pub log_json: bool,
+    /// `[DEFAULT] log_file` (under `log_dir`), or `<log_dir>/nova-docker.log`: where the log is appended (`None`: stderr).
+    pub log_file: Option<PathBuf>,
+    /// `[DEFAULT] log_dir`: the directory of a relative `--log-file`.
+    pub log_dir: Option<PathBuf>,
+    /// `[DEFAULT] use_journal`: log to journald's native socket.
+    pub use_journal: bool,
     /// `[oslo_messaging_rabbit]`: how RabbitMQ entities are declared and reconnected.
     pub rabbit: RabbitSettings,
     /// `[placement]`: how to reach and authenticate to Placement.
@@ -888,7 +894,13 @@ impl Settings {
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,
             metrics_listen: l.string(&DOCKER_METRICS_LISTEN),
-            log_json: log_format == "json",
+            log_json: log_format == "json" || l.bool(&USE_JSON)?,
+            log_file: crate::logging::log_file_path(
+                l.string(&LOG_FILE).as_deref().map(Path::new),
+                l.string(&LOG_DIR).as_deref().map(Path::new),
+            ),
+            log_dir: l.string(&LOG_DIR).map(PathBuf::from),
+            use_journal: l.bool(&USE_JOURNAL)?,
             rabbit: RabbitSettings {
                 heartbeat_timeout_threshold: int(&HEARTBEAT_TIMEOUT_THRESHOLD)?.clamp(0, u16::MAX as i64) as u16,
                 durable_queues: l.bool(&AMQP_DURABLE_QUEUES)?,
@@ -1339,5 +1351,23 @@ driver = noop
         assert!(err.to_string().starts_with("[glance] region_name: $my_ip: its value is computed"), "{err}");
         // References in options the host does not read are Nova's business.
         assert!(Layered::from_text("[vnc]\nserver_listen = $my_ip\n[DEFAULT]\nx = $nothing\n").is_ok());
+    }
+
+    #[test]
+    fn logging_options_are_read_as_oslo_log() {
+        let base = "[DEFAULT]\ntransport_url = rabbit://h/\n";
+        let s = Settings::from_layered(&Layered::from_text(base).unwrap()).unwrap();
+        assert_eq!((s.log_file.clone(), s.log_json, s.use_journal, s.debug), (None, false, false, false));
+        let conf = format!(
+            "{base}log_dir = /var/log/nova\nlog_file = c.log\nuse_json = true\nuse_journal = yes\ndebug = on\n"
+        );
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/nova/c.log")));
+        assert!(s.log_json && s.use_journal && s.debug);
+        let conf = format!("{base}log_dir = /var/log/nova\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/nova/nova-docker.log")));
+        let s = Settings::from_layered(&Layered::from_text(&format!("{base}[docker]\nlog_format = json\n")).unwrap());
+        assert!(s.unwrap().log_json);
     }
 }

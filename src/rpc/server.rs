@@ -234,10 +234,16 @@ impl RpcServer {
                 "dropped duplicate message");
             return None;
         }
+        // The fields oslo.log's context format shows (see crate::logging).
+        let ctx = &request.context;
         let span = tracing::info_span!(
             "rpc",
             method = %request.method,
-            request_id = request.context.request_id().unwrap_or("-"),
+            request_id = ctx.request_id().unwrap_or("-"),
+            global_request_id = ctx.global_request_id().unwrap_or("-"),
+            user_identity = %ctx.user_identity(),
+            user = ctx.user_id().unwrap_or("-"),
+            project = ctx.project_id().unwrap_or("-"),
             instance = tracing::field::Empty,
         );
         Some((request, span))

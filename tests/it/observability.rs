@@ -127,12 +127,19 @@ async fn health_metrics_and_logs_of_a_running_host() {
     assert_eq!(sample(&after, active), sample(&before, active) + 1.0, "{after}");
     assert!(after.contains(r#"nova_docker_operation_duration_seconds_count{operation="build",phase="spawn"}"#));
 
-    // The build's log lines name the request and the instance.
+    // The build's log lines name the request and the instance, as
+    // oslo.log's context format does: `[None req-... user project ...]
+    // [instance: uuid] message`.
     let log = host.log_text();
     let built = log.lines().find(|l| l.contains("instance built")).expect("an 'instance built' line");
-    assert!(built.contains(&id), "{built}");
-    assert!(built.contains("request_id=\"req-"), "{built}");
-    assert_eq!(built.matches(&format!("instance=\"{id}\"")).count(), 1, "the span names the instance once: {built}");
+    assert!(built.contains(" INFO nova_docker."), "{built}");
+    // [global_request_id request_id user project domain system_scope user_domain project_domain]
+    let context = built.split_once("] [instance:").and_then(|(head, _)| head.rsplit_once(" [")).map(|(_, c)| c);
+    let context: Vec<&str> = context.expect("a context before the instance").split(' ').collect();
+    assert_eq!(context.len(), 8, "{built}");
+    assert!(context[1].starts_with("req-"), "{built}");
+    assert_eq!(built.matches(&id).count(), 1, "the instance is named once: {built}");
+    assert!(built.contains(&format!("] [instance: {id}] instance built")), "{built}");
     cloud.delete_server(&id, T).await;
     let (_, gone) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&gone, active), sample(&before, active), "deleted, no longer counted:\n{gone}");
