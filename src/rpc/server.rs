@@ -200,7 +200,10 @@ impl RpcServer {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(queue = %incoming.queue, bytes = incoming.body.len(), error = %e, "dropped unreadable message");
-                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                metrics::global().inc(
+                    "nova_docker_rpc_requests_total",
+                    &[("method", crate::metrics::UNKNOWN), ("outcome", "malformed")],
+                );
                 return None;
             }
         };
@@ -209,7 +212,10 @@ impl RpcServer {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(queue = %incoming.queue, error = %e, "dropped invalid request");
-                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                metrics::global().inc(
+                    "nova_docker_rpc_requests_total",
+                    &[("method", crate::metrics::UNKNOWN), ("outcome", "malformed")],
+                );
                 if let Some(reply_to) = reply_to
                     && !self.reply_queue_obsolete(&reply_to.reply_q)
                 {
@@ -261,7 +267,7 @@ impl RpcServer {
         let routed = self.dispatcher.route(&request);
         // Only methods an endpoint serves get a metric series of their own:
         // a peer's made-up names would each add one, forever.
-        let method = if routed.is_ok() { request.method.clone() } else { "-".to_string() };
+        let method = if routed.is_ok() { request.method.clone() } else { metrics::UNKNOWN.to_string() };
         let result: CallResult = match routed {
             Err(e) => Err(e),
             Ok(endpoint) => {

@@ -111,7 +111,12 @@ async fn health_metrics_and_logs_of_a_running_host() {
     let build = r#"nova_docker_rpc_requests_total{method="build_and_run_instance",outcome="ok"}"#;
     let active = r#"nova_docker_instances{vm_state="active"}"#;
     let (_, before) = get(&format!("{base}/metrics")).await;
-    assert!(before.contains("# TYPE nova_docker_rpc_requests_total counter"), "{before}");
+    assert!(before.contains(&format!("nova_docker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    assert_eq!(sample(&before, "nova_docker_broker_connected"), 1.0, "{before}");
+    assert_eq!(sample(&before, "nova_docker_docker_connected"), 1.0, "{before}");
+    assert!(sample(&before, "process_resident_memory_bytes") > 0.0, "{before}");
+    let head = reqwest::Client::new().head(format!("{base}/metrics")).timeout(Duration::from_secs(10)).send().await;
+    assert_eq!(head.unwrap().status().as_u16(), 200);
     // An image no host has seen (a Glance id of its own), so the build
     // downloads it: every byte of it is counted, once.
     let archive = common::docker_save("nd-busybox:latest");
@@ -121,6 +126,9 @@ async fn health_metrics_and_logs_of_a_running_host() {
     cloud.wait_status(&id, "ACTIVE", T).await;
     let (_, after) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&after, build), sample(&before, build) + 1.0, "{after}");
+    // OpenMetrics: a counter's family is named without `_total` (a family
+    // is listed once it has a series).
+    assert!(after.contains("# TYPE nova_docker_rpc_requests counter"), "{after}");
     let glance_in = r#"nova_docker_glance_bytes_total{direction="download"}"#;
     assert_eq!(sample(&after, glance_in) - sample(&before, glance_in), size, "{after}");
     // The instance gauge counts it as soon as ACTIVE is saved.
