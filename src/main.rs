@@ -70,6 +70,10 @@ enum ImageCommand {
         /// Image property key=value (repeatable), e.g. os_command_line="sleep 1d".
         #[arg(long = "property")]
         properties: Vec<String>,
+        /// Do not set hypervisor_type=docker on the image (set by default, so
+        /// that Nova's ImagePropertiesFilter keeps it off libvirt hosts).
+        #[arg(long = "no-hypervisor-type")]
+        no_hypervisor_type: bool,
     },
     /// Glance image GLANCE_ID streamed into `docker load`, to pre-seed this host.
     Fetch { glance_id: String },
@@ -155,10 +159,12 @@ async fn run(cli: Cli, config_files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             let ok = nova_docker::check::run(&settings).await;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Image(ImageCommand::Import { image, name, visibility, properties }) => {
+        Command::Image(ImageCommand::Import { image, name, visibility, properties, no_hypervisor_type }) => {
             let settings = load()?;
             log(&settings)?;
-            let id = nova_docker::image::cli::import(&settings, &image, name, visibility, &properties).await?;
+            let id =
+                nova_docker::image::cli::import(&settings, &image, name, visibility, &properties, !no_hypervisor_type)
+                    .await?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
