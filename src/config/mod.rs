@@ -635,6 +635,9 @@ pub struct Settings {
     pub my_ip: Option<IpAddr>,
     /// `[DEFAULT] state_path`: directory of persistent state (holds `compute_id`).
     pub state_path: PathBuf,
+    /// The directories of the configuration files read, in order (Nova
+    /// reads `compute_id` there too); empty when built from text.
+    pub config_dirs: Vec<PathBuf>,
     /// `[DEFAULT] debug`: log at debug level.
     pub debug: bool,
     /// `[DEFAULT] max_concurrent_builds`: instance builds run at once (0: unlimited).
@@ -729,7 +732,15 @@ fn interval(v: i64) -> Option<Duration> {
 impl Settings {
     /// Loads and validates the settings from `--config-file`s in order.
     pub fn load(paths: &[PathBuf]) -> Result<Self, ConfigError> {
-        Self::from_layered(&Layered::load(paths)?)
+        let mut s = Self::from_layered(&Layered::load(paths)?)?;
+        s.config_dirs = Vec::new();
+        for dir in paths.iter().filter_map(|p| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if !s.config_dirs.iter().any(|d| d == dir) {
+                s.config_dirs.push(dir.to_path_buf());
+            }
+        }
+        Ok(s)
     }
 
     /// Validates settings from already layered values.
@@ -869,6 +880,7 @@ impl Settings {
             report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
             my_ip,
             state_path,
+            config_dirs: Vec::new(),
             debug: l.bool(&DEBUG)?,
             max_concurrent_builds: int(&MAX_CONCURRENT_BUILDS)?.max(0) as usize,
             max_concurrent_snapshots: int(&MAX_CONCURRENT_SNAPSHOTS)?.max(0) as usize,
@@ -1017,9 +1029,23 @@ impl Settings {
         })
     }
 
-    /// Where the node identity is kept (`$state_path/compute_id`, as Nova).
+    /// Where the node identity is kept (`$state_path/compute_id`, as Nova):
+    /// the only place it is written.
     pub fn compute_id_path(&self) -> PathBuf {
         self.state_path.join("compute_id")
+    }
+
+    /// Where Nova (2023.1+, `nova.virt.node.read_local_node_uuid`) reads
+    /// the node identity, in order: `compute_id` next to each configuration
+    /// file (where deployment tools provision it), then in `state_path`.
+    /// Every one found must hold the same uuid.
+    pub fn compute_id_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.config_dirs.iter().map(|d| d.join("compute_id")).collect();
+        let own = self.compute_id_path();
+        if !paths.contains(&own) {
+            paths.push(own);
+        }
+        paths
     }
 }
 
@@ -1168,6 +1194,22 @@ driver = noop
         assert_eq!(s.docker.instances_path, PathBuf::from("/tmp/state-compute/instances"));
         assert!(!s.rabbit.durable_queues);
         assert_eq!(s.compute_id_path(), PathBuf::from("/tmp/state-compute/compute_id"));
+    }
+
+    #[test]
+    fn compute_id_is_looked_for_next_to_each_file_then_in_state_path() {
+        let dir = std::env::temp_dir().join(format!("nd-conf-cid-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        let (a, b, c) = (dir.join("nova.conf"), dir.join("d/10.conf"), dir.join("d/20.conf"));
+        std::fs::write(&a, "[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /var/lib/nova\n").unwrap();
+        std::fs::write(&b, "").unwrap();
+        std::fs::write(&c, "").unwrap();
+        let s = Settings::load(&[a, b, c]).unwrap();
+        assert_eq!(
+            s.compute_id_paths(),
+            [dir.join("compute_id"), dir.join("d/compute_id"), PathBuf::from("/var/lib/nova/compute_id")]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
