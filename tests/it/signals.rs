@@ -292,3 +292,32 @@ async fn logging_options_of_nova_conf_are_honoured_at_start() {
     assert!(status.success(), "SIGTERM exit status: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// READY=1 only once the host is registered: when the notification
+/// arrives, Nova already lists the service and Placement has the host's
+/// provider (a real control plane, a real NOTIFY_SOCKET listener);
+/// STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn systemd_ready_is_sent_after_the_host_registered() {
+    use crate::cloud::{Cloud, ComputeHost, host_name};
+    let cloud = Cloud::get(common::Release::Newest);
+    let name = host_name("ready");
+    let mut host = ComputeHost::configure(&cloud, &name, "");
+    let sock_path = host.state.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let socket = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    host.set_env("NOTIFY_SOCKET", &sock_path.display().to_string());
+    host.spawn();
+    let got = notifications_until(&socket, "READY=1").await;
+    // Checked at once, before anything else can happen.
+    let (service, provider) = tokio::join!(cloud.compute_service(&name), cloud.provider(&name));
+    assert!(service.is_some(), "READY=1 before Nova lists the service: {got:?}");
+    assert!(provider.is_some(), "READY=1 before the Placement provider exists: {got:?}");
+    let log = host.log_text();
+    let registered = log.find("host registered").expect("a 'host registered' line");
+    let ready = log.find("ready: serving compute requests").expect("a 'ready' line");
+    assert!(registered < ready, "{log}");
+    assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
+    let after = notifications_until(&socket, "STOPPING=1").await;
+    assert!(after.iter().all(|m| !m.contains("READY=1")), "{after:?}");
+}
