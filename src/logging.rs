@@ -130,6 +130,8 @@ pub fn init(settings: &LogSettings) -> Result<(), LoggingError> {
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         return Ok(());
     }
+    // Crates logging with `log` (bollard, ...) go through the same layer.
+    let _ = tracing_log::LogTracer::init();
     let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
     Ok(())
 }
@@ -278,6 +280,8 @@ struct EventFields {
 impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
+            // tracing-log's own fields (target, file, line of a `log` record)
+            name if name.starts_with("log.") => {}
             "message" => self.message = value.to_string(),
             "instance" => self.instance = Some(value.to_string()),
             name => self.fields.push((name, value.into())),
@@ -287,10 +291,14 @@ impl Visit for EventFields {
         self.record_str(field, &format!("{value:?}"));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.fields.push((field.name(), value.into()));
+        if !field.name().starts_with("log.") {
+            self.fields.push((field.name(), value.into()));
+        }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields.push((field.name(), value.into()));
+        if !field.name().starts_with("log.") {
+            self.fields.push((field.name(), value.into()));
+        }
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.fields.push((field.name(), value.into()));
@@ -344,16 +352,54 @@ where
         if fields.instance.is_some() {
             context.instance = fields.instance.take();
         }
-        let record = Record { meta: event.metadata(), now: chrono::Local::now(), fields, context };
+        // A `log` record (bridged by tracing-log) carries its real target,
+        // file and line in fields of its own.
+        use tracing_log::NormalizeEvent;
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let record = Record {
+            meta: Meta {
+                level: *meta.level(),
+                target: meta.target().to_string(),
+                file: meta.file().map(str::to_string),
+                line: meta.line(),
+            },
+            now: chrono::Local::now(),
+            fields,
+            context,
+        };
         self.write(&record);
     }
 }
 
 struct Record {
-    meta: &'static tracing::Metadata<'static>,
+    meta: Meta,
     now: chrono::DateTime<chrono::Local>,
     fields: EventFields,
     context: SpanFields,
+}
+
+/// Where a record comes from.
+struct Meta {
+    level: Level,
+    target: String,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+impl Meta {
+    fn level(&self) -> &Level {
+        &self.level
+    }
+    fn target(&self) -> &str {
+        &self.target
+    }
+    fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
+    fn line(&self) -> Option<u32> {
+        self.line
+    }
 }
 
 /// oslo's level name and number for a `tracing` level.

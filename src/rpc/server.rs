@@ -320,8 +320,11 @@ impl RpcServer {
                 }
                 drop(waiting);
             }
-            (None, Err(e)) => tracing::warn!(error = %e, "cast failed"),
-            (None, Ok(_)) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "cast handled"),
+            // oslo.log's line has no place for the method: the field says it.
+            (None, Err(e)) => tracing::warn!(method = %request.method, error = %e, "cast failed"),
+            (None, Ok(_)) => {
+                tracing::debug!(method = %request.method, elapsed_ms = started.elapsed().as_millis() as u64, "cast handled")
+            }
         }
     }
 
