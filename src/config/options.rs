@@ -77,7 +77,15 @@ opts! {
     INSTANCES_PATH: "DEFAULT" "instances_path" Str = None, Some("$state_path/instances"),
         "Directory of per-instance files: each instance's generated /etc/resolv.conf and /etc/hosts.";
     DEBUG: "DEFAULT" "debug" Bool = Some("false"), None,
-        "Log at debug level.";
+        "Log at debug level. Re-read on SIGHUP.";
+    LOG_FILE: "DEFAULT" "log_file" Str = None, None,
+        "Append the log to this file (relative to log_dir when that is set); --log-file overrides it. Unset, and without log_dir or use_journal: stderr.";
+    LOG_DIR: "DEFAULT" "log_dir" Str = None, None,
+        "Directory of log_file; with log_dir alone the log is <log_dir>/nova-docker.log (as oslo.log).";
+    USE_JSON: "DEFAULT" "use_json" Bool = Some("false"), None,
+        "Log one JSON object per line, with oslo.log's JSONFormatter field names.";
+    USE_JOURNAL: "DEFAULT" "use_journal" Bool = Some("false"), None,
+        "Send the log to journald's native socket (/run/systemd/journal/socket) with oslo.log's structured fields; the service refuses to start when that socket cannot be used.";
     MAX_CONCURRENT_BUILDS: "DEFAULT" "max_concurrent_builds" Int = Some("10"), None,
         "Maximum number of instance builds run at once on this host (0 means unlimited).";
     MAX_CONCURRENT_SNAPSHOTS: "DEFAULT" "max_concurrent_snapshots" Int = Some("5"), None,
@@ -317,7 +325,7 @@ opts! {
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,
         "host:port of an HTTP endpoint serving /healthz, /readyz and Prometheus /metrics; unset: no endpoint.";
     DOCKER_LOG_FORMAT: "docker" "log_format" Str ["text", "json"] = Some("text"), None,
-        "Log line format: text or json.";
+        "Log line format: text (oslo.log's) or json (oslo.log's JSONFormatter); json is the same as [DEFAULT] use_json = true.";
 
     // [image_cache]
     IMAGE_CACHE_MANAGER_INTERVAL: "image_cache" "manager_interval" Int = Some("2400"), None,
