@@ -108,6 +108,7 @@ fn docker_settings() -> DockerSettings {
         seccomp_profile: None,
         userns_mode: None,
         read_only_rootfs: false,
+        inject_key: false,
         snapshot_pause: true,
         keep_snapshot_images: false,
         max_image_manifest_bytes: 1 << 20,

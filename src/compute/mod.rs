@@ -6,6 +6,7 @@
 //!   fault and state revert on failure);
 //! - [`manager`]: operations with Nova's state transitions;
 //! - [`build`]: building and deleting instances;
+//! - [`guest_data`]: block device mappings and injected files of a build;
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
 //! - [`snapshot`]: snapshots and backups into Glance;
 //! - [`sync`]: start-up recovery and power-state sync;
@@ -19,6 +20,7 @@ pub mod census;
 pub mod endpoint;
 pub mod errors;
 pub mod events;
+pub mod guest_data;
 pub mod host;
 pub mod locks;
 pub mod manager;

@@ -220,6 +220,79 @@ async fn a_build_of_an_image_docker_cannot_run_fails_before_any_container() {
     assert_eq!(faults_of(&h, &u).len(), 1);
 }
 
+fn docker_image() -> Value {
+    json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"})
+}
+
+#[tokio::test]
+async fn a_build_with_a_volume_fails_with_a_fault_before_any_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let bdm = |data: Value| json!({"nova_object.name": "BlockDeviceMapping", "nova_object.data": data});
+    let list = json!({"nova_object.name": "BlockDeviceMappingList", "nova_object.data": {"objects": [
+        bdm(json!({"source_type": "image", "destination_type": "local", "boot_index": 0})),
+        bdm(json!({"source_type": "volume", "destination_type": "volume", "volume_id": "v-1", "boot_index": -1})),
+    ]}});
+    let req = BuildRequest { image: docker_image(), block_device_mapping: Some(list), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    let faults = faults_of(&h, &u);
+    assert_eq!(faults.len(), 1);
+    assert!(faults[0].contains("block device mapping 2") && faults[0].contains("volumes"), "{faults:?}");
+}
+
+#[tokio::test]
+async fn injected_files_and_the_key_pair_reach_the_container_before_it_starts() {
+    let h = Harness::with_options("[docker]\ninject_key = true");
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    let files = h.driver.container(&u).unwrap().files;
+    let got: Vec<(&str, u32, Option<&[u8]>)> =
+        files.iter().map(|f| (f.path.as_str(), f.mode, f.contents.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            ("root/.ssh", 0o700, None),
+            ("root/.ssh/authorized_keys", 0o600, Some(&b"ssh-ed25519 AAAAC3Nza key@test\n"[..])),
+            ("etc/motd", 0o644, Some(&b"hello"[..])),
+        ]
+    );
+    // Without inject_key (the default), no key goes in.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest { image: docker_image(), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.driver.container(&u).unwrap().files.is_empty());
+}
+
+#[tokio::test]
+async fn an_injected_file_that_cannot_be_written_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/../../host", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    assert_eq!(faults_of(&h, &u), ["injected file 1: its path has a . or .. component"]);
+}
+
 #[tokio::test]
 async fn a_failed_terminate_leaves_the_instance_in_error_and_deleting() {
     let h = Harness::new();

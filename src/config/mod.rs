@@ -518,6 +518,9 @@ pub struct DockerSettings {
     pub userns_mode: Option<String>,
     /// `[docker] read_only_rootfs`: mount instances' root filesystems read-only (image property `os_read_only_rootfs` overrides).
     pub read_only_rootfs: bool,
+    /// `[docker] inject_key`: write the key pair's public key to
+    /// `/root/.ssh/authorized_keys` in the container before its first start.
+    pub inject_key: bool,
     /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
     /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
@@ -921,6 +924,7 @@ impl Settings {
                 seccomp_profile: l.string(&DOCKER_SECCOMP_PROFILE).map(PathBuf::from),
                 userns_mode: l.string(&DOCKER_USERNS_MODE),
                 read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
+                inject_key: l.bool(&DOCKER_INJECT_KEY)?,
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,

@@ -294,6 +294,8 @@ opts! {
         "User namespace mode passed to the engine (empty: the daemon's setting, e.g. its userns-remap).";
     DOCKER_READ_ONLY_ROOTFS: "docker" "read_only_rootfs" Bool = Some("false"), None,
         "Mount instances' root filesystems read-only (image property os_read_only_rootfs overrides).";
+    DOCKER_INJECT_KEY: "docker" "inject_key" Bool = Some("false"), None,
+        "Write the instance's key pair public key to /root/.ssh/authorized_keys in its container before the first start (as the old nova-docker driver did); replaces the image's file.";
     DOCKER_SNAPSHOT_PAUSE: "docker" "snapshot_pause" Bool = Some("true"), None,
         "Pause the container while it is committed for a snapshot, for a consistent filesystem.";
     DOCKER_KEEP_SNAPSHOT_IMAGES: "docker" "keep_snapshot_images" Bool = Some("false"), None,

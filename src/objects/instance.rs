@@ -162,6 +162,17 @@ impl Instance {
         self.obj.get_str("hostname")
     }
 
+    /// The public key of the server's key pair (`key_data`), tenant text.
+    pub fn key_data(&self) -> Option<&str> {
+        self.obj.get_str("key_data")
+    }
+
+    /// Whether the server asked for a config drive (`config_drive`: Nova
+    /// stores "True" or an empty string).
+    pub fn config_drive(&self) -> bool {
+        self.obj.get_str("config_drive").is_some_and(|v| !v.is_empty())
+    }
+
     /// User-facing name.
     pub fn display_name(&self) -> Option<&str> {
         self.obj.get_str("display_name")

@@ -27,6 +27,8 @@ pub struct FakeContainer {
     pub plugged: Vec<String>,
     /// The DNS servers its resolv.conf names.
     pub dns: Vec<String>,
+    /// The files written into it before its first start.
+    pub files: Vec<crate::virt::spec::GuestFile>,
 }
 
 /// An operation held at its start until the test releases it.
@@ -87,7 +89,7 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new() };
+        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), files: Vec::new() };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
     }
 
@@ -206,7 +208,7 @@ impl Driver for FakeDriver {
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("create", &spec.uuid).await?;
         let dns = crate::virt::host_network::dns_servers(network_info);
-        let c = FakeContainer { state: PowerState::Shutdown, plugged: Vec::new(), dns };
+        let c = FakeContainer { state: PowerState::Shutdown, plugged: Vec::new(), dns, files: spec.files.clone() };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())
     }

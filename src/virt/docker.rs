@@ -259,6 +259,34 @@ impl DockerDriver {
             .map_err(|e| engine("create volume directories", e))
     }
 
+    /// Writes the spec's files into the created container, in one archive
+    /// put at `/` (`PUT /containers/{id}/archive`). The engine extracts it
+    /// inside the container's root filesystem (chrooted there), so a
+    /// symlink of the image (`/root -> /etc` or to any host path) resolves
+    /// in the container, never on the host, and an existing symlink where a
+    /// written entry goes is replaced by the entry. Never by host paths.
+    async fn write_guest_files(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+        if spec.files.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<crate::image::archive::TarEntry<'_>> = spec
+            .files
+            .iter()
+            .map(|f| crate::image::archive::TarEntry { path: &f.path, mode: f.mode, contents: f.contents.as_deref() })
+            .collect();
+        let mtime =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let tar = crate::image::archive::guest_entries(&entries, mtime);
+        self.docker
+            .upload_to_container(
+                &container_name(&spec.uuid),
+                Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| engine("write the instance's files", e))
+    }
+
     /// Stops (within `timeout`, when not zero) and removes the container;
     /// a missing container is success.
     async fn remove_container(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
@@ -445,6 +473,13 @@ impl Driver for DockerDriver {
     }
 
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        if spec.read_only_rootfs && !spec.files.is_empty() {
+            return Err(VirtError::Invalid(
+                "the instance's root filesystem is read-only (docker:read_only_rootfs or os_read_only_rootfs): \
+                 its key pair or injected files cannot be written into it"
+                    .into(),
+            ));
+        }
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let host_resolv_conf = guest_files::read_host_resolv_conf().await;
         let dns = host_network::dns_servers(network_info);
@@ -468,7 +503,11 @@ impl Driver for DockerDriver {
                 Err(e) => return Err(engine("create", e)),
             }
         }
-        if let Err(e) = self.create_volume_dirs(spec).await {
+        let prepared = match self.create_volume_dirs(spec).await {
+            Ok(()) => self.write_guest_files(spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             let _ = self.remove_container(&spec.uuid, Duration::ZERO).await;
             return Err(e);
         }
@@ -882,6 +921,7 @@ mod tests {
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),
+            files: Vec::new(),
         }
     }
 

@@ -1,0 +1,181 @@
+//! What a server gets in its guest besides the image, through the real Nova
+//! API as a user asks for it (issue 21): its key pair (`[docker]
+//! inject_key`) and injected files (personality) written into the
+//! container before it starts, never through host paths; block device
+//! mappings the host cannot honour refused with a fault.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::common::{self, Release};
+
+const T: Duration = Duration::from_secs(90);
+
+/// `docker exec` in the server's container; its stdout.
+fn guest(id: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
+        .output()
+        .expect("docker exec runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A Docker image FROM the test busybox whose `/root/.ssh` and `/opt/inj`
+/// are symlinks to absolute paths that exist on the host (`escape_dir`) or
+/// could be made there (`escape_ssh`): a writer going through host paths
+/// would follow them out of the container.
+fn hostile_image(tag: &str, escape_ssh: &str, escape_dir: &str) {
+    let ctx = std::env::temp_dir().join(format!("{tag}-ctx").replace(':', "-"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    let script =
+        format!("mkdir -p /root /opt {escape_dir} && ln -s {escape_ssh} /root/.ssh && ln -s {escape_dir} /opt/inj");
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM nd-busybox:latest\nRUN {script}\n")).unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build runs");
+    let _ = std::fs::remove_dir_all(&ctx);
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn post_server(cloud: &Cloud, body: Value) -> String {
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(json!({"server": body})), "2.56").await;
+    assert_eq!(status, 202, "create server: {v}");
+    v["server"]["id"].as_str().expect("server id").to_string()
+}
+
+async fn key_pair_and_injected_files_are_written_into_the_container(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("guestfiles");
+    let mut host = ComputeHost::start(&cloud, &name, "[docker]\ninject_key = true").await;
+    let u = common::unique("nd-guest");
+    let (escape_ssh, escape_dir) = (format!("/tmp/{u}-ssh"), format!("/tmp/{u}-dir"));
+    std::fs::create_dir_all(&escape_dir).unwrap();
+    let tag = format!("{u}:latest");
+    hostile_image(&tag, &escape_ssh, &escape_dir);
+    let image = cloud.docker_image_in_glance(&host.conf, &tag, &u, &[]).await;
+
+    // Nova makes the key pair (microversion < 2.92) and keeps its public key.
+    let (status, kp) =
+        cloud.nova(reqwest::Method::POST, "/os-keypairs", Some(json!({"keypair": {"name": u}})), "2.56").await;
+    assert_eq!(status, 200, "{kp}");
+    let public_key = kp["keypair"]["public_key"].as_str().unwrap().trim().to_string();
+
+    let motd = "hello from personality\n";
+    let secret = "\u{0}binary\u{1}";
+    let id = post_server(
+        &cloud,
+        json!({"name": "guestfiles", "imageRef": image, "flavorRef": "1", "networks": "none",
+        "availability_zone": format!("nova:{name}"), "key_name": u,
+        "personality": [
+            {"path": "/etc/motd", "contents": base64(motd.as_bytes())},
+            {"path": "/opt/inj/through-a-symlink", "contents": base64(secret.as_bytes())},
+            {"path": "/srv/new/dir/file", "contents": base64(b"x")},
+        ]}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+
+    // The key, as root's only authorized key, with sshd's modes; the image's
+    // symlink at /root/.ssh replaced by a directory in the container.
+    let modes = guest(&id, "stat -c '%F %a %u %g' /root/.ssh /root/.ssh/authorized_keys");
+    assert_eq!(modes, "directory 700 0 0\nregular file 600 0 0\n", "{modes}");
+    assert_eq!(guest(&id, "cat /root/.ssh/authorized_keys"), format!("{public_key}\n"));
+    // Personality files, byte for byte, root-owned 0644; missing parents made.
+    assert_eq!(guest(&id, "cat /etc/motd"), motd);
+    assert_eq!(guest(&id, "stat -c '%a %u %g' /etc/motd /srv/new/dir"), "644 0 0\n755 0 0\n");
+    assert_eq!(guest(&id, "cat /opt/inj/through-a-symlink"), secret, "written through the symlink, in the container");
+    // Nothing reached the host through the image's symlinks.
+    assert!(!std::path::Path::new(&escape_ssh).exists(), "{escape_ssh} was created on the host");
+    let leaked: Vec<_> = std::fs::read_dir(&escape_dir).unwrap().collect();
+    assert!(leaked.is_empty(), "written on the host through the image's symlink: {leaked:?}");
+
+    cloud.delete_server(&id, T).await;
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/os-keypairs/{u}"), None, "2.56").await;
+    cloud.delete_glance_image(&image).await;
+    let _ = std::process::Command::new("docker").args(["rmi", &tag]).output();
+    let _ = std::fs::remove_dir_all(&escape_dir);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn key_pair_and_injected_files_are_written_into_the_container_newest() {
+    key_pair_and_injected_files_are_written_into_the_container(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn key_pair_and_injected_files_are_written_into_the_container_zed() {
+    key_pair_and_injected_files_are_written_into_the_container(Release::Zed).await;
+}
+
+/// Waits for ERROR; the fault's message.
+async fn fault_of(cloud: &Cloud, id: &str) -> String {
+    let s = cloud.wait_status(id, "ERROR", T).await;
+    s["fault"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("guestrefuse");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let az = format!("nova:{name}");
+
+    // A flavor with an ephemeral disk: Nova maps a blank local disk.
+    let flavor = common::unique("nd-eph");
+    let (status, f) = cloud
+        .nova(
+            reqwest::Method::POST,
+            "/flavors",
+            Some(json!({"flavor": {"name": flavor, "ram": 128, "vcpus": 1, "disk": 1,
+                                   "OS-FLV-EXT-DATA:ephemeral": 1}})),
+            "2.55",
+        )
+        .await;
+    assert_eq!(status, 200, "{f}");
+    let flavor_id = f["flavor"]["id"].as_str().unwrap().to_string();
+    let id = post_server(
+        &cloud,
+        json!({"name": "eph", "imageRef": image, "flavorRef": flavor_id, "networks": "none", "availability_zone": az}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert!(fault.contains("not supported by nova-docker") && fault.contains("ephemeral"), "{fault}");
+    assert!(
+        std::process::Command::new("docker").args(["inspect", &format!("nova-{id}")]).output().unwrap().status.code()
+            != Some(0)
+    );
+    cloud.delete_server(&id, T).await;
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/flavors/{flavor_id}"), None, "2.55").await;
+
+    // An injected file whose path is not absolute.
+    let id = post_server(
+        &cloud,
+        json!({"name": "relpath", "imageRef": image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "personality": [{"path": "etc/relative", "contents": base64(b"x")}]}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert_eq!(fault, "injected file 1: its path is not an absolute path");
+    cloud.delete_server(&id, T).await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn what_the_host_cannot_honour_is_refused_with_a_fault_newest() {
+    what_the_host_cannot_honour_is_refused_with_a_fault(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn what_the_host_cannot_honour_is_refused_with_a_fault_zed() {
+    what_the_host_cannot_honour_is_refused_with_a_fault(Release::Zed).await;
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
