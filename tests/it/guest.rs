@@ -33,7 +33,7 @@ fn hostile_image(tag: &str, escape_ssh: &str, escape_dir: &str) {
         format!("mkdir -p /root /opt {escape_dir} && ln -s {escape_ssh} /root/.ssh && ln -s {escape_dir} /opt/inj");
     std::fs::write(ctx.join("Dockerfile"), format!("FROM nd-busybox:latest\nRUN {script}\n")).unwrap();
     let out = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", tag])
+        .args(["build", "-q", "--network", "none", "-t", tag])
         .arg(&ctx)
         .env("DOCKER_BUILDKIT", "0")
         .output()
@@ -62,7 +62,7 @@ async fn key_pair_and_injected_files_are_written_into_the_container(release: Rel
     // Nova makes the key pair (microversion < 2.92) and keeps its public key.
     let (status, kp) =
         cloud.nova(reqwest::Method::POST, "/os-keypairs", Some(json!({"keypair": {"name": u}})), "2.56").await;
-    assert_eq!(status, 200, "{kp}");
+    assert!(status == 200 || status == 201, "{status} {kp}");
     let public_key = kp["keypair"]["public_key"].as_str().unwrap().trim().to_string();
 
     let motd = "hello from personality\n";
