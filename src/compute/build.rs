@@ -237,6 +237,13 @@ impl<D: Driver> ComputeManager<D> {
         ni: &crate::net::NetworkInfo,
         files: &[GuestFile],
     ) -> Result<(), OpError> {
+        if guest_data::config_drive_required(i, &meta.properties, self.settings.force_config_drive) {
+            return Err(OpError::Invalid(
+                "a config drive (config_drive, img_config_drive=mandatory or force_config_drive) is not supported \
+                 by nova-docker yet"
+                    .into(),
+            ));
+        }
         let seccomp = self.seccomp_profile().await?;
         let mut spec =
             spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())

@@ -71,6 +71,19 @@ pub fn check_block_devices(v: Option<&Value>) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Whether the build needs a config drive, as Nova's
+/// `configdrive.required_by` decides: the server asked for one, the image
+/// says `img_config_drive=mandatory`, or `[DEFAULT] force_config_drive`.
+pub fn config_drive_required(
+    instance: &crate::objects::Instance,
+    image_properties: &serde_json::Map<String, Value>,
+    force: bool,
+) -> bool {
+    instance.config_drive()
+        || force
+        || image_properties.get("img_config_drive").and_then(Value::as_str) == Some("mandatory")
+}
+
 /// The injected files (personality) of a build, `[path, base64 contents]`
 /// pairs as Nova's API passed them: each becomes a root-owned 0644 file,
 /// its missing parents root-owned 0755 directories. A path that is not a

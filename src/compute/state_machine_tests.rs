@@ -294,6 +294,47 @@ async fn an_injected_file_that_cannot_be_written_fails_the_build_with_a_fault() 
 }
 
 #[tokio::test]
+async fn a_build_that_needs_a_config_drive_is_refused_with_a_fault() {
+    let cases: [(&str, Value, Value); 4] = [
+        ("", json!("True"), docker_image()),
+        ("", json!(true), docker_image()),
+        ("force_config_drive = true", json!(""), docker_image()),
+        (
+            "",
+            json!(""),
+            json!({"id": "img-1", "status": "active", "container_format": "docker",
+                               "disk_format": "raw", "properties": {"img_config_drive": "mandatory"}}),
+        ),
+    ];
+    for (options, config_drive, image) in cases {
+        let h = Harness::with_options(options);
+        let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+        h.nova.set_field(&u, "config_drive", config_drive.clone());
+        h.driver.add_cached_image("img-1");
+        h.manager
+            .build_and_run_instance(&h.ctx, h.rpc_instance(&u), BuildRequest { image, ..Default::default() })
+            .await;
+        assert_eq!(h.states(&u).0, Some(VmState::Error), "{options} {config_drive}");
+        assert!(h.driver.container(&u).is_none());
+        let faults = faults_of(&h, &u);
+        assert!(faults.len() == 1 && faults[0].contains("config drive"), "{faults:?}");
+    }
+    // None asked for: none needed.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!(""));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+}
+
+#[tokio::test]
 async fn a_failed_terminate_leaves_the_instance_in_error_and_deleting() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::Deleting), Running);

@@ -167,10 +167,15 @@ impl Instance {
         self.obj.get_str("key_data")
     }
 
-    /// Whether the server asked for a config drive (`config_drive`: Nova
-    /// stores "True" or an empty string).
+    /// Whether the server asked for a config drive (`config_drive`, a
+    /// string field: Nova stores "True" or an empty string; any non-empty
+    /// string or true counts, as Python's truth in `configdrive.required_by`).
     pub fn config_drive(&self) -> bool {
-        self.obj.get_str("config_drive").is_some_and(|v| !v.is_empty())
+        match self.obj.get("config_drive") {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        }
     }
 
     /// User-facing name.

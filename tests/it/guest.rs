@@ -162,6 +162,17 @@ async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
     let fault = fault_of(&cloud, &id).await;
     assert_eq!(fault, "injected file 1: its path is not an absolute path");
     cloud.delete_server(&id, T).await;
+
+    // A config drive: not given yet, so refused rather than left out.
+    let id = post_server(
+        &cloud,
+        json!({"name": "cdrive", "imageRef": image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "config_drive": true}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert!(fault.contains("config drive") && fault.contains("not supported"), "{fault}");
+    cloud.delete_server(&id, T).await;
     host.stop().await;
 }
 
