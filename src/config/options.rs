@@ -288,8 +288,8 @@ opts! {
         "How vCPUs limit a container: shares (relative weight, vcpus x 1024) or quota (a hard cap of vcpus CPUs, plus the weight).";
     DOCKER_CPUSET_CPUS: "docker" "cpuset_cpus" Str = None, None,
         "Host CPUs instances may run on (cpuset syntax, e.g. 2-7); unset: any.";
-    DOCKER_CAPABILITIES: "docker" "capabilities" List = Some("CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID,SETPCAP,NET_BIND_SERVICE,SYS_CHROOT,AUDIT_WRITE"), None,
-        "Linux capabilities an instance keeps; every other capability is dropped.";
+    DOCKER_CAPABILITIES: "docker" "capabilities" List = Some("CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID,SETPCAP,NET_BIND_SERVICE,NET_RAW,SYS_CHROOT,AUDIT_WRITE"), None,
+        "Linux capabilities an instance keeps; every other capability is dropped. NET_RAW (raw sockets: ping, DHCP and network tools) is kept as Docker keeps it: Neutron's port security drops forged frames (SECURITY.md).";
     DOCKER_SECCOMP_PROFILE: "docker" "seccomp_profile" Str = None, None,
         "Path of a seccomp profile (JSON) applied to instances; unset: the engine's default profile.";
     DOCKER_USERNS_MODE: "docker" "userns_mode" Str = None, None,

@@ -190,3 +190,59 @@ fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// `ping` from inside an instance, retried while the L2 agent wires the
+/// ports (bounded): whether one got an answer, and the last output.
+async fn pings(server: &str, ip: &str) -> (bool, String) {
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, out) = crate::network::exec(&format!("nova-{server}"), &format!("ping -c1 -W3 {ip}")).await;
+        // "permission denied (are you root?)": no raw socket, no retry helps.
+        if ok || out.contains("permission denied") || started.elapsed() > Duration::from_secs(90) {
+            return (ok, out);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Instances of a plain flavor ping each other: busybox's `ping` opens a
+/// raw socket (NET_RAW is in the default set), and unprivileged ICMP
+/// datagram sockets (iputils' `ping` as any user) are open to every group.
+async fn instances_of_a_plain_flavor_ping_each_other(release: Release) {
+    let cloud = Cloud::get(release);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut host = ComputeHost::start(&cloud, &host_name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let boot = |name: &'static str| {
+        json!({"name": name, "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
+               "availability_zone": format!("nova:{host_name}")})
+    };
+    let a = post_server(&cloud, boot("ping-a")).await;
+    let b = post_server(&cloud, boot("ping-b")).await;
+    cloud.wait_status(&a, "ACTIVE", T).await;
+    cloud.wait_status(&b, "ACTIVE", T).await;
+    let (pa, pb) = (crate::network::ports_of(&cloud, &a).await, crate::network::ports_of(&cloud, &b).await);
+    let (ia, ib) = (crate::network::fixed_ip(&pa[0], false), crate::network::fixed_ip(&pb[0], false));
+    for (from, to) in [(&a, &ib), (&b, &ia)] {
+        let (ok, out) = pings(from, to).await;
+        assert!(ok, "{from} cannot ping {to}: {out}");
+    }
+    for id in [&a, &b] {
+        let (_, range) = crate::network::exec(&format!("nova-{id}"), "cat /proc/sys/net/ipv4/ping_group_range").await;
+        assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"], "{range}");
+    }
+    cloud.delete_server(&a, T).await;
+    cloud.delete_server(&b, T).await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn instances_of_a_plain_flavor_ping_each_other_newest() {
+    instances_of_a_plain_flavor_ping_each_other(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn instances_of_a_plain_flavor_ping_each_other_zed() {
+    instances_of_a_plain_flavor_ping_each_other(Release::Zed).await;
+}
