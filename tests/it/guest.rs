@@ -163,6 +163,22 @@ async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
     assert_eq!(fault, "injected file 1: its path is not an absolute path");
     cloud.delete_server(&id, T).await;
 
+    // Files for a read-only root filesystem (image os_read_only_rootfs):
+    // they cannot be written, so the build fails rather than runs without.
+    let ro_name = common::unique("nd-guest-ro");
+    let ro_image =
+        cloud.docker_image_in_glance(&host.conf, "nd-busybox:latest", &ro_name, &["os_read_only_rootfs=true"]).await;
+    let id = post_server(
+        &cloud,
+        json!({"name": "rofiles", "imageRef": ro_image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "personality": [{"path": "/etc/motd", "contents": base64(b"x")}]}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert!(fault.contains("read-only") && fault.contains("cannot be written"), "{fault}");
+    cloud.delete_server(&id, T).await;
+    cloud.delete_glance_image(&ro_image).await;
+
     // A config drive: not given yet, so refused rather than left out.
     let id = post_server(
         &cloud,
