@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::network::{Requested, requested_networks, requested_security_groups};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
-use crate::virt::spec::GuestFile;
+use crate::virt::config_drive;
 use crate::virt::{Driver, ImageRef, InstanceInfo, spec};
 
 /// The arguments of `build_and_run_instance` this host uses. `Debug` shows
@@ -30,9 +30,10 @@ pub struct BuildRequest {
     /// `security_groups`: the names (or ids) of the groups the server asked
     /// for, applied to the ports this host creates.
     pub security_groups: Option<Value>,
-    /// The password Nova generated or the user gave for the server. Kept only
-    /// so `Debug` can show whether one came; a container has no console login
-    /// to set it on.
+    /// The password Nova generated or the user gave for the server: only
+    /// into its config drive's `admin_pass` (as Nova's config drive does;
+    /// a container has no console login to set it on). `Debug` shows only
+    /// whether one came.
     pub admin_password: Option<String>,
     /// `block_device_mapping`: the BlockDeviceMappingList primitive; every
     /// mapping but the image's is refused (`guest_data`).
@@ -114,12 +115,15 @@ impl<D: Driver> ComputeManager<D> {
         // What the guest gets besides its image: refused before any work
         // when the host cannot honour it.
         guest_data::check_block_devices(req.block_device_mapping.as_ref())?;
-        let files = guest_data::injected_files(req.injected_files.as_ref())?;
+        let guest = guest_data::Guest {
+            files: guest_data::injected_files(req.injected_files.as_ref())?,
+            admin_pass: req.admin_password.as_deref(),
+        };
         let requested = requested_networks(req.requested_networks.as_ref());
         if requested == Requested::None {
-            self.build_without_ports(ctx, i, req, &image_id, &files).await
+            self.build_without_ports(ctx, i, req, &image_id, &guest).await
         } else {
-            self.build_with_ports(ctx, i, req, &image_id, &requested, &files).await
+            self.build_with_ports(ctx, i, req, &image_id, &requested, &guest).await
         }
     }
 
@@ -136,7 +140,7 @@ impl<D: Driver> ComputeManager<D> {
         i: &mut Instance,
         req: &BuildRequest,
         image_id: &str,
-        files: &[GuestFile],
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let as_requested = i.clone();
         let saves = async {
@@ -146,7 +150,7 @@ impl<D: Driver> ComputeManager<D> {
         };
         let docker = async {
             let (meta, image) = self.build_image(ctx, req, image_id).await?;
-            self.create_container(&as_requested, &meta, &image, &Vec::new(), files).await?;
+            self.create_container(&as_requested, &meta, &image, &Vec::new(), guest).await?;
             self.start_created(as_requested.uuid()).await
         };
         // Both run to their end: a failed image must not cut a save short.
@@ -165,7 +169,7 @@ impl<D: Driver> ComputeManager<D> {
         req: &BuildRequest,
         image_id: &str,
         requested: &Requested,
-        files: &[GuestFile],
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         // Both run to their end: a failed image must not cut a save short.
         let (claimed, image) = tokio::join!(self.claim(ctx, i), self.build_image(ctx, req, image_id));
@@ -178,7 +182,7 @@ impl<D: Driver> ComputeManager<D> {
         let groups = requested_security_groups(req.security_groups.as_ref())?;
         let ni = self.allocate_network(ctx, i, requested, &groups).await?;
         phase("build", "network_allocate", t);
-        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, files).await;
+        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, guest).await;
         if built.is_err() {
             self.driver.unplug_vifs(&uuid, &ni).await;
             self.deallocate_network(&ni).await;
@@ -228,28 +232,36 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Creates (does not start) the instance's container from its spec,
-    /// with `files` (the build's injected files) written into it.
+    /// with the build's injected files written into it, and its config
+    /// drive when it needs one.
     async fn create_container(
         &self,
         i: &Instance,
         meta: &GlanceImage,
         image: &ImageRef,
         ni: &crate::net::NetworkInfo,
-        files: &[GuestFile],
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
-        if guest_data::config_drive_required(i, &meta.properties, self.settings.force_config_drive) {
-            return Err(OpError::Invalid(
-                "a config drive (config_drive, img_config_drive=mandatory or force_config_drive) is not supported \
-                 by nova-docker yet"
-                    .into(),
-            ));
-        }
+        let drive = if guest_data::config_drive_required(i, &meta.properties, self.settings.force_config_drive) {
+            let injected: Vec<(String, Vec<u8>)> =
+                guest.files.iter().map(|f| (format!("/{}", f.path), f.contents.clone().unwrap_or_default())).collect();
+            let input = config_drive::DriveInput {
+                network_info: Some(ni),
+                admin_pass: guest.admin_pass,
+                files: &injected,
+                dhcp_domain: self.settings.dhcp_domain.as_deref(),
+            };
+            Some(config_drive::render(i, &input).map_err(|e| OpError::Invalid(format!("config drive: {e}")))?)
+        } else {
+            None
+        };
         let seccomp = self.seccomp_profile().await?;
         let mut spec =
             spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         spec.volumes = image.volumes.clone();
-        spec.files.extend_from_slice(files);
+        spec.files.extend_from_slice(&guest.files);
+        spec.config_drive = drive;
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
         Ok(self.driver.create(&spec, ni).await?)
@@ -276,13 +288,13 @@ impl<D: Driver> ComputeManager<D> {
         ni: &crate::net::NetworkInfo,
         meta: &GlanceImage,
         image: &ImageRef,
-        files: &[GuestFile],
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         // 5. Block devices: none to prepare for an image-backed container.
         let as_requested = i.clone();
         let bdm = self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any);
-        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni, files));
+        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni, guest));
         saved?;
         created?;
         // 6. Spawn.

@@ -10,6 +10,15 @@ use serde_json::Value;
 use super::errors::OpError;
 use crate::virt::spec::{GuestFile, guest_path};
 
+/// What a build puts in the guest besides its image and ports.
+#[derive(Debug, Default)]
+pub struct Guest<'a> {
+    /// The injected files, checked and decoded.
+    pub files: Vec<GuestFile>,
+    /// The admin password (only for the config drive).
+    pub admin_pass: Option<&'a str>,
+}
+
 /// Most injected files accepted in one build (Nova's default quota is 5).
 pub const MAX_INJECTED_FILES: usize = 100;
 

@@ -253,6 +253,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             ni.push(vif.clone());
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             serde_json::to_value(&vif).map_err(|e| OpError::Invalid(e.to_string()))
         })
         .await
@@ -289,6 +290,7 @@ impl<D: Driver> ComputeManager<D> {
                 self.deallocate_network(&vec![vif]).await;
             }
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             Ok(())
         })
         .await

@@ -294,7 +294,7 @@ async fn an_injected_file_that_cannot_be_written_fails_the_build_with_a_fault() 
 }
 
 #[tokio::test]
-async fn a_build_that_needs_a_config_drive_is_refused_with_a_fault() {
+async fn a_build_that_needs_a_config_drive_gets_one_and_only_then() {
     let cases: [(&str, Value, Value); 4] = [
         ("", json!("True"), docker_image()),
         ("", json!(true), docker_image()),
@@ -310,16 +310,28 @@ async fn a_build_that_needs_a_config_drive_is_refused_with_a_fault() {
         let h = Harness::with_options(options);
         let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
         h.nova.set_field(&u, "config_drive", config_drive.clone());
+        h.nova.set_field(&u, "user_data", json!("I2Nsb3VkLWNvbmZpZwo="));
         h.driver.add_cached_image("img-1");
-        h.manager
-            .build_and_run_instance(&h.ctx, h.rpc_instance(&u), BuildRequest { image, ..Default::default() })
-            .await;
-        assert_eq!(h.states(&u).0, Some(VmState::Error), "{options} {config_drive}");
-        assert!(h.driver.container(&u).is_none());
-        let faults = faults_of(&h, &u);
-        assert!(faults.len() == 1 && faults[0].contains("config drive"), "{faults:?}");
+        let req = BuildRequest {
+            image,
+            admin_password: Some("pw".into()),
+            injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+            ..Default::default()
+        };
+        h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Active), "{options} {config_drive}");
+        let drive = h.driver.container(&u).unwrap().config_drive.expect("a config drive");
+        let file = |p: &str| drive.iter().find(|(q, _)| q == p).map(|(_, b)| b.clone());
+        let md: Value = serde_json::from_slice(&file("openstack/latest/meta_data.json").unwrap()).unwrap();
+        assert_eq!(md["uuid"], u.as_str());
+        assert_eq!(md["admin_pass"], "pw");
+        assert_eq!(md["files"], json!([{"path": "/etc/motd", "content_path": "/content/0000"}]));
+        assert_eq!(file("openstack/content/0000").unwrap(), b"hello");
+        assert_eq!(file("openstack/latest/user_data").unwrap(), b"#cloud-config\n");
+        assert_eq!(file("openstack/latest/network_data.json").unwrap(), b"{}");
+        assert_eq!(file("openstack/latest/vendor_data2.json").unwrap(), br#"{"static":{}}"#);
     }
-    // None asked for: none needed.
+    // None asked for: none given.
     let h = Harness::new();
     let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
     h.nova.set_field(&u, "config_drive", json!(""));
@@ -332,6 +344,26 @@ async fn a_build_that_needs_a_config_drive_is_refused_with_a_fault() {
         )
         .await;
     assert_eq!(h.states(&u).0, Some(VmState::Active));
+    assert!(h.driver.container(&u).unwrap().config_drive.is_none());
+}
+
+#[tokio::test]
+async fn user_data_larger_than_nova_allows_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!("True"));
+    h.nova.set_field(&u, "user_data", json!("A".repeat(65536 + 4)));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(faults_of(&h, &u), ["config drive: user_data is larger than 65535 bytes of base64"]);
 }
 
 #[tokio::test]

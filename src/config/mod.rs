@@ -599,8 +599,10 @@ pub struct Settings {
     pub update_resources_interval: Duration,
     /// `[DEFAULT] sync_power_state_interval`: time between full power-state reconciliations (`None` when 0 or less: off).
     pub sync_power_state_interval: Option<Duration>,
-    /// `[DEFAULT] force_config_drive`: every new instance needs a config drive.
+    /// `[DEFAULT] force_config_drive`: every new instance gets a config drive.
     pub force_config_drive: bool,
+    /// `[api] dhcp_domain`: appended to the hostname in the config drive.
+    pub dhcp_domain: Option<String>,
     /// `[DEFAULT] shutdown_timeout`: time a container gets after SIGTERM before it is killed.
     pub shutdown_timeout: Duration,
     /// `[DEFAULT] running_deleted_instance_action`: what to do with containers whose instance is gone.
@@ -816,6 +818,7 @@ impl Settings {
             update_resources_interval: interval(int(&UPDATE_RESOURCES_INTERVAL)?).unwrap_or(Duration::from_secs(60)),
             sync_power_state_interval: interval(int(&SYNC_POWER_STATE_INTERVAL)?),
             force_config_drive: l.bool(&FORCE_CONFIG_DRIVE)?,
+            dhcp_domain: l.string(&API_DHCP_DOMAIN).filter(|d| !d.is_empty()),
             shutdown_timeout: secs(int(&SHUTDOWN_TIMEOUT)?),
             running_deleted_instance_action: deleted_action,
             running_deleted_instance_poll_interval: interval(int(&RUNNING_DELETED_INSTANCE_POLL_INTERVAL)?),

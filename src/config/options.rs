@@ -105,7 +105,9 @@ opts! {
     SYNC_POWER_STATE_INTERVAL: "DEFAULT" "sync_power_state_interval" Int = Some("600"), None,
         "Seconds between full power-state reconciliations with Docker (Docker events update Nova in between). Negative disables.";
     FORCE_CONFIG_DRIVE: "DEFAULT" "force_config_drive" Bool = Some("false"), None,
-        "Give every new instance a config drive, as if its server had asked for one (nova-docker refuses builds that need one: it has none to give yet).";
+        "Give every new instance a config drive (read-only at /mnt/config in its container), as if its server had asked for one.";
+    API_DHCP_DOMAIN: "api" "dhcp_domain" Str = Some("novalocal"), None,
+        "Domain appended to the instance's hostname in its config drive's meta_data.json (empty: none), as Nova's metadata does.";
     SHUTDOWN_TIMEOUT: "DEFAULT" "shutdown_timeout" Int = Some("60"), None,
         "Seconds a container gets to stop after SIGTERM before it is killed (stop, soft reboot, delete).";
     RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str ["noop", "log", "shutdown", "reap"] = Some("reap"), None,

@@ -29,6 +29,9 @@ pub struct FakeContainer {
     pub dns: Vec<String>,
     /// The files written into it before its first start.
     pub files: Vec<crate::virt::spec::GuestFile>,
+    /// Its config drive's files (network_data.json as the refreshed
+    /// port ids, comma-separated, once refreshed).
+    pub config_drive: Option<Vec<crate::virt::config_drive::DriveFile>>,
 }
 
 /// An operation held at its start until the test releases it.
@@ -89,7 +92,7 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), files: Vec::new() };
+        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), files: Vec::new(), config_drive: None };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
     }
 
@@ -208,7 +211,13 @@ impl Driver for FakeDriver {
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("create", &spec.uuid).await?;
         let dns = crate::virt::host_network::dns_servers(network_info);
-        let c = FakeContainer { state: PowerState::Shutdown, plugged: Vec::new(), dns, files: spec.files.clone() };
+        let c = FakeContainer {
+            state: PowerState::Shutdown,
+            plugged: Vec::new(),
+            dns,
+            files: spec.files.clone(),
+            config_drive: spec.config_drive.clone(),
+        };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())
     }
@@ -219,6 +228,20 @@ impl Driver for FakeDriver {
             return Err(e);
         }
         self.change(uuid, started)
+    }
+
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        self.enter("refresh_config_drive", uuid).await?;
+        let ports: Vec<String> = network_info.iter().map(|v| v.id.clone()).collect();
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid)
+                && let Some(drive) = c.config_drive.as_mut()
+            {
+                drive.retain(|(p, _)| p != crate::virt::config_drive::NETWORK_DATA);
+                drive.push((crate::virt::config_drive::NETWORK_DATA.to_string(), ports.join(",").into_bytes()));
+            }
+        });
+        Ok(())
     }
 
     async fn destroy(&self, uuid: &str, _timeout: Duration, _network_info: &NetworkInfo) -> Result<(), VirtError> {

@@ -485,9 +485,15 @@ impl Driver for DockerDriver {
         let dns = host_network::dns_servers(network_info);
         let addresses = host_network::fixed_addresses(network_info);
         let files = guest_files::render(&host_resolv_conf, &dns, &spec.hostname, &addresses);
-        let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
+        let mut binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+        if let Some(drive) = &spec.config_drive {
+            let bind = guest_files::write_config_drive(&self.settings.instances_path, &spec.uuid, drive)
+                .await
+                .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+            binds.push(bind);
+        }
         let mut attempt = 0;
         loop {
             let quota = self.root_disk.enforcement == Enforcement::Quota;
@@ -550,6 +556,16 @@ impl Driver for DockerDriver {
     async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
         let (_, host) = self.inspect_host(uuid).await?;
         self.network.plug_one(&host, vif, index).await
+    }
+
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        let data = serde_json::to_vec(&super::config_drive::network_data(Some(network_info)))
+            .map_err(|e| VirtError::Invalid(e.to_string()))?;
+        let rel = super::config_drive::NETWORK_DATA;
+        guest_files::replace_in_config_drive(&self.settings.instances_path, uuid, rel, &data)
+            .await
+            .map(|_| ())
+            .map_err(|(path, source)| VirtError::HostFile { path, source })
     }
 
     async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
@@ -922,6 +938,7 @@ mod tests {
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),
             files: Vec::new(),
+            config_drive: None,
         }
     }
 

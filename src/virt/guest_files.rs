@@ -148,6 +148,68 @@ pub async fn write(
     Ok(binds)
 }
 
+/// The directory of an instance's config drive.
+fn drive_dir(instances_path: &Path, uuid: &str) -> Result<PathBuf, (PathBuf, io::Error)> {
+    Ok(checked_dir(instances_path, uuid)?.join("config-drive"))
+}
+
+/// Writes an instance's config drive afresh (directories 0755, files 0644,
+/// readable by a user-namespaced container root) and returns the bind
+/// mount that puts it read-only at [`super::config_drive::MOUNT_POINT`].
+/// The relative paths are the host's own (`virt::config_drive::render`).
+pub async fn write_config_drive(
+    instances_path: &Path,
+    uuid: &str,
+    files: &[super::config_drive::DriveFile],
+) -> Result<String, (PathBuf, io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = drive_dir(instances_path, uuid)?;
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err((dir, e)),
+    }
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        let mut parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+        tokio::fs::create_dir_all(&parent).await.map_err(|e| (parent.clone(), e))?;
+        while parent.starts_with(instances_path) && parent != instances_path {
+            let mode = std::fs::Permissions::from_mode(0o755);
+            tokio::fs::set_permissions(&parent, mode).await.map_err(|e| (parent.clone(), e))?;
+            if !parent.pop() {
+                break;
+            }
+        }
+        tokio::fs::write(&path, bytes).await.map_err(|e| (path.clone(), e))?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(|e| (path.clone(), e))?;
+    }
+    Ok(format!("{}:{}:ro", dir.display(), super::config_drive::MOUNT_POINT))
+}
+
+/// Replaces one file of an instance's config drive atomically (a running
+/// container sees the new one through its bind mount of the directory);
+/// `false` when the instance has no config drive.
+pub async fn replace_in_config_drive(
+    instances_path: &Path,
+    uuid: &str,
+    rel: &str,
+    bytes: &[u8],
+) -> Result<bool, (PathBuf, io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = drive_dir(instances_path, uuid)?;
+    if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+        return Ok(false);
+    }
+    let path = dir.join(rel);
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, bytes).await.map_err(|e| (tmp.clone(), e))?;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).await.map_err(|e| (tmp.clone(), e))?;
+    tokio::fs::rename(&tmp, &path).await.map_err(|e| (path.clone(), e))?;
+    Ok(true)
+}
+
 /// Removes an instance's files; nothing to remove is success (as for a
 /// uuid [`write`] refuses: nothing was written for it).
 pub async fn remove(instances_path: &Path, uuid: &str) -> Result<(), (PathBuf, io::Error)> {

@@ -89,6 +89,10 @@ pub struct ContainerSpec {
     /// first start (the key pair with `[docker] inject_key`, the server's
     /// injected files), through the engine's archive API.
     pub files: Vec<GuestFile>,
+    /// The config drive's files (`virt::config_drive`), when the instance
+    /// has one: kept on the host and bind-mounted read-only at
+    /// `/mnt/config`.
+    pub config_drive: Option<Vec<super::config_drive::DriveFile>>,
 }
 
 /// A directory or regular file the host writes into an instance's
@@ -442,6 +446,7 @@ pub fn build(
         console_log_max_bytes: settings.console_log_max_bytes,
         volumes: Vec::new(),
         files,
+        config_drive: None,
     })
 }
 

@@ -179,16 +179,6 @@ async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
     cloud.delete_server(&id, T).await;
     cloud.delete_glance_image(&ro_image).await;
 
-    // A config drive: not given yet, so refused rather than left out.
-    let id = post_server(
-        &cloud,
-        json!({"name": "cdrive", "imageRef": image, "flavorRef": "1", "networks": "none", "availability_zone": az,
-               "config_drive": true}),
-    )
-    .await;
-    let fault = fault_of(&cloud, &id).await;
-    assert!(fault.contains("config drive") && fault.contains("not supported"), "{fault}");
-    cloud.delete_server(&id, T).await;
     host.stop().await;
 }
 
@@ -261,4 +251,143 @@ async fn instances_of_a_plain_flavor_ping_each_other_newest() {
 #[tokio::test]
 async fn instances_of_a_plain_flavor_ping_each_other_zed() {
     instances_of_a_plain_flavor_ping_each_other(Release::Zed).await;
+}
+
+/// What Nova's own `InstanceMetadata` puts in the config drive of `id`
+/// (tests/py/instance_metadata.py, run with the release's Nova against its
+/// database): file name under `openstack/latest/` to contents.
+async fn novas_drive(cloud: &Cloud, release: Release, id: &str, admin_pass: &str) -> serde_json::Map<String, Value> {
+    let script = common::repo().join("tests/py/instance_metadata.py");
+    let conf = format!("{}/etc/nova/nova.conf", cloud.var("ND_STATE"));
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(release.python())
+            .arg(script)
+            .args([conf.as_str(), id, admin_pass])
+            .env("PYTHONPATH", common::repo().join("tests/env/pylib"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("instance_metadata.py in time")
+    .expect("instance_metadata.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "instance_metadata.py: {}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Compares the container's drive with Nova's, file by file (JSON parsed;
+/// `random_seed` is random on both sides: 512 bytes each).
+async fn drive_matches_novas(cloud: &Cloud, release: Release, id: &str, admin_pass: &str) {
+    let nova = novas_drive(cloud, release, id, admin_pass).await;
+    let mut names: Vec<&String> = nova.keys().collect();
+    names.sort();
+    let ours = guest(id, "ls /mnt/config/openstack/latest");
+    let mut our_names: Vec<&str> = ours.split_whitespace().collect();
+    our_names.sort();
+    assert_eq!(our_names, names, "the files of openstack/latest");
+    for (name, theirs) in &nova {
+        let theirs = theirs.as_str().unwrap();
+        let mine = guest(id, &format!("cat /mnt/config/openstack/latest/{name}"));
+        if name.ends_with(".json") {
+            let mut a: Value = serde_json::from_str(&mine).unwrap_or_else(|e| panic!("{name}: {e}: {mine}"));
+            let mut b: Value = serde_json::from_str(theirs).unwrap();
+            for v in [&mut a, &mut b] {
+                if let Some(seed) = v.as_object_mut().and_then(|m| m.remove("random_seed")) {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(seed.as_str().unwrap()).unwrap();
+                    assert_eq!(bytes.len(), 512, "{name} random_seed");
+                }
+            }
+            assert_eq!(a, b, "{name}: ours (left) and Nova's (right)");
+        } else {
+            assert_eq!(mine, theirs, "{name}");
+        }
+    }
+}
+
+/// A server booted with `--config-drive true` (on the test network, with a
+/// key pair, metadata, user data and an admin password) has Nova's drive,
+/// read-only at /mnt/config, as Nova's own code writes it; its
+/// network_data.json follows an interface attach and detach; nothing of it
+/// is left on the host after delete, and a server that asked for none has
+/// none.
+async fn config_drive_matches_novas_instance_metadata(release: Release) {
+    let cloud = Cloud::get(release);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut host = ComputeHost::start(&cloud, &host_name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let u = common::unique("nd-guest");
+    let (status, kp) =
+        cloud.nova(reqwest::Method::POST, "/os-keypairs", Some(json!({"keypair": {"name": u}})), "2.56").await;
+    assert!(status == 200 || status == 201, "{status} {kp}");
+    let admin_pass = common::unique("pw");
+    let user_data = "#cloud-config\nruncmd: [echo hi]\n";
+    let id = post_server(
+        &cloud,
+        json!({"name": "cdrive", "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
+               "availability_zone": format!("nova:{host_name}"), "config_drive": true, "key_name": u,
+               "metadata": {"role": "web", "owner": "guest21"}, "user_data": base64(user_data.as_bytes()),
+               "adminPass": admin_pass}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+    assert_eq!(guest(&id, "cat /mnt/config/openstack/latest/user_data"), user_data);
+    let (wrote, _) = crate::network::exec(&format!("nova-{id}"), "touch /mnt/config/x").await;
+    assert!(!wrote, "the drive is read-only");
+
+    // An interface attached, then detached: network_data.json follows.
+    let before = guest(&id, "cat /mnt/config/openstack/latest/network_data.json");
+    let (status, att) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/os-interface"),
+            Some(json!({"interfaceAttachment": {"net_id": net}})),
+            "2.88",
+        )
+        .await;
+    assert_eq!(status, 200, "{att}");
+    let port = att["interfaceAttachment"]["port_id"].as_str().unwrap().to_string();
+    let attached = guest(&id, "cat /mnt/config/openstack/latest/network_data.json");
+    assert!(attached.contains(&port) && attached != before, "{attached}");
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+    let (status, v) =
+        cloud.nova(reqwest::Method::DELETE, &format!("/servers/{id}/os-interface/{port}"), None, "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    common::wait_for("network_data.json without the detached port", T, async || {
+        !guest(&id, "cat /mnt/config/openstack/latest/network_data.json").contains(&port)
+    })
+    .await;
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+
+    // A server that asked for no drive has none.
+    let plain = post_server(
+        &cloud,
+        json!({"name": "nodrive", "imageRef": image, "flavorRef": "1", "networks": "none",
+               "availability_zone": format!("nova:{host_name}")}),
+    )
+    .await;
+    cloud.wait_status(&plain, "ACTIVE", T).await;
+    assert_eq!(guest(&plain, "ls -A /mnt 2>/dev/null | wc -l").trim(), "0", "no drive asked, none given");
+
+    let drive_dir = host.state.join("instances").join(&id).join("config-drive");
+    assert!(drive_dir.join("openstack/latest/meta_data.json").exists(), "{}", drive_dir.display());
+    cloud.delete_server(&id, T).await;
+    cloud.delete_server(&plain, T).await;
+    assert!(!host.state.join("instances").join(&id).exists(), "the drive went with the instance");
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/os-keypairs/{u}"), None, "2.56").await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn config_drive_matches_novas_instance_metadata_newest() {
+    config_drive_matches_novas_instance_metadata(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn config_drive_matches_novas_instance_metadata_zed() {
+    config_drive_matches_novas_instance_metadata(Release::Zed).await;
 }
