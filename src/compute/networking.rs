@@ -219,6 +219,9 @@ impl<D: Driver> ComputeManager<D> {
         bound.sort_by_key(|b| order.iter().position(|o| Some(*o) == b.port["id"].as_str()).unwrap_or(usize::MAX));
         let ni = neutron.network_info(&bound).await?;
         self.conductor.info_cache_save(ctx, &mut i, &to_json(&ni)?).await?;
+        // The config drive says what the cache says (a port's addresses
+        // changed in Neutron: `network-changed`).
+        self.driver.refresh_config_drive(&uuid, &ni).await?;
         Ok(())
     }
 

@@ -177,6 +177,17 @@ async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
     let fault = fault_of(&cloud, &id).await;
     assert!(fault.contains("read-only") && fault.contains("cannot be written"), "{fault}");
     cloud.delete_server(&id, T).await;
+    // A config drive is a mount, not a write: a read-only root has one.
+    let id = post_server(
+        &cloud,
+        json!({"name": "rodrive", "imageRef": ro_image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "config_drive": true}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let md = guest(&id, "cat /mnt/config/openstack/latest/meta_data.json");
+    assert!(md.contains(&id), "{md}");
+    cloud.delete_server(&id, T).await;
     cloud.delete_glance_image(&ro_image).await;
 
     host.stop().await;
