@@ -657,14 +657,23 @@ async fn attach_and_detach_an_interface() {
         address: None,
         tag: None,
     };
+    // The instance has a config drive: its network_data.json follows.
+    let drive = |h: &Harness| {
+        let files = h.driver.container(&u).unwrap().config_drive.unwrap();
+        let nd = files.iter().find(|(p, _)| p == crate::virt::config_drive::NETWORK_DATA);
+        String::from_utf8(nd.map(|(_, b)| b.clone()).unwrap_or_default()).unwrap()
+    };
+    h.driver.give_config_drive(&u);
     let vif = h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request.clone()).await.unwrap();
     assert_eq!(vif["id"], "port-1");
     assert_eq!(cached_ports(&h, &u), ["port-1"]);
     assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    assert_eq!(drive(&h), "port-1");
 
     h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-1", true).await.unwrap();
     assert!(cached_ports(&h, &u).is_empty());
     assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert_eq!(drive(&h), "");
     assert_eq!(h.neutron.deleted(), ["port-1"]);
 
     // A port the driver cannot plug is released again; the caller gets the error.

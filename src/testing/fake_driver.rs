@@ -96,6 +96,16 @@ impl FakeDriver {
         self.with(|s| s.containers.insert(uuid.to_string(), c));
     }
 
+    /// Gives the container of `uuid` an empty config drive (as a build
+    /// that asked for one would have).
+    pub fn give_config_drive(&self, uuid: &str) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid) {
+                c.config_drive = Some(Vec::new());
+            }
+        });
+    }
+
     /// The container of `uuid`, if any.
     pub fn container(&self, uuid: &str) -> Option<FakeContainer> {
         self.with(|s| s.containers.get(uuid).cloned())

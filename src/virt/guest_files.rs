@@ -290,6 +290,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_config_drive_is_written_afresh_refreshed_and_removed_with_the_instance() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("nd-guest-drive-{}", std::process::id()));
+        let uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1";
+        let nd = super::super::config_drive::NETWORK_DATA;
+        assert!(!replace_in_config_drive(&root, uuid, nd, b"{}").await.unwrap(), "no drive: nothing to refresh");
+        let files =
+            vec![("openstack/latest/meta_data.json".to_string(), b"{}".to_vec()), (nd.to_string(), b"{}".to_vec())];
+        let bind = write_config_drive(&root, uuid, &files).await.unwrap();
+        let dir = instance_dir(&root, uuid).join("config-drive");
+        assert_eq!(bind, format!("{}:/mnt/config:ro", dir.display()));
+        for p in [dir.clone(), dir.join("openstack"), dir.join("openstack/latest")] {
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o755, "{}", p.display());
+        }
+        assert_eq!(std::fs::metadata(dir.join(nd)).unwrap().permissions().mode() & 0o777, 0o644);
+        assert!(replace_in_config_drive(&root, uuid, nd, b"{\"links\":[]}").await.unwrap());
+        assert_eq!(std::fs::read(dir.join(nd)).unwrap(), b"{\"links\":[]}");
+        // Written afresh: nothing of an older drive stays.
+        std::fs::write(dir.join("stale"), b"x").unwrap();
+        write_config_drive(&root, uuid, &files[..1]).await.unwrap();
+        assert!(!dir.join("stale").exists() && !dir.join(nd).exists());
+        remove(&root, uuid).await.unwrap();
+        assert!(!dir.exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
     async fn a_uuid_that_is_not_one_never_becomes_a_path() {
         let root = std::env::temp_dir().join(format!("nd-guest-files-bad-{}", std::process::id()));
         let files = render("", &[], "h", &[]);
