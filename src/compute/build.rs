@@ -261,7 +261,7 @@ impl<D: Driver> ComputeManager<D> {
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         spec.volumes = image.volumes.clone();
         spec.files.extend_from_slice(&guest.files);
-        spec.config_drive = drive;
+        spec.config_drive = drive.map(config_drive::DriveFiles);
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
         Ok(self.driver.create(&spec, ni).await?)

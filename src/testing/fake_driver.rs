@@ -226,7 +226,7 @@ impl Driver for FakeDriver {
             plugged: Vec::new(),
             dns,
             files: spec.files.clone(),
-            config_drive: spec.config_drive.clone(),
+            config_drive: spec.config_drive.clone().map(|d| d.0),
         };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())

@@ -43,6 +43,17 @@ pub enum DriveError {
 /// One file of the drive: its path relative to the drive's root, and bytes.
 pub type DriveFile = (String, Vec<u8>);
 
+/// The files of a drive in a container spec. `Debug` shows the paths and
+/// sizes only: the drive holds the admin password and the user data.
+#[derive(Clone, PartialEq)]
+pub struct DriveFiles(pub Vec<DriveFile>);
+
+impl std::fmt::Debug for DriveFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(p, b)| format!("{p} ({} bytes)", b.len()))).finish()
+    }
+}
+
 /// What the drive is made from besides the instance.
 #[derive(Debug, Clone, Default)]
 pub struct DriveInput<'a> {
@@ -301,6 +312,13 @@ mod tests {
         assert_eq!(v["networks"][1]["id"], "network1");
         assert_eq!(v["services"], json!([{"type": "dns", "address": "10.0.0.2"}]));
         assert_eq!(network_data(None), json!({}));
+    }
+
+    #[test]
+    fn the_drive_never_shows_its_contents_in_debug() {
+        let d = DriveFiles(vec![("openstack/latest/meta_data.json".into(), br#"{"admin_pass":"s3cret"}"#.to_vec())]);
+        let text = format!("{d:?}");
+        assert!(text.contains("meta_data.json (23 bytes)") && !text.contains("s3cret"), "{text}");
     }
 
     #[test]

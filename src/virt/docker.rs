@@ -489,7 +489,7 @@ impl Driver for DockerDriver {
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
         if let Some(drive) = &spec.config_drive {
-            let bind = guest_files::write_config_drive(&self.settings.instances_path, &spec.uuid, drive)
+            let bind = guest_files::write_config_drive(&self.settings.instances_path, &spec.uuid, &drive.0)
                 .await
                 .map_err(|(path, source)| VirtError::HostFile { path, source })?;
             binds.push(bind);

@@ -92,7 +92,7 @@ pub struct ContainerSpec {
     /// The config drive's files (`virt::config_drive`), when the instance
     /// has one: kept on the host and bind-mounted read-only at
     /// `/mnt/config`.
-    pub config_drive: Option<Vec<super::config_drive::DriveFile>>,
+    pub config_drive: Option<super::config_drive::DriveFiles>,
 }
 
 /// A directory or regular file the host writes into an instance's
