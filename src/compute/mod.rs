@@ -6,6 +6,7 @@
 //!   fault and state revert on failure);
 //! - [`manager`]: operations with Nova's state transitions;
 //! - [`build`]: building and deleting instances;
+//! - [`guest_data`]: block device mappings and injected files of a build;
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
 //! - [`snapshot`]: snapshots and backups into Glance;
 //! - [`resize`]: resize and cold migration, on one host or between two;
@@ -20,6 +21,7 @@ pub mod census;
 pub mod endpoint;
 pub mod errors;
 pub mod events;
+pub mod guest_data;
 pub mod host;
 pub mod locks;
 pub mod manager;

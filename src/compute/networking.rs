@@ -219,6 +219,9 @@ impl<D: Driver> ComputeManager<D> {
         bound.sort_by_key(|b| order.iter().position(|o| Some(*o) == b.port["id"].as_str()).unwrap_or(usize::MAX));
         let ni = neutron.network_info(&bound).await?;
         self.conductor.info_cache_save(ctx, &mut i, &to_json(&ni)?).await?;
+        // The config drive says what the cache says (a port's addresses
+        // changed in Neutron: `network-changed`).
+        self.driver.refresh_config_drive(&uuid, &ni).await?;
         Ok(())
     }
 
@@ -253,6 +256,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             ni.push(vif.clone());
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             serde_json::to_value(&vif).map_err(|e| OpError::Invalid(e.to_string()))
         })
         .await
@@ -289,6 +293,7 @@ impl<D: Driver> ComputeManager<D> {
                 self.deallocate_network(&vec![vif]).await;
             }
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             Ok(())
         })
         .await

@@ -220,6 +220,152 @@ async fn a_build_of_an_image_docker_cannot_run_fails_before_any_container() {
     assert_eq!(faults_of(&h, &u).len(), 1);
 }
 
+fn docker_image() -> Value {
+    json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"})
+}
+
+#[tokio::test]
+async fn a_build_with_a_volume_fails_with_a_fault_before_any_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let bdm = |data: Value| json!({"nova_object.name": "BlockDeviceMapping", "nova_object.data": data});
+    let list = json!({"nova_object.name": "BlockDeviceMappingList", "nova_object.data": {"objects": [
+        bdm(json!({"source_type": "image", "destination_type": "local", "boot_index": 0})),
+        bdm(json!({"source_type": "volume", "destination_type": "volume", "volume_id": "v-1", "boot_index": -1})),
+    ]}});
+    let req = BuildRequest { image: docker_image(), block_device_mapping: Some(list), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    let faults = faults_of(&h, &u);
+    assert_eq!(faults.len(), 1);
+    assert!(faults[0].contains("block device mapping 2") && faults[0].contains("volumes"), "{faults:?}");
+}
+
+#[tokio::test]
+async fn injected_files_and_the_key_pair_reach_the_container_before_it_starts() {
+    let h = Harness::with_options("[docker]\ninject_key = true");
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    let files = h.driver.container(&u).unwrap().files;
+    let got: Vec<(&str, u32, Option<&[u8]>)> =
+        files.iter().map(|f| (f.path.as_str(), f.mode, f.contents.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            ("root/.ssh", 0o700, None),
+            ("root/.ssh/authorized_keys", 0o600, Some(&b"ssh-ed25519 AAAAC3Nza key@test\n"[..])),
+            ("etc/motd", 0o644, Some(&b"hello"[..])),
+        ]
+    );
+    // Without inject_key (the default), no key goes in.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest { image: docker_image(), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.driver.container(&u).unwrap().files.is_empty());
+}
+
+#[tokio::test]
+async fn an_injected_file_that_cannot_be_written_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/../../host", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    assert_eq!(faults_of(&h, &u), ["injected file 1: its path has a . or .. component"]);
+}
+
+#[tokio::test]
+async fn a_build_that_needs_a_config_drive_gets_one_and_only_then() {
+    let cases: [(&str, Value, Value); 4] = [
+        ("", json!("True"), docker_image()),
+        ("", json!(true), docker_image()),
+        ("force_config_drive = true", json!(""), docker_image()),
+        (
+            "",
+            json!(""),
+            json!({"id": "img-1", "status": "active", "container_format": "docker",
+                               "disk_format": "raw", "properties": {"img_config_drive": "mandatory"}}),
+        ),
+    ];
+    for (options, config_drive, image) in cases {
+        let h = Harness::with_options(options);
+        let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+        h.nova.set_field(&u, "config_drive", config_drive.clone());
+        h.nova.set_field(&u, "user_data", json!("I2Nsb3VkLWNvbmZpZwo="));
+        h.driver.add_cached_image("img-1");
+        let req = BuildRequest {
+            image,
+            admin_password: Some("pw".into()),
+            injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+            ..Default::default()
+        };
+        h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Active), "{options} {config_drive}");
+        let drive = h.driver.container(&u).unwrap().config_drive.expect("a config drive");
+        let file = |p: &str| drive.iter().find(|(q, _)| q == p).map(|(_, b)| b.clone());
+        let md: Value = serde_json::from_slice(&file("openstack/latest/meta_data.json").unwrap()).unwrap();
+        assert_eq!(md["uuid"], u.as_str());
+        assert_eq!(md["admin_pass"], "pw");
+        assert_eq!(md["files"], json!([{"path": "/etc/motd", "content_path": "/content/0000"}]));
+        assert_eq!(file("openstack/content/0000").unwrap(), b"hello");
+        assert_eq!(file("openstack/latest/user_data").unwrap(), b"#cloud-config\n");
+        assert_eq!(file("openstack/latest/network_data.json").unwrap(), b"{}");
+        assert_eq!(file("openstack/latest/vendor_data2.json").unwrap(), br#"{"static":{}}"#);
+    }
+    // None asked for: none given.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!(""));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+    assert!(h.driver.container(&u).unwrap().config_drive.is_none());
+}
+
+#[tokio::test]
+async fn user_data_larger_than_nova_allows_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!("True"));
+    h.nova.set_field(&u, "user_data", json!("A".repeat(65536 + 4)));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(faults_of(&h, &u), ["config drive: user_data is larger than 65535 bytes of base64"]);
+}
+
 #[tokio::test]
 async fn a_failed_terminate_leaves_the_instance_in_error_and_deleting() {
     let h = Harness::new();
@@ -511,14 +657,23 @@ async fn attach_and_detach_an_interface() {
         address: None,
         tag: None,
     };
+    // The instance has a config drive: its network_data.json follows.
+    let drive = |h: &Harness| {
+        let files = h.driver.container(&u).unwrap().config_drive.unwrap();
+        let nd = files.iter().find(|(p, _)| p == crate::virt::config_drive::NETWORK_DATA);
+        String::from_utf8(nd.map(|(_, b)| b.clone()).unwrap_or_default()).unwrap()
+    };
+    h.driver.give_config_drive(&u);
     let vif = h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request.clone()).await.unwrap();
     assert_eq!(vif["id"], "port-1");
     assert_eq!(cached_ports(&h, &u), ["port-1"]);
     assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    assert_eq!(drive(&h), "port-1");
 
     h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-1", true).await.unwrap();
     assert!(cached_ports(&h, &u).is_empty());
     assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert_eq!(drive(&h), "");
     assert_eq!(h.neutron.deleted(), ["port-1"]);
 
     // A port the driver cannot plug is released again; the caller gets the error.

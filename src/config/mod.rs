@@ -585,6 +585,9 @@ pub struct DockerSettings {
     pub userns_mode: Option<String>,
     /// `[docker] read_only_rootfs`: mount instances' root filesystems read-only (image property `os_read_only_rootfs` overrides).
     pub read_only_rootfs: bool,
+    /// `[docker] inject_key`: write the key pair's public key to
+    /// `/root/.ssh/authorized_keys` in the container before its first start.
+    pub inject_key: bool,
     /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
     /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
@@ -666,6 +669,10 @@ pub struct Settings {
     pub update_resources_interval: Duration,
     /// `[DEFAULT] sync_power_state_interval`: time between full power-state reconciliations (`None` when 0 or less: off).
     pub sync_power_state_interval: Option<Duration>,
+    /// `[DEFAULT] force_config_drive`: every new instance gets a config drive.
+    pub force_config_drive: bool,
+    /// `[api] dhcp_domain`: appended to the hostname in the config drive.
+    pub dhcp_domain: Option<String>,
     /// `[DEFAULT] shutdown_timeout`: time a container gets after SIGTERM before it is killed.
     pub shutdown_timeout: Duration,
     /// `[DEFAULT] running_deleted_instance_action`: what to do with containers whose instance is gone.
@@ -895,6 +902,8 @@ impl Settings {
             initial_disk_allocation_ratio: float(&INITIAL_DISK_ALLOCATION_RATIO)?,
             update_resources_interval: interval(int(&UPDATE_RESOURCES_INTERVAL)?).unwrap_or(Duration::from_secs(60)),
             sync_power_state_interval: interval(int(&SYNC_POWER_STATE_INTERVAL)?),
+            force_config_drive: l.bool(&FORCE_CONFIG_DRIVE)?,
+            dhcp_domain: l.string(&API_DHCP_DOMAIN).filter(|d| !d.is_empty()),
             shutdown_timeout: secs(int(&SHUTDOWN_TIMEOUT)?),
             running_deleted_instance_action: deleted_action,
             running_deleted_instance_poll_interval: interval(int(&RUNNING_DELETED_INSTANCE_POLL_INTERVAL)?),
@@ -1012,6 +1021,7 @@ impl Settings {
                 seccomp_profile: l.string(&DOCKER_SECCOMP_PROFILE).map(PathBuf::from),
                 userns_mode: l.string(&DOCKER_USERNS_MODE),
                 read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
+                inject_key: l.bool(&DOCKER_INJECT_KEY)?,
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,

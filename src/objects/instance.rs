@@ -167,6 +167,22 @@ impl Instance {
         self.obj.get_str("hostname")
     }
 
+    /// The public key of the server's key pair (`key_data`), tenant text.
+    pub fn key_data(&self) -> Option<&str> {
+        self.obj.get_str("key_data")
+    }
+
+    /// Whether the server asked for a config drive (`config_drive`, a
+    /// string field: Nova stores "True" or an empty string; any non-empty
+    /// string or true counts, as Python's truth in `configdrive.required_by`).
+    pub fn config_drive(&self) -> bool {
+        match self.obj.get("config_drive") {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        }
+    }
+
     /// User-facing name.
     pub fn display_name(&self) -> Option<&str> {
         self.obj.get_str("display_name")

@@ -31,6 +31,11 @@ pub struct FakeContainer {
     pub memory_bytes: i64,
     /// The image it was created from (empty for one the test added).
     pub image: String,
+    /// The files written into it before its first start.
+    pub files: Vec<crate::virt::spec::GuestFile>,
+    /// Its config drive's files (network_data.json as the refreshed
+    /// port ids, comma-separated, once refreshed).
+    pub config_drive: Option<Vec<crate::virt::config_drive::DriveFile>>,
 }
 
 /// An operation held at its start until the test releases it.
@@ -91,8 +96,18 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), memory_bytes: 0, image: String::new() };
+        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), memory_bytes: 0, image: String::new(), files: Vec::new(), config_drive: None };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
+    }
+
+    /// Gives the container of `uuid` an empty config drive (as a build
+    /// that asked for one would have).
+    pub fn give_config_drive(&self, uuid: &str) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid) {
+                c.config_drive = Some(Vec::new());
+            }
+        });
     }
 
     /// The container of `uuid`, if any.
@@ -228,6 +243,8 @@ impl Driver for FakeDriver {
             dns,
             memory_bytes: spec.memory_bytes,
             image: spec.image.clone(),
+            files: spec.files.clone(),
+            config_drive: spec.config_drive.clone().map(|d| d.0),
         };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())
@@ -239,6 +256,20 @@ impl Driver for FakeDriver {
             return Err(e);
         }
         self.change(uuid, started)
+    }
+
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        self.enter("refresh_config_drive", uuid).await?;
+        let ports: Vec<String> = network_info.iter().map(|v| v.id.clone()).collect();
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid)
+                && let Some(drive) = c.config_drive.as_mut()
+            {
+                drive.retain(|(p, _)| p != crate::virt::config_drive::NETWORK_DATA);
+                drive.push((crate::virt::config_drive::NETWORK_DATA.to_string(), ports.join(",").into_bytes()));
+            }
+        });
+        Ok(())
     }
 
     async fn destroy(&self, uuid: &str, _timeout: Duration, _network_info: &NetworkInfo) -> Result<(), VirtError> {

@@ -259,6 +259,34 @@ impl DockerDriver {
             .map_err(|e| engine("create volume directories", e))
     }
 
+    /// Writes the spec's files into the created container, in one archive
+    /// put at `/` (`PUT /containers/{id}/archive`). The engine extracts it
+    /// inside the container's root filesystem (chrooted there), so a
+    /// symlink of the image (`/root -> /etc` or to any host path) resolves
+    /// in the container, never on the host, and an existing symlink where a
+    /// written entry goes is replaced by the entry. Never by host paths.
+    async fn write_guest_files(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+        if spec.files.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<crate::image::archive::TarEntry<'_>> = spec
+            .files
+            .iter()
+            .map(|f| crate::image::archive::TarEntry { path: &f.path, mode: f.mode, contents: f.contents.as_deref() })
+            .collect();
+        let mtime =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let tar = crate::image::archive::guest_entries(&entries, mtime);
+        self.docker
+            .upload_to_container(
+                &container_name(&spec.uuid),
+                Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| engine("write the instance's files", e))
+    }
+
     /// Stops (within `timeout`, when not zero) and removes the container;
     /// a missing container is success.
     async fn remove_container(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
@@ -445,14 +473,27 @@ impl Driver for DockerDriver {
     }
 
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        if spec.read_only_rootfs && !spec.files.is_empty() {
+            return Err(VirtError::Invalid(
+                "the instance's root filesystem is read-only (docker:read_only_rootfs or os_read_only_rootfs): \
+                 its key pair or injected files cannot be written into it"
+                    .into(),
+            ));
+        }
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let host_resolv_conf = guest_files::read_host_resolv_conf().await;
         let dns = host_network::dns_servers(network_info);
         let addresses = host_network::fixed_addresses(network_info);
         let files = guest_files::render(&host_resolv_conf, &dns, &spec.hostname, &addresses);
-        let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
+        let mut binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+        if let Some(drive) = &spec.config_drive {
+            let bind = guest_files::write_config_drive(&self.settings.instances_path, &spec.uuid, &drive.0)
+                .await
+                .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+            binds.push(bind);
+        }
         let mut attempt = 0;
         loop {
             let quota = self.root_disk.enforcement == Enforcement::Quota;
@@ -468,7 +509,11 @@ impl Driver for DockerDriver {
                 Err(e) => return Err(engine("create", e)),
             }
         }
-        if let Err(e) = self.create_volume_dirs(spec).await {
+        let prepared = match self.create_volume_dirs(spec).await {
+            Ok(()) => self.write_guest_files(spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             let _ = self.remove_container(&spec.uuid, Duration::ZERO).await;
             return Err(e);
         }
@@ -511,6 +556,16 @@ impl Driver for DockerDriver {
     async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
         let (_, host) = self.inspect_host(uuid).await?;
         self.network.plug_one(&host, vif, index).await
+    }
+
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        let data = serde_json::to_vec(&super::config_drive::network_data(Some(network_info)))
+            .map_err(|e| VirtError::Invalid(e.to_string()))?;
+        let rel = super::config_drive::NETWORK_DATA;
+        guest_files::replace_in_config_drive(&self.settings.instances_path, uuid, rel, &data)
+            .await
+            .map(|_| ())
+            .map_err(|(path, source)| VirtError::HostFile { path, source })
     }
 
     async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
@@ -882,6 +937,8 @@ mod tests {
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),
+            files: Vec::new(),
+            config_drive: None,
         }
     }
 

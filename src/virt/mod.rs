@@ -11,6 +11,7 @@
 //! bounded in time.
 
 pub mod capabilities;
+pub mod config_drive;
 pub mod docker;
 pub mod guest_files;
 pub mod host_network;
@@ -256,6 +257,14 @@ pub trait Driver: Send + Sync + 'static {
         uuid: &str,
         vif: &Vif,
         index: usize,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Writes the config drive's `network_data.json` again from
+    /// `network_info` (after an interface attach or detach); nothing to do
+    /// for an instance without a config drive.
+    fn refresh_config_drive(
+        &self,
+        uuid: &str,
+        network_info: &NetworkInfo,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
     /// Removes the host side of one port.
     fn detach_interface(&self, uuid: &str, vif: &Vif) -> impl Future<Output = Result<(), VirtError>> + Send;

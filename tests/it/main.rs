@@ -8,6 +8,7 @@ mod cloud;
 mod common;
 mod environment;
 mod faults;
+mod guest;
 mod host;
 mod hostile;
 mod images;
