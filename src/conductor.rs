@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
+use crate::objects::{
+    ComputeNode, Instance, Manifest, Migration, NovaObject, ObjectError, Service, TaskState, manifest_json,
+};
 use crate::release::Release;
 use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 
@@ -449,6 +451,15 @@ impl Conductor {
             kwargs.insert("expected_task_state".into(), e);
         }
         self.object_action(ctx, &mut instance.obj, "save", Value::Object(kwargs)).await.map(|_| ())
+    }
+
+    /// `Migration.save()` of the changed fields (its status, as the
+    /// compute hosts move it along).
+    pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {
+        if migration.obj.changes().is_empty() {
+            return Ok(());
+        }
+        self.object_action(ctx, &mut migration.obj, "save", json!({})).await.map(|_| ())
     }
 
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).

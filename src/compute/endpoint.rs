@@ -8,9 +8,10 @@ use serde_json::{Map, Value, json};
 
 use super::build::build_request;
 use super::manager::ComputeManager;
+use super::operation::Claim;
 use super::snapshot::Rotation;
 use crate::network::NetworkRequest;
-use crate::objects::Instance;
+use crate::objects::{Instance, Migration};
 use crate::rpc::{BoxFuture, CallResult, Endpoint, Invocation, RemoteError, Version};
 use crate::virt::Driver;
 
@@ -222,10 +223,25 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                 other if call.is_call => Err(m.unsupported(other)),
                 other => {
                     let instance = instance_arg(&args).ok();
-                    Err(m.unsupported_cast(&ctx, other, instance).await)
+                    Err(m.unsupported_cast(&ctx, other, instance, claim_of(other, &args)).await)
                 }
             }
         })
+    }
+}
+
+/// What Nova claimed in Placement before casting `method` here (see
+/// [`Claim`]): what a refusal or failure must give back.
+pub fn claim_of(method: &str, args: &Map<String, Value>) -> Option<Claim> {
+    let migration = || args.get("migration").filter(|v| !v.is_null()).and_then(|v| Migration::from_primitive(v).ok());
+    match method {
+        // At the destination of a resize or cold migration.
+        "prep_resize" => migration().map(Claim::MovedToMigration),
+        // An evacuation: the scheduler claimed this host for it.
+        "rebuild_instance" if bool_arg(args, "recreate", false) => Some(Claim::AddedOnThisNode(migration())),
+        // An offloaded instance's unshelve: its whole allocation is for this host.
+        "unshelve_instance" => Some(Claim::WholeInstance),
+        _ => None,
     }
 }
 

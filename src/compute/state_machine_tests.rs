@@ -348,11 +348,67 @@ async fn unpausing_a_missing_container_fails_with_instance_not_found() {
 async fn an_unsupported_cast_reverts_the_task_state_with_a_fault() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::Rescuing), Running);
-    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u))).await;
+    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u)), None).await;
     assert_eq!(err.class, "NotImplementedError");
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
     assert_eq!(faults_of(&h, &u).len(), 1);
     assert!(only_event(&h, &u, "compute_rescue_instance").is_some());
+}
+
+fn migration(uuid: &str, instance: &str) -> Value {
+    json!({"nova_object.name": "Migration", "nova_object.namespace": "nova", "nova_object.version": "1.7",
+           "nova_object.data": {"uuid": uuid, "instance_uuid": instance, "status": "pre-migrating",
+                                "migration_type": "resize", "source_compute": "src", "dest_compute": crate::testing::HOST}})
+}
+
+#[tokio::test]
+async fn a_refused_prep_resize_gives_the_source_allocation_back_to_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    // What the scheduler did before the cast: the source allocation moved to
+    // the migration, the instance given one on this (destination) host.
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 128)]);
+    let args = json!({"instance": h.rpc_instance(&u).to_primitive(), "migration": migration(&mig, &u)});
+    let args = args.as_object().unwrap();
+    let claim = crate::compute::endpoint::claim_of("prep_resize", args);
+    let err = h.manager.unsupported_cast(&h.ctx, "prep_resize", Some(h.rpc_instance(&u)), claim).await;
+    assert_eq!(err.class, "NotImplementedError");
+    assert!(h.placement.allocations(&mig).is_empty(), "the migration keeps nothing");
+    let back = h.placement.allocations(&u);
+    assert_eq!(back.keys().collect::<Vec<_>>(), ["source-rp"], "{back:?}");
+    assert_eq!(back["source-rp"]["MEMORY_MB"], 64);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("error")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_unshelve_frees_what_the_scheduler_claimed() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let args = json!({"instance": h.rpc_instance(&u).to_primitive()});
+    let claim = crate::compute::endpoint::claim_of("unshelve_instance", args.as_object().unwrap());
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance").holding(claim);
+    let failed = crate::compute::errors::OpError::Invalid("no".into());
+    let r = h.manager.run(&h.ctx, &mut i, op, async |_| Err::<(), _>(failed)).await;
+    assert!(r.is_err());
+    assert!(h.placement.allocations(&u).is_empty());
+}
+
+#[tokio::test]
+async fn an_operation_that_succeeds_keeps_its_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance")
+        .holding(Some(crate::compute::operation::Claim::WholeInstance));
+    h.manager.run(&h.ctx, &mut i, op, async |_| Ok(())).await.unwrap();
+    assert_eq!(h.placement.allocations(&u).len(), 1);
 }
 
 #[tokio::test]

@@ -44,6 +44,8 @@ struct Db {
     instances: HashMap<String, Map<String, Value>>,
     events: Vec<ActionEvent>,
     faults: Vec<Fault>,
+    /// Migration rows by uuid (what `Migration.save` wrote).
+    migrations: HashMap<String, Map<String, Value>>,
     /// Calls that fail once they succeeded this many more times.
     failing: HashMap<String, usize>,
     saves: usize,
@@ -107,6 +109,11 @@ impl FakeNova {
         self.with(|db| db.faults.clone())
     }
 
+    /// A field of a migration row as `Migration.save` left it.
+    pub fn migration_field(&self, uuid: &str, field: &str) -> Option<Value> {
+        self.with(|db| db.migrations.get(uuid).and_then(|m| m.get(field).cloned()))
+    }
+
     /// How many `Instance.save` calls succeeded.
     pub fn saves(&self) -> usize {
         self.with(|db| db.saves)
@@ -161,6 +168,13 @@ impl FakeNova {
                     row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
                 }
                 db.saves += 1;
+                Ok(json!([{}, null]))
+            }
+            ("Migration", "save") => {
+                let row = db.migrations.entry(str_of("uuid")).or_insert_with(|| data.clone());
+                for c in changes {
+                    row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
+                }
                 Ok(json!([{}, null]))
             }
             ("Instance", "destroy") => {

@@ -9,6 +9,7 @@ pub mod fake_driver;
 pub mod fake_glance;
 pub mod fake_neutron;
 pub mod fake_nova;
+pub mod fake_placement;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use fake_driver::FakeDriver;
 pub use fake_glance::FakeGlance;
 pub use fake_neutron::FakeNeutron;
 pub use fake_nova::FakeNova;
+pub use fake_placement::FakePlacement;
 
 /// The host name of the harness's compute.
 pub const HOST: &str = "fake-host";
@@ -43,6 +45,8 @@ pub struct Harness {
     pub neutron: Arc<FakeNeutron>,
     /// Its Glance.
     pub glance: Arc<FakeGlance>,
+    /// Its Placement.
+    pub placement: Arc<FakePlacement>,
     /// The context requests come with.
     pub ctx: RequestContext,
 }
@@ -71,10 +75,19 @@ impl Harness {
         };
         let neutron = Arc::new(FakeNeutron::default());
         let ports: Arc<dyn PortService> = neutron.clone();
-        let manager =
-            Arc::new(ComputeManager::new(settings, conductor, None, driver.clone(), images, registrar, Some(ports)));
+        let placement = Arc::new(FakePlacement::default());
+        let allocations: Arc<dyn crate::placement::Allocations> = placement.clone();
+        let manager = Arc::new(ComputeManager::new(
+            settings,
+            conductor,
+            Some(allocations),
+            driver.clone(),
+            images,
+            registrar,
+            Some(ports),
+        ));
         manager.mark_ready();
-        Harness { manager, driver, nova, neutron, glance, ctx: RequestContext::admin() }
+        Harness { manager, driver, nova, neutron, glance, placement, ctx: RequestContext::admin() }
     }
 
     /// An instance of this host in `vm`/`task`, with a container in `power`

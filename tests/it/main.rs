@@ -15,6 +15,7 @@ mod isolation;
 mod keystone;
 mod lifecycle;
 mod load;
+mod moves_rebuild;
 mod net;
 mod network;
 mod observability;
