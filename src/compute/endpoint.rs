@@ -38,6 +38,7 @@ const SUPPORTED: &[&str] = &[
     "backup_instance",
     "attach_interface",
     "detach_interface",
+    "rebuild_instance",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -96,7 +97,6 @@ const UNSUPPORTED: &[&str] = &[
     "cache_images",
     "allow_share",
     "deny_share",
-    "rebuild_instance",
 ];
 
 /// The `compute` endpoint (default namespace).
@@ -183,6 +183,10 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                         keep: args.get("rotation").and_then(Value::as_u64).unwrap_or(1) as usize,
                     };
                     map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
+                }
+                "rebuild_instance" => {
+                    let req = super::rebuild::RebuildRequest::from_args(&args);
+                    map(m.rebuild_instance(&ctx, instance_arg(&args)?, req).await)
                 }
                 "get_console_output" => {
                     let tail = args.get("tail_length").and_then(Value::as_u64).map(|n| n as usize);

@@ -765,3 +765,109 @@ async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
     let d = h.manager.get_instance_diagnostics(&h.rpc_instance(&running)).await.unwrap();
     assert_eq!(d["nova_object.data"]["state"], "running");
 }
+
+// ---------------------------------------------------------------------------
+// Rebuild
+// ---------------------------------------------------------------------------
+
+/// An instance the API is rebuilding with Glance image `img-2` (it already
+/// shows the new image; `img-1` was the old one).
+fn rebuilding(h: &Harness, vm: VmState, power: PowerState) -> (String, crate::compute::rebuild::RebuildRequest) {
+    h.glance.add_active("img-2", "docker", crate::testing::fake_driver::docker_save_archive());
+    let u = h.instance(vm, Some(TaskState::Rebuilding), power);
+    give_port(h, &u);
+    if power == Running {
+        h.driver.change_plugged(&u, &["port-1"]);
+    }
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.nova.set_field(&u, "system_metadata", json!({"image_base_image_ref": "img-2"}));
+    let req = crate::compute::rebuild::RebuildRequest {
+        image_ref: Some("img-2".into()),
+        orig_image_ref: Some("img-1".into()),
+        orig_sys_metadata: json!({"image_base_image_ref": "img-1"}).as_object().cloned(),
+        ..Default::default()
+    };
+    (u, req)
+}
+
+#[tokio::test]
+async fn a_rebuild_replaces_the_container_keeps_its_ports_and_ends_active() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    let c = h.driver.container(&u).expect("a container");
+    assert_eq!(c.plugged, ["port-1"], "the same port, plugged into the new container");
+    assert!(h.driver.set_aside_container(&u).is_none(), "the old container is gone");
+    let calls = h.driver.calls();
+    let pos = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap_or_else(|| panic!("{op}: {calls:?}"));
+    assert!(pos("set_aside") < pos("create") && pos("start_created") < pos("discard_set_aside"), "{calls:?}");
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-2")));
+    assert_eq!(only_event(&h, &u, "compute_rebuild_instance"), None);
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_container_cannot_start_puts_the_old_one_back_with_its_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "usable, as it was");
+    let c = h.driver.container(&u).expect("the old container is back");
+    assert_eq!((c.state, c.plugged.as_slice()), (Running, ["port-1".to_string()].as_slice()));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")), "Nova shows the image the container runs");
+    assert_eq!(h.nova.field(&u, "system_metadata"), Some(json!({"image_base_image_ref": "img-1"})));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_rebuild_instance").is_some());
+}
+
+#[tokio::test]
+async fn a_rebuild_that_cannot_put_the_old_container_back_ends_in_error() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    h.driver.fail("restore_set_aside");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_rebuild_of_a_stopped_instance_leaves_it_stopped_on_the_new_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Stopped, Shutdown);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Shutdown));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("start_created")));
+}
+
+#[tokio::test]
+async fn a_rebuild_with_injected_files_is_refused_before_anything_changes() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.injected_files = vec![json!(["/etc/motd", "aGk="])];
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("injected files"), "{err}");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("set_aside")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")));
+}
+
+#[tokio::test]
+async fn a_failed_evacuation_gives_back_this_hosts_share_of_the_allocation() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    req.evacuate = true;
+    req.image_ref = None;
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    h.placement.allocate(&u, "dead-host-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    let left = h.placement.allocations(&u);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["dead-host-rp"], "{left:?}");
+    assert!(h.driver.container(&u).is_none(), "nothing left here");
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+}

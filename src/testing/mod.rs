@@ -125,6 +125,22 @@ impl Harness {
     }
 }
 
+/// A registered host's records whose node (and resource provider) is `node_uuid`.
+pub fn host_records(node_uuid: &str) -> crate::compute::host::HostRecords {
+    crate::compute::host::HostRecords {
+        service: tokio::sync::Mutex::new(crate::objects::Service::new_compute(HOST, 66)),
+        node: tokio::sync::Mutex::new(
+            crate::objects::ComputeNode::from_primitive(&json!({
+            "nova_object.name": "ComputeNode", "nova_object.namespace": "nova", "nova_object.version": "1.19",
+            "nova_object.data": {"uuid": node_uuid, "host": HOST}}))
+            .expect("a node"),
+        ),
+        node_uuid: node_uuid.to_string(),
+        node_id: std::sync::atomic::AtomicI64::new(1),
+        disabled: std::sync::atomic::AtomicBool::new(false),
+    }
+}
+
 impl Default for Harness {
     fn default() -> Self {
         Self::new()
