@@ -84,3 +84,135 @@ async fn a_refused_move_gives_its_allocations_back_zed() {
 async fn a_refused_move_gives_its_allocations_back_newest() {
     a_refused_move_gives_its_allocations_back(Release::Newest).await;
 }
+
+/// `docker exec` in the instance's container on the machine's engine; stdout.
+fn guest(id: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
+        .output()
+        .expect("docker exec runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker inspect` of one field of a container (empty when there is none).
+fn inspect(name: &str, format: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", format, name])
+        .output()
+        .expect("docker inspect runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds `tag` FROM nd-busybox:latest with a /marker holding `marker`.
+fn build_marked(tag: &str, marker: &str) {
+    let ctx = std::env::temp_dir().join(crate::common::unique("nd-ctx"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("marker"), format!("{marker}\n")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM nd-busybox:latest\nCOPY marker /marker\n").unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    let _ = std::fs::remove_dir_all(&ctx);
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The last instance action's compute_rebuild_instance event.
+async fn rebuild_event(cloud: &Cloud, id: &str) -> Value {
+    let actions = cloud.actions(id).await;
+    let rebuild = actions.iter().find(|a| a["action"] == "rebuild").expect("a rebuild action").clone();
+    let events = rebuild["events"].as_array().cloned().unwrap_or_default();
+    events.into_iter().find(|e| e["event"] == "compute_rebuild_instance").expect("the compute's event")
+}
+
+/// Rebuild as a user runs it: with the same image (the root filesystem is
+/// reset), with another image (the container runs it, and Nova says so),
+/// and with an image that cannot run (the instance stays as it was, on its
+/// old image, with a fault).
+async fn rebuild(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("rebuild");
+    let host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let tag = format!("{}:latest", crate::common::unique("nd-rebuild"));
+    build_marked(&tag, "v2");
+    let image2 = cloud.docker_image_in_glance(&host.conf, &tag, &crate::common::unique("nd-rebuild-v2"), &[]).await;
+    let id = cloud.create_server("rebuild", &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let container = format!("nova-{id}");
+    let first = inspect(&container, "{{.Id}}");
+    guest(&id, "echo written > /root/written");
+    assert_eq!(guest(&id, "cat /root/written"), "written");
+
+    // The same image: a new container, the instance's name, an image-fresh disk.
+    let (status, v) = cloud.action(&id, json!({"rebuild": {"imageRef": image}})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the rebuild to begin", T, async || inspect(&container, "{{.Id}}") != first).await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["image"]["id"], image.as_str());
+    assert_eq!(s["OS-EXT-STS:power_state"], 1);
+    let second = inspect(&container, "{{.Id}}");
+    assert_ne!(second, first, "a new container");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+    assert_eq!(guest(&id, "cat /root/written 2>/dev/null || echo gone"), "gone", "the root filesystem is reset");
+    assert_eq!(inspect(&format!("{container}-previous"), "{{.Id}}"), "", "the old container is removed");
+    assert_eq!(rebuild_event(&cloud, &id).await["result"], "Success");
+
+    // Another image, with metadata: the container runs it, Nova shows it.
+    let (status, v) = cloud.action(&id, json!({"rebuild": {"imageRef": image2, "metadata": {"rebuilt": "v2"}}})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the second rebuild to begin", T, async || inspect(&container, "{{.Id}}") != second).await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["image"]["id"], image2.as_str());
+    assert_eq!(s["metadata"]["rebuilt"], "v2");
+    assert_eq!(s["name"], "rebuild");
+    assert_eq!(inspect(&container, "{{index .Config.Labels \"nova.image\"}}"), image2);
+    assert_eq!(inspect(&container, "{{index .Config.Labels \"nova.instance\"}}"), id);
+    assert_eq!(inspect(&container, "{{.Config.Hostname}}"), "rebuild");
+    assert_eq!(guest(&id, "cat /marker"), "v2");
+    let third = inspect(&container, "{{.Id}}");
+
+    // An image that is not a Docker archive: refused while loading; the
+    // old container still runs and Nova shows its image again.
+    let bad =
+        cloud.raw_glance_image(&crate::common::unique("nd-rebuild-bad"), "docker", b"not an image".repeat(100)).await;
+    let (status, v) = cloud.action(&id, json!({"rebuild": {"imageRef": bad}})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the failed rebuild's event", T, async || {
+        let actions = cloud.actions(&id).await;
+        actions
+            .first()
+            .and_then(|a| a["events"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e["event"] == "compute_rebuild_instance" && e["finish_time"].is_string())
+    })
+    .await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["image"]["id"], image2.as_str(), "Nova shows the image the container runs");
+    // (nova-api shows a fault only on an ERROR server: the event says why.)
+    assert_eq!(inspect(&container, "{{.Id}}"), third, "the same container");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+    assert_eq!(guest(&id, "cat /marker"), "v2");
+    let event = rebuild_event(&cloud, &id).await;
+    assert_eq!(event["result"], "Error", "{event}");
+
+    cloud.delete_server(&id, T).await;
+    for i in [&image2, &bad] {
+        cloud.delete_glance_image(i).await;
+    }
+    let _ = std::process::Command::new("docker").args(["rmi", &tag]).output();
+    drop(host);
+}
+
+#[tokio::test]
+async fn rebuild_zed() {
+    rebuild(Release::Zed).await;
+}
+
+#[tokio::test]
+async fn rebuild_newest() {
+    rebuild(Release::Newest).await;
+}
