@@ -39,6 +39,7 @@ const SUPPORTED: &[&str] = &[
     "attach_interface",
     "detach_interface",
     "rebuild_instance",
+    "cache_images",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -94,7 +95,6 @@ const UNSUPPORTED: &[&str] = &[
     "trigger_crash_dump",
     "quiesce_instance",
     "unquiesce_instance",
-    "cache_images",
     "allow_share",
     "deny_share",
 ];
@@ -183,6 +183,14 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                         keep: args.get("rotation").and_then(Value::as_u64).unwrap_or(1) as usize,
                     };
                     map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
+                }
+                "cache_images" => {
+                    let ids: Vec<String> = args
+                        .get("image_ids")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .unwrap_or_default();
+                    Ok(Value::Object(m.cache_images(&ctx, &ids).await))
                 }
                 "rebuild_instance" => {
                     let req = super::rebuild::RebuildRequest::from_args(&args);

@@ -24,6 +24,7 @@ pub mod locks;
 pub mod manager;
 pub mod networking;
 pub mod operation;
+pub mod precache;
 pub mod rebuild;
 pub mod reclaim;
 pub mod root_disk;

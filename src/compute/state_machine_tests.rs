@@ -871,3 +871,15 @@ async fn a_failed_evacuation_gives_back_this_hosts_share_of_the_allocation() {
     assert!(h.driver.container(&u).is_none(), "nothing left here");
     assert_eq!(h.states(&u).0, Some(VmState::Error));
 }
+
+#[tokio::test]
+async fn cache_images_loads_what_the_host_lacks_and_says_what_it_did() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    let ids = ["img-1".to_string(), "missing".to_string()];
+    let r = h.manager.cache_images(&h.ctx, &ids).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "cached", "missing": "error"}));
+    let r = h.manager.cache_images(&h.ctx, &ids[..1]).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "existing"}));
+    assert_eq!(h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count(), 1);
+}

@@ -216,3 +216,62 @@ async fn rebuild_zed() {
 async fn rebuild_newest() {
     rebuild(Release::Newest).await;
 }
+
+/// The aggregate image-cache API (2.81): the host loads the image into
+/// Docker before any boot asks for it, and a boot then uses it.
+async fn images_are_cached_ahead_of_boots(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("precache");
+    let host = ComputeHost::start(&cloud, &name, "").await;
+    let tag = format!("{}:latest", crate::common::unique("nd-precache"));
+    build_marked(&tag, "precached");
+    let image = cloud.docker_image_in_glance(&host.conf, &tag, &crate::common::unique("nd-precache"), &[]).await;
+    let cached = || {
+        let out = std::process::Command::new("docker")
+            .args(["images", "-q", &format!("glance/{image}")])
+            .output()
+            .expect("docker images runs");
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    assert!(!cached(), "a new image is not on the host yet");
+
+    let post = async |path: String, body: Value| cloud.nova(reqwest::Method::POST, &path, Some(body), "2.81").await;
+    let (status, v) =
+        post("/os-aggregates".into(), json!({"aggregate": {"name": crate::common::unique("nd-agg")}})).await;
+    assert_eq!(status, 200, "{v}");
+    let agg = v["aggregate"]["id"].as_i64().expect("aggregate id");
+    let (status, v) = post(format!("/os-aggregates/{agg}/action"), json!({"add_host": {"host": name}})).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post(format!("/os-aggregates/{agg}/images"), json!({"cache": [{"id": image}]})).await;
+    assert_eq!(status, 202, "{v}");
+    wait_for("the image to be loaded ahead of any boot", T, async || cached()).await;
+
+    let id = cloud.create_server("precache", &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(guest(&id, "cat /marker"), "precached");
+    assert!(host.log_text().contains("status=\"cached\""), "the host logged the pre-cache");
+
+    cloud.delete_server(&id, T).await;
+    let (status, v) = post(format!("/os-aggregates/{agg}/action"), json!({"remove_host": {"host": name}})).await;
+    assert_eq!(status, 200, "{v}");
+    cloud.nova(reqwest::Method::DELETE, &format!("/os-aggregates/{agg}"), None, "2.81").await;
+    cloud.delete_glance_image(&image).await;
+    let refs = std::process::Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("glance/{image}")])
+        .output()
+        .expect("docker images runs");
+    for r in String::from_utf8_lossy(&refs.stdout).split_whitespace().chain([tag.as_str()]) {
+        let _ = std::process::Command::new("docker").args(["rmi", r]).output();
+    }
+    drop(host);
+}
+
+#[tokio::test]
+async fn images_are_cached_ahead_of_boots_zed() {
+    images_are_cached_ahead_of_boots(Release::Zed).await;
+}
+
+#[tokio::test]
+async fn images_are_cached_ahead_of_boots_newest() {
+    images_are_cached_ahead_of_boots(Release::Newest).await;
+}
