@@ -40,6 +40,9 @@ const SUPPORTED: &[&str] = &[
     "detach_interface",
     "rebuild_instance",
     "cache_images",
+    "shelve_instance",
+    "shelve_offload_instance",
+    "unshelve_instance",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -79,9 +82,6 @@ const UNSUPPORTED: &[&str] = &[
     "drop_move_claim_at_destination",
     "rescue_instance",
     "unrescue_instance",
-    "shelve_instance",
-    "shelve_offload_instance",
-    "unshelve_instance",
     "set_admin_password",
     "inject_network_info",
     "get_vnc_console",
@@ -183,6 +183,16 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                         keep: args.get("rotation").and_then(Value::as_u64).unwrap_or(1) as usize,
                     };
                     map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
+                }
+                "shelve_instance" => {
+                    let image_id = str_arg(&args, "image_id")?;
+                    let clean = bool_arg(&args, "clean_shutdown", true);
+                    map(m.shelve_instance(&ctx, instance_arg(&args)?, &image_id, clean).await)
+                }
+                "shelve_offload_instance" => map(m.shelve_offload_instance(&ctx, instance_arg(&args)?).await),
+                "unshelve_instance" => {
+                    let image = args.get("image").filter(|v| v.is_object()).cloned();
+                    map(m.unshelve_instance(&ctx, instance_arg(&args)?, image).await)
                 }
                 "cache_images" => {
                     let ids: Vec<String> = args

@@ -28,6 +28,7 @@ pub mod precache;
 pub mod rebuild;
 pub mod reclaim;
 pub mod root_disk;
+pub mod shelve;
 pub mod snapshot;
 #[cfg(test)]
 mod state_machine_tests;

@@ -883,3 +883,69 @@ async fn cache_images_loads_what_the_host_lacks_and_says_what_it_did() {
     assert_eq!(Value::Object(r), json!({"img-1": "existing"}));
     assert_eq!(h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// Shelve, offload, unshelve
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn shelve_snapshots_offloads_and_unshelve_brings_it_back_from_that_image() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+    h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, Shutdown), "{:?}", faults_of(&h, &u));
+    assert!(h.driver.container(&u).is_none(), "offloaded: no container");
+    assert!(h.placement.allocations(&u).is_empty(), "offloaded: no allocation");
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert_eq!(
+        (sys["shelved_image_id"].as_str(), sys["shelved_host"].as_str()),
+        (Some("shelved-1"), Some(crate::testing::HOST))
+    );
+    let data = h.glance.image("shelved-1").and_then(|(_, d)| d).expect("the filesystem is in Glance");
+    // (Glance hashes what it stored; the fake is told.)
+    h.glance.add_active("shelved-1", "docker", data);
+
+    // The scheduler claims this host again, then casts the unshelve.
+    h.request(&u, TaskState::Unshelving);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert!(h.glance.image("shelved-1").is_none(), "the shelved image is deleted");
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert!(sys.get("shelved_image_id").is_none(), "{sys}");
+    assert_eq!(h.placement.allocations(&u).len(), 1, "the claim stays");
+}
+
+#[tokio::test]
+async fn an_unshelve_that_fails_leaves_nothing_here_and_frees_the_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.glance.add_active("shelved-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    h.nova.set_field(&u, "system_metadata", json!({"shelved_image_id": "shelved-1"}));
+    h.nova.set_field(&u, "host", Value::Null);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, NoState));
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    assert!(h.placement.allocations(&u).is_empty());
+    assert!(h.driver.container(&u).is_none());
+    assert!(h.glance.image("shelved-1").is_some(), "the shelved image stays for another try");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_shelve_whose_upload_fails_starts_the_instance_again() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.glance.add_queued("shelved-1", json!({}));
+    h.glance.fail("upload");
+    assert!(h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running));
+    assert!(h.glance.image("shelved-1").is_none());
+}

@@ -275,3 +275,86 @@ async fn images_are_cached_ahead_of_boots_zed() {
 async fn images_are_cached_ahead_of_boots_newest() {
     images_are_cached_ahead_of_boots(Release::Newest).await;
 }
+
+/// Glance's images named `name` (any status this token sees).
+async fn glance_images_named(cloud: &Cloud, name: &str) -> Vec<Value> {
+    let url = format!("{}/v2/images?name={name}", cloud.var("ND_GLANCE"));
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("X-Auth-Token", cloud.var("ND_TOKEN"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let v: Value = resp.json().await.unwrap_or_default();
+    v["images"].as_array().cloned().unwrap_or_default()
+}
+
+/// Shelve and unshelve as a user runs them: the instance's filesystem goes
+/// to Glance as Nova's shelved image, the container and the allocation
+/// leave the host, and the unshelve (here onto a chosen host, 2.91) brings
+/// the files back and deletes the shelved image.
+async fn shelve_and_unshelve(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("shelve");
+    let host = ComputeHost::start(&cloud, &name, "").await;
+    let rp = cloud.wait_provider(&name, T).await["uuid"].as_str().unwrap().to_string();
+    let image = cloud.busybox_image(&host.conf).await;
+    let server = crate::common::unique("shelve");
+    let id = cloud.create_server(&server, &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    guest(&id, "echo kept > /root/written");
+    let container = format!("nova-{id}");
+
+    let (status, v) = cloud.action(&id, json!({"shelve": null})).await;
+    assert_eq!(status, 202, "{v}");
+    cloud.wait_status(&id, "SHELVED_OFFLOADED", T).await;
+    // (Nova saves SHELVED_OFFLOADED, then the host's removal.)
+    wait_for("the instance to leave the host", T, async || {
+        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"].is_null())
+    })
+    .await;
+    assert_eq!(inspect(&container, "{{.Id}}"), "", "the container left the host");
+    assert!(allocations(&cloud, &id).await.is_empty(), "the allocation is freed");
+    let shelved = glance_images_named(&cloud, &format!("{server}-shelved")).await;
+    assert_eq!(shelved.len(), 1, "{shelved:?}");
+    let img = &shelved[0];
+    assert_eq!((img["status"].as_str(), img["container_format"].as_str()), (Some("active"), Some("docker")));
+    assert_eq!(img["image_type"], "snapshot");
+    assert_eq!(img["instance_uuid"], id.as_str());
+    let shelved_id = img["id"].as_str().unwrap().to_string();
+
+    let (status, v) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/action"),
+            Some(json!({"unshelve": {"host": name}})),
+            "2.91",
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], name.as_str());
+    assert_eq!(s["image"]["id"], image.as_str(), "Nova shows the server's own image");
+    assert_eq!(guest(&id, "cat /root/written"), "kept", "the files are intact");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+    let held = allocations(&cloud, &id).await;
+    assert_eq!(held.keys().collect::<Vec<_>>(), [&rp], "{held:?}");
+    wait_for("the shelved image to be deleted", T, async || {
+        glance_images_named(&cloud, &format!("{server}-shelved")).await.iter().all(|i| i["id"] != shelved_id.as_str())
+    })
+    .await;
+
+    cloud.delete_server(&id, T).await;
+    drop(host);
+}
+
+#[tokio::test]
+async fn shelve_and_unshelve_zed() {
+    shelve_and_unshelve(Release::Zed).await;
+}
+
+#[tokio::test]
+async fn shelve_and_unshelve_newest() {
+    shelve_and_unshelve(Release::Newest).await;
+}
