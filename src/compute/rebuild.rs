@@ -133,7 +133,18 @@ impl<D: Driver> ComputeManager<D> {
             .clone()
             .or_else(|| i.image_ref().map(str::to_string))
             .ok_or_else(|| OpError::Invalid("the instance has no image to rebuild from".into()))?;
-        i.set_power_state(self.power_state_of(&uuid).await?);
+        let power = self.power_state_of(&uuid).await?;
+        if req.evacuate && power != PowerState::NoState {
+            // Nova's _check_instance_exists: an evacuation never lands on a
+            // host that has the instance.
+            return Err(OpError::Nova(crate::rpc::RemoteError::nova(
+                "InstanceExists",
+                format!("Instance {uuid} already exists."),
+                409,
+                serde_json::json!({}),
+            )));
+        }
+        i.set_power_state(power);
         self.begin_task(ctx, i, TaskState::Rebuilding, Expected::task(TaskState::Rebuilding)).await?;
         // The image first: a failure here leaves the old container as it was.
         let build = super::build::BuildRequest::default();

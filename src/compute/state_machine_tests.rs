@@ -949,3 +949,54 @@ async fn a_shelve_whose_upload_fails_starts_the_instance_again() {
     assert!(h.driver.container(&u).is_some_and(|c| c.state == Running));
     assert!(h.glance.image("shelved-1").is_none());
 }
+
+// ---------------------------------------------------------------------------
+// Evacuation
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_evacuation_lands_here_with_its_ports_and_ends_the_migration_done() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    h.nova.set_field(&u, "host", json!("dead-host"));
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.neutron.add_user_port("port-1");
+    let mig = uuid::Uuid::new_v4().to_string();
+    req.evacuate = true;
+    req.image_ref = None;
+    req.migration = Some(crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap());
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"], "its port, plugged here");
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("done")));
+}
+
+#[tokio::test]
+async fn an_evacuation_to_a_host_that_has_the_instance_is_refused() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.evacuate = true;
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running), "the instance here is untouched");
+}
+
+#[tokio::test]
+async fn a_host_back_from_the_dead_removes_what_was_evacuated_and_never_starts_it() {
+    let h = Harness::new();
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    // The instance now lives elsewhere; its old container is still here.
+    let u = h.instance(VmState::Active, None, Shutdown);
+    h.nova.set_field(&u, "host", json!("other-host"));
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "other-rp", &[("MEMORY_MB", 64)]);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": mig, "instance_uuid": u, "status": "done", "migration_type": "evacuation",
+                                "source_compute": crate::testing::HOST, "dest_compute": "other-host"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert!(h.driver.container(&u).is_none(), "the evacuated instance's container is gone");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("power_on")), "{:?}", h.driver.calls());
+    assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["other-rp"]);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("completed")));
+}

@@ -109,6 +109,13 @@ impl FakeNova {
         self.with(|db| db.faults.clone())
     }
 
+    /// Adds a migration row (the `nova_object.data` of a Migration).
+    pub fn add_migration(&self, data: Value) {
+        let data = data.as_object().cloned().unwrap_or_default();
+        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| db.migrations.insert(uuid, data));
+    }
+
     /// A field of a migration row as `Migration.save` left it.
     pub fn migration_field(&self, uuid: &str, field: &str) -> Option<Value> {
         self.with(|db| db.migrations.get(uuid).and_then(|m| m.get(field).cloned()))
@@ -240,6 +247,24 @@ impl FakeNova {
                     .collect();
                 Ok(json!({"nova_object.name": "InstanceList", "nova_object.namespace": "nova",
                           "nova_object.version": "2.6", "nova_object.data": {"objects": objects}}))
+            }
+            ("MigrationList", "get_by_filters") => {
+                let f = a.first().cloned().unwrap_or_default();
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        m.get("source_compute") == f.get("source_compute")
+                            && m.get("migration_type") == f.get("migration_type")
+                            && f["status"].as_array().is_some_and(|s| s.contains(&m["status"]))
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                                    "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
             }
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
