@@ -358,3 +358,109 @@ async fn shelve_and_unshelve_zed() {
 async fn shelve_and_unshelve_newest() {
     shelve_and_unshelve(Release::Newest).await;
 }
+
+/// `docker` against a private engine.
+fn engine(socket: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PUT os-services/{id} (2.53): forces a compute service down or up.
+async fn force_down(cloud: &Cloud, host: &str, down: bool) {
+    let service = cloud.compute_service(host).await.expect("the host's service");
+    let sid = service["id"].as_str().expect("a service uuid (2.53)").to_string();
+    let (status, v) = cloud
+        .nova(reqwest::Method::PUT, &format!("/os-services/{sid}"), Some(json!({"forced_down": down})), "2.53")
+        .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Evacuation between two hosts, each with its own Docker engine: host A
+/// stops and is forced down, the server is rebuilt on B from its image
+/// (Nova's view: host B, ACTIVE, B's allocation; Docker's: a running
+/// container on B's engine). When A comes back it removes its container of
+/// the evacuated server without starting it, and frees its allocation.
+async fn evacuate(release: Release) {
+    let cloud = Cloud::get(release);
+    let dir_a = std::env::temp_dir().join(crate::common::unique("nd-dockerd-a"));
+    let dir_b = std::env::temp_dir().join(crate::common::unique("nd-dockerd-b"));
+    let (engine_a, engine_b) =
+        tokio::join!(crate::faults::PrivateDocker::start(&dir_a), crate::faults::PrivateDocker::start(&dir_b));
+    let (name_a, name_b) = (host_name("evac-a"), host_name("evac-b"));
+    let conf = |e: &crate::faults::PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
+    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
+    let b = ComputeHost::start(&cloud, &name_b, &conf(&engine_b)).await;
+    let rp_a = cloud.wait_provider(&name_a, T).await["uuid"].as_str().unwrap().to_string();
+    let rp_b = cloud.wait_provider(&name_b, T).await["uuid"].as_str().unwrap().to_string();
+    let image = cloud.busybox_image(&a.conf).await;
+    let id = cloud.create_server("evac", &image, &name_a, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let container = format!("nova-{id}");
+    assert_eq!(engine(&engine_a.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
+
+    // Host A dies (its engine keeps the container) and is forced down.
+    a.kill().await;
+    force_down(&cloud, &name_a, true).await;
+    let (status, v) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/action"),
+            Some(json!({"evacuate": {"host": name_b}})),
+            "2.68",
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_for("the server to land on B", T, async || {
+        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name_b.as_str())
+    })
+    .await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["image"]["id"], image.as_str());
+    assert_eq!(engine(&engine_b.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
+    let held = allocations(&cloud, &id).await;
+    assert!(held.contains_key(&rp_b), "{held:?}");
+    let evacuation = migrations(&cloud, &id).await.into_iter().next().expect("the evacuation's migration");
+    assert_eq!(evacuation["migration_type"], "evacuation");
+    assert_eq!(evacuation["status"], "done");
+
+    // A comes back: its container of the server goes, never started again.
+    a.spawn();
+    wait_for("A to remove the evacuated container", T, async || {
+        engine(&engine_a.socket(), &["ps", "-aq", "--filter", &format!("name={container}")]).is_empty()
+    })
+    .await;
+    wait_for("the evacuation's migration to complete", T, async || {
+        migrations(&cloud, &id).await.first().is_some_and(|m| m["status"] == "completed")
+    })
+    .await;
+    let held = allocations(&cloud, &id).await;
+    assert_eq!(held.keys().collect::<Vec<_>>(), [&rp_b], "A's share is freed: {held:?}");
+    let started_on_a =
+        engine(&engine_a.socket(), &["events", "--since", "0", "--until", "0s", "--filter", "event=start"]);
+    assert_eq!(
+        started_on_a.matches(&container).count(),
+        1,
+        "started once on A (its boot), never again: {started_on_a}"
+    );
+    force_down(&cloud, &name_a, false).await;
+    assert_eq!(engine(&engine_b.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
+    let _ = rp_a;
+
+    cloud.delete_server(&id, T).await;
+    drop((a, b, engine_a, engine_b));
+}
+
+#[tokio::test]
+async fn evacuate_zed() {
+    evacuate(Release::Zed).await;
+}
+
+#[tokio::test]
+async fn evacuate_newest() {
+    evacuate(Release::Newest).await;
+}
