@@ -1000,3 +1000,24 @@ async fn a_host_back_from_the_dead_removes_what_was_evacuated_and_never_starts_i
     assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["other-rp"]);
     assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("completed")));
 }
+
+#[tokio::test]
+async fn a_rebuild_cut_short_by_a_restart_ends_in_error_with_one_container() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    // The service dies after setting the old container aside, before the new one.
+    let gate = h.driver.hold("create");
+    let m = h.manager.clone();
+    let ctx = h.ctx.clone();
+    let i = h.rpc_instance(&u);
+    let task = tokio::spawn(async move { m.rebuild_instance(&ctx, i, req).await });
+    gate.entered().await;
+    task.abort();
+    assert!(h.driver.container(&u).is_none() && h.driver.set_aside_container(&u).is_some());
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert!(h.driver.container(&u).is_some(), "the old container is back");
+    assert!(h.driver.set_aside_container(&u).is_none());
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}

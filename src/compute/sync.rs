@@ -110,6 +110,27 @@ impl<D: Driver> ComputeManager<D> {
             self.set_error_state(ctx, &mut i, true).await;
             return Ok(());
         }
+        if matches!(
+            task_state,
+            Some(TaskState::Rebuilding | TaskState::RebuildBlockDeviceMapping | TaskState::RebuildSpawning)
+        ) {
+            // As Nova: a rebuild cut short ends in ERROR (rebuild again). Of
+            // the two containers, the new one stays if it was made, else
+            // the old one is put back; never both.
+            tracing::warn!(instance = %uuid, "the rebuild was interrupted by a restart of this service; setting ERROR");
+            let settled = match self.driver.get_info(&uuid).await {
+                Ok(_) => self.driver.discard_set_aside(&uuid).await,
+                Err(_) => self.driver.restore_set_aside(&uuid).await.map(|_| ()),
+            };
+            if let Err(e) = settled {
+                tracing::warn!(instance = %uuid, error = %e, "could not settle the interrupted rebuild's containers");
+            }
+            let e = OpError::Invalid("the rebuild was interrupted by a restart of the compute service".into());
+            self.record_fault(ctx, &uuid, &e).await;
+            i.set_power_state(self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState));
+            self.set_error_state(ctx, &mut i, true).await;
+            return Ok(());
+        }
         if task_state == Some(TaskState::Deleting) {
             tracing::info!(instance = %uuid, "finishing a deletion interrupted by a restart");
             drop(_lock);
