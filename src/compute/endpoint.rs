@@ -242,6 +242,18 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     let port = str_arg(&args, "port_id")?;
                     map(m.detach_interface(&ctx, instance_arg(&args)?, &port, true).await)
                 }
+                // The conductor turns anything but a pre-check error into a
+                // 500 of the API: this one the user reads as a 400.
+                "check_can_live_migrate_destination" | "check_can_live_migrate_source" => {
+                    let reason = "live migration is not supported by nova-docker (instances are containers): \
+                                  use a cold migration";
+                    Err(RemoteError::nova(
+                        "MigrationPreCheckError",
+                        format!("Migration pre-check error: {reason}"),
+                        400,
+                        json!({"reason": reason}),
+                    ))
+                }
                 other if call.is_call => Err(m.unsupported(other)),
                 other => {
                     let instance = instance_arg(&args).ok();

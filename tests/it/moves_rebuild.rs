@@ -68,6 +68,25 @@ async fn a_refused_move_gives_its_allocations_back(release: Release) {
         let now = allocations(&cloud, &id).await;
         assert_eq!(now, before, "the instance holds its source allocation again, nothing on {b_rp}");
     }
+    // Live migration stays refused (the destination's pre-check answers
+    // MigrationPreCheckError): the conductor gives its claim back.
+    let before_live = migrations(&cloud, &id).await.len();
+    let body = json!({"os-migrateLive": {"host": b_name, "block_migration": "auto"}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.30").await;
+    // (The conductor reads the pre-check error as "try another host": with
+    // only B requested, the user reads NoValidHost, a 400, not a 500.)
+    assert_eq!(status, 400, "a refusal, not an API error: {v}");
+    let all = migrations(&cloud, &id).await;
+    assert!(all.len() > before_live, "{all:?}");
+    assert!(all.iter().all(|m| ["error", "failed"].contains(&m["status"].as_str().unwrap_or(""))), "{all:?}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], a_name.as_str());
+    for m in migrations(&cloud, &id).await {
+        let mig = m["uuid"].as_str().unwrap();
+        assert!(allocations(&cloud, mig).await.is_empty(), "migration {mig} still holds an allocation");
+    }
+    assert_eq!(allocations(&cloud, &id).await, before);
+
     let usages = cloud.placement(&format!("/resource_providers/{b_rp}/usages")).await;
     assert!(usages["usages"].as_object().unwrap().values().all(|v| v == 0), "{usages}");
 
