@@ -271,10 +271,8 @@ pub fn claim_of(method: &str, args: &Map<String, Value>) -> Option<Claim> {
     match method {
         // At the destination of a resize or cold migration.
         "prep_resize" => migration().map(Claim::MovedToMigration),
-        // An evacuation: the scheduler claimed this host for it.
-        "rebuild_instance" if bool_arg(args, "recreate", false) => Some(Claim::AddedOnThisNode(migration())),
-        // An offloaded instance's unshelve: its whole allocation is for this host.
-        "unshelve_instance" => Some(Claim::WholeInstance),
+        // (rebuild_instance and unshelve_instance hold their claims in
+        // their own operations.)
         _ => None,
     }
 }

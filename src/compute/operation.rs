@@ -140,7 +140,7 @@ impl<D: Driver> ComputeManager<D> {
             Ok(v) => Ok(v),
             Err(e) => {
                 if let Some(claim) = op.claim {
-                    self.give_back(ctx, i.uuid(), claim).await;
+                    self.give_back(ctx, i.uuid(), claim, e.is_superseded()).await;
                 }
                 self.apply_failure(ctx, i, op.on_failure, &e).await;
                 Err(e)
@@ -150,12 +150,16 @@ impl<D: Driver> ComputeManager<D> {
 
     /// Gives back what Nova claimed for a failed or refused operation (see
     /// [`Claim`]), best effort: a Placement or conductor failure is logged,
-    /// the operation's own error is what the caller reports.
-    pub async fn give_back(&self, ctx: &RequestContext, uuid: &str, claim: Claim) {
+    /// the operation's own error is what the caller reports. When the
+    /// instance was deleted or changed meanwhile (`superseded`), a
+    /// migration's allocation is deleted rather than moved back to an
+    /// instance that may be gone.
+    pub async fn give_back(&self, ctx: &RequestContext, uuid: &str, claim: Claim, superseded: bool) {
         let placement = self.placement.as_deref();
         let (result, migration, status) = match claim {
             Claim::MovedToMigration(m) => {
                 let r = match (placement, m.uuid()) {
+                    (Some(p), Some(mig)) if superseded => p.delete_allocation(mig).await,
                     (Some(p), Some(mig)) => p.move_allocations(mig, uuid).await.map(|moved| {
                         if !moved {
                             tracing::warn!(

@@ -389,8 +389,7 @@ async fn a_refused_unshelve_frees_what_the_scheduler_claimed() {
     let h = Harness::new();
     let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
     h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
-    let args = json!({"instance": h.rpc_instance(&u).to_primitive()});
-    let claim = crate::compute::endpoint::claim_of("unshelve_instance", args.as_object().unwrap());
+    let claim = Some(crate::compute::operation::Claim::WholeInstance);
     let mut i = h.rpc_instance(&u);
     let op = crate::compute::operation::Operation::new("compute_unshelve_instance").holding(claim);
     let failed = crate::compute::errors::OpError::Invalid("no".into());
@@ -1020,4 +1019,24 @@ async fn a_rebuild_cut_short_by_a_restart_ends_in_error_with_one_container() {
     assert!(h.driver.container(&u).is_some(), "the old container is back");
     assert!(h.driver.set_aside_container(&u).is_none());
     assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_move_of_an_instance_deleted_meanwhile_frees_the_migration_without_recreating_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    let m = crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap();
+    let mut i = h.rpc_instance(&u);
+    h.nova.remove_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_prep_resize")
+        .holding(Some(crate::compute::operation::Claim::MovedToMigration(m)));
+    let r = h
+        .manager
+        .run(&h.ctx, &mut i, op, async |i| h.manager.save(&h.ctx, i, crate::conductor::Expected::Any).await)
+        .await;
+    assert!(r.is_err_and(|e| e.is_superseded()));
+    assert!(h.placement.allocations(&mig).is_empty());
+    assert!(h.placement.allocations(&u).is_empty(), "no allocation for a deleted instance");
 }
