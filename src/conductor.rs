@@ -482,7 +482,21 @@ impl Conductor {
         self.object_action(ctx, &mut instance.obj, "save", Value::Object(kwargs)).await.map(|_| ())
     }
 
-    /// `Migration.save()` of the changed fields.
+    /// The evacuations away from this host that are started, in progress
+    /// or done (`MigrationList.get_by_filters`, as Nova's
+    /// `_destroy_evacuated_instances` reads them at start-up).
+    pub async fn evacuations_from_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
+        let filters = json!({"source_compute": self.host, "status": ["accepted", "pre-migrating", "done"],
+                             "migration_type": "evacuation"});
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let v = self.class_action(ctx, "MigrationList", "get_by_filters", &manifest, vec![filters], json!({})).await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
+    }
+
+    /// `Migration.save()` of the changed fields (its status, as the
+    /// compute hosts move it along).
     pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {
         if migration.obj.changes().is_empty() {
             return Ok(());

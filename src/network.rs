@@ -234,6 +234,9 @@ pub trait PortService: Send + Sync + 'static {
         uuid: &'a str,
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>>;
+    /// Unbinds ports from their host, keeping them the instance's (see
+    /// [`Neutron::unbind_host`]).
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>>;
     /// The ports of an instance (see [`Neutron::instance_ports`]).
     fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
     /// Nova's network_info of bound ports (see [`Neutron::network_info`]).
@@ -271,6 +274,10 @@ impl PortService for Neutron {
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>> {
         Box::pin(Neutron::release_instance_ports(self, uuid, preserved))
+    }
+
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(Neutron::unbind_host(self, port_ids))
     }
 
     fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
@@ -543,6 +550,17 @@ impl Neutron {
     async fn unbind_port(&self, id: &str) -> Result<(), HttpError> {
         let body = json!({"port": {"binding:host_id": null, "device_id": "", "device_owner": ""}});
         self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await.map(|_| ())
+    }
+
+    /// Unbinds ports from their host and keeps them the instance's, as
+    /// Nova's `unbind_ports(detach=False)` does when a shelved instance
+    /// leaves its host: an unshelve binds them wherever it lands.
+    pub async fn unbind_host(&self, port_ids: &[String]) -> Result<(), NetworkError> {
+        for id in port_ids {
+            let body = json!({"port": {"binding:host_id": null, "binding:profile": {}}});
+            self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await?;
+        }
+        Ok(())
     }
 
     /// The ports of an instance, currently bound anywhere.

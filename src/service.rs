@@ -231,7 +231,7 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let manager = Arc::new(ComputeManager::new(
         settings.clone(),
         conductor.clone(),
-        placement.clone(),
+        placement.clone().map(|p| Arc::new(p) as Arc<dyn crate::placement::Allocations>),
         driver.clone(),
         images,
         registrar,

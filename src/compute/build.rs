@@ -215,7 +215,7 @@ impl<D: Driver> ComputeManager<D> {
 
     /// Step 3, the image: Glance's metadata (from the request when it is
     /// complete), loaded into Docker if this host does not have it.
-    async fn build_image(
+    pub(crate) async fn build_image(
         &self,
         ctx: &RequestContext,
         req: &BuildRequest,
@@ -234,7 +234,7 @@ impl<D: Driver> ComputeManager<D> {
     /// Creates (does not start) the instance's container from its spec,
     /// with the build's injected files written into it, and its config
     /// drive when it needs one.
-    pub(super) async fn create_container(
+    pub(crate) async fn create_container(
         &self,
         i: &Instance,
         meta: &GlanceImage,
@@ -268,7 +268,7 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Starts the created container (the spawn phase).
-    pub(super) async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
+    pub(crate) async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
         let t = Instant::now();
         // The bench's mark for where Docker's own start begins.
         tracing::debug!(instance = %uuid, "container start sent");

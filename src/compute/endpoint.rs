@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::build::build_request;
 use super::manager::ComputeManager;
+use super::operation::Claim;
 use super::resize::ResizeRequest;
 use super::snapshot::Rotation;
 use crate::network::NetworkRequest;
@@ -44,6 +45,11 @@ const SUPPORTED: &[&str] = &[
     "confirm_resize",
     "revert_resize",
     "finish_revert_resize",
+    "rebuild_instance",
+    "cache_images",
+    "shelve_instance",
+    "shelve_offload_instance",
+    "unshelve_instance",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -77,9 +83,6 @@ const UNSUPPORTED: &[&str] = &[
     "drop_move_claim_at_destination",
     "rescue_instance",
     "unrescue_instance",
-    "shelve_instance",
-    "shelve_offload_instance",
-    "unshelve_instance",
     "set_admin_password",
     "inject_network_info",
     "get_vnc_console",
@@ -93,10 +96,8 @@ const UNSUPPORTED: &[&str] = &[
     "trigger_crash_dump",
     "quiesce_instance",
     "unquiesce_instance",
-    "cache_images",
     "allow_share",
     "deny_share",
-    "rebuild_instance",
 ];
 
 /// The `compute` endpoint (default namespace).
@@ -205,6 +206,28 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     };
                     map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
                 }
+                "shelve_instance" => {
+                    let image_id = str_arg(&args, "image_id")?;
+                    let clean = bool_arg(&args, "clean_shutdown", true);
+                    map(m.shelve_instance(&ctx, instance_arg(&args)?, &image_id, clean).await)
+                }
+                "shelve_offload_instance" => map(m.shelve_offload_instance(&ctx, instance_arg(&args)?).await),
+                "unshelve_instance" => {
+                    let image = args.get("image").filter(|v| v.is_object()).cloned();
+                    map(m.unshelve_instance(&ctx, instance_arg(&args)?, image).await)
+                }
+                "cache_images" => {
+                    let ids: Vec<String> = args
+                        .get("image_ids")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .unwrap_or_default();
+                    Ok(Value::Object(m.cache_images(&ctx, &ids).await))
+                }
+                "rebuild_instance" => {
+                    let req = super::rebuild::RebuildRequest::from_args(&args);
+                    map(m.rebuild_instance(&ctx, instance_arg(&args)?, req).await)
+                }
                 "get_console_output" => {
                     let tail = args.get("tail_length").and_then(Value::as_u64).map(|n| n as usize);
                     m.get_console_output(&instance_arg(&args)?, tail)
@@ -268,14 +291,38 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                 }
                 "finish_revert_resize" => {
                     map(m.finish_revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await)
+                // The conductor turns anything but a pre-check error into a
+                // 500 of the API: this one the user reads as a 400.
+                "check_can_live_migrate_destination" | "check_can_live_migrate_source" => {
+                    let reason = "live migration is not supported by nova-docker (instances are containers): \
+                                  use a cold migration";
+                    Err(RemoteError::nova(
+                        "MigrationPreCheckError",
+                        format!("Migration pre-check error: {reason}"),
+                        400,
+                        json!({"reason": reason}),
+                    ))
                 }
                 other if call.is_call => Err(m.unsupported(other)),
                 other => {
                     let instance = instance_arg(&args).ok();
-                    Err(m.unsupported_cast(&ctx, other, instance).await)
+                    Err(m.unsupported_cast(&ctx, other, instance, claim_of(other, &args)).await)
                 }
             }
         })
+    }
+}
+
+/// What Nova claimed in Placement before casting `method` here (see
+/// [`Claim`]): what a refusal or failure must give back.
+pub fn claim_of(method: &str, args: &Map<String, Value>) -> Option<Claim> {
+    let migration = || args.get("migration").filter(|v| !v.is_null()).and_then(|v| Migration::from_primitive(v).ok());
+    match method {
+        // At the destination of a resize or cold migration.
+        "prep_resize" => migration().map(Claim::MovedToMigration),
+        // (rebuild_instance and unshelve_instance hold their claims in
+        // their own operations.)
+        _ => None,
     }
 }
 

@@ -27,9 +27,12 @@ pub mod locks;
 pub mod manager;
 pub mod networking;
 pub mod operation;
+pub mod precache;
+pub mod rebuild;
 pub mod reclaim;
 pub mod resize;
 pub mod root_disk;
+pub mod shelve;
 pub mod snapshot;
 #[cfg(test)]
 mod state_machine_tests;

@@ -84,6 +84,32 @@ impl<D: Driver> ComputeManager<D> {
         Ok(ni)
     }
 
+    /// An evacuation's ports: each bound to this host (Nova's
+    /// `setup_instance_network_on_host`), the info cache written from
+    /// Neutron's new binding. Returns the new network_info.
+    pub async fn bind_ports_here(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        _migration: Option<&crate::objects::Migration>,
+    ) -> Result<NetworkInfo, OpError> {
+        let old = self.network_info(ctx, i).await?;
+        if old.is_empty() {
+            return Ok(old);
+        }
+        let neutron = self.neutron()?;
+        let mut ports = Vec::new();
+        for v in &old {
+            let r = NetworkRequest { port_id: Some(v.id.clone()), network_id: None, address: None, tag: None };
+            let mut bound = neutron.bind_one(i, &r, &[]).await?;
+            bound.created = !preserved(v);
+            ports.push(bound);
+        }
+        let ni = neutron.network_info(&ports).await?;
+        self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+        Ok(ni)
+    }
+
     /// Releases an instance's ports: ours deleted, the user's unbound.
     pub async fn deallocate_network(&self, ni: &NetworkInfo) {
         if ni.is_empty() {

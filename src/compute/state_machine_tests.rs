@@ -494,11 +494,66 @@ async fn unpausing_a_missing_container_fails_with_instance_not_found() {
 async fn an_unsupported_cast_reverts_the_task_state_with_a_fault() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::Rescuing), Running);
-    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u))).await;
+    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u)), None).await;
     assert_eq!(err.class, "NotImplementedError");
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
     assert_eq!(faults_of(&h, &u).len(), 1);
     assert!(only_event(&h, &u, "compute_rescue_instance").is_some());
+}
+
+fn migration(uuid: &str, instance: &str) -> Value {
+    json!({"nova_object.name": "Migration", "nova_object.namespace": "nova", "nova_object.version": "1.7",
+           "nova_object.data": {"uuid": uuid, "instance_uuid": instance, "status": "pre-migrating",
+                                "migration_type": "resize", "source_compute": "src", "dest_compute": crate::testing::HOST}})
+}
+
+#[tokio::test]
+async fn a_refused_prep_resize_gives_the_source_allocation_back_to_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    // What the scheduler did before the cast: the source allocation moved to
+    // the migration, the instance given one on this (destination) host.
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 128)]);
+    let args = json!({"instance": h.rpc_instance(&u).to_primitive(), "migration": migration(&mig, &u)});
+    let args = args.as_object().unwrap();
+    let claim = crate::compute::endpoint::claim_of("prep_resize", args);
+    let err = h.manager.unsupported_cast(&h.ctx, "prep_resize", Some(h.rpc_instance(&u)), claim).await;
+    assert_eq!(err.class, "NotImplementedError");
+    assert!(h.placement.allocations(&mig).is_empty(), "the migration keeps nothing");
+    let back = h.placement.allocations(&u);
+    assert_eq!(back.keys().collect::<Vec<_>>(), ["source-rp"], "{back:?}");
+    assert_eq!(back["source-rp"]["MEMORY_MB"], 64);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("error")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_unshelve_frees_what_the_scheduler_claimed() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let claim = Some(crate::compute::operation::Claim::WholeInstance);
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance").holding(claim);
+    let failed = crate::compute::errors::OpError::Invalid("no".into());
+    let r = h.manager.run(&h.ctx, &mut i, op, async |_| Err::<(), _>(failed)).await;
+    assert!(r.is_err());
+    assert!(h.placement.allocations(&u).is_empty());
+}
+
+#[tokio::test]
+async fn an_operation_that_succeeds_keeps_its_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance")
+        .holding(Some(crate::compute::operation::Claim::WholeInstance));
+    h.manager.run(&h.ctx, &mut i, op, async |_| Ok(())).await.unwrap();
+    assert_eq!(h.placement.allocations(&u).len(), 1);
 }
 
 #[tokio::test]
@@ -1120,4 +1175,279 @@ async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
     assert_eq!(h.nova.migration(&m).status(), Some("error"));
     assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
     assert!(h.glance.image("unrelated").is_some());
+
+// ---------------------------------------------------------------------------
+// Rebuild
+// ---------------------------------------------------------------------------
+
+/// An instance the API is rebuilding with Glance image `img-2` (it already
+/// shows the new image; `img-1` was the old one).
+fn rebuilding(h: &Harness, vm: VmState, power: PowerState) -> (String, crate::compute::rebuild::RebuildRequest) {
+    h.glance.add_active("img-2", "docker", crate::testing::fake_driver::docker_save_archive());
+    let u = h.instance(vm, Some(TaskState::Rebuilding), power);
+    give_port(h, &u);
+    if power == Running {
+        h.driver.change_plugged(&u, &["port-1"]);
+    }
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.nova.set_field(&u, "system_metadata", json!({"image_base_image_ref": "img-2"}));
+    let req = crate::compute::rebuild::RebuildRequest {
+        image_ref: Some("img-2".into()),
+        orig_image_ref: Some("img-1".into()),
+        orig_sys_metadata: json!({"image_base_image_ref": "img-1"}).as_object().cloned(),
+        ..Default::default()
+    };
+    (u, req)
+}
+
+#[tokio::test]
+async fn a_rebuild_replaces_the_container_keeps_its_ports_and_ends_active() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    let c = h.driver.container(&u).expect("a container");
+    assert_eq!(c.plugged, ["port-1"], "the same port, plugged into the new container");
+    assert!(h.driver.set_aside_container(&u).is_none(), "the old container is gone");
+    let calls = h.driver.calls();
+    let pos = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap_or_else(|| panic!("{op}: {calls:?}"));
+    assert!(pos("set_aside") < pos("create") && pos("start_created") < pos("discard_set_aside"), "{calls:?}");
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-2")));
+    assert_eq!(only_event(&h, &u, "compute_rebuild_instance"), None);
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_container_cannot_start_puts_the_old_one_back_with_its_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "usable, as it was");
+    let c = h.driver.container(&u).expect("the old container is back");
+    assert_eq!((c.state, c.plugged.as_slice()), (Running, ["port-1".to_string()].as_slice()));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")), "Nova shows the image the container runs");
+    assert_eq!(h.nova.field(&u, "system_metadata"), Some(json!({"image_base_image_ref": "img-1"})));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_rebuild_instance").is_some());
+}
+
+#[tokio::test]
+async fn a_rebuild_that_cannot_put_the_old_container_back_ends_in_error() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    h.driver.fail("restore_set_aside");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_rebuild_of_a_stopped_instance_leaves_it_stopped_on_the_new_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Stopped, Shutdown);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Shutdown));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("start_created")));
+}
+
+#[tokio::test]
+async fn a_rebuild_with_injected_files_is_refused_before_anything_changes() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.injected_files = vec![json!(["/etc/motd", "aGk="])];
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("injected files"), "{err}");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("set_aside")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")));
+}
+
+#[tokio::test]
+async fn a_failed_evacuation_gives_back_this_hosts_share_of_the_allocation() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    req.evacuate = true;
+    req.image_ref = None;
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    h.placement.allocate(&u, "dead-host-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    let left = h.placement.allocations(&u);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["dead-host-rp"], "{left:?}");
+    assert!(h.driver.container(&u).is_none(), "nothing left here");
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+}
+
+#[tokio::test]
+async fn cache_images_loads_what_the_host_lacks_and_says_what_it_did() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    let ids = ["img-1".to_string(), "missing".to_string()];
+    let r = h.manager.cache_images(&h.ctx, &ids).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "cached", "missing": "error"}));
+    let r = h.manager.cache_images(&h.ctx, &ids[..1]).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "existing"}));
+    assert_eq!(h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Shelve, offload, unshelve
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn shelve_snapshots_offloads_and_unshelve_brings_it_back_from_that_image() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+    h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, Shutdown), "{:?}", faults_of(&h, &u));
+    assert!(h.driver.container(&u).is_none(), "offloaded: no container");
+    assert!(h.placement.allocations(&u).is_empty(), "offloaded: no allocation");
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert_eq!(
+        (sys["shelved_image_id"].as_str(), sys["shelved_host"].as_str()),
+        (Some("shelved-1"), Some(crate::testing::HOST))
+    );
+    let data = h.glance.image("shelved-1").and_then(|(_, d)| d).expect("the filesystem is in Glance");
+    // (Glance hashes what it stored; the fake is told.)
+    h.glance.add_active("shelved-1", "docker", data);
+
+    // The scheduler claims this host again, then casts the unshelve.
+    h.request(&u, TaskState::Unshelving);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert!(h.glance.image("shelved-1").is_none(), "the shelved image is deleted");
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert!(sys.get("shelved_image_id").is_none(), "{sys}");
+    assert_eq!(h.placement.allocations(&u).len(), 1, "the claim stays");
+}
+
+#[tokio::test]
+async fn an_unshelve_that_fails_leaves_nothing_here_and_frees_the_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.glance.add_active("shelved-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    h.nova.set_field(&u, "system_metadata", json!({"shelved_image_id": "shelved-1"}));
+    h.nova.set_field(&u, "host", Value::Null);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, NoState));
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    assert!(h.placement.allocations(&u).is_empty());
+    assert!(h.driver.container(&u).is_none());
+    assert!(h.glance.image("shelved-1").is_some(), "the shelved image stays for another try");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_shelve_whose_upload_fails_starts_the_instance_again() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.glance.add_queued("shelved-1", json!({}));
+    h.glance.fail("upload");
+    assert!(h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running));
+    assert!(h.glance.image("shelved-1").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Evacuation
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_evacuation_lands_here_with_its_ports_and_ends_the_migration_done() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    h.nova.set_field(&u, "host", json!("dead-host"));
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.neutron.add_user_port("port-1");
+    let mig = uuid::Uuid::new_v4().to_string();
+    req.evacuate = true;
+    req.image_ref = None;
+    req.migration = Some(crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap());
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"], "its port, plugged here");
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("done")));
+}
+
+#[tokio::test]
+async fn an_evacuation_to_a_host_that_has_the_instance_is_refused() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.evacuate = true;
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running), "the instance here is untouched");
+}
+
+#[tokio::test]
+async fn a_host_back_from_the_dead_removes_what_was_evacuated_and_never_starts_it() {
+    let h = Harness::new();
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    // The instance now lives elsewhere; its old container is still here.
+    let u = h.instance(VmState::Active, None, Shutdown);
+    h.nova.set_field(&u, "host", json!("other-host"));
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "other-rp", &[("MEMORY_MB", 64)]);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": mig, "instance_uuid": u, "status": "done", "migration_type": "evacuation",
+                                "source_compute": crate::testing::HOST, "dest_compute": "other-host"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert!(h.driver.container(&u).is_none(), "the evacuated instance's container is gone");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("power_on")), "{:?}", h.driver.calls());
+    assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["other-rp"]);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("completed")));
+}
+
+#[tokio::test]
+async fn a_rebuild_cut_short_by_a_restart_ends_in_error_with_one_container() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    // The service dies after setting the old container aside, before the new one.
+    let gate = h.driver.hold("create");
+    let m = h.manager.clone();
+    let ctx = h.ctx.clone();
+    let i = h.rpc_instance(&u);
+    let task = tokio::spawn(async move { m.rebuild_instance(&ctx, i, req).await });
+    gate.entered().await;
+    task.abort();
+    assert!(h.driver.container(&u).is_none() && h.driver.set_aside_container(&u).is_some());
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert!(h.driver.container(&u).is_some(), "the old container is back");
+    assert!(h.driver.set_aside_container(&u).is_none());
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_move_of_an_instance_deleted_meanwhile_frees_the_migration_without_recreating_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    let m = crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap();
+    let mut i = h.rpc_instance(&u);
+    h.nova.remove_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_prep_resize")
+        .holding(Some(crate::compute::operation::Claim::MovedToMigration(m)));
+    let r = h
+        .manager
+        .run(&h.ctx, &mut i, op, async |i| h.manager.save(&h.ctx, i, crate::conductor::Expected::Any).await)
+        .await;
+    assert!(r.is_err_and(|e| e.is_superseded()));
+    assert!(h.placement.allocations(&mig).is_empty());
+    assert!(h.placement.allocations(&u).is_empty(), "no allocation for a deleted instance");
 }

@@ -59,6 +59,7 @@ impl Gate {
 #[derive(Default)]
 struct State {
     containers: HashMap<String, FakeContainer>,
+    set_aside: HashMap<String, FakeContainer>,
     failing: HashSet<&'static str>,
     gates: HashMap<&'static str, Arc<Gate>>,
     calls: Vec<String>,
@@ -113,6 +114,16 @@ impl FakeDriver {
     /// The container of `uuid`, if any.
     pub fn container(&self, uuid: &str) -> Option<FakeContainer> {
         self.with(|s| s.containers.get(uuid).cloned())
+    }
+
+    /// Marks `ports` plugged into the running container of `uuid`.
+    pub fn change_plugged(&self, uuid: &str, ports: &[&str]) {
+        let _ = self.change(uuid, |c| c.plugged = ports.iter().map(|p| p.to_string()).collect());
+    }
+
+    /// The container a rebuild set aside for `uuid`, if any.
+    pub fn set_aside_container(&self, uuid: &str) -> Option<FakeContainer> {
+        self.with(|s| s.set_aside.get(uuid).cloned())
     }
 
     /// Makes every later `op` (a [`Driver`] method name) fail.
@@ -274,8 +285,40 @@ impl Driver for FakeDriver {
 
     async fn destroy(&self, uuid: &str, _timeout: Duration, _network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("destroy", uuid).await?;
-        self.with(|s| s.containers.remove(uuid));
+        self.with(|s| {
+            s.containers.remove(uuid);
+            s.set_aside.remove(uuid)
+        });
         Ok(())
+    }
+
+    async fn set_aside(&self, uuid: &str, _timeout: Duration) -> Result<Option<PowerState>, VirtError> {
+        self.enter("set_aside", uuid).await?;
+        Ok(self.with(|s| {
+            let mut c = s.containers.remove(uuid)?;
+            let was = c.state;
+            c.state = PowerState::Shutdown;
+            c.plugged.clear();
+            s.set_aside.insert(uuid.to_string(), c);
+            Some(was)
+        }))
+    }
+
+    async fn discard_set_aside(&self, uuid: &str) -> Result<(), VirtError> {
+        self.enter("discard_set_aside", uuid).await?;
+        self.with(|s| s.set_aside.remove(uuid));
+        Ok(())
+    }
+
+    async fn restore_set_aside(&self, uuid: &str) -> Result<bool, VirtError> {
+        self.enter("restore_set_aside", uuid).await?;
+        Ok(self.with(|s| match s.set_aside.remove(uuid) {
+            Some(c) => {
+                s.containers.insert(uuid.to_string(), c);
+                true
+            }
+            None => false,
+        }))
     }
 
     async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {

@@ -159,6 +159,20 @@ impl PortService for FakeNeutron {
         })
     }
 
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(async move {
+            self.check("unbind_host")?;
+            self.with(|s| {
+                for id in port_ids {
+                    if let Some(p) = s.ports.get_mut(id) {
+                        p["binding:host_id"] = json!("");
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+
     fn release_instance_ports<'a>(
         &'a self,
         uuid: &'a str,

@@ -44,6 +44,8 @@ struct Db {
     instances: HashMap<String, Map<String, Value>>,
     events: Vec<ActionEvent>,
     faults: Vec<Fault>,
+    /// Migration rows by uuid (what `Migration.save` wrote).
+    migrations: HashMap<String, Map<String, Value>>,
     /// Calls that fail once they succeeded this many more times.
     failing: HashMap<String, usize>,
     saves: usize,
@@ -145,6 +147,18 @@ impl FakeNova {
         self.with(|db| db.faults.clone())
     }
 
+    /// Adds a migration row (the `nova_object.data` of a Migration).
+    pub fn add_migration(&self, data: Value) {
+        let data = data.as_object().cloned().unwrap_or_default();
+        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| db.migrations.insert(uuid, data));
+    }
+
+    /// A field of a migration row as `Migration.save` left it.
+    pub fn migration_field(&self, uuid: &str, field: &str) -> Option<Value> {
+        self.with(|db| db.migrations.get(uuid).and_then(|m| m.get(field).cloned()))
+    }
+
     /// How many `Instance.save` calls succeeded.
     pub fn saves(&self) -> usize {
         self.with(|db| db.saves)
@@ -202,10 +216,7 @@ impl FakeNova {
                 Ok(json!([{}, null]))
             }
             ("Migration", "save") => {
-                let uuid = str_of("uuid");
-                let Some(row) = db.migrations.get_mut(&uuid) else {
-                    return Err(nova_error("MigrationNotFound", format!("Migration {uuid} could not be found."), 404));
-                };
+                let row = db.migrations.entry(str_of("uuid")).or_insert_with(|| data.clone());
                 for c in changes {
                     row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
                 }
@@ -286,6 +297,23 @@ impl FakeNova {
                         "nova_object.version": "1.7", "nova_object.data": data})),
                     None => Err(nova_error("MigrationNotFoundByStatus", format!("no migration {status}"), 404)),
                 }
+            ("MigrationList", "get_by_filters") => {
+                let f = a.first().cloned().unwrap_or_default();
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        m.get("source_compute") == f.get("source_compute")
+                            && m.get("migration_type") == f.get("migration_type")
+                            && f["status"].as_array().is_some_and(|s| s.contains(&m["status"]))
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                                    "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
             }
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {

@@ -15,8 +15,9 @@ use bollard::query_parameters::{
     CommitContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder,
     EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions, InspectContainerOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
-    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RenameContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -25,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::guest_files;
 use super::host_network::{self, HostContainer, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
-use super::spec::{ContainerSpec, container_name, labels};
+use super::spec::{ContainerSpec, SET_ASIDE_SUFFIX, container_name, labels, set_aside_name};
 use super::{
     Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage, ManagedContainer,
     PowerState, RootDiskUsage, VirtError,
@@ -324,6 +325,22 @@ impl DockerDriver {
         }
     }
 
+    /// Removes the container named `name` by force with its anonymous
+    /// volumes; a missing one is success.
+    async fn remove_named(&self, name: &str) -> Result<(), VirtError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(engine("remove", e)),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), VirtError> {
+        let options = RenameContainerOptionsBuilder::default().name(to).build();
+        self.docker.rename_container(from, options).await.map_err(|e| engine("rename", e))
+    }
+
     fn not_found_or(uuid: &str, op: &str, e: BollardError) -> VirtError {
         if is_status(&e, 404) { VirtError::NotFound(uuid.to_string()) } else { engine(op, e) }
     }
@@ -457,6 +474,9 @@ impl Driver for DockerDriver {
             .map_err(|e| engine("list containers", e))?;
         Ok(list
             .into_iter()
+            // A container set aside by a rebuild in progress is not the
+            // instance's (it goes with the rebuild's end or the instance).
+            .filter(|c| !c.names.iter().flatten().any(|n| n.ends_with(SET_ASIDE_SUFFIX)))
             .filter_map(|c| {
                 let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
                 let uuid = labels.get(labels::INSTANCE)?.clone();
@@ -533,11 +553,47 @@ impl Driver for DockerDriver {
     async fn destroy(&self, uuid: &str, timeout: Duration, network_info: &NetworkInfo) -> Result<(), VirtError> {
         let container_id = self.existing(uuid).await.map(|c| c.container_id);
         self.remove_container(uuid, timeout).await?;
+        // What an interrupted rebuild set aside goes with the instance.
+        self.remove_named(&set_aside_name(uuid)).await?;
         let removed = guest_files::remove(&self.settings.instances_path, uuid)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source });
         self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
         removed
+    }
+
+    async fn set_aside(&self, uuid: &str, timeout: Duration) -> Result<Option<PowerState>, VirtError> {
+        let info = match self.inspect(uuid).await {
+            Ok(info) => info,
+            Err(VirtError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // One left by an interrupted rebuild is older than this one.
+        self.remove_named(&set_aside_name(uuid)).await?;
+        if matches!(info.state, PowerState::Running | PowerState::Paused) {
+            self.power_off(uuid, timeout).await?;
+        }
+        self.rename(&container_name(uuid), &set_aside_name(uuid)).await?;
+        Ok(Some(info.state))
+    }
+
+    async fn discard_set_aside(&self, uuid: &str) -> Result<(), VirtError> {
+        self.remove_named(&set_aside_name(uuid)).await
+    }
+
+    async fn restore_set_aside(&self, uuid: &str) -> Result<bool, VirtError> {
+        let aside = set_aside_name(uuid);
+        match self.docker.inspect_container(&aside, None::<InspectContainerOptions>).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => return Ok(false),
+            Err(e) => return Err(engine("inspect", e)),
+        }
+        if let Some(new) = self.existing(uuid).await {
+            self.network.forget(uuid, &new.container_id).await;
+            self.remove_container(uuid, Duration::ZERO).await?;
+        }
+        self.rename(&aside, &container_name(uuid)).await?;
+        Ok(true)
     }
 
     async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {

@@ -40,6 +40,15 @@ pub fn container_name(uuid: &str) -> String {
     format!("nova-{uuid}")
 }
 
+/// The suffix of the name of a container set aside during a rebuild
+/// (`nova-<uuid>-previous`), until the new one runs.
+pub const SET_ASIDE_SUFFIX: &str = "-previous";
+
+/// The name of the instance's container set aside during a rebuild.
+pub fn set_aside_name(uuid: &str) -> String {
+    format!("nova-{uuid}{SET_ASIDE_SUFFIX}")
+}
+
 /// Everything needed to create an instance's container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {

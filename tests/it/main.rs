@@ -17,6 +17,7 @@ mod keystone;
 mod lifecycle;
 mod load;
 mod moves;
+mod moves_rebuild;
 mod net;
 mod network;
 mod observability;
