@@ -13,9 +13,11 @@
 #
 #   stack pre-install  busybox-static (test image) and the Docker engine:
 #                      installed (docker.io) if missing, started, answering
-#   stack install      cargo build --release of this checkout, binary installed
-#                      to $NOVA_DOCKER_BIN (cargo must exist: we do not fetch
-#                      toolchains; the build fails with advice otherwise)
+#   stack install      a Rust toolchain: the stack user's cargo if it is at
+#                      least Cargo.toml's rust-version, else rustup's stable
+#                      (installed into ~/.cargo; NOVA_DOCKER_INSTALL_RUST=False
+#                      to refuse and fail instead); then cargo build --release
+#                      of this checkout, binary installed to $NOVA_DOCKER_BIN
 #   stack post-config  any node with Glance: 'docker' in [image_format]
 #                      container_formats. Compute node: $NOVA_DOCKER_CONF, and
 #                      n-cpu taken over: DevStack's start_nova_compute still
@@ -59,6 +61,11 @@ if [[ "$1" == "stack" && "$2" == "pre-install" ]]; then
 
 elif [[ "$1" == "stack" && "$2" == "install" ]]; then
     if _nova_docker_is_compute; then
+        echo_summary "nova-docker: Rust toolchain"
+        nova_docker_cargo=$(nova_docker_ensure_cargo "$NOVA_DOCKER_DIR")
+        # first on PATH, so that the build (and rustc) use this toolchain
+        PATH="$(dirname "$nova_docker_cargo"):$PATH"
+        export PATH
         echo_summary "nova-docker: building the service"
         nova_docker_build_install "$NOVA_DOCKER_DIR" "$NOVA_DOCKER_BIN"
     fi

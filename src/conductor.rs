@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::objects::{ComputeNode, Instance, Manifest, NovaObject, ObjectError, Service, TaskState, manifest_json};
+use crate::objects::{
+    ComputeNode, Instance, Manifest, Migration, NovaObject, ObjectError, Service, TaskState, manifest_json,
+};
 use crate::release::Release;
 use crate::rpc::{CallError, RemoteError, RequestContext, RpcClient, Target};
 
@@ -117,6 +119,21 @@ pub trait ConductorTransport: Send + Sync + 'static {
         args: Map<String, Value>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'a, Result<Value, CallError>>;
+
+    /// Sends one cast to `target` (no reply): a move's next step on
+    /// another compute host. A transport that cannot cast says so.
+    fn cast<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        let _ = (ctx, target, args);
+        Box::pin(async move {
+            Err(CallError::Remote(RemoteError::not_implemented(format!("this transport cannot cast {method}"))))
+        })
+    }
 }
 
 impl ConductorTransport for RpcClient {
@@ -130,7 +147,21 @@ impl ConductorTransport for RpcClient {
     ) -> BoxFuture<'a, Result<Value, CallError>> {
         Box::pin(RpcClient::call(self, ctx, target, method, args, timeout))
     }
+
+    fn cast<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(RpcClient::cast(self, ctx, target, method, args))
+    }
 }
+
+/// Nova's default `long_rpc_timeout`: how long a conductor task call
+/// (a reschedule) may take.
+pub const LONG_RPC_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Client of nova-conductor's object API.
 #[derive(Clone)]
@@ -449,6 +480,100 @@ impl Conductor {
             kwargs.insert("expected_task_state".into(), e);
         }
         self.object_action(ctx, &mut instance.obj, "save", Value::Object(kwargs)).await.map(|_| ())
+    }
+
+    /// The evacuations away from this host that are started, in progress
+    /// or done (`MigrationList.get_by_filters`, as Nova's
+    /// `_destroy_evacuated_instances` reads them at start-up).
+    pub async fn evacuations_from_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
+        let filters = json!({"source_compute": self.host, "status": ["accepted", "pre-migrating", "done"],
+                             "migration_type": "evacuation"});
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let v = self.class_action(ctx, "MigrationList", "get_by_filters", &manifest, vec![filters], json!({})).await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
+    }
+
+    /// `Migration.save()` of the changed fields (its status, as the
+    /// compute hosts move it along).
+    pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {
+        if migration.obj.changes().is_empty() {
+            return Ok(());
+        }
+        self.object_action(ctx, &mut migration.obj, "save", json!({})).await.map(|_| ())
+    }
+
+    /// Casts `method` to the compute service of `host` (compute RPC API
+    /// 6.0), as `nova/compute/rpcapi.py` does for a move's next step.
+    pub async fn cast_compute(
+        &self,
+        ctx: &RequestContext,
+        host: &str,
+        method: &str,
+        a: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("compute", "6.0").server(host);
+        self.rpc
+            .cast(ctx, &target, method, args(a))
+            .await
+            .map_err(|source| ConductorError::Call { method: format!("compute.{host}.{method}"), source })
+    }
+
+    /// `Migration.get_by_instance_and_status`: the instance's migration in
+    /// `status`, if any.
+    pub async fn migration_by_instance_and_status(
+        &self,
+        ctx: &RequestContext,
+        instance_uuid: &str,
+        status: &str,
+    ) -> Result<Option<Migration>, ConductorError> {
+        let manifest: Manifest = vec![("Migration", "1.7")];
+        match self
+            .class_action(
+                ctx,
+                "Migration",
+                "get_by_instance_and_status",
+                &manifest,
+                vec![json!(instance_uuid), json!(status)],
+                json!({}),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(Migration::from_primitive(&v)?)),
+            Err(e) if e.is_nova("MigrationNotFoundByStatus") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ComputeTaskAPI.migrate_server` (conductor `compute_task` 1.20): a
+    /// cold migration or resize that failed on the destination started again
+    /// on the next of the scheduler's alternate hosts (`host_list`), as
+    /// Nova's `_reschedule_resize_or_reraise` does. A call, bounded by Nova's
+    /// default `long_rpc_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn migrate_server(
+        &self,
+        ctx: &RequestContext,
+        instance: &Instance,
+        filter_properties: Value,
+        flavor: Value,
+        clean_shutdown: bool,
+        request_spec: Value,
+        host_list: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("conductor", "1.20").namespace("compute_task");
+        let a = json!({
+            "instance": instance.to_primitive(), "scheduler_hint": {"filter_properties": filter_properties},
+            "live": false, "rebuild": false, "flavor": flavor, "block_migration": null,
+            "disk_over_commit": null, "reservations": null, "clean_shutdown": clean_shutdown,
+            "request_spec": request_spec, "host_list": host_list,
+        });
+        self.rpc
+            .call(ctx, &target, "migrate_server", args(a), Some(LONG_RPC_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|source| ConductorError::Call { method: "compute_task.migrate_server".into(), source })
     }
 
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).

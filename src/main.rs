@@ -70,6 +70,10 @@ enum ImageCommand {
         /// Image property key=value (repeatable), e.g. os_command_line="sleep 1d".
         #[arg(long = "property")]
         properties: Vec<String>,
+        /// Do not set hypervisor_type=docker on the image (set by default, so
+        /// that Nova's ImagePropertiesFilter keeps it off libvirt hosts).
+        #[arg(long = "no-hypervisor-type")]
+        no_hypervisor_type: bool,
     },
     /// Glance image GLANCE_ID streamed into `docker load`, to pre-seed this host.
     Fetch { glance_id: String },
@@ -119,13 +123,32 @@ async fn run(cli: Cli, config_files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         Ok(nova_docker::config::Settings::load(&config_files)?)
     };
-    let log = |settings: &nova_docker::config::Settings, json: bool| {
-        nova_docker::logging::init_to(settings.debug || cli.debug, json, cli.log_file.as_deref())
+    // The service logs as [DEFAULT] says (--log-file and --debug win); the
+    // one-shot commands log to stderr (or --log-file) as text.
+    let service_log = |settings: &nova_docker::config::Settings| {
+        let file = match &cli.log_file {
+            Some(f) => nova_docker::logging::log_file_path(Some(f), settings.log_dir.as_deref()),
+            None => settings.log_file.clone(),
+        };
+        nova_docker::logging::init(&nova_docker::logging::LogSettings {
+            debug: settings.debug || cli.debug,
+            json: settings.log_json,
+            file,
+            journal: settings.use_journal,
+        })
+    };
+    let log = |settings: &nova_docker::config::Settings| {
+        nova_docker::logging::init(&nova_docker::logging::LogSettings {
+            debug: settings.debug || cli.debug,
+            json: false,
+            file: cli.log_file.clone(),
+            journal: false,
+        })
     };
     match cli.command {
         Command::Serve => {
             let settings = load()?;
-            log(&settings, settings.log_json)?;
+            service_log(&settings)?;
             tracing::debug!(files = ?config_files, "configuration files read");
             let launch = nova_docker::service::Launch { config_files, force_debug: cli.debug };
             nova_docker::service::serve(settings, launch).await?;
@@ -136,16 +159,18 @@ async fn run(cli: Cli, config_files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             let ok = nova_docker::check::run(&settings).await;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Image(ImageCommand::Import { image, name, visibility, properties }) => {
+        Command::Image(ImageCommand::Import { image, name, visibility, properties, no_hypervisor_type }) => {
             let settings = load()?;
-            log(&settings, false)?;
-            let id = nova_docker::image::cli::import(&settings, &image, name, visibility, &properties).await?;
+            log(&settings)?;
+            let id =
+                nova_docker::image::cli::import(&settings, &image, name, visibility, &properties, !no_hypervisor_type)
+                    .await?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(ImageCommand::Fetch { glance_id }) => {
             let settings = load()?;
-            log(&settings, false)?;
+            log(&settings)?;
             let loaded = nova_docker::image::cli::fetch(&settings, &glance_id).await?;
             println!("{loaded}");
             Ok(ExitCode::SUCCESS)

@@ -234,10 +234,15 @@ pub trait PortService: Send + Sync + 'static {
         uuid: &'a str,
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>>;
+    /// Unbinds ports from their host, keeping them the instance's (see
+    /// [`Neutron::unbind_host`]).
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>>;
     /// The ports of an instance (see [`Neutron::instance_ports`]).
     fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
     /// Nova's network_info of bound ports (see [`Neutron::network_info`]).
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>>;
+    /// Moves a port's binding to `host` (see [`Neutron::bind_to_host`]).
+    fn bind_to_host<'a>(&'a self, port_id: &'a str, host: &'a str) -> BoxFuture<'a, Result<Value, NetworkError>>;
 }
 
 impl PortService for Neutron {
@@ -271,12 +276,20 @@ impl PortService for Neutron {
         Box::pin(Neutron::release_instance_ports(self, uuid, preserved))
     }
 
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(Neutron::unbind_host(self, port_ids))
+    }
+
     fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
         Box::pin(Neutron::instance_ports(self, uuid))
     }
 
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>> {
         Box::pin(Neutron::network_info(self, ports))
+    }
+
+    fn bind_to_host<'a>(&'a self, port_id: &'a str, host: &'a str) -> BoxFuture<'a, Result<Value, NetworkError>> {
+        Box::pin(Neutron::bind_to_host(self, port_id, host))
     }
 }
 
@@ -451,6 +464,20 @@ impl Neutron {
         Ok(BoundPort { port, created })
     }
 
+    /// Moves an instance's port to `host` (`binding:host_id`), as Nova's
+    /// `migrate_instance_finish` does when a resize or migration lands on a
+    /// host (or a revert comes back): that host's L2 agent then wires it.
+    /// A binding Neutron cannot make on that host is an error.
+    pub async fn bind_to_host(&self, port_id: &str, host: &str) -> Result<Value, NetworkError> {
+        let body = json!({"port": {"binding:host_id": host}});
+        let port = self.get_put(&format!("/v2.0/ports/{}", url_part(port_id)), body).await?;
+        let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound").to_string();
+        if matches!(vif_type.as_str(), "binding_failed" | "unbound") {
+            return Err(NetworkError::BindingFailed { port: port_id.into(), host: host.into(), vif_type });
+        }
+        Ok(port)
+    }
+
     async fn get_put(&self, path: &str, body: Value) -> Result<Value, NetworkError> {
         let v = self.req(Method::PUT, path, Some(body)).await?;
         Ok(v["port"].clone())
@@ -523,6 +550,17 @@ impl Neutron {
     async fn unbind_port(&self, id: &str) -> Result<(), HttpError> {
         let body = json!({"port": {"binding:host_id": null, "device_id": "", "device_owner": ""}});
         self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await.map(|_| ())
+    }
+
+    /// Unbinds ports from their host and keeps them the instance's, as
+    /// Nova's `unbind_ports(detach=False)` does when a shelved instance
+    /// leaves its host: an unshelve binds them wherever it lands.
+    pub async fn unbind_host(&self, port_ids: &[String]) -> Result<(), NetworkError> {
+        for id in port_ids {
+            let body = json!({"port": {"binding:host_id": null, "binding:profile": {}}});
+            self.req(Method::PUT, &format!("/v2.0/ports/{}", url_part(id)), Some(body)).await?;
+        }
+        Ok(())
     }
 
     /// The ports of an instance, currently bound anywhere.

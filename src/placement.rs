@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -192,10 +193,141 @@ impl Placement {
         }
     }
 
+    /// Moves the allocations of consumer `from` to consumer `to`, replacing
+    /// whatever `to` held, in one request (Nova's `move_allocations`): a
+    /// resize's revert gives the migration's source allocation back to the
+    /// instance. Returns false when `from` holds nothing (nothing moved).
+    /// Retried when another writer changed either consumer meanwhile.
+    pub async fn move_allocations(&self, from: &str, to: &str) -> Result<bool, PlacementError> {
+        for _ in 0..RETRIES {
+            let path = |c: &str| format!("/allocations/{}", url_part(c));
+            let source = self.req(Method::GET, &path(from), "1.28", None).await?;
+            let Some(allocs) = source["allocations"].as_object().filter(|a| !a.is_empty()) else {
+                return Ok(false);
+            };
+            let target = self.req(Method::GET, &path(to), "1.28", None).await?;
+            let resources: serde_json::Map<String, Value> =
+                allocs.iter().map(|(rp, a)| (rp.clone(), json!({"resources": a["resources"]}))).collect();
+            let owner = |v: &Value, k: &str| {
+                v[k].as_str().map(str::to_string).or_else(|| source[k].as_str().map(str::to_string))
+            };
+            let body = json!({
+                from: {"allocations": {}, "project_id": source["project_id"], "user_id": source["user_id"],
+                       "consumer_generation": source["consumer_generation"]},
+                to: {"allocations": resources, "project_id": owner(&target, "project_id"),
+                     "user_id": owner(&target, "user_id"), "consumer_generation": target["consumer_generation"]},
+            });
+            match self.req(Method::POST, "/allocations", "1.28", Some(body)).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.status() == Some(409) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PlacementError::Conflict(format!("allocations of {from} and {to} kept changing under us")))
+    }
+
     /// The resources allocated to a consumer on any provider (empty when none).
     pub async fn allocations(&self, consumer: &str) -> Result<Value, PlacementError> {
         let v = self.req(Method::GET, &format!("/allocations/{}", url_part(consumer)), "1.28", None).await?;
         Ok(v["allocations"].clone())
+    }
+
+    /// A consumer's whole allocation document at 1.28: allocations,
+    /// consumer_generation, project_id, user_id.
+    async fn consumer(&self, consumer: &str) -> Result<Value, PlacementError> {
+        Ok(self.req(Method::GET, &format!("/allocations/{}", url_part(consumer)), "1.28", None).await?)
+    }
+
+    /// Moves what `source` holds to `target` in one request, as Nova's
+    /// report client `move_allocations` does (the target's own allocation
+    /// is overwritten, the source's emptied); Nova gives a migration's
+    /// allocation back to its instance this way. Returns false when the
+    /// source holds nothing (already moved, or never claimed).
+    pub async fn move_allocations(&self, source: &str, target: &str) -> Result<bool, PlacementError> {
+        for _ in 0..RETRIES {
+            let src = self.consumer(source).await?;
+            let empty = |v: &Value| v["allocations"].as_object().is_none_or(|m| m.is_empty());
+            if empty(&src) {
+                return Ok(false);
+            }
+            let dst = self.consumer(target).await?;
+            let body = json!({
+                source: {"allocations": {}, "project_id": src["project_id"], "user_id": src["user_id"],
+                         "consumer_generation": src["consumer_generation"]},
+                target: {"allocations": src["allocations"], "project_id": src["project_id"],
+                         "user_id": src["user_id"], "consumer_generation": dst["consumer_generation"]},
+            });
+            match self.req(Method::POST, "/allocations", "1.28", Some(body)).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.status() == Some(409) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PlacementError::Conflict(format!("allocations of {source} and {target} kept changing under us")))
+    }
+
+    /// Removes one provider's resources from a consumer's allocation (all
+    /// of it when nothing else is left), as Nova's
+    /// `remove_provider_tree_from_instance_allocation` does for a failed
+    /// evacuation's destination.
+    pub async fn remove_provider(&self, consumer: &str, provider: &str) -> Result<(), PlacementError> {
+        for _ in 0..RETRIES {
+            let cur = self.consumer(consumer).await?;
+            let Some(allocs) = cur["allocations"].as_object() else { return Ok(()) };
+            if !allocs.contains_key(provider) {
+                return Ok(());
+            }
+            let rest: serde_json::Map<String, Value> = allocs
+                .iter()
+                .filter(|(rp, _)| rp.as_str() != provider)
+                .map(|(rp, a)| (rp.clone(), json!({"resources": a["resources"]})))
+                .collect();
+            let body = json!({"allocations": rest, "project_id": cur["project_id"], "user_id": cur["user_id"],
+                              "consumer_generation": cur["consumer_generation"]});
+            let path = format!("/allocations/{}", url_part(consumer));
+            let r = if rest.is_empty() {
+                self.req(Method::DELETE, &path, "1.28", None).await
+            } else {
+                self.req(Method::PUT, &path, "1.28", Some(body)).await
+            };
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(404) => return Ok(()),
+                Err(e) if e.status() == Some(409) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PlacementError::Conflict(format!("the allocation of {consumer} kept changing under us")))
+    }
+}
+
+/// The allocation changes an instance operation makes in Placement: a
+/// trait so the compute manager's give-backs run on a fake in unit tests.
+pub trait Allocations: Send + Sync + 'static {
+    /// See [`Placement::delete_allocation`].
+    fn delete_allocation<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<(), PlacementError>>;
+    /// See [`Placement::move_allocations`].
+    fn move_allocations<'a>(&'a self, source: &'a str, target: &'a str) -> BoxFuture<'a, Result<bool, PlacementError>>;
+    /// See [`Placement::remove_provider`].
+    fn remove_provider<'a>(&'a self, consumer: &'a str, provider: &'a str)
+    -> BoxFuture<'a, Result<(), PlacementError>>;
+}
+
+impl Allocations for Placement {
+    fn delete_allocation<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<(), PlacementError>> {
+        Box::pin(Placement::delete_allocation(self, consumer))
+    }
+
+    fn move_allocations<'a>(&'a self, source: &'a str, target: &'a str) -> BoxFuture<'a, Result<bool, PlacementError>> {
+        Box::pin(Placement::move_allocations(self, source, target))
+    }
+
+    fn remove_provider<'a>(
+        &'a self,
+        consumer: &'a str,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<(), PlacementError>> {
+        Box::pin(Placement::remove_provider(self, consumer, provider))
     }
 }
 

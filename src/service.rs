@@ -231,7 +231,7 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
     let manager = Arc::new(ComputeManager::new(
         settings.clone(),
         conductor.clone(),
-        placement.clone(),
+        placement.clone().map(|p| Arc::new(p) as Arc<dyn crate::placement::Allocations>),
         driver.clone(),
         images,
         registrar,
@@ -298,9 +298,21 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
                 m.driver.client().ping().await.map(|_| ()).map_err(|e| format!("Docker: {e}"))
             })
         });
+        // Measured at each scrape: is the broker connected, does Docker answer.
+        let (t, m) = (transport.clone(), manager.clone());
+        let scrape: health::ScrapeHook = Arc::new(move || {
+            let (t, m) = (t.clone(), m.clone());
+            Box::pin(async move {
+                let metrics = crate::metrics::global();
+                metrics.set("nova_docker_broker_connected", &[], if t.is_connected() { 1.0 } else { 0.0 });
+                let ping = tokio::time::timeout(Duration::from_secs(5), m.driver.client().ping()).await;
+                let docker = matches!(ping, Ok(Ok(_)));
+                metrics.set("nova_docker_docker_connected", &[], if docker { 1.0 } else { 0.0 });
+            })
+        });
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = health::serve(&listen, ready, stop).await {
+            if let Err(e) = health::serve(&listen, ready, scrape, stop).await {
                 tracing::error!(error = %e, listen = %listen, "the health/metrics endpoint failed");
             }
         });

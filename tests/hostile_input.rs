@@ -108,6 +108,7 @@ fn docker_settings() -> DockerSettings {
         seccomp_profile: None,
         userns_mode: None,
         read_only_rootfs: false,
+        inject_key: false,
         snapshot_pause: true,
         keep_snapshot_images: false,
         max_image_manifest_bytes: 1 << 20,
@@ -148,6 +149,17 @@ fn digest_arguments(args: &Map<String, Value>) {
         let _ = NovaObject::from_primitive(i).map(|o| o.to_primitive());
     }
     let _ = requested_networks(args.get("requested_networks"));
+    // What a build puts in the guest: parsed or refused, never a panic, and
+    // only plain relative paths within the bounds come out.
+    let _ = nova_docker::compute::guest_data::check_block_devices(args.get("block_device_mapping"));
+    if let Ok(files) = nova_docker::compute::guest_data::injected_files(args.get("injected_files")) {
+        assert!(files.len() <= nova_docker::compute::guest_data::MAX_INJECTED_FILES);
+        let total: usize = files.iter().map(|f| f.contents.as_ref().map_or(0, Vec::len)).sum();
+        assert!(total <= nova_docker::compute::guest_data::MAX_INJECTED_BYTES);
+        for f in &files {
+            assert!(!f.path.starts_with('/') && !f.path.split('/').any(|c| c.is_empty() || c == "." || c == ".."));
+        }
+    }
     if let Some(image) = args.get("image") {
         let _ = GlanceImage::from_json(image);
     }

@@ -31,6 +31,8 @@ token = nd-secret-glance-token-4
 ";
 
 fn assert_no_secret(what: &str, text: &str) {
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PASSWORD);
+    assert!(!text.contains(&encoded), "{what} shows base64 of a secret: {text}");
     for secret in [
         PASSWORD,
         TOKEN,
@@ -61,6 +63,11 @@ fn build_message() -> serde_json::Map<String, Value> {
     let mut inner: serde_json::Map<String, Value> =
         serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
     inner["args"]["admin_password"] = json!(PASSWORD);
+    // Injected files and user data are the tenant's, often secrets: base64
+    // of the password, as Nova sends them.
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, PASSWORD);
+    inner["args"]["injected_files"] = json!([["/etc/app.conf", encoded]]);
+    inner["args"]["instance"]["nova_object.data"]["user_data"] = json!(encoded);
     inner["args"]["instance"]["nova_object.data"]["metadata"] = json!({"db_password": PASSWORD});
     inner.insert("_context_auth_token".into(), json!(TOKEN));
     inner

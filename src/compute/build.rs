@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::errors::OpError;
+use super::guest_data;
 use super::manager::ComputeManager;
 use super::operation::{OnFailure, Operation};
 use super::states::{PowerState, TaskState, VmState};
@@ -15,6 +16,7 @@ use crate::metrics;
 use crate::network::{Requested, requested_networks, requested_security_groups};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
+use crate::virt::config_drive;
 use crate::virt::{Driver, ImageRef, InstanceInfo, spec};
 
 /// The arguments of `build_and_run_instance` this host uses. `Debug` shows
@@ -28,10 +30,18 @@ pub struct BuildRequest {
     /// `security_groups`: the names (or ids) of the groups the server asked
     /// for, applied to the ports this host creates.
     pub security_groups: Option<Value>,
-    /// The password Nova generated or the user gave for the server. Kept only
-    /// so `Debug` can show whether one came; a container has no console login
-    /// to set it on.
+    /// The password Nova generated or the user gave for the server: only
+    /// into its config drive's `admin_pass` (as Nova's config drive does;
+    /// a container has no console login to set it on). `Debug` shows only
+    /// whether one came.
     pub admin_password: Option<String>,
+    /// `block_device_mapping`: the BlockDeviceMappingList primitive; every
+    /// mapping but the image's is refused (`guest_data`).
+    pub block_device_mapping: Option<Value>,
+    /// `injected_files`: `[path, base64 contents]` pairs (personality),
+    /// written into the container before it starts. Tenant data: `Debug`
+    /// shows how many, never the contents.
+    pub injected_files: Option<Value>,
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -40,6 +50,8 @@ impl std::fmt::Debug for BuildRequest {
             .field("image", &self.image)
             .field("requested_networks", &self.requested_networks)
             .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
+            .field("block_device_mapping", &self.block_device_mapping)
+            .field("injected_files", &self.injected_files.as_ref().and_then(Value::as_array).map(Vec::len))
             .finish()
     }
 }
@@ -100,11 +112,18 @@ impl<D: Driver> ComputeManager<D> {
         let image_id = i.image_ref().map(str::to_string).ok_or_else(|| {
             OpError::Invalid("the instance has no image (boot from volume is not supported by nova-docker)".into())
         })?;
+        // What the guest gets besides its image: refused before any work
+        // when the host cannot honour it.
+        guest_data::check_block_devices(req.block_device_mapping.as_ref())?;
+        let guest = guest_data::Guest {
+            files: guest_data::injected_files(req.injected_files.as_ref())?,
+            admin_pass: req.admin_password.as_deref(),
+        };
         let requested = requested_networks(req.requested_networks.as_ref());
         if requested == Requested::None {
-            self.build_without_ports(ctx, i, req, &image_id).await
+            self.build_without_ports(ctx, i, req, &image_id, &guest).await
         } else {
-            self.build_with_ports(ctx, i, req, &image_id, &requested).await
+            self.build_with_ports(ctx, i, req, &image_id, &requested, &guest).await
         }
     }
 
@@ -121,6 +140,7 @@ impl<D: Driver> ComputeManager<D> {
         i: &mut Instance,
         req: &BuildRequest,
         image_id: &str,
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let as_requested = i.clone();
         let saves = async {
@@ -130,7 +150,7 @@ impl<D: Driver> ComputeManager<D> {
         };
         let docker = async {
             let (meta, image) = self.build_image(ctx, req, image_id).await?;
-            self.create_container(&as_requested, &meta, &image, &Vec::new()).await?;
+            self.create_container(&as_requested, &meta, &image, &Vec::new(), guest).await?;
             self.start_created(as_requested.uuid()).await
         };
         // Both run to their end: a failed image must not cut a save short.
@@ -149,6 +169,7 @@ impl<D: Driver> ComputeManager<D> {
         req: &BuildRequest,
         image_id: &str,
         requested: &Requested,
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         // Both run to their end: a failed image must not cut a save short.
         let (claimed, image) = tokio::join!(self.claim(ctx, i), self.build_image(ctx, req, image_id));
@@ -161,7 +182,7 @@ impl<D: Driver> ComputeManager<D> {
         let groups = requested_security_groups(req.security_groups.as_ref())?;
         let ni = self.allocate_network(ctx, i, requested, &groups).await?;
         phase("build", "network_allocate", t);
-        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image).await;
+        let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, guest).await;
         if built.is_err() {
             self.driver.unplug_vifs(&uuid, &ni).await;
             self.deallocate_network(&ni).await;
@@ -194,7 +215,7 @@ impl<D: Driver> ComputeManager<D> {
 
     /// Step 3, the image: Glance's metadata (from the request when it is
     /// complete), loaded into Docker if this host does not have it.
-    async fn build_image(
+    pub(crate) async fn build_image(
         &self,
         ctx: &RequestContext,
         req: &BuildRequest,
@@ -210,26 +231,44 @@ impl<D: Driver> ComputeManager<D> {
         Ok((meta, image))
     }
 
-    /// Creates (does not start) the instance's container from its spec.
-    async fn create_container(
+    /// Creates (does not start) the instance's container from its spec,
+    /// with the build's injected files written into it, and its config
+    /// drive when it needs one.
+    pub(crate) async fn create_container(
         &self,
         i: &Instance,
         meta: &GlanceImage,
         image: &ImageRef,
         ni: &crate::net::NetworkInfo,
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
+        let drive = if guest_data::config_drive_required(i, &meta.properties, self.settings.force_config_drive) {
+            let injected: Vec<(String, Vec<u8>)> =
+                guest.files.iter().map(|f| (format!("/{}", f.path), f.contents.clone().unwrap_or_default())).collect();
+            let input = config_drive::DriveInput {
+                network_info: Some(ni),
+                admin_pass: guest.admin_pass,
+                files: &injected,
+                dhcp_domain: self.settings.dhcp_domain.as_deref(),
+            };
+            Some(config_drive::render(i, &input).map_err(|e| OpError::Invalid(format!("config drive: {e}")))?)
+        } else {
+            None
+        };
         let seccomp = self.seccomp_profile().await?;
         let mut spec =
             spec::build(i, self.host(), &image.id, &meta.properties, &self.settings.docker, seccomp.as_deref())
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         spec.volumes = image.volumes.clone();
+        spec.files.extend_from_slice(&guest.files);
+        spec.config_drive = drive.map(config_drive::DriveFiles);
         // The bench's mark for where Docker's own create + start begins.
         tracing::debug!(instance = %i.uuid(), "container create sent");
         Ok(self.driver.create(&spec, ni).await?)
     }
 
     /// Starts the created container (the spawn phase).
-    async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
+    pub(crate) async fn start_created(&self, uuid: &str) -> Result<InstanceInfo, OpError> {
         let t = Instant::now();
         // The bench's mark for where Docker's own start begins.
         tracing::debug!(instance = %uuid, "container start sent");
@@ -249,12 +288,13 @@ impl<D: Driver> ComputeManager<D> {
         ni: &crate::net::NetworkInfo,
         meta: &GlanceImage,
         image: &ImageRef,
+        guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         // 5. Block devices: none to prepare for an image-backed container.
         let as_requested = i.clone();
         let bdm = self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any);
-        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni));
+        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni, guest));
         saved?;
         created?;
         // 6. Spawn.
@@ -279,7 +319,7 @@ impl<D: Driver> ComputeManager<D> {
         Ok(())
     }
 
-    async fn seccomp_profile(&self) -> Result<Option<String>, OpError> {
+    pub(super) async fn seccomp_profile(&self) -> Result<Option<String>, OpError> {
         match &self.settings.docker.seccomp_profile {
             None => Ok(None),
             Some(path) => tokio::fs::read_to_string(path)
@@ -323,5 +363,7 @@ pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
         requested_networks: args.get("requested_networks").filter(|v| !v.is_null()).cloned(),
         security_groups: args.get("security_groups").filter(|v| !v.is_null()).cloned(),
         admin_password: args.get("admin_password").and_then(Value::as_str).map(str::to_string),
+        block_device_mapping: args.get("block_device_mapping").filter(|v| !v.is_null()).cloned(),
+        injected_files: args.get("injected_files").filter(|v| !v.is_null()).cloned(),
     }
 }

@@ -8,9 +8,11 @@ use serde_json::{Map, Value, json};
 
 use super::build::build_request;
 use super::manager::ComputeManager;
+use super::operation::Claim;
+use super::resize::ResizeRequest;
 use super::snapshot::Rotation;
 use crate::network::NetworkRequest;
-use crate::objects::Instance;
+use crate::objects::{Flavor, Instance, Migration, NovaObject};
 use crate::rpc::{BoxFuture, CallResult, Endpoint, Invocation, RemoteError, Version};
 use crate::virt::Driver;
 
@@ -37,6 +39,17 @@ const SUPPORTED: &[&str] = &[
     "backup_instance",
     "attach_interface",
     "detach_interface",
+    "prep_resize",
+    "resize_instance",
+    "finish_resize",
+    "confirm_resize",
+    "revert_resize",
+    "finish_revert_resize",
+    "rebuild_instance",
+    "cache_images",
+    "shelve_instance",
+    "shelve_offload_instance",
+    "unshelve_instance",
 ];
 
 /// Compute API 6.x methods this host cannot perform; they fail at once with
@@ -52,12 +65,6 @@ const UNSUPPORTED: &[&str] = &[
     "extend_volume",
     "volume_snapshot_create",
     "volume_snapshot_delete",
-    "confirm_resize",
-    "revert_resize",
-    "finish_resize",
-    "finish_revert_resize",
-    "prep_resize",
-    "resize_instance",
     "prep_snapshot_based_resize_at_dest",
     "prep_snapshot_based_resize_at_source",
     "finish_snapshot_based_resize_at_dest",
@@ -76,9 +83,6 @@ const UNSUPPORTED: &[&str] = &[
     "drop_move_claim_at_destination",
     "rescue_instance",
     "unrescue_instance",
-    "shelve_instance",
-    "shelve_offload_instance",
-    "unshelve_instance",
     "set_admin_password",
     "inject_network_info",
     "get_vnc_console",
@@ -92,10 +96,8 @@ const UNSUPPORTED: &[&str] = &[
     "trigger_crash_dump",
     "quiesce_instance",
     "unquiesce_instance",
-    "cache_images",
     "allow_share",
     "deny_share",
-    "rebuild_instance",
 ];
 
 /// The `compute` endpoint (default namespace).
@@ -114,6 +116,27 @@ impl<D: Driver> ComputeEndpoint<D> {
 fn instance_arg(args: &Map<String, Value>) -> Result<Instance, RemoteError> {
     let v = args.get("instance").ok_or_else(|| RemoteError::bad_request("missing argument: instance"))?;
     Instance::from_primitive(v).map_err(|e| RemoteError::bad_request(format!("argument instance: {e}")))
+}
+
+fn migration_arg(args: &Map<String, Value>) -> Result<Migration, RemoteError> {
+    let v = args.get("migration").ok_or_else(|| RemoteError::bad_request("missing argument: migration"))?;
+    Migration::from_primitive(v).map_err(|e| RemoteError::bad_request(format!("argument migration: {e}")))
+}
+
+/// The flavor argument, under the first of `names` present (6.0 renamed
+/// `instance_type` to `flavor`).
+fn flavor_arg(args: &Map<String, Value>, names: &[&str]) -> Result<Flavor, RemoteError> {
+    let v = names
+        .iter()
+        .find_map(|n| args.get(*n).filter(|v| !v.is_null()))
+        .ok_or_else(|| RemoteError::bad_request("missing argument: flavor"))?;
+    NovaObject::expect(v, "Flavor")
+        .map(|obj| Flavor { obj })
+        .map_err(|e| RemoteError::bad_request(format!("argument flavor: {e}")))
+}
+
+fn value_arg(args: &Map<String, Value>, name: &str) -> Value {
+    args.get(name).cloned().unwrap_or(Value::Null)
 }
 
 fn str_arg(args: &Map<String, Value>, name: &str) -> Result<String, RemoteError> {
@@ -183,6 +206,28 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     };
                     map(m.snapshot_instance(&ctx, instance_arg(&args)?, &image_id, Some(rotation)).await)
                 }
+                "shelve_instance" => {
+                    let image_id = str_arg(&args, "image_id")?;
+                    let clean = bool_arg(&args, "clean_shutdown", true);
+                    map(m.shelve_instance(&ctx, instance_arg(&args)?, &image_id, clean).await)
+                }
+                "shelve_offload_instance" => map(m.shelve_offload_instance(&ctx, instance_arg(&args)?).await),
+                "unshelve_instance" => {
+                    let image = args.get("image").filter(|v| v.is_object()).cloned();
+                    map(m.unshelve_instance(&ctx, instance_arg(&args)?, image).await)
+                }
+                "cache_images" => {
+                    let ids: Vec<String> = args
+                        .get("image_ids")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .unwrap_or_default();
+                    Ok(Value::Object(m.cache_images(&ctx, &ids).await))
+                }
+                "rebuild_instance" => {
+                    let req = super::rebuild::RebuildRequest::from_args(&args);
+                    map(m.rebuild_instance(&ctx, instance_arg(&args)?, req).await)
+                }
                 "get_console_output" => {
                     let tail = args.get("tail_length").and_then(Value::as_u64).map(|n| n as usize);
                     m.get_console_output(&instance_arg(&args)?, tail)
@@ -219,13 +264,65 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     let port = str_arg(&args, "port_id")?;
                     map(m.detach_interface(&ctx, instance_arg(&args)?, &port, true).await)
                 }
+                "prep_resize" => {
+                    let req = ResizeRequest {
+                        flavor: flavor_arg(&args, &["flavor", "instance_type"])?,
+                        image: value_arg(&args, "image"),
+                        request_spec: value_arg(&args, "request_spec"),
+                        filter_properties: value_arg(&args, "filter_properties"),
+                        host_list: value_arg(&args, "host_list"),
+                        clean_shutdown: bool_arg(&args, "clean_shutdown", true),
+                    };
+                    map(m.prep_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, req).await)
+                }
+                "resize_instance" => {
+                    let clean = bool_arg(&args, "clean_shutdown", true);
+                    let (image, spec) = (value_arg(&args, "image"), value_arg(&args, "request_spec"));
+                    map(m.resize_instance(&ctx, instance_arg(&args)?, migration_arg(&args)?, image, spec, clean).await)
+                }
+                "finish_resize" => {
+                    let disk_info = args.get("disk_info").cloned();
+                    map(m.finish_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, disk_info).await)
+                }
+                "confirm_resize" => map(m.confirm_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await),
+                "revert_resize" => {
+                    let spec = value_arg(&args, "request_spec");
+                    map(m.revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?, spec).await)
+                }
+                "finish_revert_resize" => {
+                    map(m.finish_revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await)
+                // The conductor turns anything but a pre-check error into a
+                // 500 of the API: this one the user reads as a 400.
+                "check_can_live_migrate_destination" | "check_can_live_migrate_source" => {
+                    let reason = "live migration is not supported by nova-docker (instances are containers): \
+                                  use a cold migration";
+                    Err(RemoteError::nova(
+                        "MigrationPreCheckError",
+                        format!("Migration pre-check error: {reason}"),
+                        400,
+                        json!({"reason": reason}),
+                    ))
+                }
                 other if call.is_call => Err(m.unsupported(other)),
                 other => {
                     let instance = instance_arg(&args).ok();
-                    Err(m.unsupported_cast(&ctx, other, instance).await)
+                    Err(m.unsupported_cast(&ctx, other, instance, claim_of(other, &args)).await)
                 }
             }
         })
+    }
+}
+
+/// What Nova claimed in Placement before casting `method` here (see
+/// [`Claim`]): what a refusal or failure must give back.
+pub fn claim_of(method: &str, args: &Map<String, Value>) -> Option<Claim> {
+    let migration = || args.get("migration").filter(|v| !v.is_null()).and_then(|v| Migration::from_primitive(v).ok());
+    match method {
+        // At the destination of a resize or cold migration.
+        "prep_resize" => migration().map(Claim::MovedToMigration),
+        // (rebuild_instance and unshelve_instance hold their claims in
+        // their own operations.)
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@
 //! `_update_to_placement`) and refreshes it periodically.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -86,20 +86,33 @@ pub struct HostRecords {
     pub disabled: std::sync::atomic::AtomicBool,
 }
 
-/// Reads the persistent node uuid (`$state_path/compute_id`), if any.
-pub async fn read_node_identity(path: &Path) -> Result<Option<String>, HostError> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(s) => {
-            let s = s.trim().to_string();
-            uuid::Uuid::parse_str(&s).map_err(|_| HostError::Identity {
-                path: path.display().to_string(),
-                detail: format!("{s:?} is not a uuid"),
-            })?;
-            Ok(Some(s))
+/// Reads the node uuid as Nova does (`read_local_node_uuid`): from each of
+/// `paths` that exists (its first 40 bytes, trimmed, must be a uuid), all
+/// of them agreeing; returns it with the file it was first found in.
+pub async fn read_node_identities(paths: &[PathBuf]) -> Result<Option<(String, PathBuf)>, HostError> {
+    let mut found: Option<(String, PathBuf)> = None;
+    for path in paths {
+        let bad = |detail: String| HostError::Identity { path: path.display().to_string(), detail };
+        let bytes = match tokio::fs::read(path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).trim().to_string();
+        let uuid =
+            uuid::Uuid::parse_str(&head).map_err(|_| bad(format!("{head:?} is not a uuid")))?.hyphenated().to_string();
+        match &found {
+            Some((first, first_path)) if *first != uuid => {
+                return Err(bad(format!(
+                    "holds {uuid}, but {} holds {first}: the node's identity files must agree",
+                    first_path.display()
+                )));
+            }
+            Some(_) => {}
+            None => found = Some((uuid, path.clone())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(HostError::Identity { path: path.display().to_string(), detail: e.to_string() }),
     }
+    Ok(found)
 }
 
 /// Persists the node uuid atomically.
@@ -230,12 +243,16 @@ impl<D: Driver> HostRegistrar<D> {
         let usage = Usage::of(&instances);
         let host = self.driver.host_resources().await?;
         let id_path = self.settings.compute_id_path();
-        let known_uuid = read_node_identity(&id_path).await?;
+        let identity = read_node_identities(&self.settings.compute_id_paths()).await?;
+        // A uuid provisioned next to the configuration (not our own file)
+        // is the node's, as for Nova: never traded for another by name.
+        let provisioned = identity.as_ref().is_some_and(|(_, path)| *path != id_path);
+        let known_uuid = identity.map(|(uuid, _)| uuid);
         let mut node = match &known_uuid {
             Some(uuid) => self.conductor.compute_node_by_uuid(ctx, uuid).await?,
             None => None,
         };
-        if node.is_none() {
+        if node.is_none() && !provisioned {
             // Adopt a node recorded for this host (e.g. state_path was wiped).
             node = self.conductor.compute_node_by_name(ctx, &self.settings.host).await?;
         }
@@ -262,7 +279,7 @@ impl<D: Driver> HostRegistrar<D> {
             path: id_path.display().to_string(),
             detail: "the conductor returned a compute node without uuid".into(),
         })?;
-        if known_uuid.as_deref() != Some(node_uuid.as_str()) {
+        if known_uuid.as_deref() != Some(node_uuid.as_str()) && !provisioned {
             write_node_identity(&id_path, &node_uuid).await?;
         }
         let records = HostRecords {
@@ -402,6 +419,33 @@ pub fn detect_my_ip() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn node_identity_is_read_where_nova_reads_it() {
+        let dir = std::env::temp_dir().join(format!("nd-compute-id-{}", uuid::Uuid::new_v4().simple()));
+        let (etc, state) = (dir.join("etc"), dir.join("state"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let paths = [etc.join("compute_id"), state.join("compute_id")];
+        assert_eq!(read_node_identities(&paths).await.unwrap(), None);
+        let u = "6f1c0f3e-0000-4000-8000-00000000000a";
+        // Only in the configuration's directory (provisioned), with whitespace.
+        std::fs::write(&paths[0], format!("  {u}\n")).unwrap();
+        assert_eq!(read_node_identities(&paths).await.unwrap(), Some((u.to_string(), paths[0].clone())));
+        // In both, the same: found first next to the configuration.
+        std::fs::write(&paths[1], u.to_uppercase()).unwrap();
+        assert_eq!(read_node_identities(&paths).await.unwrap(), Some((u.to_string(), paths[0].clone())));
+        // Disagreeing files, or garbage: refused, naming the file.
+        std::fs::write(&paths[1], "6f1c0f3e-0000-4000-8000-00000000000b").unwrap();
+        let err = read_node_identities(&paths).await.unwrap_err().to_string();
+        assert!(err.contains("must agree") && err.contains(&paths[1].display().to_string()), "{err}");
+        std::fs::write(&paths[1], "not a uuid").unwrap();
+        assert!(read_node_identities(&paths).await.unwrap_err().to_string().contains("is not a uuid"));
+        std::fs::remove_file(&paths[0]).unwrap();
+        std::fs::write(&paths[1], u).unwrap();
+        assert_eq!(read_node_identities(&paths).await.unwrap(), Some((u.to_string(), paths[1].clone())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use serde_json::json;
 
     fn instance(memory_mb: i64, vcpus: i64, root_gb: i64, ephemeral_gb: i64) -> Instance {

@@ -14,7 +14,7 @@ use super::errors::{OpError, instance_invalid_state, instance_not_found};
 use super::events::EventWaiters;
 use super::host::{HostRecords, HostRegistrar};
 use super::locks::InstanceLocks;
-use super::operation::{OnFailure, Operation};
+use super::operation::{Claim, OnFailure, Operation};
 use super::states::{TaskState, VmState};
 use crate::conductor::{Conductor, Expected};
 use crate::config::Settings;
@@ -22,7 +22,7 @@ use crate::image::ImageService;
 use crate::network::PortService;
 use crate::objects::Instance;
 use crate::objects::time;
-use crate::placement::Placement;
+use crate::placement::Allocations;
 use crate::rpc::{RemoteError, RequestContext};
 use crate::virt::{Driver, PowerState, VirtError};
 
@@ -36,7 +36,7 @@ pub struct ComputeManager<D: Driver> {
     /// Nova's object API: instances, faults, actions, records.
     pub conductor: Conductor,
     /// Placement, for allocations this host changes; None when not configured.
-    pub placement: Option<Placement>,
+    pub placement: Option<Arc<dyn Allocations>>,
     /// The virt driver that runs the containers.
     pub driver: Arc<D>,
     /// Glance to Docker image transfer, with its cache.
@@ -83,7 +83,7 @@ impl<D: Driver> ComputeManager<D> {
     pub fn new(
         settings: Arc<Settings>,
         conductor: Conductor,
-        placement: Option<Placement>,
+        placement: Option<Arc<dyn Allocations>>,
         driver: Arc<D>,
         images: ImageService<D>,
         registrar: HostRegistrar<D>,
@@ -416,16 +416,18 @@ impl<D: Driver> ComputeManager<D> {
 
     /// Answers a cast this host cannot do: the instance gets its task state
     /// reverted, a fault and an error event, so it never stays in a task state.
+    /// What Nova claimed for it in Placement is given back ([`Claim`]).
     pub async fn unsupported_cast(
         &self,
         ctx: &RequestContext,
         method: &str,
         instance: Option<Instance>,
+        claim: Option<Claim>,
     ) -> RemoteError {
         let err = self.unsupported(method);
         if let Some(mut i) = instance {
             let e = OpError::Nova(err.clone());
-            let op = Operation::new(format!("compute_{method}"));
+            let op = Operation::new(format!("compute_{method}")).holding(claim);
             let _ = self.run(ctx, &mut i, op, async |_| Err::<(), _>(e)).await;
         }
         err

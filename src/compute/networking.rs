@@ -84,6 +84,32 @@ impl<D: Driver> ComputeManager<D> {
         Ok(ni)
     }
 
+    /// An evacuation's ports: each bound to this host (Nova's
+    /// `setup_instance_network_on_host`), the info cache written from
+    /// Neutron's new binding. Returns the new network_info.
+    pub async fn bind_ports_here(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        _migration: Option<&crate::objects::Migration>,
+    ) -> Result<NetworkInfo, OpError> {
+        let old = self.network_info(ctx, i).await?;
+        if old.is_empty() {
+            return Ok(old);
+        }
+        let neutron = self.neutron()?;
+        let mut ports = Vec::new();
+        for v in &old {
+            let r = NetworkRequest { port_id: Some(v.id.clone()), network_id: None, address: None, tag: None };
+            let mut bound = neutron.bind_one(i, &r, &[]).await?;
+            bound.created = !preserved(v);
+            ports.push(bound);
+        }
+        let ni = neutron.network_info(&ports).await?;
+        self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+        Ok(ni)
+    }
+
     /// Releases an instance's ports: ours deleted, the user's unbound.
     pub async fn deallocate_network(&self, ni: &NetworkInfo) {
         if ni.is_empty() {
@@ -219,6 +245,9 @@ impl<D: Driver> ComputeManager<D> {
         bound.sort_by_key(|b| order.iter().position(|o| Some(*o) == b.port["id"].as_str()).unwrap_or(usize::MAX));
         let ni = neutron.network_info(&bound).await?;
         self.conductor.info_cache_save(ctx, &mut i, &to_json(&ni)?).await?;
+        // The config drive says what the cache says (a port's addresses
+        // changed in Neutron: `network-changed`).
+        self.driver.refresh_config_drive(&uuid, &ni).await?;
         Ok(())
     }
 
@@ -253,6 +282,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             ni.push(vif.clone());
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             serde_json::to_value(&vif).map_err(|e| OpError::Invalid(e.to_string()))
         })
         .await
@@ -289,6 +319,7 @@ impl<D: Driver> ComputeManager<D> {
                 self.deallocate_network(&vec![vif]).await;
             }
             self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await?;
+            self.driver.refresh_config_drive(&uuid, &ni).await?;
             Ok(())
         })
         .await

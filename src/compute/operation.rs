@@ -8,6 +8,13 @@
 //! a body that moves the instance with [`ComputeManager::begin_task`] and
 //! [`ComputeManager::settle`].
 //!
+//! What Nova's scheduler claimed in Placement before the operation reached
+//! this host (a [`Claim`]) is given back whenever the operation fails or is
+//! refused, as Python nova-compute does in each operation's `except` block
+//! (`_revert_allocation`, `delete_allocation_for_evacuated_instance`,
+//! `delete_allocation_for_instance`): a refusal never shrinks the host's
+//! capacity.
+//!
 //! An operation superseded by another request (the instance was deleted or
 //! its task state changed: `UnexpectedTaskStateError`, `InstanceNotFound`)
 //! stops quietly: no fault, no revert, nothing more written.
@@ -20,8 +27,8 @@ use super::errors::OpError;
 use super::manager::ComputeManager;
 use crate::conductor::Expected;
 use crate::metrics;
-use crate::objects::Instance;
 use crate::objects::states::{PowerState, TaskState, VmState};
+use crate::objects::{Instance, Migration};
 use crate::rpc::RequestContext;
 use crate::virt::Driver;
 
@@ -47,6 +54,28 @@ pub enum OnFailure {
     EventOnly,
 }
 
+/// What Nova claimed for an operation before casting it here, and so what a
+/// failure or refusal gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// A move to this host (`prep_resize` at the destination): the
+    /// scheduler moved the instance's source allocation to the migration's
+    /// uuid and gave the instance one on this host. Given back as Nova's
+    /// `_revert_allocation`: the migration's allocation moved back to the
+    /// instance (replacing this host's), and the migration's status set to
+    /// `error` (`errors_out_migration`).
+    MovedToMigration(Migration),
+    /// An evacuation to this host: the scheduler added this host's
+    /// resources to the instance's allocation. Given back as Nova's
+    /// `delete_allocation_for_evacuated_instance(node_type='destination')`:
+    /// this host's provider removed from it, the migration `failed`.
+    AddedOnThisNode(Option<Migration>),
+    /// An unshelve of an offloaded instance: everything the instance holds
+    /// was claimed for this host. Given back as Nova's
+    /// `delete_allocation_for_instance`.
+    WholeInstance,
+}
+
 /// How one operation runs.
 #[derive(Debug, Clone)]
 pub struct Operation {
@@ -54,12 +83,20 @@ pub struct Operation {
     pub event: Cow<'static, str>,
     /// What a failure leaves on the instance.
     pub on_failure: OnFailure,
+    /// What Placement holds for the operation, given back if it fails.
+    pub claim: Option<Claim>,
 }
 
 impl Operation {
     /// An operation recorded as `event` that reverts the task state on failure.
     pub fn new(event: impl Into<Cow<'static, str>>) -> Self {
-        Operation { event: event.into(), on_failure: OnFailure::RevertTask }
+        Operation { event: event.into(), on_failure: OnFailure::RevertTask, claim: None }
+    }
+
+    /// The same operation holding `claim`, given back when it fails.
+    pub fn holding(mut self, claim: Option<Claim>) -> Self {
+        self.claim = claim;
+        self
     }
 
     /// The same operation with another failure policy.
@@ -102,8 +139,64 @@ impl<D: Driver> ComputeManager<D> {
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
+                if let Some(claim) = op.claim {
+                    self.give_back(ctx, i.uuid(), claim, e.is_superseded()).await;
+                }
                 self.apply_failure(ctx, i, op.on_failure, &e).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Gives back what Nova claimed for a failed or refused operation (see
+    /// [`Claim`]), best effort: a Placement or conductor failure is logged,
+    /// the operation's own error is what the caller reports. When the
+    /// instance was deleted or changed meanwhile (`superseded`), a
+    /// migration's allocation is deleted rather than moved back to an
+    /// instance that may be gone.
+    pub async fn give_back(&self, ctx: &RequestContext, uuid: &str, claim: Claim, superseded: bool) {
+        let placement = self.placement.as_deref();
+        let (result, migration, status) = match claim {
+            Claim::MovedToMigration(m) => {
+                let r = match (placement, m.uuid()) {
+                    (Some(p), Some(mig)) if superseded => p.delete_allocation(mig).await,
+                    (Some(p), Some(mig)) => p.move_allocations(mig, uuid).await.map(|moved| {
+                        if !moved {
+                            tracing::warn!(
+                                instance = uuid,
+                                migration = mig,
+                                "the migration held no allocation to give back"
+                            );
+                        }
+                    }),
+                    _ => Ok(()),
+                };
+                (r, Some(m), "error")
+            }
+            Claim::AddedOnThisNode(m) => {
+                let provider = self.records.get().map(|r| r.node_uuid.clone());
+                let r = match (placement, provider) {
+                    (Some(p), Some(rp)) => p.remove_provider(uuid, &rp).await,
+                    _ => Ok(()),
+                };
+                (r, m, "failed")
+            }
+            Claim::WholeInstance => {
+                let r = match placement {
+                    Some(p) => p.delete_allocation(uuid).await,
+                    None => Ok(()),
+                };
+                (r, None, "")
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!(instance = uuid, "gave back what Placement held for the failed operation"),
+            Err(e) => tracing::warn!(instance = uuid, error = %e, "could not give back the operation's allocation"),
+        }
+        if let Some(mut m) = migration {
+            m.set_status(status);
+            if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
+                tracing::warn!(instance = uuid, error = %e, "could not record the migration's status {status}");
             }
         }
     }

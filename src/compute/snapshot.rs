@@ -60,7 +60,8 @@ impl<D: Driver> ComputeManager<D> {
                     self.save(ctx, i, Expected::Any).await?;
                     TaskState::ImageBackup
                 };
-                self.snapshot_to_glance(ctx, i, image_id, expected).await?;
+                let states = (TaskState::ImagePendingUpload, TaskState::ImageUploading);
+                self.snapshot_to_glance(ctx, i, image_id, expected, states).await?;
                 i.set_task_state(None);
                 self.save(ctx, i, Expected::task(TaskState::ImageUploading)).await?;
                 if let Some(rot) = &rotation {
@@ -82,15 +83,19 @@ impl<D: Driver> ComputeManager<D> {
         self.fail(ctx, &mut i, OnFailure::RevertTask, e).await
     }
 
-    async fn snapshot_to_glance(
+    /// Commits the container and uploads it into Glance image `image_id`,
+    /// moving the instance through `(pending, uploading)` task states
+    /// (a snapshot's, or a shelve's) from `expected`.
+    pub(crate) async fn snapshot_to_glance(
         &self,
         ctx: &RequestContext,
         i: &mut Instance,
         image_id: &str,
         expected: TaskState,
+        (pending, uploading): (TaskState, TaskState),
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
-        self.begin_task(ctx, i, TaskState::ImagePendingUpload, Expected::task(expected)).await?;
+        self.begin_task(ctx, i, pending, Expected::task(expected)).await?;
 
         let t = Instant::now();
         let glance = self.images.glance();
@@ -116,8 +121,7 @@ impl<D: Driver> ComputeManager<D> {
                 &[("operation", "snapshot"), ("phase", "commit")],
                 t.elapsed(),
             );
-            let marked =
-                self.begin_task(ctx, i, TaskState::ImageUploading, Expected::task(TaskState::ImagePendingUpload)).await;
+            let marked = self.begin_task(ctx, i, uploading, Expected::task(pending)).await;
             Ok::<_, OpError>((image, marked))
         };
         let (committed, formats) = tokio::join!(commit_and_mark, formats);

@@ -220,6 +220,152 @@ async fn a_build_of_an_image_docker_cannot_run_fails_before_any_container() {
     assert_eq!(faults_of(&h, &u).len(), 1);
 }
 
+fn docker_image() -> Value {
+    json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"})
+}
+
+#[tokio::test]
+async fn a_build_with_a_volume_fails_with_a_fault_before_any_container() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let bdm = |data: Value| json!({"nova_object.name": "BlockDeviceMapping", "nova_object.data": data});
+    let list = json!({"nova_object.name": "BlockDeviceMappingList", "nova_object.data": {"objects": [
+        bdm(json!({"source_type": "image", "destination_type": "local", "boot_index": 0})),
+        bdm(json!({"source_type": "volume", "destination_type": "volume", "volume_id": "v-1", "boot_index": -1})),
+    ]}});
+    let req = BuildRequest { image: docker_image(), block_device_mapping: Some(list), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    let faults = faults_of(&h, &u);
+    assert_eq!(faults.len(), 1);
+    assert!(faults[0].contains("block device mapping 2") && faults[0].contains("volumes"), "{faults:?}");
+}
+
+#[tokio::test]
+async fn injected_files_and_the_key_pair_reach_the_container_before_it_starts() {
+    let h = Harness::with_options("[docker]\ninject_key = true");
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    let files = h.driver.container(&u).unwrap().files;
+    let got: Vec<(&str, u32, Option<&[u8]>)> =
+        files.iter().map(|f| (f.path.as_str(), f.mode, f.contents.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            ("root/.ssh", 0o700, None),
+            ("root/.ssh/authorized_keys", 0o600, Some(&b"ssh-ed25519 AAAAC3Nza key@test\n"[..])),
+            ("etc/motd", 0o644, Some(&b"hello"[..])),
+        ]
+    );
+    // Without inject_key (the default), no key goes in.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "key_data", json!("ssh-ed25519 AAAAC3Nza key@test"));
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest { image: docker_image(), ..Default::default() };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.driver.container(&u).unwrap().files.is_empty());
+}
+
+#[tokio::test]
+async fn an_injected_file_that_cannot_be_written_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    let req = BuildRequest {
+        image: docker_image(),
+        injected_files: Some(json!([["/etc/../../host", "aGVsbG8="]])),
+        ..Default::default()
+    };
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "{:?}", h.driver.calls());
+    assert_eq!(faults_of(&h, &u), ["injected file 1: its path has a . or .. component"]);
+}
+
+#[tokio::test]
+async fn a_build_that_needs_a_config_drive_gets_one_and_only_then() {
+    let cases: [(&str, Value, Value); 4] = [
+        ("", json!("True"), docker_image()),
+        ("", json!(true), docker_image()),
+        ("force_config_drive = true", json!(""), docker_image()),
+        (
+            "",
+            json!(""),
+            json!({"id": "img-1", "status": "active", "container_format": "docker",
+                               "disk_format": "raw", "properties": {"img_config_drive": "mandatory"}}),
+        ),
+    ];
+    for (options, config_drive, image) in cases {
+        let h = Harness::with_options(options);
+        let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+        h.nova.set_field(&u, "config_drive", config_drive.clone());
+        h.nova.set_field(&u, "user_data", json!("I2Nsb3VkLWNvbmZpZwo="));
+        h.driver.add_cached_image("img-1");
+        let req = BuildRequest {
+            image,
+            admin_password: Some("pw".into()),
+            injected_files: Some(json!([["/etc/motd", "aGVsbG8="]])),
+            ..Default::default()
+        };
+        h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Active), "{options} {config_drive}");
+        let drive = h.driver.container(&u).unwrap().config_drive.expect("a config drive");
+        let file = |p: &str| drive.iter().find(|(q, _)| q == p).map(|(_, b)| b.clone());
+        let md: Value = serde_json::from_slice(&file("openstack/latest/meta_data.json").unwrap()).unwrap();
+        assert_eq!(md["uuid"], u.as_str());
+        assert_eq!(md["admin_pass"], "pw");
+        assert_eq!(md["files"], json!([{"path": "/etc/motd", "content_path": "/content/0000"}]));
+        assert_eq!(file("openstack/content/0000").unwrap(), b"hello");
+        assert_eq!(file("openstack/latest/user_data").unwrap(), b"#cloud-config\n");
+        assert_eq!(file("openstack/latest/network_data.json").unwrap(), b"{}");
+        assert_eq!(file("openstack/latest/vendor_data2.json").unwrap(), br#"{"static":{}}"#);
+    }
+    // None asked for: none given.
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!(""));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+    assert!(h.driver.container(&u).unwrap().config_drive.is_none());
+}
+
+#[tokio::test]
+async fn user_data_larger_than_nova_allows_fails_the_build_with_a_fault() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.nova.set_field(&u, "config_drive", json!("True"));
+    h.nova.set_field(&u, "user_data", json!("A".repeat(65536 + 4)));
+    h.driver.add_cached_image("img-1");
+    h.manager
+        .build_and_run_instance(
+            &h.ctx,
+            h.rpc_instance(&u),
+            BuildRequest { image: docker_image(), ..Default::default() },
+        )
+        .await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert!(h.driver.container(&u).is_none());
+    assert_eq!(faults_of(&h, &u), ["config drive: user_data is larger than 65535 bytes of base64"]);
+}
+
 #[tokio::test]
 async fn a_failed_terminate_leaves_the_instance_in_error_and_deleting() {
     let h = Harness::new();
@@ -348,11 +494,66 @@ async fn unpausing_a_missing_container_fails_with_instance_not_found() {
 async fn an_unsupported_cast_reverts_the_task_state_with_a_fault() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::Rescuing), Running);
-    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u))).await;
+    let err = h.manager.unsupported_cast(&h.ctx, "rescue_instance", Some(h.rpc_instance(&u)), None).await;
     assert_eq!(err.class, "NotImplementedError");
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
     assert_eq!(faults_of(&h, &u).len(), 1);
     assert!(only_event(&h, &u, "compute_rescue_instance").is_some());
+}
+
+fn migration(uuid: &str, instance: &str) -> Value {
+    json!({"nova_object.name": "Migration", "nova_object.namespace": "nova", "nova_object.version": "1.7",
+           "nova_object.data": {"uuid": uuid, "instance_uuid": instance, "status": "pre-migrating",
+                                "migration_type": "resize", "source_compute": "src", "dest_compute": crate::testing::HOST}})
+}
+
+#[tokio::test]
+async fn a_refused_prep_resize_gives_the_source_allocation_back_to_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    // What the scheduler did before the cast: the source allocation moved to
+    // the migration, the instance given one on this (destination) host.
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 128)]);
+    let args = json!({"instance": h.rpc_instance(&u).to_primitive(), "migration": migration(&mig, &u)});
+    let args = args.as_object().unwrap();
+    let claim = crate::compute::endpoint::claim_of("prep_resize", args);
+    let err = h.manager.unsupported_cast(&h.ctx, "prep_resize", Some(h.rpc_instance(&u)), claim).await;
+    assert_eq!(err.class, "NotImplementedError");
+    assert!(h.placement.allocations(&mig).is_empty(), "the migration keeps nothing");
+    let back = h.placement.allocations(&u);
+    assert_eq!(back.keys().collect::<Vec<_>>(), ["source-rp"], "{back:?}");
+    assert_eq!(back["source-rp"]["MEMORY_MB"], 64);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("error")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_unshelve_frees_what_the_scheduler_claimed() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let claim = Some(crate::compute::operation::Claim::WholeInstance);
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance").holding(claim);
+    let failed = crate::compute::errors::OpError::Invalid("no".into());
+    let r = h.manager.run(&h.ctx, &mut i, op, async |_| Err::<(), _>(failed)).await;
+    assert!(r.is_err());
+    assert!(h.placement.allocations(&u).is_empty());
+}
+
+#[tokio::test]
+async fn an_operation_that_succeeds_keeps_its_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let mut i = h.rpc_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_unshelve_instance")
+        .holding(Some(crate::compute::operation::Claim::WholeInstance));
+    h.manager.run(&h.ctx, &mut i, op, async |_| Ok(())).await.unwrap();
+    assert_eq!(h.placement.allocations(&u).len(), 1);
 }
 
 #[tokio::test]
@@ -511,14 +712,23 @@ async fn attach_and_detach_an_interface() {
         address: None,
         tag: None,
     };
+    // The instance has a config drive: its network_data.json follows.
+    let drive = |h: &Harness| {
+        let files = h.driver.container(&u).unwrap().config_drive.unwrap();
+        let nd = files.iter().find(|(p, _)| p == crate::virt::config_drive::NETWORK_DATA);
+        String::from_utf8(nd.map(|(_, b)| b.clone()).unwrap_or_default()).unwrap()
+    };
+    h.driver.give_config_drive(&u);
     let vif = h.manager.attach_interface(&h.ctx, h.rpc_instance(&u), request.clone()).await.unwrap();
     assert_eq!(vif["id"], "port-1");
     assert_eq!(cached_ports(&h, &u), ["port-1"]);
     assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    assert_eq!(drive(&h), "port-1");
 
     h.manager.detach_interface(&h.ctx, h.rpc_instance(&u), "port-1", true).await.unwrap();
     assert!(cached_ports(&h, &u).is_empty());
     assert!(h.driver.container(&u).unwrap().plugged.is_empty());
+    assert_eq!(drive(&h), "");
     assert_eq!(h.neutron.deleted(), ["port-1"]);
 
     // A port the driver cannot plug is released again; the caller gets the error.
@@ -708,4 +918,536 @@ async fn diagnostics_of_an_instance_not_running_are_an_invalid_state() {
     let running = h.instance(VmState::Active, None, Running);
     let d = h.manager.get_instance_diagnostics(&h.rpc_instance(&running)).await.unwrap();
     assert_eq!(d["nova_object.data"]["state"], "running");
+}
+
+// ---------------------------------------------------------------------------
+// Resize and cold migration (same host: every step runs on this harness)
+// ---------------------------------------------------------------------------
+
+mod resize {
+    use super::*;
+    use crate::compute::resize::ResizeRequest;
+    use crate::objects::{Flavor, Instance, Migration, NovaObject};
+    use crate::testing::HOST;
+
+    fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
+        let v = json!({"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
+            "nova_object.data": {"id": id, "flavorid": format!("f{id}"), "name": format!("f{id}"),
+                "memory_mb": memory_mb, "vcpus": 1, "root_gb": 1, "ephemeral_gb": 0, "extra_specs": extra_specs}});
+        Flavor { obj: NovaObject::expect(&v, "Flavor").unwrap() }
+    }
+
+    fn request(flavor: Flavor) -> ResizeRequest {
+        ResizeRequest {
+            flavor,
+            image: json!({}),
+            request_spec: Value::Null,
+            filter_properties: json!({}),
+            host_list: json!([]),
+            clean_shutdown: true,
+        }
+    }
+
+    /// An active instance of flavor 1 (64 MiB) on this host, the API's
+    /// resize_prep task set, and the conductor's migration to flavor `to`.
+    fn resizing(h: &Harness, to: i64) -> (String, String) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        h.nova.set_field(&u, "flavor", flavor(1, 64, json!({})).obj.to_primitive());
+        h.nova.set_field(&u, "instance_type_id", json!(1));
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 7, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "status": "pre-migrating", "old_instance_type_id": 1,
+            "new_instance_type_id": to, "migration_type": if to == 1 { "migration" } else { "resize" }}));
+        (u, m)
+    }
+
+    /// Delivers the casts the manager sent to itself until none is left.
+    async fn deliver(h: &Harness) -> Vec<String> {
+        let mut methods = Vec::new();
+        loop {
+            let casts = h.nova.take_casts();
+            if casts.is_empty() {
+                return methods;
+            }
+            for c in casts {
+                assert_eq!(c.host, HOST, "{c:?}");
+                let i = Instance::from_primitive(&c.args["instance"]).unwrap();
+                let m = Migration::from_primitive(&c.args["migration"]).unwrap();
+                let r = match c.method.as_str() {
+                    "resize_instance" => h.manager.resize_instance(&h.ctx, i, m, json!({}), Value::Null, true).await,
+                    "finish_resize" => h.manager.finish_resize(&h.ctx, i, m, c.args.get("disk_info").cloned()).await,
+                    "finish_revert_resize" => h.manager.finish_revert_resize(&h.ctx, i, m).await,
+                    other => panic!("unexpected cast {other}"),
+                };
+                methods.push(c.method.clone());
+                let _ = r;
+            }
+        }
+    }
+
+    async fn resize_to(h: &Harness, u: &str, m: &str, to: Flavor) {
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(u), h.nova.migration(m), request(to)).await.unwrap();
+        assert_eq!(deliver(h).await, ["resize_instance", "finish_resize"]);
+    }
+
+    #[tokio::test]
+    async fn a_same_host_resize_recreates_the_container_with_the_new_flavor_then_confirms() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_user_port("port-1");
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+
+        assert_eq!(h.states(&u), (Some(VmState::Resized), None, Running));
+        let c = h.driver.container(&u).unwrap();
+        assert_eq!(c.memory_bytes, 128 << 20, "the new flavor's limit");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "created from the committed filesystem");
+        assert_eq!(c.plugged, ["port-1"]);
+        assert_eq!(h.neutron.binding_host("port-1").as_deref(), Some(HOST));
+        assert_eq!(h.nova.migration(&m).status(), Some("finished"));
+        let i = h.rpc_instance(&u);
+        assert_eq!(i.memory_mb(), 128);
+        assert_eq!(i.flavor_named("old_flavor").unwrap().memory_mb(), Some(64));
+        assert_eq!(i.system_metadata().get("old_vm_state").map(String::as_str), Some("active"));
+        let calls = h.driver.calls();
+        let pos = |p: &str| calls.iter().position(|c| c.starts_with(p)).unwrap_or_else(|| panic!("{p}: {calls:?}"));
+        assert!(pos("power_off") < pos("commit") && pos("commit") < pos("destroy") && pos("destroy") < pos("create"));
+
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("confirmed"));
+        let i = h.rpc_instance(&u);
+        assert_eq!(i.obj.get("old_flavor"), Some(&Value::Null));
+        assert!(!i.system_metadata().contains_key("old_vm_state"));
+        assert_eq!(h.driver.container(&u).unwrap().memory_bytes, 128 << 20, "confirm keeps the resized container");
+        assert!(faults_of(&h, &u).is_empty(), "{:?}", faults_of(&h, &u));
+        let names: Vec<String> = h.nova.events().into_iter().filter(|e| e.uuid == u).map(|e| e.event).collect();
+        assert_eq!(
+            names,
+            ["compute_prep_resize", "compute_resize_instance", "compute_finish_resize", "compute_confirm_resize"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reverted_same_host_resize_gets_the_old_flavor_and_filesystem_back() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+
+        h.request(&u, TaskState::ResizeReverting);
+        h.nova.set_migration_field(&m, "status", json!("reverting"));
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        assert_eq!(h.nova.migration(&m).status(), Some("reverted"));
+        assert_eq!(deliver(&h).await, ["finish_revert_resize"]);
+
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        let c = h.driver.container(&u).unwrap();
+        assert_eq!(c.memory_bytes, 64 << 20, "the old flavor's limit again");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "from the filesystem committed before the resize");
+        let i = h.rpc_instance(&u);
+        assert_eq!((i.memory_mb(), i.host()), (64, Some(HOST)));
+        assert!(i.flavor_named("new_flavor").is_none() && i.flavor_named("old_flavor").is_none());
+        assert!(faults_of(&h, &u).is_empty(), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_instance_is_resized_stopped_and_reverted_stopped() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.nova.set_field(&u, "vm_state", json!("stopped"));
+        h.driver.add_container(&u, Shutdown);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u), (Some(VmState::Resized), None, Shutdown));
+        assert_eq!(h.driver.container(&u).unwrap().state, Shutdown);
+        h.request(&u, TaskState::ResizeReverting);
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        deliver(&h).await;
+        assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    }
+
+    #[tokio::test]
+    async fn migrating_to_the_same_host_is_refused_and_leaves_the_instance_as_it_was() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 1);
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(1, 64, json!({}))))
+            .await;
+        assert!(r.is_err());
+        assert!(h.nova.take_casts().is_empty(), "nothing moves");
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(faults_of(&h, &u)[0].contains("Unable to migrate"), "{:?}", faults_of(&h, &u));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+    }
+
+    #[tokio::test]
+    async fn a_refused_resize_goes_to_the_next_alternate_host_when_the_scheduler_gave_some() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1, "hosts": [[HOST, HOST]]}});
+        req.host_list = json!([{"nova_object.name": "Selection", "nova_object.data": {"service_host": "other"}}]);
+        h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let c = &casts[0];
+        assert_eq!((c.host.as_str(), c.method.as_str()), ("conductor", "migrate_server"));
+        assert_eq!(c.args["host_list"][0]["nova_object.data"]["service_host"], "other");
+        let retry = &c.args["scheduler_hint"]["filter_properties"]["retry"];
+        assert!(retry["exc"][0].as_str().unwrap().contains("Unable to migrate"), "{retry}");
+        assert_eq!((c.args["live"].clone(), c.args["rebuild"].clone()), (json!(false), json!(false)));
+        // The conductor goes on: the task stays resize_prep; the fault says why.
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+        // Without alternates the same refusal ends the resize here.
+        let (u, m) = resizing(&h, 1);
+        let mut req = request(flavor(1, 64, json!({})));
+        req.filter_properties = json!({"retry": {"num_attempts": 1}});
+        assert!(h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), req).await.is_err());
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    }
+
+    #[tokio::test]
+    async fn a_flavor_this_host_cannot_honour_is_refused_before_anything_moves() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let bad = flavor(2, 128, json!({"docker:cpu_limit": "turbo"}));
+        let r = h.manager.prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(bad)).await;
+        assert!(r.is_err());
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert!(faults_of(&h, &u)[0].contains("docker:cpu_limit"), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_starts_the_instance_again_where_it_was() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail("commit");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_leaves_the_instance_in_error_with_its_old_flavor() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail("create");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance", "finish_resize"]);
+        let (vm, task, _) = h.states(&u);
+        assert_eq!((vm, task), (Some(VmState::Error), None));
+        assert_eq!(h.rpc_instance(&u).memory_mb(), 64);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(faults_of(&h, &u).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
+    let h = Harness::new();
+    let running = h.instance(VmState::Active, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&running, "system_metadata", json!({"old_vm_state": "active"}));
+    let stopped = h.instance(VmState::Stopped, Some(TaskState::ResizeMigrating), Shutdown);
+    h.nova.set_field(&stopped, "system_metadata", json!({"old_vm_state": "stopped"}));
+    let m = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": m, "instance_uuid": running, "status": "migrating",
+        "source_compute": crate::testing::HOST, "dest_compute": "other"}));
+    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m}));
+    h.glance.add_queued("unrelated", json!({"nova_docker_migration": "another"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&running), (Some(VmState::Active), None, Running));
+    assert_eq!(h.states(&stopped), (Some(VmState::Stopped), None, Shutdown));
+    assert_eq!(h.nova.migration(&m).status(), Some("error"));
+    assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
+    assert!(h.glance.image("unrelated").is_some());
+
+// ---------------------------------------------------------------------------
+// Rebuild
+// ---------------------------------------------------------------------------
+
+/// An instance the API is rebuilding with Glance image `img-2` (it already
+/// shows the new image; `img-1` was the old one).
+fn rebuilding(h: &Harness, vm: VmState, power: PowerState) -> (String, crate::compute::rebuild::RebuildRequest) {
+    h.glance.add_active("img-2", "docker", crate::testing::fake_driver::docker_save_archive());
+    let u = h.instance(vm, Some(TaskState::Rebuilding), power);
+    give_port(h, &u);
+    if power == Running {
+        h.driver.change_plugged(&u, &["port-1"]);
+    }
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.nova.set_field(&u, "system_metadata", json!({"image_base_image_ref": "img-2"}));
+    let req = crate::compute::rebuild::RebuildRequest {
+        image_ref: Some("img-2".into()),
+        orig_image_ref: Some("img-1".into()),
+        orig_sys_metadata: json!({"image_base_image_ref": "img-1"}).as_object().cloned(),
+        ..Default::default()
+    };
+    (u, req)
+}
+
+#[tokio::test]
+async fn a_rebuild_replaces_the_container_keeps_its_ports_and_ends_active() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    let c = h.driver.container(&u).expect("a container");
+    assert_eq!(c.plugged, ["port-1"], "the same port, plugged into the new container");
+    assert!(h.driver.set_aside_container(&u).is_none(), "the old container is gone");
+    let calls = h.driver.calls();
+    let pos = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap_or_else(|| panic!("{op}: {calls:?}"));
+    assert!(pos("set_aside") < pos("create") && pos("start_created") < pos("discard_set_aside"), "{calls:?}");
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-2")));
+    assert_eq!(only_event(&h, &u, "compute_rebuild_instance"), None);
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_container_cannot_start_puts_the_old_one_back_with_its_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "usable, as it was");
+    let c = h.driver.container(&u).expect("the old container is back");
+    assert_eq!((c.state, c.plugged.as_slice()), (Running, ["port-1".to_string()].as_slice()));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")), "Nova shows the image the container runs");
+    assert_eq!(h.nova.field(&u, "system_metadata"), Some(json!({"image_base_image_ref": "img-1"})));
+    assert_eq!(faults_of(&h, &u).len(), 1);
+    assert!(only_event(&h, &u, "compute_rebuild_instance").is_some());
+}
+
+#[tokio::test]
+async fn a_rebuild_that_cannot_put_the_old_container_back_ends_in_error() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    h.driver.fail("start_created");
+    h.driver.fail("restore_set_aside");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_rebuild_of_a_stopped_instance_leaves_it_stopped_on_the_new_image() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Stopped, Shutdown);
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Stopped), None, Shutdown));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Shutdown));
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("start_created")));
+}
+
+#[tokio::test]
+async fn a_rebuild_with_injected_files_is_refused_before_anything_changes() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.injected_files = vec![json!(["/etc/motd", "aGk="])];
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("injected files"), "{err}");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("set_aside")));
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-1")));
+}
+
+#[tokio::test]
+async fn a_failed_evacuation_gives_back_this_hosts_share_of_the_allocation() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    req.evacuate = true;
+    req.image_ref = None;
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    h.placement.allocate(&u, "dead-host-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.is_err());
+    let left = h.placement.allocations(&u);
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["dead-host-rp"], "{left:?}");
+    assert!(h.driver.container(&u).is_none(), "nothing left here");
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+}
+
+#[tokio::test]
+async fn cache_images_loads_what_the_host_lacks_and_says_what_it_did() {
+    let h = Harness::new();
+    h.glance.add_active("img-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    let ids = ["img-1".to_string(), "missing".to_string()];
+    let r = h.manager.cache_images(&h.ctx, &ids).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "cached", "missing": "error"}));
+    let r = h.manager.cache_images(&h.ctx, &ids[..1]).await;
+    assert_eq!(Value::Object(r), json!({"img-1": "existing"}));
+    assert_eq!(h.driver.calls().iter().filter(|c| c.starts_with("load_image")).count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Shelve, offload, unshelve
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn shelve_snapshots_offloads_and_unshelve_brings_it_back_from_that_image() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+    h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, Shutdown), "{:?}", faults_of(&h, &u));
+    assert!(h.driver.container(&u).is_none(), "offloaded: no container");
+    assert!(h.placement.allocations(&u).is_empty(), "offloaded: no allocation");
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert_eq!(
+        (sys["shelved_image_id"].as_str(), sys["shelved_host"].as_str()),
+        (Some("shelved-1"), Some(crate::testing::HOST))
+    );
+    let data = h.glance.image("shelved-1").and_then(|(_, d)| d).expect("the filesystem is in Glance");
+    // (Glance hashes what it stored; the fake is told.)
+    h.glance.add_active("shelved-1", "docker", data);
+
+    // The scheduler claims this host again, then casts the unshelve.
+    h.request(&u, TaskState::Unshelving);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert!(h.glance.image("shelved-1").is_none(), "the shelved image is deleted");
+    let sys = h.nova.field(&u, "system_metadata").unwrap();
+    assert!(sys.get("shelved_image_id").is_none(), "{sys}");
+    assert_eq!(h.placement.allocations(&u).len(), 1, "the claim stays");
+}
+
+#[tokio::test]
+async fn an_unshelve_that_fails_leaves_nothing_here_and_frees_the_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::ShelvedOffloaded, Some(TaskState::Unshelving), NoState);
+    h.glance.add_active("shelved-1", "docker", crate::testing::fake_driver::docker_save_archive());
+    h.nova.set_field(&u, "system_metadata", json!({"shelved_image_id": "shelved-1"}));
+    h.nova.set_field(&u, "host", Value::Null);
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.driver.fail("start_created");
+    assert!(h.manager.unshelve_instance(&h.ctx, h.rpc_instance(&u), None).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::ShelvedOffloaded), None, NoState));
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    assert!(h.placement.allocations(&u).is_empty());
+    assert!(h.driver.container(&u).is_none());
+    assert!(h.glance.image("shelved-1").is_some(), "the shelved image stays for another try");
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_shelve_whose_upload_fails_starts_the_instance_again() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.glance.add_queued("shelved-1", json!({}));
+    h.glance.fail("upload");
+    assert!(h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.is_err());
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running));
+    assert!(h.glance.image("shelved-1").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Evacuation
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_evacuation_lands_here_with_its_ports_and_ends_the_migration_done() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    h.nova.set_field(&u, "host", json!("dead-host"));
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    h.neutron.add_user_port("port-1");
+    let mig = uuid::Uuid::new_v4().to_string();
+    req.evacuate = true;
+    req.image_ref = None;
+    req.migration = Some(crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap());
+    h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+    assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"], "its port, plugged here");
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("done")));
+}
+
+#[tokio::test]
+async fn an_evacuation_to_a_host_that_has_the_instance_is_refused() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, Running);
+    req.evacuate = true;
+    let err = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running), "the instance here is untouched");
+}
+
+#[tokio::test]
+async fn a_host_back_from_the_dead_removes_what_was_evacuated_and_never_starts_it() {
+    let h = Harness::new();
+    h.manager.records.set(std::sync::Arc::new(crate::testing::host_records("this-rp"))).ok();
+    // The instance now lives elsewhere; its old container is still here.
+    let u = h.instance(VmState::Active, None, Shutdown);
+    h.nova.set_field(&u, "host", json!("other-host"));
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    h.placement.allocate(&u, "other-rp", &[("MEMORY_MB", 64)]);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": mig, "instance_uuid": u, "status": "done", "migration_type": "evacuation",
+                                "source_compute": crate::testing::HOST, "dest_compute": "other-host"}));
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert!(h.driver.container(&u).is_none(), "the evacuated instance's container is gone");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("power_on")), "{:?}", h.driver.calls());
+    assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["other-rp"]);
+    assert_eq!(h.nova.migration_field(&mig, "status"), Some(json!("completed")));
+}
+
+#[tokio::test]
+async fn a_rebuild_cut_short_by_a_restart_ends_in_error_with_one_container() {
+    let h = Harness::new();
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    // The service dies after setting the old container aside, before the new one.
+    let gate = h.driver.hold("create");
+    let m = h.manager.clone();
+    let ctx = h.ctx.clone();
+    let i = h.rpc_instance(&u);
+    let task = tokio::spawn(async move { m.rebuild_instance(&ctx, i, req).await });
+    gate.entered().await;
+    task.abort();
+    assert!(h.driver.container(&u).is_none() && h.driver.set_aside_container(&u).is_some());
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.states(&u).1, None);
+    assert!(h.driver.container(&u).is_some(), "the old container is back");
+    assert!(h.driver.set_aside_container(&u).is_none());
+    assert_eq!(faults_of(&h, &u).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_move_of_an_instance_deleted_meanwhile_frees_the_migration_without_recreating_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.placement.allocate(&mig, "source-rp", &[("MEMORY_MB", 64)]);
+    let m = crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap();
+    let mut i = h.rpc_instance(&u);
+    h.nova.remove_instance(&u);
+    let op = crate::compute::operation::Operation::new("compute_prep_resize")
+        .holding(Some(crate::compute::operation::Claim::MovedToMigration(m)));
+    let r = h
+        .manager
+        .run(&h.ctx, &mut i, op, async |i| h.manager.save(&h.ctx, i, crate::conductor::Expected::Any).await)
+        .await;
+    assert!(r.is_err_and(|e| e.is_superseded()));
+    assert!(h.placement.allocations(&mig).is_empty());
+    assert!(h.placement.allocations(&u).is_empty(), "no allocation for a deleted instance");
 }

@@ -33,6 +33,7 @@ impl<D: Driver> ComputeManager<D> {
 
     /// Start-up recovery of every instance Nova places on this host.
     pub async fn init_host(&self, ctx: &RequestContext) -> Result<(), OpError> {
+        self.destroy_evacuated_instances(ctx).await;
         let instances = self.conductor.instances_on_host(ctx).await?;
         tracing::info!(count = instances.len(), "recovering instances of this host");
         for i in instances {
@@ -42,6 +43,54 @@ impl<D: Driver> ComputeManager<D> {
             }
         }
         Ok(())
+    }
+
+    /// Nova's `_destroy_evacuated_instances`: the instances evacuated
+    /// away while this host was down lose their container here (never
+    /// started again) and this host's share of their allocation; their
+    /// migrations end `completed`. Best effort: failures are logged.
+    pub async fn destroy_evacuated_instances(&self, ctx: &RequestContext) {
+        let evacuations = match self.conductor.evacuations_from_host(ctx).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the evacuations from this host");
+                return;
+            }
+        };
+        if evacuations.is_empty() {
+            return;
+        }
+        let local: std::collections::HashSet<String> = match self.driver.list_instances().await {
+            Ok(list) => list.into_iter().map(|c| c.uuid).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list this host's containers; evacuated ones stay for now");
+                return;
+            }
+        };
+        let provider = self.records.get().map(|r| r.node_uuid.clone());
+        for mut m in evacuations {
+            let Some(uuid) = m.instance_uuid().map(str::to_string) else { continue };
+            let instance = self.conductor.instance_get(ctx, &uuid).await.ok();
+            if local.contains(&uuid) {
+                tracing::info!(instance = %uuid, "destroying the container of an instance evacuated from this host");
+                let ni = instance.as_ref().map(|i| self.network_info_of(i)).unwrap_or_default();
+                if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &ni).await {
+                    tracing::warn!(instance = %uuid, error = %e, "could not destroy the evacuated instance's container");
+                    continue;
+                }
+            }
+            if instance.is_some()
+                && let (Some(p), Some(rp)) = (&self.placement, &provider)
+                && let Err(e) = p.remove_provider(&uuid, rp).await
+            {
+                tracing::warn!(instance = %uuid, error = %e, "could not free the evacuated instance's allocation here");
+                continue;
+            }
+            m.set_status("completed");
+            if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
+                tracing::warn!(instance = %uuid, error = %e, "could not complete the evacuation's migration");
+            }
+        }
     }
 
     async fn init_instance(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
@@ -61,6 +110,27 @@ impl<D: Driver> ComputeManager<D> {
             self.set_error_state(ctx, &mut i, true).await;
             return Ok(());
         }
+        if matches!(
+            task_state,
+            Some(TaskState::Rebuilding | TaskState::RebuildBlockDeviceMapping | TaskState::RebuildSpawning)
+        ) {
+            // As Nova: a rebuild cut short ends in ERROR (rebuild again). Of
+            // the two containers, the new one stays if it was made, else
+            // the old one is put back; never both.
+            tracing::warn!(instance = %uuid, "the rebuild was interrupted by a restart of this service; setting ERROR");
+            let settled = match self.driver.get_info(&uuid).await {
+                Ok(_) => self.driver.discard_set_aside(&uuid).await,
+                Err(_) => self.driver.restore_set_aside(&uuid).await.map(|_| ()),
+            };
+            if let Err(e) = settled {
+                tracing::warn!(instance = %uuid, error = %e, "could not settle the interrupted rebuild's containers");
+            }
+            let e = OpError::Invalid("the rebuild was interrupted by a restart of the compute service".into());
+            self.record_fault(ctx, &uuid, &e).await;
+            i.set_power_state(self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState));
+            self.set_error_state(ctx, &mut i, true).await;
+            return Ok(());
+        }
         if task_state == Some(TaskState::Deleting) {
             tracing::info!(instance = %uuid, "finishing a deletion interrupted by a restart");
             drop(_lock);
@@ -77,6 +147,16 @@ impl<D: Driver> ComputeManager<D> {
                 if current == PowerState::Paused && !matches!(vm_state, Some(VmState::Paused | VmState::Suspended)) {
                     // The engine pauses during commit; thaw what we froze.
                     let _ = self.driver.unpause(&uuid).await;
+                }
+            }
+            Some(TaskState::ResizeMigrating) => {
+                // Nova rolls a resize interrupted on the source back: the
+                // instance runs here again as it did before.
+                let was_stopped = i.system_metadata().get("old_vm_state").map(String::as_str) == Some("stopped");
+                tracing::warn!(instance = %uuid, "a resize was interrupted by a restart here; rolling it back");
+                self.roll_back_interrupted_resize(ctx, &i).await;
+                if !was_stopped && current != PowerState::Running {
+                    let _ = self.driver.power_on(&uuid).await;
                 }
             }
             Some(TaskState::PoweringOff) => {

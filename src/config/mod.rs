@@ -3,10 +3,13 @@
 //! Files are read with an oslo.config-compatible parser ([`ini`]) and layered
 //! with the `config` crate: later `--config-file`s override earlier ones, and
 //! `OS_<GROUP>__<OPTION>` environment variables override files (oslo.config's
-//! environment source). Options this service does not know are ignored, so the
+//! environment source). Values are interpolated as oslo.config does
+//! ([`interpolate`]: `$option`, `${group.option}`, `$$`). Options this service
+//! does not read are listed ([`Layered::unused`]), not refused, so the
 //! nova.conf of a Python compute host can be used as it is.
 
 pub mod ini;
+pub mod interpolate;
 pub mod keystone;
 pub mod options;
 pub mod transport_url;
@@ -95,6 +98,17 @@ pub enum ConfigError {
     /// `[DEFAULT] transport_url` is not a RabbitMQ URL this host can use.
     #[error("[DEFAULT] transport_url: {0}")]
     TransportUrl(#[from] transport_url::TransportUrlError),
+    /// A `$option` / `${group.option}` reference in an option's value
+    /// cannot be resolved (oslo.config's template substitution).
+    #[error("[{group}] {name}: {source}")]
+    Interpolation {
+        /// The option whose value holds the reference.
+        group: &'static str,
+        /// Its name.
+        name: &'static str,
+        /// Which reference, and why it cannot be resolved.
+        source: interpolate::InterpolationError,
+    },
     /// The `config` crate failed to merge or read the layered sources.
     #[error("configuration: {0}")]
     Layering(#[from] config::ConfigError),
@@ -180,6 +194,9 @@ impl config::Source for EnvSource {
 #[derive(Clone)]
 pub struct Layered {
     cfg: config::Config,
+    /// The values of the table's options holding `$` references, interpolated
+    /// once at load (so a bad reference is an error at start, not later).
+    interpolated: BTreeMap<(&'static str, &'static str), String>,
 }
 
 impl std::fmt::Debug for Layered {
@@ -201,7 +218,7 @@ impl Layered {
             builder = builder.add_source(IniSource { origin: path.display().to_string(), file });
         }
         builder = builder.add_source(EnvSource::from_env());
-        Ok(Layered { cfg: builder.build()? })
+        Layered::interpolated(builder.build()?)
     }
 
     /// Builds from INI text (tests, and `check` on an in-memory file).
@@ -209,7 +226,31 @@ impl Layered {
         let file =
             ini::IniFile::parse(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<text>"), source })?;
         let cfg = config::Config::builder().add_source(IniSource { origin: "<text>".into(), file }).build()?;
-        Ok(Layered { cfg })
+        Layered::interpolated(cfg)
+    }
+
+    /// Interpolates every option of the table that holds a `$` (its set
+    /// value, or its default), as oslo.config does on access. Options the
+    /// host does not read are left alone: a reference in one of those is
+    /// Nova's business.
+    fn interpolated(cfg: config::Config) -> Result<Self, ConfigError> {
+        let mut layered = Layered { cfg, interpolated: BTreeMap::new() };
+        let mut interpolated = BTreeMap::new();
+        for opt in options::ALL {
+            let Some(raw) = layered.uninterpolated(opt) else { continue };
+            if !interpolate::has_template(&raw) {
+                continue;
+            }
+            let value = interpolate::interpolate(&layered, opt.group, opt.name, &raw)
+                .map_err(|source| ConfigError::Interpolation { group: opt.group, name: opt.name, source })?;
+            interpolated.insert((opt.group, opt.name), value);
+        }
+        layered.interpolated = interpolated;
+        Ok(layered)
+    }
+
+    fn uninterpolated(&self, opt: &Opt) -> Option<String> {
+        self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
     }
 
     /// Options set in the groups only nova-docker reads (`[docker]`) that
@@ -260,8 +301,12 @@ impl Layered {
     }
 
     /// The raw text of an option (set value, else its default).
+    /// References (`$option`, `${group.option}`) are already substituted.
     pub fn raw(&self, opt: &Opt) -> Option<String> {
-        self.cfg.get_string(&format!("{}.{}", opt.group, opt.name)).ok().or_else(|| opt.default.map(str::to_string))
+        if let Some(value) = self.interpolated.get(&(opt.group, opt.name)) {
+            return Some(value.clone());
+        }
+        self.uninterpolated(opt)
     }
 
     /// Whether `[group] name` is set by a file or the environment (any
@@ -335,6 +380,28 @@ impl Layered {
                 expected,
             }),
         }
+    }
+}
+
+impl interpolate::Lookup for Layered {
+    fn find(&self, group: &str, name: &str) -> Option<interpolate::Found> {
+        use interpolate::Found;
+        if name.contains('.') || group.contains('.') {
+            return None;
+        }
+        if let Ok(value) = self.cfg.get_string(&format!("{group}.{name}")) {
+            return Some(Found::Value(value));
+        }
+        let opt = options::ALL.iter().find(|o| o.group == group && o.name == name)?;
+        Some(match (opt.default, opt.name) {
+            (Some(default), _) => Found::Value(default.to_string()),
+            // Nova's own computed defaults that are known without probing the host.
+            (None, "host") if group == "DEFAULT" => Found::Value(system_hostname()),
+            (None, "instances_path") if group == "DEFAULT" => Found::Value("$state_path/instances".into()),
+            (None, _) if opt.dynamic_default.is_some() => Found::Computed,
+            // A known option without a value: oslo substitutes "".
+            (None, _) => Found::Value(String::new()),
+        })
     }
 }
 
@@ -518,6 +585,9 @@ pub struct DockerSettings {
     pub userns_mode: Option<String>,
     /// `[docker] read_only_rootfs`: mount instances' root filesystems read-only (image property `os_read_only_rootfs` overrides).
     pub read_only_rootfs: bool,
+    /// `[docker] inject_key`: write the key pair's public key to
+    /// `/root/.ssh/authorized_keys` in the container before its first start.
+    pub inject_key: bool,
     /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
     /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
@@ -568,6 +638,9 @@ pub struct Settings {
     pub my_ip: Option<IpAddr>,
     /// `[DEFAULT] state_path`: directory of persistent state (holds `compute_id`).
     pub state_path: PathBuf,
+    /// The directories of the configuration files read, in order (Nova
+    /// reads `compute_id` there too); empty when built from text.
+    pub config_dirs: Vec<PathBuf>,
     /// `[DEFAULT] debug`: log at debug level.
     pub debug: bool,
     /// `[DEFAULT] max_concurrent_builds`: instance builds run at once (0: unlimited).
@@ -596,6 +669,10 @@ pub struct Settings {
     pub update_resources_interval: Duration,
     /// `[DEFAULT] sync_power_state_interval`: time between full power-state reconciliations (`None` when 0 or less: off).
     pub sync_power_state_interval: Option<Duration>,
+    /// `[DEFAULT] force_config_drive`: every new instance gets a config drive.
+    pub force_config_drive: bool,
+    /// `[api] dhcp_domain`: appended to the hostname in the config drive.
+    pub dhcp_domain: Option<String>,
     /// `[DEFAULT] shutdown_timeout`: time a container gets after SIGTERM before it is killed.
     pub shutdown_timeout: Duration,
     /// `[DEFAULT] running_deleted_instance_action`: what to do with containers whose instance is gone.
@@ -618,8 +695,14 @@ pub struct Settings {
     pub nova_release: String,
     /// `[docker] metrics_listen`: host:port serving /healthz, /readyz and /metrics (`None`: no endpoint).
     pub metrics_listen: Option<String>,
-    /// `[docker] log_format` = json: log lines as JSON instead of text.
+    /// `[DEFAULT] use_json` or `[docker] log_format` = json: log lines as oslo.log JSON instead of text.
     pub log_json: bool,
+    /// `[DEFAULT] log_file` (under `log_dir`), or `<log_dir>/nova-docker.log`: where the log is appended (`None`: stderr).
+    pub log_file: Option<PathBuf>,
+    /// `[DEFAULT] log_dir`: the directory of a relative `--log-file`.
+    pub log_dir: Option<PathBuf>,
+    /// `[DEFAULT] use_journal`: log to journald's native socket.
+    pub use_journal: bool,
     /// `[oslo_messaging_rabbit]`: how RabbitMQ entities are declared and reconnected.
     pub rabbit: RabbitSettings,
     /// `[placement]`: how to reach and authenticate to Placement.
@@ -656,7 +739,15 @@ fn interval(v: i64) -> Option<Duration> {
 impl Settings {
     /// Loads and validates the settings from `--config-file`s in order.
     pub fn load(paths: &[PathBuf]) -> Result<Self, ConfigError> {
-        Self::from_layered(&Layered::load(paths)?)
+        let mut s = Self::from_layered(&Layered::load(paths)?)?;
+        s.config_dirs = Vec::new();
+        for dir in paths.iter().filter_map(|p| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if !s.config_dirs.iter().any(|d| d == dir) {
+                s.config_dirs.push(dir.to_path_buf());
+            }
+        }
+        Ok(s)
     }
 
     /// Validates settings from already layered values.
@@ -796,6 +887,7 @@ impl Settings {
             report_interval: secs(int(&REPORT_INTERVAL)?.max(1)),
             my_ip,
             state_path,
+            config_dirs: Vec::new(),
             debug: l.bool(&DEBUG)?,
             max_concurrent_builds: int(&MAX_CONCURRENT_BUILDS)?.max(0) as usize,
             max_concurrent_snapshots: int(&MAX_CONCURRENT_SNAPSHOTS)?.max(0) as usize,
@@ -810,6 +902,8 @@ impl Settings {
             initial_disk_allocation_ratio: float(&INITIAL_DISK_ALLOCATION_RATIO)?,
             update_resources_interval: interval(int(&UPDATE_RESOURCES_INTERVAL)?).unwrap_or(Duration::from_secs(60)),
             sync_power_state_interval: interval(int(&SYNC_POWER_STATE_INTERVAL)?),
+            force_config_drive: l.bool(&FORCE_CONFIG_DRIVE)?,
+            dhcp_domain: l.string(&API_DHCP_DOMAIN).filter(|d| !d.is_empty()),
             shutdown_timeout: secs(int(&SHUTDOWN_TIMEOUT)?),
             running_deleted_instance_action: deleted_action,
             running_deleted_instance_poll_interval: interval(int(&RUNNING_DELETED_INSTANCE_POLL_INTERVAL)?),
@@ -821,7 +915,13 @@ impl Settings {
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,
             metrics_listen: l.string(&DOCKER_METRICS_LISTEN),
-            log_json: log_format == "json",
+            log_json: log_format == "json" || l.bool(&USE_JSON)?,
+            log_file: crate::logging::log_file_path(
+                l.string(&LOG_FILE).as_deref().map(Path::new),
+                l.string(&LOG_DIR).as_deref().map(Path::new),
+            ),
+            log_dir: l.string(&LOG_DIR).map(PathBuf::from),
+            use_journal: l.bool(&USE_JOURNAL)?,
             rabbit: RabbitSettings {
                 heartbeat_timeout_threshold: int(&HEARTBEAT_TIMEOUT_THRESHOLD)?.clamp(0, u16::MAX as i64) as u16,
                 durable_queues: l.bool(&AMQP_DURABLE_QUEUES)?,
@@ -921,6 +1021,7 @@ impl Settings {
                 seccomp_profile: l.string(&DOCKER_SECCOMP_PROFILE).map(PathBuf::from),
                 userns_mode: l.string(&DOCKER_USERNS_MODE),
                 read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
+                inject_key: l.bool(&DOCKER_INJECT_KEY)?,
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
@@ -938,9 +1039,23 @@ impl Settings {
         })
     }
 
-    /// Where the node identity is kept (`$state_path/compute_id`, as Nova).
+    /// Where the node identity is kept (`$state_path/compute_id`, as Nova):
+    /// the only place it is written.
     pub fn compute_id_path(&self) -> PathBuf {
         self.state_path.join("compute_id")
+    }
+
+    /// Where Nova (2023.1+, `nova.virt.node.read_local_node_uuid`) reads
+    /// the node identity, in order: `compute_id` next to each configuration
+    /// file (where deployment tools provision it), then in `state_path`.
+    /// Every one found must hold the same uuid.
+    pub fn compute_id_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.config_dirs.iter().map(|d| d.join("compute_id")).collect();
+        let own = self.compute_id_path();
+        if !paths.contains(&own) {
+            paths.push(own);
+        }
+        paths
     }
 }
 
@@ -1092,6 +1207,22 @@ driver = noop
     }
 
     #[test]
+    fn compute_id_is_looked_for_next_to_each_file_then_in_state_path() {
+        let dir = std::env::temp_dir().join(format!("nd-conf-cid-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        let (a, b, c) = (dir.join("nova.conf"), dir.join("d/10.conf"), dir.join("d/20.conf"));
+        std::fs::write(&a, "[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /var/lib/nova\n").unwrap();
+        std::fs::write(&b, "").unwrap();
+        std::fs::write(&c, "").unwrap();
+        let s = Settings::load(&[a, b, c]).unwrap();
+        assert_eq!(
+            s.compute_id_paths(),
+            [dir.join("compute_id"), dir.join("d/compute_id"), PathBuf::from("/var/lib/nova/compute_id")]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn later_files_override_earlier_ones() {
         let dir = std::env::temp_dir().join(format!("nd-conf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1238,5 +1369,57 @@ driver = noop
         let conf = "[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /srv/nova\n";
         let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
         assert_eq!(s.docker.instances_path, PathBuf::from("/srv/nova/instances"));
+    }
+
+    #[test]
+    fn values_are_interpolated_as_oslo_config_does() {
+        let conf = "[DEFAULT]\nbase = /srv\nstate_path = $base/nova\ninstances_path = ${state_path}/inst\n\
+                    transport_url = rabbit://nova:pa$$s@h/\nhost = ${docker.node}-x\n\
+                    [docker]\nnode = cmp1\n[glance]\nendpoint_override = http://img.$host:9292\n";
+        let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
+        assert_eq!(s.state_path, PathBuf::from("/srv/nova"));
+        assert_eq!(s.docker.instances_path, PathBuf::from("/srv/nova/inst"));
+        assert_eq!(s.compute_id_path(), PathBuf::from("/srv/nova/compute_id"));
+        assert_eq!(s.transport_url.brokers[0].password, "pa$s");
+        assert_eq!(s.host, "cmp1-x");
+        assert_eq!(s.glance.endpoint_override.as_deref(), Some("http://img.cmp1-x:9292"));
+        // A default holding a reference (instances_path) follows state_path.
+        let s = Settings::from_layered(
+            &Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = /data\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.docker.instances_path, PathBuf::from("/data/instances"));
+    }
+
+    #[test]
+    fn bad_references_are_errors_naming_the_option() {
+        let err =
+            Layered::from_text("[DEFAULT]\ntransport_url = rabbit://h/\nstate_path = $pybasedir/x\n").unwrap_err();
+        assert_eq!(err.to_string(), "[DEFAULT] state_path: $pybasedir: no such option in [DEFAULT]");
+        let err = Layered::from_text("[DEFAULT]\nstate_path = $instances_path\ninstances_path = $state_path/i\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("the references loop"), "{err}");
+        let err = Layered::from_text("[glance]\nregion_name = $my_ip\n").unwrap_err();
+        assert!(err.to_string().starts_with("[glance] region_name: $my_ip: its value is computed"), "{err}");
+        // References in options the host does not read are Nova's business.
+        assert!(Layered::from_text("[vnc]\nserver_listen = $my_ip\n[DEFAULT]\nx = $nothing\n").is_ok());
+    }
+
+    #[test]
+    fn logging_options_are_read_as_oslo_log() {
+        let base = "[DEFAULT]\ntransport_url = rabbit://h/\n";
+        let s = Settings::from_layered(&Layered::from_text(base).unwrap()).unwrap();
+        assert_eq!((s.log_file.clone(), s.log_json, s.use_journal, s.debug), (None, false, false, false));
+        let conf = format!(
+            "{base}log_dir = /var/log/nova\nlog_file = c.log\nuse_json = true\nuse_journal = yes\ndebug = on\n"
+        );
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/nova/c.log")));
+        assert!(s.log_json && s.use_journal && s.debug);
+        let conf = format!("{base}log_dir = /var/log/nova\n");
+        let s = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap();
+        assert_eq!(s.log_file, Some(PathBuf::from("/var/log/nova/nova-docker.log")));
+        let s = Settings::from_layered(&Layered::from_text(&format!("{base}[docker]\nlog_format = json\n")).unwrap());
+        assert!(s.unwrap().log_json);
     }
 }

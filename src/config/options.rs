@@ -77,7 +77,15 @@ opts! {
     INSTANCES_PATH: "DEFAULT" "instances_path" Str = None, Some("$state_path/instances"),
         "Directory of per-instance files: each instance's generated /etc/resolv.conf and /etc/hosts.";
     DEBUG: "DEFAULT" "debug" Bool = Some("false"), None,
-        "Log at debug level.";
+        "Log at debug level. Re-read on SIGHUP.";
+    LOG_FILE: "DEFAULT" "log_file" Str = None, None,
+        "Append the log to this file (relative to log_dir when that is set); --log-file overrides it. Unset, and without log_dir or use_journal: stderr.";
+    LOG_DIR: "DEFAULT" "log_dir" Str = None, None,
+        "Directory of log_file; with log_dir alone the log is <log_dir>/nova-docker.log (as oslo.log).";
+    USE_JSON: "DEFAULT" "use_json" Bool = Some("false"), None,
+        "Log one JSON object per line, with oslo.log's JSONFormatter field names.";
+    USE_JOURNAL: "DEFAULT" "use_journal" Bool = Some("false"), None,
+        "Send the log to journald's native socket (/run/systemd/journal/socket) with oslo.log's structured fields; the service refuses to start when that socket cannot be used.";
     MAX_CONCURRENT_BUILDS: "DEFAULT" "max_concurrent_builds" Int = Some("10"), None,
         "Maximum number of instance builds run at once on this host (0 means unlimited).";
     MAX_CONCURRENT_SNAPSHOTS: "DEFAULT" "max_concurrent_snapshots" Int = Some("5"), None,
@@ -104,6 +112,10 @@ opts! {
         "Seconds between refreshes of the compute node's resources and placement inventory.";
     SYNC_POWER_STATE_INTERVAL: "DEFAULT" "sync_power_state_interval" Int = Some("600"), None,
         "Seconds between full power-state reconciliations with Docker (Docker events update Nova in between). Negative disables.";
+    FORCE_CONFIG_DRIVE: "DEFAULT" "force_config_drive" Bool = Some("false"), None,
+        "Give every new instance a config drive (read-only at /mnt/config in its container), as if its server had asked for one.";
+    API_DHCP_DOMAIN: "api" "dhcp_domain" Str = Some("novalocal"), None,
+        "Domain appended to the instance's hostname in its config drive's meta_data.json (empty: none), as Nova's metadata does.";
     SHUTDOWN_TIMEOUT: "DEFAULT" "shutdown_timeout" Int = Some("60"), None,
         "Seconds a container gets to stop after SIGTERM before it is killed (stop, soft reboot, delete).";
     RUNNING_DELETED_INSTANCE_ACTION: "DEFAULT" "running_deleted_instance_action" Str ["noop", "log", "shutdown", "reap"] = Some("reap"), None,
@@ -286,14 +298,16 @@ opts! {
         "How vCPUs limit a container: shares (relative weight, vcpus x 1024) or quota (a hard cap of vcpus CPUs, plus the weight).";
     DOCKER_CPUSET_CPUS: "docker" "cpuset_cpus" Str = None, None,
         "Host CPUs instances may run on (cpuset syntax, e.g. 2-7); unset: any.";
-    DOCKER_CAPABILITIES: "docker" "capabilities" List = Some("CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID,SETPCAP,NET_BIND_SERVICE,SYS_CHROOT,AUDIT_WRITE"), None,
-        "Linux capabilities an instance keeps; every other capability is dropped.";
+    DOCKER_CAPABILITIES: "docker" "capabilities" List = Some("CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID,SETPCAP,NET_BIND_SERVICE,NET_RAW,SYS_CHROOT,AUDIT_WRITE"), None,
+        "Linux capabilities an instance keeps; every other capability is dropped. NET_RAW (raw sockets: ping, DHCP and network tools) is kept as Docker keeps it: Neutron's port security drops forged frames (SECURITY.md).";
     DOCKER_SECCOMP_PROFILE: "docker" "seccomp_profile" Str = None, None,
         "Path of a seccomp profile (JSON) applied to instances; unset: the engine's default profile.";
     DOCKER_USERNS_MODE: "docker" "userns_mode" Str = None, None,
         "User namespace mode passed to the engine (empty: the daemon's setting, e.g. its userns-remap).";
     DOCKER_READ_ONLY_ROOTFS: "docker" "read_only_rootfs" Bool = Some("false"), None,
         "Mount instances' root filesystems read-only (image property os_read_only_rootfs overrides).";
+    DOCKER_INJECT_KEY: "docker" "inject_key" Bool = Some("false"), None,
+        "Write the instance's key pair public key to /root/.ssh/authorized_keys in its container before the first start (as the old nova-docker driver did); replaces the image's file.";
     DOCKER_SNAPSHOT_PAUSE: "docker" "snapshot_pause" Bool = Some("true"), None,
         "Pause the container while it is committed for a snapshot, for a consistent filesystem.";
     DOCKER_KEEP_SNAPSHOT_IMAGES: "docker" "keep_snapshot_images" Bool = Some("false"), None,
@@ -317,7 +331,7 @@ opts! {
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,
         "host:port of an HTTP endpoint serving /healthz, /readyz and Prometheus /metrics; unset: no endpoint.";
     DOCKER_LOG_FORMAT: "docker" "log_format" Str ["text", "json"] = Some("text"), None,
-        "Log line format: text or json.";
+        "Log line format: text (oslo.log's) or json (oslo.log's JSONFormatter); json is the same as [DEFAULT] use_json = true.";
 
     // [image_cache]
     IMAGE_CACHE_MANAGER_INTERVAL: "image_cache" "manager_interval" Int = Some("2400"), None,

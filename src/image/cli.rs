@@ -57,22 +57,13 @@ pub async fn import(
     name: Option<String>,
     visibility: Option<String>,
     properties: &[String],
+    hypervisor_type: bool,
 ) -> anyhow::Result<String> {
+    let body = image_body(image, name, visibility, properties, hypervisor_type)?;
     let (glance, ctx) = cli_glance(settings).await?;
     let driver = DockerDriver::connect(&settings.docker, &settings.host).await?;
     if driver.find_image(image).await?.is_none() {
         bail!("Docker has no image {image:?} on this host");
-    }
-    let mut body = Map::new();
-    body.insert("name".into(), json!(name.unwrap_or_else(|| image.to_string())));
-    body.insert("container_format".into(), json!("docker"));
-    body.insert("disk_format".into(), json!("raw"));
-    if let Some(v) = visibility {
-        body.insert("visibility".into(), json!(v));
-    }
-    for p in properties {
-        let (k, v) = p.split_once('=').with_context(|| format!("--property {p:?} is not key=value"))?;
-        body.insert(k.trim().to_string(), json!(v));
     }
     let created = glance.create(ctx.as_ref(), Value::Object(body)).await?;
     let limits = archive_limits(&settings.docker);
@@ -85,6 +76,35 @@ pub async fn import(
         return Err(e).context(format!("upload of {image} to Glance failed; the partial image was deleted"));
     }
     Ok(created.id)
+}
+
+/// The Glance image-create body of `image import`. With `hypervisor_type`
+/// (the default), the image gets `hypervisor_type=docker` unless a
+/// `--property` sets it: Nova's `ImagePropertiesFilter` then schedules it
+/// only to hosts reporting the docker hypervisor type (this host does), and
+/// never to the libvirt hosts of a mixed cloud.
+pub fn image_body(
+    image: &str,
+    name: Option<String>,
+    visibility: Option<String>,
+    properties: &[String],
+    hypervisor_type: bool,
+) -> anyhow::Result<Map<String, Value>> {
+    let mut body = Map::new();
+    body.insert("name".into(), json!(name.unwrap_or_else(|| image.to_string())));
+    body.insert("container_format".into(), json!("docker"));
+    body.insert("disk_format".into(), json!("raw"));
+    if let Some(v) = visibility {
+        body.insert("visibility".into(), json!(v));
+    }
+    if hypervisor_type {
+        body.insert("hypervisor_type".into(), json!("docker"));
+    }
+    for p in properties {
+        let (k, v) = p.split_once('=').with_context(|| format!("--property {p:?} is not key=value"))?;
+        body.insert(k.trim().to_string(), json!(v));
+    }
+    Ok(body)
 }
 
 /// Loads a Glance image into Docker; returns the Docker image id.
@@ -129,5 +149,26 @@ impl Progress {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imported_images_are_docker_hypervisor_images_unless_told_otherwise() {
+        let props = ["os_distro=busybox".to_string()];
+        let body = image_body("busybox:1", None, None, &props, true).unwrap();
+        assert_eq!(body["hypervisor_type"], "docker");
+        assert_eq!(body["container_format"], "docker");
+        assert_eq!(body["name"], "busybox:1");
+        assert_eq!(body["os_distro"], "busybox");
+        let body = image_body("busybox:1", None, None, &props, false).unwrap();
+        assert!(!body.contains_key("hypervisor_type"), "{body:?}");
+        // An explicit --property wins.
+        let body = image_body("b", None, None, &["hypervisor_type=lxc".to_string()], true).unwrap();
+        assert_eq!(body["hypervisor_type"], "lxc");
+        assert!(image_body("b", None, None, &["novalue".to_string()], true).is_err());
     }
 }

@@ -50,6 +50,12 @@ pub trait ImageStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), GlanceError>>;
     /// `DELETE /v2/images/<id>` (a missing image is fine).
     fn delete<'a>(&'a self, ctx: Option<&'a RequestContext>, id: &'a str) -> BoxFuture<'a, Result<(), GlanceError>>;
+    /// `POST /v2/images`: a new record (no data yet) with `body`'s fields.
+    fn create<'a>(
+        &'a self,
+        ctx: Option<&'a RequestContext>,
+        body: Value,
+    ) -> BoxFuture<'a, Result<GlanceImage, GlanceError>>;
 }
 
 impl ImageStore for Glance {
@@ -98,5 +104,13 @@ impl ImageStore for Glance {
 
     fn delete<'a>(&'a self, ctx: Option<&'a RequestContext>, id: &'a str) -> BoxFuture<'a, Result<(), GlanceError>> {
         Box::pin(Glance::delete(self, ctx, id))
+    }
+
+    fn create<'a>(
+        &'a self,
+        ctx: Option<&'a RequestContext>,
+        body: Value,
+    ) -> BoxFuture<'a, Result<GlanceImage, GlanceError>> {
+        Box::pin(Glance::create(self, ctx, body))
     }
 }

@@ -38,6 +38,11 @@ impl Flavor {
         self.obj.get_i64("root_gb")
     }
 
+    /// The flavor's database id (`instance_type_id`).
+    pub fn id(&self) -> Option<i64> {
+        self.obj.get_i64("id")
+    }
+
     /// Flavor name.
     pub fn name(&self) -> Option<&str> {
         self.obj.get_str("name")
@@ -162,6 +167,22 @@ impl Instance {
         self.obj.get_str("hostname")
     }
 
+    /// The public key of the server's key pair (`key_data`), tenant text.
+    pub fn key_data(&self) -> Option<&str> {
+        self.obj.get_str("key_data")
+    }
+
+    /// Whether the server asked for a config drive (`config_drive`, a
+    /// string field: Nova stores "True" or an empty string; any non-empty
+    /// string or true counts, as Python's truth in `configdrive.required_by`).
+    pub fn config_drive(&self) -> bool {
+        match self.obj.get("config_drive") {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        }
+    }
+
     /// User-facing name.
     pub fn display_name(&self) -> Option<&str> {
         self.obj.get_str("display_name")
@@ -175,6 +196,29 @@ impl Instance {
     /// The embedded flavor, if loaded.
     pub fn flavor(&self) -> Option<Flavor> {
         self.obj.get("flavor").and_then(|v| NovaObject::expect(v, "Flavor").ok()).map(|obj| Flavor { obj })
+    }
+
+    /// One of the instance's flavors: `flavor`, `old_flavor` (kept during a
+    /// resize for a revert) or `new_flavor` (stashed by prep_resize).
+    pub fn flavor_named(&self, field: &str) -> Option<Flavor> {
+        self.obj.get(field).and_then(|v| NovaObject::expect(v, "Flavor").ok()).map(|obj| Flavor { obj })
+    }
+
+    /// Makes `flavor` the instance's flavor with the columns that mirror it,
+    /// as Nova's `_set_instance_info` does when a resize finishes or reverts.
+    pub fn apply_flavor(&mut self, flavor: &Flavor) {
+        for (column, field) in [
+            ("memory_mb", "memory_mb"),
+            ("vcpus", "vcpus"),
+            ("root_gb", "root_gb"),
+            ("ephemeral_gb", "ephemeral_gb"),
+            ("instance_type_id", "id"),
+        ] {
+            if let Some(v) = flavor.obj.get_i64(field) {
+                self.obj.set(column, v);
+            }
+        }
+        self.obj.set("flavor", flavor.obj.to_primitive());
     }
 
     /// RAM in MiB (flavor first, then the instance column).

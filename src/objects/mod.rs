@@ -9,6 +9,7 @@
 
 pub mod compute_node;
 pub mod instance;
+pub mod migration;
 pub mod service;
 pub mod states;
 pub mod time;
@@ -19,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 pub use compute_node::ComputeNode;
 pub use instance::{Flavor, Instance};
+pub use migration::Migration;
 pub use service::Service;
 pub use states::{PowerState, TaskState, VmState};
 
@@ -72,7 +74,7 @@ pub enum ObjectError {
 /// rather than guessed at (oslo.versionedobjects raises
 /// `IncompatibleObjectVersion` for the same reason).
 const KNOWN_MAJORS: &[(&str, u32)] =
-    &[("Instance", 2), ("InstanceList", 2), ("Flavor", 1), ("ComputeNode", 1), ("Service", 1)];
+    &[("Instance", 2), ("InstanceList", 2), ("Flavor", 1), ("ComputeNode", 1), ("Service", 1), ("Migration", 1)];
 
 /// A Nova object primitive with change tracking.
 #[derive(Debug, Clone, PartialEq)]

@@ -139,6 +139,22 @@ impl RequestContext {
         self.str("user_id").or_else(|| self.str("user"))
     }
 
+    /// oslo.context's `user_identity` for log lines (oslo.log's
+    /// `logging_user_identity_format`): `user project domain system_scope
+    /// user_domain project_domain`, `-` for each the context lacks.
+    pub fn user_identity(&self) -> String {
+        let part = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+        [
+            part(self.user_id()),
+            part(self.project_id()),
+            part(self.str("domain")),
+            part(self.str("system_scope")),
+            part(self.str("user_domain")),
+            part(self.str("project_domain")),
+        ]
+        .join(" ")
+    }
+
     /// Whether the request carries admin rights.
     pub fn is_admin(&self) -> bool {
         self.values.get("is_admin").and_then(Value::as_bool).unwrap_or(false)
@@ -192,6 +208,14 @@ mod tests {
         assert!(RequestContext::from_map(c.values.clone()).is_ok());
         let ts = wire["_context_timestamp"].as_str().unwrap();
         assert_eq!(ts.len(), "2026-11-25T11:42:58.746817".len());
+    }
+
+    #[test]
+    fn user_identity_is_oslo_contexts() {
+        let c =
+            ctx(json!({"user_id": "u1", "project_id": "p1", "user_domain": "default", "project_domain": "default"}));
+        assert_eq!(c.unwrap().user_identity(), "u1 p1 - - default default");
+        assert_eq!(ctx(json!({})).unwrap().user_identity(), "- - - - - -");
     }
 
     #[test]

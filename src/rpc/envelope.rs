@@ -81,10 +81,13 @@ pub struct ReplyTo {
 }
 
 /// Whether an argument's name says it holds a secret (`admin_password`,
-/// `auth_token`, `password`, `secret`, `credential`...).
+/// `auth_token`, `password`, `secret`, `credential`...), or tenant data that
+/// often does (`injected_files`' contents, `user_data`).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "passwd", "token", "secret", "credential", "private_key"].iter().any(|s| k.contains(s))
+    ["password", "passwd", "token", "secret", "credential", "private_key", "injected_files", "user_data"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
 /// `v` with the value of every key [`is_secret_key`] names replaced by

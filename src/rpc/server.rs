@@ -200,7 +200,10 @@ impl RpcServer {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(queue = %incoming.queue, bytes = incoming.body.len(), error = %e, "dropped unreadable message");
-                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                metrics::global().inc(
+                    "nova_docker_rpc_requests_total",
+                    &[("method", crate::metrics::UNKNOWN), ("outcome", "malformed")],
+                );
                 return None;
             }
         };
@@ -209,7 +212,10 @@ impl RpcServer {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(queue = %incoming.queue, error = %e, "dropped invalid request");
-                metrics::global().inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                metrics::global().inc(
+                    "nova_docker_rpc_requests_total",
+                    &[("method", crate::metrics::UNKNOWN), ("outcome", "malformed")],
+                );
                 if let Some(reply_to) = reply_to
                     && !self.reply_queue_obsolete(&reply_to.reply_q)
                 {
@@ -234,10 +240,16 @@ impl RpcServer {
                 "dropped duplicate message");
             return None;
         }
+        // The fields oslo.log's context format shows (see crate::logging).
+        let ctx = &request.context;
         let span = tracing::info_span!(
             "rpc",
             method = %request.method,
-            request_id = request.context.request_id().unwrap_or("-"),
+            request_id = ctx.request_id().unwrap_or("-"),
+            global_request_id = ctx.global_request_id().unwrap_or("-"),
+            user_identity = %ctx.user_identity(),
+            user = ctx.user_id().unwrap_or("-"),
+            project = ctx.project_id().unwrap_or("-"),
             instance = tracing::field::Empty,
         );
         Some((request, span))
@@ -255,7 +267,7 @@ impl RpcServer {
         let routed = self.dispatcher.route(&request);
         // Only methods an endpoint serves get a metric series of their own:
         // a peer's made-up names would each add one, forever.
-        let method = if routed.is_ok() { request.method.clone() } else { "-".to_string() };
+        let method = if routed.is_ok() { request.method.clone() } else { metrics::UNKNOWN.to_string() };
         let result: CallResult = match routed {
             Err(e) => Err(e),
             Ok(endpoint) => {
@@ -308,8 +320,11 @@ impl RpcServer {
                 }
                 drop(waiting);
             }
-            (None, Err(e)) => tracing::warn!(error = %e, "cast failed"),
-            (None, Ok(_)) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "cast handled"),
+            // oslo.log's line has no place for the method: the field says it.
+            (None, Err(e)) => tracing::warn!(method = %request.method, error = %e, "cast failed"),
+            (None, Ok(_)) => {
+                tracing::debug!(method = %request.method, elapsed_ms = started.elapsed().as_millis() as u64, "cast handled")
+            }
         }
     }
 

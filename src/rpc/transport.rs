@@ -688,8 +688,10 @@ async fn start_consumer(
                     if delivery.data.len() > max_bytes {
                         tracing::warn!(queue = %queue, bytes = delivery.data.len(), limit = max_bytes,
                             "dropped a message larger than the limit");
-                        crate::metrics::global()
-                            .inc("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+                        crate::metrics::global().inc(
+                            "nova_docker_rpc_requests_total",
+                            &[("method", crate::metrics::UNKNOWN), ("outcome", "malformed")],
+                        );
                         continue;
                     }
                     let incoming = Incoming {

@@ -27,6 +27,15 @@ pub struct FakeContainer {
     pub plugged: Vec<String>,
     /// The DNS servers its resolv.conf names.
     pub dns: Vec<String>,
+    /// Its memory limit (0 for one the test added).
+    pub memory_bytes: i64,
+    /// The image it was created from (empty for one the test added).
+    pub image: String,
+    /// The files written into it before its first start.
+    pub files: Vec<crate::virt::spec::GuestFile>,
+    /// Its config drive's files (network_data.json as the refreshed
+    /// port ids, comma-separated, once refreshed).
+    pub config_drive: Option<Vec<crate::virt::config_drive::DriveFile>>,
 }
 
 /// An operation held at its start until the test releases it.
@@ -50,6 +59,7 @@ impl Gate {
 #[derive(Default)]
 struct State {
     containers: HashMap<String, FakeContainer>,
+    set_aside: HashMap<String, FakeContainer>,
     failing: HashSet<&'static str>,
     gates: HashMap<&'static str, Arc<Gate>>,
     calls: Vec<String>,
@@ -87,13 +97,33 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new() };
+        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), memory_bytes: 0, image: String::new(), files: Vec::new(), config_drive: None };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
+    }
+
+    /// Gives the container of `uuid` an empty config drive (as a build
+    /// that asked for one would have).
+    pub fn give_config_drive(&self, uuid: &str) {
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid) {
+                c.config_drive = Some(Vec::new());
+            }
+        });
     }
 
     /// The container of `uuid`, if any.
     pub fn container(&self, uuid: &str) -> Option<FakeContainer> {
         self.with(|s| s.containers.get(uuid).cloned())
+    }
+
+    /// Marks `ports` plugged into the running container of `uuid`.
+    pub fn change_plugged(&self, uuid: &str, ports: &[&str]) {
+        let _ = self.change(uuid, |c| c.plugged = ports.iter().map(|p| p.to_string()).collect());
+    }
+
+    /// The container a rebuild set aside for `uuid`, if any.
+    pub fn set_aside_container(&self, uuid: &str) -> Option<FakeContainer> {
+        self.with(|s| s.set_aside.get(uuid).cloned())
     }
 
     /// Makes every later `op` (a [`Driver`] method name) fail.
@@ -218,7 +248,15 @@ impl Driver for FakeDriver {
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("create", &spec.uuid).await?;
         let dns = crate::virt::host_network::dns_servers(network_info);
-        let c = FakeContainer { state: PowerState::Shutdown, plugged: Vec::new(), dns };
+        let c = FakeContainer {
+            state: PowerState::Shutdown,
+            plugged: Vec::new(),
+            dns,
+            memory_bytes: spec.memory_bytes,
+            image: spec.image.clone(),
+            files: spec.files.clone(),
+            config_drive: spec.config_drive.clone().map(|d| d.0),
+        };
         self.with(|s| s.containers.insert(spec.uuid.clone(), c));
         Ok(())
     }
@@ -231,10 +269,56 @@ impl Driver for FakeDriver {
         self.change(uuid, started)
     }
 
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        self.enter("refresh_config_drive", uuid).await?;
+        let ports: Vec<String> = network_info.iter().map(|v| v.id.clone()).collect();
+        self.with(|s| {
+            if let Some(c) = s.containers.get_mut(uuid)
+                && let Some(drive) = c.config_drive.as_mut()
+            {
+                drive.retain(|(p, _)| p != crate::virt::config_drive::NETWORK_DATA);
+                drive.push((crate::virt::config_drive::NETWORK_DATA.to_string(), ports.join(",").into_bytes()));
+            }
+        });
+        Ok(())
+    }
+
     async fn destroy(&self, uuid: &str, _timeout: Duration, _network_info: &NetworkInfo) -> Result<(), VirtError> {
         self.enter("destroy", uuid).await?;
-        self.with(|s| s.containers.remove(uuid));
+        self.with(|s| {
+            s.containers.remove(uuid);
+            s.set_aside.remove(uuid)
+        });
         Ok(())
+    }
+
+    async fn set_aside(&self, uuid: &str, _timeout: Duration) -> Result<Option<PowerState>, VirtError> {
+        self.enter("set_aside", uuid).await?;
+        Ok(self.with(|s| {
+            let mut c = s.containers.remove(uuid)?;
+            let was = c.state;
+            c.state = PowerState::Shutdown;
+            c.plugged.clear();
+            s.set_aside.insert(uuid.to_string(), c);
+            Some(was)
+        }))
+    }
+
+    async fn discard_set_aside(&self, uuid: &str) -> Result<(), VirtError> {
+        self.enter("discard_set_aside", uuid).await?;
+        self.with(|s| s.set_aside.remove(uuid));
+        Ok(())
+    }
+
+    async fn restore_set_aside(&self, uuid: &str) -> Result<bool, VirtError> {
+        self.enter("restore_set_aside", uuid).await?;
+        Ok(self.with(|s| match s.set_aside.remove(uuid) {
+            Some(c) => {
+                s.containers.insert(uuid.to_string(), c);
+                true
+            }
+            None => false,
+        }))
     }
 
     async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
@@ -397,7 +481,13 @@ impl Driver for FakeDriver {
     async fn commit(&self, uuid: &str, _pause: bool, _changes: Vec<String>) -> Result<String, VirtError> {
         self.enter("commit", uuid).await?;
         self.info(uuid)?;
-        Ok(format!("sha256:{}", "c".repeat(64)))
+        let id = format!("sha256:{}", "c".repeat(64));
+        self.with(|s| {
+            if !s.images.iter().any(|i| i.id == id) {
+                s.images.push(LocalImage { id: id.clone(), tags: Vec::new(), volumes: Vec::new() });
+            }
+        });
+        Ok(id)
     }
 
     fn save_image(&self, image: &str) -> BoxStream<'static, Result<Bytes, VirtError>> {

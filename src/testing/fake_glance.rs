@@ -196,4 +196,17 @@ impl ImageStore for FakeGlance {
             Ok(())
         })
     }
+
+    fn create<'a>(
+        &'a self,
+        _ctx: Option<&'a RequestContext>,
+        body: Value,
+    ) -> BoxFuture<'a, Result<GlanceImage, GlanceError>> {
+        Box::pin(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            self.check("create", &id)?;
+            self.add_queued(&id, body);
+            self.found(&id, "POST")
+        })
+    }
 }

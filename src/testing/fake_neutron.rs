@@ -58,6 +58,11 @@ impl FakeNeutron {
         self.with(|s| s.ports.keys().cloned().collect())
     }
 
+    /// The host a port is bound to (None when unbound or unknown).
+    pub fn binding_host(&self, id: &str) -> Option<String> {
+        self.with(|s| s.ports.get(id).and_then(|p| p["binding:host_id"].as_str().map(str::to_string)))
+    }
+
     /// Ports deleted so far.
     pub fn deleted(&self) -> Vec<String> {
         self.with(|s| s.deleted.clone())
@@ -154,6 +159,20 @@ impl PortService for FakeNeutron {
         })
     }
 
+    fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>> {
+        Box::pin(async move {
+            self.check("unbind_host")?;
+            self.with(|s| {
+                for id in port_ids {
+                    if let Some(p) = s.ports.get_mut(id) {
+                        p["binding:host_id"] = json!("");
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+
     fn release_instance_ports<'a>(
         &'a self,
         uuid: &'a str,
@@ -181,6 +200,19 @@ impl PortService for FakeNeutron {
         Box::pin(async move {
             self.check("instance_ports")?;
             Ok(self.with(|s| s.ports.values().filter(|p| p["device_id"] == uuid).cloned().collect()))
+        })
+    }
+
+    fn bind_to_host<'a>(&'a self, port_id: &'a str, host: &'a str) -> BoxFuture<'a, Result<Value, NetworkError>> {
+        Box::pin(async move {
+            self.check("bind_to_host")?;
+            self.with(|s| {
+                s.ports.get_mut(port_id).map(|p| {
+                    p["binding:host_id"] = json!(host);
+                    p.clone()
+                })
+            })
+            .ok_or_else(|| NetworkError::Decode(format!("port {port_id} not found")))
         })
     }
 

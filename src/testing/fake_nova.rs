@@ -44,9 +44,24 @@ struct Db {
     instances: HashMap<String, Map<String, Value>>,
     events: Vec<ActionEvent>,
     faults: Vec<Fault>,
+    /// Migration rows by uuid (what `Migration.save` wrote).
+    migrations: HashMap<String, Map<String, Value>>,
     /// Calls that fail once they succeeded this many more times.
     failing: HashMap<String, usize>,
     saves: usize,
+    migrations: HashMap<String, Map<String, Value>>,
+    casts: Vec<Cast>,
+}
+
+/// A cast a compute sent to another compute (a move's next step).
+#[derive(Debug, Clone)]
+pub struct Cast {
+    /// The host addressed (`compute.<host>`).
+    pub host: String,
+    /// The method.
+    pub method: String,
+    /// Its arguments.
+    pub args: Map<String, Value>,
 }
 
 /// The in-memory Nova.
@@ -97,6 +112,31 @@ impl FakeNova {
         self.with(|db| db.instances.remove(uuid));
     }
 
+    /// Adds a migration row (the `nova_object.data` of a Migration).
+    pub fn add_migration(&self, data: Value) {
+        let data = data.as_object().cloned().unwrap_or_default();
+        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| db.migrations.insert(uuid, data));
+    }
+
+    /// The migration as the API or a compute would send it.
+    pub fn migration(&self, uuid: &str) -> crate::objects::Migration {
+        let data = self.with(|db| db.migrations.get(uuid).cloned()).unwrap_or_default();
+        let v = json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                       "nova_object.version": "1.7", "nova_object.data": data});
+        crate::objects::Migration::from_primitive(&v).expect("a stored migration")
+    }
+
+    /// Changes a migration row behind the compute's back (the API).
+    pub fn set_migration_field(&self, uuid: &str, field: &str, value: Value) {
+        self.with(|db| db.migrations.get_mut(uuid).map(|d| d.insert(field.to_string(), value)));
+    }
+
+    /// Takes the casts sent so far, oldest first.
+    pub fn take_casts(&self) -> Vec<Cast> {
+        self.with(|db| std::mem::take(&mut db.casts))
+    }
+
     /// The action events recorded.
     pub fn events(&self) -> Vec<ActionEvent> {
         self.with(|db| db.events.clone())
@@ -105,6 +145,18 @@ impl FakeNova {
     /// The faults recorded.
     pub fn faults(&self) -> Vec<Fault> {
         self.with(|db| db.faults.clone())
+    }
+
+    /// Adds a migration row (the `nova_object.data` of a Migration).
+    pub fn add_migration(&self, data: Value) {
+        let data = data.as_object().cloned().unwrap_or_default();
+        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.with(|db| db.migrations.insert(uuid, data));
+    }
+
+    /// A field of a migration row as `Migration.save` left it.
+    pub fn migration_field(&self, uuid: &str, field: &str) -> Option<Value> {
+        self.with(|db| db.migrations.get(uuid).and_then(|m| m.get(field).cloned()))
     }
 
     /// How many `Instance.save` calls succeeded.
@@ -161,6 +213,13 @@ impl FakeNova {
                     row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
                 }
                 db.saves += 1;
+                Ok(json!([{}, null]))
+            }
+            ("Migration", "save") => {
+                let row = db.migrations.entry(str_of("uuid")).or_insert_with(|| data.clone());
+                for c in changes {
+                    row.insert(c.clone(), data.get(&c).cloned().unwrap_or(Value::Null));
+                }
                 Ok(json!([{}, null]))
             }
             ("Instance", "destroy") => {
@@ -227,6 +286,35 @@ impl FakeNova {
                 Ok(json!({"nova_object.name": "InstanceList", "nova_object.namespace": "nova",
                           "nova_object.version": "2.6", "nova_object.data": {"objects": objects}}))
             }
+            ("Migration", "get_by_instance_and_status") => {
+                let (instance, status) = (arg(0), arg(1));
+                let found = db.migrations.values().find(|m| {
+                    m.get("instance_uuid").and_then(Value::as_str) == Some(instance.as_str())
+                        && m.get("status").and_then(Value::as_str) == Some(status.as_str())
+                });
+                match found {
+                    Some(data) => Ok(json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                        "nova_object.version": "1.7", "nova_object.data": data})),
+                    None => Err(nova_error("MigrationNotFoundByStatus", format!("no migration {status}"), 404)),
+                }
+            ("MigrationList", "get_by_filters") => {
+                let f = a.first().cloned().unwrap_or_default();
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        m.get("source_compute") == f.get("source_compute")
+                            && m.get("migration_type") == f.get("migration_type")
+                            && f["status"].as_array().is_some_and(|s| s.contains(&m["status"]))
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                                    "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+            }
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
                     Some(cache) => Ok(cache),
@@ -239,6 +327,20 @@ impl FakeNova {
 }
 
 impl ConductorTransport for FakeNova {
+    fn cast<'a>(
+        &'a self,
+        _ctx: &'a RequestContext,
+        target: &'a Target,
+        method: &'a str,
+        args: Map<String, Value>,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(async move {
+            let host = target.server.clone().unwrap_or_default();
+            self.with(|db| db.casts.push(Cast { host, method: method.to_string(), args }));
+            Ok(())
+        })
+    }
+
     fn call<'a>(
         &'a self,
         _ctx: &'a RequestContext,
@@ -248,6 +350,10 @@ impl ConductorTransport for FakeNova {
         timeout: Option<Duration>,
     ) -> BoxFuture<'a, Result<Value, CallError>> {
         Box::pin(async move {
+            if method == "migrate_server" {
+                self.with(|db| db.casts.push(Cast { host: "conductor".into(), method: method.into(), args }));
+                return Ok(Value::Null);
+            }
             let what = match method {
                 "object_action" => format!(
                     "{}.{}",

@@ -9,6 +9,7 @@ pub mod fake_driver;
 pub mod fake_glance;
 pub mod fake_neutron;
 pub mod fake_nova;
+pub mod fake_placement;
 
 use std::sync::Arc;
 
@@ -26,7 +27,8 @@ use crate::rpc::RequestContext;
 pub use fake_driver::FakeDriver;
 pub use fake_glance::FakeGlance;
 pub use fake_neutron::FakeNeutron;
-pub use fake_nova::FakeNova;
+pub use fake_nova::{Cast, FakeNova};
+pub use fake_placement::FakePlacement;
 
 /// The host name of the harness's compute.
 pub const HOST: &str = "fake-host";
@@ -43,6 +45,8 @@ pub struct Harness {
     pub neutron: Arc<FakeNeutron>,
     /// Its Glance.
     pub glance: Arc<FakeGlance>,
+    /// Its Placement.
+    pub placement: Arc<FakePlacement>,
     /// The context requests come with.
     pub ctx: RequestContext,
 }
@@ -71,10 +75,19 @@ impl Harness {
         };
         let neutron = Arc::new(FakeNeutron::default());
         let ports: Arc<dyn PortService> = neutron.clone();
-        let manager =
-            Arc::new(ComputeManager::new(settings, conductor, None, driver.clone(), images, registrar, Some(ports)));
+        let placement = Arc::new(FakePlacement::default());
+        let allocations: Arc<dyn crate::placement::Allocations> = placement.clone();
+        let manager = Arc::new(ComputeManager::new(
+            settings,
+            conductor,
+            Some(allocations),
+            driver.clone(),
+            images,
+            registrar,
+            Some(ports),
+        ));
         manager.mark_ready();
-        Harness { manager, driver, nova, neutron, glance, ctx: RequestContext::admin() }
+        Harness { manager, driver, nova, neutron, glance, placement, ctx: RequestContext::admin() }
     }
 
     /// An instance of this host in `vm`/`task`, with a container in `power`
@@ -109,6 +122,22 @@ impl Harness {
     /// Sets the instance's task state as the API does before it casts.
     pub fn request(&self, uuid: &str, task: TaskState) {
         self.nova.set_field(uuid, "task_state", Value::from(task.as_str()));
+    }
+}
+
+/// A registered host's records whose node (and resource provider) is `node_uuid`.
+pub fn host_records(node_uuid: &str) -> crate::compute::host::HostRecords {
+    crate::compute::host::HostRecords {
+        service: tokio::sync::Mutex::new(crate::objects::Service::new_compute(HOST, 66)),
+        node: tokio::sync::Mutex::new(
+            crate::objects::ComputeNode::from_primitive(&json!({
+            "nova_object.name": "ComputeNode", "nova_object.namespace": "nova", "nova_object.version": "1.19",
+            "nova_object.data": {"uuid": node_uuid, "host": HOST}}))
+            .expect("a node"),
+        ),
+        node_uuid: node_uuid.to_string(),
+        node_id: std::sync::atomic::AtomicI64::new(1),
+        disabled: std::sync::atomic::AtomicBool::new(false),
     }
 }
 

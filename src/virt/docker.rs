@@ -15,8 +15,9 @@ use bollard::query_parameters::{
     CommitContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder,
     EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions, InspectContainerOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
-    StatsOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RenameContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -25,7 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::guest_files;
 use super::host_network::{self, HostContainer, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
-use super::spec::{ContainerSpec, container_name, labels};
+use super::spec::{ContainerSpec, SET_ASIDE_SUFFIX, container_name, labels, set_aside_name};
 use super::{
     Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage, ManagedContainer,
     PowerState, RootDiskUsage, VirtError,
@@ -259,6 +260,34 @@ impl DockerDriver {
             .map_err(|e| engine("create volume directories", e))
     }
 
+    /// Writes the spec's files into the created container, in one archive
+    /// put at `/` (`PUT /containers/{id}/archive`). The engine extracts it
+    /// inside the container's root filesystem (chrooted there), so a
+    /// symlink of the image (`/root -> /etc` or to any host path) resolves
+    /// in the container, never on the host, and an existing symlink where a
+    /// written entry goes is replaced by the entry. Never by host paths.
+    async fn write_guest_files(&self, spec: &ContainerSpec) -> Result<(), VirtError> {
+        if spec.files.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<crate::image::archive::TarEntry<'_>> = spec
+            .files
+            .iter()
+            .map(|f| crate::image::archive::TarEntry { path: &f.path, mode: f.mode, contents: f.contents.as_deref() })
+            .collect();
+        let mtime =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let tar = crate::image::archive::guest_entries(&entries, mtime);
+        self.docker
+            .upload_to_container(
+                &container_name(&spec.uuid),
+                Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| engine("write the instance's files", e))
+    }
+
     /// Stops (within `timeout`, when not zero) and removes the container;
     /// a missing container is success.
     async fn remove_container(&self, uuid: &str, timeout: Duration) -> Result<(), VirtError> {
@@ -294,6 +323,22 @@ impl DockerDriver {
             Err(e) if is_status(&e, 409) => Ok(()),
             Err(e) => Err(engine("remove", e)),
         }
+    }
+
+    /// Removes the container named `name` by force with its anonymous
+    /// volumes; a missing one is success.
+    async fn remove_named(&self, name: &str) -> Result<(), VirtError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(engine("remove", e)),
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), VirtError> {
+        let options = RenameContainerOptionsBuilder::default().name(to).build();
+        self.docker.rename_container(from, options).await.map_err(|e| engine("rename", e))
     }
 
     fn not_found_or(uuid: &str, op: &str, e: BollardError) -> VirtError {
@@ -429,6 +474,9 @@ impl Driver for DockerDriver {
             .map_err(|e| engine("list containers", e))?;
         Ok(list
             .into_iter()
+            // A container set aside by a rebuild in progress is not the
+            // instance's (it goes with the rebuild's end or the instance).
+            .filter(|c| !c.names.iter().flatten().any(|n| n.ends_with(SET_ASIDE_SUFFIX)))
             .filter_map(|c| {
                 let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
                 let uuid = labels.get(labels::INSTANCE)?.clone();
@@ -445,14 +493,27 @@ impl Driver for DockerDriver {
     }
 
     async fn create(&self, spec: &ContainerSpec, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        if spec.read_only_rootfs && !spec.files.is_empty() {
+            return Err(VirtError::Invalid(
+                "the instance's root filesystem is read-only (docker:read_only_rootfs or os_read_only_rootfs): \
+                 its key pair or injected files cannot be written into it"
+                    .into(),
+            ));
+        }
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let host_resolv_conf = guest_files::read_host_resolv_conf().await;
         let dns = host_network::dns_servers(network_info);
         let addresses = host_network::fixed_addresses(network_info);
         let files = guest_files::render(&host_resolv_conf, &dns, &spec.hostname, &addresses);
-        let binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
+        let mut binds = guest_files::write(&self.settings.instances_path, &spec.uuid, &files, spec.read_only_rootfs)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+        if let Some(drive) = &spec.config_drive {
+            let bind = guest_files::write_config_drive(&self.settings.instances_path, &spec.uuid, &drive.0)
+                .await
+                .map_err(|(path, source)| VirtError::HostFile { path, source })?;
+            binds.push(bind);
+        }
         let mut attempt = 0;
         loop {
             let quota = self.root_disk.enforcement == Enforcement::Quota;
@@ -468,7 +529,11 @@ impl Driver for DockerDriver {
                 Err(e) => return Err(engine("create", e)),
             }
         }
-        if let Err(e) = self.create_volume_dirs(spec).await {
+        let prepared = match self.create_volume_dirs(spec).await {
+            Ok(()) => self.write_guest_files(spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             let _ = self.remove_container(&spec.uuid, Duration::ZERO).await;
             return Err(e);
         }
@@ -488,11 +553,47 @@ impl Driver for DockerDriver {
     async fn destroy(&self, uuid: &str, timeout: Duration, network_info: &NetworkInfo) -> Result<(), VirtError> {
         let container_id = self.existing(uuid).await.map(|c| c.container_id);
         self.remove_container(uuid, timeout).await?;
+        // What an interrupted rebuild set aside goes with the instance.
+        self.remove_named(&set_aside_name(uuid)).await?;
         let removed = guest_files::remove(&self.settings.instances_path, uuid)
             .await
             .map_err(|(path, source)| VirtError::HostFile { path, source });
         self.network.unplug_all(uuid, container_id.as_deref(), network_info).await;
         removed
+    }
+
+    async fn set_aside(&self, uuid: &str, timeout: Duration) -> Result<Option<PowerState>, VirtError> {
+        let info = match self.inspect(uuid).await {
+            Ok(info) => info,
+            Err(VirtError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // One left by an interrupted rebuild is older than this one.
+        self.remove_named(&set_aside_name(uuid)).await?;
+        if matches!(info.state, PowerState::Running | PowerState::Paused) {
+            self.power_off(uuid, timeout).await?;
+        }
+        self.rename(&container_name(uuid), &set_aside_name(uuid)).await?;
+        Ok(Some(info.state))
+    }
+
+    async fn discard_set_aside(&self, uuid: &str) -> Result<(), VirtError> {
+        self.remove_named(&set_aside_name(uuid)).await
+    }
+
+    async fn restore_set_aside(&self, uuid: &str) -> Result<bool, VirtError> {
+        let aside = set_aside_name(uuid);
+        match self.docker.inspect_container(&aside, None::<InspectContainerOptions>).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => return Ok(false),
+            Err(e) => return Err(engine("inspect", e)),
+        }
+        if let Some(new) = self.existing(uuid).await {
+            self.network.forget(uuid, &new.container_id).await;
+            self.remove_container(uuid, Duration::ZERO).await?;
+        }
+        self.rename(&aside, &container_name(uuid)).await?;
+        Ok(true)
     }
 
     async fn plug_vifs(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
@@ -511,6 +612,16 @@ impl Driver for DockerDriver {
     async fn attach_interface(&self, uuid: &str, vif: &Vif, index: usize) -> Result<(), VirtError> {
         let (_, host) = self.inspect_host(uuid).await?;
         self.network.plug_one(&host, vif, index).await
+    }
+
+    async fn refresh_config_drive(&self, uuid: &str, network_info: &NetworkInfo) -> Result<(), VirtError> {
+        let data = serde_json::to_vec(&super::config_drive::network_data(Some(network_info)))
+            .map_err(|e| VirtError::Invalid(e.to_string()))?;
+        let rel = super::config_drive::NETWORK_DATA;
+        guest_files::replace_in_config_drive(&self.settings.instances_path, uuid, rel, &data)
+            .await
+            .map(|_| ())
+            .map_err(|(path, source)| VirtError::HostFile { path, source })
     }
 
     async fn detach_interface(&self, uuid: &str, vif: &Vif) -> Result<(), VirtError> {
@@ -882,6 +993,8 @@ mod tests {
             root_disk_gb,
             console_log_max_bytes: 2 << 20,
             volumes: Vec::new(),
+            files: Vec::new(),
+            config_drive: None,
         }
     }
 

@@ -148,6 +148,68 @@ pub async fn write(
     Ok(binds)
 }
 
+/// The directory of an instance's config drive.
+fn drive_dir(instances_path: &Path, uuid: &str) -> Result<PathBuf, (PathBuf, io::Error)> {
+    Ok(checked_dir(instances_path, uuid)?.join("config-drive"))
+}
+
+/// Writes an instance's config drive afresh (directories 0755, files 0644,
+/// readable by a user-namespaced container root) and returns the bind
+/// mount that puts it read-only at [`super::config_drive::MOUNT_POINT`].
+/// The relative paths are the host's own (`virt::config_drive::render`).
+pub async fn write_config_drive(
+    instances_path: &Path,
+    uuid: &str,
+    files: &[super::config_drive::DriveFile],
+) -> Result<String, (PathBuf, io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = drive_dir(instances_path, uuid)?;
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err((dir, e)),
+    }
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        let mut parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+        tokio::fs::create_dir_all(&parent).await.map_err(|e| (parent.clone(), e))?;
+        while parent.starts_with(instances_path) && parent != instances_path {
+            let mode = std::fs::Permissions::from_mode(0o755);
+            tokio::fs::set_permissions(&parent, mode).await.map_err(|e| (parent.clone(), e))?;
+            if !parent.pop() {
+                break;
+            }
+        }
+        tokio::fs::write(&path, bytes).await.map_err(|e| (path.clone(), e))?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(|e| (path.clone(), e))?;
+    }
+    Ok(format!("{}:{}:ro", dir.display(), super::config_drive::MOUNT_POINT))
+}
+
+/// Replaces one file of an instance's config drive atomically (a running
+/// container sees the new one through its bind mount of the directory);
+/// `false` when the instance has no config drive.
+pub async fn replace_in_config_drive(
+    instances_path: &Path,
+    uuid: &str,
+    rel: &str,
+    bytes: &[u8],
+) -> Result<bool, (PathBuf, io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = drive_dir(instances_path, uuid)?;
+    if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+        return Ok(false);
+    }
+    let path = dir.join(rel);
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, bytes).await.map_err(|e| (tmp.clone(), e))?;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).await.map_err(|e| (tmp.clone(), e))?;
+    tokio::fs::rename(&tmp, &path).await.map_err(|e| (path.clone(), e))?;
+    Ok(true)
+}
+
 /// Removes an instance's files; nothing to remove is success (as for a
 /// uuid [`write`] refuses: nothing was written for it).
 pub async fn remove(instances_path: &Path, uuid: &str) -> Result<(), (PathBuf, io::Error)> {
@@ -224,6 +286,33 @@ mod tests {
         remove(&root, uuid).await.unwrap();
         assert!(!dir.exists());
         remove(&root, uuid).await.unwrap();
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn the_config_drive_is_written_afresh_refreshed_and_removed_with_the_instance() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("nd-guest-drive-{}", std::process::id()));
+        let uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1";
+        let nd = super::super::config_drive::NETWORK_DATA;
+        assert!(!replace_in_config_drive(&root, uuid, nd, b"{}").await.unwrap(), "no drive: nothing to refresh");
+        let files =
+            vec![("openstack/latest/meta_data.json".to_string(), b"{}".to_vec()), (nd.to_string(), b"{}".to_vec())];
+        let bind = write_config_drive(&root, uuid, &files).await.unwrap();
+        let dir = instance_dir(&root, uuid).join("config-drive");
+        assert_eq!(bind, format!("{}:/mnt/config:ro", dir.display()));
+        for p in [dir.clone(), dir.join("openstack"), dir.join("openstack/latest")] {
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o755, "{}", p.display());
+        }
+        assert_eq!(std::fs::metadata(dir.join(nd)).unwrap().permissions().mode() & 0o777, 0o644);
+        assert!(replace_in_config_drive(&root, uuid, nd, b"{\"links\":[]}").await.unwrap());
+        assert_eq!(std::fs::read(dir.join(nd)).unwrap(), b"{\"links\":[]}");
+        // Written afresh: nothing of an older drive stays.
+        std::fs::write(dir.join("stale"), b"x").unwrap();
+        write_config_drive(&root, uuid, &files[..1]).await.unwrap();
+        assert!(!dir.join("stale").exists() && !dir.join(nd).exists());
+        remove(&root, uuid).await.unwrap();
+        assert!(!dir.exists());
         let _ = std::fs::remove_dir_all(&root);
     }
 

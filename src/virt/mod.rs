@@ -11,6 +11,7 @@
 //! bounded in time.
 
 pub mod capabilities;
+pub mod config_drive;
 pub mod docker;
 pub mod guest_files;
 pub mod host_network;
@@ -242,6 +243,23 @@ pub trait Driver: Send + Sync + 'static {
         timeout: Duration,
         network_info: &NetworkInfo,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Sets the instance's container aside for a rebuild: stopped
+    /// (gracefully within `timeout`) and renamed, so that a new container
+    /// takes the instance's name while the old one still exists. Returns
+    /// the state it had, None when the instance has no container. Then
+    /// either [`Driver::discard_set_aside`] or [`Driver::restore_set_aside`].
+    fn set_aside(
+        &self,
+        uuid: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<PowerState>, VirtError>> + Send;
+    /// Removes the container set aside (the new one runs); nothing to do
+    /// when there is none.
+    fn discard_set_aside(&self, uuid: &str) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Puts the container set aside back under the instance's name,
+    /// removing a new container of the instance first (the rebuild failed).
+    /// It stays stopped. Returns whether there was one to put back.
+    fn restore_set_aside(&self, uuid: &str) -> impl Future<Output = Result<bool, VirtError>> + Send;
     /// Plugs every port of `network_info` into the running instance, in
     /// order (`eth0`, `eth1`, ...); needed after every start, since a started
     /// container has a new network namespace. Nothing to do without ports.
@@ -256,6 +274,14 @@ pub trait Driver: Send + Sync + 'static {
         uuid: &str,
         vif: &Vif,
         index: usize,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Writes the config drive's `network_data.json` again from
+    /// `network_info` (after an interface attach or detach); nothing to do
+    /// for an instance without a config drive.
+    fn refresh_config_drive(
+        &self,
+        uuid: &str,
+        network_info: &NetworkInfo,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
     /// Removes the host side of one port.
     fn detach_interface(&self, uuid: &str, vif: &Vif) -> impl Future<Output = Result<(), VirtError>> + Send;

@@ -40,6 +40,15 @@ pub fn container_name(uuid: &str) -> String {
     format!("nova-{uuid}")
 }
 
+/// The suffix of the name of a container set aside during a rebuild
+/// (`nova-<uuid>-previous`), until the new one runs.
+pub const SET_ASIDE_SUFFIX: &str = "-previous";
+
+/// The name of the instance's container set aside during a rebuild.
+pub fn set_aside_name(uuid: &str) -> String {
+    format!("nova-{uuid}{SET_ASIDE_SUFFIX}")
+}
+
 /// Everything needed to create an instance's container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
@@ -85,6 +94,98 @@ pub struct ContainerSpec {
     /// Directories to make in the container before it starts (the mount
     /// points of the volumes its image declared; see `ImageRef::volumes`).
     pub volumes: Vec<String>,
+    /// Files written into the container after it is created and before its
+    /// first start (the key pair with `[docker] inject_key`, the server's
+    /// injected files), through the engine's archive API.
+    pub files: Vec<GuestFile>,
+    /// The config drive's files (`virt::config_drive`), when the instance
+    /// has one: kept on the host and bind-mounted read-only at
+    /// `/mnt/config`.
+    pub config_drive: Option<super::config_drive::DriveFiles>,
+}
+
+/// A directory or regular file the host writes into an instance's
+/// container before it starts, owned by the container's root. Written
+/// through the engine's archive API, which resolves the path inside the
+/// container's root filesystem: an image's symlink cannot send it to the
+/// host. `Debug` shows the path and size, never the contents (an injected
+/// file may hold a secret).
+#[derive(Clone, PartialEq)]
+pub struct GuestFile {
+    /// The path relative to the container's `/`, checked by [`guest_path`].
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// A regular file's contents; `None` for a directory.
+    pub contents: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GuestFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("bytes", &self.contents.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// The longest path accepted for a file written into a container (Linux's
+/// `PATH_MAX`).
+pub const MAX_GUEST_PATH: usize = 4096;
+
+/// The longest public key written to `authorized_keys` (an OpenSSH RSA key
+/// of 16384 bits is about 2.8 KiB).
+pub const MAX_KEY_BYTES: usize = 16 * 1024;
+
+/// An absolute path in the guest, from a tenant, as a relative path for the
+/// archive API: `/`-separated, no `.` or `..` component, no NUL, at most
+/// [`MAX_GUEST_PATH`] bytes and 255 per component. Repeated slashes are
+/// folded. The error says why.
+pub fn guest_path(path: &str) -> Result<String, &'static str> {
+    if !path.starts_with('/') {
+        return Err("is not an absolute path");
+    }
+    if path.len() > MAX_GUEST_PATH {
+        return Err("is longer than 4096 bytes");
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() {
+        return Err("names no file");
+    }
+    if comps.iter().any(|c| *c == "." || *c == "..") {
+        return Err("has a . or .. component");
+    }
+    if comps.iter().any(|c| c.len() > 255) {
+        return Err("has a component longer than 255 bytes");
+    }
+    if path.ends_with('/') {
+        return Err("names a directory");
+    }
+    Ok(comps.join("/"))
+}
+
+/// The key pair's public key as `/root/.ssh/authorized_keys` (directory
+/// 0700, file 0600, owned by root), as the old nova-docker driver's
+/// `inject_key` wrote it; `None` without a key. The key is the tenant's
+/// text: written as it is (a newline added), never read by the host.
+pub fn authorized_keys(key_data: &str) -> Result<Option<[GuestFile; 2]>, SpecError> {
+    let key = key_data.trim_end_matches(['\n', '\r']);
+    if key.trim().is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(SpecError::KeyPair(format!("the public key is {} bytes, more than {MAX_KEY_BYTES}", key.len())));
+    }
+    let mut contents = key.as_bytes().to_vec();
+    contents.push(b'\n');
+    Ok(Some([
+        GuestFile { path: "root/.ssh".into(), mode: 0o700, contents: None },
+        GuestFile { path: "root/.ssh/authorized_keys".into(), mode: 0o600, contents: Some(contents) },
+    ]))
 }
 
 /// A request the spec cannot honour.
@@ -106,6 +207,9 @@ pub enum SpecError {
     /// The flavor asks for a capability that would let the tenant escape.
     #[error("flavor docker:capabilities: {0}")]
     Capability(#[from] capabilities::NotTenantSafe),
+    /// The key pair cannot be written into the container.
+    #[error("key pair: {0}")]
+    KeyPair(String),
     /// A flavor size no container can be given (negative, or past a kernel limit).
     #[error("flavor {field} {value} is out of range: {why}")]
     FlavorSize {
@@ -320,6 +424,14 @@ pub fn build(
 
     let hostname = sanitize_hostname(instance.hostname().or(instance.display_name()).unwrap_or(""), &uuid);
 
+    let mut files = Vec::new();
+    if settings.inject_key
+        && let Some(key) = instance.key_data()
+        && let Some(entries) = authorized_keys(key)?
+    {
+        files.extend(entries);
+    }
+
     Ok(ContainerSpec {
         name: container_name(&uuid),
         uuid,
@@ -342,6 +454,8 @@ pub fn build(
         root_disk_gb,
         console_log_max_bytes: settings.console_log_max_bytes,
         volumes: Vec::new(),
+        files,
+        config_drive: None,
     })
 }
 
@@ -371,6 +485,7 @@ mod tests {
             seccomp_profile: None,
             userns_mode: None,
             read_only_rootfs: false,
+            inject_key: false,
             snapshot_pause: true,
             keep_snapshot_images: false,
             max_image_manifest_bytes: 1 << 20,
@@ -524,6 +639,44 @@ mod tests {
         assert_eq!(split_command_line("a  b\\ c \"d \\\"e\" ''").unwrap(), ["a", "b c", "d \"e", ""]);
         assert!(split_command_line("'open").is_err());
         assert!(split_command_line("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_key_pair_goes_to_roots_authorized_keys_only_with_inject_key() {
+        let mut p = instance(json!({}), json!({})).to_primitive();
+        p["nova_object.data"]["key_data"] = json!("ssh-rsa AAAAB3 me@host\n");
+        let i = Instance::from_primitive(&p).unwrap();
+        assert!(build(&i, "h", "img", &Map::new(), &settings(), None).unwrap().files.is_empty());
+        let mut inject = settings();
+        inject.inject_key = true;
+        let s = build(&i, "h", "img", &Map::new(), &inject, None).unwrap();
+        assert_eq!(s.files.len(), 2);
+        assert_eq!(
+            (s.files[0].path.as_str(), s.files[0].mode, s.files[0].contents.is_none()),
+            ("root/.ssh", 0o700, true)
+        );
+        assert_eq!((s.files[1].path.as_str(), s.files[1].mode), ("root/.ssh/authorized_keys", 0o600));
+        assert_eq!(s.files[1].contents.as_deref(), Some(&b"ssh-rsa AAAAB3 me@host\n"[..]));
+        // The contents never show in Debug.
+        assert!(!format!("{:?}", s.files).contains("AAAAB3"));
+        // No key: nothing; an absurd key: refused.
+        assert!(
+            build(&instance(json!({}), json!({})), "h", "img", &Map::new(), &inject, None).unwrap().files.is_empty()
+        );
+        p["nova_object.data"]["key_data"] = json!("x".repeat(MAX_KEY_BYTES + 1));
+        let e = build(&Instance::from_primitive(&p).unwrap(), "h", "img", &Map::new(), &inject, None).unwrap_err();
+        assert!(matches!(e, SpecError::KeyPair(_)), "{e}");
+    }
+
+    #[test]
+    fn guest_paths_stay_plain() {
+        assert_eq!(guest_path("/root/.ssh/authorized_keys").unwrap(), "root/.ssh/authorized_keys");
+        assert_eq!(guest_path("//etc///motd").unwrap(), "etc/motd");
+        assert_eq!(guest_path("/.hidden/..x").unwrap(), ".hidden/..x");
+        for bad in ["", "etc/motd", "/", "///", "/a/../b", "/a/./b", "/..", "/a/", "/a\0b"] {
+            assert!(guest_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(guest_path(&format!("/{}", "x".repeat(256))).is_err());
     }
 
     #[test]

@@ -390,6 +390,11 @@ def op_delta(m0, m1, operation, phase):
                                                                               phase=phase))
 
 
+def event_time(ev):
+    """Epoch seconds of a JSON log event (oslo.log JSON: created)."""
+    return ev['created'] if 'created' in ev else parse_ts(ev['timestamp'])
+
+
 def parse_ts(s):
     m = re.match(r'(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?', s)
     base = datetime.datetime.strptime(m.group(1), '%Y-%m-%dT%H:%M:%S').replace(tzinfo=datetime.timezone.utc)
@@ -533,6 +538,10 @@ class OurService:
 
 
 def event_instance(ev):
+    """The instance of a JSON log event: oslo.log JSON keeps it in
+    extra.instance_uuid (older tracing JSON: in a span)."""
+    if (ev.get('extra') or {}).get('instance_uuid'):
+        return ev['extra']['instance_uuid']
     for sp in [ev.get('span') or {}] + list(ev.get('spans') or []):
         if sp.get('instance'):
             return sp['instance']
@@ -980,9 +989,10 @@ class Bench:
             if msg not in ('build phase done', 'instance built', 'container create sent', 'container start sent'):
                 continue
             inst = event_instance(ev)
-            key = {'build phase done': ev.get('phase'), 'instance built': 'built',
+            phase = ev.get('phase') or (ev.get('extra') or {}).get('phase')
+            key = {'build phase done': phase, 'instance built': 'built',
                    'container create sent': 'create_sent', 'container start sent': 'start_sent'}[msg]
-            logs.setdefault(inst, {})[key] = parse_ts(ev['timestamp'])
+            logs.setdefault(inst, {})[key] = event_time(ev)
         rows = []
         for sid, m0, m1 in boots:
             d = {ph: op_delta(m0, m1, 'build', ph)[0] for ph in
@@ -1357,7 +1367,7 @@ class Bench:
         """The main RabbitMQ node is shared: when something restarts it
         during the run, our log says so; the figures around it are off."""
         try:
-            lost = [parse_ts(e['timestamp']) for e in self.ours.log_events()
+            lost = [event_time(e) for e in self.ours.log_events()
                     if e.get('message') == 'lost the connection to RabbitMQ; reconnecting']
         except OSError:
             return

@@ -606,7 +606,8 @@ impl Drop for ComputeHost {
         // test also prints the host's warnings: CI keeps only the output.
         if std::thread::panicking() {
             let text = self.log_text();
-            let worrying: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let worrying: Vec<&str> =
+                text.lines().filter(|l| l.contains(" WARNING ") || l.contains(" ERROR ")).collect();
             let tail = &worrying[worrying.len().saturating_sub(40)..];
             eprintln!("{}: last warnings and errors of {}:\n{}", self.name, self.log.display(), tail.join("\n"));
         } else {

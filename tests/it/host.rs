@@ -197,3 +197,30 @@ async fn registers_again_after_its_service_record_is_deleted(release: Release) {
 async fn registers_again_after_its_service_record_is_deleted_newest() {
     registers_again_after_its_service_record_is_deleted(Release::Newest).await;
 }
+
+/// A host switching from Python's nova-compute keeps its compute node: the
+/// node identity is read where Nova (2023.1+) reads it, here a `compute_id`
+/// provisioned next to nova.conf (state_path elsewhere), and the compute
+/// node is registered under that uuid, again after a restart.
+#[tokio::test]
+async fn compute_id_next_to_nova_conf_is_the_nodes_uuid() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = host_name("cid");
+    let state = std::env::temp_dir().join(format!("nd-it-{name}")).join("var");
+    let mut host = ComputeHost::configure(&cloud, &name, &format!("[DEFAULT]\nstate_path = {}\n", state.display()));
+    let uuid = uuid::Uuid::new_v4().to_string();
+    std::fs::write(host.conf.parent().unwrap().join("compute_id"), format!("{uuid}\n")).unwrap();
+    for _ in 0..2 {
+        host.spawn();
+        host.wait_up(&cloud, Duration::from_secs(60)).await;
+        cloud.map_host(&name).await;
+        let (_, hv) = cloud
+            .nova(reqwest::Method::GET, &format!("/os-hypervisors?hypervisor_hostname_pattern={name}"), None, "2.53")
+            .await;
+        let hvs = hv["hypervisors"].as_array().cloned().unwrap_or_default();
+        assert_eq!(hvs.len(), 1, "{hv}");
+        assert_eq!(hvs[0]["id"].as_str(), Some(uuid.as_str()), "the provisioned uuid is the node's: {hv}");
+        assert!(!state.join("compute_id").exists(), "a provisioned identity is not copied into state_path");
+        assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
+    }
+}

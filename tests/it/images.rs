@@ -140,6 +140,9 @@ async fn image_import_then_boot() {
     assert_eq!(img["status"], "active");
     assert_eq!(img["container_format"], "docker");
     assert_eq!(img["os_distro"], "busybox");
+    // Set by default: ImagePropertiesFilter keeps it off libvirt hosts, and
+    // this host (hv_type docker) takes it.
+    assert_eq!(img["hypervisor_type"], "docker", "{img}");
 
     let server = cloud.create_server("imported", &id, &name, "1").await;
     cloud.wait_status(&server, "ACTIVE", T).await;

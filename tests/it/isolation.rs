@@ -22,8 +22,8 @@ fn status_field(status: &str, key: &str) -> String {
 /// The default capability set of `[docker] capabilities` as a bit mask.
 fn default_caps_mask() -> u64 {
     // CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7,
-    // SETPCAP 8, NET_BIND_SERVICE 10, SYS_CHROOT 18, AUDIT_WRITE 29.
-    [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29].iter().map(|b| 1u64 << b).sum()
+    // SETPCAP 8, NET_BIND_SERVICE 10, NET_RAW 13, SYS_CHROOT 18, AUDIT_WRITE 29.
+    [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29].iter().map(|b| 1u64 << b).sum()
 }
 
 #[tokio::test]

@@ -111,7 +111,12 @@ async fn health_metrics_and_logs_of_a_running_host() {
     let build = r#"nova_docker_rpc_requests_total{method="build_and_run_instance",outcome="ok"}"#;
     let active = r#"nova_docker_instances{vm_state="active"}"#;
     let (_, before) = get(&format!("{base}/metrics")).await;
-    assert!(before.contains("# TYPE nova_docker_rpc_requests_total counter"), "{before}");
+    assert!(before.contains(&format!("nova_docker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    assert_eq!(sample(&before, "nova_docker_broker_connected"), 1.0, "{before}");
+    assert_eq!(sample(&before, "nova_docker_docker_connected"), 1.0, "{before}");
+    assert!(sample(&before, "process_resident_memory_bytes") > 0.0, "{before}");
+    let head = reqwest::Client::new().head(format!("{base}/metrics")).timeout(Duration::from_secs(10)).send().await;
+    assert_eq!(head.unwrap().status().as_u16(), 200);
     // An image no host has seen (a Glance id of its own), so the build
     // downloads it: every byte of it is counted, once.
     let archive = common::docker_save("nd-busybox:latest");
@@ -121,18 +126,28 @@ async fn health_metrics_and_logs_of_a_running_host() {
     cloud.wait_status(&id, "ACTIVE", T).await;
     let (_, after) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&after, build), sample(&before, build) + 1.0, "{after}");
+    // OpenMetrics: a counter's family is named without `_total` (a family
+    // is listed once it has a series).
+    assert!(after.contains("# TYPE nova_docker_rpc_requests counter"), "{after}");
     let glance_in = r#"nova_docker_glance_bytes_total{direction="download"}"#;
     assert_eq!(sample(&after, glance_in) - sample(&before, glance_in), size, "{after}");
     // The instance gauge counts it as soon as ACTIVE is saved.
     assert_eq!(sample(&after, active), sample(&before, active) + 1.0, "{after}");
     assert!(after.contains(r#"nova_docker_operation_duration_seconds_count{operation="build",phase="spawn"}"#));
 
-    // The build's log lines name the request and the instance.
+    // The build's log lines name the request and the instance, as
+    // oslo.log's context format does: `[None req-... user project ...]
+    // [instance: uuid] message`.
     let log = host.log_text();
     let built = log.lines().find(|l| l.contains("instance built")).expect("an 'instance built' line");
-    assert!(built.contains(&id), "{built}");
-    assert!(built.contains("request_id=\"req-"), "{built}");
-    assert_eq!(built.matches(&format!("instance=\"{id}\"")).count(), 1, "the span names the instance once: {built}");
+    assert!(built.contains(" INFO nova_docker."), "{built}");
+    // [global_request_id request_id user project domain system_scope user_domain project_domain]
+    let context = built.split_once("] [instance:").and_then(|(head, _)| head.rsplit_once(" [")).map(|(_, c)| c);
+    let context: Vec<&str> = context.expect("a context before the instance").split(' ').collect();
+    assert_eq!(context.len(), 8, "{built}");
+    assert!(context[1].starts_with("req-"), "{built}");
+    assert_eq!(built.matches(&id).count(), 1, "the instance is named once: {built}");
+    assert!(built.contains(&format!("] [instance: {id}] instance built")), "{built}");
     cloud.delete_server(&id, T).await;
     let (_, gone) = get(&format!("{base}/metrics")).await;
     assert_eq!(sample(&gone, active), sample(&before, active), "deleted, no longer counted:\n{gone}");

@@ -133,6 +133,45 @@ fn shellcheck_every_script() {
 
 // --------------------------------------------------------- DevStack plugin
 
+/// The sample a DevStack user starts from: what the plugin needs is set,
+/// Neutron is the ML2/OVS setup the tests run against, and every
+/// nova-docker knob it mentions is read by devstack/settings or
+/// override-defaults.
+#[test]
+fn devstack_local_conf_sample_is_complete() {
+    let sample = std::fs::read_to_string(repo().join("devstack/local.conf.sample")).unwrap();
+    let settings = std::fs::read_to_string(repo().join("devstack/settings")).unwrap()
+        + &std::fs::read_to_string(repo().join("devstack/override-defaults")).unwrap();
+    let mut sections = sample.lines().filter(|l| l.starts_with("[[")).collect::<Vec<_>>();
+    sections.dedup();
+    assert_eq!(sections, ["[[local|localrc]]"], "one localrc section");
+    let lines: Vec<&str> = sample.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    for want in [
+        "VIRT_DRIVER=docker",
+        "enable_plugin nova-docker file:///opt/stack/nova-docker main",
+        "Q_AGENT=openvswitch",
+        "Q_ML2_PLUGIN_MECHANISM_DRIVERS=openvswitch",
+    ] {
+        assert!(lines.contains(&want), "{want} missing from local.conf.sample");
+    }
+    for password in ["ADMIN_PASSWORD=", "DATABASE_PASSWORD=", "RABBIT_PASSWORD=", "SERVICE_PASSWORD="] {
+        assert!(lines.iter().any(|l| l.starts_with(password)), "{password} unset: stack.sh would prompt");
+    }
+    // VIRT_DRIVER before the plugin (override-defaults reads it)
+    let pos = |s: &str| lines.iter().position(|l| l.starts_with(s)).unwrap();
+    assert!(pos("VIRT_DRIVER=") < pos("enable_plugin"));
+    assert!(lines.iter().any(|l| l.starts_with("disable_service") && l.contains("ovn-northd")));
+    assert!(lines.iter().any(|l| l.starts_with("enable_service") && l.contains("q-agt")));
+    for knob in
+        sample.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("NOVA_DOCKER_"))
+    {
+        assert!(
+            settings.contains(&format!("{knob}=")) || settings.contains(&format!("{{{knob}:-")),
+            "{knob} in the sample is not read by devstack/settings or override-defaults"
+        );
+    }
+}
+
 /// `devstack/aio.sh conf` for a fresh host name: the all-in-one's nova.conf.
 fn aio_nova_conf(host: &str, state: &Path) -> PathBuf {
     let (ok, stdout, stderr) = run(

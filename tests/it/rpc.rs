@@ -111,7 +111,16 @@ pub async fn start_server(url: &str) -> TestServer {
 async fn python_client_against_our_server(release: Release) {
     let url = common::rabbit_url();
     let s = start_server(&url).await;
+    let unknown = || {
+        metrics::global()
+            .counter("nova_docker_rpc_requests_total", &[("method", metrics::UNKNOWN), ("outcome", "unsupported")])
+    };
+    let unknown_before = unknown();
     let out = common::python_peer(release, "client", &[&url, &s.topic, &s.host], Duration::from_secs(120)).await;
+    // The peer's made-up method is counted, under a bounded label; its name
+    // never becomes a series.
+    assert!(unknown() > unknown_before, "no_such_thing counted as {}", metrics::UNKNOWN);
+    assert!(!metrics::global().render().contains("no_such_thing"), "a peer's method name became a label");
 
     assert_eq!(out["ping"]["result"], json!({"service": "compute", "arg": "1.21 GigaWatts"}), "{out}");
     assert_eq!(out["echo"]["result"], json!({"a": [1, 2, "x"], "b": null}));
@@ -260,8 +269,8 @@ async fn malformed_input_is_dropped_and_the_server_keeps_serving() {
     let url = common::rabbit_url();
     let s = start_server(&url).await;
     let rk = format!("{}.{}", s.topic, s.host);
-    let malformed_before =
-        metrics::global().counter("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+    let malformed_before = metrics::global()
+        .counter("nova_docker_rpc_requests_total", &[("method", metrics::UNKNOWN), ("outcome", "malformed")]);
 
     let mut wrong_types = raw_call("echo", json!({"value": 1}), None);
     wrong_types.insert("_context_roles".into(), json!("admin"));
@@ -287,8 +296,8 @@ async fn malformed_input_is_dropped_and_the_server_keeps_serving() {
     // Still serving: a real oslo client's ping is answered.
     let out = common::python_peer(Release::Newest, "ping", &[&url, &s.topic, &s.host], Duration::from_secs(60)).await;
     assert_eq!(out["result"], json!({"service": "compute", "arg": "hello"}));
-    let malformed_after =
-        metrics::global().counter("nova_docker_rpc_requests_total", &[("method", "-"), ("outcome", "malformed")]);
+    let malformed_after = metrics::global()
+        .counter("nova_docker_rpc_requests_total", &[("method", metrics::UNKNOWN), ("outcome", "malformed")]);
     assert_eq!(malformed_after - malformed_before, bodies.len() as f64, "every bad message was seen and refused");
 }
 

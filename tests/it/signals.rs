@@ -228,3 +228,96 @@ async fn oslo_style_command_line_config_dir_debug_log_file_version() {
     assert!(log_text().contains("stopped"), "{}", log_text());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn logging_options_of_nova_conf_are_honoured_at_start() {
+    use nix::sys::signal::Signal;
+    let name = common::unique("nd-logopts");
+    let dir = scratch(&name);
+    let conf = dir.join("nova.conf");
+
+    // use_journal without journald's socket: refused at start, saying why.
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        std::fs::write(&conf, isolated_conf(&dir, &name, "use_journal = true")).unwrap();
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_nova-docker"))
+            .args(["serve".as_ref(), "--config-file".as_ref(), conf.as_os_str()])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(T, run).await.expect("serve exits at once without journald").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started without journald: {stderr}");
+        assert!(stderr.contains("use_journal = true but journald's socket /run/systemd/journal/socket"), "{stderr}");
+    }
+
+    // log_dir (interpolated from state_path) and use_json from the file: the
+    // log is <log_dir>/nova-docker.log, in oslo.log's JSON.
+    let logs = dir.join("state").join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(&conf, isolated_conf(&dir, &name, "log_dir = $state_path/logs\nuse_json = true")).unwrap();
+    let mut svc = Service::spawn(&["serve".as_ref(), "--config-file".as_ref(), conf.as_os_str()], &[]);
+    let log = logs.join("nova-docker.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for("the JSON log to show the start", T, async || log_text().contains("nova-docker starting")).await;
+    let line = log_text().lines().find(|l| l.contains("nova-docker starting")).unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["message"], "nova-docker starting", "{line}");
+    assert_eq!(v["levelname"], "INFO", "{line}");
+    assert_eq!(v["process"], svc.child.id().unwrap(), "{line}");
+    assert!(v["name"].as_str().unwrap().starts_with("nova_docker."), "{line}");
+    svc.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+
+    // log_file relative to log_dir, text: oslo.log's line without a context.
+    std::fs::write(&conf, isolated_conf(&dir, &name, &format!("log_dir = {}\nlog_file = text.log", logs.display())))
+        .unwrap();
+    let mut svc = Service::spawn(&["serve".as_ref(), "--config-file".as_ref(), conf.as_os_str()], &[]);
+    let log = logs.join("text.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for("the text log to show the start", T, async || log_text().contains("nova-docker starting")).await;
+    let text = log_text();
+    let line = text.lines().find(|l| l.contains("nova-docker starting")).unwrap();
+    // 2026-12-06 08:00:00.123 1234 INFO nova_docker.service [-] nova-docker starting ...
+    let fields: Vec<&str> = line.splitn(6, ' ').collect();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(&format!("{} {}", fields[0], fields[1]), "%Y-%m-%d %H:%M:%S%.3f").is_ok(),
+        "{line}"
+    );
+    assert_eq!(fields[2], svc.child.id().unwrap().to_string(), "{line}");
+    assert_eq!(fields[3], "INFO", "{line}");
+    assert!(fields[4].starts_with("nova_docker."), "{line}");
+    assert!(fields[5].starts_with("[-] nova-docker starting"), "{line}");
+    svc.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(T, svc.child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// READY=1 only once the host is registered: when the notification
+/// arrives, Nova already lists the service and Placement has the host's
+/// provider (a real control plane, a real NOTIFY_SOCKET listener);
+/// STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn systemd_ready_is_sent_after_the_host_registered() {
+    use crate::cloud::{Cloud, ComputeHost, host_name};
+    let cloud = Cloud::get(common::Release::Newest);
+    let name = host_name("ready");
+    let mut host = ComputeHost::configure(&cloud, &name, "");
+    let sock_path = host.state.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let socket = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    host.set_env("NOTIFY_SOCKET", &sock_path.display().to_string());
+    host.spawn();
+    let got = notifications_until(&socket, "READY=1").await;
+    // Checked at once, before anything else can happen.
+    let (service, provider) = tokio::join!(cloud.compute_service(&name), cloud.provider(&name));
+    assert!(service.is_some(), "READY=1 before Nova lists the service: {got:?}");
+    assert!(provider.is_some(), "READY=1 before the Placement provider exists: {got:?}");
+    let log = host.log_text();
+    let registered = log.find("host registered").expect("a 'host registered' line");
+    let ready = log.find("ready: serving compute requests").expect("a 'ready' line");
+    assert!(registered < ready, "{log}");
+    assert_eq!(host.stop().await.map(|s| s.success()), Some(true), "graceful exit 0");
+    let after = notifications_until(&socket, "STOPPING=1").await;
+    assert!(after.iter().all(|m| !m.contains("READY=1")), "{after:?}");
+}

@@ -92,6 +92,7 @@ run_process() { # SERVICE COMMAND [GROUP [USER]]
   if is_service_enabled "$1"; then echo "$1|$2|${3:-}|${4:-}" >> "$W/run_process.log"; fi
 }
 die() { shift; fail "die: $*"; }
+define_plugin() { echo "$1" > "$W/define_plugin.log"; }
 echo_summary() { echo "summary: $*" >&2; }
 install_package() { echo "install_package $*" >> "$W/packages.log"; }
 sudo() { "$@"; }   # we are root; DevStack's stack user would sudo
@@ -130,6 +131,66 @@ source "$REPO/devstack/override-defaults"
 source "$REPO/devstack/settings"
 [ "$NOVA_DOCKER_DIR" = "$REPO" ] || fail "NOVA_DOCKER_DIR=$NOVA_DOCKER_DIR"
 [ "$NOVA_DOCKER_CONF" = "$NOVA_CONF_DIR/nova-docker.conf" ] || fail "NOVA_DOCKER_CONF=$NOVA_DOCKER_CONF"
+[ "$(cat "$W/define_plugin.log" 2>/dev/null)" = nova-docker ] || fail "settings did not call define_plugin nova-docker"
+
+# ------------------------------------------------- the Rust toolchain (install)
+# Stub cargo, rustup and curl on a PATH of their own (HOME and CARGO_HOME are
+# fresh, so no real toolchain is seen). The rustup-init "downloaded" by the
+# stub curl, and the stub rustup, put a new cargo in CARGO_HOME; every call
+# is recorded in calls.log.
+want=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$REPO/Cargo.toml")
+[ -n "$want" ] || fail "no rust-version in Cargo.toml"
+toolchain() { # NAME CARGO_VERSION|"" rustup|none: prepares $W/rust-NAME, prints the PATH to use
+  local d=$W/rust-$1
+  rm -rf "$d"; mkdir -p "$d/bin" "$d/home"
+  if [ -n "$2" ]; then printf '#!/bin/sh\necho "cargo %s (stub)"\n' "$2" > "$d/bin/cargo"; fi
+  # new cargo: what a successful install leaves in CARGO_HOME
+  printf '#!/bin/sh\necho "cargo 9.99.0 (installed stub)"\n' > "$d/new-cargo"
+  # shellcheck disable=SC2016 # expanded by the stubs, not here
+  printf '#!/bin/sh\necho "curl $*" >> "%s/calls.log"\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done\nprintf "echo \\"rustup-init \\$*\\" >> %s/calls.log\\nmkdir -p \\"\\$CARGO_HOME/bin\\"\\ncp %s/new-cargo \\"\\$CARGO_HOME/bin/cargo\\"\\n" > "$out"\n' \
+    "$d" "$d" "$d" > "$d/bin/curl"
+  if [ "$3" = rustup ]; then
+    # shellcheck disable=SC2016
+    printf '#!/bin/sh\necho "rustup $*" >> "%s/calls.log"\nmkdir -p "$CARGO_HOME/bin"\ncp %s/new-cargo "$CARGO_HOME/bin/cargo"\n' \
+      "$d" "$d" > "$d/bin/rustup"
+  fi
+  chmod +x "$d"/bin/* "$d/new-cargo"
+  echo "$d/bin:/usr/bin:/bin"
+}
+ensure() { # NAME PATH [VAR=VALUE...]: nova_docker_ensure_cargo with that toolchain; prints the cargo
+  local d=$W/rust-$1 path=$2; shift 2
+  # shellcheck disable=SC2016 # $1 is the inner bash's
+  env -i "PATH=$path" "HOME=$d/home" "CARGO_HOME=$d/home/.cargo" "$@" bash -c \
+    'source "$1/devstack/lib/nova-docker"; nova_docker_ensure_cargo "$1"' _ "$REPO" 2> "$d/stderr"
+}
+# an old cargo, no rustup: rustup-init from https://sh.rustup.rs, stable, minimal
+p=$(toolchain old 1.63.0 none)
+got=$(ensure old "$p") || fail "old cargo: $(cat "$W/rust-old/stderr")"
+[ "$got" = "$W/rust-old/home/.cargo/bin/cargo" ] || fail "old cargo: printed '$got'"
+grep -q '^curl .*--proto =https .*https://sh.rustup.rs$' "$W/rust-old/calls.log" || fail "curl: $(cat "$W/rust-old/calls.log")"
+grep -qx 'rustup-init -y --no-modify-path --profile minimal --default-toolchain stable' "$W/rust-old/calls.log" ||
+  fail "rustup-init: $(cat "$W/rust-old/calls.log")"
+# no cargo at all: the same
+p=$(toolchain none "" none)
+got=$(ensure none "$p") || fail "no cargo: $(cat "$W/rust-none/stderr")"
+[ "$got" = "$W/rust-none/home/.cargo/bin/cargo" ] || fail "no cargo: printed '$got'"
+# an old cargo managed by rustup: rustup installs stable, nothing downloaded
+p=$(toolchain rustup 1.63.0 rustup)
+got=$(ensure rustup "$p") || fail "rustup: $(cat "$W/rust-rustup/stderr")"
+[ "$got" = "$W/rust-rustup/home/.cargo/bin/cargo" ] || fail "rustup: printed '$got'"
+grep -qx 'rustup toolchain install stable --profile minimal' "$W/rust-rustup/calls.log" ||
+  fail "rustup: $(cat "$W/rust-rustup/calls.log")"
+if grep -q '^curl' "$W/rust-rustup/calls.log"; then fail "rustup is there, yet curl ran"; fi
+# a cargo exactly as new as rust-version: used as it is, nothing installed
+p=$(toolchain current "$want" none)
+got=$(ensure current "$p") || fail "current cargo: $(cat "$W/rust-current/stderr")"
+[ "$got" = "$W/rust-current/bin/cargo" ] || fail "current cargo: printed '$got'"
+[ ! -e "$W/rust-current/calls.log" ] || fail "installed although cargo $want is enough: $(cat "$W/rust-current/calls.log")"
+# installing forbidden: fails, saying why, and installs nothing
+p=$(toolchain forbidden 1.63.0 none)
+if ensure forbidden "$p" NOVA_DOCKER_INSTALL_RUST=False >/dev/null; then fail "NOVA_DOCKER_INSTALL_RUST=False: no failure"; fi
+grep -q "NOVA_DOCKER_INSTALL_RUST=False forbids" "$W/rust-forbidden/stderr" || fail "$(cat "$W/rust-forbidden/stderr")"
+[ ! -e "$W/rust-forbidden/calls.log" ] || fail "NOVA_DOCKER_INSTALL_RUST=False, yet: $(cat "$W/rust-forbidden/calls.log")"
 
 # ----------------------------------------------------------------- post-config
 # shellcheck source=../../devstack/plugin.sh

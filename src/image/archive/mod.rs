@@ -49,7 +49,7 @@ mod tree;
 pub use compression::Compression;
 pub use config::VOLUMES_LABEL;
 pub use stream::{Canonicalized, canonicalize};
-pub(crate) use tar::directories;
+pub(crate) use tar::{Entry as TarEntry, directories, guest_entries};
 
 /// Entry names longer than this are shortened in error messages.
 const SHOWN_NAME_MAX: usize = 256;

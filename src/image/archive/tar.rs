@@ -285,6 +285,55 @@ pub(crate) fn directories(paths: &[String]) -> Vec<u8> {
     out
 }
 
+/// One entry of [`guest_entries`]: a relative path (no `..`, no empty
+/// component, without a trailing slash), its mode, and the contents of a
+/// regular file (`None`: a directory). Owned by root.
+pub(crate) struct Entry<'a> {
+    pub path: &'a str,
+    pub mode: u32,
+    pub contents: Option<&'a [u8]>,
+}
+
+/// A tar of root-owned directories and regular files (what the host writes
+/// into a created container: key pairs, injected files), each with
+/// modification time `mtime`, in the given order (parents first).
+pub(crate) fn guest_entries(entries: &[Entry<'_>], mtime: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let (name, typeflag, size) = match e.contents {
+            None => (format!("{}/", e.path), b'5', 0u64),
+            Some(c) => (e.path.to_string(), b'0', c.len() as u64),
+        };
+        let mut header = if name.len() <= 100 && name.is_ascii() {
+            ustar_block(name.as_bytes(), typeflag, size, e.mode)
+        } else {
+            let record = pax_record("path", &name);
+            out.extend_from_slice(&ustar_block(b"././@PaxHeader", b'x', record.len() as u64, 0o644));
+            out.extend_from_slice(&record);
+            out.resize(out.len() + padding(record.len() as u64) as usize, 0);
+            let placeholder: &[u8] = if typeflag == b'5' { b"././@LongName/" } else { b"././@LongName" };
+            ustar_block(placeholder, typeflag, size, e.mode)
+        };
+        set_mtime(&mut header, mtime);
+        out.extend_from_slice(&header);
+        if let Some(c) = e.contents {
+            out.extend_from_slice(c);
+            out.resize(out.len() + padding(size) as usize, 0);
+        }
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+/// Sets a header's modification time and its checksum again.
+fn set_mtime(b: &mut [u8; 512], mtime: u64) {
+    octal(&mut b[136..148], mtime.min(0o77777777777));
+    b[148..156].copy_from_slice(b"        ");
+    let sum: u64 = b.iter().map(|&c| u64::from(c)).sum();
+    octal(&mut b[148..155], sum);
+    b[155] = b' ';
+}
+
 /// One PAX record, `"<len> <key>=<value>\n"`, its length counting itself.
 fn pax_record(key: &str, value: &str) -> Vec<u8> {
     let body = key.len() + value.len() + 3; // ' ', '=', '\n'
@@ -333,6 +382,36 @@ fn octal(field: &mut [u8], value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_entries_read_back_with_their_modes_owners_and_times() {
+        let long = format!("{}/f", "d".repeat(120));
+        let entries = [
+            Entry { path: "root/.ssh", mode: 0o700, contents: None },
+            Entry { path: "root/.ssh/authorized_keys", mode: 0o600, contents: Some(b"ssh-ed25519 AAAA k\n") },
+            Entry { path: &long, mode: 0o644, contents: Some(&[7u8; 700]) },
+        ];
+        let tar = guest_entries(&entries, 1_700_000_000);
+        let mut a = ::tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+            let path = e.path().unwrap().display().to_string();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()), (0, 0, 1_700_000_000), "{path}");
+            seen.push((path, h.entry_type().is_dir(), h.mode().unwrap(), body));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("root/.ssh/".to_string(), true, 0o700, vec![]),
+                ("root/.ssh/authorized_keys".to_string(), false, 0o600, b"ssh-ed25519 AAAA k\n".to_vec()),
+                (long.clone(), false, 0o644, vec![7u8; 700]),
+            ]
+        );
+    }
 
     fn header(name: &[u8], typeflag: u8, size_field: &[u8]) -> [u8; 512] {
         let mut b = [0u8; 512];

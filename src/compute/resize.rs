@@ -1,0 +1,845 @@
+//! Resize and cold migration, Nova's whole flow (`nova/compute/manager.py`):
+//! `prep_resize` on the destination, `resize_instance` on the source,
+//! `finish_resize` on the destination, then `confirm_resize` on the source,
+//! or `revert_resize` on the destination and `finish_revert_resize` on the
+//! source. Each RPC method is one operation on the shared framework
+//! ([`super::operation`]); the migration record moves through Nova's
+//! statuses and the allocations through Placement as Python does them (the
+//! conductor moved the source allocation to the migration's uuid; confirm
+//! drops it, revert and every failure before the instance lands give it
+//! back to the instance, a failure after it lands drops it).
+//!
+//! How the container moves: the source stops it and **commits** it (the
+//! writable layer becomes one image layer, files and all) and the new
+//! container is **created again** from that image with the new flavor's
+//! spec, exactly as a build makes one. `docker update` was not used: it
+//! changes only cgroup limits, not the root disk quota (`StorageOpt`, fixed
+//! at create), the root disk label the measure mode reads, the flavor's
+//! capabilities or read-only root: a resize would then silently keep the old
+//! flavor's disk and isolation. Same host, the committed image stays on the
+//! engine (referenced as `glance/<migration uuid>`, so the image cache
+//! manager removes it once no container uses it) and a revert creates the
+//! old flavor's container from it again. Between hosts the committed image
+//! travels through Glance, as shelve's snapshot does: the source uploads it
+//! as a private image of the request's project (`docker save` through the
+//! canonicalizer, streamed), the destination loads it as any tenant image
+//! (streamed, checked, canonicalized) and deletes it from Glance once
+//! loaded. No new listener or credential is needed on the hosts: both
+//! already reach Glance with Keystone. The source keeps its stopped
+//! container until the resize is confirmed (then removed) or reverted (then
+//! started again).
+//!
+//! The instance's ports follow with Neutron's port binding
+//! (`binding:host_id`, Nova's `migrate_instance_finish`): to the destination
+//! when the resize finishes, back to the source on revert.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::errors::OpError;
+use super::manager::ComputeManager;
+use super::operation::{OnFailure, Operation};
+use super::states::{PowerState, TaskState, VmState};
+use crate::conductor::Expected;
+use crate::image::{GlanceImage, ImageError, cache_repository, cache_tag, save_to_glance};
+use crate::net::NetworkInfo;
+use crate::network::BoundPort;
+use crate::objects::{Flavor, Instance, Migration};
+use crate::rpc::{RemoteError, RequestContext};
+use crate::virt::{Driver, ImageRef, VirtError, spec};
+
+/// What `resize_instance` hands to `finish_resize` (Nova's `disk_info`):
+/// where the committed filesystem of the instance is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The committed Docker image on the source's engine.
+    pub docker_image: String,
+    /// The Glance image holding it, for a move between hosts.
+    pub glance_image: Option<String>,
+}
+
+impl DiskInfo {
+    /// Reads `disk_info` as sent (a JSON string, as Nova's drivers send it).
+    pub fn parse(v: Option<&Value>) -> Result<Self, OpError> {
+        let bad = |why: String| OpError::Invalid(format!("finish_resize: unusable disk_info: {why}"));
+        match v {
+            Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| bad(e.to_string())),
+            Some(other) => serde_json::from_value(other.clone()).map_err(|e| bad(e.to_string())),
+            None => Err(bad("missing".into())),
+        }
+    }
+}
+
+/// What `prep_resize` is asked (its RPC arguments besides the instance and
+/// the migration).
+#[derive(Debug, Clone)]
+pub struct ResizeRequest {
+    /// The new flavor (the same one for a cold migration).
+    pub flavor: Flavor,
+    /// The image dict, passed along to the source.
+    pub image: Value,
+    /// The request spec, passed along (and back to the conductor on a reschedule).
+    pub request_spec: Value,
+    /// The scheduler's legacy filter properties (`retry` when rescheduling is allowed).
+    pub filter_properties: Value,
+    /// The scheduler's alternate hosts (Selection objects).
+    pub host_list: Value,
+    /// Whether the source stops the guest gracefully.
+    pub clean_shutdown: bool,
+}
+
+/// What happens to the migration's allocation when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnMoveFailure {
+    /// The instance has not landed: the source allocation goes back to it
+    /// (Nova's `_revert_allocation`).
+    RevertAllocation,
+    /// The instance is on the destination: the source allocation goes
+    /// (Nova's `_delete_allocation_after_move`).
+    DropSourceAllocation,
+    /// Nothing to do with Placement.
+    Keep,
+}
+
+/// The image properties Nova copied into the instance's system metadata at
+/// boot (`image_<key>`): what a container is created with again, even if the
+/// image has since left Glance.
+pub fn image_properties_of(i: &Instance) -> Map<String, Value> {
+    i.system_metadata()
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("image_").map(|p| (p.to_string(), Value::String(v))))
+        .collect()
+}
+
+/// The Docker reference keeping a committed image for a migration.
+fn committed_repository(migration: &Migration) -> String {
+    cache_repository(migration.uuid())
+}
+
+impl<D: Driver> ComputeManager<D> {
+    /// Runs one step of a move as an operation; on failure the migration is
+    /// marked `error` (Nova's `errors_out_migration`), its allocation
+    /// handled per `alloc`, then `op.on_failure` applied.
+    async fn move_step(
+        &self,
+        ctx: &RequestContext,
+        mut i: Instance,
+        m: &mut Migration,
+        op: Operation,
+        alloc: OnMoveFailure,
+        body: impl AsyncFnOnce(&mut Instance, &mut Migration) -> Result<(), OpError>,
+    ) -> Result<(), OpError> {
+        let on_failure = op.on_failure;
+        let op = op.on_failure(OnFailure::EventOnly);
+        let r = self.run(ctx, &mut i, op, async |i| body(i, m).await).await;
+        let Err(e) = r else { return Ok(()) };
+        if !e.is_superseded() {
+            m.set_status("error");
+            if let Err(se) = self.conductor.migration_save(ctx, m).await {
+                tracing::warn!(instance = i.uuid(), error = %se, "could not mark the migration in error");
+            }
+            self.move_allocation_on_failure(m, i.uuid(), alloc).await;
+        }
+        self.fail(ctx, &mut i, on_failure, e).await
+    }
+
+    async fn move_allocation_on_failure(&self, m: &Migration, instance: &str, alloc: OnMoveFailure) {
+        let Some(p) = &self.placement else { return };
+        let r = match alloc {
+            OnMoveFailure::RevertAllocation => p.move_allocations(m.uuid(), instance).await.map(|_| ()),
+            OnMoveFailure::DropSourceAllocation => p.delete_allocation(m.uuid()).await,
+            OnMoveFailure::Keep => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(instance, migration = m.uuid(), error = %e, "could not give back the migration's allocation");
+        }
+    }
+
+    /// The compute node id of this host, when the release records one.
+    fn node_id(&self) -> Option<i64> {
+        if !self.conductor.release().instance_compute_id {
+            return None;
+        }
+        self.records.get().map(|r| r.node_id.load(std::sync::atomic::Ordering::SeqCst)).filter(|id| *id > 0)
+    }
+
+    /// Checks the container spec `flavor` would give the instance here:
+    /// a flavor this host cannot honour is refused before anything moves.
+    fn check_flavor_here(&self, i: &Instance, flavor: &Flavor) -> Result<(), OpError> {
+        let mut resized = i.clone();
+        resized.apply_flavor(flavor);
+        spec::build(&resized, self.host(), "-", &image_properties_of(i), &self.settings.docker, None)
+            .map(|_| ())
+            .map_err(|e| OpError::Invalid(format!("flavor {}: {e}", flavor.name().unwrap_or("?"))))
+    }
+
+    // ------------------------------------------------------------------
+    // prep_resize (destination)
+    // ------------------------------------------------------------------
+
+    /// `prep_resize`, on the destination: checks this host can take the
+    /// instance with the new flavor, records itself on the migration
+    /// (`pre-migrating`), stashes the new flavor and the vm_state, and casts
+    /// `resize_instance` to the source. A refusal gives the allocation back;
+    /// then, with alternate hosts from the scheduler, the conductor is asked
+    /// to try the next one (Nova's `_reschedule_resize_or_reraise`; the
+    /// fault stays recorded), or else the instance is left as it was, with a
+    /// fault.
+    pub async fn prep_resize(
+        &self,
+        ctx: &RequestContext,
+        i: Instance,
+        mut m: Migration,
+        req: ResizeRequest,
+    ) -> Result<(), OpError> {
+        let op = Operation::new("compute_prep_resize").on_failure(OnFailure::RevertTask);
+        self.move_step(ctx, i, &mut m, op, OnMoveFailure::Keep, async |i, m| {
+            let Err(e) = self.do_prep_resize(ctx, i, m, &req).await else { return Ok(()) };
+            if e.is_superseded() {
+                return Err(e);
+            }
+            self.move_allocation_on_failure(m, i.uuid(), OnMoveFailure::RevertAllocation).await;
+            if self.reschedule_resize(ctx, i, &req, &e).await {
+                self.record_fault(ctx, i.uuid(), &e).await;
+                return Ok(());
+            }
+            Err(e)
+        })
+        .await
+    }
+
+    async fn do_prep_resize(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        m: &mut Migration,
+        req: &ResizeRequest,
+    ) -> Result<(), OpError> {
+        let flavor = &req.flavor;
+        let Some(source) = i.host().map(str::to_string) else {
+            return Err(migration_error("Instance has no source host"));
+        };
+        if m.cross_cell_move() {
+            return Err(migration_error("cross-cell resize is not supported by nova-docker"));
+        }
+        let same_flavor = flavor.id().is_some() && flavor.id() == i.obj.get_i64("instance_type_id");
+        if source == self.host() && same_flavor {
+            return Err(OpError::Nova(RemoteError::nova(
+                "UnableToMigrateToSelf",
+                format!("Unable to migrate instance ({}) to current host ({}).", i.uuid(), self.host()),
+                400,
+                json!({}),
+            )));
+        }
+        self.check_flavor_here(i, flavor)?;
+        // A host whose engine does not answer cannot take the instance: the
+        // scheduler's alternate may.
+        self.driver
+            .ping()
+            .await
+            .map_err(|e| OpError::Invalid(format!("this host's Docker engine does not answer: {e}")))?;
+        i.set("new_flavor", flavor.obj.to_primitive());
+        let vm = i.vm_state_name().unwrap_or(VmState::Active.as_str()).to_string();
+        i.set_system_metadata("old_vm_state", Some(&vm));
+        self.save(ctx, i, Expected::Any).await?;
+
+        m.obj.set("dest_compute", self.host());
+        m.obj.set("dest_node", self.host());
+        m.obj.set("dest_host", self.settings.my_ip.map(|ip| ip.to_string()).unwrap_or_else(|| self.host().into()));
+        if let Some(id) = self.node_id() {
+            m.obj.set("dest_compute_id", id);
+        }
+        m.set_status("pre-migrating");
+        self.conductor.migration_save(ctx, m).await?;
+
+        let args = json!({
+            "instance": i.to_primitive(), "migration": m.to_primitive(), "image": req.image,
+            "flavor": flavor.obj.to_primitive(), "clean_shutdown": req.clean_shutdown,
+            "request_spec": req.request_spec,
+        });
+        self.conductor.cast_compute(ctx, &source, "resize_instance", args).await?;
+        Ok(())
+    }
+
+    /// Asks the conductor to move the instance to the next alternate host;
+    /// whether it took the request (no retry information or no alternate
+    /// left: no).
+    async fn reschedule_resize(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        req: &ResizeRequest,
+        e: &OpError,
+    ) -> bool {
+        let alternates = req.host_list.as_array().is_some_and(|a| !a.is_empty());
+        if !req.filter_properties["retry"].is_object() || !alternates {
+            return false;
+        }
+        let mut filter_properties = req.filter_properties.clone();
+        filter_properties["retry"]["exc"] = json!([e.to_string()]);
+        if let Err(se) = self.begin_task(ctx, i, TaskState::ResizePrep, Expected::Any).await {
+            tracing::warn!(instance = i.uuid(), error = %se, "cannot reschedule the resize");
+            return false;
+        }
+        let flavor = req.flavor.obj.to_primitive();
+        let spec = req.request_spec.clone();
+        let hosts = req.host_list.clone();
+        match self.conductor.migrate_server(ctx, i, filter_properties, flavor, req.clean_shutdown, spec, hosts).await {
+            Ok(()) => {
+                tracing::info!(instance = i.uuid(), error = %e, "resize refused here; rescheduled to an alternate host");
+                true
+            }
+            Err(re) => {
+                tracing::warn!(instance = i.uuid(), error = %re, "could not reschedule the resize");
+                self.record_fault(ctx, i.uuid(), &OpError::from(re)).await;
+                false
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // resize_instance (source)
+    // ------------------------------------------------------------------
+
+    /// `resize_instance`, on the source: stops the container, commits its
+    /// filesystem (and between hosts uploads it to Glance), hands the
+    /// instance to the destination (`host`, `node`, `old_flavor`) and casts
+    /// `finish_resize` there. A failure puts the container back as it was
+    /// and gives the allocation back to the instance.
+    pub async fn resize_instance(
+        &self,
+        ctx: &RequestContext,
+        i: Instance,
+        mut m: Migration,
+        image: Value,
+        request_spec: Value,
+        clean_shutdown: bool,
+    ) -> Result<(), OpError> {
+        self.move_step(
+            ctx,
+            i,
+            &mut m,
+            Operation::new("compute_resize_instance").on_failure(OnFailure::RevertTask),
+            OnMoveFailure::RevertAllocation,
+            async |i, m| {
+                let dest = m.dest_compute().map(str::to_string).ok_or_else(|| migration_error("no destination"))?;
+                m.set_status("migrating");
+                self.conductor.migration_save(ctx, m).await?;
+                self.begin_task(ctx, i, TaskState::ResizeMigrating, Expected::task(TaskState::ResizePrep)).await?;
+
+                let was = self.power_state_of(i.uuid()).await?;
+                let disk_info = match self.migrate_disk_and_power_off(ctx, i, m, clean_shutdown).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Nova's InstanceFaultRollback: the guest as it was.
+                        if was == PowerState::Running
+                            && let Err(pe) = self.power_on_and_replug(ctx, i).await
+                        {
+                            tracing::warn!(instance = i.uuid(), error = %pe, "could not start the instance again");
+                        }
+                        return Err(e);
+                    }
+                };
+
+                m.set_status("post-migrating");
+                self.conductor.migration_save(ctx, m).await?;
+                i.set("host", dest.as_str());
+                if let Some(node) = m.dest_node() {
+                    i.set("node", node);
+                }
+                if self.conductor.release().instance_compute_id
+                    && let Some(id) = m.obj.get_i64("dest_compute_id")
+                {
+                    i.set("compute_id", id);
+                }
+                if let Some(f) = i.obj.get("flavor").cloned() {
+                    i.set("old_flavor", f);
+                }
+                i.set_power_state(PowerState::Shutdown);
+                self.begin_task(ctx, i, TaskState::ResizeMigrated, Expected::task(TaskState::ResizeMigrating)).await?;
+
+                let disk_info = serde_json::to_string(&disk_info).map_err(|e| OpError::Invalid(e.to_string()))?;
+                let args = json!({
+                    "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
+                    "disk_info": disk_info, "request_spec": request_spec,
+                });
+                self.conductor.cast_compute(ctx, &dest, "finish_resize", args).await?;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// The driver's `migrate_disk_and_power_off`: the container stopped and
+    /// committed; between hosts the image uploaded to a new Glance image and
+    /// removed here (the stopped container stays for a revert).
+    async fn migrate_disk_and_power_off(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        clean_shutdown: bool,
+    ) -> Result<DiskInfo, OpError> {
+        let uuid = i.uuid();
+        self.power_off(uuid, self.shutdown_timeout(i, clean_shutdown)).await?;
+        let ni = self.network_info_of(i);
+        // Nova's migrate_instance_start: this host's side of the ports goes.
+        self.driver.unplug_vifs(uuid, &ni).await;
+        let committed = self.driver.commit(uuid, false, Vec::new()).await?;
+        // Referenced at once, so that nothing is left unnamed if this host
+        // dies now: same host, it is kept for the new container and a
+        // revert, and the image cache manager removes it once no container
+        // uses it; between hosts it goes once uploaded.
+        self.driver.tag_image(&committed, &committed_repository(m), &cache_tag(&committed)).await?;
+        if m.same_host() {
+            return Ok(DiskInfo { docker_image: committed, glance_image: None });
+        }
+        let uploaded = self.upload_for_move(ctx, i, m, &committed).await;
+        if let Err(e) = self.driver.remove_image(&committed).await {
+            tracing::warn!(instance = uuid, image = %committed, error = %e, "could not remove the committed image");
+        }
+        let glance_image = uploaded?;
+        Ok(DiskInfo { docker_image: committed, glance_image: Some(glance_image) })
+    }
+
+    /// Uploads a committed image to a new private Glance image for the
+    /// destination; a failed upload deletes it.
+    async fn upload_for_move(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        committed: &str,
+    ) -> Result<String, OpError> {
+        let glance = self.images.glance();
+        let body = json!({
+            "name": format!("nova-docker-migration-{}", m.uuid()),
+            "container_format": "docker", "disk_format": "raw", "visibility": "private",
+            "nova_docker_migration": m.uuid(), "instance_uuid": i.uuid(),
+        });
+        let image = glance.create(Some(ctx), body).await.map_err(ImageError::from)?;
+        let limits = self.images.limits().clone();
+        match save_to_glance(self.driver.as_ref(), glance, Some(ctx), committed, &image.id, limits, None).await {
+            Ok(summary) => {
+                tracing::info!(instance = i.uuid(), image = %image.id, bytes = summary.input_bytes,
+                    "instance filesystem uploaded for its migration");
+                Ok(image.id)
+            }
+            Err(e) => {
+                if let Err(de) = glance.delete(Some(ctx), &image.id).await {
+                    tracing::warn!(instance = i.uuid(), image = %image.id, error = %de, "could not delete the migration image");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Start-up after a crash in `resize_instance` (task `resize_migrating`):
+    /// what the move left is cleaned up and its allocation given back, as a
+    /// failed `resize_instance` would have: the migration's Glance image
+    /// and committed image, the source allocation back to the instance, the
+    /// migration in `error`. The caller starts the instance again.
+    pub async fn roll_back_interrupted_resize(&self, ctx: &RequestContext, i: &Instance) {
+        let uuid = i.uuid();
+        let mut found = None;
+        for status in ["migrating", "post-migrating", "pre-migrating"] {
+            match self.conductor.migration_by_instance_and_status(ctx, uuid, status).await {
+                Ok(Some(m)) => {
+                    found = Some(m);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(instance = uuid, error = %e, "cannot read the interrupted migration");
+                    return;
+                }
+            }
+        }
+        let Some(mut m) = found else {
+            tracing::warn!(instance = uuid, "no migration in progress found for the interrupted resize");
+            return;
+        };
+        let glance = self.images.glance();
+        match glance.list(Some(ctx), &[("nova_docker_migration", m.uuid())]).await {
+            Ok(images) => {
+                for image in images {
+                    match glance.delete(Some(ctx), &image.id).await {
+                        Ok(()) => {
+                            tracing::info!(instance = uuid, image = %image.id, "deleted the interrupted migration's Glance image")
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not delete the migration image")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
+                "cannot list the migration's Glance images (without [glance] credentials there is no token at \
+                 start-up): delete the image named nova-docker-migration-<migration> by hand"),
+        }
+        if let Ok(committed) = self.driver.images_in_repository(&committed_repository(&m)).await {
+            for image in committed {
+                if let Err(e) = self.driver.remove_image(&image.id).await {
+                    tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not remove the committed image");
+                }
+            }
+        }
+        self.move_allocation_on_failure(&m, uuid, OnMoveFailure::RevertAllocation).await;
+        m.set_status("error");
+        if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
+            tracing::warn!(instance = uuid, error = %e, "could not mark the migration in error");
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // finish_resize (destination)
+    // ------------------------------------------------------------------
+
+    /// `finish_resize`, on the destination: the new flavor on the instance,
+    /// the ports bound here, the container created from the moved
+    /// filesystem with the new flavor (started unless it was stopped),
+    /// migration `finished`, instance `resized`. A failure leaves the
+    /// instance in ERROR here and drops the source allocation, as Nova does.
+    pub async fn finish_resize(
+        &self,
+        ctx: &RequestContext,
+        i: Instance,
+        mut m: Migration,
+        disk_info: Option<Value>,
+    ) -> Result<(), OpError> {
+        let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
+        self.move_step(
+            ctx,
+            i,
+            &mut m,
+            Operation::new("compute_finish_resize").on_failure(on_failure),
+            OnMoveFailure::DropSourceAllocation,
+            async |i, m| {
+                let disk = DiskInfo::parse(disk_info.as_ref())?;
+                let old_flavor = i.flavor_named("flavor");
+                if let Some(f) = i.obj.get("flavor").cloned() {
+                    i.set("old_flavor", f);
+                }
+                let resize = m.obj.get_i64("old_instance_type_id") != m.obj.get_i64("new_instance_type_id");
+                if resize {
+                    let new = i.flavor_named("new_flavor").ok_or_else(|| migration_error("no new flavor stashed"))?;
+                    i.apply_flavor(&new);
+                }
+                let power_on = i.system_metadata().get("old_vm_state").map(String::as_str) != Some("stopped");
+
+                let ni = self.bind_ports_here(ctx, i).await?;
+                self.begin_task(ctx, i, TaskState::ResizeFinish, Expected::task(TaskState::ResizeMigrated)).await?;
+                let landed = self.finish_migration(ctx, i, m, &disk, &ni, power_on).await;
+                let state = match landed {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if resize && let Some(old) = old_flavor {
+                            i.apply_flavor(&old);
+                        }
+                        return Err(e);
+                    }
+                };
+                m.set_status("finished");
+                self.conductor.migration_save(ctx, m).await?;
+                i.set("launched_at", Self::now());
+                self.settle(ctx, i, VmState::Resized, state, Expected::task(TaskState::ResizeFinish)).await
+            },
+        )
+        .await
+    }
+
+    /// The driver's `finish_migration`: the moved filesystem made a
+    /// container with the instance's (new) flavor.
+    async fn finish_migration(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        disk: &DiskInfo,
+        ni: &NetworkInfo,
+        power_on: bool,
+    ) -> Result<PowerState, OpError> {
+        let image = match &disk.glance_image {
+            None => self.committed_image(&disk.docker_image).await?,
+            Some(glance_id) => {
+                let loaded = self.load_moved_image(ctx, glance_id).await;
+                if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
+                    tracing::warn!(instance = i.uuid(), image = %glance_id, error = %e, "could not delete the migration image");
+                }
+                loaded?
+            }
+        };
+        if m.same_host() {
+            // The original container is in the committed image: it goes,
+            // so the new one takes its name.
+            self.driver.destroy(i.uuid(), Duration::ZERO, &Vec::new()).await?;
+        }
+        self.container_from(i, &image, ni, power_on).await
+    }
+
+    async fn committed_image(&self, docker_image: &str) -> Result<ImageRef, OpError> {
+        match self.driver.find_image(docker_image).await? {
+            Some(found) => Ok(found),
+            None => Err(OpError::Virt(VirtError::Invalid(format!(
+                "the committed image {docker_image} of this resize is no longer on this host"
+            )))),
+        }
+    }
+
+    async fn load_moved_image(&self, ctx: &RequestContext, glance_id: &str) -> Result<ImageRef, OpError> {
+        let meta = self.images.glance().get(Some(ctx), glance_id).await.map_err(ImageError::from)?;
+        let (image, _) = self.images.ensure(Some(ctx), &meta).await?;
+        Ok(image)
+    }
+
+    /// Creates the instance's container from `image` with its current
+    /// flavor, as a build would, and starts it (ports plugged) if asked.
+    async fn container_from(
+        &self,
+        i: &Instance,
+        image: &ImageRef,
+        ni: &NetworkInfo,
+        power_on: bool,
+    ) -> Result<PowerState, OpError> {
+        let mut doc = Value::Object(image_properties_of(i));
+        doc["id"] = json!(i.image_ref().unwrap_or_default());
+        doc["status"] = json!("active");
+        let meta = GlanceImage::from_json(&doc).ok_or_else(|| OpError::Invalid("image properties".into()))?;
+        self.create_container(i, &meta, image, ni).await?;
+        if !power_on {
+            return Ok(PowerState::Shutdown);
+        }
+        let info = self.start_created(i.uuid()).await?;
+        self.plug_vifs(i.uuid(), ni, false).await?;
+        Ok(info.state)
+    }
+
+    /// Nova's `migrate_instance_finish`: every port of the instance bound to
+    /// this host, and the info cache written from the new bindings.
+    async fn bind_ports_here(&self, ctx: &RequestContext, i: &mut Instance) -> Result<NetworkInfo, OpError> {
+        let current = self.network_info(ctx, i).await?;
+        if current.is_empty() {
+            return Ok(current);
+        }
+        let Some(neutron) = self.neutron.as_deref() else {
+            return Err(OpError::Invalid("the instance has ports but Neutron is not configured here".into()));
+        };
+        let mut bound = Vec::new();
+        for vif in &current {
+            let port = neutron.bind_to_host(&vif.id, self.host()).await?;
+            let preserve = vif.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false);
+            bound.push(BoundPort { port, created: !preserve });
+        }
+        let ni = neutron.network_info(&bound).await?;
+        let text = crate::net::model::network_info_to_string(&ni)
+            .map_err(|e| OpError::Invalid(format!("network_info: {e}")))?;
+        self.conductor.info_cache_save(ctx, i, &text).await?;
+        Ok(ni)
+    }
+
+    // ------------------------------------------------------------------
+    // confirm_resize (source)
+    // ------------------------------------------------------------------
+
+    /// `confirm_resize`, on the source: the old container goes (between
+    /// hosts), the migration is `confirmed`, the source allocation held by
+    /// the migration is deleted whatever happens, and the stashed flavors
+    /// are cleared.
+    pub async fn confirm_resize(&self, ctx: &RequestContext, i: Instance, mut m: Migration) -> Result<(), OpError> {
+        match m.status() {
+            Some("confirmed") => return Ok(()),
+            Some("finished" | "confirming") => {}
+            other => {
+                tracing::warn!(instance = i.uuid(), status = ?other, "unexpected migration status; not confirming");
+                return Ok(());
+            }
+        }
+        let i = match self.conductor.instance_get(ctx, i.uuid()).await {
+            Ok(fresh) => fresh,
+            Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let uuid = i.uuid().to_string();
+        let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
+        let r = self
+            .move_step(
+                ctx,
+                i,
+                &mut m,
+                Operation::new("compute_confirm_resize").on_failure(on_failure),
+                OnMoveFailure::Keep,
+                async |i, m| {
+                    if !m.same_host() {
+                        self.driver.destroy(i.uuid(), Duration::ZERO, &Vec::new()).await?;
+                    }
+                    m.set_status("confirmed");
+                    self.conductor.migration_save(ctx, m).await?;
+                    let vm = if i.power_state() == PowerState::Shutdown { VmState::Stopped } else { VmState::Active };
+                    i.set_vm_state(vm);
+                    i.set_task_state(None);
+                    let expected =
+                        Expected::OneOf(vec![None, Some(TaskState::Deleting), Some(TaskState::SoftDeleting)]);
+                    self.save(ctx, i, expected).await?;
+                    clear_stashed_flavors(i);
+                    self.save(ctx, i, Expected::Any).await
+                },
+            )
+            .await;
+        // Whatever happened, the instance is on the destination: the
+        // allocation the migration holds here goes.
+        if let Some(p) = &self.placement
+            && let Err(e) = p.delete_allocation(m.uuid()).await
+        {
+            tracing::warn!(instance = %uuid, migration = m.uuid(), error = %e, "could not delete the migration's allocation");
+        }
+        r
+    }
+
+    // ------------------------------------------------------------------
+    // revert_resize (destination) and finish_revert_resize (source)
+    // ------------------------------------------------------------------
+
+    /// `revert_resize`, on the destination: its container goes (the ports
+    /// stay, they move back with `finish_revert_resize`), the migration is
+    /// `reverted`, and the source is told to finish.
+    pub async fn revert_resize(
+        &self,
+        ctx: &RequestContext,
+        i: Instance,
+        mut m: Migration,
+        request_spec: Value,
+    ) -> Result<(), OpError> {
+        let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
+        self.move_step(
+            ctx,
+            i,
+            &mut m,
+            Operation::new("compute_revert_resize").on_failure(on_failure),
+            OnMoveFailure::Keep,
+            async |i, m| {
+                let ni = self.network_info(ctx, i).await?;
+                let source = m.source_compute().map(str::to_string).ok_or_else(|| migration_error("no source host"))?;
+                self.driver.destroy(i.uuid(), Duration::ZERO, &ni).await?;
+                m.set_status("reverted");
+                self.conductor.migration_save(ctx, m).await?;
+                let args =
+                    json!({"instance": i.to_primitive(), "migration": m.to_primitive(), "request_spec": request_spec});
+                self.conductor.cast_compute(ctx, &source, "finish_revert_resize", args).await?;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// `finish_revert_resize`, on the source: the old flavor, host and node
+    /// back on the instance, the source allocation back from the migration,
+    /// the ports bound here again, the original container started again
+    /// (same host: created again from the committed image with the old
+    /// flavor), then the vm_state from before the resize.
+    pub async fn finish_revert_resize(
+        &self,
+        ctx: &RequestContext,
+        i: Instance,
+        mut m: Migration,
+    ) -> Result<(), OpError> {
+        let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
+        self.move_step(
+            ctx,
+            i,
+            &mut m,
+            Operation::new("compute_finish_revert_resize").on_failure(on_failure),
+            OnMoveFailure::Keep,
+            async |i, m| {
+                let r = self.revert_here(ctx, i, m).await;
+                if r.is_err() {
+                    clear_stashed_flavors(i);
+                }
+                r
+            },
+        )
+        .await
+    }
+
+    async fn revert_here(&self, ctx: &RequestContext, i: &mut Instance, m: &Migration) -> Result<(), OpError> {
+        let old_vm = i.system_metadata().get("old_vm_state").and_then(|s| VmState::parse(s)).unwrap_or(VmState::Active);
+        if let Some(old) = i.flavor_named("old_flavor") {
+            i.apply_flavor(&old);
+        }
+        i.set("host", m.source_compute().unwrap_or(self.host()));
+        i.set("node", m.source_node().unwrap_or(self.host()));
+        if let Some(id) = self.node_id() {
+            i.set("compute_id", id);
+        }
+        if let Some(p) = &self.placement {
+            let moved = p.move_allocations(m.uuid(), i.uuid()).await.map_err(|e| OpError::Invalid(e.to_string()))?;
+            if !moved {
+                tracing::error!(
+                    instance = i.uuid(),
+                    migration = m.uuid(),
+                    "no allocation held by the migration to give back"
+                );
+            }
+        }
+        let ni = self.bind_ports_here(ctx, i).await?;
+        let power_on = old_vm != VmState::Stopped;
+        let state = match self.driver.get_info(i.uuid()).await {
+            Ok(_) if power_on => {
+                let info = self.driver.power_on(i.uuid()).await?;
+                self.plug_vifs(i.uuid(), &ni, false).await?;
+                info.state
+            }
+            Ok(info) => info.state,
+            Err(VirtError::NotFound(_)) => {
+                let committed = self.committed_for(m).await?;
+                self.container_from(i, &committed, &ni, power_on).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        clear_stashed_flavors(i);
+        i.set("launched_at", Self::now());
+        let vm = if power_on { VmState::Active } else { VmState::Stopped };
+        self.settle(ctx, i, vm, state, Expected::task(TaskState::ResizeReverting)).await
+    }
+
+    /// The image committed here for a same-host resize.
+    async fn committed_for(&self, m: &Migration) -> Result<ImageRef, OpError> {
+        let repository = committed_repository(m);
+        let found = self.driver.images_in_repository(&repository).await?;
+        match found.into_iter().next() {
+            Some(image) => Ok(ImageRef { id: image.id, volumes: image.volumes }),
+            None => Err(OpError::Virt(VirtError::Invalid(format!(
+                "the instance's committed filesystem ({repository}) is no longer on this host"
+            )))),
+        }
+    }
+}
+
+/// Nova's `_delete_stashed_flavor_info`.
+fn clear_stashed_flavors(i: &mut Instance) {
+    i.set("old_flavor", Value::Null);
+    i.set("new_flavor", Value::Null);
+    if i.system_metadata().contains_key("old_vm_state") {
+        i.set_system_metadata("old_vm_state", None);
+    }
+}
+
+/// Nova's `MigrationError`.
+fn migration_error(reason: &str) -> OpError {
+    OpError::Nova(RemoteError::nova("MigrationError", format!("Migration error: {reason}"), 500, json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_info_travels_as_a_json_string() {
+        let d = DiskInfo { docker_image: "sha256:ab".into(), glance_image: Some("g".into()) };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(DiskInfo::parse(Some(&json!(text))).unwrap(), d);
+        assert!(DiskInfo::parse(Some(&json!("[]"))).is_err());
+        assert!(DiskInfo::parse(None).is_err());
+    }
+}

@@ -1,0 +1,404 @@
+//! What a server gets in its guest besides the image, through the real Nova
+//! API as a user asks for it (issue 21): its key pair (`[docker]
+//! inject_key`) and injected files (personality) written into the
+//! container before it starts, never through host paths; block device
+//! mappings the host cannot honour refused with a fault.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cloud::{Cloud, ComputeHost, host_name};
+use crate::common::{self, Release};
+
+const T: Duration = Duration::from_secs(90);
+
+/// `docker exec` in the server's container; its stdout.
+fn guest(id: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
+        .output()
+        .expect("docker exec runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A Docker image FROM the test busybox whose `/root/.ssh` and `/opt/inj`
+/// are symlinks to absolute paths that exist on the host (`escape_dir`) or
+/// could be made there (`escape_ssh`): a writer going through host paths
+/// would follow them out of the container.
+fn hostile_image(tag: &str, escape_ssh: &str, escape_dir: &str) {
+    let ctx = std::env::temp_dir().join(format!("{tag}-ctx").replace(':', "-"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    let script =
+        format!("mkdir -p /root /opt {escape_dir} && ln -s {escape_ssh} /root/.ssh && ln -s {escape_dir} /opt/inj");
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM nd-busybox:latest\nRUN {script}\n")).unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "--network", "none", "-t", tag])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build runs");
+    let _ = std::fs::remove_dir_all(&ctx);
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn post_server(cloud: &Cloud, body: Value) -> String {
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(json!({"server": body})), "2.56").await;
+    assert_eq!(status, 202, "create server: {v}");
+    v["server"]["id"].as_str().expect("server id").to_string()
+}
+
+async fn key_pair_and_injected_files_are_written_into_the_container(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("guestfiles");
+    let mut host = ComputeHost::start(&cloud, &name, "[docker]\ninject_key = true").await;
+    let u = common::unique("nd-guest");
+    let (escape_ssh, escape_dir) = (format!("/tmp/{u}-ssh"), format!("/tmp/{u}-dir"));
+    std::fs::create_dir_all(&escape_dir).unwrap();
+    let tag = format!("{u}:latest");
+    hostile_image(&tag, &escape_ssh, &escape_dir);
+    let image = cloud.docker_image_in_glance(&host.conf, &tag, &u, &[]).await;
+
+    // Nova makes the key pair (microversion < 2.92) and keeps its public key.
+    let (status, kp) =
+        cloud.nova(reqwest::Method::POST, "/os-keypairs", Some(json!({"keypair": {"name": u}})), "2.56").await;
+    assert!(status == 200 || status == 201, "{status} {kp}");
+    let public_key = kp["keypair"]["public_key"].as_str().unwrap().trim().to_string();
+
+    let motd = "hello from personality\n";
+    let secret = "\u{0}binary\u{1}";
+    let id = post_server(
+        &cloud,
+        json!({"name": "guestfiles", "imageRef": image, "flavorRef": "1", "networks": "none",
+        "availability_zone": format!("nova:{name}"), "key_name": u,
+        "personality": [
+            {"path": "/etc/motd", "contents": base64(motd.as_bytes())},
+            {"path": "/opt/inj/through-a-symlink", "contents": base64(secret.as_bytes())},
+            {"path": "/srv/new/dir/file", "contents": base64(b"x")},
+        ]}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+
+    // The key, as root's only authorized key, with sshd's modes; the image's
+    // symlink at /root/.ssh replaced by a directory in the container.
+    let modes = guest(&id, "stat -c '%F %a %u %g' /root/.ssh /root/.ssh/authorized_keys");
+    assert_eq!(modes, "directory 700 0 0\nregular file 600 0 0\n", "{modes}");
+    assert_eq!(guest(&id, "cat /root/.ssh/authorized_keys"), format!("{public_key}\n"));
+    // Personality files, byte for byte, root-owned 0644; missing parents made.
+    assert_eq!(guest(&id, "cat /etc/motd"), motd);
+    assert_eq!(guest(&id, "stat -c '%a %u %g' /etc/motd /srv/new/dir"), "644 0 0\n755 0 0\n");
+    assert_eq!(guest(&id, "cat /opt/inj/through-a-symlink"), secret, "written through the symlink, in the container");
+    // Nothing reached the host through the image's symlinks.
+    assert!(!std::path::Path::new(&escape_ssh).exists(), "{escape_ssh} was created on the host");
+    let leaked: Vec<_> = std::fs::read_dir(&escape_dir).unwrap().collect();
+    assert!(leaked.is_empty(), "written on the host through the image's symlink: {leaked:?}");
+
+    cloud.delete_server(&id, T).await;
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/os-keypairs/{u}"), None, "2.56").await;
+    cloud.delete_glance_image(&image).await;
+    let _ = std::process::Command::new("docker").args(["rmi", &tag]).output();
+    let _ = std::fs::remove_dir_all(&escape_dir);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn key_pair_and_injected_files_are_written_into_the_container_newest() {
+    key_pair_and_injected_files_are_written_into_the_container(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn key_pair_and_injected_files_are_written_into_the_container_zed() {
+    key_pair_and_injected_files_are_written_into_the_container(Release::Zed).await;
+}
+
+/// Waits for ERROR; the fault's message.
+async fn fault_of(cloud: &Cloud, id: &str) -> String {
+    let s = cloud.wait_status(id, "ERROR", T).await;
+    s["fault"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+async fn what_the_host_cannot_honour_is_refused_with_a_fault(release: Release) {
+    let cloud = Cloud::get(release);
+    let name = host_name("guestrefuse");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let az = format!("nova:{name}");
+
+    // A flavor with an ephemeral disk: Nova maps a blank local disk.
+    let flavor = common::unique("nd-eph");
+    let (status, f) = cloud
+        .nova(
+            reqwest::Method::POST,
+            "/flavors",
+            Some(json!({"flavor": {"name": flavor, "ram": 128, "vcpus": 1, "disk": 1,
+                                   "OS-FLV-EXT-DATA:ephemeral": 1}})),
+            "2.55",
+        )
+        .await;
+    assert_eq!(status, 200, "{f}");
+    let flavor_id = f["flavor"]["id"].as_str().unwrap().to_string();
+    let id = post_server(
+        &cloud,
+        json!({"name": "eph", "imageRef": image, "flavorRef": flavor_id, "networks": "none", "availability_zone": az}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert!(fault.contains("not supported by nova-docker") && fault.contains("ephemeral"), "{fault}");
+    assert!(
+        std::process::Command::new("docker").args(["inspect", &format!("nova-{id}")]).output().unwrap().status.code()
+            != Some(0)
+    );
+    cloud.delete_server(&id, T).await;
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/flavors/{flavor_id}"), None, "2.55").await;
+
+    // An injected file whose path is not absolute.
+    let id = post_server(
+        &cloud,
+        json!({"name": "relpath", "imageRef": image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "personality": [{"path": "etc/relative", "contents": base64(b"x")}]}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert_eq!(fault, "injected file 1: its path is not an absolute path");
+    cloud.delete_server(&id, T).await;
+
+    // Files for a read-only root filesystem (image os_read_only_rootfs):
+    // they cannot be written, so the build fails rather than runs without.
+    let ro_name = common::unique("nd-guest-ro");
+    let ro_image =
+        cloud.docker_image_in_glance(&host.conf, "nd-busybox:latest", &ro_name, &["os_read_only_rootfs=true"]).await;
+    let id = post_server(
+        &cloud,
+        json!({"name": "rofiles", "imageRef": ro_image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "personality": [{"path": "/etc/motd", "contents": base64(b"x")}]}),
+    )
+    .await;
+    let fault = fault_of(&cloud, &id).await;
+    assert!(fault.contains("read-only") && fault.contains("cannot be written"), "{fault}");
+    cloud.delete_server(&id, T).await;
+    // A config drive is a mount, not a write: a read-only root has one.
+    let id = post_server(
+        &cloud,
+        json!({"name": "rodrive", "imageRef": ro_image, "flavorRef": "1", "networks": "none", "availability_zone": az,
+               "config_drive": true}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let md = guest(&id, "cat /mnt/config/openstack/latest/meta_data.json");
+    assert!(md.contains(&id), "{md}");
+    cloud.delete_server(&id, T).await;
+    cloud.delete_glance_image(&ro_image).await;
+
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn what_the_host_cannot_honour_is_refused_with_a_fault_newest() {
+    what_the_host_cannot_honour_is_refused_with_a_fault(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn what_the_host_cannot_honour_is_refused_with_a_fault_zed() {
+    what_the_host_cannot_honour_is_refused_with_a_fault(Release::Zed).await;
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `ping` from inside an instance, retried while the L2 agent wires the
+/// ports (bounded): whether one got an answer, and the last output.
+async fn pings(server: &str, ip: &str) -> (bool, String) {
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, out) = crate::network::exec(&format!("nova-{server}"), &format!("ping -c1 -W3 {ip}")).await;
+        // "permission denied (are you root?)": no raw socket, no retry helps.
+        if ok || out.contains("permission denied") || started.elapsed() > Duration::from_secs(90) {
+            return (ok, out);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Instances of a plain flavor ping each other: busybox's `ping` opens a
+/// raw socket (NET_RAW is in the default set), and unprivileged ICMP
+/// datagram sockets (iputils' `ping` as any user) are open to every group.
+async fn instances_of_a_plain_flavor_ping_each_other(release: Release) {
+    let cloud = Cloud::get(release);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut host = ComputeHost::start(&cloud, &host_name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let boot = |name: &'static str| {
+        json!({"name": name, "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
+               "availability_zone": format!("nova:{host_name}")})
+    };
+    let a = post_server(&cloud, boot("ping-a")).await;
+    let b = post_server(&cloud, boot("ping-b")).await;
+    cloud.wait_status(&a, "ACTIVE", T).await;
+    cloud.wait_status(&b, "ACTIVE", T).await;
+    let (pa, pb) = (crate::network::ports_of(&cloud, &a).await, crate::network::ports_of(&cloud, &b).await);
+    let (ia, ib) = (crate::network::fixed_ip(&pa[0], false), crate::network::fixed_ip(&pb[0], false));
+    for (from, to) in [(&a, &ib), (&b, &ia)] {
+        let (ok, out) = pings(from, to).await;
+        assert!(ok, "{from} cannot ping {to}: {out}");
+    }
+    for id in [&a, &b] {
+        let (_, range) = crate::network::exec(&format!("nova-{id}"), "cat /proc/sys/net/ipv4/ping_group_range").await;
+        assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"], "{range}");
+    }
+    cloud.delete_server(&a, T).await;
+    cloud.delete_server(&b, T).await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn instances_of_a_plain_flavor_ping_each_other_newest() {
+    instances_of_a_plain_flavor_ping_each_other(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn instances_of_a_plain_flavor_ping_each_other_zed() {
+    instances_of_a_plain_flavor_ping_each_other(Release::Zed).await;
+}
+
+/// What Nova's own `InstanceMetadata` puts in the config drive of `id`
+/// (tests/py/instance_metadata.py, run with the release's Nova against its
+/// database): file name under `openstack/latest/` to contents.
+async fn novas_drive(cloud: &Cloud, release: Release, id: &str, admin_pass: &str) -> serde_json::Map<String, Value> {
+    let script = common::repo().join("tests/py/instance_metadata.py");
+    let conf = format!("{}/etc/nova/nova.conf", cloud.var("ND_STATE"));
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(release.python())
+            .arg(script)
+            .args([conf.as_str(), id, admin_pass])
+            .env("PYTHONPATH", common::repo().join("tests/env/pylib"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("instance_metadata.py in time")
+    .expect("instance_metadata.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "instance_metadata.py: {}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Compares the container's drive with Nova's, file by file (JSON parsed;
+/// `random_seed` is random on both sides: 512 bytes each).
+async fn drive_matches_novas(cloud: &Cloud, release: Release, id: &str, admin_pass: &str) {
+    let nova = novas_drive(cloud, release, id, admin_pass).await;
+    let mut names: Vec<&String> = nova.keys().collect();
+    names.sort();
+    let ours = guest(id, "ls /mnt/config/openstack/latest");
+    let mut our_names: Vec<&str> = ours.split_whitespace().collect();
+    our_names.sort();
+    assert_eq!(our_names, names, "the files of openstack/latest");
+    for (name, theirs) in &nova {
+        let theirs = theirs.as_str().unwrap();
+        let mine = guest(id, &format!("cat /mnt/config/openstack/latest/{name}"));
+        if name.ends_with(".json") {
+            let mut a: Value = serde_json::from_str(&mine).unwrap_or_else(|e| panic!("{name}: {e}: {mine}"));
+            let mut b: Value = serde_json::from_str(theirs).unwrap();
+            for v in [&mut a, &mut b] {
+                if let Some(seed) = v.as_object_mut().and_then(|m| m.remove("random_seed")) {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(seed.as_str().unwrap()).unwrap();
+                    assert_eq!(bytes.len(), 512, "{name} random_seed");
+                }
+            }
+            assert_eq!(a, b, "{name}: ours (left) and Nova's (right)");
+        } else {
+            assert_eq!(mine, theirs, "{name}");
+        }
+    }
+}
+
+/// A server booted with `--config-drive true` (on the test network, with a
+/// key pair, metadata, user data and an admin password) has Nova's drive,
+/// read-only at /mnt/config, as Nova's own code writes it; its
+/// network_data.json follows an interface attach and detach; nothing of it
+/// is left on the host after delete, and a server that asked for none has
+/// none.
+async fn config_drive_matches_novas_instance_metadata(release: Release) {
+    let cloud = Cloud::get(release);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut host = ComputeHost::start(&cloud, &host_name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let u = common::unique("nd-guest");
+    let (status, kp) =
+        cloud.nova(reqwest::Method::POST, "/os-keypairs", Some(json!({"keypair": {"name": u}})), "2.56").await;
+    assert!(status == 200 || status == 201, "{status} {kp}");
+    let admin_pass = common::unique("pw");
+    let user_data = "#cloud-config\nruncmd: [echo hi]\n";
+    let id = post_server(
+        &cloud,
+        json!({"name": "cdrive", "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
+               "availability_zone": format!("nova:{host_name}"), "config_drive": true, "key_name": u,
+               "metadata": {"role": "web", "owner": "guest21"}, "user_data": base64(user_data.as_bytes()),
+               "adminPass": admin_pass}),
+    )
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+    assert_eq!(guest(&id, "cat /mnt/config/openstack/latest/user_data"), user_data);
+    let (wrote, _) = crate::network::exec(&format!("nova-{id}"), "touch /mnt/config/x").await;
+    assert!(!wrote, "the drive is read-only");
+
+    // An interface attached, then detached: network_data.json follows.
+    let before = guest(&id, "cat /mnt/config/openstack/latest/network_data.json");
+    let (status, att) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/os-interface"),
+            Some(json!({"interfaceAttachment": {"net_id": net}})),
+            "2.88",
+        )
+        .await;
+    assert_eq!(status, 200, "{att}");
+    let port = att["interfaceAttachment"]["port_id"].as_str().unwrap().to_string();
+    let attached = guest(&id, "cat /mnt/config/openstack/latest/network_data.json");
+    assert!(attached.contains(&port) && attached != before, "{attached}");
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+    let (status, v) =
+        cloud.nova(reqwest::Method::DELETE, &format!("/servers/{id}/os-interface/{port}"), None, "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    common::wait_for("network_data.json without the detached port", T, async || {
+        !guest(&id, "cat /mnt/config/openstack/latest/network_data.json").contains(&port)
+    })
+    .await;
+    drive_matches_novas(&cloud, release, &id, &admin_pass).await;
+
+    // A server that asked for no drive has none.
+    let plain = post_server(
+        &cloud,
+        json!({"name": "nodrive", "imageRef": image, "flavorRef": "1", "networks": "none",
+               "availability_zone": format!("nova:{host_name}")}),
+    )
+    .await;
+    cloud.wait_status(&plain, "ACTIVE", T).await;
+    assert_eq!(guest(&plain, "ls -A /mnt 2>/dev/null | wc -l").trim(), "0", "no drive asked, none given");
+
+    let drive_dir = host.state.join("instances").join(&id).join("config-drive");
+    assert!(drive_dir.join("openstack/latest/meta_data.json").exists(), "{}", drive_dir.display());
+    cloud.delete_server(&id, T).await;
+    cloud.delete_server(&plain, T).await;
+    assert!(!host.state.join("instances").join(&id).exists(), "the drive went with the instance");
+    let _ = cloud.nova(reqwest::Method::DELETE, &format!("/os-keypairs/{u}"), None, "2.56").await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn config_drive_matches_novas_instance_metadata_newest() {
+    config_drive_matches_novas_instance_metadata(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn config_drive_matches_novas_instance_metadata_zed() {
+    config_drive_matches_novas_instance_metadata(Release::Zed).await;
+}
