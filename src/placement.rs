@@ -238,34 +238,6 @@ impl Placement {
         Ok(self.req(Method::GET, &format!("/allocations/{}", url_part(consumer)), "1.28", None).await?)
     }
 
-    /// Moves what `source` holds to `target` in one request, as Nova's
-    /// report client `move_allocations` does (the target's own allocation
-    /// is overwritten, the source's emptied); Nova gives a migration's
-    /// allocation back to its instance this way. Returns false when the
-    /// source holds nothing (already moved, or never claimed).
-    pub async fn move_allocations(&self, source: &str, target: &str) -> Result<bool, PlacementError> {
-        for _ in 0..RETRIES {
-            let src = self.consumer(source).await?;
-            let empty = |v: &Value| v["allocations"].as_object().is_none_or(|m| m.is_empty());
-            if empty(&src) {
-                return Ok(false);
-            }
-            let dst = self.consumer(target).await?;
-            let body = json!({
-                source: {"allocations": {}, "project_id": src["project_id"], "user_id": src["user_id"],
-                         "consumer_generation": src["consumer_generation"]},
-                target: {"allocations": src["allocations"], "project_id": src["project_id"],
-                         "user_id": src["user_id"], "consumer_generation": dst["consumer_generation"]},
-            });
-            match self.req(Method::POST, "/allocations", "1.28", Some(body)).await {
-                Ok(_) => return Ok(true),
-                Err(e) if e.status() == Some(409) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(PlacementError::Conflict(format!("allocations of {source} and {target} kept changing under us")))
-    }
-
     /// Removes one provider's resources from a consumer's allocation (all
     /// of it when nothing else is left), as Nova's
     /// `remove_provider_tree_from_instance_allocation` does for a failed

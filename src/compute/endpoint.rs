@@ -291,6 +291,7 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                 }
                 "finish_revert_resize" => {
                     map(m.finish_revert_resize(&ctx, instance_arg(&args)?, migration_arg(&args)?).await)
+                }
                 // The conductor turns anything but a pre-check error into a
                 // 500 of the API: this one the user reads as a 400.
                 "check_can_live_migrate_destination" | "check_can_live_migrate_source" => {

@@ -87,7 +87,7 @@ impl<D: Driver> ComputeManager<D> {
     /// An evacuation's ports: each bound to this host (Nova's
     /// `setup_instance_network_on_host`), the info cache written from
     /// Neutron's new binding. Returns the new network_info.
-    pub async fn bind_ports_here(
+    pub async fn bind_ports_for_evacuation(
         &self,
         ctx: &RequestContext,
         i: &mut Instance,

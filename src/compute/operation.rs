@@ -158,7 +158,7 @@ impl<D: Driver> ComputeManager<D> {
         let placement = self.placement.as_deref();
         let (result, migration, status) = match claim {
             Claim::MovedToMigration(m) => {
-                let r = match (placement, m.uuid()) {
+                let r = match (placement, Some(m.uuid())) {
                     (Some(p), Some(mig)) if superseded => p.delete_allocation(mig).await,
                     (Some(p), Some(mig)) => p.move_allocations(mig, uuid).await.map(|moved| {
                         if !moved {

@@ -150,7 +150,7 @@ impl<D: Driver> ComputeManager<D> {
         let build = super::build::BuildRequest::default();
         let (meta, image) = self.build_image(ctx, &build, &image_id).await?;
         let ni = if req.evacuate {
-            self.bind_ports_here(ctx, i, req.migration.as_ref()).await?
+            self.bind_ports_for_evacuation(ctx, i, req.migration.as_ref()).await?
         } else {
             self.network_info(ctx, i).await?
         };
@@ -160,7 +160,7 @@ impl<D: Driver> ComputeManager<D> {
         self.begin_task(ctx, i, TaskState::RebuildBlockDeviceMapping, Expected::task(TaskState::Rebuilding)).await?;
         self.begin_task(ctx, i, TaskState::RebuildSpawning, Expected::task(TaskState::RebuildBlockDeviceMapping))
             .await?;
-        self.create_container(i, &meta, &image, &ni).await?;
+        self.create_container(i, &meta, &image, &ni, &Default::default()).await?;
         let stopped = match (req.evacuate, req.target_state.as_deref(), orig_vm_state) {
             (true, Some(target), _) => target == VmState::Stopped.as_str(),
             (_, _, Some(VmState::Stopped)) => true,

@@ -607,7 +607,7 @@ impl<D: Driver> ComputeManager<D> {
         doc["id"] = json!(i.image_ref().unwrap_or_default());
         doc["status"] = json!("active");
         let meta = GlanceImage::from_json(&doc).ok_or_else(|| OpError::Invalid("image properties".into()))?;
-        self.create_container(i, &meta, image, ni).await?;
+        self.create_container(i, &meta, image, ni, &Default::default()).await?;
         if !power_on {
             return Ok(PowerState::Shutdown);
         }

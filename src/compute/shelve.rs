@@ -161,8 +161,8 @@ impl<D: Driver> ComputeManager<D> {
         self.begin_task(ctx, i, TaskState::Spawning, Expected::task(TaskState::Unshelving)).await?;
         let req = BuildRequest { image: image.cloned().unwrap_or(Value::Null), ..Default::default() };
         let (meta, docker_image) = self.build_image(ctx, &req, &shelved_image).await?;
-        let ni = self.bind_ports_here(ctx, i, None).await?;
-        self.create_container(i, &meta, &docker_image, &ni).await?;
+        let ni = self.bind_ports_for_evacuation(ctx, i, None).await?;
+        self.create_container(i, &meta, &docker_image, &ni, &Default::default()).await?;
         let info = self.start_created(&uuid).await?;
         self.plug_vifs(&uuid, &ni, false).await?;
         if image.is_some() || i.system_metadata().contains_key("shelved_image_id") {

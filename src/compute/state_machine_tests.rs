@@ -1175,6 +1175,7 @@ async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
     assert_eq!(h.nova.migration(&m).status(), Some("error"));
     assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
     assert!(h.glance.image("unrelated").is_some());
+}
 
 // ---------------------------------------------------------------------------
 // Rebuild

@@ -69,7 +69,7 @@ impl<D: Driver> ComputeManager<D> {
         };
         let provider = self.records.get().map(|r| r.node_uuid.clone());
         for mut m in evacuations {
-            let Some(uuid) = m.instance_uuid().map(str::to_string) else { continue };
+            let uuid = m.instance_uuid().to_string();
             let instance = self.conductor.instance_get(ctx, &uuid).await.ok();
             if local.contains(&uuid) {
                 tracing::info!(instance = %uuid, "destroying the container of an instance evacuated from this host");

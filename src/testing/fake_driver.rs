@@ -97,7 +97,15 @@ impl FakeDriver {
 
     /// Gives `uuid` a container in `state`.
     pub fn add_container(&self, uuid: &str, state: PowerState) {
-        let c = FakeContainer { state, plugged: Vec::new(), dns: Vec::new(), memory_bytes: 0, image: String::new(), files: Vec::new(), config_drive: None };
+        let c = FakeContainer {
+            state,
+            plugged: Vec::new(),
+            dns: Vec::new(),
+            memory_bytes: 0,
+            image: String::new(),
+            files: Vec::new(),
+            config_drive: None,
+        };
         self.with(|s| s.containers.insert(uuid.to_string(), c));
     }
 

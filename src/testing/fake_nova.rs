@@ -49,7 +49,6 @@ struct Db {
     /// Calls that fail once they succeeded this many more times.
     failing: HashMap<String, usize>,
     saves: usize,
-    migrations: HashMap<String, Map<String, Value>>,
     casts: Vec<Cast>,
 }
 
@@ -145,13 +144,6 @@ impl FakeNova {
     /// The faults recorded.
     pub fn faults(&self) -> Vec<Fault> {
         self.with(|db| db.faults.clone())
-    }
-
-    /// Adds a migration row (the `nova_object.data` of a Migration).
-    pub fn add_migration(&self, data: Value) {
-        let data = data.as_object().cloned().unwrap_or_default();
-        let uuid = data.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
-        self.with(|db| db.migrations.insert(uuid, data));
     }
 
     /// A field of a migration row as `Migration.save` left it.
@@ -297,6 +289,7 @@ impl FakeNova {
                         "nova_object.version": "1.7", "nova_object.data": data})),
                     None => Err(nova_error("MigrationNotFoundByStatus", format!("no migration {status}"), 404)),
                 }
+            }
             ("MigrationList", "get_by_filters") => {
                 let f = a.first().cloned().unwrap_or_default();
                 let objects: Vec<Value> = db
