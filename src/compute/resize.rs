@@ -17,11 +17,13 @@
 //! at create), the root disk label the measure mode reads, the flavor's
 //! capabilities or read-only root: a resize would then silently keep the old
 //! flavor's disk and isolation. Same host, the committed image stays on the
-//! engine (referenced as `glance/<migration uuid>`, so the image cache
-//! manager removes it once no container uses it) and a revert creates the
+//! engine (referenced as `nova-docker-move/<migration uuid>`, apart from the
+//! Glance cache's `glance/` so no Glance image id can name it; the image
+//! cache manager removes it once no container has used it for its minimum
+//! age) and a revert creates the
 //! old flavor's container from it again. Between hosts the committed image
 //! travels through Glance, as shelve's snapshot does: the source uploads it
-//! as a private image of the request's project (`docker save` through the
+//! as a private, hidden image of the instance's project (`docker save` through the
 //! canonicalizer, streamed), the destination loads it as any tenant image
 //! (streamed, checked, canonicalized) and deletes it from Glance once
 //! loaded. No new listener or credential is needed on the hosts: both
@@ -43,7 +45,7 @@ use super::manager::ComputeManager;
 use super::operation::{OnFailure, Operation};
 use super::states::{PowerState, TaskState, VmState};
 use crate::conductor::Expected;
-use crate::image::{GlanceImage, ImageError, cache_repository, cache_tag, save_to_glance};
+use crate::image::{GlanceImage, ImageError, cache_tag, move_repository, save_to_glance};
 use crate::net::NetworkInfo;
 use crate::network::BoundPort;
 use crate::objects::{Flavor, Instance, Migration};
@@ -90,6 +92,18 @@ pub struct ResizeRequest {
     pub clean_shutdown: bool,
 }
 
+/// The part a host plays in the RPC method it runs, checked against the
+/// migration ([`ComputeManager::check_migration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `prep_resize`: the migration leaves the instance's current host.
+    Preparing,
+    /// `resize_instance`, `confirm_resize`, `finish_revert_resize`.
+    Source,
+    /// `finish_resize`, `revert_resize`.
+    Destination,
+}
+
 /// What happens to the migration's allocation when a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnMoveFailure {
@@ -113,9 +127,10 @@ pub fn image_properties_of(i: &Instance) -> Map<String, Value> {
         .collect()
 }
 
-/// The Docker reference keeping a committed image for a migration.
+/// The Docker reference keeping a committed image for a migration (out of
+/// the Glance cache's namespace: see [`move_repository`]).
 fn committed_repository(migration: &Migration) -> String {
-    cache_repository(migration.uuid())
+    move_repository(migration.uuid())
 }
 
 impl<D: Driver> ComputeManager<D> {
@@ -157,6 +172,26 @@ impl<D: Driver> ComputeManager<D> {
         }
     }
 
+    /// Refuses (as a bad request, before anything is touched) a migration
+    /// that is not the instance's or does not name this host in the role
+    /// the method plays: an RPC peer's mistake or forgery must not move
+    /// another instance's allocations or act on a move of another host.
+    fn check_migration(&self, i: &Instance, m: &Migration, role: Role) -> Result<(), OpError> {
+        let bad = |why: String| OpError::Nova(RemoteError::bad_request(format!("migration {}: {why}", m.uuid())));
+        if m.instance_uuid() != i.uuid() {
+            return Err(bad(format!("it moves instance {}, not {}", m.instance_uuid(), i.uuid())));
+        }
+        let (field, named, expected) = match role {
+            Role::Preparing => ("source_compute", m.source_compute(), i.host().unwrap_or_default()),
+            Role::Source => ("source_compute", m.source_compute(), self.host()),
+            Role::Destination => ("dest_compute", m.dest_compute(), self.host()),
+        };
+        if named != Some(expected) {
+            return Err(bad(format!("its {field} is {named:?}, not {expected}")));
+        }
+        Ok(())
+    }
+
     /// The compute node id of this host, when the release records one.
     fn node_id(&self) -> Option<i64> {
         if !self.conductor.release().instance_compute_id {
@@ -194,6 +229,7 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         req: ResizeRequest,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Preparing)?;
         let op = Operation::new("compute_prep_resize").on_failure(OnFailure::RevertTask);
         self.move_step(ctx, i, &mut m, op, OnMoveFailure::Keep, async |i, m| {
             let Err(e) = self.do_prep_resize(ctx, i, m, &req).await else { return Ok(()) };
@@ -317,6 +353,7 @@ impl<D: Driver> ComputeManager<D> {
         request_spec: Value,
         clean_shutdown: bool,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         self.move_step(
             ctx,
             i,
@@ -404,8 +441,9 @@ impl<D: Driver> ComputeManager<D> {
         Ok(DiskInfo { docker_image: committed, glance_image: Some(glance_image) })
     }
 
-    /// Uploads a committed image to a new private Glance image for the
-    /// destination; a failed upload deletes it.
+    /// Uploads a committed image to a new private, hidden Glance image of
+    /// the instance's project for the destination; a failed upload deletes
+    /// it.
     async fn upload_for_move(
         &self,
         ctx: &RequestContext,
@@ -414,10 +452,13 @@ impl<D: Driver> ComputeManager<D> {
         committed: &str,
     ) -> Result<String, OpError> {
         let glance = self.images.glance();
+        // The instance's project owns its filesystem, whoever asked for the
+        // move (an admin's migration must not put it in the admin's project).
+        let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
         let body = json!({
             "name": format!("nova-docker-migration-{}", m.uuid()),
-            "container_format": "docker", "disk_format": "raw", "visibility": "private",
-            "nova_docker_migration": m.uuid(), "instance_uuid": i.uuid(),
+            "container_format": "docker", "disk_format": "raw", "visibility": "private", "os_hidden": true,
+            "owner": project, "nova_docker_migration": m.uuid(), "instance_uuid": i.uuid(),
         });
         let image = glance.create(Some(ctx), body).await.map_err(ImageError::from)?;
         let limits = self.images.limits().clone();
@@ -509,6 +550,7 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         disk_info: Option<Value>,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Destination)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         self.move_step(
             ctx,
@@ -562,9 +604,15 @@ impl<D: Driver> ComputeManager<D> {
         power_on: bool,
     ) -> Result<PowerState, OpError> {
         let image = match &disk.glance_image {
-            None => self.committed_image(&disk.docker_image).await?,
+            // Same host: the image committed under this migration's own
+            // reference; the `docker_image` the RPC names is not trusted.
+            None if m.same_host() => self.committed_for(m).await?,
+            None => return Err(migration_error("a move between hosts without its Glance image")),
             Some(glance_id) => {
-                let loaded = self.load_moved_image(ctx, glance_id).await;
+                // Checked before anything is loaded or deleted: only this
+                // move's image, of the instance's project.
+                let meta = self.moved_image(ctx, i, m, glance_id).await?;
+                let loaded = self.images.ensure(Some(ctx), &meta).await.map(|(image, _)| image);
                 if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
                     tracing::warn!(instance = i.uuid(), image = %glance_id, error = %e, "could not delete the migration image");
                 }
@@ -579,19 +627,30 @@ impl<D: Driver> ComputeManager<D> {
         self.container_from(i, &image, ni, power_on).await
     }
 
-    async fn committed_image(&self, docker_image: &str) -> Result<ImageRef, OpError> {
-        match self.driver.find_image(docker_image).await? {
-            Some(found) => Ok(found),
-            None => Err(OpError::Virt(VirtError::Invalid(format!(
-                "the committed image {docker_image} of this resize is no longer on this host"
-            )))),
-        }
-    }
-
-    async fn load_moved_image(&self, ctx: &RequestContext, glance_id: &str) -> Result<ImageRef, OpError> {
+    /// The Glance image `disk_info` names, if it is this move's: made for
+    /// this migration and instance (`nova_docker_migration`,
+    /// `instance_uuid`) and owned by the instance's project. Anything else
+    /// (another tenant's image, a public one) is refused untouched.
+    async fn moved_image(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        glance_id: &str,
+    ) -> Result<GlanceImage, OpError> {
         let meta = self.images.glance().get(Some(ctx), glance_id).await.map_err(ImageError::from)?;
-        let (image, _) = self.images.ensure(Some(ctx), &meta).await?;
-        Ok(image)
+        let prop = |k: &str| meta.properties.get(k).and_then(Value::as_str);
+        let ours = prop("nova_docker_migration") == Some(m.uuid())
+            && prop("instance_uuid") == Some(i.uuid())
+            && meta.owner.is_some()
+            && meta.owner.as_deref() == i.project_id();
+        if !ours {
+            return Err(migration_error(&format!(
+                "Glance image {glance_id} is not the image of migration {} of this instance: not used",
+                m.uuid()
+            )));
+        }
+        Ok(meta)
     }
 
     /// Creates the instance's container from `image` with its current
@@ -617,19 +676,49 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Nova's `migrate_instance_finish`: every port of the instance bound to
-    /// this host, and the info cache written from the new bindings.
+    /// this host, and the info cache written from the new bindings. The
+    /// ports are the ones Neutron has for the instance (by `device_id`, and
+    /// of the instance's project), as Nova's
+    /// `_update_port_binding_for_instance` lists them: never whatever the
+    /// RPC-supplied info cache names, since the binding is made with this
+    /// service's credentials and would move another tenant's port here. A
+    /// cached port Neutron does not give as the instance's is refused before
+    /// any port is touched.
     async fn bind_ports_here(&self, ctx: &RequestContext, i: &mut Instance) -> Result<NetworkInfo, OpError> {
         let current = self.network_info(ctx, i).await?;
-        if current.is_empty() {
-            return Ok(current);
-        }
         let Some(neutron) = self.neutron.as_deref() else {
+            if current.is_empty() {
+                return Ok(current);
+            }
             return Err(OpError::Invalid("the instance has ports but Neutron is not configured here".into()));
         };
+        let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
+        let owned = |p: &Value| p["project_id"].as_str().or(p["tenant_id"].as_str()) == Some(project);
+        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid()).await?.into_iter().filter(owned).collect();
+        if ports.is_empty() && current.is_empty() {
+            return Ok(current);
+        }
+        let id_of = |p: &Value| p["id"].as_str().unwrap_or_default().to_string();
+        // The cache's order (the guest's interface order) first.
+        ports.sort_by_key(|p| current.iter().position(|vif| vif.id == id_of(p)).unwrap_or(usize::MAX));
+        if let Some(stray) = current.iter().find(|vif| !ports.iter().any(|p| id_of(p) == vif.id)) {
+            return Err(OpError::Invalid(format!(
+                "port {} in the instance's network info is not a port of this instance in Neutron \
+                 (device_id {}, project {project}): not bound",
+                stray.id,
+                i.uuid()
+            )));
+        }
         let mut bound = Vec::new();
-        for vif in &current {
-            let port = neutron.bind_to_host(&vif.id, self.host()).await?;
-            let preserve = vif.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false);
+        for p in &ports {
+            let id = id_of(p);
+            let port = neutron.bind_to_host(&id, self.host()).await?;
+            // A port missing from the cache is kept on delete: nothing says
+            // this service created it.
+            let preserve = current
+                .iter()
+                .find(|vif| vif.id == id)
+                .is_none_or(|vif| vif.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false));
             bound.push(BoundPort { port, created: !preserve });
         }
         let ni = neutron.network_info(&bound).await?;
@@ -648,6 +737,7 @@ impl<D: Driver> ComputeManager<D> {
     /// the migration is deleted whatever happens, and the stashed flavors
     /// are cleared.
     pub async fn confirm_resize(&self, ctx: &RequestContext, i: Instance, mut m: Migration) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         match m.status() {
             Some("confirmed") => return Ok(()),
             Some("finished" | "confirming") => {}
@@ -661,6 +751,19 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // libvirt's _cleanup_resize guard, on the instance as it is now (a
+        // stale or duplicate confirm after a revert, or racing one, must not
+        // destroy the container the instance runs in): the instance is on
+        // the migration's destination, resized, and no other task runs.
+        let resized = i.vm_state() == Some(VmState::Resized)
+            && matches!(i.task_state(), None | Some(TaskState::Deleting | TaskState::SoftDeleting));
+        let moved =
+            i.host().is_some() && i.host() == m.dest_compute() && (m.same_host() || i.host() != Some(self.host()));
+        if !resized || !moved {
+            tracing::warn!(instance = i.uuid(), migration = m.uuid(), host = ?i.host(), vm_state = ?i.vm_state(),
+                task_state = ?i.task_state(), "the instance is not resized onto the migration's destination; not confirming");
+            return Ok(());
+        }
         let uuid = i.uuid().to_string();
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
         let r = self
@@ -711,6 +814,7 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         request_spec: Value,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Destination)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
         self.move_step(
             ctx,
@@ -744,6 +848,7 @@ impl<D: Driver> ComputeManager<D> {
         i: Instance,
         mut m: Migration,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         self.move_step(
             ctx,

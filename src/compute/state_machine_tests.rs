@@ -718,7 +718,7 @@ mod resize {
     use super::*;
     use crate::compute::resize::ResizeRequest;
     use crate::objects::{Flavor, Instance, Migration, NovaObject};
-    use crate::testing::HOST;
+    use crate::testing::{HOST, PROJECT};
 
     fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
         let v = json!({"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
@@ -784,7 +784,7 @@ mod resize {
     async fn a_same_host_resize_recreates_the_container_with_the_new_flavor_then_confirms() {
         let h = Harness::new();
         let (u, m) = resizing(&h, 2);
-        h.neutron.add_user_port("port-1");
+        h.neutron.add_port_of("port-1", &u, PROJECT);
         give_port(&h, &u);
         resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
 
@@ -944,6 +944,140 @@ mod resize {
         assert_eq!(h.rpc_instance(&u).memory_mb(), 64);
         assert_eq!(h.nova.migration(&m).status(), Some("error"));
         assert_eq!(faults_of(&h, &u).len(), 1);
+    }
+
+    /// An instance `u` resized (`resize_migrated`) from host "other" to this
+    /// one; its migration.
+    fn arriving(h: &Harness) -> (String, String) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizeMigrated), NoState);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 8, "instance_uuid": u, "source_compute": "other",
+            "source_node": "other", "dest_compute": HOST, "dest_node": HOST, "status": "post-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        (u, m)
+    }
+
+    fn disk_info(glance: &str) -> Option<Value> {
+        Some(json!(json!({"docker_image": "sha256:x", "glance_image": glance}).to_string()))
+    }
+
+    #[tokio::test]
+    async fn only_the_ports_neutron_gives_as_the_instances_are_bound_never_those_the_cache_names() {
+        let h = Harness::new();
+        // The cache names another instance's port: refused, nothing bound.
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_port_of("port-1", &uuid::Uuid::new_v4().to_string(), PROJECT);
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.neutron.binding_host("port-1"), None, "the other instance's port stays where it was");
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        assert!(faults_of(&h, &u)[0].contains("not a port of this instance"), "{:?}", faults_of(&h, &u));
+
+        // Another project's port pointed at the instance is left alone; the
+        // instance's own port is bound.
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_port_of("port-1", &u, PROJECT);
+        h.neutron.add_port_of("port-evil", &u, "project-2");
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        assert_eq!(h.neutron.binding_host("port-1").as_deref(), Some(HOST));
+        assert_eq!(h.neutron.binding_host("port-evil"), None);
+        assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    }
+
+    #[tokio::test]
+    async fn finish_resize_neither_loads_nor_deletes_a_glance_image_that_is_not_the_moves() {
+        let h = Harness::new();
+        let (u, m) = arriving(&h);
+        // Another tenant's image, and one forged with the move's properties
+        // in another project.
+        h.glance.add_queued("victim", json!({"owner": "project-2"}));
+        h.glance.add_queued("forged", json!({"owner": "project-2", "nova_docker_migration": m, "instance_uuid": u}));
+        for id in ["victim", "forged"] {
+            let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info(id)).await;
+            assert!(r.is_err());
+            assert!(h.glance.image(id).is_some(), "{id} is not deleted");
+            h.request(&u, TaskState::ResizeMigrated);
+        }
+        assert!(h.driver.container(&u).is_none());
+        assert!(faults_of(&h, &u)[0].contains("is not the image of migration"), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_migration_of_another_instance_or_host_is_refused_untouched() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let other = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&other), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.nova.migration(&m).status(), Some("pre-migrating"));
+        assert_eq!(h.states(&other), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        // finish_resize of a migration whose destination is another host.
+        h.nova.set_migration_field(&m, "dest_compute", json!("other"));
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info("g")).await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        // confirm_resize of a migration whose source is another host.
+        h.nova.set_migration_field(&m, "source_compute", json!("other"));
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        let r = h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert_eq!(h.nova.migration(&m).status(), Some("confirming"));
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+    }
+
+    #[tokio::test]
+    async fn a_confirm_arriving_after_a_revert_leaves_the_running_instance_alone() {
+        let h = Harness::new();
+        // Reverted: back on this host (the source), active and running.
+        let u = h.instance(VmState::Active, None, Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 9, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "confirming",
+            "old_instance_type_id": 1, "new_instance_type_id": 2, "migration_type": "resize"}));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.driver.container(&u).unwrap().state, Running, "the container the instance runs in stays");
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("confirming"));
+    }
+
+    #[tokio::test]
+    async fn a_same_host_moves_filesystem_stays_out_of_the_glance_image_cache() {
+        use crate::virt::Driver;
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        // A Glance image created with the migration's uuid as its id is not
+        // served the instance's filesystem from the cache.
+        assert!(h.manager.images.cached(&m).await.unwrap().is_none());
+        assert_eq!(h.driver.images_in_repository(&format!("nova-docker-move/{m}")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_migration_image_belongs_to_the_instances_project_and_is_hidden() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 10, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        h.manager
+            .resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true)
+            .await
+            .unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let disk: Value = serde_json::from_str(casts[0].args["disk_info"].as_str().unwrap()).unwrap();
+        let (image, _) = h.glance.image(disk["glance_image"].as_str().unwrap()).unwrap();
+        assert_eq!(image.owner.as_deref(), Some(PROJECT), "not the requester's (admin) project");
+        assert_eq!(h.glance.created()[0]["os_hidden"], json!(true));
     }
 }
 

@@ -19,6 +19,7 @@ struct State {
     images: BTreeMap<String, (GlanceImage, Option<Vec<u8>>)>,
     failing: HashSet<&'static str>,
     cut_after: Option<usize>,
+    created: Vec<Value>,
 }
 
 /// The in-memory Glance.
@@ -71,6 +72,11 @@ impl FakeGlance {
     /// The record and data of an image, if it exists.
     pub fn image(&self, id: &str) -> Option<(GlanceImage, Option<Vec<u8>>)> {
         self.with(|s| s.images.get(id).cloned())
+    }
+
+    /// The bodies of the images created through the API, in order.
+    pub fn created(&self) -> Vec<Value> {
+        self.with(|s| s.created.clone())
     }
 
     /// Makes every later `what` (an [`ImageStore`] method) fail with a 503.
@@ -205,6 +211,7 @@ impl ImageStore for FakeGlance {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().to_string();
             self.check("create", &id)?;
+            self.with(|s| s.created.push(body.clone()));
             self.add_queued(&id, body);
             self.found(&id, "POST")
         })
