@@ -117,6 +117,10 @@ enum OnMoveFailure {
     Keep,
 }
 
+/// `system_metadata` key: the size of the image an instance was built from,
+/// recorded at its first move (see `refuse_filesystem_over_root_disk`).
+const BASE_IMAGE_BYTES: &str = "nova_docker_base_image_bytes";
+
 /// The image properties Nova copied into the instance's system metadata at
 /// boot (`image_<key>`): what a container is created with again, even if the
 /// image has since left Glance.
@@ -190,6 +194,40 @@ impl<D: Driver> ComputeManager<D> {
             return Err(bad(format!("its {field} is {named:?}, not {expected}")));
         }
         Ok(())
+    }
+
+    /// Bounds what a move carries: the committed filesystem becomes an image
+    /// layer and the moved container starts with an empty writable layer, so
+    /// without this each move would grant the tenant another root disk. What
+    /// the instance wrote (its writable layer, plus what earlier moves
+    /// committed: its image beyond the size of the image it was built from,
+    /// recorded at its first move) must fit the new flavor's root disk, or
+    /// the move is refused before the guest stops (the instance stays active
+    /// on its flavor, with the fault). Returns the built-from image's size.
+    async fn refuse_filesystem_over_root_disk(&self, i: &Instance) -> Result<u64, OpError> {
+        let fs = self.driver.filesystem_size(i.uuid()).await?;
+        let base =
+            i.system_metadata().get(BASE_IMAGE_BYTES).and_then(|v| v.parse::<u64>().ok()).unwrap_or(fs.image_bytes);
+        let new_gb = i.flavor_named("new_flavor").and_then(|f| f.root_gb()).unwrap_or(i.root_gb());
+        let limit_gb = match u64::try_from(new_gb) {
+            Ok(gb) if gb > 0 => gb,
+            _ if self.settings.docker.zero_disk_flavor_root_gb > 0 => self.settings.docker.zero_disk_flavor_root_gb,
+            _ => return Ok(base),
+        };
+        let carried = fs.image_bytes.saturating_sub(base).saturating_add(fs.written_bytes);
+        if carried > limit_gb.saturating_mul(1 << 30) {
+            return Err(OpError::Nova(RemoteError::nova(
+                "ResizeError",
+                format!(
+                    "Resize error: the instance's files ({} MiB written, earlier moves included) exceed the new \
+                     flavor's root disk ({limit_gb} GiB); delete files or choose a larger flavor.",
+                    carried >> 20
+                ),
+                500,
+                json!({}),
+            )));
+        }
+        Ok(base)
     }
 
     /// The compute node id of this host, when the release records one.
@@ -365,6 +403,9 @@ impl<D: Driver> ComputeManager<D> {
                 m.set_status("migrating");
                 self.conductor.migration_save(ctx, m).await?;
                 self.begin_task(ctx, i, TaskState::ResizeMigrating, Expected::task(TaskState::ResizePrep)).await?;
+                refuse_disk_shrink(i)?;
+                let base = self.refuse_filesystem_over_root_disk(i).await?;
+                i.set_system_metadata(BASE_IMAGE_BYTES, Some(&base.to_string()));
 
                 let was = self.power_state_of(i.uuid()).await?;
                 let disk_info = match self.migrate_disk_and_power_off(ctx, i, m, clean_shutdown).await {
@@ -928,6 +969,25 @@ fn clear_stashed_flavors(i: &mut Instance) {
     if i.system_metadata().contains_key("old_vm_state") {
         i.set_system_metadata("old_vm_state", None);
     }
+}
+
+/// Nova's libvirt driver (`migrate_disk_and_power_off`): a root disk is
+/// never resized down (the instance's files need not fit, and the container
+/// would be created again with the whole committed filesystem anyway). The
+/// refusal comes before the guest is stopped: as Nova's
+/// `InstanceFaultRollback(ResizeError)`, the instance stays active on its old
+/// flavor, with the fault.
+fn refuse_disk_shrink(i: &Instance) -> Result<(), OpError> {
+    let Some(new) = i.flavor_named("new_flavor") else { return Ok(()) };
+    if new.root_gb().unwrap_or(0) < i.root_gb() {
+        return Err(OpError::Nova(RemoteError::nova(
+            "ResizeError",
+            "Resize error: Unable to resize disk down.".to_string(),
+            500,
+            json!({}),
+        )));
+    }
+    Ok(())
 }
 
 /// Nova's `MigrationError`.

@@ -1048,6 +1048,60 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn a_smaller_root_disk_is_refused_before_the_guest_stops_and_the_instance_stays_on_its_flavor() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let mut old = flavor(1, 64, json!({}));
+        old.obj.set("root_gb", 2);
+        h.nova.set_field(&u, "flavor", old.obj.to_primitive());
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert!(!h.driver.calls().iter().any(|c| c.starts_with("power_off") || c.starts_with("commit")));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        let i = h.rpc_instance(&u);
+        assert_eq!((i.memory_mb(), i.root_gb(), i.host()), (64, 2, Some(HOST)));
+        assert!(faults_of(&h, &u)[0].contains("Unable to resize disk down"), "{:?}", faults_of(&h, &u));
+        // The same root disk (or a larger one) is fine.
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+    }
+
+    #[tokio::test]
+    async fn a_move_cannot_carry_more_than_the_new_root_disk_even_across_moves() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        // 600 MiB written on a 1 GiB root disk: moves.
+        h.driver.set_written(&u, 600 << 20);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        // 600 MiB more in the new writable layer: the next move would carry
+        // 1200 MiB for a 1 GiB root disk, refused before the guest stops.
+        h.driver.set_written(&u, 600 << 20);
+        h.request(&u, TaskState::ResizePrep);
+        let m2 = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m2, "id": 11, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "status": "pre-migrating", "old_instance_type_id": 2,
+            "new_instance_type_id": 1, "migration_type": "resize"}));
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m2), request(flavor(1, 64, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m2).status(), Some("error"));
+        assert_eq!(h.rpc_instance(&u).memory_mb(), 128, "still on its flavor");
+        let faults = faults_of(&h, &u);
+        assert!(faults.last().unwrap().contains("exceed the new flavor's root disk"), "{faults:?}");
+    }
+
+    #[tokio::test]
     async fn a_same_host_moves_filesystem_stays_out_of_the_glance_image_cache() {
         use crate::virt::Driver;
         let h = Harness::new();
