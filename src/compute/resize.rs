@@ -160,8 +160,39 @@ impl<D: Driver> ComputeManager<D> {
                 tracing::warn!(instance = i.uuid(), error = %se, "could not mark the migration in error");
             }
             self.move_allocation_on_failure(m, i.uuid(), alloc).await;
+        } else {
+            self.move_allocation_when_superseded(ctx, m, i.uuid(), alloc).await;
         }
         self.fail(ctx, &mut i, on_failure, e).await
+    }
+
+    /// A step superseded (the instance deleted or changed meanwhile) still
+    /// settles the migration's allocation, or it would stay in Placement
+    /// forever (deleting an instance deletes only its own allocation): an
+    /// instance gone or being deleted drops it; one still there gets `alloc`.
+    async fn move_allocation_when_superseded(
+        &self,
+        ctx: &RequestContext,
+        m: &Migration,
+        instance: &str,
+        alloc: OnMoveFailure,
+    ) {
+        if alloc == OnMoveFailure::Keep {
+            return;
+        }
+        let going = match self.conductor.instance_get(ctx, instance).await {
+            Ok(fresh) => {
+                fresh.vm_state() == Some(VmState::Deleted)
+                    || matches!(fresh.task_state(), Some(TaskState::Deleting | TaskState::SoftDeleting))
+            }
+            Err(e) if e.is_nova("InstanceNotFound") => true,
+            Err(e) => {
+                tracing::warn!(instance, migration = m.uuid(), error = %e, "cannot read the instance; its move's allocation is left");
+                return;
+            }
+        };
+        let alloc = if going { OnMoveFailure::DropSourceAllocation } else { alloc };
+        self.move_allocation_on_failure(m, instance, alloc).await;
     }
 
     async fn move_allocation_on_failure(&self, m: &Migration, instance: &str, alloc: OnMoveFailure) {
@@ -272,6 +303,7 @@ impl<D: Driver> ComputeManager<D> {
         self.move_step(ctx, i, &mut m, op, OnMoveFailure::Keep, async |i, m| {
             let Err(e) = self.do_prep_resize(ctx, i, m, &req).await else { return Ok(()) };
             if e.is_superseded() {
+                self.move_allocation_when_superseded(ctx, m, i.uuid(), OnMoveFailure::RevertAllocation).await;
                 return Err(e);
             }
             self.move_allocation_on_failure(m, i.uuid(), OnMoveFailure::RevertAllocation).await;
@@ -421,30 +453,41 @@ impl<D: Driver> ComputeManager<D> {
                     }
                 };
 
-                m.set_status("post-migrating");
-                self.conductor.migration_save(ctx, m).await?;
-                i.set("host", dest.as_str());
-                if let Some(node) = m.dest_node() {
-                    i.set("node", node);
-                }
-                if self.conductor.release().instance_compute_id
-                    && let Some(id) = m.obj.get_i64("dest_compute_id")
-                {
-                    i.set("compute_id", id);
-                }
-                if let Some(f) = i.obj.get("flavor").cloned() {
-                    i.set("old_flavor", f);
-                }
-                i.set_power_state(PowerState::Shutdown);
-                self.begin_task(ctx, i, TaskState::ResizeMigrated, Expected::task(TaskState::ResizeMigrating)).await?;
+                // From here on a failure (superseded included) deletes the
+                // uploaded image: no one else will.
+                let glance_image = disk_info.glance_image.clone();
+                let handed = async {
+                    m.set_status("post-migrating");
+                    self.conductor.migration_save(ctx, m).await?;
+                    i.set("host", dest.as_str());
+                    if let Some(node) = m.dest_node() {
+                        i.set("node", node);
+                    }
+                    if self.conductor.release().instance_compute_id
+                        && let Some(id) = m.obj.get_i64("dest_compute_id")
+                    {
+                        i.set("compute_id", id);
+                    }
+                    if let Some(f) = i.obj.get("flavor").cloned() {
+                        i.set("old_flavor", f);
+                    }
+                    i.set_power_state(PowerState::Shutdown);
+                    self.begin_task(ctx, i, TaskState::ResizeMigrated, Expected::task(TaskState::ResizeMigrating))
+                        .await?;
 
-                let disk_info = serde_json::to_string(&disk_info).map_err(|e| OpError::Invalid(e.to_string()))?;
-                let args = json!({
-                    "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
-                    "disk_info": disk_info, "request_spec": request_spec,
-                });
-                self.conductor.cast_compute(ctx, &dest, "finish_resize", args).await?;
-                Ok(())
+                    let disk_info = serde_json::to_string(&disk_info).map_err(|e| OpError::Invalid(e.to_string()))?;
+                    let args = json!({
+                        "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
+                        "disk_info": disk_info, "request_spec": request_spec,
+                    });
+                    self.conductor.cast_compute(ctx, &dest, "finish_resize", args).await?;
+                    Ok(())
+                }
+                .await;
+                if let (Err(_), Some(g)) = (&handed, &glance_image) {
+                    self.delete_move_image(ctx, i.uuid(), g).await;
+                }
+                handed
             },
         )
         .await
@@ -480,6 +523,13 @@ impl<D: Driver> ComputeManager<D> {
         }
         let glance_image = uploaded?;
         Ok(DiskInfo { docker_image: committed, glance_image: Some(glance_image) })
+    }
+
+    /// Deletes a move's Glance image, best effort (logged).
+    async fn delete_move_image(&self, ctx: &RequestContext, instance: &str, glance_id: &str) {
+        if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
+            tracing::warn!(instance, image = %glance_id, error = %e, "could not delete the migration image");
+        }
     }
 
     /// Uploads a committed image to a new private, hidden Glance image of

@@ -1115,6 +1115,29 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn a_server_deleted_while_its_filesystem_uploads_leaves_no_migration_image() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 12, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        let gate = h.driver.hold("commit");
+        let resize = tokio::spawn({
+            let (mgr, ctx, i, m) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u), h.nova.migration(&m));
+            async move { mgr.resize_instance(&ctx, i, m, json!({}), Value::Null, true).await }
+        });
+        gate.entered().await;
+        // The API accepts a delete in any task state.
+        h.request(&u, TaskState::Deleting);
+        gate.release();
+        let _ = resize.await.unwrap();
+        assert_eq!(h.glance.created().len(), 1, "the filesystem was uploaded");
+        assert!(h.glance.images().is_empty(), "and its Glance image deleted: {:?}", h.glance.images());
+        assert!(h.nova.take_casts().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_migration_image_belongs_to_the_instances_project_and_is_hidden() {
         let h = Harness::new();
         let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);

@@ -74,6 +74,11 @@ impl FakeGlance {
         self.with(|s| s.images.get(id).cloned())
     }
 
+    /// The ids of the images Glance has.
+    pub fn images(&self) -> Vec<String> {
+        self.with(|s| s.images.keys().cloned().collect())
+    }
+
     /// The bodies of the images created through the API, in order.
     pub fn created(&self) -> Vec<Value> {
         self.with(|s| s.created.clone())
