@@ -594,22 +594,28 @@ impl<D: Driver> ComputeManager<D> {
             return;
         };
         let glance = self.images.glance();
-        match glance.list(Some(ctx), &[("nova_docker_migration", m.uuid())]).await {
-            Ok(images) => {
-                for image in images {
-                    match glance.delete(Some(ctx), &image.id).await {
-                        Ok(()) => {
-                            tracing::info!(instance = uuid, image = %image.id, "deleted the interrupted migration's Glance image")
-                        }
-                        Err(e) => {
-                            tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not delete the migration image")
+        // The move's image is hidden (os_hidden): Glance lists it only when
+        // asked for hidden images; older ones were not hidden.
+        for hidden in [true, false] {
+            let mut filters = vec![("nova_docker_migration", m.uuid())];
+            if hidden {
+                filters.push(("os_hidden", "true"));
+            }
+            match glance.list(Some(ctx), &filters).await {
+                Ok(images) => {
+                    for image in images {
+                        match glance.delete(Some(ctx), &image.id).await {
+                            Ok(()) => tracing::info!(instance = uuid, image = %image.id,
+                                "deleted the interrupted migration's Glance image"),
+                            Err(e) => tracing::warn!(instance = uuid, image = %image.id, error = %e,
+                                "could not delete the migration image"),
                         }
                     }
                 }
+                Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
+                    "cannot list the migration's Glance images (without [glance] credentials there is no token at \
+                     start-up): delete the image named nova-docker-migration-<migration> by hand"),
             }
-            Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
-                "cannot list the migration's Glance images (without [glance] credentials there is no token at \
-                 start-up): delete the image named nova-docker-migration-<migration> by hand"),
         }
         if let Ok(committed) = self.driver.images_in_repository(&committed_repository(&m)).await {
             for image in committed {

@@ -1168,12 +1168,14 @@ async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
     let m = uuid::Uuid::new_v4().to_string();
     h.nova.add_migration(json!({"uuid": m, "instance_uuid": running, "status": "migrating",
         "source_compute": crate::testing::HOST, "dest_compute": "other"}));
-    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m}));
+    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m, "os_hidden": true}));
+    h.glance.add_queued("older-unhidden", json!({"nova_docker_migration": m}));
     h.glance.add_queued("unrelated", json!({"nova_docker_migration": "another"}));
     h.manager.init_host(&h.ctx).await.unwrap();
     assert_eq!(h.states(&running), (Some(VmState::Active), None, Running));
     assert_eq!(h.states(&stopped), (Some(VmState::Stopped), None, Shutdown));
     assert_eq!(h.nova.migration(&m).status(), Some("error"));
     assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
+    assert!(h.glance.image("older-unhidden").is_none());
     assert!(h.glance.image("unrelated").is_some());
 }

@@ -20,6 +20,7 @@ struct State {
     failing: HashSet<&'static str>,
     cut_after: Option<usize>,
     created: Vec<Value>,
+    hidden: HashSet<String>,
 }
 
 /// The in-memory Glance.
@@ -51,7 +52,13 @@ impl FakeGlance {
             d.extend(p.clone());
         }
         let image = GlanceImage::from_json(&doc).expect("an image document");
-        self.with(|s| s.images.insert(id.to_string(), (image, None)));
+        let hidden = doc["os_hidden"] == json!(true);
+        self.with(|s| {
+            if hidden {
+                s.hidden.insert(id.to_string());
+            }
+            s.images.insert(id.to_string(), (image, None))
+        });
     }
 
     /// An active image of `container_format` with `data`.
@@ -118,12 +125,19 @@ impl ImageStore for FakeGlance {
         Box::pin(async move {
             self.check("list", "")?;
             // Newest first: the last created is the last in id order here.
+            // As Glance: hidden images (os_hidden) only when asked for, and
+            // then only they.
+            let want_hidden = filters.contains(&("os_hidden", "true"));
             Ok(self.with(|s| {
                 s.images
                     .values()
                     .rev()
+                    .filter(|(i, _)| s.hidden.contains(&i.id) == want_hidden)
                     .filter(|(i, _)| {
-                        filters.iter().all(|(k, v)| i.properties.get(*k).and_then(Value::as_str) == Some(*v))
+                        filters
+                            .iter()
+                            .filter(|(k, _)| *k != "os_hidden")
+                            .all(|(k, v)| i.properties.get(*k).and_then(Value::as_str) == Some(*v))
                     })
                     .map(|(i, _)| i.clone())
                     .collect()
