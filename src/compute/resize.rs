@@ -216,6 +216,14 @@ impl<D: Driver> ComputeManager<D> {
         if m.instance_uuid() != i.uuid() {
             return Err(bad(format!("it moves instance {}, not {}", m.instance_uuid(), i.uuid())));
         }
+        // Only a resize or a cold migration runs this flow (a live
+        // migration or an evacuation is another one, not supported here).
+        if !matches!(m.migration_type(), Some("resize" | "migration")) {
+            return Err(bad(format!(
+                "its migration_type {:?} is not a resize or a cold migration",
+                m.migration_type()
+            )));
+        }
         let (field, named, expected) = match role {
             Role::Preparing => ("source_compute", m.source_compute(), i.host().unwrap_or_default()),
             Role::Source => ("source_compute", m.source_compute(), self.host()),

@@ -1018,6 +1018,15 @@ mod resize {
         assert!(h.nova.take_casts().is_empty());
         assert_eq!(h.nova.migration(&m).status(), Some("pre-migrating"));
         assert_eq!(h.states(&other), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        // A migration of another type (here an evacuation) is not this flow.
+        h.nova.set_migration_field(&m, "migration_type", json!("evacuation"));
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert!(h.nova.take_casts().is_empty());
+        h.nova.set_migration_field(&m, "migration_type", json!("resize"));
         // finish_resize of a migration whose destination is another host.
         h.nova.set_migration_field(&m, "dest_compute", json!("other"));
         let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info("g")).await;
