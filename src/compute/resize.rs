@@ -464,7 +464,7 @@ impl<D: Driver> ComputeManager<D> {
                 // From here on a failure (superseded included) deletes the
                 // uploaded image: no one else will.
                 let glance_image = disk_info.glance_image.clone();
-                let handed = async {
+                let handed: Result<(), OpError> = async {
                     m.set_status("post-migrating");
                     self.conductor.migration_save(ctx, m).await?;
                     i.set("host", dest.as_str());
@@ -494,6 +494,13 @@ impl<D: Driver> ComputeManager<D> {
                 .await;
                 if let (Err(_), Some(g)) = (&handed, &glance_image) {
                     self.delete_move_image(ctx, i.uuid(), g).await;
+                }
+                if let Err(e) = &handed
+                    && !e.is_superseded()
+                {
+                    // Not handed over (e.g. the finish_resize cast failed): the
+                    // instance is this host's again, its guest as it was.
+                    self.take_back(ctx, i, m, was).await;
                 }
                 handed
             },
@@ -531,6 +538,25 @@ impl<D: Driver> ComputeManager<D> {
         }
         let glance_image = uploaded?;
         Ok(DiskInfo { docker_image: committed, glance_image: Some(glance_image) })
+    }
+
+    /// A move that failed after the instance was handed to the destination
+    /// but before the destination was told: host, node and flavor back to
+    /// this host's, the guest started again if it ran (the caller reverts
+    /// the task state and saves).
+    async fn take_back(&self, ctx: &RequestContext, i: &mut Instance, m: &Migration, was: PowerState) {
+        i.set("host", self.host());
+        i.set("node", m.source_node().unwrap_or(self.host()));
+        if let Some(id) = self.node_id() {
+            i.set("compute_id", id);
+        }
+        i.set("old_flavor", Value::Null);
+        if was == PowerState::Running {
+            match self.power_on_and_replug(ctx, i).await {
+                Ok(info) => i.set_power_state(info.state),
+                Err(e) => tracing::warn!(instance = i.uuid(), error = %e, "could not start the instance again"),
+            }
+        }
     }
 
     /// Deletes a move's Glance image, best effort (logged).

@@ -1147,6 +1147,25 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn a_finish_resize_cast_that_fails_gives_the_instance_back_to_the_source_running() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 13, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        h.nova.fail("cast.finish_resize");
+        let r =
+            h.manager.resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true);
+        assert!(r.await.is_err());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST), "still this host's");
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(h.glance.images().is_empty(), "the uploaded image is deleted: {:?}", h.glance.images());
+    }
+
+    #[tokio::test]
     async fn a_migration_image_belongs_to_the_instances_project_and_is_hidden() {
         let h = Harness::new();
         let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
