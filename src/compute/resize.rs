@@ -711,6 +711,9 @@ impl<D: Driver> ComputeManager<D> {
                         if resize && let Some(old) = old_flavor {
                             i.apply_flavor(&old);
                         }
+                        if m.same_host() {
+                            self.restore_original_here(i, m, &ni, power_on).await;
+                        }
                         return Err(e);
                     }
                 };
@@ -756,6 +759,28 @@ impl<D: Driver> ComputeManager<D> {
             self.driver.destroy(i.uuid(), Duration::ZERO, &Vec::new()).await?;
         }
         self.container_from(i, &image, ni, power_on).await
+    }
+
+    /// Same host, a failed finish has already removed the original
+    /// container (its filesystem is in the committed image): it is created
+    /// again from that image with the old flavor, so the instance (in ERROR)
+    /// keeps a container a hard reboot can start, rather than none. Best
+    /// effort (logged).
+    async fn restore_original_here(&self, i: &Instance, m: &Migration, ni: &NetworkInfo, power_on: bool) {
+        match self.driver.get_info(i.uuid()).await {
+            Err(VirtError::NotFound(_)) => {}
+            _ => return,
+        }
+        let restored = match self.committed_for(m).await {
+            Ok(image) => self.container_from(i, &image, ni, power_on).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(()) => {
+                tracing::info!(instance = i.uuid(), "the original container is created again after the failed resize")
+            }
+            Err(e) => tracing::warn!(instance = i.uuid(), error = %e, "could not create the original container again"),
+        }
     }
 
     /// The Glance image `disk_info` names, if it is this move's: made for

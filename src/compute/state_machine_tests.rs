@@ -1111,6 +1111,23 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn a_same_host_finish_that_fails_keeps_a_container_of_the_old_flavor_with_the_files() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail_once("create");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance", "finish_resize"]);
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        let c = h.driver.container(&u).expect("a container again");
+        assert_eq!(c.memory_bytes, 64 << 20, "the old flavor's");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "from the committed filesystem");
+        assert_eq!(c.state, Running);
+    }
+
+    #[tokio::test]
     async fn a_same_host_moves_filesystem_stays_out_of_the_glance_image_cache() {
         use crate::virt::Driver;
         let h = Harness::new();

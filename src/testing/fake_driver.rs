@@ -55,6 +55,7 @@ impl Gate {
 struct State {
     containers: HashMap<String, FakeContainer>,
     failing: HashSet<&'static str>,
+    failing_once: HashSet<&'static str>,
     gates: HashMap<&'static str, Arc<Gate>>,
     calls: Vec<String>,
     images: Vec<LocalImage>,
@@ -113,6 +114,11 @@ impl FakeDriver {
         self.with(|s| s.failing.insert(op));
     }
 
+    /// Makes the next call of `op` fail (later ones succeed).
+    pub fn fail_once(&self, op: &'static str) {
+        self.with(|s| s.failing_once.insert(op));
+    }
+
     /// Holds the next `op` at its start until the returned gate is released.
     pub fn hold(&self, op: &'static str) -> Arc<Gate> {
         let gate = Arc::new(Gate { entered: Notify::new(), release: Semaphore::new(0) });
@@ -147,7 +153,7 @@ impl FakeDriver {
             gate.entered.notify_one();
             let _ = gate.release.acquire().await;
         }
-        if self.with(|s| s.failing.contains(op)) {
+        if self.with(|s| s.failing.contains(op) || s.failing_once.remove(op)) {
             return Err(injected(op));
         }
         Ok(())
