@@ -17,11 +17,13 @@
 //! at create), the root disk label the measure mode reads, the flavor's
 //! capabilities or read-only root: a resize would then silently keep the old
 //! flavor's disk and isolation. Same host, the committed image stays on the
-//! engine (referenced as `glance/<migration uuid>`, so the image cache
-//! manager removes it once no container uses it) and a revert creates the
+//! engine (referenced as `nova-docker-move/<migration uuid>`, apart from the
+//! Glance cache's `glance/` so no Glance image id can name it; the image
+//! cache manager removes it once no container has used it for its minimum
+//! age) and a revert creates the
 //! old flavor's container from it again. Between hosts the committed image
 //! travels through Glance, as shelve's snapshot does: the source uploads it
-//! as a private image of the request's project (`docker save` through the
+//! as a private, hidden image of the instance's project (`docker save` through the
 //! canonicalizer, streamed), the destination loads it as any tenant image
 //! (streamed, checked, canonicalized) and deletes it from Glance once
 //! loaded. No new listener or credential is needed on the hosts: both
@@ -43,7 +45,7 @@ use super::manager::ComputeManager;
 use super::operation::{OnFailure, Operation};
 use super::states::{PowerState, TaskState, VmState};
 use crate::conductor::Expected;
-use crate::image::{GlanceImage, ImageError, cache_repository, cache_tag, save_to_glance};
+use crate::image::{GlanceImage, ImageError, cache_tag, move_repository, save_to_glance};
 use crate::net::NetworkInfo;
 use crate::network::BoundPort;
 use crate::objects::{Flavor, Instance, Migration};
@@ -90,6 +92,18 @@ pub struct ResizeRequest {
     pub clean_shutdown: bool,
 }
 
+/// The part a host plays in the RPC method it runs, checked against the
+/// migration ([`ComputeManager::check_migration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `prep_resize`: the migration leaves the instance's current host.
+    Preparing,
+    /// `resize_instance`, `confirm_resize`, `finish_revert_resize`.
+    Source,
+    /// `finish_resize`, `revert_resize`.
+    Destination,
+}
+
 /// What happens to the migration's allocation when a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnMoveFailure {
@@ -103,6 +117,10 @@ enum OnMoveFailure {
     Keep,
 }
 
+/// `system_metadata` key: the size of the image an instance was built from,
+/// recorded at its first move (see `refuse_filesystem_over_root_disk`).
+const BASE_IMAGE_BYTES: &str = "nova_docker_base_image_bytes";
+
 /// The image properties Nova copied into the instance's system metadata at
 /// boot (`image_<key>`): what a container is created with again, even if the
 /// image has since left Glance.
@@ -113,9 +131,10 @@ pub fn image_properties_of(i: &Instance) -> Map<String, Value> {
         .collect()
 }
 
-/// The Docker reference keeping a committed image for a migration.
+/// The Docker reference keeping a committed image for a migration (out of
+/// the Glance cache's namespace: see [`move_repository`]).
 fn committed_repository(migration: &Migration) -> String {
-    cache_repository(migration.uuid())
+    move_repository(migration.uuid())
 }
 
 impl<D: Driver> ComputeManager<D> {
@@ -141,8 +160,39 @@ impl<D: Driver> ComputeManager<D> {
                 tracing::warn!(instance = i.uuid(), error = %se, "could not mark the migration in error");
             }
             self.move_allocation_on_failure(m, i.uuid(), alloc).await;
+        } else {
+            self.move_allocation_when_superseded(ctx, m, i.uuid(), alloc).await;
         }
         self.fail(ctx, &mut i, on_failure, e).await
+    }
+
+    /// A step superseded (the instance deleted or changed meanwhile) still
+    /// settles the migration's allocation, or it would stay in Placement
+    /// forever (deleting an instance deletes only its own allocation): an
+    /// instance gone or being deleted drops it; one still there gets `alloc`.
+    async fn move_allocation_when_superseded(
+        &self,
+        ctx: &RequestContext,
+        m: &Migration,
+        instance: &str,
+        alloc: OnMoveFailure,
+    ) {
+        if alloc == OnMoveFailure::Keep {
+            return;
+        }
+        let going = match self.conductor.instance_get(ctx, instance).await {
+            Ok(fresh) => {
+                fresh.vm_state() == Some(VmState::Deleted)
+                    || matches!(fresh.task_state(), Some(TaskState::Deleting | TaskState::SoftDeleting))
+            }
+            Err(e) if e.is_nova("InstanceNotFound") => true,
+            Err(e) => {
+                tracing::warn!(instance, migration = m.uuid(), error = %e, "cannot read the instance; its move's allocation is left");
+                return;
+            }
+        };
+        let alloc = if going { OnMoveFailure::DropSourceAllocation } else { alloc };
+        self.move_allocation_on_failure(m, instance, alloc).await;
     }
 
     async fn move_allocation_on_failure(&self, m: &Migration, instance: &str, alloc: OnMoveFailure) {
@@ -155,6 +205,68 @@ impl<D: Driver> ComputeManager<D> {
         if let Err(e) = r {
             tracing::warn!(instance, migration = m.uuid(), error = %e, "could not give back the migration's allocation");
         }
+    }
+
+    /// Refuses (as a bad request, before anything is touched) a migration
+    /// that is not the instance's or does not name this host in the role
+    /// the method plays: an RPC peer's mistake or forgery must not move
+    /// another instance's allocations or act on a move of another host.
+    fn check_migration(&self, i: &Instance, m: &Migration, role: Role) -> Result<(), OpError> {
+        let bad = |why: String| OpError::Nova(RemoteError::bad_request(format!("migration {}: {why}", m.uuid())));
+        if m.instance_uuid() != i.uuid() {
+            return Err(bad(format!("it moves instance {}, not {}", m.instance_uuid(), i.uuid())));
+        }
+        // Only a resize or a cold migration runs this flow (a live
+        // migration or an evacuation is another one, not supported here).
+        if !matches!(m.migration_type(), Some("resize" | "migration")) {
+            return Err(bad(format!(
+                "its migration_type {:?} is not a resize or a cold migration",
+                m.migration_type()
+            )));
+        }
+        let (field, named, expected) = match role {
+            Role::Preparing => ("source_compute", m.source_compute(), i.host().unwrap_or_default()),
+            Role::Source => ("source_compute", m.source_compute(), self.host()),
+            Role::Destination => ("dest_compute", m.dest_compute(), self.host()),
+        };
+        if named != Some(expected) {
+            return Err(bad(format!("its {field} is {named:?}, not {expected}")));
+        }
+        Ok(())
+    }
+
+    /// Bounds what a move carries: the committed filesystem becomes an image
+    /// layer and the moved container starts with an empty writable layer, so
+    /// without this each move would grant the tenant another root disk. What
+    /// the instance wrote (its writable layer, plus what earlier moves
+    /// committed: its image beyond the size of the image it was built from,
+    /// recorded at its first move) must fit the new flavor's root disk, or
+    /// the move is refused before the guest stops (the instance stays active
+    /// on its flavor, with the fault). Returns the built-from image's size.
+    async fn refuse_filesystem_over_root_disk(&self, i: &Instance) -> Result<u64, OpError> {
+        let fs = self.driver.filesystem_size(i.uuid()).await?;
+        let base =
+            i.system_metadata().get(BASE_IMAGE_BYTES).and_then(|v| v.parse::<u64>().ok()).unwrap_or(fs.image_bytes);
+        let new_gb = i.flavor_named("new_flavor").and_then(|f| f.root_gb()).unwrap_or(i.root_gb());
+        let limit_gb = match u64::try_from(new_gb) {
+            Ok(gb) if gb > 0 => gb,
+            _ if self.settings.docker.zero_disk_flavor_root_gb > 0 => self.settings.docker.zero_disk_flavor_root_gb,
+            _ => return Ok(base),
+        };
+        let carried = fs.image_bytes.saturating_sub(base).saturating_add(fs.written_bytes);
+        if carried > limit_gb.saturating_mul(1 << 30) {
+            return Err(OpError::Nova(RemoteError::nova(
+                "ResizeError",
+                format!(
+                    "Resize error: the instance's files ({} MiB written, earlier moves included) exceed the new \
+                     flavor's root disk ({limit_gb} GiB); delete files or choose a larger flavor.",
+                    carried >> 20
+                ),
+                500,
+                json!({}),
+            )));
+        }
+        Ok(base)
     }
 
     /// The compute node id of this host, when the release records one.
@@ -194,10 +306,12 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         req: ResizeRequest,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Preparing)?;
         let op = Operation::new("compute_prep_resize").on_failure(OnFailure::RevertTask);
         self.move_step(ctx, i, &mut m, op, OnMoveFailure::Keep, async |i, m| {
             let Err(e) = self.do_prep_resize(ctx, i, m, &req).await else { return Ok(()) };
             if e.is_superseded() {
+                self.move_allocation_when_superseded(ctx, m, i.uuid(), OnMoveFailure::RevertAllocation).await;
                 return Err(e);
             }
             self.move_allocation_on_failure(m, i.uuid(), OnMoveFailure::RevertAllocation).await;
@@ -317,6 +431,7 @@ impl<D: Driver> ComputeManager<D> {
         request_spec: Value,
         clean_shutdown: bool,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         self.move_step(
             ctx,
             i,
@@ -328,6 +443,9 @@ impl<D: Driver> ComputeManager<D> {
                 m.set_status("migrating");
                 self.conductor.migration_save(ctx, m).await?;
                 self.begin_task(ctx, i, TaskState::ResizeMigrating, Expected::task(TaskState::ResizePrep)).await?;
+                refuse_disk_shrink(i)?;
+                let base = self.refuse_filesystem_over_root_disk(i).await?;
+                i.set_system_metadata(BASE_IMAGE_BYTES, Some(&base.to_string()));
 
                 let was = self.power_state_of(i.uuid()).await?;
                 let disk_info = match self.migrate_disk_and_power_off(ctx, i, m, clean_shutdown).await {
@@ -343,30 +461,48 @@ impl<D: Driver> ComputeManager<D> {
                     }
                 };
 
-                m.set_status("post-migrating");
-                self.conductor.migration_save(ctx, m).await?;
-                i.set("host", dest.as_str());
-                if let Some(node) = m.dest_node() {
-                    i.set("node", node);
-                }
-                if self.conductor.release().instance_compute_id
-                    && let Some(id) = m.obj.get_i64("dest_compute_id")
-                {
-                    i.set("compute_id", id);
-                }
-                if let Some(f) = i.obj.get("flavor").cloned() {
-                    i.set("old_flavor", f);
-                }
-                i.set_power_state(PowerState::Shutdown);
-                self.begin_task(ctx, i, TaskState::ResizeMigrated, Expected::task(TaskState::ResizeMigrating)).await?;
+                // From here on a failure (superseded included) deletes the
+                // uploaded image: no one else will.
+                let glance_image = disk_info.glance_image.clone();
+                let handed: Result<(), OpError> = async {
+                    m.set_status("post-migrating");
+                    self.conductor.migration_save(ctx, m).await?;
+                    i.set("host", dest.as_str());
+                    if let Some(node) = m.dest_node() {
+                        i.set("node", node);
+                    }
+                    if self.conductor.release().instance_compute_id
+                        && let Some(id) = m.obj.get_i64("dest_compute_id")
+                    {
+                        i.set("compute_id", id);
+                    }
+                    if let Some(f) = i.obj.get("flavor").cloned() {
+                        i.set("old_flavor", f);
+                    }
+                    i.set_power_state(PowerState::Shutdown);
+                    self.begin_task(ctx, i, TaskState::ResizeMigrated, Expected::task(TaskState::ResizeMigrating))
+                        .await?;
 
-                let disk_info = serde_json::to_string(&disk_info).map_err(|e| OpError::Invalid(e.to_string()))?;
-                let args = json!({
-                    "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
-                    "disk_info": disk_info, "request_spec": request_spec,
-                });
-                self.conductor.cast_compute(ctx, &dest, "finish_resize", args).await?;
-                Ok(())
+                    let disk_info = serde_json::to_string(&disk_info).map_err(|e| OpError::Invalid(e.to_string()))?;
+                    let args = json!({
+                        "instance": i.to_primitive(), "migration": m.to_primitive(), "image": image,
+                        "disk_info": disk_info, "request_spec": request_spec,
+                    });
+                    self.conductor.cast_compute(ctx, &dest, "finish_resize", args).await?;
+                    Ok(())
+                }
+                .await;
+                if let (Err(_), Some(g)) = (&handed, &glance_image) {
+                    self.delete_move_image(ctx, i.uuid(), g).await;
+                }
+                if let Err(e) = &handed
+                    && !e.is_superseded()
+                {
+                    // Not handed over (e.g. the finish_resize cast failed): the
+                    // instance is this host's again, its guest as it was.
+                    self.take_back(ctx, i, m, was).await;
+                }
+                handed
             },
         )
         .await
@@ -404,8 +540,35 @@ impl<D: Driver> ComputeManager<D> {
         Ok(DiskInfo { docker_image: committed, glance_image: Some(glance_image) })
     }
 
-    /// Uploads a committed image to a new private Glance image for the
-    /// destination; a failed upload deletes it.
+    /// A move that failed after the instance was handed to the destination
+    /// but before the destination was told: host, node and flavor back to
+    /// this host's, the guest started again if it ran (the caller reverts
+    /// the task state and saves).
+    async fn take_back(&self, ctx: &RequestContext, i: &mut Instance, m: &Migration, was: PowerState) {
+        i.set("host", self.host());
+        i.set("node", m.source_node().unwrap_or(self.host()));
+        if let Some(id) = self.node_id() {
+            i.set("compute_id", id);
+        }
+        i.set("old_flavor", Value::Null);
+        if was == PowerState::Running {
+            match self.power_on_and_replug(ctx, i).await {
+                Ok(info) => i.set_power_state(info.state),
+                Err(e) => tracing::warn!(instance = i.uuid(), error = %e, "could not start the instance again"),
+            }
+        }
+    }
+
+    /// Deletes a move's Glance image, best effort (logged).
+    async fn delete_move_image(&self, ctx: &RequestContext, instance: &str, glance_id: &str) {
+        if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
+            tracing::warn!(instance, image = %glance_id, error = %e, "could not delete the migration image");
+        }
+    }
+
+    /// Uploads a committed image to a new private, hidden Glance image of
+    /// the instance's project for the destination; a failed upload deletes
+    /// it.
     async fn upload_for_move(
         &self,
         ctx: &RequestContext,
@@ -414,10 +577,13 @@ impl<D: Driver> ComputeManager<D> {
         committed: &str,
     ) -> Result<String, OpError> {
         let glance = self.images.glance();
+        // The instance's project owns its filesystem, whoever asked for the
+        // move (an admin's migration must not put it in the admin's project).
+        let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
         let body = json!({
             "name": format!("nova-docker-migration-{}", m.uuid()),
-            "container_format": "docker", "disk_format": "raw", "visibility": "private",
-            "nova_docker_migration": m.uuid(), "instance_uuid": i.uuid(),
+            "container_format": "docker", "disk_format": "raw", "visibility": "private", "os_hidden": true,
+            "owner": project, "nova_docker_migration": m.uuid(), "instance_uuid": i.uuid(),
         });
         let image = glance.create(Some(ctx), body).await.map_err(ImageError::from)?;
         let limits = self.images.limits().clone();
@@ -462,22 +628,28 @@ impl<D: Driver> ComputeManager<D> {
             return;
         };
         let glance = self.images.glance();
-        match glance.list(Some(ctx), &[("nova_docker_migration", m.uuid())]).await {
-            Ok(images) => {
-                for image in images {
-                    match glance.delete(Some(ctx), &image.id).await {
-                        Ok(()) => {
-                            tracing::info!(instance = uuid, image = %image.id, "deleted the interrupted migration's Glance image")
-                        }
-                        Err(e) => {
-                            tracing::warn!(instance = uuid, image = %image.id, error = %e, "could not delete the migration image")
+        // The move's image is hidden (os_hidden): Glance lists it only when
+        // asked for hidden images; older ones were not hidden.
+        for hidden in [true, false] {
+            let mut filters = vec![("nova_docker_migration", m.uuid())];
+            if hidden {
+                filters.push(("os_hidden", "true"));
+            }
+            match glance.list(Some(ctx), &filters).await {
+                Ok(images) => {
+                    for image in images {
+                        match glance.delete(Some(ctx), &image.id).await {
+                            Ok(()) => tracing::info!(instance = uuid, image = %image.id,
+                                "deleted the interrupted migration's Glance image"),
+                            Err(e) => tracing::warn!(instance = uuid, image = %image.id, error = %e,
+                                "could not delete the migration image"),
                         }
                     }
                 }
+                Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
+                    "cannot list the migration's Glance images (without [glance] credentials there is no token at \
+                     start-up): delete the image named nova-docker-migration-<migration> by hand"),
             }
-            Err(e) => tracing::warn!(instance = uuid, migration = m.uuid(), error = %e,
-                "cannot list the migration's Glance images (without [glance] credentials there is no token at \
-                 start-up): delete the image named nova-docker-migration-<migration> by hand"),
         }
         if let Ok(committed) = self.driver.images_in_repository(&committed_repository(&m)).await {
             for image in committed {
@@ -509,6 +681,7 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         disk_info: Option<Value>,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Destination)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         self.move_step(
             ctx,
@@ -538,6 +711,9 @@ impl<D: Driver> ComputeManager<D> {
                         if resize && let Some(old) = old_flavor {
                             i.apply_flavor(&old);
                         }
+                        if m.same_host() {
+                            self.restore_original_here(i, m, &ni, power_on).await;
+                        }
                         return Err(e);
                     }
                 };
@@ -562,9 +738,15 @@ impl<D: Driver> ComputeManager<D> {
         power_on: bool,
     ) -> Result<PowerState, OpError> {
         let image = match &disk.glance_image {
-            None => self.committed_image(&disk.docker_image).await?,
+            // Same host: the image committed under this migration's own
+            // reference; the `docker_image` the RPC names is not trusted.
+            None if m.same_host() => self.committed_for(m).await?,
+            None => return Err(migration_error("a move between hosts without its Glance image")),
             Some(glance_id) => {
-                let loaded = self.load_moved_image(ctx, glance_id).await;
+                // Checked before anything is loaded or deleted: only this
+                // move's image, of the instance's project.
+                let meta = self.moved_image(ctx, i, m, glance_id).await?;
+                let loaded = self.images.ensure(Some(ctx), &meta).await.map(|(image, _)| image);
                 if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
                     tracing::warn!(instance = i.uuid(), image = %glance_id, error = %e, "could not delete the migration image");
                 }
@@ -579,19 +761,52 @@ impl<D: Driver> ComputeManager<D> {
         self.container_from(i, &image, ni, power_on).await
     }
 
-    async fn committed_image(&self, docker_image: &str) -> Result<ImageRef, OpError> {
-        match self.driver.find_image(docker_image).await? {
-            Some(found) => Ok(found),
-            None => Err(OpError::Virt(VirtError::Invalid(format!(
-                "the committed image {docker_image} of this resize is no longer on this host"
-            )))),
+    /// Same host, a failed finish has already removed the original
+    /// container (its filesystem is in the committed image): it is created
+    /// again from that image with the old flavor, so the instance (in ERROR)
+    /// keeps a container a hard reboot can start, rather than none. Best
+    /// effort (logged).
+    async fn restore_original_here(&self, i: &Instance, m: &Migration, ni: &NetworkInfo, power_on: bool) {
+        match self.driver.get_info(i.uuid()).await {
+            Err(VirtError::NotFound(_)) => {}
+            _ => return,
+        }
+        let restored = match self.committed_for(m).await {
+            Ok(image) => self.container_from(i, &image, ni, power_on).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(()) => {
+                tracing::info!(instance = i.uuid(), "the original container is created again after the failed resize")
+            }
+            Err(e) => tracing::warn!(instance = i.uuid(), error = %e, "could not create the original container again"),
         }
     }
 
-    async fn load_moved_image(&self, ctx: &RequestContext, glance_id: &str) -> Result<ImageRef, OpError> {
+    /// The Glance image `disk_info` names, if it is this move's: made for
+    /// this migration and instance (`nova_docker_migration`,
+    /// `instance_uuid`) and owned by the instance's project. Anything else
+    /// (another tenant's image, a public one) is refused untouched.
+    async fn moved_image(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        glance_id: &str,
+    ) -> Result<GlanceImage, OpError> {
         let meta = self.images.glance().get(Some(ctx), glance_id).await.map_err(ImageError::from)?;
-        let (image, _) = self.images.ensure(Some(ctx), &meta).await?;
-        Ok(image)
+        let prop = |k: &str| meta.properties.get(k).and_then(Value::as_str);
+        let ours = prop("nova_docker_migration") == Some(m.uuid())
+            && prop("instance_uuid") == Some(i.uuid())
+            && meta.owner.is_some()
+            && meta.owner.as_deref() == i.project_id();
+        if !ours {
+            return Err(migration_error(&format!(
+                "Glance image {glance_id} is not the image of migration {} of this instance: not used",
+                m.uuid()
+            )));
+        }
+        Ok(meta)
     }
 
     /// Creates the instance's container from `image` with its current
@@ -617,19 +832,49 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Nova's `migrate_instance_finish`: every port of the instance bound to
-    /// this host, and the info cache written from the new bindings.
+    /// this host, and the info cache written from the new bindings. The
+    /// ports are the ones Neutron has for the instance (by `device_id`, and
+    /// of the instance's project), as Nova's
+    /// `_update_port_binding_for_instance` lists them: never whatever the
+    /// RPC-supplied info cache names, since the binding is made with this
+    /// service's credentials and would move another tenant's port here. A
+    /// cached port Neutron does not give as the instance's is refused before
+    /// any port is touched.
     async fn bind_ports_here(&self, ctx: &RequestContext, i: &mut Instance) -> Result<NetworkInfo, OpError> {
         let current = self.network_info(ctx, i).await?;
-        if current.is_empty() {
-            return Ok(current);
-        }
         let Some(neutron) = self.neutron.as_deref() else {
+            if current.is_empty() {
+                return Ok(current);
+            }
             return Err(OpError::Invalid("the instance has ports but Neutron is not configured here".into()));
         };
+        let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
+        let owned = |p: &Value| p["project_id"].as_str().or(p["tenant_id"].as_str()) == Some(project);
+        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid()).await?.into_iter().filter(owned).collect();
+        if ports.is_empty() && current.is_empty() {
+            return Ok(current);
+        }
+        let id_of = |p: &Value| p["id"].as_str().unwrap_or_default().to_string();
+        // The cache's order (the guest's interface order) first.
+        ports.sort_by_key(|p| current.iter().position(|vif| vif.id == id_of(p)).unwrap_or(usize::MAX));
+        if let Some(stray) = current.iter().find(|vif| !ports.iter().any(|p| id_of(p) == vif.id)) {
+            return Err(OpError::Invalid(format!(
+                "port {} in the instance's network info is not a port of this instance in Neutron \
+                 (device_id {}, project {project}): not bound",
+                stray.id,
+                i.uuid()
+            )));
+        }
         let mut bound = Vec::new();
-        for vif in &current {
-            let port = neutron.bind_to_host(&vif.id, self.host()).await?;
-            let preserve = vif.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false);
+        for p in &ports {
+            let id = id_of(p);
+            let port = neutron.bind_to_host(&id, self.host()).await?;
+            // A port missing from the cache is kept on delete: nothing says
+            // this service created it.
+            let preserve = current
+                .iter()
+                .find(|vif| vif.id == id)
+                .is_none_or(|vif| vif.extra.get("preserve_on_delete").and_then(Value::as_bool).unwrap_or(false));
             bound.push(BoundPort { port, created: !preserve });
         }
         let ni = neutron.network_info(&bound).await?;
@@ -648,6 +893,7 @@ impl<D: Driver> ComputeManager<D> {
     /// the migration is deleted whatever happens, and the stashed flavors
     /// are cleared.
     pub async fn confirm_resize(&self, ctx: &RequestContext, i: Instance, mut m: Migration) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         match m.status() {
             Some("confirmed") => return Ok(()),
             Some("finished" | "confirming") => {}
@@ -661,6 +907,19 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) if e.is_nova("InstanceNotFound") => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // libvirt's _cleanup_resize guard, on the instance as it is now (a
+        // stale or duplicate confirm after a revert, or racing one, must not
+        // destroy the container the instance runs in): the instance is on
+        // the migration's destination, resized, and no other task runs.
+        let resized = i.vm_state() == Some(VmState::Resized)
+            && matches!(i.task_state(), None | Some(TaskState::Deleting | TaskState::SoftDeleting));
+        let moved =
+            i.host().is_some() && i.host() == m.dest_compute() && (m.same_host() || i.host() != Some(self.host()));
+        if !resized || !moved {
+            tracing::warn!(instance = i.uuid(), migration = m.uuid(), host = ?i.host(), vm_state = ?i.vm_state(),
+                task_state = ?i.task_state(), "the instance is not resized onto the migration's destination; not confirming");
+            return Ok(());
+        }
         let uuid = i.uuid().to_string();
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
         let r = self
@@ -711,6 +970,7 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
         request_spec: Value,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Destination)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
         self.move_step(
             ctx,
@@ -744,6 +1004,7 @@ impl<D: Driver> ComputeManager<D> {
         i: Instance,
         mut m: Migration,
     ) -> Result<(), OpError> {
+        self.check_migration(&i, &m, Role::Source)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         self.move_step(
             ctx,
@@ -823,6 +1084,25 @@ fn clear_stashed_flavors(i: &mut Instance) {
     if i.system_metadata().contains_key("old_vm_state") {
         i.set_system_metadata("old_vm_state", None);
     }
+}
+
+/// Nova's libvirt driver (`migrate_disk_and_power_off`): a root disk is
+/// never resized down (the instance's files need not fit, and the container
+/// would be created again with the whole committed filesystem anyway). The
+/// refusal comes before the guest is stopped: as Nova's
+/// `InstanceFaultRollback(ResizeError)`, the instance stays active on its old
+/// flavor, with the fault.
+fn refuse_disk_shrink(i: &Instance) -> Result<(), OpError> {
+    let Some(new) = i.flavor_named("new_flavor") else { return Ok(()) };
+    if new.root_gb().unwrap_or(0) < i.root_gb() {
+        return Err(OpError::Nova(RemoteError::nova(
+            "ResizeError",
+            "Resize error: Unable to resize disk down.".to_string(),
+            500,
+            json!({}),
+        )));
+    }
+    Ok(())
 }
 
 /// Nova's `MigrationError`.

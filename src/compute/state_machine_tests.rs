@@ -928,7 +928,7 @@ mod resize {
     use super::*;
     use crate::compute::resize::ResizeRequest;
     use crate::objects::{Flavor, Instance, Migration, NovaObject};
-    use crate::testing::HOST;
+    use crate::testing::{HOST, PROJECT};
 
     fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
         let v = json!({"nova_object.name": "Flavor", "nova_object.namespace": "nova", "nova_object.version": "1.2",
@@ -994,7 +994,7 @@ mod resize {
     async fn a_same_host_resize_recreates_the_container_with_the_new_flavor_then_confirms() {
         let h = Harness::new();
         let (u, m) = resizing(&h, 2);
-        h.neutron.add_user_port("port-1");
+        h.neutron.add_port_of("port-1", &u, PROJECT);
         give_port(&h, &u);
         resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
 
@@ -1155,6 +1155,262 @@ mod resize {
         assert_eq!(h.nova.migration(&m).status(), Some("error"));
         assert_eq!(faults_of(&h, &u).len(), 1);
     }
+
+    /// An instance `u` resized (`resize_migrated`) from host "other" to this
+    /// one; its migration.
+    fn arriving(h: &Harness) -> (String, String) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizeMigrated), NoState);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 8, "instance_uuid": u, "source_compute": "other",
+            "source_node": "other", "dest_compute": HOST, "dest_node": HOST, "status": "post-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        (u, m)
+    }
+
+    fn disk_info(glance: &str) -> Option<Value> {
+        Some(json!(json!({"docker_image": "sha256:x", "glance_image": glance}).to_string()))
+    }
+
+    #[tokio::test]
+    async fn only_the_ports_neutron_gives_as_the_instances_are_bound_never_those_the_cache_names() {
+        let h = Harness::new();
+        // The cache names another instance's port: refused, nothing bound.
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_port_of("port-1", &uuid::Uuid::new_v4().to_string(), PROJECT);
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.neutron.binding_host("port-1"), None, "the other instance's port stays where it was");
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        assert!(faults_of(&h, &u)[0].contains("not a port of this instance"), "{:?}", faults_of(&h, &u));
+
+        // Another project's port pointed at the instance is left alone; the
+        // instance's own port is bound.
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.neutron.add_port_of("port-1", &u, PROJECT);
+        h.neutron.add_port_of("port-evil", &u, "project-2");
+        give_port(&h, &u);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        assert_eq!(h.neutron.binding_host("port-1").as_deref(), Some(HOST));
+        assert_eq!(h.neutron.binding_host("port-evil"), None);
+        assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+    }
+
+    #[tokio::test]
+    async fn finish_resize_neither_loads_nor_deletes_a_glance_image_that_is_not_the_moves() {
+        let h = Harness::new();
+        let (u, m) = arriving(&h);
+        // Another tenant's image, and one forged with the move's properties
+        // in another project.
+        h.glance.add_queued("victim", json!({"owner": "project-2"}));
+        h.glance.add_queued("forged", json!({"owner": "project-2", "nova_docker_migration": m, "instance_uuid": u}));
+        for id in ["victim", "forged"] {
+            let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info(id)).await;
+            assert!(r.is_err());
+            assert!(h.glance.image(id).is_some(), "{id} is not deleted");
+            h.request(&u, TaskState::ResizeMigrated);
+        }
+        assert!(h.driver.container(&u).is_none());
+        assert!(faults_of(&h, &u)[0].contains("is not the image of migration"), "{:?}", faults_of(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn a_migration_of_another_instance_or_host_is_refused_untouched() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let other = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&other), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.nova.migration(&m).status(), Some("pre-migrating"));
+        assert_eq!(h.states(&other), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        // A migration of another type (here an evacuation) is not this flow.
+        h.nova.set_migration_field(&m, "migration_type", json!("evacuation"));
+        let r = h
+            .manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert!(h.nova.take_casts().is_empty());
+        h.nova.set_migration_field(&m, "migration_type", json!("resize"));
+        // finish_resize of a migration whose destination is another host.
+        h.nova.set_migration_field(&m, "dest_compute", json!("other"));
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info("g")).await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        // confirm_resize of a migration whose source is another host.
+        h.nova.set_migration_field(&m, "source_compute", json!("other"));
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        let r = h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await;
+        assert_eq!(r.unwrap_err().to_remote().class, "ValueError");
+        assert_eq!(h.nova.migration(&m).status(), Some("confirming"));
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(TaskState::ResizePrep), Running));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+    }
+
+    #[tokio::test]
+    async fn a_confirm_arriving_after_a_revert_leaves_the_running_instance_alone() {
+        let h = Harness::new();
+        // Reverted: back on this host (the source), active and running.
+        let u = h.instance(VmState::Active, None, Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 9, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "confirming",
+            "old_instance_type_id": 1, "new_instance_type_id": 2, "migration_type": "resize"}));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.driver.container(&u).unwrap().state, Running, "the container the instance runs in stays");
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m).status(), Some("confirming"));
+    }
+
+    #[tokio::test]
+    async fn a_smaller_root_disk_is_refused_before_the_guest_stops_and_the_instance_stays_on_its_flavor() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        let mut old = flavor(1, 64, json!({}));
+        old.obj.set("root_gb", 2);
+        h.nova.set_field(&u, "flavor", old.obj.to_primitive());
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert!(!h.driver.calls().iter().any(|c| c.starts_with("power_off") || c.starts_with("commit")));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        let i = h.rpc_instance(&u);
+        assert_eq!((i.memory_mb(), i.root_gb(), i.host()), (64, 2, Some(HOST)));
+        assert!(faults_of(&h, &u)[0].contains("Unable to resize disk down"), "{:?}", faults_of(&h, &u));
+        // The same root disk (or a larger one) is fine.
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+    }
+
+    #[tokio::test]
+    async fn a_move_cannot_carry_more_than_the_new_root_disk_even_across_moves() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        // 600 MiB written on a 1 GiB root disk: moves.
+        h.driver.set_written(&u, 600 << 20);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        h.nova.set_migration_field(&m, "status", json!("confirming"));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        // 600 MiB more in the new writable layer: the next move would carry
+        // 1200 MiB for a 1 GiB root disk, refused before the guest stops.
+        h.driver.set_written(&u, 600 << 20);
+        h.request(&u, TaskState::ResizePrep);
+        let m2 = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m2, "id": 11, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "status": "pre-migrating", "old_instance_type_id": 2,
+            "new_instance_type_id": 1, "migration_type": "resize"}));
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m2), request(flavor(1, 64, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance"]);
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.nova.migration(&m2).status(), Some("error"));
+        assert_eq!(h.rpc_instance(&u).memory_mb(), 128, "still on its flavor");
+        let faults = faults_of(&h, &u);
+        assert!(faults.last().unwrap().contains("exceed the new flavor's root disk"), "{faults:?}");
+    }
+
+    #[tokio::test]
+    async fn a_same_host_finish_that_fails_keeps_a_container_of_the_old_flavor_with_the_files() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.driver.fail_once("create");
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(deliver(&h).await, ["resize_instance", "finish_resize"]);
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        let c = h.driver.container(&u).expect("a container again");
+        assert_eq!(c.memory_bytes, 64 << 20, "the old flavor's");
+        assert_eq!(c.image, format!("sha256:{}", "c".repeat(64)), "from the committed filesystem");
+        assert_eq!(c.state, Running);
+    }
+
+    #[tokio::test]
+    async fn a_same_host_moves_filesystem_stays_out_of_the_glance_image_cache() {
+        use crate::virt::Driver;
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        resize_to(&h, &u, &m, flavor(2, 128, json!({}))).await;
+        assert_eq!(h.states(&u).0, Some(VmState::Resized));
+        // A Glance image created with the migration's uuid as its id is not
+        // served the instance's filesystem from the cache.
+        assert!(h.manager.images.cached(&m).await.unwrap().is_none());
+        assert_eq!(h.driver.images_in_repository(&format!("nova-docker-move/{m}")).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_deleted_while_its_filesystem_uploads_leaves_no_migration_image() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 12, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        let gate = h.driver.hold("commit");
+        let resize = tokio::spawn({
+            let (mgr, ctx, i, m) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u), h.nova.migration(&m));
+            async move { mgr.resize_instance(&ctx, i, m, json!({}), Value::Null, true).await }
+        });
+        gate.entered().await;
+        // The API accepts a delete in any task state.
+        h.request(&u, TaskState::Deleting);
+        gate.release();
+        let _ = resize.await.unwrap();
+        assert_eq!(h.glance.created().len(), 1, "the filesystem was uploaded");
+        assert!(h.glance.images().is_empty(), "and its Glance image deleted: {:?}", h.glance.images());
+        assert!(h.nova.take_casts().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_finish_resize_cast_that_fails_gives_the_instance_back_to_the_source_running() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 13, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        h.nova.fail("cast.finish_resize");
+        let r =
+            h.manager.resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true);
+        assert!(r.await.is_err());
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST), "still this host's");
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(h.glance.images().is_empty(), "the uploaded image is deleted: {:?}", h.glance.images());
+    }
+
+    #[tokio::test]
+    async fn a_migration_image_belongs_to_the_instances_project_and_is_hidden() {
+        let h = Harness::new();
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 10, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        h.manager
+            .resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true)
+            .await
+            .unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        let disk: Value = serde_json::from_str(casts[0].args["disk_info"].as_str().unwrap()).unwrap();
+        let (image, _) = h.glance.image(disk["glance_image"].as_str().unwrap()).unwrap();
+        assert_eq!(image.owner.as_deref(), Some(PROJECT), "not the requester's (admin) project");
+        assert_eq!(h.glance.created()[0]["os_hidden"], json!(true));
+    }
 }
 
 #[tokio::test]
@@ -1167,13 +1423,15 @@ async fn a_resize_interrupted_on_the_source_is_rolled_back_at_start_up() {
     let m = uuid::Uuid::new_v4().to_string();
     h.nova.add_migration(json!({"uuid": m, "instance_uuid": running, "status": "migrating",
         "source_compute": crate::testing::HOST, "dest_compute": "other"}));
-    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m}));
+    h.glance.add_queued("half-uploaded", json!({"nova_docker_migration": m, "os_hidden": true}));
+    h.glance.add_queued("older-unhidden", json!({"nova_docker_migration": m}));
     h.glance.add_queued("unrelated", json!({"nova_docker_migration": "another"}));
     h.manager.init_host(&h.ctx).await.unwrap();
     assert_eq!(h.states(&running), (Some(VmState::Active), None, Running));
     assert_eq!(h.states(&stopped), (Some(VmState::Stopped), None, Shutdown));
     assert_eq!(h.nova.migration(&m).status(), Some("error"));
     assert!(h.glance.image("half-uploaded").is_none(), "the move's Glance image goes");
+    assert!(h.glance.image("older-unhidden").is_none());
     assert!(h.glance.image("unrelated").is_some());
 }
 

@@ -2,7 +2,9 @@
 //! gave Docker images it loaded from Glance (`glance/<id>:v1-<hex>`, see
 //! the module above) are removed once nothing has used their Glance image
 //! for `remove_unused_original_minimum_age_seconds`, as Nova's image cache
-//! manager removes unused base images.
+//! manager removes unused base images. So are the filesystems committed
+//! for a resize (`nova-docker-move/<migration>:v1-<hex>`) once no container
+//! of the engine has used that Docker image for the same time.
 //!
 //! A Glance image is in use while a container of the engine was booted
 //! from it (its `nova.image` label; stopped containers too), or while an
@@ -38,8 +40,10 @@ pub enum CacheError {
 /// One reference binding a Glance image to the Docker image loaded for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedReference {
-    /// `glance/<id>:v1-<hex>`.
+    /// `glance/<id>:v1-<hex>` or `nova-docker-move/<migration>:v1-<hex>`.
     pub reference: String,
+    /// The Docker image it names.
+    pub image: String,
     /// When the Docker image was last tagged (loaded), if the engine says.
     pub tagged_at: Option<SystemTime>,
 }
@@ -49,10 +53,20 @@ impl CachedReference {
     pub fn glance_id(&self) -> Option<&str> {
         self.reference.strip_prefix("glance/")?.split_once(':').map(|(id, _)| id)
     }
+
+    /// What makes the reference in use: its Glance image (lower case), or
+    /// for a moved filesystem its Docker image (used by a container); none
+    /// for a reference that is not ours (never removed).
+    pub fn in_use_key(&self) -> Option<String> {
+        if self.reference.starts_with(crate::image::MOVE_REPOSITORY_PREFIX) {
+            return Some(self.image.clone());
+        }
+        self.glance_id().map(str::to_string)
+    }
 }
 
 /// The decision of one pass, apart from Docker: which references to remove
-/// now, given the Glance ids in use (lower case). `unused_since` keeps,
+/// now, given the Glance ids (lower case) and Docker image ids in use. `unused_since` keeps,
 /// across passes, when each unused reference was first seen unused;
 /// references in use or gone leave it.
 pub fn to_remove<'a>(
@@ -63,7 +77,7 @@ pub fn to_remove<'a>(
     minimum_age: Duration,
 ) -> Vec<&'a CachedReference> {
     let unused: Vec<&CachedReference> =
-        references.iter().filter(|r| r.glance_id().is_some_and(|g| !in_use.contains(g))).collect();
+        references.iter().filter(|r| r.in_use_key().is_some_and(|k| !in_use.contains(&k))).collect();
     let names: HashSet<&str> = unused.iter().map(|r| r.reference.as_str()).collect();
     unused_since.retain(|r, _| names.contains(r.as_str()));
     unused
@@ -91,7 +105,8 @@ impl ImageCacheManager {
 
     /// The references of the images loaded from Glance, with tag times.
     async fn cached_references(&self) -> Result<Vec<CachedReference>, bollard::errors::Error> {
-        let filters: HashMap<String, Vec<String>> = HashMap::from([("reference".into(), vec!["glance/*".into()])]);
+        let patterns = vec!["glance/*".to_string(), format!("{}*", crate::image::MOVE_REPOSITORY_PREFIX)];
+        let filters: HashMap<String, Vec<String>> = HashMap::from([("reference".into(), patterns)]);
         let list = self.docker.list_images(Some(ListImagesOptionsBuilder::default().filters(&filters).build())).await?;
         let mut references = Vec::new();
         for summary in list {
@@ -107,17 +122,23 @@ impl ImageCacheManager {
                 summary
                     .repo_tags
                     .into_iter()
-                    .filter(|t| t.starts_with("glance/"))
-                    .map(|reference| CachedReference { reference, tagged_at }),
+                    .filter(|t| t.starts_with("glance/") || t.starts_with(crate::image::MOVE_REPOSITORY_PREFIX))
+                    .map(|reference| CachedReference { reference, image: summary.id.clone(), tagged_at }),
             );
         }
         Ok(references)
     }
 
-    /// The Glance images the engine's containers were booted from.
+    /// The Glance images the engine's containers were booted from, and the
+    /// Docker images they use.
     async fn container_images(&self) -> Result<HashSet<String>, bollard::errors::Error> {
         let list = self.docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).build())).await?;
-        Ok(list.into_iter().filter_map(|c| c.labels?.get("nova.image").map(|g| g.to_lowercase())).collect())
+        let mut used = HashSet::new();
+        for c in list {
+            used.extend(c.labels.and_then(|l| l.get("nova.image").map(|g| g.to_lowercase())));
+            used.extend(c.image_id);
+        }
+        Ok(used)
     }
 
     /// One pass: removes every reference whose Glance image has been
@@ -192,6 +213,7 @@ mod tests {
     fn reference(glance: &str, tagged_s_ago: Option<u64>, now: SystemTime) -> CachedReference {
         CachedReference {
             reference: format!("glance/{glance}:v1-0123"),
+            image: format!("sha256:{glance}"),
             tagged_at: tagged_s_ago.map(|s| now - Duration::from_secs(s)),
         }
     }
@@ -246,7 +268,7 @@ mod tests {
 
     #[test]
     fn the_glance_id_comes_from_the_reference() {
-        let r = |s: &str| CachedReference { reference: s.into(), tagged_at: None };
+        let r = |s: &str| CachedReference { reference: s.into(), image: "sha256:1".into(), tagged_at: None };
         assert_eq!(r("glance/abc:v1-1").glance_id(), Some("abc"));
         assert_eq!(r("other/abc:v1-1").glance_id(), None);
         // Not a reference of ours: never removed.
@@ -254,5 +276,17 @@ mod tests {
             to_remove(&[r("other/abc:1")], &HashSet::new(), &mut HashMap::new(), SystemTime::now(), Duration::ZERO)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_moved_filesystem_is_in_use_while_a_container_uses_its_image() {
+        let r =
+            CachedReference { reference: "nova-docker-move/m1:v1-1".into(), image: "sha256:1".into(), tagged_at: None };
+        assert_eq!(r.glance_id(), None, "never a Glance image's");
+        let refs = [r];
+        let now = SystemTime::now();
+        let used = HashSet::from(["sha256:1".to_string()]);
+        assert!(to_remove(&refs, &used, &mut HashMap::new(), now, Duration::ZERO).is_empty());
+        assert_eq!(to_remove(&refs, &HashSet::new(), &mut HashMap::new(), now, Duration::ZERO).len(), 1);
     }
 }

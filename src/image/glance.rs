@@ -64,6 +64,9 @@ pub struct GlanceImage {
     pub os_hash_algo: Option<String>,
     /// Glance's hash of the data, computed when it was uploaded.
     pub os_hash_value: Option<String>,
+    /// The project owning the image (a migration's image must be the
+    /// instance's project's before a host loads or deletes it).
+    pub owner: Option<String>,
     /// Every non-core key (Glance v2 puts properties at the top level).
     pub properties: Map<String, Value>,
 }
@@ -92,6 +95,7 @@ impl GlanceImage {
             checksum: text("checksum"),
             os_hash_algo: text("os_hash_algo"),
             os_hash_value: text("os_hash_value"),
+            owner: text("owner"),
             properties,
         })
     }

@@ -110,6 +110,16 @@ pub fn cache_repository(glance_id: &str) -> String {
 /// the download and its hash to run while Docker takes earlier bytes.
 const READ_AHEAD_CHUNKS: usize = 8;
 
+/// The repository prefix of the filesystems committed for a resize or
+/// cold migration: apart from `glance/`, so that no Glance image (whose id
+/// a user may choose) can ever be served one from the cache.
+pub const MOVE_REPOSITORY_PREFIX: &str = "nova-docker-move/";
+
+/// The Docker repository keeping the filesystem committed for a migration.
+pub fn move_repository(migration_uuid: &str) -> String {
+    format!("{MOVE_REPOSITORY_PREFIX}{}", migration_uuid.to_lowercase())
+}
+
 /// The version of the canonicalization policy, in every reference.
 const POLICY: &str = "v1";
 

@@ -14,8 +14,8 @@ use crate::image::cache_reference;
 use crate::net::{NetworkInfo, Vif};
 use crate::virt::root_disk::{Enforcement, RootDiskMode};
 use crate::virt::{
-    ContainerSpec, Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage,
-    ManagedContainer, PowerState, RootDiskUsage, VirtError,
+    ContainerSpec, Driver, FilesystemSize, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent,
+    LocalImage, ManagedContainer, PowerState, RootDiskUsage, VirtError,
 };
 
 /// One instance's container, as the fake engine keeps it.
@@ -61,10 +61,13 @@ struct State {
     containers: HashMap<String, FakeContainer>,
     set_aside: HashMap<String, FakeContainer>,
     failing: HashSet<&'static str>,
+    failing_once: HashSet<&'static str>,
     gates: HashMap<&'static str, Arc<Gate>>,
     calls: Vec<String>,
     images: Vec<LocalImage>,
     root_disks: Vec<RootDiskUsage>,
+    written: HashMap<String, u64>,
+    image_bytes: HashMap<String, u64>,
 }
 
 /// The in-memory driver.
@@ -134,9 +137,20 @@ impl FakeDriver {
         self.with(|s| s.set_aside.get(uuid).cloned())
     }
 
+    /// Sets what the instance wrote in its container (its writable layer);
+    /// a new container starts at zero.
+    pub fn set_written(&self, uuid: &str, bytes: u64) {
+        self.with(|s| s.written.insert(uuid.to_string(), bytes));
+    }
+
     /// Makes every later `op` (a [`Driver`] method name) fail.
     pub fn fail(&self, op: &'static str) {
         self.with(|s| s.failing.insert(op));
+    }
+
+    /// Makes the next call of `op` fail (later ones succeed).
+    pub fn fail_once(&self, op: &'static str) {
+        self.with(|s| s.failing_once.insert(op));
     }
 
     /// Holds the next `op` at its start until the returned gate is released.
@@ -185,7 +199,7 @@ impl FakeDriver {
             gate.entered.notify_one();
             let _ = gate.release.acquire().await;
         }
-        if self.with(|s| s.failing.contains(op)) {
+        if self.with(|s| s.failing.contains(op) || s.failing_once.remove(op)) {
             return Err(injected(op));
         }
         Ok(())
@@ -265,7 +279,10 @@ impl Driver for FakeDriver {
             files: spec.files.clone(),
             config_drive: spec.config_drive.clone().map(|d| d.0),
         };
-        self.with(|s| s.containers.insert(spec.uuid.clone(), c));
+        self.with(|s| {
+            s.written.remove(&spec.uuid);
+            s.containers.insert(spec.uuid.clone(), c)
+        });
         Ok(())
     }
 
@@ -448,6 +465,16 @@ impl Driver for FakeDriver {
         }))
     }
 
+    async fn filesystem_size(&self, uuid: &str) -> Result<FilesystemSize, VirtError> {
+        self.enter("filesystem_size", uuid).await?;
+        self.info(uuid)?;
+        Ok(self.with(|s| {
+            let image = s.containers.get(uuid).map(|c| c.image.clone()).unwrap_or_default();
+            let image_bytes = s.image_bytes.get(&image).copied().unwrap_or(0);
+            FilesystemSize { image, image_bytes, written_bytes: s.written.get(uuid).copied().unwrap_or(0) }
+        }))
+    }
+
     async fn images_in_repository(&self, repository: &str) -> Result<Vec<LocalImage>, VirtError> {
         self.enter("images_in_repository", repository).await?;
         let prefix = format!("{repository}:");
@@ -491,6 +518,9 @@ impl Driver for FakeDriver {
         self.info(uuid)?;
         let id = format!("sha256:{}", "c".repeat(64));
         self.with(|s| {
+            let image = s.containers.get(uuid).map(|c| c.image.clone()).unwrap_or_default();
+            let size = s.image_bytes.get(&image).copied().unwrap_or(0) + s.written.get(uuid).copied().unwrap_or(0);
+            s.image_bytes.insert(id.clone(), size);
             if !s.images.iter().any(|i| i.id == id) {
                 s.images.push(LocalImage { id: id.clone(), tags: Vec::new(), volumes: Vec::new() });
             }

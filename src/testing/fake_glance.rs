@@ -19,6 +19,8 @@ struct State {
     images: BTreeMap<String, (GlanceImage, Option<Vec<u8>>)>,
     failing: HashSet<&'static str>,
     cut_after: Option<usize>,
+    created: Vec<Value>,
+    hidden: HashSet<String>,
 }
 
 /// The in-memory Glance.
@@ -50,7 +52,13 @@ impl FakeGlance {
             d.extend(p.clone());
         }
         let image = GlanceImage::from_json(&doc).expect("an image document");
-        self.with(|s| s.images.insert(id.to_string(), (image, None)));
+        let hidden = doc["os_hidden"] == json!(true);
+        self.with(|s| {
+            if hidden {
+                s.hidden.insert(id.to_string());
+            }
+            s.images.insert(id.to_string(), (image, None))
+        });
     }
 
     /// An active image of `container_format` with `data`.
@@ -71,6 +79,16 @@ impl FakeGlance {
     /// The record and data of an image, if it exists.
     pub fn image(&self, id: &str) -> Option<(GlanceImage, Option<Vec<u8>>)> {
         self.with(|s| s.images.get(id).cloned())
+    }
+
+    /// The ids of the images Glance has.
+    pub fn images(&self) -> Vec<String> {
+        self.with(|s| s.images.keys().cloned().collect())
+    }
+
+    /// The bodies of the images created through the API, in order.
+    pub fn created(&self) -> Vec<Value> {
+        self.with(|s| s.created.clone())
     }
 
     /// Makes every later `what` (an [`ImageStore`] method) fail with a 503.
@@ -107,12 +125,19 @@ impl ImageStore for FakeGlance {
         Box::pin(async move {
             self.check("list", "")?;
             // Newest first: the last created is the last in id order here.
+            // As Glance: hidden images (os_hidden) only when asked for, and
+            // then only they.
+            let want_hidden = filters.contains(&("os_hidden", "true"));
             Ok(self.with(|s| {
                 s.images
                     .values()
                     .rev()
+                    .filter(|(i, _)| s.hidden.contains(&i.id) == want_hidden)
                     .filter(|(i, _)| {
-                        filters.iter().all(|(k, v)| i.properties.get(*k).and_then(Value::as_str) == Some(*v))
+                        filters
+                            .iter()
+                            .filter(|(k, _)| *k != "os_hidden")
+                            .all(|(k, v)| i.properties.get(*k).and_then(Value::as_str) == Some(*v))
                     })
                     .map(|(i, _)| i.clone())
                     .collect()
@@ -205,6 +230,7 @@ impl ImageStore for FakeGlance {
         Box::pin(async move {
             let id = uuid::Uuid::new_v4().to_string();
             self.check("create", &id)?;
+            self.with(|s| s.created.push(body.clone()));
             self.add_queued(&id, body);
             self.found(&id, "POST")
         })

@@ -89,7 +89,7 @@ impl FakeNeutron {
             s.next += 1;
             let id = format!("port-{}", s.next);
             let port = json!({"id": id, "network_id": r.network_id.as_deref().unwrap_or(NETWORK),
-                "device_id": i.uuid(), "status": if s.inactive { "DOWN" } else { "ACTIVE" },
+                "device_id": i.uuid(), "project_id": i.project_id(), "status": if s.inactive { "DOWN" } else { "ACTIVE" },
                 "fixed_ips": [{"subnet_id": "subnet-1", "ip_address": format!("10.0.0.{}", 10 + s.next)}]});
             s.ports.insert(id, port.clone());
             port
@@ -101,6 +101,14 @@ impl FakeNeutron {
     pub fn add_user_port(&self, id: &str) {
         let port = json!({"id": id, "network_id": NETWORK, "device_id": "", "status": "ACTIVE",
             "fixed_ips": [{"subnet_id": "subnet-1", "ip_address": "10.0.0.200"}]});
+        self.with(|s| s.ports.insert(id.to_string(), port));
+    }
+
+    /// A port of `project` whose `device_id` is `device` (an instance's
+    /// port, or one another tenant pointed at it).
+    pub fn add_port_of(&self, id: &str, device: &str, project: &str) {
+        let port = json!({"id": id, "network_id": NETWORK, "device_id": device, "project_id": project,
+            "status": "ACTIVE", "fixed_ips": [{"subnet_id": "subnet-1", "ip_address": "10.0.0.201"}]});
         self.with(|s| s.ports.insert(id.to_string(), port));
     }
 

@@ -328,6 +328,11 @@ impl ConductorTransport for FakeNova {
         args: Map<String, Value>,
     ) -> BoxFuture<'a, Result<(), CallError>> {
         Box::pin(async move {
+            // `fail("cast.<method>")` makes that cast fail (the broker lost).
+            let what = format!("cast.{method}");
+            if self.with(|db| db.failing.get(&what) == Some(&0)) {
+                return Err(CallError::Timeout { method: what, timeout: Duration::from_secs(60) });
+            }
             let host = target.server.clone().unwrap_or_default();
             self.with(|db| db.casts.push(Cast { host, method: method.to_string(), args }));
             Ok(())

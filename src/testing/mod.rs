@@ -32,6 +32,8 @@ pub use fake_placement::FakePlacement;
 
 /// The host name of the harness's compute.
 pub const HOST: &str = "fake-host";
+/// The project owning every instance of the harness.
+pub const PROJECT: &str = "project-1";
 
 /// A compute manager on fakes.
 pub struct Harness {
@@ -95,7 +97,7 @@ impl Harness {
     pub fn instance(&self, vm: VmState, task: Option<TaskState>, power: PowerState) -> String {
         let uuid = uuid::Uuid::new_v4().to_string();
         self.nova.add_instance(json!({
-            "uuid": uuid, "id": 1, "host": HOST, "node": HOST, "vm_state": vm.as_str(),
+            "uuid": uuid, "id": 1, "project_id": PROJECT, "host": HOST, "node": HOST, "vm_state": vm.as_str(),
             "task_state": task.map(TaskState::as_str), "power_state": power.code(),
             "memory_mb": 64, "vcpus": 1, "root_gb": 1, "image_ref": "img-1",
             "system_metadata": {}, "metadata": {},

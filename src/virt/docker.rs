@@ -28,8 +28,8 @@ use super::host_network::{self, HostContainer, HostNetwork};
 use super::root_disk::{self, Enforcement, EngineStorage, RootDiskMode};
 use super::spec::{ContainerSpec, SET_ASIDE_SUFFIX, container_name, labels, set_aside_name};
 use super::{
-    Driver, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage, ManagedContainer,
-    PowerState, RootDiskUsage, VirtError,
+    Driver, FilesystemSize, HostResources, ImageRef, InstanceInfo, InstanceStats, LifecycleEvent, LocalImage,
+    ManagedContainer, PowerState, RootDiskUsage, VirtError,
 };
 use crate::config::DockerSettings;
 use crate::image::archive::VOLUMES_LABEL;
@@ -820,6 +820,22 @@ impl Driver for DockerDriver {
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(engine("inspect image", e)),
         }
+    }
+
+    async fn filesystem_size(&self, uuid: &str) -> Result<FilesystemSize, VirtError> {
+        let opts = InspectContainerOptionsBuilder::default().size(true).build();
+        let c = self
+            .docker
+            .inspect_container(&container_name(uuid), Some(opts))
+            .await
+            .map_err(|e| Self::not_found_or(uuid, "inspect", e))?;
+        let image = c.image.unwrap_or_default();
+        let i = self.docker.inspect_image(&image).await.map_err(|e| engine("inspect image", e))?;
+        Ok(FilesystemSize {
+            image,
+            image_bytes: i.size.unwrap_or(0).max(0) as u64,
+            written_bytes: c.size_rw.unwrap_or(0).max(0) as u64,
+        })
     }
 
     async fn images_in_repository(&self, repository: &str) -> Result<Vec<LocalImage>, VirtError> {

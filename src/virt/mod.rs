@@ -124,6 +124,19 @@ pub struct ManagedContainer {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How much of a container's filesystem is the image it runs from and how
+/// much the instance wrote: what a move carries (the image may itself hold
+/// what earlier moves committed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesystemSize {
+    /// The id of the image the container runs from.
+    pub image: String,
+    /// That image's size (all its layers).
+    pub image_bytes: u64,
+    /// Bytes created or changed by the instance (`SizeRw`).
+    pub written_bytes: u64,
+}
+
 /// The measured root disk of one running instance (the writable layer).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootDiskUsage {
@@ -323,6 +336,9 @@ pub trait Driver: Send + Sync + 'static {
     fn stats(&self, uuid: &str) -> impl Future<Output = Result<InstanceStats, VirtError>> + Send;
     /// Looks an image up by reference.
     fn find_image(&self, reference: &str) -> impl Future<Output = Result<Option<ImageRef>, VirtError>> + Send;
+    /// The sizes of an instance's container filesystem (image and writable
+    /// layer), so that a move cannot carry more than the flavor's root disk.
+    fn filesystem_size(&self, uuid: &str) -> impl Future<Output = Result<FilesystemSize, VirtError>> + Send;
     /// The images with a reference in `repository` (any tag).
     fn images_in_repository(&self, repository: &str)
     -> impl Future<Output = Result<Vec<LocalImage>, VirtError>> + Send;

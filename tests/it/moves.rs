@@ -125,17 +125,20 @@ async fn wait_verify(cloud: &Cloud, id: &str) -> Value {
 
 /// No Glance image is left of a migration.
 async fn no_migration_image(cloud: &Cloud, migration: &str) {
-    let url = format!("{}/v2/images?name=nova-docker-migration-{migration}", cloud.var("ND_GLANCE"));
-    let v: Value = reqwest::Client::new()
-        .get(&url)
-        .header("X-Auth-Token", cloud.var("ND_TOKEN"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["images"], json!([]), "the migration's Glance image was left: {v}");
+    // The image is hidden (os_hidden): Glance lists hidden images only when asked.
+    for hidden in ["", "&os_hidden=true"] {
+        let url = format!("{}/v2/images?name=nova-docker-migration-{migration}{hidden}", cloud.var("ND_GLANCE"));
+        let v: Value = reqwest::Client::new()
+            .get(&url)
+            .header("X-Auth-Token", cloud.var("ND_TOKEN"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["images"], json!([]), "the migration's Glance image was left: {v}");
+    }
 }
 
 async fn resize_on_one_host(release: Release) {
