@@ -237,6 +237,23 @@ impl Cloud {
         }
     }
 
+    /// Waits until the provider named `name` has its inventory: a host is
+    /// up and mapped before its first inventory report, and a boot sent in
+    /// between finds no valid host (as with a Python nova-compute).
+    pub async fn wait_inventory(&self, name: &str, timeout: Duration) {
+        let started = Instant::now();
+        let rp = self.wait_provider(name, timeout).await;
+        let uuid = rp["uuid"].as_str().unwrap_or_default().to_string();
+        loop {
+            let inv = self.placement(&format!("/resource_providers/{uuid}/inventories")).await;
+            if inv["inventories"]["MEMORY_MB"]["total"].as_i64().is_some_and(|t| t > 0) {
+                return;
+            }
+            assert!(started.elapsed() < timeout, "no inventory for provider {name} after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// `controlplane.sh RELEASE map HOST`: `host` mapped to cell1, by
     /// `nova-manage cell_v2 discover_hosts` or, when that loses the race with
     /// the scheduler's own periodic discovery, by the scheduler.

@@ -147,6 +147,7 @@ async fn tenants_see_faults_without_host_paths_or_internal_urls() {
     for (extra, leak) in [(glance_down.to_string(), "127.0.0.1:9"), (no_instances_path, blocked.to_str().unwrap())] {
         let name = host_name("fault");
         let mut host = ComputeHost::start(&cloud, &name, &extra).await;
+        cloud.wait_inventory(&name, T).await;
         // A fresh image for the Glance case, so no cached copy hides the download.
         let image = if extra.contains("[glance]") {
             cloud.raw_glance_image(&common::unique("nd-fault"), "docker", b"not an archive".to_vec()).await

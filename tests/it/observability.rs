@@ -105,8 +105,12 @@ async fn health_metrics_and_logs_of_a_running_host() {
     let mut host = ComputeHost::start(&cloud, &name, &extra).await;
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
-    let (status, ready) = get(&format!("{base}/readyz")).await;
-    assert_eq!(status, 200, "{ready}");
+    // Ready once registered: the service record is up before the compute
+    // node and its provider are written.
+    crate::common::wait_for("/readyz to answer 200", Duration::from_secs(60), async || {
+        get(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
 
     let build = r#"nova_docker_rpc_requests_total{method="build_and_run_instance",outcome="ok"}"#;
     let active = r#"nova_docker_instances{vm_state="active"}"#;
