@@ -203,3 +203,29 @@ pub fn line<'a>(report: &'a str, what: &str) -> &'a str {
         )
     })
 }
+
+/// `docker exec` of `sh -c cmd` in the server's container on the machine's
+/// engine; its stdout as printed.
+pub fn guest_exec(id: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
+        .output()
+        .expect("docker exec runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Builds `tag` FROM nd-busybox:latest with a /marker holding `marker`.
+pub fn build_marked(tag: &str, marker: &str) {
+    let ctx = std::env::temp_dir().join(unique("nd-ctx"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("marker"), format!("{marker}\n")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM nd-busybox:latest\nCOPY marker /marker\n").unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    let _ = std::fs::remove_dir_all(&ctx);
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}

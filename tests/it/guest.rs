@@ -15,11 +15,7 @@ const T: Duration = Duration::from_secs(90);
 
 /// `docker exec` in the server's container; its stdout.
 fn guest(id: &str, cmd: &str) -> String {
-    let out = std::process::Command::new("docker")
-        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
-        .output()
-        .expect("docker exec runs");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    common::guest_exec(id, cmd)
 }
 
 /// A Docker image FROM the test busybox whose `/root/.ssh` and `/opt/inj`

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::cloud::{Cloud, ComputeHost, host_name};
-use crate::common::{Release, wait_for};
+use crate::common::{self, Release, wait_for};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -112,11 +112,7 @@ async fn a_refused_move_gives_its_allocations_back_newest() {
 
 /// `docker exec` in the instance's container on the machine's engine; stdout.
 fn guest(id: &str, cmd: &str) -> String {
-    let out = std::process::Command::new("docker")
-        .args(["exec", &format!("nova-{id}"), "sh", "-c", cmd])
-        .output()
-        .expect("docker exec runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::common::guest_exec(id, cmd).trim().to_string()
 }
 
 /// `docker inspect` of one field of a container (empty when there is none).
@@ -126,22 +122,6 @@ fn inspect(name: &str, format: &str) -> String {
         .output()
         .expect("docker inspect runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Builds `tag` FROM nd-busybox:latest with a /marker holding `marker`.
-fn build_marked(tag: &str, marker: &str) {
-    let ctx = std::env::temp_dir().join(crate::common::unique("nd-ctx"));
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("marker"), format!("{marker}\n")).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM nd-busybox:latest\nCOPY marker /marker\n").unwrap();
-    let out = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(&ctx)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("docker build");
-    let _ = std::fs::remove_dir_all(&ctx);
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The last instance action's compute_rebuild_instance event.
@@ -162,7 +142,7 @@ async fn rebuild(release: Release) {
     let host = ComputeHost::start(&cloud, &name, "").await;
     let image = cloud.busybox_image(&host.conf).await;
     let tag = format!("{}:latest", crate::common::unique("nd-rebuild"));
-    build_marked(&tag, "v2");
+    common::build_marked(&tag, "v2");
     let image2 = cloud.docker_image_in_glance(&host.conf, &tag, &crate::common::unique("nd-rebuild-v2"), &[]).await;
     let id = cloud.create_server("rebuild", &image, &name, "42").await;
     cloud.wait_status(&id, "ACTIVE", T).await;
@@ -249,7 +229,7 @@ async fn images_are_cached_ahead_of_boots(release: Release) {
     let name = host_name("precache");
     let host = ComputeHost::start(&cloud, &name, "").await;
     let tag = format!("{}:latest", crate::common::unique("nd-precache"));
-    build_marked(&tag, "precached");
+    common::build_marked(&tag, "precached");
     let image = cloud.docker_image_in_glance(&host.conf, &tag, &crate::common::unique("nd-precache"), &[]).await;
     let cached = || {
         let out = std::process::Command::new("docker")

@@ -34,22 +34,6 @@ fn image_id(reference: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Builds `tag` FROM nd-busybox:latest with a /marker holding `marker`.
-fn build_marked(tag: &str, marker: &str) {
-    let ctx = std::env::temp_dir().join(common::unique("nd-ctx"));
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("marker"), format!("{marker}\n")).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM nd-busybox:latest\nCOPY marker /marker\n").unwrap();
-    let out = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(&ctx)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("docker build");
-    let _ = std::fs::remove_dir_all(&ctx);
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn docker_save(reference: &str) -> Vec<u8> {
     let out = std::process::Command::new("docker").args(["save", reference]).output().expect("docker save");
     assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
@@ -194,7 +178,7 @@ async fn upload(cloud: &Cloud, data: Vec<u8>) -> String {
 async fn victim(cloud: &Cloud, host: &ComputeHost) -> (String, String) {
     let tag = format!("nd-victim:{}", common::unique("v"));
     let marker = common::unique("victim");
-    build_marked(&tag, &marker);
+    common::build_marked(&tag, &marker);
     let glance = cloud.docker_image_in_glance(&host.conf, &tag, &common::unique("nd-victim"), &[]).await;
     docker(&["rmi", &tag]);
     (glance, marker)
@@ -219,7 +203,7 @@ async fn archive_tags_cannot_change_what_another_tenant_boots() {
     let victim_docker = docker(&["inspect", "--format", "{{.Image}}", &format!("nova-{first}")]);
 
     let attacker_tag = format!("nd-attacker:{}", common::unique("a"));
-    build_marked(&attacker_tag, "attacker");
+    common::build_marked(&attacker_tag, "attacker");
     let saved = Saved::of(&attacker_tag);
     docker(&["rmi", &attacker_tag]);
     let hex = victim_docker.trim_start_matches("sha256:");
