@@ -11,6 +11,7 @@
 #   nd-busybox:healthcheck  declares a HEALTHCHECK every second that leaves a
 #                       mark in /tmp (the host must never run it)
 #   nd-busybox:volume   declares VOLUME /data (an anonymous volume per container)
+#   nd-busybox:iputils  adds Debian's iputils ping as /usr/bin/iputils-ping
 #
 # usage: tests/env/images.sh [--force]
 set -euo pipefail
@@ -53,6 +54,25 @@ derive() { # TAG DOCKERFILE-LINES: an image built FROM nd-busybox:latest
 }
 derive nd-busybox:healthcheck 'HEALTHCHECK --interval=1s --timeout=1s CMD ["/bin/sh", "-c", "echo ran >> /tmp/healthcheck-ran"]'
 derive nd-busybox:volume 'VOLUME /data'
+
+# nd-busybox:iputils: Debian's iputils `ping` (what common distribution images
+# run) as /usr/bin/iputils-ping, with the libraries it links, copied without
+# its file capability: as any user it pings over an ICMP datagram socket,
+# where busybox's `ping` needs a raw socket (NET_RAW).
+if [ "$FORCE" = --force ] || ! have nd-busybox:iputils; then
+  [ -x /usr/bin/ping ] || { echo "images.sh: /usr/bin/ping missing (apt-get install iputils-ping)" >&2; exit 1; }
+  ctx=$(mktemp -d)
+  mkdir -p "$ctx/rootfs/usr/bin"
+  cp /usr/bin/ping "$ctx/rootfs/usr/bin/iputils-ping"
+  for lib in $(ldd /usr/bin/ping | grep -o '/[^ ]*'); do
+    mkdir -p "$ctx/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$ctx/rootfs$lib"
+  done
+  printf 'FROM nd-busybox:latest\nCOPY rootfs/ /\n' > "$ctx/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t nd-busybox:iputils "$ctx" >/dev/null
+  rm -rf "$ctx"
+  echo "built nd-busybox:iputils"
+fi
 
 # Real `docker save` archives for the archive validator's tests, written to
 # $ND_ENV_STATE/fixtures: a one-layer image, and one whose 4th layer repeats

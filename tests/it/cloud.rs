@@ -458,13 +458,50 @@ impl Cloud {
                 return s;
             }
             if st == "ERROR" && status != "ERROR" {
-                panic!("server {id} went to ERROR: {}", s["fault"]);
+                panic!("server {id} went to ERROR: {}\n{}", s["fault"], self.recent_errors());
             }
             if started.elapsed() > timeout {
                 panic!("server {id} not {status} after {timeout:?}: {s}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The last ERROR lines (with the first line of each traceback) of the
+    /// control plane's service logs: when a test fails on a 500 from Nova,
+    /// Neutron, Glance or Placement, the cause is in those logs, which CI
+    /// does not keep.
+    pub fn recent_errors(&self) -> String {
+        let dir = std::path::Path::new(self.var("ND_STATE")).join("log");
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return format!("(no logs in {})", dir.display()) };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for path in files {
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let tail = &bytes[bytes.len().saturating_sub(256 * 1024)..];
+            let text = String::from_utf8_lossy(tail);
+            let lines: Vec<&str> = text.lines().collect();
+            let mut picked = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                // Known noise: optional drivers that are not installed, and
+                // Zed Keystone's pool closing a connection from another thread.
+                let noise = l.contains("stevedore.extension") || l.contains("sqlalchemy.pool.impl.NullPool");
+                if (l.contains(" ERROR ") || l.contains(" CRITICAL ")) && !noise {
+                    picked.push(l.to_string());
+                    // The exception itself: the last line of the traceback that follows.
+                    let last = lines[i + 1..].iter().take_while(|n| !n.starts_with("20")).last();
+                    if let Some(exc) = last {
+                        picked.push(format!("    {exc}"));
+                    }
+                }
+            }
+            if !picked.is_empty() {
+                let from = picked.len().saturating_sub(12);
+                out.push_str(&format!("{}: last errors:\n{}\n", path.display(), picked[from..].join("\n")));
+            }
+        }
+        out
     }
 
     /// Posts a server action; returns the HTTP status.

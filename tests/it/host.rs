@@ -164,10 +164,13 @@ async fn registers_again_after_its_service_record_is_deleted(release: Release) {
     let cloud = Cloud::get(release);
     let name = host_name("rereg");
     let mut host = ComputeHost::start(&cloud, &name, "").await;
+    // Registration done (service, compute node, provider and its
+    // inventory): a delete in the middle of it races Nova's own cleanup.
+    cloud.wait_inventory(&name, Duration::from_secs(90)).await;
     let old = cloud.compute_service(&name).await.unwrap();
     let old_id = old["id"].as_str().expect("service uuid (2.53)").to_string();
     let (status, v) = cloud.nova(reqwest::Method::DELETE, &format!("/os-services/{old_id}"), None, "2.53").await;
-    assert_eq!(status, 204, "{v}");
+    assert_eq!(status, 204, "{v}\n{}", cloud.recent_errors());
     common::wait_for("a new service record, up", Duration::from_secs(90), async || {
         cloud.compute_service(&name).await.is_some_and(|s| s["id"] != old_id.as_str() && s["state"] == "up")
     })
