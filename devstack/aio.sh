@@ -199,7 +199,8 @@ step_conf() {
   { printf '# written by devstack/aio.sh from %s\n' "$ND_COMPUTE_CONF_TEMPLATE"
     sed -e "s|@HOST@|$HOST|g" -e "s|@STATE_PATH@|$sp|g" "$ND_COMPUTE_CONF_TEMPLATE"
   } > "$CONF.tmp"
-  nova_docker_configure_compute "$CONF.tmp"
+  # the test control plane's DHCP agent serves isolated metadata
+  NOVA_DOCKER_ISOLATED_METADATA_ROUTE=True nova_docker_configure_compute "$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
 }
 

@@ -573,6 +573,7 @@ impl Neutron {
     pub async fn network_info(&self, ports: &[BoundPort]) -> Result<NetworkInfo, NetworkError> {
         let mut networks: BTreeMap<String, Value> = BTreeMap::new();
         let mut subnets: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut dhcp_ports: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let mut out = Vec::new();
         for p in ports {
             let port = &p.port;
@@ -580,17 +581,23 @@ impl Neutron {
             if !networks.contains_key(&net_id) {
                 let n = self.get(&format!("/v2.0/networks/{}", url_part(&net_id)), "network").await?;
                 let s = self.get(&format!("/v2.0/subnets?network_id={}", url_part(&net_id)), "subnets").await?;
+                // The subnets' DHCP servers, as Nova looks them up
+                // (`_get_subnets_from_port`): the network's DHCP ports.
+                let d = self
+                    .get(&format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(&net_id)), "ports")
+                    .await?;
                 networks.insert(net_id.clone(), n);
                 subnets.insert(net_id.clone(), s.as_array().cloned().unwrap_or_default());
+                dhcp_ports.insert(net_id.clone(), d.as_array().cloned().unwrap_or_default());
             }
-            let vif = self.vif(port, &networks[&net_id], &subnets[&net_id], !p.created);
+            let vif = self.vif(port, &networks[&net_id], &subnets[&net_id], &dhcp_ports[&net_id], !p.created);
             out.push(serde_json::from_value::<Vif>(vif).map_err(|e| NetworkError::Decode(e.to_string()))?);
         }
         Ok(out)
     }
 
     /// One VIF in Nova's model (`nova/network/neutron.py _build_vif_model`).
-    fn vif(&self, port: &Value, network: &Value, subnets: &[Value], preserve: bool) -> Value {
+    fn vif(&self, port: &Value, network: &Value, subnets: &[Value], dhcp_ports: &[Value], preserve: bool) -> Value {
         let id = port["id"].as_str().unwrap_or_default();
         let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound");
         let details = port["binding:vif_details"].clone();
@@ -620,7 +627,7 @@ impl Neutron {
                 json!({
                     "cidr": s["cidr"],
                     "version": version,
-                    "meta": {"dhcp_server": null},
+                    "meta": subnet_meta(s, dhcp_ports),
                     "gateway": match s["gateway_ip"].as_str() {
                         Some(g) => ip(g, version, "gateway"),
                         None => json!({"address": null, "type": "gateway", "version": null, "meta": {}}),
@@ -665,9 +672,46 @@ impl Neutron {
     }
 }
 
+/// A subnet's `meta` in Nova's model, as nova 34's `_get_subnets_from_port`
+/// writes it: `enable_dhcp`, `dhcp_server` (the address of the network's
+/// DHCP port in this subnet, when there is one) and `ipv6_address_mode`.
+/// (Zed writes no `enable_dhcp` and falls back to the gateway as
+/// `dhcp_server`; both give the same `network_data.json` when a DHCP port
+/// exists.) The config drive and the isolated metadata route read it.
+fn subnet_meta(subnet: &Value, dhcp_ports: &[Value]) -> Value {
+    let sid = subnet["id"].as_str().unwrap_or_default();
+    let mut meta = serde_json::Map::new();
+    meta.insert("enable_dhcp".into(), json!(subnet["enable_dhcp"].as_bool().unwrap_or(false)));
+    let dhcp = dhcp_ports
+        .iter()
+        .flat_map(|p| p["fixed_ips"].as_array().into_iter().flatten())
+        .find(|f| f["subnet_id"].as_str() == Some(sid))
+        .and_then(|f| f["ip_address"].as_str());
+    if let Some(ip) = dhcp {
+        meta.insert("dhcp_server".into(), json!(ip));
+    }
+    if let Some(mode) = subnet["ipv6_address_mode"].as_str() {
+        meta.insert("ipv6_address_mode".into(), json!(mode));
+    }
+    Value::Object(meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnet_meta_is_novas() {
+        let subnet = json!({"id": "s1", "enable_dhcp": true});
+        let ports = [
+            json!({"fixed_ips": [{"subnet_id": "other", "ip_address": "10.1.0.2"}]}),
+            json!({"fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.2"}]}),
+        ];
+        assert_eq!(subnet_meta(&subnet, &ports), json!({"enable_dhcp": true, "dhcp_server": "10.0.0.2"}));
+        assert_eq!(subnet_meta(&json!({"id": "s1", "enable_dhcp": false}), &[]), json!({"enable_dhcp": false}));
+        let v6 = json!({"id": "s6", "enable_dhcp": true, "ipv6_address_mode": "slaac"});
+        assert_eq!(subnet_meta(&v6, &[]), json!({"enable_dhcp": true, "ipv6_address_mode": "slaac"}));
+    }
 
     #[test]
     fn requested_security_groups_are_cleaned_as_nova_does() {

@@ -47,7 +47,11 @@ async fn connect_docker(settings: &Settings, stop: &CancellationToken) -> anyhow
     let mut attempt = 0u32;
     loop {
         match DockerDriver::connect(&settings.docker, &settings.host).await {
-            Ok(d) => return Ok(d.with_network(HostNetwork::new(&settings.neutron_ovs_bridge))),
+            Ok(d) => {
+                let mut network = HostNetwork::new(&settings.neutron_ovs_bridge);
+                network.options.isolated_metadata_route = settings.docker.isolated_metadata_route;
+                return Ok(d.with_network(network));
+            }
             Err(e) => {
                 attempt += 1;
                 if attempt == 1 || attempt.is_multiple_of(10) {

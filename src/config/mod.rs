@@ -588,6 +588,9 @@ pub struct DockerSettings {
     /// `[docker] inject_key`: write the key pair's public key to
     /// `/root/.ssh/authorized_keys` in the container before its first start.
     pub inject_key: bool,
+    /// `[docker] isolated_metadata_route`: route the metadata address through
+    /// each IPv4 subnet's DHCP port, as Neutron's DHCP agent advertises.
+    pub isolated_metadata_route: bool,
     /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
     /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
@@ -1022,6 +1025,7 @@ impl Settings {
                 userns_mode: l.string(&DOCKER_USERNS_MODE),
                 read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
                 inject_key: l.bool(&DOCKER_INJECT_KEY)?,
+                isolated_metadata_route: l.bool(&DOCKER_ISOLATED_METADATA_ROUTE)?,
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,

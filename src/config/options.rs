@@ -308,6 +308,8 @@ opts! {
         "Mount instances' root filesystems read-only (image property os_read_only_rootfs overrides).";
     DOCKER_INJECT_KEY: "docker" "inject_key" Bool = Some("false"), None,
         "Write the instance's key pair public key to /root/.ssh/authorized_keys in its container before the first start (as the old nova-docker driver did); replaces the image's file.";
+    DOCKER_ISOLATED_METADATA_ROUTE: "docker" "isolated_metadata_route" Bool = Some("false"), None,
+        "Route 169.254.169.254/32 through each IPv4 subnet's DHCP port inside the container, as Neutron's DHCP agent tells VMs by DHCP when it serves isolated metadata (enable_isolated_metadata, force_metadata). Leave false where Neutron routers serve the metadata (the default route reaches them).";
     DOCKER_SNAPSHOT_PAUSE: "docker" "snapshot_pause" Bool = Some("true"), None,
         "Pause the container while it is committed for a snapshot, for a consistent filesystem.";
     DOCKER_KEEP_SNAPSHOT_IMAGES: "docker" "keep_snapshot_images" Bool = Some("false"), None,

@@ -336,6 +336,13 @@ impl Subnet {
             Some(g) => g.ip(),
         }
     }
+
+    /// The IPv4 address of the subnet's DHCP server (`meta.dhcp_server`, a
+    /// Neutron DHCP port's), if it has one that parses.
+    pub fn dhcp_server(&self) -> Option<IpAddr> {
+        let ip: IpAddr = self.meta.get("dhcp_server")?.as_str()?.parse().ok()?;
+        ip.is_ipv4().then_some(ip)
+    }
 }
 
 impl Vif {

@@ -81,7 +81,14 @@ pub struct PlugOptions {
     pub queue_timeout: Duration,
     /// MTU used when the network has none in its meta (None: kernel default).
     pub default_mtu: Option<u32>,
+    /// Route [`METADATA_ADDRESS`] through each IPv4 subnet's DHCP server
+    /// (`meta.dhcp_server`), as Neutron's DHCP agent advertises to VMs (a
+    /// classless static route) when it serves isolated metadata.
+    pub isolated_metadata_route: bool,
 }
+
+/// The link-local address of the metadata service (EC2's and Nova's).
+pub const METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 impl Default for PlugOptions {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for PlugOptions {
             netlink_timeout: Duration::from_secs(10),
             queue_timeout: Duration::from_secs(60),
             default_mtu: None,
+            isolated_metadata_route: false,
         }
     }
 }
@@ -181,6 +189,15 @@ struct Plan {
     host_routes: Vec<(IpCidr, Option<IpAddr>)>,
     iface_id: String,
     vm_uuid: Option<String>,
+}
+
+/// The route to [`METADATA_ADDRESS`] through a subnet's DHCP server, unless
+/// the subnet's own host routes (or another subnet's) already route it, as
+/// Neutron's DHCP agent leaves an operator's route alone.
+fn metadata_route(dhcp: IpAddr, host_routes: &[(IpCidr, Option<IpAddr>)]) -> Option<(IpCidr, Option<IpAddr>)> {
+    let dst = IpCidr { addr: IpAddr::V4(METADATA_ADDRESS), prefix_len: 32 };
+    let routed = host_routes.iter().any(|(d, _)| d.contains(dst.addr) && d.prefix_len == 32);
+    (!routed).then_some((dst, Some(dhcp)))
 }
 
 /// Rejects names the kernel would refuse (`dev_valid_name`): empty, `.`/`..`,
@@ -311,6 +328,13 @@ impl Plan {
                     gateways.push(v);
                 }
                 host_routes.push((dst, via));
+            }
+            if opts.isolated_metadata_route
+                && let Some(dhcp) = s.dhcp_server()
+                && let Some(route) = metadata_route(dhcp, &host_routes)
+            {
+                gateways.push(dhcp);
+                host_routes.push(route);
             }
         }
         // Without an address of a family the interface cannot route it (and
@@ -1051,6 +1075,30 @@ mod tests {
         assert!(e.to_string().contains("1280"), "{e}");
         let mc = BR.replace("fa:16:3e:01:02:03", "01:00:5e:01:02:03");
         assert!(Plan::new(&vif(&mc), "eth0", &PlugOptions::default()).is_err());
+    }
+
+    #[test]
+    fn metadata_goes_through_the_dhcp_port_only_when_asked_and_not_routed_already() {
+        let metadata = |p: &Plan| {
+            p.host_routes
+                .iter()
+                .filter(|(d, _)| d.to_string() == "169.254.169.254/32")
+                .map(|(_, via)| *via)
+                .collect::<Vec<_>>()
+        };
+        let dhcp = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "10.0.0.2"},"#, 1);
+        let on = PlugOptions { isolated_metadata_route: true, ..PlugOptions::default() };
+        let p = Plan::new(&vif(&dhcp), "eth0", &on).unwrap();
+        assert_eq!(metadata(&p), vec![Some("10.0.0.2".parse::<IpAddr>().unwrap())]);
+        // off (the default): routers serve the metadata
+        assert!(metadata(&Plan::new(&vif(&dhcp), "eth0", &PlugOptions::default()).unwrap()).is_empty());
+        // no DHCP server, or not an IPv4 one: nothing
+        assert!(metadata(&Plan::new(&vif(BR), "eth0", &on).unwrap()).is_empty());
+        let v6 = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "fd00::2"},"#, 1);
+        assert!(metadata(&Plan::new(&vif(&v6), "eth0", &on).unwrap()).is_empty());
+        // the subnet routes it already (an operator's host route): left alone
+        let own = dhcp.replace("192.168.7.9/24", "169.254.169.254/32");
+        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &on).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
     }
 
     #[test]

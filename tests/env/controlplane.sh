@@ -153,8 +153,19 @@
 #     server consumes them (a call published before the queue exists is lost,
 #     and the agent would show up only after a 60 s RPC timeout). `up` returns
 #     when neutron lists the agent alive, started after this `up` began.
-#   * `down` stops computes, the agent (SIGKILL after 10 s: neutron 29's OVS
-#     agent hangs after SIGTERM), the servers, then OVS (`exit --cleanup`, and
+#     newest's OVS runs with other_config:userspace-tso-enable=true (else TCP
+#     from veths through the userspace datapath has bad checksums).
+#   * The metadata path, as a VM's: Neutron's DHCP agent on the agent host
+#     (isolated metadata: dnsmasq and a haproxy on 169.254.169.254 in the
+#     network's qdhcp- namespace; needs dnsmasq-base and haproxy), Neutron's
+#     metadata agent, and nova's metadata API (zed: a second nova-api with
+#     enabled_apis = metadata on :8775; newest: nova.wsgi.metadata on :18775),
+#     sharing a secret. `up` waits until the DHCP agent serves network
+#     "private" (it adds the network to the agent when needed) and its
+#     metadata proxy runs.
+#   * `down` stops computes, the agents (SIGKILL after 10 s: neutron 29's OVS
+#     agent hangs after SIGTERM), the DHCP agent's dnsmasq/haproxy and qdhcp-
+#     namespaces, the servers, then OVS (`exit --cleanup`, and
 #     leftover datapath tap devices are deleted). The zed uplink veth pair and
 #     brq... bridges stay (harmless; tests' tap devices may still be in them).
 #   * Configs are rewritten on every `up` (cheap, keeps them in sync with this
@@ -172,8 +183,8 @@
 #   * Services start in their own process groups; `down` stops the groups.
 #   * Seed (pylib/nd_rest.py, REST, idempotent): flavors m1.tiny (id 1),
 #     m1.small (id 2), m1.nano (id 42); shared flat network "private"
-#     (physnet "private") with subnets 10.99.0.0/24 (DNS server 10.99.0.53)
-#     and fd00:99::/64 (no DHCP).
+#     (physnet "private") with subnets 10.99.0.0/24 (DNS server 10.99.0.53,
+#     DHCP: its DHCP port serves the metadata) and fd00:99::/64 (no DHCP).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
@@ -204,6 +215,7 @@ ks() { [ "$AUTH" = keystone ]; }
 case $RELEASE in
   newest)
     VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696 P_KEYSTONE=15000
+    P_METADATA=18775 DHCP_INTERFACE_DRIVER=openvswitch
     V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron VK=$OPT/venv-keystone
     KEYSTONE_MANAGE=$VK/bin/keystone-manage
     PY=$V/bin/python OSC=$V/bin/openstack
@@ -218,6 +230,7 @@ case $RELEASE in
     done ;;
   zed)
     VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696 P_KEYSTONE=5000
+    P_METADATA=8775 DHCP_INTERFACE_DRIVER=linuxbridge
     KEYSTONE_MANAGE=/usr/bin/keystone-manage
     PY=/usr/bin/python3 OSC=/usr/bin/openstack
     NOVA_MANAGE=/usr/bin/nova-manage
@@ -237,6 +250,9 @@ URL_PLACEMENT=http://127.0.0.1:$P_PLACEMENT
 URL_GLANCE=http://127.0.0.1:$P_GLANCE
 URL_NEUTRON=http://127.0.0.1:$P_NEUTRON
 URL_KEYSTONE=http://127.0.0.1:$P_KEYSTONE/v3
+URL_METADATA=http://127.0.0.1:$P_METADATA
+# shared by nova's metadata API and neutron's metadata agent (loopback only)
+METADATA_SECRET=nd-metadata-secret
 NOVA_CONF=$STATE/etc/nova/nova.conf
 KEYSTONE_CONF=$STATE/etc/keystone/keystone.conf
 # what nd_keystone.py (seed, token) and nd_rest.py read
@@ -262,8 +278,12 @@ OVS_DB=unix:$OVS_DIR/db.sock
 OVS_PHYS_BR=br-nd-private         # newest: OVS bridge for physnet "private"
 OVS_SERVICES=()
 [ "$RELEASE" = zed ] || OVS_SERVICES=(ovsdb-server ovs-vswitchd)
-# every service `status` checks, in start order; the agent comes last
-ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "$NET_AGENT")
+# the metadata path (see the header): nova's metadata API, and on the agent
+# host Neutron's DHCP agent (isolated metadata) and metadata agent
+SERVICES+=(nova-metadata)
+AGENTS=("$NET_AGENT" neutron-dhcp-agent neutron-metadata-agent)
+# every service `status` checks, in start order; the agents come last
+ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "${AGENTS[@]}")
 
 # ====================================================================== configs
 password_auth() { # USER: keystoneauth password options (a service user in project service)
@@ -378,6 +398,9 @@ sqlite_synchronous = false
 
 EOF
     service_sections
+    # (still [neutron]) the metadata API trusts requests Neutron's metadata
+    # agent signed with the shared secret
+    printf 'service_metadata_proxy = true\nmetadata_proxy_shared_secret = %s\n' "$METADATA_SECRET"
     if ks; then
       printf '\n'; authtoken_section nova
       cat <<EOF
@@ -572,6 +595,12 @@ send_events_interval = 1
 state_path = $STATE/state-neutron
 log_file = $STATE/log/neutron-api.log
 
+[quotas]
+# no quota reservations (as nova's [quota] -1 above): each port create wrote
+# and deleted one, and Zed's remove_reservation failed on SQLite under load
+# with "database is locked" (a port create answered 500: seen in CI)
+quota_driver = neutron.db.quota.driver_null.DbQuotaDriverNull
+
 [database]
 connection = sqlite:///$STATE/db/neutron.sqlite
 sqlite_synchronous = false
@@ -675,6 +704,128 @@ EOF
     mkdir -p "$STATE/bin"
     install -m 755 "$HERE/shims/ebtables" "$STATE/bin/ebtables"
   fi
+}
+
+# The metadata path's configs: Neutron's DHCP agent on the agent host serves
+# isolated metadata (a haproxy on 169.254.169.254:80 in the network's DHCP
+# namespace, Neutron's `enable_isolated_metadata`), its metadata agent signs
+# what the proxy forwards for nova's metadata API, which a second nova-api
+# process (zed: enabled_apis = metadata) or nova.wsgi.metadata (newest) serves.
+write_metadata_confs() {
+  local dhcp=$STATE/etc/neutron/dhcp-agent.conf md=$STATE/etc/neutron/metadata-agent.conf
+  {
+    cat <<EOF
+# neutron-dhcp-agent config, written by tests/env/controlplane.sh $RELEASE up
+[DEFAULT]
+host = $NET_HOST
+transport_url = $RABBIT
+state_path = $STATE/state-neutron
+interface_driver = $DHCP_INTERFACE_DRIVER
+enable_isolated_metadata = true
+# no resolver of the host's inside the test network
+dnsmasq_local_resolv = false
+EOF
+    if [ "$RELEASE" = newest ]; then
+      cat <<EOF
+# a veth pair into the namespace (an OVS internal port of the netdev
+# datapath is a tap device ovs-vswitchd holds open)
+ovs_use_veth = true
+EOF
+    fi
+    cat <<EOF
+
+[agent]
+root_helper = env
+report_interval = 10
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+EOF
+    if [ "$RELEASE" = newest ]; then
+      printf '\n[ovs]\nintegration_bridge = br-int\novsdb_connection = %s\n' "$OVS_DB"
+    fi
+  } > "$dhcp.new"
+  cat > "$md.new" <<EOF
+# neutron-metadata-agent config, written by tests/env/controlplane.sh $RELEASE up
+[DEFAULT]
+host = $NET_HOST
+transport_url = $RABBIT
+state_path = $STATE/state-neutron
+nova_metadata_host = 127.0.0.1
+nova_metadata_port = $P_METADATA
+metadata_proxy_shared_secret = $METADATA_SECRET
+metadata_workers = 1
+
+[agent]
+root_helper = env
+report_interval = 10
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+EOF
+  local f name
+  for f in "$dhcp" "$md"; do
+    name=neutron-dhcp-agent; [ "$f" = "$md" ] && name=neutron-metadata-agent
+    if daemon_alive "$STATE" "$name" && ! cmp -s "$f.new" "$f"; then
+      log "$name config changed: restarting it"
+      daemons_stop "$STATE" 10 "$name"
+    fi
+    mv "$f.new" "$f"
+  done
+  if [ "$RELEASE" = zed ]; then
+    cat > "$STATE/etc/nova/metadata-api.conf" <<EOF
+# the metadata API as its own nova-api process (read after nova.conf)
+[DEFAULT]
+enabled_apis = metadata
+metadata_listen = 127.0.0.1
+metadata_listen_port = $P_METADATA
+metadata_workers = 1
+EOF
+  fi
+}
+
+# Neutron's DHCP and metadata agents (after the L2 agent: the DHCP port is
+# bound to it). PATH as for the L2 agent: the privsep helper, ip, dnsmasq
+# and haproxy.
+start_metadata_agents() {
+  local name args
+  for name in neutron-dhcp-agent neutron-metadata-agent; do
+    if daemon_alive "$STATE" "$name"; then log "$name already running"; continue; fi
+    args=(--config-file "$STATE/etc/neutron/${name#neutron-}.conf" --log-file "$STATE/log/$name.log")
+    if [ "$RELEASE" = zed ]; then
+      daemon_start "$STATE" "$name" env "PATH=$STATE/bin:$PATH" "/usr/bin/$name" "${args[@]}"
+    else
+      daemon_start "$STATE" "$name" env "PATH=$VN/bin:$PATH" "OVS_RUNDIR=$OVS_DIR" "$VN/bin/$name" "${args[@]}"
+    fi
+  done
+}
+
+dhcp_agent_ready() { # neutron lists a DHCP agent of $NET_HOST alive
+  curl -sf --max-time 10 -H "X-Auth-Token: $TOKEN" \
+    "$URL_NEUTRON/v2.0/agents?agent_type=DHCP%20agent&host=$NET_HOST" |
+    /usr/bin/python3 -c 'import json,sys; a=json.load(sys.stdin)["agents"]; sys.exit(0 if a and a[0]["alive"] else 1)'
+}
+
+dhcp_served() { # the DHCP agent hosts network $1, its DHCP port is ACTIVE and its metadata proxy runs
+  /usr/bin/python3 "$PYLIB/nd_rest.py" dhcp-served "$URL_NEUTRON" "$1" "$NET_HOST" &&
+    [ -s "$STATE/state-neutron/external/pids/$1.pid.haproxy" ]
+}
+
+metadata_ready() { # the metadata API answers (its root lists versions)
+  curl -sf -o /dev/null --max-time 10 "$URL_METADATA/"
+}
+
+# What the DHCP agent leaves behind when it stops: dnsmasq and haproxy
+# (daemons of their own, their command lines name this state dir) and the
+# qdhcp- namespaces of this control plane's networks.
+stop_metadata_leftovers() {
+  local pid ns
+  for pid in $(pgrep -f -- "$STATE/state-neutron/" || true); do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '/^qdhcp-/ {print $1}'); do
+    if [ -d "$STATE/state-neutron/dhcp/${ns#qdhcp-}" ]; then ip netns delete "$ns" 2>/dev/null || true; fi
+  done
 }
 
 write_keystone_conf() {
@@ -890,7 +1041,8 @@ port_of() {
   case $1 in
     keystone) echo "$P_KEYSTONE" ;;
     placement-api) echo "$P_PLACEMENT" ;; glance-api) echo "$P_GLANCE" ;;
-    neutron-api) echo "$P_NEUTRON" ;; nova-api) echo "$P_NOVA" ;; *) echo "" ;;
+    neutron-api) echo "$P_NEUTRON" ;; nova-api) echo "$P_NOVA" ;; nova-metadata) echo "$P_METADATA" ;;
+    *) echo "" ;;
   esac
 }
 
@@ -937,6 +1089,9 @@ start_service() {
       daemon_start "$STATE" "$name" /usr/bin/neutron-server --config-file "$STATE/etc/neutron/neutron.conf" ;;
     zed:nova-api)
       daemon_start "$STATE" "$name" /usr/bin/nova-api --config-file "$NOVA_CONF" ;;
+    zed:nova-metadata)
+      daemon_start "$STATE" "$name" /usr/bin/nova-api --config-file "$NOVA_CONF" \
+        --config-file "$STATE/etc/nova/metadata-api.conf" --log-file "$STATE/log/nova-metadata.log" ;;
     zed:nova-conductor|zed:nova-scheduler)
       daemon_start "$STATE" "$name" "/usr/bin/$name" --config-file "$NOVA_CONF" ;;
     newest:placement-api)
@@ -953,6 +1108,10 @@ start_service() {
       OS_NOVA_CONFIG_DIR=$STATE/etc/nova ND_NOVA_API_LOG=$STATE/log/nova-api.log \
         daemon_start "$STATE" "$name" \
         "$V/bin/gunicorn" "${gunicorn[@]}" --threads 16 --timeout 120 nd_nova_api_wsgi:application ;;
+    newest:nova-metadata)
+      OS_NOVA_CONFIG_DIR=$STATE/etc/nova ND_NOVA_API_LOG=$STATE/log/nova-metadata.log \
+        daemon_start "$STATE" "$name" \
+        "$V/bin/gunicorn" "${gunicorn[@]}" --threads 8 --timeout 120 nd_nova_metadata_wsgi:application ;;
     newest:neutron-rpc)
       daemon_start "$STATE" "$name" "$VN/bin/neutron-rpc-server" \
         --config-file "$STATE/etc/neutron/neutron.conf" --log-file "$STATE/log/neutron-rpc.log" ;;
@@ -1042,6 +1201,17 @@ start_ovs() { # newest: ovsdb-server (waits until it answers), then ovs-vswitchd
       --log-file="$STATE/log/ovsdb-server.log" --no-chdir
   fi
   daemon_wait "$STATE" ovsdb-server 30 "ovsdb-server $OVS_DB" ovsdb_ready
+  # The userspace datapath forwards a veth's packets through AF_PACKET: without
+  # virtio-net headers (userspace TSO) a TCP packet whose checksum the sender
+  # left to offload arrives with a bad one and is dropped (ICMP works, TCP to
+  # the metadata proxy or between instances does not). Read at start only.
+  if [ "$(ovs_vsctl --timeout=5 --no-wait get Open_vSwitch . other_config:userspace-tso-enable 2>/dev/null)" != '"true"' ]; then
+    ovs_vsctl --timeout=5 --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true
+    if daemon_alive "$STATE" ovs-vswitchd; then
+      log "userspace TSO turned on: restarting ovs-vswitchd"
+      daemons_stop "$STATE" 10 ovs-vswitchd
+    fi
+  fi
   if daemon_alive "$STATE" ovs-vswitchd; then
     log "ovs-vswitchd already running"
   else
@@ -1140,6 +1310,10 @@ wait_services() {
     "nova-conductor + nova-scheduler consuming on vhost $VHOST" rpc_consumers_ok
   daemon_alive "$STATE" nova-scheduler || die "nova-scheduler died (see $STATE/log/nova-scheduler.log)"
   daemon_wait "$STATE" "$NET_AGENT" "$TIMEOUT" "$NET_AGENT alive in neutron as host $NET_HOST" l2_agent_ready
+  daemon_wait "$STATE" nova-metadata "$TIMEOUT" "nova metadata API $URL_METADATA" metadata_ready
+  start_metadata_agents
+  daemon_wait "$STATE" neutron-dhcp-agent "$TIMEOUT" "neutron-dhcp-agent alive in neutron as host $NET_HOST" \
+    dhcp_agent_ready
 }
 
 # ====================================================================== fake compute
@@ -1225,7 +1399,7 @@ do_up() {
   qpid=$!
   check_auth_mode
   write_nova_conf; write_compute_template; write_placement_conf
-  write_glance_conf; write_neutron_conf; write_l2_agent_conf; write_clouds_yaml
+  write_glance_conf; write_neutron_conf; write_l2_agent_conf; write_metadata_confs; write_clouds_yaml
   # the databases first: init_dbs starts from an empty db/ on a fresh
   # machine, which would take Keystone's database and marker with it
   init_dbs
@@ -1254,6 +1428,8 @@ do_up() {
   local net_id
   net_id=$(ND_PROJECT_IDS=$PROJECT_IDS /usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
   log "flavors m1.tiny/m1.small/m1.nano and network private ($net_id) present"
+  ND_POLL=1 daemon_wait "$STATE" neutron-dhcp-agent "$TIMEOUT" "network private served by the DHCP agent (metadata proxy)" \
+    dhcp_served "$net_id"
   if [ -n "$FAKE_COMPUTE" ]; then start_fake_compute "$FAKE_COMPUTE"; fi
   local fake=$FAKE_COMPUTE
   if [ -z "$fake" ]; then  # keep announcing a fake compute still running from before
@@ -1290,7 +1466,8 @@ do_down() {
   # then the agent, then the servers, Open vSwitch last
   # neutron 29's OVS agent logs "quitting daemon loop" within a second of
   # SIGTERM, but its process then hangs (> 60 s): SIGKILL it after 10 s
-  daemons_stop "$STATE" 10 "$NET_AGENT"
+  daemons_stop "$STATE" 10 "${AGENTS[@]}"
+  stop_metadata_leftovers
   local rest=() n
   for f in "$STATE"/pids/*.pid; do
     [ -e "$f" ] || continue

@@ -40,9 +40,10 @@ fi
 # uses for ARP-spoofing rules; ipset, conntrack: its iptables firewall driver
 # (security groups); kmod: modprobe br_netfilter; iproute2: `ip` for both
 # agents and the tests. iputils-ping: its `ping` (ICMP datagram sockets as
-# any user) goes into the test image nd-busybox:iputils. xfsprogs, btrfs-progs: the root disk tests put
+# any user) goes into the test image nd-busybox:iputils. dnsmasq-base,
+# haproxy: Neutron's DHCP agent (isolated metadata proxy). xfsprogs, btrfs-progs: the root disk tests put
 # private Docker engines on loop-mounted xfs and btrfs.
-pkgs=(rabbitmq-server curl bc iproute2 iptables iputils-ping busybox-static shellcheck python3-venv openvswitch-switch
+pkgs=(rabbitmq-server curl bc iproute2 iptables iputils-ping dnsmasq-base haproxy busybox-static shellcheck python3-venv openvswitch-switch
       ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
 if [ "${SKIP_ZED:-0}" != 1 ]; then
   # keystone: Zed's identity service (its python3-keystone and

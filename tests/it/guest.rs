@@ -412,3 +412,77 @@ async fn config_drive_matches_novas_instance_metadata_newest() {
 async fn config_drive_matches_novas_instance_metadata_zed() {
     config_drive_matches_novas_instance_metadata(Release::Zed).await;
 }
+
+/// The body of `GET path` from the metadata service, asked from inside the
+/// server with busybox's `nc` (its static `wget` crashes looking up the
+/// "http" service), retried while the agents wire the port (bounded).
+async fn fetch_in_guest(server: &str, path: &str) -> String {
+    let started = std::time::Instant::now();
+    let request =
+        format!("printf 'GET {path} HTTP/1.0\\r\\nHost: 169.254.169.254\\r\\n\\r\\n' | nc -w 5 169.254.169.254 80");
+    loop {
+        let (_, out) = crate::network::exec(&format!("nova-{server}"), &request).await;
+        if let Some((head, body)) = out.split_once("\r\n\r\n")
+            && head.starts_with("HTTP/1.")
+            && head.split_whitespace().nth(1) == Some("200")
+        {
+            return body.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{server}: {path} never answered 200: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The metadata service, as a VM on the same network reaches it: Neutron's
+/// DHCP agent serves isolated metadata on the network (its haproxy on
+/// 169.254.169.254 in the DHCP namespace), its metadata agent signs each
+/// request with the instance Neutron finds for the source address, and the
+/// control plane's nova metadata API answers. The host routes
+/// 169.254.169.254 through the subnet's DHCP port (`[docker]
+/// isolated_metadata_route`), as the DHCP agent tells VMs. Two servers each
+/// read their own metadata, user data included, never the other's.
+async fn the_metadata_service_answers_each_instance_with_its_own(release: Release) {
+    let cloud = Cloud::get(release);
+    let host_name = cloud.var("ND_NET_HOST").to_string();
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut host = ComputeHost::start(&cloud, &host_name, "[docker]\nisolated_metadata_route = true\n").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let boot = |name: &str| {
+        json!({"name": name, "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
+               "metadata": {"role": name}, "user_data": base64(format!("#!/bin/sh\necho {name}\n").as_bytes()),
+               "availability_zone": format!("nova:{host_name}")})
+    };
+    let a = post_server(&cloud, boot("md-a")).await;
+    let b = post_server(&cloud, boot("md-b")).await;
+    cloud.wait_status(&a, "ACTIVE", T).await;
+    cloud.wait_status(&b, "ACTIVE", T).await;
+    for (id, name) in [(&a, "md-a"), (&b, "md-b")] {
+        let text = fetch_in_guest(id, "/openstack/latest/meta_data.json").await;
+        let md: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{id}: meta_data.json: {e}: {text}"));
+        assert_eq!(md["uuid"], id.as_str(), "{md}");
+        assert_eq!(md["name"], name, "{md}");
+        assert_eq!(md["meta"]["role"], name, "{md}");
+        let user_data = fetch_in_guest(id, "/openstack/latest/user_data").await;
+        assert_eq!(user_data, format!("#!/bin/sh\necho {name}\n"));
+        // the EC2 tree too, as cloud-init's Ec2 source reads it
+        let hostname = fetch_in_guest(id, "/latest/meta-data/hostname").await;
+        assert!(hostname.starts_with(name), "{hostname}");
+        // Nova's own view of the port: a DHCP subnet, as for a VM
+        let nd = fetch_in_guest(id, "/openstack/latest/network_data.json").await;
+        let nd: Value = serde_json::from_str(&nd).unwrap_or_else(|e| panic!("{id}: network_data.json: {e}: {nd}"));
+        assert_eq!(nd["networks"][0]["type"], "ipv4_dhcp", "{nd}");
+    }
+    cloud.delete_server(&a, T).await;
+    cloud.delete_server(&b, T).await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn the_metadata_service_answers_each_instance_with_its_own_newest() {
+    the_metadata_service_answers_each_instance_with_its_own(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn the_metadata_service_answers_each_instance_with_its_own_zed() {
+    the_metadata_service_answers_each_instance_with_its_own(Release::Zed).await;
+}

@@ -3,7 +3,8 @@
 
   nd_rest.py seed NOVA_URL NEUTRON_URL
       flavors m1.tiny (id 1), m1.small (id 2), m1.nano (id 42) and the shared
-      flat network 'private' with subnets 10.99.0.0/24 (DNS 10.99.0.53) and
+      flat network 'private' with subnets 10.99.0.0/24 (DNS 10.99.0.53, DHCP:
+      the DHCP agent's port serves isolated metadata) and
       fd00:99::/64, port security on; the default security group of each
       project of $ND_PROJECT_IDS (admin, the tenants) exists.
       Idempotent: only what is missing (or a changed DNS server) is written.
@@ -21,6 +22,10 @@
   nd_rest.py agent-alive NEUTRON_URL HOST BINARY [SINCE]
       exit 0 iff neutron lists agent BINARY on HOST as alive (and, with SINCE
       = 'YYYY-MM-DD HH:MM:SS' UTC, it (re)started at or after SINCE)
+  nd_rest.py dhcp-served NEUTRON_URL NETWORK_ID HOST
+      exit 0 iff the DHCP agent of HOST hosts NETWORK_ID (it is added to the
+      agent when it is not: a network whose subnet got DHCP after the agent's
+      start is not scheduled by itself) and a DHCP port of it is ACTIVE
   nd_rest.py port-create NEUTRON_URL NETWORK_ID HOST DEVICE_ID [NAME]
       a port (device_owner compute:nova) bound to HOST; prints its id
   nd_rest.py port-show NEUTRON_URL PORT
@@ -77,7 +82,7 @@ NETWORK = {
 }
 SUBNETS = [
     {'name': 'private-v4', 'ip_version': 4, 'cidr': '10.99.0.0/24',
-     'gateway_ip': '10.99.0.1', 'enable_dhcp': False,
+     'gateway_ip': '10.99.0.1', 'enable_dhcp': True,
      'dns_nameservers': ['10.99.0.53']},
     {'name': 'private-v6', 'ip_version': 6, 'cidr': 'fd00:99::/64',
      'gateway_ip': 'fd00:99::1', 'enable_dhcp': False},
@@ -153,6 +158,11 @@ def seed(nova, neutron):
             req('PUT', neutron + '/v2.0/subnets/' + old['id'],
                 {'subnet': {'dns_nameservers': dns}})
             log('set dns_nameservers %s on subnet %s' % (dns, sn['cidr']))
+        if old is not None and old.get('enable_dhcp') != sn['enable_dhcp']:
+            # DHCP on v4: the DHCP agent's port there serves isolated metadata
+            req('PUT', neutron + '/v2.0/subnets/' + old['id'],
+                {'subnet': {'enable_dhcp': sn['enable_dhcp']}})
+            log('set enable_dhcp %s on subnet %s' % (sn['enable_dhcp'], sn['cidr']))
         if old is None:
             body = dict(sn, network_id=net['id'], project_id=net['project_id'])
             s = req('POST', neutron + '/v2.0/subnets', {'subnet': body})
@@ -316,6 +326,29 @@ def agent_alive(neutron, host, binary, since=None):
     raise SystemExit(0 if ok else 1)
 
 
+def dhcp_served(neutron, network_id, host):
+    neutron = neutron.rstrip('/')
+    agents = req('GET', '%s/v2.0/agents?host=%s&agent_type=DHCP%%20agent'
+                 % (neutron, host))['agents']
+    if not agents or not agents[0].get('alive'):
+        raise SystemExit(1)
+    agent = agents[0]['id']
+    hosted = req('GET', '%s/v2.0/agents/%s/dhcp-networks'
+                 % (neutron, agent))['networks']
+    if network_id not in [n['id'] for n in hosted]:
+        try:
+            req('POST', '%s/v2.0/agents/%s/dhcp-networks' % (neutron, agent),
+                {'network_id': network_id})
+            log('network %s added to the DHCP agent of %s' % (network_id, host))
+        except HTTPError as e:
+            if e.code != 409:   # 409: hosted meanwhile
+                raise
+        raise SystemExit(1)
+    ports = req('GET', '%s/v2.0/ports?network_id=%s&device_owner=network:dhcp'
+                % (neutron, network_id))['ports']
+    raise SystemExit(0 if any(p['status'] == 'ACTIVE' for p in ports) else 1)
+
+
 def port_create(neutron, network_id, host, device_id, name='nd-net-check'):
     p = req('POST', neutron.rstrip('/') + '/v2.0/ports', {'port': {
         'network_id': network_id, 'name': name,
@@ -375,6 +408,8 @@ def main(argv):
         server_actions(*args)
     elif cmd == 'agent-alive' and len(args) in (3, 4):
         agent_alive(*args)
+    elif cmd == 'dhcp-served' and len(args) == 3:
+        dhcp_served(*args)
     elif cmd == 'port-create' and len(args) in (4, 5):
         port_create(*args)
     elif cmd == 'port-show' and len(args) == 2:
