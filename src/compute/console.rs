@@ -84,13 +84,8 @@ impl<D: Driver> ComputeManager<D> {
             other => OpError::Invalid(other.to_string()),
         })?;
         let host = settings.proxyclient_address.as_str();
-        let token = ConsoleToken {
-            console_type,
-            host,
-            port,
-            instance_uuid: uuid,
-            access_url_base: settings.base_url.as_str(),
-        };
+        let token =
+            ConsoleToken { console_type, host, port, instance_uuid: uuid, access_url_base: settings.base_url.as_str() };
         let token = self.conductor.authorize_console(ctx, token, settings.token_ttl).await?;
         tracing::info!(instance = uuid, "serial console token issued for {host}:{port}");
         Ok(json!({

@@ -990,8 +990,9 @@ impl Driver for DockerDriver {
     }
 
     async fn attach_console(&self, uuid: &str) -> Result<super::console::ConsoleIo, VirtError> {
-        let s = super::attach::attach(&self.settings.socket_path, &container_name(uuid), uuid, self.settings.api_timeout)
-            .await?;
+        let s =
+            super::attach::attach(&self.settings.socket_path, &container_name(uuid), uuid, self.settings.api_timeout)
+                .await?;
         Ok(Box::pin(s))
     }
 

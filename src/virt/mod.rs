@@ -10,8 +10,8 @@
 //! it (destroying a missing instance succeeds) and every engine call is
 //! bounded in time.
 
-pub mod capabilities;
 pub mod attach;
+pub mod capabilities;
 pub mod config_drive;
 pub mod console;
 pub mod docker;
