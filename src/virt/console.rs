@@ -27,6 +27,12 @@
 //! new run; when the container is removed, the connection closes. What the
 //! user types while the guest is down is dropped, as on a serial line.
 //!
+//! **Restarts.** The consoles live in this process: after a restart of the
+//! service the ports are gone, nova-serialproxy's check of an old token's
+//! port answers false, and the user asks for a new URL (which opens the
+//! port again). A Docker engine that stops answering closes the
+//! connections (the attach fails); the port stays.
+//!
 //! **Bounds.** At most [`MAX_CONNECTIONS`] connections per console (a
 //! further one is closed at once); the port range bounds the listeners.
 //! Bytes are copied through fixed buffers: nothing is held for a slow peer.

@@ -1061,6 +1061,14 @@ mod tests {
     }
 
     #[test]
+    fn containers_get_a_terminal_and_an_open_stdin_only_for_the_serial_console() {
+        let plain = create_body(&spec(None), vec![], false);
+        assert_eq!((plain.tty, plain.open_stdin), (Some(false), Some(false)));
+        let console = create_body(&ContainerSpec { interactive_console: true, ..spec(None) }, vec![], false);
+        assert_eq!((console.tty, console.open_stdin, console.stdin_once), (Some(true), Some(true), Some(false)));
+    }
+
+    #[test]
     fn containers_get_a_bounded_log_no_health_check_and_a_size_only_with_quota() {
         let body = create_body(&spec(Some(3)), vec![], true);
         let hc = body.host_config.clone().unwrap();
