@@ -700,6 +700,32 @@ impl Conductor {
         Ok(())
     }
 
+    /// `ConsoleAuthToken(...).authorize(ttl)`, as Nova's compute manager
+    /// issues a console token: the conductor stores its hash and returns
+    /// the token.
+    pub async fn authorize_console(
+        &self,
+        ctx: &RequestContext,
+        token: ConsoleToken<'_>,
+        ttl: Duration,
+    ) -> Result<String, ConductorError> {
+        // 1.1 is what both releases accept (Zed has 1.1, later ones read it).
+        let mut obj = NovaObject::new("ConsoleAuthToken", "1.1");
+        obj.set("console_type", token.console_type);
+        obj.set("host", token.host);
+        obj.set("port", token.port);
+        obj.set("internal_access_path", Value::Null);
+        obj.set("instance_uuid", token.instance_uuid);
+        obj.set("access_url_base", token.access_url_base);
+        let result = self.object_action(ctx, &mut obj, "authorize", json!({"ttl": ttl.as_secs()})).await?;
+        result
+            .as_str()
+            .or_else(|| obj.get_str("token"))
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| ConductorError::BadResult { what: "ConsoleAuthToken.authorize", detail: result.to_string() })
+    }
+
     /// `ConsoleAuthToken.clean_console_auths_for_instance` (part of a delete).
     pub async fn clean_console_auths(&self, ctx: &RequestContext, uuid: &str) {
         let r = self
@@ -716,6 +742,22 @@ impl Conductor {
             tracing::debug!(instance = uuid, error = %e, "console auth cleanup failed");
         }
     }
+}
+
+/// What a console token grants: a connection to `host:port` for the
+/// instance, through the proxy at `access_url_base`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleToken<'a> {
+    /// `serial`.
+    pub console_type: &'a str,
+    /// The address the proxy connects to.
+    pub host: &'a str,
+    /// The port the proxy connects to.
+    pub port: u16,
+    /// The instance.
+    pub instance_uuid: &'a str,
+    /// The proxy's URL (`[serial_console] base_url`).
+    pub access_url_base: &'a str,
 }
 
 /// A ComputeNode lookup's answer: `None` when the conductor has none (a

@@ -120,6 +120,7 @@ fn docker_settings() -> DockerSettings {
         root_disk_over_limit_action: nova_docker::config::OverLimitAction::Stop,
         zero_disk_flavor_root_gb: 0,
         console_log_max_bytes: 2 << 20,
+        interactive_console: false,
     }
 }
 

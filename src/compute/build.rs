@@ -339,6 +339,7 @@ impl<D: Driver> ComputeManager<D> {
             let uuid = i.uuid().to_string();
             let t = Instant::now();
             let ni = self.network_info(ctx, i).await?;
+            self.consoles.close(&uuid);
             self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
             self.release_network(&uuid, &ni).await?;
             phase("delete", "destroy", t);

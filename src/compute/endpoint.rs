@@ -30,6 +30,8 @@ const SUPPORTED: &[&str] = &[
     "soft_delete_instance",
     "restore_instance",
     "get_console_output",
+    "get_serial_console",
+    "validate_console_port",
     "get_diagnostics",
     "get_instance_diagnostics",
     "set_host_enabled",
@@ -89,8 +91,6 @@ const UNSUPPORTED: &[&str] = &[
     "get_spice_console",
     "get_rdp_console",
     "get_mks_console",
-    "get_serial_console",
-    "validate_console_port",
     "host_maintenance_mode",
     "host_power_action",
     "trigger_crash_dump",
@@ -233,6 +233,22 @@ impl<D: Driver> Endpoint for ComputeEndpoint<D> {
                     m.get_console_output(&instance_arg(&args)?, tail)
                         .await
                         .map(Value::String)
+                        .map_err(|e| e.to_remote())
+                }
+                "get_serial_console" => {
+                    let console_type = str_arg(&args, "console_type")?;
+                    m.get_serial_console(&ctx, &console_type, &instance_arg(&args)?).await.map_err(|e| e.to_remote())
+                }
+                "validate_console_port" => {
+                    // Nova's proxy sends the port as a string; accept a number too.
+                    let port = match args.get("port") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Number(n)) => n.to_string(),
+                        _ => return Err(RemoteError::bad_request("missing or invalid argument: port")),
+                    };
+                    let console_type = str_arg(&args, "console_type")?;
+                    m.validate_console_port(&instance_arg(&args)?, &port, &console_type)
+                        .map(Value::Bool)
                         .map_err(|e| e.to_remote())
                 }
                 "get_diagnostics" => m.get_diagnostics(&instance_arg(&args)?).await.map_err(|e| e.to_remote()),

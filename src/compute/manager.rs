@@ -60,6 +60,8 @@ pub struct ComputeManager<D: Driver> {
     pub vif_events: EventWaiters,
     /// Instances by vm_state, for the metrics.
     pub census: super::census::Census,
+    /// The serial consoles listening for nova-serialproxy.
+    pub consoles: crate::virt::console::SerialConsoles,
 }
 
 /// Marks an instance busy for the life of the value.
@@ -90,7 +92,9 @@ impl<D: Driver> ComputeManager<D> {
         neutron: Option<Arc<dyn PortService>>,
     ) -> Self {
         let (ready, _) = watch::channel(false);
+        let consoles = crate::virt::console::SerialConsoles::new(settings.serial_console.clone());
         ComputeManager {
+            consoles,
             build_slots: semaphore(settings.max_concurrent_builds),
             snapshot_slots: semaphore(settings.max_concurrent_snapshots),
             settings,

@@ -612,6 +612,9 @@ pub struct DockerSettings {
     pub zero_disk_flavor_root_gb: u64,
     /// Bytes of console output kept per instance (all rotated files).
     pub console_log_max_bytes: u64,
+    /// `[serial_console] enabled`: new containers get a terminal and an
+    /// open stdin for the serial console (see `virt::console`).
+    pub interactive_console: bool,
 }
 
 /// The smallest console log cap accepted.
@@ -724,6 +727,30 @@ pub struct Settings {
     pub image_cache_remove_unused: bool,
     /// `[image_cache] remove_unused_original_minimum_age_seconds`: how long an image must be unused before it is removed.
     pub image_cache_minimum_age: Duration,
+    /// `[serial_console]` and `[consoleauth] token_ttl`: interactive consoles.
+    pub serial_console: SerialConsoleSettings,
+}
+
+/// `[serial_console]`: the consoles nova-serialproxy connects to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialConsoleSettings {
+    /// `[serial_console] enabled`.
+    pub enabled: bool,
+    /// `[serial_console] port_range`: the first and last port to listen on.
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// `[serial_console] proxyclient_address`: where the ports listen.
+    pub proxyclient_address: String,
+    /// `[serial_console] base_url`: the proxy's URL given to users.
+    pub base_url: String,
+    /// `[consoleauth] token_ttl`.
+    pub token_ttl: Duration,
+}
+
+/// `MIN:MAX`, as Nova's `port_range` (both inclusive, MIN <= MAX, MIN > 0).
+fn port_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (a, b) = text.trim().split_once(':')?;
+    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+    (a > 0 && a <= b).then_some(a..=b)
 }
 
 fn secs(v: i64) -> Duration {
@@ -805,6 +832,14 @@ impl Settings {
         let zero_disk_root_gb = positive(&DOCKER_ZERO_DISK_FLAVOR_ROOT_GB, 0, "number of GiB (0 or more)")?;
         let console_log_max_bytes =
             positive(&DOCKER_CONSOLE_LOG_MAX_BYTES, MIN_CONSOLE_LOG_BYTES, "number of bytes (at least 65536)")?;
+        let serial_enabled = l.bool(&SERIAL_CONSOLE_ENABLED)?;
+        let serial_range = l.string(&SERIAL_CONSOLE_PORT_RANGE).unwrap_or_else(|| "10000:20000".into());
+        let serial_ports = port_range(&serial_range).ok_or(ConfigError::BadValue {
+            group: SERIAL_CONSOLE_PORT_RANGE.group,
+            name: SERIAL_CONSOLE_PORT_RANGE.name,
+            value: serial_range.clone(),
+            expected: "port range MIN:MAX (1-65535, MIN <= MAX)",
+        })?;
         let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
         let release = l.choice(&DOCKER_NOVA_RELEASE)?;
         let log_format = l.choice(&DOCKER_LOG_FORMAT)?;
@@ -1036,10 +1071,20 @@ impl Settings {
                 root_disk_over_limit_action: over_limit_action,
                 zero_disk_flavor_root_gb: zero_disk_root_gb as u64,
                 console_log_max_bytes: console_log_max_bytes as u64,
+                interactive_console: serial_enabled,
             },
             image_cache_interval: interval(int(&IMAGE_CACHE_MANAGER_INTERVAL)?),
             image_cache_remove_unused: l.bool(&IMAGE_CACHE_REMOVE_UNUSED)?,
             image_cache_minimum_age: secs(int(&IMAGE_CACHE_MINIMUM_AGE)?),
+            serial_console: SerialConsoleSettings {
+                enabled: serial_enabled,
+                ports: serial_ports,
+                proxyclient_address: l
+                    .string(&SERIAL_CONSOLE_PROXYCLIENT_ADDRESS)
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                base_url: l.string(&SERIAL_CONSOLE_BASE_URL).unwrap_or_else(|| "ws://127.0.0.1:6083/".into()),
+                token_ttl: secs(int(&CONSOLEAUTH_TOKEN_TTL)?.max(1)),
+            },
         })
     }
 
@@ -1238,6 +1283,36 @@ driver = noop
         assert_eq!(s.host, "two");
         assert_eq!(s.report_interval, Duration::from_secs(5));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn serial_console_options_are_read() {
+        let base = "[DEFAULT]\ntransport_url = rabbit://h/\n";
+        let s = Settings::from_layered(&Layered::from_text(base).unwrap()).unwrap();
+        assert!(!s.serial_console.enabled && !s.docker.interactive_console);
+        assert_eq!(s.serial_console.ports, 10000..=20000);
+        assert_eq!(s.serial_console.proxyclient_address, "127.0.0.1");
+        assert_eq!(s.serial_console.token_ttl, Duration::from_secs(600));
+        let s = Settings::from_layered(
+            &Layered::from_text(&format!(
+                "{base}[serial_console]\nenabled = true\nport_range = 16000:16010\nproxyclient_address = 10.0.0.5\n\
+                 base_url = ws://proxy:6083/\n[consoleauth]\ntoken_ttl = 30\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(s.serial_console.enabled && s.docker.interactive_console);
+        assert_eq!(s.serial_console.ports, 16000..=16010);
+        assert_eq!(s.serial_console.proxyclient_address, "10.0.0.5");
+        assert_eq!(s.serial_console.base_url, "ws://proxy:6083/");
+        assert_eq!(s.serial_console.token_ttl, Duration::from_secs(30));
+        for bad in ["20000:10000", "0:10", "10000", "a:b", "1:70000"] {
+            let err = Settings::from_layered(
+                &Layered::from_text(&format!("{base}[serial_console]\nport_range = {bad}\n")).unwrap(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("port_range"), "{bad}: {err}");
+        }
     }
 
     #[test]

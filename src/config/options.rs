@@ -342,6 +342,20 @@ opts! {
         "Remove Docker images loaded from Glance (glance/<id>:v1-<hex> references) that no container of the engine and no instance of this host uses.";
     IMAGE_CACHE_MINIMUM_AGE: "image_cache" "remove_unused_original_minimum_age_seconds" Int = Some("86400"), None,
         "An unused image is removed only after it has been unused for this many seconds, counted from its load and from the first pass of this process that found it unused (a restart starts the count again).";
+
+    // [serial_console]
+    SERIAL_CONSOLE_ENABLED: "serial_console" "enabled" Bool = Some("false"), None,
+        "Serve interactive serial consoles (`openstack console url show --serial`) through nova-serialproxy. Containers created while this is true get a terminal and an open stdin (the console is attached to them); those created before keep none and have no console.";
+    SERIAL_CONSOLE_PORT_RANGE: "serial_console" "port_range" Str = Some("10000:20000"), None,
+        "TCP ports (MIN:MAX) the host listens on for consoles, one per instance whose console was asked for.";
+    SERIAL_CONSOLE_PROXYCLIENT_ADDRESS: "serial_console" "proxyclient_address" Str = Some("127.0.0.1"), None,
+        "Address the console ports listen on and that nova-serialproxy connects to: make it reachable by the proxy only.";
+    SERIAL_CONSOLE_BASE_URL: "serial_console" "base_url" Str = Some("ws://127.0.0.1:6083/"), None,
+        "The nova-serialproxy URL users are given (the token is appended as ?token=...).";
+
+    // [consoleauth]
+    CONSOLEAUTH_TOKEN_TTL: "consoleauth" "token_ttl" Int = Some("600"), None,
+        "Seconds a console token is valid for a new connection.";
 }
 
 /// The groups only nova-docker reads: an option set there that [`ALL`]

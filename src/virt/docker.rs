@@ -408,8 +408,11 @@ fn create_body(spec: &ContainerSpec, binds: Vec<String>, quota: bool) -> Contain
         cmd: spec.command.clone(),
         env: Some(spec.env.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
-        tty: Some(false),
-        open_stdin: Some(false),
+        // The serial console (virt::console): a terminal, and a stdin that
+        // stays open between attachments.
+        tty: Some(spec.interactive_console),
+        open_stdin: Some(spec.interactive_console),
+        stdin_once: Some(false),
         // No libnetwork sandbox and no setkey hook at each start (see
         // guest_files); runc still gives the container its own namespace.
         network_disabled: Some(true),
@@ -975,6 +978,48 @@ impl Driver for DockerDriver {
             })
             .boxed()
     }
+
+    async fn has_console(&self, uuid: &str) -> Result<bool, VirtError> {
+        let c = self
+            .docker
+            .inspect_container(&container_name(uuid), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| Self::not_found_or(uuid, "inspect", e))?;
+        let config = c.config.unwrap_or_default();
+        Ok(config.tty == Some(true) && config.open_stdin == Some(true))
+    }
+
+    async fn attach_console(&self, uuid: &str) -> Result<super::console::ConsoleIo, VirtError> {
+        let s =
+            super::attach::attach(&self.settings.socket_path, &container_name(uuid), uuid, self.settings.api_timeout)
+                .await?;
+        Ok(Box::pin(s))
+    }
+
+    async fn wait_running(&self, uuid: &str) -> Result<(), VirtError> {
+        let name = container_name(uuid);
+        // Events from a second before the inspection on: a start between
+        // the two is replayed, never missed.
+        let since = (chrono::Utc::now().timestamp() - 1).to_string();
+        let filters: HashMap<String, Vec<String>> = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("container".to_string(), vec![name]),
+            ("event".to_string(), vec!["start".to_string(), "destroy".to_string(), "rename".to_string()]),
+        ]);
+        // Idle by nature, as `events`.
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(u32::MAX as u64));
+        let mut events = docker.events(Some(EventsOptionsBuilder::default().since(&since).filters(&filters).build()));
+        loop {
+            match self.inspect(uuid).await?.state {
+                PowerState::Running => return Ok(()),
+                _ => match events.next().await {
+                    Some(Ok(_)) => {} // look again
+                    Some(Err(e)) => return Err(engine("events", e)),
+                    None => return Err(engine("events", BollardError::RequestTimeoutError)),
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1011,7 +1056,16 @@ mod tests {
             volumes: Vec::new(),
             files: Vec::new(),
             config_drive: None,
+            interactive_console: false,
         }
+    }
+
+    #[test]
+    fn containers_get_a_terminal_and_an_open_stdin_only_for_the_serial_console() {
+        let plain = create_body(&spec(None), vec![], false);
+        assert_eq!((plain.tty, plain.open_stdin), (Some(false), Some(false)));
+        let console = create_body(&ContainerSpec { interactive_console: true, ..spec(None) }, vec![], false);
+        assert_eq!((console.tty, console.open_stdin, console.stdin_once), (Some(true), Some(true), Some(false)));
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! it (destroying a missing instance succeeds) and every engine call is
 //! bounded in time.
 
+pub mod attach;
 pub mod capabilities;
 pub mod config_drive;
+pub mod console;
 pub mod docker;
 pub mod guest_files;
 pub mod host_network;
@@ -188,6 +190,10 @@ pub enum VirtError {
         /// The time it was given.
         after: Duration,
     },
+    /// The container exists but does not run (e.g. attaching to a stopped
+    /// instance's console).
+    #[error("instance {0} is not running")]
+    NotRunning(String),
     /// The request cannot be honoured by this driver; the message says why.
     #[error("{0}")]
     Invalid(String),
@@ -368,4 +374,20 @@ pub trait Driver: Send + Sync + 'static {
     fn root_disk_usage(&self) -> impl Future<Output = Result<Vec<RootDiskUsage>, VirtError>> + Send;
     /// Container lifecycle events of this host's instances, from now on.
     fn events(&self) -> BoxStream<'static, Result<LifecycleEvent, VirtError>>;
+    /// Whether the instance's container has a serial console (it was
+    /// created with a terminal and an open stdin); `NotFound` without one.
+    fn has_console(&self, _uuid: &str) -> impl Future<Output = Result<bool, VirtError>> + Send {
+        async { Ok(false) }
+    }
+    /// Attaches to the running container's console: the guest's terminal
+    /// output, and its stdin. The stream ends when the container stops.
+    /// `NotRunning` when it is not running, `NotFound` without a container.
+    fn attach_console(&self, _uuid: &str) -> impl Future<Output = Result<console::ConsoleIo, VirtError>> + Send {
+        async { Err(VirtError::Invalid("this driver has no serial console".into())) }
+    }
+    /// Returns once the container runs (at once if it does), `NotFound`
+    /// once it is gone.
+    fn wait_running(&self, _uuid: &str) -> impl Future<Output = Result<(), VirtError>> + Send {
+        async { Err(VirtError::Invalid("this driver has no serial console".into())) }
+    }
 }

@@ -102,6 +102,9 @@ pub struct ContainerSpec {
     /// has one: kept on the host and bind-mounted read-only at
     /// `/mnt/config`.
     pub config_drive: Option<super::config_drive::DriveFiles>,
+    /// A terminal and an open stdin for the serial console
+    /// (`[serial_console] enabled`; see `virt::console`).
+    pub interactive_console: bool,
 }
 
 /// A directory or regular file the host writes into an instance's
@@ -456,6 +459,7 @@ pub fn build(
         volumes: Vec::new(),
         files,
         config_drive: None,
+        interactive_console: settings.interactive_console,
     })
 }
 
@@ -497,6 +501,7 @@ mod tests {
             root_disk_over_limit_action: crate::config::OverLimitAction::Stop,
             zero_disk_flavor_root_gb: 0,
             console_log_max_bytes: 2 << 20,
+            interactive_console: false,
         }
     }
 

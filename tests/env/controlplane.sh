@@ -13,9 +13,11 @@
 #   newest  nova 34.0.0 / placement 16 / glance 33 / neutron 29 from the PyPI
 #           venvs in $NOVA_DOCKER_OPT (default /opt/nova-docker-test), as in
 #           harness-newest.md (NEUTRON=real). Ports: nova-api 18774, placement
-#           18778, glance 19292, neutron 19696. RabbitMQ vhost nova34.
+#           18778, glance 19292, neutron 19696, nova-serialproxy 16083.
+#           RabbitMQ vhost nova34.
 #   zed     OpenStack Zed from Debian bookworm packages (nova 26.2.2, placement 8,
-#           glance 25, neutron 21), as in harness.md. Ports 8774/8778/9292/9696.
+#           glance 25, neutron 21), as in harness.md. Ports 8774/8778/9292/9696,
+#           nova-serialproxy 6083 (python3-nova's, run with /usr/bin/python3).
 #           RabbitMQ vhost novazed.
 # Both: Keystone (fernet tokens, see "Identity" below), SQLite, loopback only,
 # real neutron (ML2, flat type driver) with one real L2 agent on this machine:
@@ -104,7 +106,7 @@
 # State: $ND_ENV_STATE/RELEASE (default /var/lib/nova-docker-test/RELEASE):
 #   env.sh   source it; exports ND_RELEASE, ND_STATE, OS_CLOUD,
 #            OS_CLIENT_CONFIG_FILE, ND_VHOST, ND_TRANSPORT_URL, ND_NOVA_API
-#            (.../v2.1), ND_PLACEMENT, ND_GLANCE, ND_NEUTRON (URLs), ND_AUTH
+#            (.../v2.1), ND_SERIAL_PROXY (nova-serialproxy's ws:// URL), ND_PLACEMENT, ND_GLANCE, ND_NEUTRON (URLs), ND_AUTH
 #            (keystone|noauth), ND_KEYSTONE (.../v3; empty with noauth),
 #            ND_ADMIN_USER/_PASSWORD/_PROJECT, ND_SERVICE_PASSWORD,
 #            ND_MEMBER_PASSWORD, ND_TENANT_A/_B and ND_MEMBER_A/_B (names),
@@ -214,7 +216,7 @@ ks() { [ "$AUTH" = keystone ]; }
 
 case $RELEASE in
   newest)
-    VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696 P_KEYSTONE=15000
+    VHOST=nova34 P_NOVA=18774 P_PLACEMENT=18778 P_GLANCE=19292 P_NEUTRON=19696 P_KEYSTONE=15000 P_SERIAL=16083
     P_METADATA=18775 DHCP_INTERFACE_DRIVER=openvswitch
     V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron VK=$OPT/venv-keystone
     KEYSTONE_MANAGE=$VK/bin/keystone-manage
@@ -229,7 +231,7 @@ case $RELEASE in
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
     done ;;
   zed)
-    VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696 P_KEYSTONE=5000
+    VHOST=novazed P_NOVA=8774 P_PLACEMENT=8778 P_GLANCE=9292 P_NEUTRON=9696 P_KEYSTONE=5000 P_SERIAL=6083
     P_METADATA=8775 DHCP_INTERFACE_DRIVER=linuxbridge
     KEYSTONE_MANAGE=/usr/bin/keystone-manage
     PY=/usr/bin/python3 OSC=/usr/bin/openstack
@@ -253,6 +255,7 @@ URL_KEYSTONE=http://127.0.0.1:$P_KEYSTONE/v3
 URL_METADATA=http://127.0.0.1:$P_METADATA
 # shared by nova's metadata API and neutron's metadata agent (loopback only)
 METADATA_SECRET=nd-metadata-secret
+URL_SERIAL=ws://127.0.0.1:$P_SERIAL/
 NOVA_CONF=$STATE/etc/nova/nova.conf
 KEYSTONE_CONF=$STATE/etc/keystone/keystone.conf
 # what nd_keystone.py (seed, token) and nd_rest.py read
@@ -264,10 +267,10 @@ ks || ND_KEYSTONE=""
 export PYTHONPATH=$PYLIB
 NOVA_MANAGE_CMD=(env "PYTHONPATH=$PYLIB" "$NOVA_MANAGE" --config-file "$NOVA_CONF")
 
-SERVICES=(placement-api glance-api neutron-api nova-conductor nova-scheduler nova-api)
+SERVICES=(placement-api glance-api neutron-api nova-conductor nova-scheduler nova-api nova-serialproxy)
 # newest: neutron 29's WSGI API has no RPC consumers; neutron-rpc-server does that
 [ "$RELEASE" = zed ] ||
-  SERVICES=(placement-api glance-api neutron-api neutron-rpc nova-conductor nova-scheduler nova-api)
+  SERVICES=(placement-api glance-api neutron-api neutron-rpc nova-conductor nova-scheduler nova-api nova-serialproxy)
 if ks; then SERVICES=(keystone "${SERVICES[@]}"); fi
 
 # L2 networking (see the header): the agent's host name, the physnet plumbing
@@ -382,6 +385,14 @@ discover_hosts_in_cells_interval = 2
 [conductor]
 workers = 1
 
+# nova-serialproxy (serial consoles; the proxy reads tokens from the DB and
+# asks the compute host to validate the port before it connects)
+[serial_console]
+enabled = true
+base_url = $URL_SERIAL
+serialproxy_host = 127.0.0.1
+serialproxy_port = $P_SERIAL
+
 [quota]
 # tests boot 10-50 servers at once; quotas need keystone for their API anyway
 instances = -1
@@ -473,6 +484,15 @@ endpoint_override = $URL_GLANCE
 EOF
   service_sections >> "$STATE/etc/nova-compute.conf.template"
   cat >> "$STATE/etc/nova-compute.conf.template" <<EOF
+
+[serial_console]
+# Nova's default (false): a host serving consoles gives its containers a
+# terminal and an open stdin, which changes their console output (CRLF);
+# a test that uses the console sets enabled = true in its host's config.
+enabled = false
+base_url = $URL_SERIAL
+proxyclient_address = 127.0.0.1
+port_range = 10000:20000
 
 [oslo_concurrency]
 lock_path = @STATE_PATH@/lock
@@ -956,6 +976,7 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_VHOST=$VHOST" \
       "ND_TRANSPORT_URL=$RABBIT" \
       "ND_NOVA_API=$URL_NOVA" \
+      "ND_SERIAL_PROXY=$URL_SERIAL" \
       "ND_PLACEMENT=$URL_PLACEMENT" \
       "ND_GLANCE=$URL_GLANCE" \
       "ND_NEUTRON=$URL_NEUTRON" \
@@ -1042,7 +1063,7 @@ port_of() {
     keystone) echo "$P_KEYSTONE" ;;
     placement-api) echo "$P_PLACEMENT" ;; glance-api) echo "$P_GLANCE" ;;
     neutron-api) echo "$P_NEUTRON" ;; nova-api) echo "$P_NOVA" ;; nova-metadata) echo "$P_METADATA" ;;
-    *) echo "" ;;
+    nova-serialproxy) echo "$P_SERIAL" ;; *) echo "" ;;
   esac
 }
 
@@ -1094,6 +1115,14 @@ start_service() {
         --config-file "$STATE/etc/nova/metadata-api.conf" --log-file "$STATE/log/nova-metadata.log" ;;
     zed:nova-conductor|zed:nova-scheduler)
       daemon_start "$STATE" "$name" "/usr/bin/$name" --config-file "$NOVA_CONF" ;;
+    zed:nova-serialproxy)
+      # python3-nova has the proxy (Debian's nova-serialproxy package only
+      # adds the script and a systemd unit)
+      daemon_start "$STATE" "$name" /usr/bin/python3 -c 'import sys; from nova.cmd.serialproxy import main; sys.exit(main())' \
+        --config-file "$NOVA_CONF" --log-file "$STATE/log/nova-serialproxy.log" ;;
+    newest:nova-serialproxy)
+      daemon_start "$STATE" "$name" "$V/bin/nova-serialproxy" \
+        --config-file "$NOVA_CONF" --log-file "$STATE/log/nova-serialproxy.log" ;;
     newest:placement-api)
       OS_PLACEMENT_CONFIG_DIR=$STATE/etc/placement daemon_start "$STATE" "$name" \
         "$V/bin/gunicorn" "${gunicorn[@]}" --threads 8 placement.wsgi.api:application ;;
@@ -1306,6 +1335,7 @@ wait_services() {
     neutron_rpc_ok
   start_l2_agent
   daemon_wait "$STATE" nova-api "$TIMEOUT" "nova-api $URL_NOVA" http_ok "$URL_NOVA/"
+  daemon_wait "$STATE" nova-serialproxy "$TIMEOUT" "nova-serialproxy $URL_SERIAL" tcp_open 127.0.0.1 "$P_SERIAL"
   ND_POLL=1 daemon_wait "$STATE" nova-conductor "$TIMEOUT" \
     "nova-conductor + nova-scheduler consuming on vhost $VHOST" rpc_consumers_ok
   daemon_alive "$STATE" nova-scheduler || die "nova-scheduler died (see $STATE/log/nova-scheduler.log)"

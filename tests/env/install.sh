@@ -44,7 +44,8 @@ fi
 # haproxy: Neutron's DHCP agent (isolated metadata proxy). xfsprogs, btrfs-progs: the root disk tests put
 # private Docker engines on loop-mounted xfs and btrfs.
 pkgs=(rabbitmq-server curl bc iproute2 iptables iputils-ping dnsmasq-base haproxy busybox-static shellcheck python3-venv openvswitch-switch
-      ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs)
+      ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs
+      python3-websocket)
 if [ "${SKIP_ZED:-0}" != 1 ]; then
   # keystone: Zed's identity service (its python3-keystone and
   # keystone-manage; served by uwsgi, which Debian's keystone depends on)

@@ -6,6 +6,7 @@ mod archive;
 mod broker;
 mod cloud;
 mod common;
+mod console;
 mod environment;
 mod faults;
 mod guest;
