@@ -20,15 +20,21 @@
 //! Prints one JSON line: `{"ms": [...]}` (each measured call, in order),
 //! after `--warmup` calls that are not measured. Exits non-zero when a call
 //! fails or gets no reply within `--timeout` seconds.
+//!
+//! With `--broker-floor` it calls no server: it publishes to its own reply
+//! queue the way a server publishes a reply (default exchange, mandatory,
+//! publisher confirms) and times each publish until the broker's confirm,
+//! the part of a server's "delivery to reply confirmed" that is the
+//! broker's.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::{Map, Value, json};
 
 #[derive(Parser, Debug)]
@@ -55,6 +61,9 @@ struct Args {
     /// Seconds to wait for one reply.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Time the broker's publisher confirm of a reply-like publish instead.
+    #[arg(long)]
+    broker_floor: bool,
 }
 
 /// An AMQP URI for lapin from an oslo transport URL: the scheme made
@@ -146,6 +155,41 @@ async fn main() -> anyhow::Result<()> {
     let props =
         BasicProperties::default().with_content_type("application/json".into()).with_content_encoding("utf-8".into());
     let mut out = Vec::with_capacity(args.calls);
+    if args.broker_floor {
+        let confirming = connection.create_channel().await?;
+        confirming.confirm_select(ConfirmSelectOptions::default()).await?;
+        let body = ping_request("floor", &reply_q, 0);
+        for seq in 0..args.warmup + args.calls {
+            let t0 = Instant::now();
+            let confirm = confirming
+                .basic_publish(
+                    "".into(),
+                    reply_q.as_str().into(),
+                    BasicPublishOptions { mandatory: true, immediate: false },
+                    &body,
+                    props.clone().with_delivery_mode(2),
+                )
+                .await
+                .context("publishing")?;
+            match tokio::time::timeout(timeout, confirm).await.context("no confirm in time")?? {
+                Confirmation::Ack(None) => {}
+                other => bail!("publish {seq} not routed and confirmed: {other:?}"),
+            }
+            let elapsed = t0.elapsed();
+            // Take it off the queue before the next one.
+            tokio::time::timeout(timeout, replies.next())
+                .await
+                .map_err(|_| anyhow!("publish {seq} never came back"))?
+                .ok_or_else(|| anyhow!("the consumer was cancelled"))?
+                .context("reading it back")?;
+            if seq >= args.warmup {
+                out.push(elapsed.as_secs_f64() * 1000.0);
+            }
+        }
+        println!("{}", json!({"ms": out}));
+        let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())).await;
+        return Ok(());
+    }
     for seq in 0..args.warmup + args.calls {
         let msg_id = uuid::Uuid::new_v4().simple().to_string();
         let body = ping_request(&msg_id, &reply_q, seq);
