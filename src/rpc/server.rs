@@ -170,7 +170,7 @@ impl RpcServer {
                 _ = shutdown.cancelled() => break,
             };
             let server = self.clone();
-            self.tasks.spawn(server.handle(request, permit).instrument(span));
+            self.tasks.spawn(server.handle(request, incoming.received, permit).instrument(span));
         }
         self.consuming.store(false, std::sync::atomic::Ordering::SeqCst);
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -261,13 +261,15 @@ impl RpcServer {
 
     /// Handles one request while holding a worker `permit`, which is given
     /// back before the reply is sent: a reply that waits for its queue to
-    /// appear waits without a worker.
-    async fn handle(self: Arc<Self>, mut request: Request, permit: OwnedSemaphorePermit) {
+    /// appear waits without a worker. `received` is when the delivery was
+    /// read off the connection.
+    async fn handle(self: Arc<Self>, mut request: Request, received: Instant, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
         let routed = self.dispatcher.route(&request);
         // Only methods an endpoint serves get a metric series of their own:
         // a peer's made-up names would each add one, forever.
         let method = if routed.is_ok() { request.method.clone() } else { metrics::UNKNOWN.to_string() };
+        let class = rpc_class(routed.as_ref().ok().map(|e| e.namespace()));
         let result: CallResult = match routed {
             Err(e) => Err(e),
             Ok(endpoint) => {
@@ -315,8 +317,14 @@ impl RpcServer {
                     Ok(v) => Ok(v.clone()),
                     Err(e) => Err(e),
                 };
-                if !sender.send_reply(reply_to, result, true).await {
-                    self.remember_obsolete(&reply_to.reply_q);
+                match sender.send_reply(reply_to, result, true).await {
+                    // Delivery to reply confirmed: the server's own part of
+                    // the caller's round trip (the broker's hops aside).
+                    ReplySent::Confirmed => {
+                        m.observe("nova_docker_rpc_server_seconds", &[("class", class)], received.elapsed())
+                    }
+                    ReplySent::NoQueue => self.remember_obsolete(&reply_to.reply_q),
+                    ReplySent::Failed => {}
                 }
                 drop(waiting);
             }
@@ -367,6 +375,28 @@ impl RpcServer {
     }
 }
 
+/// The method class of a call for `nova_docker_rpc_server_seconds` (one of
+/// [`metrics::RPC_CLASSES`]), from the namespace of the endpoint that serves
+/// it (`None`: no endpoint does).
+fn rpc_class(endpoint_namespace: Option<Option<&str>>) -> &'static str {
+    match endpoint_namespace {
+        Some(Some("baseapi")) => "baseapi",
+        Some(_) => "compute",
+        None => metrics::UNKNOWN,
+    }
+}
+
+/// What became of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplySent {
+    /// Routed to the reply queue and confirmed by the broker.
+    Confirmed,
+    /// The reply queue never appeared within the retry timeout.
+    NoQueue,
+    /// Refused by the broker, or the connection failed: not retried.
+    Failed,
+}
+
 /// Publishes replies the way oslo's `AMQPIncomingMessage.reply` does.
 #[derive(Clone)]
 struct ReplySender {
@@ -376,9 +406,8 @@ struct ReplySender {
 
 impl ReplySender {
     /// Sends a reply (or heartbeat when `ending` is false). Retries while the
-    /// reply queue is missing, up to the retry timeout. Returns `false` when
-    /// the queue never appeared.
-    async fn send_reply(&self, reply_to: &ReplyTo, result: Result<Value, &RemoteError>, ending: bool) -> bool {
+    /// reply queue is missing, up to the retry timeout.
+    async fn send_reply(&self, reply_to: &ReplyTo, result: Result<Value, &RemoteError>, ending: bool) -> ReplySent {
         let body = envelope::seal(&envelope::reply_message(&reply_to.msg_id, result, ending));
         let deadline = Instant::now() + self.retry_timeout;
         loop {
@@ -393,22 +422,22 @@ impl ReplySender {
                 )
                 .await;
             match outcome {
-                Ok(PublishOutcome::Confirmed) => return true,
+                Ok(PublishOutcome::Confirmed) => return ReplySent::Confirmed,
                 Ok(PublishOutcome::Returned) if ending && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(PublishOutcome::Returned) => {
                     tracing::warn!(reply_q = %reply_to.reply_q, msg_id = %reply_to.msg_id,
                         "reply queue does not exist; reply dropped");
-                    return false;
+                    return ReplySent::NoQueue;
                 }
                 Ok(PublishOutcome::Nacked) => {
                     tracing::warn!(reply_q = %reply_to.reply_q, "broker refused the reply");
-                    return true;
+                    return ReplySent::Failed;
                 }
                 Err(e) => {
                     tracing::warn!(reply_q = %reply_to.reply_q, error = %e, "reply not sent");
-                    return true;
+                    return ReplySent::Failed;
                 }
             }
         }

@@ -79,6 +79,9 @@ pub struct Incoming {
     pub redelivered: bool,
     /// The raw message body (an oslo envelope).
     pub body: Vec<u8>,
+    /// When the broker's delivery was read off the connection: the start of
+    /// the server's own part of a call (`nova_docker_rpc_server_seconds`).
+    pub received: std::time::Instant,
 }
 
 /// What the broker said about a published message.
@@ -670,6 +673,7 @@ async fn start_consumer(
             };
             match next {
                 Some(Ok(delivery)) => {
+                    let received = std::time::Instant::now();
                     // Ack first (oslo's at-most-once RPC semantics).
                     match delivery.acker.ack(BasicAckOptions::default()).await {
                         Ok(true) => {}
@@ -699,6 +703,7 @@ async fn start_consumer(
                         routing_key: delivery.routing_key.to_string(),
                         redelivered: delivery.redelivered,
                         body: delivery.data,
+                        received,
                     };
                     if tx.send(incoming).await.is_err() {
                         // Nobody listens any more (shutdown); drop quietly.

@@ -10,7 +10,16 @@ the server, status lines) on stdout.
       same method and answer as nova/baserpc.py. Prints READY once consuming.
       A control method expect(n) (default namespace) resets the ping counter;
       when n pings have been handled since, it prints "DONE <monotonic>".
-      Runs until stdin closes.
+      Runs until stdin closes. The server's own part of each ping call is
+      timed the way nova-docker's nova_docker_rpc_server_seconds times it:
+      from the moment oslo's listener is handed the broker's delivery
+      (AMQPListener.__call__, in the consuming thread) to the return of
+      AMQPIncomingMessage.reply, which has published the reply and had it
+      confirmed by the broker (oslo's rabbit driver publishes with
+      confirm_publish). A control method take_times() returns those
+      durations (seconds) and starts a new list.
+  rpc_peer.py times URL TOPIC SERVER
+      calls take_times() on our Python server; prints {"s": [...]}
   rpc_peer.py calls URL TOPIC SERVER N
       N+WARMUP sequential baseapi ping calls; prints {"ms": [...]} (the last N)
   rpc_peer.py casts URL TOPIC SERVER N [--expect] [--stop-pid PID]
@@ -60,12 +69,16 @@ class BaseApi(object):
 class Control(object):
     target = om.Target(version='1.0')
 
-    def __init__(self, counter):
+    def __init__(self, counter, timings):
         self.counter = counter
+        self.timings = timings
 
     def expect(self, ctxt, n):
         self.counter.expect(n)
         return n
+
+    def take_times(self, ctxt):
+        return self.timings.take()
 
 
 class Counter(object):
@@ -87,10 +100,51 @@ class Counter(object):
                 print('DONE %.6f' % time.monotonic(), flush=True)
 
 
+class Timings(object):
+    """Delivery -> reply confirmed, per ping call, by wrapping two methods
+    of oslo.messaging's AMQP driver (the server's own code stays as is)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.s = []
+
+    def install(self):
+        from oslo_messaging._drivers import amqpdriver
+        timings = self
+        listener_call = amqpdriver.AMQPListener.__call__
+        reply = amqpdriver.AMQPIncomingMessage.reply
+
+        def timed_call(listener, message):
+            t0 = time.perf_counter()
+            before = len(listener.incoming)
+            listener_call(listener, message)
+            if len(listener.incoming) > before:
+                listener.incoming[-1]._bench_t0 = t0
+
+        def timed_reply(incoming, *a, **kw):
+            r = reply(incoming, *a, **kw)
+            t0 = getattr(incoming, '_bench_t0', None)
+            if t0 is not None and incoming.message.get('method') == 'ping':
+                d = time.perf_counter() - t0
+                with timings.lock:
+                    timings.s.append(d)
+            return r
+
+        amqpdriver.AMQPListener.__call__ = timed_call
+        amqpdriver.AMQPIncomingMessage.reply = timed_reply
+
+    def take(self):
+        with self.lock:
+            out, self.s = self.s, []
+        return out
+
+
 def serve(url, topic, server):
+    timings = Timings()
+    timings.install()
     t = transport(url)
     c = Counter()
-    s = om.get_rpc_server(t, om.Target(topic=topic, server=server), [BaseApi(c), Control(c)],
+    s = om.get_rpc_server(t, om.Target(topic=topic, server=server), [BaseApi(c), Control(c, timings)],
                           executor='threading', access_policy=om.DefaultRPCAccessPolicy)
     s.start()
     print('READY', flush=True)
@@ -115,6 +169,13 @@ def calls(url, topic, server, n):
         if i >= WARMUP:
             out.append(d * 1000.0)
     print(json.dumps({'ms': out}), flush=True)
+    t.cleanup()
+
+
+def times(url, topic, server):
+    t = transport(url)
+    ctl = om.get_rpc_client(t, om.Target(topic=topic, server=server, version='1.0'), timeout=30)
+    print(json.dumps({'s': ctl.call(ctx(), 'take_times')}), flush=True)
     t.cleanup()
 
 
@@ -155,6 +216,8 @@ def main():
         serve(url, topic, server)
     elif mode == 'calls':
         calls(url, topic, server, int(rest[0]))
+    elif mode == 'times':
+        times(url, topic, server)
     elif mode == 'casts':
         n = int(rest[0])
         expect = '--expect' in rest

@@ -393,3 +393,57 @@ async fn a_queue_declared_while_connecting_is_consumed_on_the_first_connection()
         transport.close().await;
     }
 }
+
+/// A series' value in the service's metrics text (0 when absent).
+fn series(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// The server's own part of each call, from the delivery to the reply
+/// confirmed by the broker (`nova_docker_rpc_server_seconds`, which the
+/// bench reads), is recorded once per call, by method class: baseapi
+/// pings, the methods an endpoint serves, and unknown ones. Casts, which
+/// get no reply, are not.
+#[tokio::test]
+async fn the_server_side_time_of_calls_is_recorded_by_class() {
+    let url = common::rabbit_url();
+    let s = start_server(&url).await;
+    let client = RpcClient::start(s.transport.clone(), &common::topology(), Duration::from_secs(20)).await.unwrap();
+    let ctx = RequestContext::admin();
+    let args = |v: Value| -> Map<String, Value> { v.as_object().cloned().unwrap() };
+    let of = |what: &str, class: &str| {
+        series(&metrics::global().render(), &format!("nova_docker_rpc_server_seconds_{what}{{class=\"{class}\"}}"))
+    };
+    let before: Vec<f64> = metrics::RPC_CLASSES.iter().map(|c| of("count", c)).collect();
+    let ping = Target::new(&s.topic, "1.1").namespace("baseapi").server(&s.host);
+    let ours = Target::new(&s.topic, "6.0").server(&s.host);
+    for _ in 0..5 {
+        let r = client.call(&ctx, &ping, "ping", args(json!({"arg": "x"})), None).await.unwrap();
+        assert_eq!(r["arg"], "x");
+    }
+    client.call(&ctx, &ours, "echo", args(json!({"value": 1})), None).await.unwrap();
+    client.call(&ctx, &ours, "no_such_thing", Map::new(), None).await.unwrap_err();
+    client.cast(&ctx, &ours, "record", args(json!({"value": 1}))).await.unwrap();
+    // Wait until the cast was handled; each look is one more call.
+    let mut compute_calls = 1.0;
+    for _ in 0..100 {
+        let recorded = client.call(&ctx, &ours, "recorded", Map::new(), None).await.unwrap();
+        compute_calls += 1.0;
+        if !recorded.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after: Vec<f64> = metrics::RPC_CLASSES.iter().map(|c| of("count", c)).collect();
+    assert_eq!(metrics::RPC_CLASSES, ["baseapi", "compute", metrics::UNKNOWN]);
+    assert_eq!(after[0] - before[0], 5.0, "one observation per ping");
+    assert_eq!(after[1] - before[1], compute_calls, "one per call an endpoint serves, none for the cast");
+    assert_eq!(after[2] - before[2], 1.0, "the unknown method's failure reply");
+    // Each ping took some time, and less than a second on any machine.
+    let per_ping = of("sum", "baseapi") / of("count", "baseapi");
+    assert!(per_ping > 0.0 && per_ping < 1.0, "{per_ping} s per ping");
+    // Sub-millisecond buckets, which the bench interpolates in.
+    assert!(
+        metrics::global().render().contains("nova_docker_rpc_server_seconds_bucket{le=\"0.0001\",class=\"baseapi\"}")
+    );
+}
