@@ -338,10 +338,18 @@ impl Subnet {
     }
 
     /// The IPv4 address of the subnet's DHCP server (`meta.dhcp_server`, a
-    /// Neutron DHCP port's), if it has one that parses.
+    /// Neutron DHCP port's), if the subnet has DHCP (`meta.enable_dhcp` not
+    /// false) and the address is a unicast one inside the subnet: a value
+    /// from an RPC peer's info cache is not trusted to be Neutron's.
     pub fn dhcp_server(&self) -> Option<IpAddr> {
-        let ip: IpAddr = self.meta.get("dhcp_server")?.as_str()?.parse().ok()?;
-        ip.is_ipv4().then_some(ip)
+        if self.meta.get("enable_dhcp").and_then(Value::as_bool) == Some(false) {
+            return None;
+        }
+        let ip: Ipv4Addr = self.meta.get("dhcp_server")?.as_str()?.parse().ok()?;
+        let unicast = !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback());
+        let prefix = self.prefix().ok()?;
+        let inside = prefix.contains(IpAddr::V4(ip)) && IpAddr::V4(ip) != prefix.network();
+        (unicast && inside).then_some(IpAddr::V4(ip))
     }
 }
 

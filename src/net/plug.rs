@@ -1092,10 +1092,25 @@ mod tests {
         assert_eq!(metadata(&p), vec![Some("10.0.0.2".parse::<IpAddr>().unwrap())]);
         // off (the default): routers serve the metadata
         assert!(metadata(&Plan::new(&vif(&dhcp), "eth0", &PlugOptions::default()).unwrap()).is_empty());
-        // no DHCP server, or not an IPv4 one: nothing
+        // no DHCP server, not an IPv4 one, outside the subnet, not unicast,
+        // or DHCP off: nothing (an info cache from an RPC peer is not Neutron)
         assert!(metadata(&Plan::new(&vif(BR), "eth0", &on).unwrap()).is_empty());
-        let v6 = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "fd00::2"},"#, 1);
-        assert!(metadata(&Plan::new(&vif(&v6), "eth0", &on).unwrap()).is_empty());
+        for meta in [
+            r#"{"dhcp_server": "fd00::2"}"#,
+            r#"{"dhcp_server": "10.9.9.9"}"#,
+            r#"{"dhcp_server": "10.0.0.0"}"#,
+            r#"{"dhcp_server": "255.255.255.255"}"#,
+            r#"{"dhcp_server": "10.0.0.2", "enable_dhcp": false}"#,
+        ] {
+            let j = BR.replacen(r#""version": 4,"#, &format!(r#""version": 4, "meta": {meta},"#), 1);
+            assert!(metadata(&Plan::new(&vif(&j), "eth0", &on).unwrap()).is_empty(), "{meta}");
+        }
+        let enabled = BR.replacen(
+            r#""version": 4,"#,
+            r#""version": 4, "meta": {"dhcp_server": "10.0.0.2", "enable_dhcp": true},"#,
+            1,
+        );
+        assert_eq!(metadata(&Plan::new(&vif(&enabled), "eth0", &on).unwrap()).len(), 1);
         // the subnet routes it already (an operator's host route): left alone
         let own = dhcp.replace("192.168.7.9/24", "169.254.169.254/32");
         assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &on).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
