@@ -74,6 +74,11 @@ const DEFINITIONS: &[(&str, Kind, &str)] = &[
         Kind::FineHistogram,
         "RPC calls: from the message's delivery by the broker to its reply published and confirmed, by method class.",
     ),
+    (
+        "nova_docker_rpc_reply_published_seconds",
+        Kind::FineHistogram,
+        "RPC calls: from the message's delivery by the broker to its reply handed to the connection (before the broker's confirm), by method class.",
+    ),
     ("nova_docker_operation_duration_seconds", Kind::Histogram, "Instance operation latency, by operation and phase."),
     ("nova_docker_glance_bytes_total", Kind::Counter, "Bytes moved to or from Glance, by direction."),
     ("nova_docker_instances", Kind::Gauge, "Instances on this host, by Nova vm_state."),

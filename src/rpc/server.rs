@@ -320,8 +320,13 @@ impl RpcServer {
                 match sender.send_reply(reply_to, result, true).await {
                     // Delivery to reply confirmed: the server's own part of
                     // the caller's round trip (the broker's hops aside).
-                    ReplySent::Confirmed => {
-                        m.observe("nova_docker_rpc_server_seconds", &[("class", class)], received.elapsed())
+                    ReplySent::Confirmed { published } => {
+                        m.observe("nova_docker_rpc_server_seconds", &[("class", class)], received.elapsed());
+                        m.observe(
+                            "nova_docker_rpc_reply_published_seconds",
+                            &[("class", class)],
+                            published.saturating_duration_since(received),
+                        );
                     }
                     ReplySent::NoQueue => self.remember_obsolete(&reply_to.reply_q),
                     ReplySent::Failed => {}
@@ -389,8 +394,9 @@ fn rpc_class(endpoint_namespace: Option<Option<&str>>) -> &'static str {
 /// What became of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReplySent {
-    /// Routed to the reply queue and confirmed by the broker.
-    Confirmed,
+    /// Routed to the reply queue and confirmed by the broker; `published`:
+    /// when the reply was handed to the connection.
+    Confirmed { published: Instant },
     /// The reply queue never appeared within the retry timeout.
     NoQueue,
     /// Refused by the broker, or the connection failed: not retried.
@@ -413,7 +419,7 @@ impl ReplySender {
         loop {
             let outcome = self
                 .transport
-                .publish(
+                .publish_timed(
                     "",
                     &reply_to.reply_q,
                     &body,
@@ -422,16 +428,16 @@ impl ReplySender {
                 )
                 .await;
             match outcome {
-                Ok(PublishOutcome::Confirmed) => return ReplySent::Confirmed,
-                Ok(PublishOutcome::Returned) if ending && Instant::now() < deadline => {
+                Ok((PublishOutcome::Confirmed, published)) => return ReplySent::Confirmed { published },
+                Ok((PublishOutcome::Returned, _)) if ending && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Ok(PublishOutcome::Returned) => {
+                Ok((PublishOutcome::Returned, _)) => {
                     tracing::warn!(reply_q = %reply_to.reply_q, msg_id = %reply_to.msg_id,
                         "reply queue does not exist; reply dropped");
                     return ReplySent::NoQueue;
                 }
-                Ok(PublishOutcome::Nacked) => {
+                Ok((PublishOutcome::Nacked, _)) => {
                     tracing::warn!(reply_q = %reply_to.reply_q, "broker refused the reply");
                     return ReplySent::Failed;
                 }

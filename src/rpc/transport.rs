@@ -314,6 +314,20 @@ impl Transport {
         props: PublishProps,
         timeout: Duration,
     ) -> Result<PublishOutcome, TransportError> {
+        self.publish_timed(exchange, routing_key, body, props, timeout).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Transport::publish`], also saying when the message was handed to
+    /// the connection (its frames queued for the socket), before the
+    /// broker's confirm: the server's own part of a call ends there.
+    pub async fn publish_timed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: PublishProps,
+        timeout: Duration,
+    ) -> Result<(PublishOutcome, std::time::Instant), TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -337,6 +351,7 @@ impl Transport {
                     properties,
                 )
                 .await;
+            let published = std::time::Instant::now();
             let confirm = match sent {
                 Ok(confirm) => confirm,
                 Err(e) => {
@@ -350,9 +365,11 @@ impl Transport {
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             return match tokio::time::timeout(remaining.max(Duration::from_secs(1)), confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(PublishOutcome::Confirmed),
-                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(PublishOutcome::Returned),
-                Ok(Ok(Confirmation::Nack(_))) => Ok(PublishOutcome::Nacked),
+                Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => {
+                    Ok((PublishOutcome::Confirmed, published))
+                }
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok((PublishOutcome::Returned, published)),
+                Ok(Ok(Confirmation::Nack(_))) => Ok((PublishOutcome::Nacked, published)),
                 Ok(Err(e)) => {
                     session.broken.cancel();
                     Err(TransportError::Unconfirmed(e.to_string()))

@@ -414,7 +414,16 @@ async fn the_server_side_time_of_calls_is_recorded_by_class() {
     let of = |what: &str, class: &str| {
         series(&metrics::global().render(), &format!("nova_docker_rpc_server_seconds_{what}{{class=\"{class}\"}}"))
     };
+    let published = |what: &str, class: &str| {
+        series(
+            &metrics::global().render(),
+            &format!("nova_docker_rpc_reply_published_seconds_{what}{{class=\"{class}\"}}"),
+        )
+    };
     let before: Vec<f64> = metrics::RPC_CLASSES.iter().map(|c| of("count", c)).collect();
+    let pings_published_before = published("count", "baseapi");
+    let published_sum_before = published("sum", "baseapi");
+    let confirmed_sum_before = of("sum", "baseapi");
     let ping = Target::new(&s.topic, "1.1").namespace("baseapi").server(&s.host);
     let ours = Target::new(&s.topic, "6.0").server(&s.host);
     for _ in 0..5 {
@@ -442,6 +451,12 @@ async fn the_server_side_time_of_calls_is_recorded_by_class() {
     // Each ping took some time, and less than a second on any machine.
     let per_ping = of("sum", "baseapi") / of("count", "baseapi");
     assert!(per_ping > 0.0 && per_ping < 1.0, "{per_ping} s per ping");
+    // The same calls up to the reply handed to the connection: one each,
+    // never longer than up to the broker's confirm.
+    assert_eq!(published("count", "baseapi") - pings_published_before, 5.0, "one per ping, published");
+    let (to_publish, to_confirm) =
+        (published("sum", "baseapi") - published_sum_before, of("sum", "baseapi") - confirmed_sum_before);
+    assert!(to_publish > 0.0 && to_publish <= to_confirm, "published {to_publish} s, confirmed {to_confirm} s");
     // Sub-millisecond buckets, which the bench interpolates in.
     assert!(
         metrics::global().render().contains("nova_docker_rpc_server_seconds_bucket{le=\"0.0001\",class=\"baseapi\"}")
