@@ -121,7 +121,7 @@ impl PrivateDocker {
         .await;
     }
 
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -11,6 +11,7 @@ mod environment;
 mod faults;
 mod guest;
 mod host;
+mod host_reboot;
 mod hostile;
 mod images;
 mod isolation;
