@@ -488,6 +488,22 @@ impl Conductor {
     pub async fn evacuations_from_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
         let filters = json!({"source_compute": self.host, "status": ["accepted", "pre-migrating", "done"],
                              "migration_type": "evacuation"});
+        self.migrations_by_filters(ctx, filters).await
+    }
+
+    /// The evacuations to this host not finished yet (accepted or
+    /// pre-migrating): at start-up, those a crash of this service cut short.
+    pub async fn evacuations_to_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
+        let filters = json!({"dest_compute": self.host, "status": ["accepted", "pre-migrating"],
+                             "migration_type": "evacuation"});
+        self.migrations_by_filters(ctx, filters).await
+    }
+
+    async fn migrations_by_filters(
+        &self,
+        ctx: &RequestContext,
+        filters: Value,
+    ) -> Result<Vec<Migration>, ConductorError> {
         let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
         let v = self.class_action(ctx, "MigrationList", "get_by_filters", &manifest, vec![filters], json!({})).await?;
         let list = NovaObject::expect(&v, "MigrationList")?;

@@ -34,6 +34,7 @@ impl<D: Driver> ComputeManager<D> {
     /// Start-up recovery of every instance Nova places on this host.
     pub async fn init_host(&self, ctx: &RequestContext) -> Result<(), OpError> {
         self.destroy_evacuated_instances(ctx).await;
+        self.fail_interrupted_evacuations(ctx).await;
         let instances = self.conductor.instances_on_host(ctx).await?;
         tracing::info!(count = instances.len(), "recovering instances of this host");
         for i in instances {
@@ -91,6 +92,57 @@ impl<D: Driver> ComputeManager<D> {
             if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
                 tracing::warn!(instance = %uuid, error = %e, "could not complete the evacuation's migration");
             }
+        }
+    }
+
+    /// Evacuations to this host that a crash of this service cut short:
+    /// the instance is still the source's (Nova sets the destination only
+    /// once the rebuild is done), so no start-up pass of Nova's looks at it
+    /// and it would stay in REBUILD. Each ends as a failed evacuation does
+    /// in Nova's `rebuild_instance`: whatever container it got here goes,
+    /// the migration `failed`, this host's allocation for it deleted
+    /// (`delete_allocation_for_evacuated_instance`, destination), and the
+    /// instance ERROR with a fault, its task state cleared, so it can be
+    /// evacuated again. Best effort: failures are logged.
+    pub async fn fail_interrupted_evacuations(&self, ctx: &RequestContext) {
+        let evacuations = match self.conductor.evacuations_to_host(ctx).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the evacuations to this host");
+                return;
+            }
+        };
+        let provider = self.records.get().map(|r| r.node_uuid.clone());
+        for mut m in evacuations {
+            let uuid = m.instance_uuid().to_string();
+            let _lock = self.locks.lock(&uuid).await;
+            let Ok(mut i) = self.conductor.instance_get(ctx, &uuid).await else { continue };
+            let rebuilding = matches!(
+                i.task_state(),
+                Some(TaskState::Rebuilding | TaskState::RebuildBlockDeviceMapping | TaskState::RebuildSpawning)
+            );
+            if i.host() == Some(self.host()) || !rebuilding {
+                continue; // landed here (init_instance's), or not ours to settle
+            }
+            tracing::warn!(instance = %uuid, "an evacuation to this host was interrupted by a restart of this service; setting ERROR");
+            self.consoles.close(&uuid);
+            if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &self.network_info_of(&i)).await {
+                tracing::warn!(instance = %uuid, error = %e, "could not remove the interrupted evacuation's container");
+            }
+            m.set_status("failed");
+            if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
+                tracing::warn!(instance = %uuid, error = %e, "could not fail the interrupted evacuation's migration");
+            }
+            if let (Some(p), Some(rp)) = (&self.placement, &provider)
+                && let Err(e) = p.remove_provider(&uuid, rp).await
+            {
+                tracing::warn!(instance = %uuid, error = %e, "could not free the interrupted evacuation's allocation here");
+            }
+            let e = OpError::Invalid(
+                "the evacuation was interrupted by a restart of the destination's compute service".into(),
+            );
+            self.record_fault(ctx, &uuid, &e).await;
+            self.set_error_state(ctx, &mut i, true).await;
         }
     }
 

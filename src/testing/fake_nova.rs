@@ -296,9 +296,12 @@ impl FakeNova {
                     .migrations
                     .values()
                     .filter(|m| {
-                        m.get("source_compute") == f.get("source_compute")
-                            && m.get("migration_type") == f.get("migration_type")
-                            && f["status"].as_array().is_some_and(|s| s.contains(&m["status"]))
+                        // every field filtered on, as Nova's DB query: equal,
+                        // or for `status` one of the list
+                        f.as_object().into_iter().flatten().all(|(k, want)| match want {
+                            Value::Array(any) => any.contains(&m[k.as_str()]),
+                            one => m.get(k) == Some(one),
+                        })
                     })
                     .map(|m| {
                         json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",

@@ -13,14 +13,14 @@ use crate::common::{self, Release, wait_for};
 const T: Duration = Duration::from_secs(120);
 
 /// The resources a Placement consumer holds, by provider uuid.
-async fn allocations(cloud: &Cloud, consumer: &str) -> serde_json::Map<String, Value> {
+pub(crate) async fn allocations(cloud: &Cloud, consumer: &str) -> serde_json::Map<String, Value> {
     let v = cloud.placement(&format!("/allocations/{consumer}")).await;
     let by_rp = v["allocations"].as_object().cloned().unwrap_or_default();
     by_rp.into_iter().map(|(rp, a)| (rp, a["resources"].clone())).collect()
 }
 
 /// The server's migrations (newest first), with their uuids (2.59).
-async fn migrations(cloud: &Cloud, server: &str) -> Vec<Value> {
+pub(crate) async fn migrations(cloud: &Cloud, server: &str) -> Vec<Value> {
     let (status, v) =
         cloud.nova(reqwest::Method::GET, &format!("/os-migrations?instance_uuid={server}"), None, "2.59").await;
     assert_eq!(status, 200, "{v}");
@@ -365,7 +365,7 @@ async fn shelve_and_unshelve_newest() {
 }
 
 /// `docker` against a private engine.
-fn engine(socket: &std::path::Path, args: &[&str]) -> String {
+pub(crate) fn engine(socket: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new("docker")
         .arg("-H")
         .arg(format!("unix://{}", socket.display()))
@@ -376,7 +376,7 @@ fn engine(socket: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// PUT os-services/{id} (2.53): forces a compute service down or up.
-async fn force_down(cloud: &Cloud, host: &str, down: bool) {
+pub(crate) async fn force_down(cloud: &Cloud, host: &str, down: bool) {
     let service = cloud.compute_service(host).await.expect("the host's service");
     let sid = service["id"].as_str().expect("a service uuid (2.53)").to_string();
     let (status, v) = cloud

@@ -187,3 +187,79 @@ async fn sigterm_lets_a_build_in_flight_finish_then_exits_0() {
     host.stop().await;
     cloud.delete_glance_image(&fresh).await;
 }
+
+/// SIGKILL of the destination in the middle of an evacuation (its image
+/// fetch from Glance held): after its restart the instance is in ERROR,
+/// as Nova's `_init_instance` leaves a rebuild that was under way, with no
+/// task state and nothing of it running on the destination's engine; the
+/// way Nova offers out of it (a rebuild where the instance now is, or
+/// evacuating again from the dead host) brings it back ACTIVE on the
+/// destination.
+#[tokio::test]
+async fn sigkill_during_an_evacuation() {
+    use crate::faults::PrivateDocker;
+    use crate::moves_rebuild::{engine, force_down, migrations};
+    let cloud = Cloud::get(Release::Newest);
+    let dir_a = std::env::temp_dir().join(common::unique("nd-dockerd-a"));
+    let dir_b = std::env::temp_dir().join(common::unique("nd-dockerd-b"));
+    let (engine_a, engine_b) = tokio::join!(PrivateDocker::start(&dir_a), PrivateDocker::start(&dir_b));
+    let glance = cloud.var("ND_GLANCE").trim_start_matches("http://").to_string();
+    let relay = Relay::start(&glance).await;
+    let (name_a, name_b) = (host_name("evkill-a"), host_name("evkill-b"));
+    let conf = |e: &PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
+    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
+    let relayed = format!("{}[glance]\nendpoint_override = {}\n", conf(&engine_b), relay.url);
+    let mut b = ComputeHost::start(&cloud, &name_b, &relayed).await;
+    cloud.wait_inventory(&name_b, T).await;
+    let image = cloud.busybox_image(&a.conf).await;
+    let id = cloud.create_server("evkill", &image, &name_a, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let container = format!("nova-{id}");
+
+    // A dies and is forced down; the evacuation to B stalls in B's image
+    // download, and B is killed there.
+    a.kill().await;
+    force_down(&cloud, &name_a, true).await;
+    relay.hold();
+    let evacuate = json!({"evacuate": {"host": name_b}});
+    let (status, v) =
+        cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(evacuate.clone()), "2.68").await;
+    assert_eq!(status, 200, "{v}");
+    // (The relay holds B's first Glance request, the image's metadata.)
+    wait_for("B's rebuild to wait on Glance", T, async || {
+        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-STS:task_state"] == "rebuilding")
+            && b.log_text().contains(&format!("[instance: {id}]"))
+    })
+    .await;
+    b.kill().await;
+    relay.release();
+
+    // B again: the interrupted rebuild is an ERROR, nothing stuck.
+    b.spawn();
+    b.wait_up(&cloud, T).await;
+    let s = cloud.wait_status(&id, "ERROR", T).await;
+    assert!(s["OS-EXT-STS:task_state"].is_null(), "{s}");
+    assert_eq!(
+        engine(&engine_b.socket(), &["ps", "-q", "--filter", &format!("name={container}")]),
+        "",
+        "nothing of the instance runs on B"
+    );
+    assert_eq!(migrations(&cloud, &id).await.first().map(|m| m["migration_type"].clone()), Some(json!("evacuation")));
+
+    // Out of it as Nova offers: where the instance is now.
+    let now_on = s["OS-EXT-SRV-ATTR:host"].as_str().unwrap_or_default().to_string();
+    let (status, v) = if now_on == name_b {
+        cloud.action(&id, json!({"rebuild": {"imageRef": image}})).await
+    } else {
+        assert_eq!(now_on, name_a, "{s}");
+        cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(evacuate), "2.68").await
+    };
+    assert!(status == 200 || status == 202, "{v}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], name_b.as_str(), "{s}");
+    assert_eq!(engine(&engine_b.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
+
+    cloud.delete_server(&id, T).await;
+    force_down(&cloud, &name_a, false).await;
+    drop((a, b, engine_a, engine_b));
+}
