@@ -340,7 +340,7 @@ impl<D: Driver> ComputeManager<D> {
             let t = Instant::now();
             let ni = self.network_info(ctx, i).await?;
             self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
-            self.release_network(&uuid, &ni).await?;
+            self.release_network(i, &ni).await?;
             phase("delete", "destroy", t);
             i.set("terminated_at", Self::now());
             self.settle(ctx, i, VmState::Deleted, PowerState::NoState, Expected::Any).await?;

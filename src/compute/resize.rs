@@ -849,8 +849,7 @@ impl<D: Driver> ComputeManager<D> {
             return Err(OpError::Invalid("the instance has ports but Neutron is not configured here".into()));
         };
         let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
-        let owned = |p: &Value| p["project_id"].as_str().or(p["tenant_id"].as_str()) == Some(project);
-        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid()).await?.into_iter().filter(owned).collect();
+        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid(), project).await?;
         if ports.is_empty() && current.is_empty() {
             return Ok(current);
         }

@@ -703,6 +703,31 @@ async fn a_delete_releases_the_instances_ports_and_keeps_the_users_own() {
 }
 
 #[tokio::test]
+async fn a_delete_leaves_another_projects_port_pointed_at_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    // Another tenant writes the victim's uuid into its own port's device_id.
+    h.neutron.add_port_of("port-evil", &u, "project-2");
+    h.request(&u, TaskState::Deleting);
+    h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.neutron.deleted(), ["port-1"], "the instance's own port is deleted");
+    assert_eq!(h.neutron.ports(), ["port-evil"], "the other project's port is untouched");
+}
+
+#[tokio::test]
+async fn a_network_refresh_never_takes_in_another_projects_port() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    h.neutron.add_port_of("port-evil", &u, "project-2");
+    h.manager.refresh_network_info(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+}
+
+#[tokio::test]
 async fn attach_and_detach_an_interface() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, None, Running);
