@@ -371,8 +371,8 @@ async fn a_delete_never_releases_another_tenants_port() {
     let kept = port(&cloud, other).await.expect("the other tenant's port is not deleted");
     assert_eq!(kept["device_id"], id.as_str(), "and not unbound: {kept}");
     assert_eq!(kept["project_id"], cloud.project_id("nd-tenant-b").as_str());
-    let (status, v) =
-        neutron_as(&cloud, &token_b, reqwest::Method::DELETE, &format!("/v2.0/ports/{other}"), Value::Null).await;
+    // (Neutron's policy lets only an admin delete a compute:* port.)
+    let (status, v) = neutron(&cloud, reqwest::Method::DELETE, &format!("/v2.0/ports/{other}"), None).await;
     assert_eq!(status, 204, "{v}");
     host.stop().await;
 }
