@@ -953,6 +953,7 @@ mod resize {
     use super::*;
     use crate::compute::resize::ResizeRequest;
     use crate::objects::{Flavor, Instance, Migration, NovaObject};
+    use crate::testing::fake_driver::FakeContainer;
     use crate::testing::{HOST, PROJECT};
 
     fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
@@ -1415,6 +1416,97 @@ mod resize {
         assert_eq!(h.driver.container(&u).unwrap().state, Running);
         assert_eq!(h.nova.migration(&m).status(), Some("error"));
         assert!(h.glance.images().is_empty(), "the uploaded image is deleted: {:?}", h.glance.images());
+    }
+
+    /// Plays a move between hosts on this one manager: as the source (this
+    /// host to "other") it runs `resize_instance`, then, with the migration
+    /// turned around and the source's stopped container taken away, it is
+    /// the destination. Returns the instance, migration, the source's
+    /// container and the `finish_resize` cast's disk_info.
+    async fn handed_to_here_from_a_source(h: &Harness) -> (String, String, FakeContainer, Option<Value>) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        h.nova.set_field(&u, "flavor", flavor(1, 64, json!({})).obj.to_primitive());
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 14, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        // The conductor's claims: the source's on the migration, the
+        // destination's on the instance.
+        h.placement.allocate(&m, "source-rp", &[("MEMORY_MB", 64)]);
+        h.placement.allocate(&u, "dest-rp", &[("MEMORY_MB", 64)]);
+        h.manager
+            .resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true)
+            .await
+            .unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!((casts.len(), casts[0].method.as_str()), (1, "finish_resize"), "{casts:?}");
+        let source_container = h.driver.take_container(&u).unwrap();
+        assert_eq!(source_container.state, Shutdown);
+        swap_ends(h, &m);
+        (u, m, source_container, casts[0].args.get("disk_info").cloned())
+    }
+
+    fn swap_ends(h: &Harness, m: &str) {
+        let mig = h.nova.migration(m);
+        let (src, dst) = (mig.source_compute().unwrap().to_string(), mig.dest_compute().unwrap().to_string());
+        for (field, value) in
+            [("source_compute", &dst), ("source_node", &dst), ("dest_compute", &src), ("dest_node", &src)]
+        {
+            h.nova.set_migration_field(m, field, json!(value));
+        }
+    }
+
+    fn move_image(h: &Harness) -> Option<String> {
+        h.glance.images().into_iter().find(|id| h.glance.image(id).is_some_and(|(g, _)| g.owner.is_some()))
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_between_hosts_hands_the_instance_back_to_the_source_which_starts_it() {
+        let h = Harness::new();
+        let (u, m, source_container, disk_info) = handed_to_here_from_a_source(&h).await;
+        assert!(move_image(&h).is_some());
+        h.nova.set_field(&u, "host", json!(HOST));
+        h.driver.fail_once("start");
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info).await;
+        assert!(r.is_err());
+        // The destination: nothing left, the source told to take it back.
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        assert_eq!((casts[0].method.as_str(), casts[0].host.as_str()), ("finish_revert_resize", "other"));
+        assert!(h.driver.container(&u).is_none(), "the container made here is removed");
+        let (vm, task, _) = h.states(&u);
+        assert_ne!(vm, Some(VmState::Error));
+        assert_eq!(task, Some(TaskState::ResizeReverting));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(h.placement.allocations(&m).len(), 1, "the source allocation is kept for the source");
+        assert_eq!(move_image(&h), None, "the move's image goes: the source has the filesystem");
+        assert_eq!(faults_of(&h, &u).len(), 1);
+
+        // The source (this manager again, with its container) finishes.
+        swap_ends(&h, &m);
+        h.driver.put_container(&u, source_container);
+        let i = Instance::from_primitive(&casts[0].args["instance"]).unwrap();
+        h.manager.finish_revert_resize(&h.ctx, i, h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert!(h.placement.allocations(&m).is_empty());
+        assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["source-rp"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_whose_source_cannot_be_told_ends_in_error_and_keeps_the_move_image() {
+        let h = Harness::new();
+        let (u, m, _, disk_info) = handed_to_here_from_a_source(&h).await;
+        h.nova.set_field(&u, "host", json!(HOST));
+        h.driver.fail("start");
+        h.nova.fail("cast.finish_revert_resize");
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info).await;
+        assert!(r.is_err());
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(h.placement.allocations(&m).is_empty(), "Nova's path: the source allocation dropped");
+        assert!(move_image(&h).is_some(), "the filesystem that did not land stays in Glance");
     }
 
     #[tokio::test]
