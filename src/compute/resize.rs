@@ -25,8 +25,9 @@
 //! travels through Glance, as shelve's snapshot does: the source uploads it
 //! as a private, hidden image of the instance's project (`docker save` through the
 //! canonicalizer, streamed), the destination loads it as any tenant image
-//! (streamed, checked, canonicalized) and deletes it from Glance once
-//! loaded. No new listener or credential is needed on the hosts: both
+//! (streamed, checked, canonicalized) and deletes it from Glance once the
+//! container is made from it (a finish that fails hands the instance back
+//! to the source: see [`ComputeManager::finish_resize`]). No new listener or credential is needed on the hosts: both
 //! already reach Glance with Keystone. The source keeps its stopped
 //! container until the resize is confirmed (then removed) or reverted (then
 //! started again).
