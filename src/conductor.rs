@@ -495,6 +495,38 @@ impl Conductor {
         objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
     }
 
+    /// `MigrationList.get_unconfirmed_by_dest_compute`: the migrations that
+    /// landed on this host (`finished`) and have not changed for at least
+    /// `window` (Nova's `_poll_unconfirmed_resizes`).
+    pub async fn unconfirmed_migrations(
+        &self,
+        ctx: &RequestContext,
+        window: Duration,
+    ) -> Result<Vec<Migration>, ConductorError> {
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let args = vec![json!(window.as_secs()), json!(self.host)];
+        let v = self
+            .class_action(ctx, "MigrationList", "get_unconfirmed_by_dest_compute", &manifest, args, json!({}))
+            .await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
+    }
+
+    /// `Service.get_by_compute_host`: the compute service of another host
+    /// (None when Nova has none).
+    pub async fn compute_service_of(&self, ctx: &RequestContext, host: &str) -> Result<Option<Service>, ConductorError> {
+        match self
+            .class_action(ctx, "Service", "get_by_compute_host", &service_manifest(), vec![json!(host)], json!({}))
+            .await
+        {
+            Ok(v) if v.is_null() => Ok(None),
+            Ok(v) => Ok(Some(Service::from_primitive(&v)?)),
+            Err(e) if e.is_nova("ComputeHostNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `Migration.save()` of the changed fields (its status, as the
     /// compute hosts move it along).
     pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {

@@ -1510,6 +1510,42 @@ mod resize {
     }
 
     #[tokio::test]
+    async fn resizes_left_unconfirmed_past_the_window_are_confirmed_on_the_source() {
+        let h = Harness::with_options("resize_confirm_window = 3600");
+        let window = h.manager.settings.resize_confirm_window.unwrap();
+        let now = chrono::Utc::now();
+        let landed = |vm: VmState, updated: chrono::DateTime<chrono::Utc>| {
+            let (u, m) = arriving(&h);
+            h.nova.set_field(&u, "vm_state", json!(vm.as_str()));
+            h.nova.set_field(&u, "task_state", Value::Null);
+            h.nova.set_migration_field(&m, "status", json!("finished"));
+            h.nova.set_migration_field(&m, "updated_at", json!(updated.to_rfc3339()));
+            (u, m)
+        };
+        let (due, due_m) = landed(VmState::Resized, now - chrono::Duration::hours(2));
+        let (recent, recent_m) = landed(VmState::Resized, now - chrono::Duration::minutes(5));
+        let (broken, broken_m) = landed(VmState::Error, now - chrono::Duration::hours(2));
+        // The source is down: nothing is confirmed, nothing changes.
+        h.nova.add_service("other", json!({"host": "other", "updated_at": (now - chrono::Duration::hours(1)).to_rfc3339()}));
+        h.manager.poll_unconfirmed_resizes(&h.ctx, window).await;
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.nova.migration(&due_m).status(), Some("finished"));
+        assert_eq!(h.nova.migration(&broken_m).status(), Some("error"), "Nova: an instance in ERROR errors it");
+
+        // The source is up: the old one is confirmed there, as nova-api would.
+        h.nova.add_service("other", json!({"host": "other", "updated_at": now.to_rfc3339()}));
+        h.manager.poll_unconfirmed_resizes(&h.ctx, window).await;
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        assert_eq!((casts[0].method.as_str(), casts[0].host.as_str()), ("confirm_resize", "other"));
+        assert_eq!(casts[0].args["instance"]["nova_object.data"]["uuid"], json!(due));
+        assert_eq!(h.nova.migration(&due_m).status(), Some("confirming"));
+        assert_eq!(h.nova.migration(&recent_m).status(), Some("finished"), "inside the window");
+        assert_eq!(h.states(&recent).0, Some(VmState::Resized));
+        let _ = broken;
+    }
+
+    #[tokio::test]
     async fn a_migration_image_belongs_to_the_instances_project_and_is_hidden() {
         let h = Harness::new();
         let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);

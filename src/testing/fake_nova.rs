@@ -50,6 +50,8 @@ struct Db {
     failing: HashMap<String, usize>,
     saves: usize,
     casts: Vec<Cast>,
+    /// Service rows of other compute hosts, by host.
+    services: HashMap<String, Value>,
 }
 
 /// A cast a compute sent to another compute (a move's next step).
@@ -129,6 +131,11 @@ impl FakeNova {
     /// Changes a migration row behind the compute's back (the API).
     pub fn set_migration_field(&self, uuid: &str, field: &str, value: Value) {
         self.with(|db| db.migrations.get_mut(uuid).map(|d| d.insert(field.to_string(), value)));
+    }
+
+    /// Gives `host` a compute service row (`nova_object.data`).
+    pub fn add_service(&self, host: &str, data: Value) {
+        self.with(|db| db.services.insert(host.to_string(), data));
     }
 
     /// Takes the casts sent so far, oldest first.
@@ -308,6 +315,35 @@ impl FakeNova {
                 Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
                           "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
             }
+            ("MigrationList", "get_unconfirmed_by_dest_compute") => {
+                // Rows without `updated_at` count as old enough.
+                let window = a.first().and_then(Value::as_i64).unwrap_or(0);
+                let cutoff = chrono::Utc::now() - chrono::Duration::seconds(window);
+                let dest = arg(1);
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        m.get("status").and_then(Value::as_str) == Some("finished")
+                            && m.get("dest_compute").and_then(Value::as_str) == Some(dest.as_str())
+                            && m.get("updated_at")
+                                .and_then(Value::as_str)
+                                .and_then(crate::objects::time::parse)
+                                .is_none_or(|t| t <= cutoff)
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                                    "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+            }
+            ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
+                Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",
+                    "nova_object.version": "1.22", "nova_object.data": data})),
+                None => Err(nova_error("ComputeHostNotFound", format!("Compute host {} could not be found.", arg(0)), 404)),
+            },
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
                     Some(cache) => Ok(cache),
