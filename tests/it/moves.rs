@@ -513,3 +513,60 @@ async fn source_killed_during_a_migration_rolls_back() {
 async fn source_killed_during_a_migration_rolls_back_zed() {
     source_killed_during_a_migration(Release::Zed).await;
 }
+
+/// `resize_confirm_window` on the destination: a cold migration left in
+/// VERIFY_RESIZE is confirmed by the destination's periodic pass once the
+/// window has passed (Nova's `_poll_unconfirmed_resizes`): the source's
+/// container and the migration's allocation go, the server is ACTIVE on the
+/// destination with its files.
+async fn unconfirmed_migration_confirmed_after_the_window(release: Release) {
+    let cloud = Cloud::get(release);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd-confirm"));
+    let engine = PrivateDocker::start(&dir).await;
+    let (a_name, b_name) = (host_name("cwina"), host_name("cwinb"));
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let extra = format!("[DEFAULT]\nresize_confirm_window = 2\n[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    cloud.wait_provider(&a_name, T).await;
+    let rp_b = cloud.wait_provider(&b_name, T).await["uuid"].as_str().unwrap().to_string();
+    let b = Some(&engine);
+
+    let image = cloud.busybox_image(&host_a.conf).await;
+    let id = cloud.create_server(&common::unique("nd-cwin"), &image, &a_name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let text = common::unique("kept");
+    write_file(None, &id, &text).await;
+    let body = json!({"migrate": {"host": b_name}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await;
+    assert_eq!(status, 202, "{v}");
+
+    // Nobody confirms: the destination does, after the window.
+    wait_for("the migration to be confirmed", T, async || {
+        let (_, v) =
+            cloud.nova(reqwest::Method::GET, &format!("/os-migrations?instance_uuid={id}"), None, "2.59").await;
+        let s = cloud.server(&id).await.unwrap_or_default();
+        assert_ne!(s["status"], "ERROR", "{s}");
+        v["migrations"].as_array().is_some_and(|l| l.iter().any(|m| m["status"] == "confirmed"))
+    })
+    .await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str());
+    wait_for("A's container to go", T, async || container(None, &id).is_none()).await;
+    assert_eq!(read_file(b, &id), text);
+    let mig = migration(&cloud, &id).await["uuid"].as_str().unwrap().to_string();
+    assert_eq!(memory_allocations(&cloud, &mig).await, [], "confirm drops the source allocation");
+    assert_eq!(memory_allocations(&cloud, &id).await, [(rp_b, NANO_MB)]);
+    let actions = cloud.actions(&id).await;
+    assert!(actions.iter().any(|a| a["action"] == "confirmResize"), "{actions:?}");
+    cloud.delete_server(&id, T).await;
+}
+
+#[tokio::test]
+async fn unconfirmed_migration_is_confirmed_after_the_window() {
+    unconfirmed_migration_confirmed_after_the_window(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn unconfirmed_migration_is_confirmed_after_the_window_zed() {
+    unconfirmed_migration_confirmed_after_the_window(Release::Zed).await;
+}
