@@ -608,6 +608,30 @@ impl Conductor {
             .map_err(|source| ConductorError::Call { method: "compute_task.migrate_server".into(), source })
     }
 
+    /// `ComputeTaskAPI.build_instances` (conductor `compute_task` 1.19, a
+    /// cast): a build that failed here sent back with the scheduler's
+    /// alternate hosts, as Nova's `_do_build_and_run_instance` does on a
+    /// `RescheduledException`.
+    pub async fn build_instances(
+        &self,
+        ctx: &RequestContext,
+        instance: &Instance,
+        req: &crate::compute::build::BuildRequest,
+        filter_properties: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("conductor", "1.19").namespace("compute_task");
+        let a = json!({
+            "instances": [instance.to_primitive()], "image": req.image, "filter_properties": filter_properties,
+            "admin_password": req.admin_password, "injected_files": req.injected_files.clone().unwrap_or(json!([])),
+            "requested_networks": req.requested_networks, "security_groups": req.security_groups.clone().unwrap_or(json!([])),
+            "request_spec": req.request_spec, "host_lists": [req.host_list],
+        });
+        self.rpc
+            .cast(ctx, &target, "build_instances", args(a))
+            .await
+            .map_err(|source| ConductorError::Call { method: "compute_task.build_instances".into(), source })
+    }
+
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).
     pub async fn instance_destroy(&self, ctx: &RequestContext, instance: &mut Instance) -> Result<(), ConductorError> {
         self.object_action(ctx, &mut instance.obj, "destroy", json!({})).await.map(|_| ())

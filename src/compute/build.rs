@@ -42,6 +42,13 @@ pub struct BuildRequest {
     /// written into the container before it starts. Tenant data: `Debug`
     /// shows how many, never the contents.
     pub injected_files: Option<Value>,
+    /// `filter_properties`: the scheduler's legacy filter properties; its
+    /// `retry` says whether a failed build may be rescheduled.
+    pub filter_properties: Value,
+    /// `request_spec`, passed back to the conductor on a reschedule.
+    pub request_spec: Value,
+    /// `host_list`: the scheduler's alternate hosts (Selection objects).
+    pub host_list: Value,
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -52,6 +59,8 @@ impl std::fmt::Debug for BuildRequest {
             .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
             .field("block_device_mapping", &self.block_device_mapping)
             .field("injected_files", &self.injected_files.as_ref().and_then(Value::as_array).map(Vec::len))
+            .field("filter_properties", &self.filter_properties)
+            .field("alternates", &self.host_list.as_array().map(Vec::len))
             .finish()
     }
 }
@@ -91,6 +100,9 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) => {
                 tracing::warn!(instance = %uuid, error = %e, "build failed");
                 let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
+                if reschedulable(&e) && self.reschedule_build(ctx, &mut i, &req, &e).await {
+                    return;
+                }
                 // Nova's _nil_out_instance_obj_host_and_node + error state.
                 i.set("host", Value::Null);
                 i.set("node", Value::Null);
@@ -104,6 +116,51 @@ impl<D: Driver> ComputeManager<D> {
                 {
                     tracing::warn!(instance = %uuid, error = %pe, "could not delete the allocation");
                 }
+            }
+        }
+    }
+
+    /// Nova's `RescheduledException` path of `_do_build_and_run_instance`:
+    /// with retry information from the scheduler, the instance is given
+    /// back (host and node cleared, task `scheduling`, this host's
+    /// allocation deleted; its ports are already released) and the
+    /// conductor is cast `build_instances` with the alternate hosts and the
+    /// reason in `retry.exc_reason` (the conductor records it as the fault
+    /// when no alternate is left). Whether the build went back to the
+    /// conductor; if not, the caller ends it in ERROR here.
+    async fn reschedule_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest, e: &OpError) -> bool {
+        let uuid = i.uuid().to_string();
+        if req.filter_properties.get("retry").is_none_or(Value::is_null) {
+            tracing::debug!(instance = %uuid, "no retry information: the build is not rescheduled");
+            return false;
+        }
+        i.set("host", Value::Null);
+        i.set("node", Value::Null);
+        if self.conductor.release().instance_compute_id {
+            i.set("compute_id", Value::Null);
+        }
+        i.set_task_state(Some(TaskState::Scheduling));
+        if let Err(se) = self.save(ctx, i, Expected::Any).await {
+            tracing::warn!(instance = %uuid, error = %se, "cannot give the build back to the scheduler");
+            return false;
+        }
+        if let Some(p) = &self.placement
+            && let Err(pe) = p.delete_allocation(&uuid).await
+        {
+            tracing::warn!(instance = %uuid, error = %pe, "could not delete the allocation before rescheduling");
+        }
+        let mut filter_properties = req.filter_properties.clone();
+        let remote = e.to_remote();
+        filter_properties["retry"]["exc"] = serde_json::json!([format!("{}: {}\n", remote.class, remote.message)]);
+        filter_properties["retry"]["exc_reason"] = serde_json::json!(e.tenant_message());
+        match self.conductor.build_instances(ctx, i, req, filter_properties).await {
+            Ok(()) => {
+                tracing::info!(instance = %uuid, error = %e, "build failed here: rescheduled to an alternate host");
+                true
+            }
+            Err(ce) => {
+                tracing::warn!(instance = %uuid, error = %ce, "cannot reschedule the build");
+                false
             }
         }
     }
@@ -356,6 +413,21 @@ impl<D: Driver> ComputeManager<D> {
     }
 }
 
+/// Whether a build failure is this host's (Nova's `RescheduledException`:
+/// another host may well succeed): the Docker engine failed, or could not
+/// load the image. What the request or the image itself gets wrong (a
+/// refused archive, an image not active, a block device, a bad network
+/// request) and Nova's own refusals fail the same anywhere: not rescheduled.
+pub fn reschedulable(e: &OpError) -> bool {
+    use crate::virt::VirtError;
+    match e {
+        OpError::Virt(VirtError::Engine { .. } | VirtError::Timeout { .. } | VirtError::HostFile { .. }) => true,
+        OpError::Virt(VirtError::Net(_)) => true,
+        OpError::Image(crate::image::ImageError::Load { .. }) => true,
+        _ => false,
+    }
+}
+
 /// Reads the args of a build into a [`BuildRequest`].
 pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
     BuildRequest {
@@ -365,5 +437,8 @@ pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
         admin_password: args.get("admin_password").and_then(Value::as_str).map(str::to_string),
         block_device_mapping: args.get("block_device_mapping").filter(|v| !v.is_null()).cloned(),
         injected_files: args.get("injected_files").filter(|v| !v.is_null()).cloned(),
+        filter_properties: args.get("filter_properties").cloned().unwrap_or(Value::Null),
+        request_spec: args.get("request_spec").cloned().unwrap_or(Value::Null),
+        host_list: args.get("host_list").cloned().unwrap_or(Value::Null),
     }
 }

@@ -120,6 +120,65 @@ async fn a_build_without_ports_ends_active_with_a_running_container() {
     assert_eq!(only_event(&h, &u, "compute__do_build_and_run_instance"), None);
 }
 
+/// A build whose Docker engine fails here, with the scheduler's retry
+/// information and `alternates`.
+fn build_with_retry(h: &Harness, alternates: Value) -> (String, BuildRequest) {
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        filter_properties: json!({"retry": {"num_attempts": 1, "hosts": [[crate::testing::HOST, crate::testing::HOST]]}}),
+        request_spec: json!({"nova_object.name": "RequestSpec"}),
+        host_list: alternates,
+        ..Default::default()
+    };
+    (u, req)
+}
+
+#[tokio::test]
+async fn a_build_the_engine_fails_here_goes_back_to_the_conductor_with_the_alternates() {
+    let h = Harness::new();
+    let alternates = json!([{"nova_object.name": "Selection", "nova_object.data": {"service_host": "other"}}]);
+    let (u, req) = build_with_retry(&h, alternates.clone());
+    h.driver.fail("create");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    let casts = h.nova.take_casts();
+    assert_eq!(casts.len(), 1, "{casts:?}");
+    assert_eq!(casts[0].method, "build_instances");
+    assert_eq!(casts[0].args["instances"][0]["nova_object.data"]["uuid"], json!(u));
+    assert_eq!(casts[0].args["host_lists"], json!([alternates]));
+    let reason = casts[0].args["filter_properties"]["retry"]["exc_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("injected failure"), "{reason}");
+    // Given back to the scheduler: no host, scheduling, nothing held here.
+    assert_eq!(h.states(&u), (Some(VmState::Building), Some(TaskState::Scheduling), NoState));
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    assert!(h.placement.allocations(&u).is_empty());
+    assert!(h.driver.container(&u).is_none());
+    assert!(faults_of(&h, &u).is_empty(), "the conductor records the fault if no alternate is left");
+}
+
+#[tokio::test]
+async fn a_build_without_retry_or_refused_for_its_request_is_not_rescheduled() {
+    // No retry information (a forced host): ERROR here, as before.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    req.filter_properties = json!({});
+    h.driver.fail("create");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.nova.take_casts().is_empty());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+
+    // A request no host can honour (a volume): ERROR, never rescheduled.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    req.block_device_mapping = Some(json!({"nova_object.data": {"objects": [
+        {"nova_object.data": {"source_type": "volume", "destination_type": "volume", "boot_index": 1}}]}}));
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.nova.take_casts().is_empty());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+}
+
 #[tokio::test]
 async fn terminate_removes_the_container_and_the_instance() {
     let h = Harness::new();
