@@ -423,7 +423,7 @@ pub fn reschedulable(e: &OpError) -> bool {
     match e {
         OpError::Virt(VirtError::Engine { .. } | VirtError::Timeout { .. } | VirtError::HostFile { .. }) => true,
         OpError::Virt(VirtError::Net(_)) => true,
-        OpError::Image(crate::image::ImageError::Load { .. }) => true,
+        OpError::Image(crate::image::ImageError::Load { .. } | crate::image::ImageError::Docker(_)) => true,
         _ => false,
     }
 }

@@ -570,3 +570,64 @@ async fn unconfirmed_migration_is_confirmed_after_the_window() {
 async fn unconfirmed_migration_is_confirmed_after_the_window_zed() {
     unconfirmed_migration_confirmed_after_the_window(Release::Zed).await;
 }
+
+/// A build the scheduler first sends to a host whose Docker engine is down
+/// (the host itself up) fails there and goes back to the conductor with the
+/// alternate hosts, as with Python nova-compute's `RescheduledException`:
+/// the server ends ACTIVE on the alternate, with one allocation, there.
+async fn build_rescheduled_to_the_alternate(release: Release) {
+    let cloud = Cloud::get(release);
+    let (a_name, b_name) = (host_name("bresa"), host_name("bresb"));
+    let engine_a = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-ba"))).await;
+    let engine_b = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-bb"))).await;
+    let host_a =
+        ComputeHost::start(&cloud, &a_name, &format!("[docker]\nhost_url = unix://{}\n", engine_a.socket().display()))
+            .await;
+    // B reports much less free memory: the RAM weigher puts A first.
+    let extra = format!(
+        "[DEFAULT]\nreserved_host_memory_mb = 8192\n[docker]\nhost_url = unix://{}\n",
+        engine_b.socket().display()
+    );
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    let marker = format!("CUSTOM_ND_{}", common::unique("B").replace('-', "_").to_uppercase());
+    let mut rp_b = String::new();
+    for name in [&a_name, &b_name] {
+        let rp = cloud.wait_provider(name, T).await["uuid"].as_str().unwrap().to_string();
+        add_trait(&cloud, &rp, &marker).await;
+        rp_b = rp;
+    }
+    let flavor = pinned_flavor(&cloud, NANO_MB, &marker).await;
+    let image = cloud.busybox_image(&host_a.conf).await;
+    drop(engine_a);
+
+    let body = json!({"server": {"name": common::unique("nd-bresched"), "imageRef": image, "flavorRef": flavor,
+        "networks": "none"}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str(), "rescheduled to the alternate");
+    assert_eq!(container(Some(&engine_b), &id).map(|c| c.0), Some(true));
+    let hosts: Vec<String> = cloud
+        .actions(&id)
+        .await
+        .iter()
+        .flat_map(|a| a["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event"] == "compute__do_build_and_run_instance")
+        .filter_map(|e| e["host"].as_str().map(str::to_string))
+        .collect();
+    assert!(hosts.contains(&a_name) && hosts.contains(&b_name), "tried A, then B: {hosts:?}");
+    assert_eq!(memory_allocations(&cloud, &id).await, [(rp_b, NANO_MB)], "nothing left held on A");
+    cloud.delete_server(&id, T).await;
+    delete_flavor(&cloud, &flavor).await;
+}
+
+#[tokio::test]
+async fn build_failing_here_is_rescheduled_to_the_alternate() {
+    build_rescheduled_to_the_alternate(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn build_failing_here_is_rescheduled_to_the_alternate_zed() {
+    build_rescheduled_to_the_alternate(Release::Zed).await;
+}
