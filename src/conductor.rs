@@ -632,6 +632,55 @@ impl Conductor {
             .map_err(|source| ConductorError::Call { method: "compute_task.build_instances".into(), source })
     }
 
+    /// `InstanceGroup.get_by_hint` (a name or uuid; None when there is no
+    /// such group).
+    pub async fn instance_group_by_hint(&self, ctx: &RequestContext, hint: &str) -> Result<Option<NovaObject>, ConductorError> {
+        self.instance_group(ctx, "get_by_hint", hint).await
+    }
+
+    /// `InstanceGroup.get_by_uuid` (None when there is no such group).
+    pub async fn instance_group_by_uuid(&self, ctx: &RequestContext, uuid: &str) -> Result<Option<NovaObject>, ConductorError> {
+        self.instance_group(ctx, "get_by_uuid", uuid).await
+    }
+
+    async fn instance_group(&self, ctx: &RequestContext, method: &str, key: &str) -> Result<Option<NovaObject>, ConductorError> {
+        let manifest: Manifest = vec![("InstanceGroup", "1.11")];
+        match self.class_action(ctx, "InstanceGroup", method, &manifest, vec![json!(key)], json!({})).await {
+            Ok(v) => Ok(Some(NovaObject::expect(&v, "InstanceGroup")?)),
+            Err(e) if e.is_nova("InstanceGroupNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `InstanceGroup.get_hosts(exclude)`: the hosts of the group's members.
+    pub async fn instance_group_hosts(
+        &self,
+        ctx: &RequestContext,
+        group: &mut NovaObject,
+        exclude: &str,
+    ) -> Result<Vec<String>, ConductorError> {
+        let v = self.object_action(ctx, group, "get_hosts", json!({"exclude": [exclude]})).await?;
+        Ok(strings(&v))
+    }
+
+    /// `InstanceList.get_uuids_by_host`: the uuids of this host's instances.
+    pub async fn instance_uuids_on_host(&self, ctx: &RequestContext) -> Result<Vec<String>, ConductorError> {
+        let manifest: Manifest = vec![("InstanceList", "2.6"), ("Instance", "2.8")];
+        let v = self.class_action(ctx, "InstanceList", "get_uuids_by_host", &manifest, vec![json!(self.host)], json!({})).await?;
+        Ok(strings(&v))
+    }
+
+    /// `MigrationList.get_in_progress_by_host_and_node`: the instances
+    /// moving to or from this host.
+    pub async fn migrating_instances(&self, ctx: &RequestContext, node: &str) -> Result<Vec<String>, ConductorError> {
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let args = vec![json!(self.host), json!(node)];
+        let v = self.class_action(ctx, "MigrationList", "get_in_progress_by_host_and_node", &manifest, args, json!({})).await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(objects.iter().filter_map(|o| o["nova_object.data"]["instance_uuid"].as_str().map(str::to_string)).collect())
+    }
+
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).
     pub async fn instance_destroy(&self, ctx: &RequestContext, instance: &mut Instance) -> Result<(), ConductorError> {
         self.object_action(ctx, &mut instance.obj, "destroy", json!({})).await.map(|_| ())
@@ -783,4 +832,9 @@ fn optional_compute_node(r: Result<Value, ConductorError>) -> Result<Option<Comp
         Err(e) if e.is_nova("ComputeHostNotFound") => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The strings of a JSON list (anything else: none).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
 }

@@ -159,6 +159,57 @@ async fn a_build_the_engine_fails_here_goes_back_to_the_conductor_with_the_alter
 }
 
 #[tokio::test]
+async fn the_late_group_policy_check_reschedules_a_build_that_would_break_it() {
+    let hint = |req: &mut BuildRequest, group: &str| {
+        req.request_spec = json!({"nova_object.name": "RequestSpec", "nova_object.data": {
+            "scheduler_hints": {"group": [group]}}});
+    };
+    // Anti-affinity: another member already runs here.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    h.driver.fail("create"); // never reached
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-anti", "name": "anti", "policy": "anti-affinity", "members": [u, other]}));
+    hint(&mut req, "anti");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    let casts = h.nova.take_casts();
+    assert_eq!(casts.len(), 1, "{casts:?}");
+    assert_eq!(casts[0].method, "build_instances");
+    let reason = casts[0].args["filter_properties"]["retry"]["exc_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Anti-affinity instance group policy was violated"), "{reason}");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "checked before any container");
+
+    // ... but max_server_per_host = 2 lets it in.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-two", "name": "two", "policy": "anti-affinity", "members": [u, other],
+        "rules": {"max_server_per_host": 2}}));
+    hint(&mut req, "g-two");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+
+    // Affinity: the other member is on another host.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.set_field(&other, "host", json!("elsewhere"));
+    h.nova.add_group(json!({"uuid": "g-aff", "name": "aff", "policy": "affinity", "members": [u, other]}));
+    hint(&mut req, "aff");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.nova.take_casts().len(), 1, "rescheduled");
+
+    // Affinity with the other member here: built.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-here", "name": "here", "policy": "affinity", "members": [u, other]}));
+    hint(&mut req, "here");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+}
+
+#[tokio::test]
 async fn a_build_without_retry_or_refused_for_its_request_is_not_rescheduled() {
     // No retry information (a forced host): ERROR here, as before.
     let h = Harness::new();

@@ -52,6 +52,8 @@ struct Db {
     casts: Vec<Cast>,
     /// Service rows of other compute hosts, by host.
     services: HashMap<String, Value>,
+    /// Server groups (`nova_object.data`), by uuid.
+    groups: HashMap<String, Value>,
 }
 
 /// A cast a compute sent to another compute (a move's next step).
@@ -131,6 +133,12 @@ impl FakeNova {
     /// Changes a migration row behind the compute's back (the API).
     pub fn set_migration_field(&self, uuid: &str, field: &str, value: Value) {
         self.with(|db| db.migrations.get_mut(uuid).map(|d| d.insert(field.to_string(), value)));
+    }
+
+    /// Adds a server group (`nova_object.data` with `uuid`, `name`, `policy`, `members`).
+    pub fn add_group(&self, data: Value) {
+        let uuid = data["uuid"].as_str().unwrap_or_default().to_string();
+        self.with(|db| db.groups.insert(uuid, data));
     }
 
     /// Gives `host` a compute service row (`nova_object.data`).
@@ -232,6 +240,18 @@ impl FakeNova {
                     message: str_of("message"),
                 });
                 Ok(json!([{}, null]))
+            }
+            ("InstanceGroup", "get_hosts") => {
+                let exclude: Vec<Value> = args["kwargs"]["exclude"].as_array().cloned().unwrap_or_default();
+                let members = data.get("members").and_then(Value::as_array).cloned().unwrap_or_default();
+                let mut hosts: Vec<Value> = members
+                    .iter()
+                    .filter(|m| !exclude.contains(m))
+                    .filter_map(|m| db.instances.get(m.as_str().unwrap_or_default()))
+                    .filter_map(|row| row.get("host").filter(|h| !h.is_null()).cloned())
+                    .collect();
+                hosts.dedup();
+                Ok(json!([{}, hosts]))
             }
             ("InstanceInfoCache", "save") => {
                 let uuid = str_of("instance_uuid");
@@ -338,6 +358,28 @@ impl FakeNova {
                     .collect();
                 Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
                           "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+            }
+            ("InstanceGroup", "get_by_hint" | "get_by_uuid") => {
+                let key = arg(0);
+                match db.groups.values().find(|g| g["uuid"] == json!(key) || g["name"] == json!(key)) {
+                    Some(data) => Ok(json!({"nova_object.name": "InstanceGroup", "nova_object.namespace": "nova",
+                        "nova_object.version": "1.11", "nova_object.data": data})),
+                    None => Err(nova_error("InstanceGroupNotFound", format!("Instance group {key} could not be found."), 404)),
+                }
+            }
+            ("InstanceList", "get_uuids_by_host") => {
+                let host = arg(0);
+                let uuids: Vec<Value> = db
+                    .instances
+                    .iter()
+                    .filter(|(_, d)| d.get("host").and_then(Value::as_str) == Some(host.as_str()))
+                    .map(|(u, _)| json!(u))
+                    .collect();
+                Ok(Value::Array(uuids))
+            }
+            ("MigrationList", "get_in_progress_by_host_and_node") => {
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": []}}))
             }
             ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
                 Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",
