@@ -631,3 +631,51 @@ async fn build_failing_here_is_rescheduled_to_the_alternate() {
 async fn build_failing_here_is_rescheduled_to_the_alternate_zed() {
     build_rescheduled_to_the_alternate(Release::Zed).await;
 }
+
+/// Boots a server in server group `group` forced onto `host`.
+async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
+    let body = json!({"server": {"name": common::unique("nd-grp"), "imageRef": image, "flavorRef": "42",
+        "networks": "none", "availability_zone": format!("nova:{host}")}, "os:scheduler_hints": {"group": group}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    v["server"]["id"].as_str().unwrap().to_string()
+}
+
+/// The late server-group check (Nova's `_validate_instance_group_policy`)
+/// against the real conductor: a host forced past the scheduler's filters
+/// (no retry then) still refuses a second anti-affinity member on it, and a
+/// second affinity member away from the first's host, with Nova's fault.
+async fn late_group_policy_check(release: Release) {
+    let cloud = Cloud::get(release);
+    let (a_name, b_name) = (host_name("grpa"), host_name("grpb"));
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let _host_b = ComputeHost::start(&cloud, &b_name, "").await;
+    let image = cloud.busybox_image(&host_a.conf).await;
+    for (policy, second_host, violated) in [("anti-affinity", &a_name, "Anti-affinity"), ("affinity", &b_name, "Affinity")] {
+        let body = json!({"server_group": {"name": common::unique("nd-grp"), "policy": policy}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, "/os-server-groups", Some(body), "2.64").await;
+        assert_eq!(status, 200, "{v}");
+        let group = v["server_group"]["id"].as_str().unwrap().to_string();
+        let first = boot_in_group(&cloud, &image, &a_name, &group).await;
+        cloud.wait_status(&first, "ACTIVE", T).await;
+        let second = boot_in_group(&cloud, &image, second_host, &group).await;
+        let s = cloud.wait_status(&second, "ERROR", T).await;
+        let fault = s["fault"]["message"].as_str().unwrap_or_default();
+        assert!(fault.contains(&format!("{violated} instance group policy was violated")), "{policy}: {}", s["fault"]);
+        for id in [&first, &second] {
+            cloud.delete_server(id, T).await;
+        }
+        let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
+        assert_eq!(status, 204);
+    }
+}
+
+#[tokio::test]
+async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it() {
+    late_group_policy_check(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it_zed() {
+    late_group_policy_check(Release::Zed).await;
+}
