@@ -515,7 +515,11 @@ impl Conductor {
 
     /// `Service.get_by_compute_host`: the compute service of another host
     /// (None when Nova has none).
-    pub async fn compute_service_of(&self, ctx: &RequestContext, host: &str) -> Result<Option<Service>, ConductorError> {
+    pub async fn compute_service_of(
+        &self,
+        ctx: &RequestContext,
+        host: &str,
+    ) -> Result<Option<Service>, ConductorError> {
         match self
             .class_action(ctx, "Service", "get_by_compute_host", &service_manifest(), vec![json!(host)], json!({}))
             .await
@@ -634,16 +638,29 @@ impl Conductor {
 
     /// `InstanceGroup.get_by_hint` (a name or uuid; None when there is no
     /// such group).
-    pub async fn instance_group_by_hint(&self, ctx: &RequestContext, hint: &str) -> Result<Option<NovaObject>, ConductorError> {
+    pub async fn instance_group_by_hint(
+        &self,
+        ctx: &RequestContext,
+        hint: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
         self.instance_group(ctx, "get_by_hint", hint).await
     }
 
     /// `InstanceGroup.get_by_uuid` (None when there is no such group).
-    pub async fn instance_group_by_uuid(&self, ctx: &RequestContext, uuid: &str) -> Result<Option<NovaObject>, ConductorError> {
+    pub async fn instance_group_by_uuid(
+        &self,
+        ctx: &RequestContext,
+        uuid: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
         self.instance_group(ctx, "get_by_uuid", uuid).await
     }
 
-    async fn instance_group(&self, ctx: &RequestContext, method: &str, key: &str) -> Result<Option<NovaObject>, ConductorError> {
+    async fn instance_group(
+        &self,
+        ctx: &RequestContext,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
         let manifest: Manifest = vec![("InstanceGroup", "1.11")];
         match self.class_action(ctx, "InstanceGroup", method, &manifest, vec![json!(key)], json!({})).await {
             Ok(v) => Ok(Some(NovaObject::expect(&v, "InstanceGroup")?)),
@@ -666,7 +683,9 @@ impl Conductor {
     /// `InstanceList.get_uuids_by_host`: the uuids of this host's instances.
     pub async fn instance_uuids_on_host(&self, ctx: &RequestContext) -> Result<Vec<String>, ConductorError> {
         let manifest: Manifest = vec![("InstanceList", "2.6"), ("Instance", "2.8")];
-        let v = self.class_action(ctx, "InstanceList", "get_uuids_by_host", &manifest, vec![json!(self.host)], json!({})).await?;
+        let v = self
+            .class_action(ctx, "InstanceList", "get_uuids_by_host", &manifest, vec![json!(self.host)], json!({}))
+            .await?;
         Ok(strings(&v))
     }
 
@@ -675,7 +694,9 @@ impl Conductor {
     pub async fn migrating_instances(&self, ctx: &RequestContext, node: &str) -> Result<Vec<String>, ConductorError> {
         let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
         let args = vec![json!(self.host), json!(node)];
-        let v = self.class_action(ctx, "MigrationList", "get_in_progress_by_host_and_node", &manifest, args, json!({})).await?;
+        let v = self
+            .class_action(ctx, "MigrationList", "get_in_progress_by_host_and_node", &manifest, args, json!({}))
+            .await?;
         let list = NovaObject::expect(&v, "MigrationList")?;
         let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
         Ok(objects.iter().filter_map(|o| o["nova_object.data"]["instance_uuid"].as_str().map(str::to_string)).collect())

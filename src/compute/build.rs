@@ -173,7 +173,12 @@ impl<D: Driver> ComputeManager<D> {
     /// host when other members already have one. A violation is Nova's
     /// `GroupAffinityViolation`, rescheduled like a host-local failure.
     /// Checked under a per-group lock, as Nova's `utils.synchronized`.
-    async fn validate_group_policy(&self, ctx: &RequestContext, i: &Instance, req: &BuildRequest) -> Result<(), OpError> {
+    async fn validate_group_policy(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        req: &BuildRequest,
+    ) -> Result<(), OpError> {
         let Some(hint) = group_hint(&req.request_spec, &req.filter_properties) else { return Ok(()) };
         let Some(group) = self.conductor.instance_group_by_hint(ctx, &hint).await? else { return Ok(()) };
         let group_uuid = group.get_str("uuid").unwrap_or_default().to_string();
@@ -195,9 +200,10 @@ impl<D: Driver> ComputeManager<D> {
                     .map(str::to_string)
                     .collect();
                 let others = members.iter().filter(|m| m.as_str() != uuid && here.contains(*m)).count();
-                let max = fresh.get("rules").and_then(|r| r.get("max_server_per_host")).and_then(|v| {
-                    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                });
+                let max = fresh
+                    .get("rules")
+                    .and_then(|r| r.get("max_server_per_host"))
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
                 if others as u64 >= max.unwrap_or(1) {
                     return Err(group_violation(uuid, "Anti-affinity"));
                 }
@@ -494,10 +500,14 @@ pub fn group_hint(request_spec: &Value, filter_properties: &Value) -> Option<Str
 
 /// A group's policy (`policy`, or the first of the older `policies`).
 fn group_policy(group: &crate::objects::NovaObject) -> Option<String> {
-    group
-        .get_str("policy")
-        .map(str::to_string)
-        .or_else(|| group.get("policies").and_then(Value::as_array).and_then(|p| p.first()).and_then(Value::as_str).map(str::to_string))
+    group.get_str("policy").map(str::to_string).or_else(|| {
+        group
+            .get("policies")
+            .and_then(Value::as_array)
+            .and_then(|p| p.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    })
 }
 
 /// Nova's `GroupAffinityViolation`.

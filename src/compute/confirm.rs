@@ -59,9 +59,8 @@ pub fn verdict(i: Option<&Instance>) -> Verdict {
     if i.vm_state() == Some(VmState::Error) {
         return Verdict::Error("In ERROR state".into());
     }
-    match i.task_state() {
-        Some(TaskState::Deleting | TaskState::SoftDeleting | TaskState::ResizeFinish) => return Verdict::Skip,
-        _ => {}
+    if let Some(TaskState::Deleting | TaskState::SoftDeleting | TaskState::ResizeFinish) = i.task_state() {
+        return Verdict::Skip;
     }
     if i.vm_state() != Some(VmState::Resized) || i.task_state().is_some() {
         return Verdict::Error(format!(
@@ -84,8 +83,11 @@ impl<D: Driver> ComputeManager<D> {
             }
         };
         if !migrations.is_empty() {
-            tracing::info!(count = migrations.len(), confirm_window = window.as_secs(),
-                "found unconfirmed migrations older than the confirm window");
+            tracing::info!(
+                count = migrations.len(),
+                confirm_window = window.as_secs(),
+                "found unconfirmed migrations older than the confirm window"
+            );
         }
         for mut m in migrations {
             let uuid = m.instance_uuid().to_string();

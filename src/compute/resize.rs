@@ -841,6 +841,7 @@ impl<D: Driver> ComputeManager<D> {
 
     /// The driver's `finish_migration`: the moved filesystem made a
     /// container with the instance's (new) flavor.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_migration(
         &self,
         ctx: &RequestContext,

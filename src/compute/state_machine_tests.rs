@@ -1636,7 +1636,10 @@ mod resize {
         let (recent, recent_m) = landed(VmState::Resized, now - chrono::Duration::minutes(5));
         let (broken, broken_m) = landed(VmState::Error, now - chrono::Duration::hours(2));
         // The source is down: nothing is confirmed, nothing changes.
-        h.nova.add_service("other", json!({"host": "other", "updated_at": (now - chrono::Duration::hours(1)).to_rfc3339()}));
+        h.nova.add_service(
+            "other",
+            json!({"host": "other", "updated_at": (now - chrono::Duration::hours(1)).to_rfc3339()}),
+        );
         h.manager.poll_unconfirmed_resizes(&h.ctx, window).await;
         assert!(h.nova.take_casts().is_empty());
         assert_eq!(h.nova.migration(&due_m).status(), Some("finished"));

@@ -364,7 +364,11 @@ impl FakeNova {
                 match db.groups.values().find(|g| g["uuid"] == json!(key) || g["name"] == json!(key)) {
                     Some(data) => Ok(json!({"nova_object.name": "InstanceGroup", "nova_object.namespace": "nova",
                         "nova_object.version": "1.11", "nova_object.data": data})),
-                    None => Err(nova_error("InstanceGroupNotFound", format!("Instance group {key} could not be found."), 404)),
+                    None => Err(nova_error(
+                        "InstanceGroupNotFound",
+                        format!("Instance group {key} could not be found."),
+                        404,
+                    )),
                 }
             }
             ("InstanceList", "get_uuids_by_host") => {
@@ -384,7 +388,9 @@ impl FakeNova {
             ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
                 Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",
                     "nova_object.version": "1.22", "nova_object.data": data})),
-                None => Err(nova_error("ComputeHostNotFound", format!("Compute host {} could not be found.", arg(0)), 404)),
+                None => {
+                    Err(nova_error("ComputeHostNotFound", format!("Compute host {} could not be found.", arg(0)), 404))
+                }
             },
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {

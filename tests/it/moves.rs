@@ -525,7 +525,8 @@ async fn unconfirmed_migration_confirmed_after_the_window(release: Release) {
     let engine = PrivateDocker::start(&dir).await;
     let (a_name, b_name) = (host_name("cwina"), host_name("cwinb"));
     let host_a = ComputeHost::start(&cloud, &a_name, "").await;
-    let extra = format!("[DEFAULT]\nresize_confirm_window = 2\n[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let extra =
+        format!("[DEFAULT]\nresize_confirm_window = 2\n[docker]\nhost_url = unix://{}\n", engine.socket().display());
     let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
     cloud.wait_provider(&a_name, T).await;
     let rp_b = cloud.wait_provider(&b_name, T).await["uuid"].as_str().unwrap().to_string();
@@ -651,7 +652,9 @@ async fn late_group_policy_check(release: Release) {
     let host_a = ComputeHost::start(&cloud, &a_name, "").await;
     let _host_b = ComputeHost::start(&cloud, &b_name, "").await;
     let image = cloud.busybox_image(&host_a.conf).await;
-    for (policy, second_host, violated) in [("anti-affinity", &a_name, "Anti-affinity"), ("affinity", &b_name, "Affinity")] {
+    for (policy, second_host, violated) in
+        [("anti-affinity", &a_name, "Anti-affinity"), ("affinity", &b_name, "Affinity")]
+    {
         let body = json!({"server_group": {"name": common::unique("nd-grp"), "policy": policy}});
         let (status, v) = cloud.nova(reqwest::Method::POST, "/os-server-groups", Some(body), "2.64").await;
         assert_eq!(status, 200, "{v}");
@@ -665,7 +668,8 @@ async fn late_group_policy_check(release: Release) {
         for id in [&first, &second] {
             cloud.delete_server(id, T).await;
         }
-        let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
+        let (status, _) =
+            cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
         assert_eq!(status, 204);
     }
 }
