@@ -511,6 +511,42 @@ impl Conductor {
         objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
     }
 
+    /// `MigrationList.get_unconfirmed_by_dest_compute`: the migrations that
+    /// landed on this host (`finished`) and have not changed for at least
+    /// `window` (Nova's `_poll_unconfirmed_resizes`).
+    pub async fn unconfirmed_migrations(
+        &self,
+        ctx: &RequestContext,
+        window: Duration,
+    ) -> Result<Vec<Migration>, ConductorError> {
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let args = vec![json!(window.as_secs()), json!(self.host)];
+        let v = self
+            .class_action(ctx, "MigrationList", "get_unconfirmed_by_dest_compute", &manifest, args, json!({}))
+            .await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
+    }
+
+    /// `Service.get_by_compute_host`: the compute service of another host
+    /// (None when Nova has none).
+    pub async fn compute_service_of(
+        &self,
+        ctx: &RequestContext,
+        host: &str,
+    ) -> Result<Option<Service>, ConductorError> {
+        match self
+            .class_action(ctx, "Service", "get_by_compute_host", &service_manifest(), vec![json!(host)], json!({}))
+            .await
+        {
+            Ok(v) if v.is_null() => Ok(None),
+            Ok(v) => Ok(Some(Service::from_primitive(&v)?)),
+            Err(e) if e.is_nova("ComputeHostNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `Migration.save()` of the changed fields (its status, as the
     /// compute hosts move it along).
     pub async fn migration_save(&self, ctx: &RequestContext, migration: &mut Migration) -> Result<(), ConductorError> {
@@ -590,6 +626,96 @@ impl Conductor {
             .await
             .map(|_| ())
             .map_err(|source| ConductorError::Call { method: "compute_task.migrate_server".into(), source })
+    }
+
+    /// `ComputeTaskAPI.build_instances` (conductor `compute_task` 1.19, a
+    /// cast): a build that failed here sent back with the scheduler's
+    /// alternate hosts, as Nova's `_do_build_and_run_instance` does on a
+    /// `RescheduledException`.
+    pub async fn build_instances(
+        &self,
+        ctx: &RequestContext,
+        instance: &Instance,
+        req: &crate::compute::build::BuildRequest,
+        filter_properties: Value,
+    ) -> Result<(), ConductorError> {
+        let target = Target::new("conductor", "1.19").namespace("compute_task");
+        let a = json!({
+            "instances": [instance.to_primitive()], "image": req.image, "filter_properties": filter_properties,
+            "admin_password": req.admin_password, "injected_files": req.injected_files.clone().unwrap_or(json!([])),
+            "requested_networks": req.requested_networks, "security_groups": req.security_groups.clone().unwrap_or(json!([])),
+            "request_spec": req.request_spec, "host_lists": [req.host_list],
+        });
+        self.rpc
+            .cast(ctx, &target, "build_instances", args(a))
+            .await
+            .map_err(|source| ConductorError::Call { method: "compute_task.build_instances".into(), source })
+    }
+
+    /// `InstanceGroup.get_by_hint` (a name or uuid; None when there is no
+    /// such group).
+    pub async fn instance_group_by_hint(
+        &self,
+        ctx: &RequestContext,
+        hint: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
+        self.instance_group(ctx, "get_by_hint", hint).await
+    }
+
+    /// `InstanceGroup.get_by_uuid` (None when there is no such group).
+    pub async fn instance_group_by_uuid(
+        &self,
+        ctx: &RequestContext,
+        uuid: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
+        self.instance_group(ctx, "get_by_uuid", uuid).await
+    }
+
+    async fn instance_group(
+        &self,
+        ctx: &RequestContext,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<NovaObject>, ConductorError> {
+        let manifest: Manifest = vec![("InstanceGroup", "1.11")];
+        match self.class_action(ctx, "InstanceGroup", method, &manifest, vec![json!(key)], json!({})).await {
+            Ok(v) => Ok(Some(NovaObject::expect(&v, "InstanceGroup")?)),
+            Err(e) if e.is_nova("InstanceGroupNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `InstanceGroup.get_hosts(exclude)`: the hosts of the group's members.
+    pub async fn instance_group_hosts(
+        &self,
+        ctx: &RequestContext,
+        group: &mut NovaObject,
+        exclude: &str,
+    ) -> Result<Vec<String>, ConductorError> {
+        let v = self.object_action(ctx, group, "get_hosts", json!({"exclude": [exclude]})).await?;
+        Ok(strings(&v))
+    }
+
+    /// `InstanceList.get_uuids_by_host`: the uuids of this host's instances.
+    pub async fn instance_uuids_on_host(&self, ctx: &RequestContext) -> Result<Vec<String>, ConductorError> {
+        let manifest: Manifest = vec![("InstanceList", "2.6"), ("Instance", "2.8")];
+        let v = self
+            .class_action(ctx, "InstanceList", "get_uuids_by_host", &manifest, vec![json!(self.host)], json!({}))
+            .await?;
+        Ok(strings(&v))
+    }
+
+    /// `MigrationList.get_in_progress_by_host_and_node`: the instances
+    /// moving to or from this host.
+    pub async fn migrating_instances(&self, ctx: &RequestContext, node: &str) -> Result<Vec<String>, ConductorError> {
+        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
+        let args = vec![json!(self.host), json!(node)];
+        let v = self
+            .class_action(ctx, "MigrationList", "get_in_progress_by_host_and_node", &manifest, args, json!({}))
+            .await?;
+        let list = NovaObject::expect(&v, "MigrationList")?;
+        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(objects.iter().filter_map(|o| o["nova_object.data"]["instance_uuid"].as_str().map(str::to_string)).collect())
     }
 
     /// `Instance.destroy()` (soft delete of the row, as nova-compute does).
@@ -785,4 +911,9 @@ fn optional_compute_node(r: Result<Value, ConductorError>) -> Result<Option<Comp
         Err(e) if e.is_nova("ComputeHostNotFound") => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The strings of a JSON list (anything else: none).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
 }

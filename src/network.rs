@@ -198,6 +198,14 @@ pub fn check_port_security(network: &Value, security_groups: &[String]) -> Resul
 /// How often a port deletion answered with a server error is retried.
 const PORT_DELETE_RETRIES: u32 = 3;
 
+/// Whether a port from Neutron's list is the instance's: its `device_id` is
+/// the instance and its project (`project_id`, or `tenant_id` on older
+/// releases) the instance's.
+pub fn port_in_project(port: &Value, uuid: &str, project: &str) -> bool {
+    let owner = port["project_id"].as_str().or(port["tenant_id"].as_str());
+    !project.is_empty() && port["device_id"].as_str() == Some(uuid) && owner == Some(project)
+}
+
 /// Neutron, with this host's name for bindings.
 #[derive(Clone)]
 pub struct Neutron {
@@ -232,13 +240,15 @@ pub trait PortService: Send + Sync + 'static {
     fn release_instance_ports<'a>(
         &'a self,
         uuid: &'a str,
+        project: &'a str,
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>>;
     /// Unbinds ports from their host, keeping them the instance's (see
     /// [`Neutron::unbind_host`]).
     fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>>;
-    /// The ports of an instance (see [`Neutron::instance_ports`]).
-    fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
+    /// The ports of an instance in its project (see [`Neutron::instance_ports`]).
+    fn instance_ports<'a>(&'a self, uuid: &'a str, project: &'a str)
+    -> BoxFuture<'a, Result<Vec<Value>, NetworkError>>;
     /// Nova's network_info of bound ports (see [`Neutron::network_info`]).
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>>;
     /// Moves a port's binding to `host` (see [`Neutron::bind_to_host`]).
@@ -271,17 +281,22 @@ impl PortService for Neutron {
     fn release_instance_ports<'a>(
         &'a self,
         uuid: &'a str,
+        project: &'a str,
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>> {
-        Box::pin(Neutron::release_instance_ports(self, uuid, preserved))
+        Box::pin(Neutron::release_instance_ports(self, uuid, project, preserved))
     }
 
     fn unbind_host<'a>(&'a self, port_ids: &'a [String]) -> BoxFuture<'a, Result<(), NetworkError>> {
         Box::pin(Neutron::unbind_host(self, port_ids))
     }
 
-    fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
-        Box::pin(Neutron::instance_ports(self, uuid))
+    fn instance_ports<'a>(
+        &'a self,
+        uuid: &'a str,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
+        Box::pin(Neutron::instance_ports(self, uuid, project))
     }
 
     fn network_info<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, Result<NetworkInfo, NetworkError>> {
@@ -509,12 +524,20 @@ impl Neutron {
     /// Releases every port Neutron has for a deleted instance, as Nova's
     /// `deallocate_for_instance` does: the list comes from Neutron (by
     /// `device_id`), not from the info cache, so a port the cache missed is
-    /// not leaked. The ports in `preserved` (the user's own) are unbound, the
+    /// not leaked. Only the ports of the instance's `project` are listed
+    /// (see [`Neutron::instance_ports`]): Nova lists them with the user's
+    /// token, and another tenant can point a port's `device_id` at any
+    /// instance. The ports in `preserved` (the user's own) are unbound, the
     /// rest deleted. Every port is tried; the first failure is returned, so
     /// the delete fails visibly rather than leaking a port and its address.
-    pub async fn release_instance_ports(&self, uuid: &str, preserved: &[String]) -> Result<(), NetworkError> {
+    pub async fn release_instance_ports(
+        &self,
+        uuid: &str,
+        project: &str,
+        preserved: &[String],
+    ) -> Result<(), NetworkError> {
         let mut first_error = None;
-        for port in self.instance_ports(uuid).await? {
+        for port in self.instance_ports(uuid, project).await? {
             let Some(id) = port["id"].as_str() else { continue };
             let r =
                 if preserved.iter().any(|p| p == id) { self.unbind_port(id).await } else { self.delete_port(id).await };
@@ -563,10 +586,23 @@ impl Neutron {
         Ok(())
     }
 
-    /// The ports of an instance, currently bound anywhere.
-    pub async fn instance_ports(&self, uuid: &str) -> Result<Vec<Value>, NetworkError> {
-        let v = self.get(&format!("/v2.0/ports?device_id={}", url_part(uuid)), "ports").await?;
-        Ok(v.as_array().cloned().unwrap_or_default())
+    /// The ports of an instance, currently bound anywhere: those whose
+    /// `device_id` is the instance and that belong to its `project`. This
+    /// service lists with its own (admin) credentials, which see every
+    /// tenant's ports, and a port's `device_id` is whatever its owner wrote:
+    /// without the project filter another tenant's port would be taken for
+    /// the instance's (deleted with it, moved with it, put in its info
+    /// cache). Nova lists with the user's token, which sees only the
+    /// project's ports. Neutron filters by `project_id` (as for security
+    /// groups); the answer is checked again here. An empty project lists
+    /// nothing.
+    pub async fn instance_ports(&self, uuid: &str, project: &str) -> Result<Vec<Value>, NetworkError> {
+        if project.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = format!("/v2.0/ports?device_id={}&project_id={}", url_part(uuid), url_part(project));
+        let v = self.get(&path, "ports").await?;
+        Ok(v.as_array().into_iter().flatten().filter(|p| port_in_project(p, uuid, project)).cloned().collect())
     }
 
     /// Builds Nova's network_info for bound ports (order kept).

@@ -512,6 +512,8 @@ fn spawn_periodic_tasks(
     }
     // Soft-deleted instances deleted for good (reclaim_instance_interval).
     crate::compute::reclaim::spawn(manager.clone(), stop.clone());
+    // Resizes left unconfirmed confirmed automatically (resize_confirm_window).
+    crate::compute::confirm::spawn(manager.clone(), stop.clone());
     // Glance images no instance uses any more ([image_cache]).
     crate::image::cache::spawn(
         &manager.settings,

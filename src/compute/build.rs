@@ -42,6 +42,13 @@ pub struct BuildRequest {
     /// written into the container before it starts. Tenant data: `Debug`
     /// shows how many, never the contents.
     pub injected_files: Option<Value>,
+    /// `filter_properties`: the scheduler's legacy filter properties; its
+    /// `retry` says whether a failed build may be rescheduled.
+    pub filter_properties: Value,
+    /// `request_spec`, passed back to the conductor on a reschedule.
+    pub request_spec: Value,
+    /// `host_list`: the scheduler's alternate hosts (Selection objects).
+    pub host_list: Value,
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -52,6 +59,8 @@ impl std::fmt::Debug for BuildRequest {
             .field("admin_password", &self.admin_password.as_ref().map(|_| "***"))
             .field("block_device_mapping", &self.block_device_mapping)
             .field("injected_files", &self.injected_files.as_ref().and_then(Value::as_array).map(Vec::len))
+            .field("filter_properties", &self.filter_properties)
+            .field("alternates", &self.host_list.as_array().map(Vec::len))
             .finish()
     }
 }
@@ -91,6 +100,9 @@ impl<D: Driver> ComputeManager<D> {
             Err(e) => {
                 tracing::warn!(instance = %uuid, error = %e, "build failed");
                 let _ = self.driver.destroy(&uuid, Duration::ZERO, &Vec::new()).await;
+                if reschedulable(&e) && self.reschedule_build(ctx, &mut i, &req, &e).await {
+                    return;
+                }
                 // Nova's _nil_out_instance_obj_host_and_node + error state.
                 i.set("host", Value::Null);
                 i.set("node", Value::Null);
@@ -108,6 +120,106 @@ impl<D: Driver> ComputeManager<D> {
         }
     }
 
+    /// Nova's `RescheduledException` path of `_do_build_and_run_instance`:
+    /// with retry information from the scheduler, the instance is given
+    /// back (host and node cleared, task `scheduling`, this host's
+    /// allocation deleted; its ports are already released) and the
+    /// conductor is cast `build_instances` with the alternate hosts and the
+    /// reason in `retry.exc_reason` (the conductor records it as the fault
+    /// when no alternate is left). Whether the build went back to the
+    /// conductor; if not, the caller ends it in ERROR here.
+    async fn reschedule_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest, e: &OpError) -> bool {
+        let uuid = i.uuid().to_string();
+        if req.filter_properties.get("retry").is_none_or(Value::is_null) {
+            tracing::debug!(instance = %uuid, "no retry information: the build is not rescheduled");
+            return false;
+        }
+        i.set("host", Value::Null);
+        i.set("node", Value::Null);
+        if self.conductor.release().instance_compute_id {
+            i.set("compute_id", Value::Null);
+        }
+        i.set_task_state(Some(TaskState::Scheduling));
+        if let Err(se) = self.save(ctx, i, Expected::Any).await {
+            tracing::warn!(instance = %uuid, error = %se, "cannot give the build back to the scheduler");
+            return false;
+        }
+        if let Some(p) = &self.placement
+            && let Err(pe) = p.delete_allocation(&uuid).await
+        {
+            tracing::warn!(instance = %uuid, error = %pe, "could not delete the allocation before rescheduling");
+        }
+        let mut filter_properties = req.filter_properties.clone();
+        let remote = e.to_remote();
+        filter_properties["retry"]["exc"] = serde_json::json!([format!("{}: {}\n", remote.class, remote.message)]);
+        filter_properties["retry"]["exc_reason"] = serde_json::json!(e.tenant_message());
+        match self.conductor.build_instances(ctx, i, req, filter_properties).await {
+            Ok(()) => {
+                tracing::info!(instance = %uuid, error = %e, "build failed here: rescheduled to an alternate host");
+                true
+            }
+            Err(ce) => {
+                tracing::warn!(instance = %uuid, error = %ce, "cannot reschedule the build");
+                false
+            }
+        }
+    }
+
+    /// Nova's `_validate_instance_group_policy`, the late check of the
+    /// server group's policy (the scheduler's check races with other builds
+    /// of the same group): with a `group` scheduler hint, anti-affinity
+    /// allows at most `max_server_per_host` (1 by default) other members on
+    /// this host, counting instances migrating here; affinity wants this
+    /// host when other members already have one. A violation is Nova's
+    /// `GroupAffinityViolation`, rescheduled like a host-local failure.
+    /// Checked under a per-group lock, as Nova's `utils.synchronized`.
+    async fn validate_group_policy(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        req: &BuildRequest,
+    ) -> Result<(), OpError> {
+        let Some(hint) = group_hint(&req.request_spec, &req.filter_properties) else { return Ok(()) };
+        let Some(group) = self.conductor.instance_group_by_hint(ctx, &hint).await? else { return Ok(()) };
+        let group_uuid = group.get_str("uuid").unwrap_or_default().to_string();
+        let _lock = self.locks.lock(&format!("instance-group-{group_uuid}")).await;
+        let uuid = i.uuid();
+        match group_policy(&group).as_deref() {
+            Some("anti-affinity") => {
+                let mut here: std::collections::BTreeSet<String> =
+                    self.conductor.instance_uuids_on_host(ctx).await?.into_iter().collect();
+                here.extend(self.conductor.migrating_instances(ctx, self.host()).await?);
+                // The members as they are now, inside the lock.
+                let fresh = self.conductor.instance_group_by_uuid(ctx, &group_uuid).await?.unwrap_or(group);
+                let members: Vec<String> = fresh
+                    .get("members")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect();
+                let others = members.iter().filter(|m| m.as_str() != uuid && here.contains(*m)).count();
+                let max = fresh
+                    .get("rules")
+                    .and_then(|r| r.get("max_server_per_host"))
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
+                if others as u64 >= max.unwrap_or(1) {
+                    return Err(group_violation(uuid, "Anti-affinity"));
+                }
+            }
+            Some("affinity") => {
+                let mut group = group;
+                let hosts = self.conductor.instance_group_hosts(ctx, &mut group, uuid).await?;
+                if !hosts.is_empty() && !hosts.iter().any(|h| h == self.host()) {
+                    return Err(group_violation(uuid, "Affinity"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     async fn do_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest) -> Result<(), OpError> {
         let image_id = i.image_ref().map(str::to_string).ok_or_else(|| {
             OpError::Invalid("the instance has no image (boot from volume is not supported by nova-docker)".into())
@@ -115,6 +227,7 @@ impl<D: Driver> ComputeManager<D> {
         // What the guest gets besides its image: refused before any work
         // when the host cannot honour it.
         guest_data::check_block_devices(req.block_device_mapping.as_ref())?;
+        self.validate_group_policy(ctx, i, req).await?;
         let guest = guest_data::Guest {
             files: guest_data::injected_files(req.injected_files.as_ref())?,
             admin_pass: req.admin_password.as_deref(),
@@ -341,7 +454,7 @@ impl<D: Driver> ComputeManager<D> {
             let ni = self.network_info(ctx, i).await?;
             self.consoles.close(&uuid);
             self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
-            self.release_network(&uuid, &ni).await?;
+            self.release_network(i, &ni).await?;
             phase("delete", "destroy", t);
             i.set("terminated_at", Self::now());
             self.settle(ctx, i, VmState::Deleted, PowerState::NoState, Expected::Any).await?;
@@ -357,6 +470,57 @@ impl<D: Driver> ComputeManager<D> {
     }
 }
 
+/// Whether a build failure is this host's (Nova's `RescheduledException`:
+/// another host may well succeed): the Docker engine failed, or could not
+/// load the image. What the request or the image itself gets wrong (a
+/// refused archive, an image not active, a block device, a bad network
+/// request) and Nova's own refusals fail the same anywhere: not rescheduled.
+pub fn reschedulable(e: &OpError) -> bool {
+    use crate::virt::VirtError;
+    match e {
+        OpError::Virt(VirtError::Engine { .. } | VirtError::Timeout { .. } | VirtError::HostFile { .. }) => true,
+        OpError::Virt(VirtError::Net(_)) => true,
+        OpError::Image(crate::image::ImageError::Load { .. } | crate::image::ImageError::Docker(_)) => true,
+        // Nova's RescheduledByPolicyException.
+        OpError::Nova(r) => r.class == "GroupAffinityViolation",
+        _ => false,
+    }
+}
+
+/// The `group` scheduler hint of a build: from the request spec, else the
+/// legacy filter properties (Nova's `_get_scheduler_hints`); a list's first
+/// entry.
+pub fn group_hint(request_spec: &Value, filter_properties: &Value) -> Option<String> {
+    let from = |hints: &Value| {
+        let g = &hints["group"];
+        g.as_str().or_else(|| g.as_array().and_then(|a| a.first()).and_then(Value::as_str)).map(str::to_string)
+    };
+    let spec_hints = &request_spec["nova_object.data"]["scheduler_hints"];
+    from(spec_hints).or_else(|| from(&filter_properties["scheduler_hints"])).filter(|g| !g.is_empty())
+}
+
+/// A group's policy (`policy`, or the first of the older `policies`).
+fn group_policy(group: &crate::objects::NovaObject) -> Option<String> {
+    group.get_str("policy").map(str::to_string).or_else(|| {
+        group
+            .get("policies")
+            .and_then(Value::as_array)
+            .and_then(|p| p.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    })
+}
+
+/// Nova's `GroupAffinityViolation`.
+fn group_violation(uuid: &str, policy: &str) -> OpError {
+    OpError::Nova(crate::rpc::RemoteError::nova(
+        "GroupAffinityViolation",
+        format!("{policy} instance group policy was violated (instance {uuid})"),
+        500,
+        serde_json::json!({}),
+    ))
+}
+
 /// Reads the args of a build into a [`BuildRequest`].
 pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
     BuildRequest {
@@ -366,5 +530,8 @@ pub fn build_request(args: &Map<String, Value>) -> BuildRequest {
         admin_password: args.get("admin_password").and_then(Value::as_str).map(str::to_string),
         block_device_mapping: args.get("block_device_mapping").filter(|v| !v.is_null()).cloned(),
         injected_files: args.get("injected_files").filter(|v| !v.is_null()).cloned(),
+        filter_properties: args.get("filter_properties").cloned().unwrap_or(Value::Null),
+        request_spec: args.get("request_spec").cloned().unwrap_or(Value::Null),
+        host_list: args.get("host_list").cloned().unwrap_or(Value::Null),
     }
 }

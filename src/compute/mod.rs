@@ -18,6 +18,7 @@
 
 pub mod build;
 pub mod census;
+pub mod confirm;
 pub mod console;
 pub mod endpoint;
 pub mod errors;

@@ -121,12 +121,19 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Releases the ports of an instance being deleted: Neutron's list for
-    /// it, the user's ports (`preserve_on_delete` in the cache) unbound, the
-    /// others deleted. A failure fails the delete, as in Nova.
-    pub async fn release_network(&self, uuid: &str, ni: &NetworkInfo) -> Result<(), OpError> {
+    /// it in its project (another tenant's port pointed at it is not its),
+    /// the user's ports (`preserve_on_delete` in the cache) unbound, the
+    /// others deleted. A failure fails the delete, as in Nova. An instance
+    /// without a project (Nova never makes one) releases its cache's ports.
+    pub async fn release_network(&self, i: &Instance, ni: &NetworkInfo) -> Result<(), OpError> {
         let Some(neutron) = &self.neutron else { return Ok(()) };
+        let Some(project) = i.project_id().filter(|p| !p.is_empty()) else {
+            tracing::warn!(instance = i.uuid(), "the instance has no project: only its cached ports are released");
+            neutron.deallocate(&bound_ports(ni)).await;
+            return Ok(());
+        };
         let users: Vec<String> = ni.iter().filter(|v| preserved(v)).map(|v| v.id.clone()).collect();
-        neutron.release_instance_ports(uuid, &users).await?;
+        neutron.release_instance_ports(i.uuid(), project, &users).await?;
         Ok(())
     }
 
@@ -225,13 +232,15 @@ impl<D: Driver> ComputeManager<D> {
         }
     }
 
-    /// Rebuilds the info cache from Neutron's view of the instance's ports.
+    /// Rebuilds the info cache from Neutron's view of the instance's ports
+    /// (those of its project only: see [`crate::network::Neutron::instance_ports`]).
     pub async fn refresh_network_info(&self, ctx: &RequestContext, mut i: Instance) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
         let _lock = self.locks.lock(&uuid).await;
         let neutron = self.neutron()?;
         let cached = self.network_info(ctx, &mut i).await?;
-        let ports = neutron.instance_ports(&uuid).await?;
+        let project = i.project_id().unwrap_or_default().to_string();
+        let ports = neutron.instance_ports(&uuid, &project).await?;
         // Keep the cache's order; new ports go last.
         let order: Vec<&str> = cached.iter().map(|v| v.id.as_str()).collect();
         let mut bound: Vec<BoundPort> = ports

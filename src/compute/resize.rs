@@ -25,8 +25,9 @@
 //! travels through Glance, as shelve's snapshot does: the source uploads it
 //! as a private, hidden image of the instance's project (`docker save` through the
 //! canonicalizer, streamed), the destination loads it as any tenant image
-//! (streamed, checked, canonicalized) and deletes it from Glance once
-//! loaded. No new listener or credential is needed on the hosts: both
+//! (streamed, checked, canonicalized) and deletes it from Glance once the
+//! container is made from it (a finish that fails hands the instance back
+//! to the source: see [`ComputeManager::finish_resize`]). No new listener or credential is needed on the hosts: both
 //! already reach Glance with Keystone. The source keeps its stopped
 //! container until the resize is confirmed (then removed) or reverted (then
 //! started again).
@@ -154,6 +155,19 @@ impl<D: Driver> ComputeManager<D> {
         let op = op.on_failure(OnFailure::EventOnly);
         let r = self.run(ctx, &mut i, op, async |i| body(i, m).await).await;
         let Err(e) = r else { return Ok(()) };
+        self.move_failed(ctx, i, m, on_failure, alloc, e).await
+    }
+
+    /// The failure of a move step (see [`ComputeManager::move_step`]).
+    async fn move_failed(
+        &self,
+        ctx: &RequestContext,
+        mut i: Instance,
+        m: &mut Migration,
+        on_failure: OnFailure,
+        alloc: OnMoveFailure,
+        e: OpError,
+    ) -> Result<(), OpError> {
         if !e.is_superseded() {
             m.set_status("error");
             if let Err(se) = self.conductor.migration_save(ctx, m).await {
@@ -672,62 +686,162 @@ impl<D: Driver> ComputeManager<D> {
     /// `finish_resize`, on the destination: the new flavor on the instance,
     /// the ports bound here, the container created from the moved
     /// filesystem with the new flavor (started unless it was stopped),
-    /// migration `finished`, instance `resized`. A failure leaves the
-    /// instance in ERROR here and drops the source allocation, as Nova does.
+    /// migration `finished`, instance `resized`; the move's Glance image is
+    /// deleted once the container exists here.
+    ///
+    /// A failure on the same host leaves the instance in ERROR here with a
+    /// container of the old flavor (see `restore_original_here`) and drops
+    /// the source allocation, as Nova does. Between hosts, Nova leaves the
+    /// instance in ERROR on the destination too, to be recovered by a hard
+    /// reboot there; here the source still has the stopped container with
+    /// every file, so the move is undone as Nova's `revert_resize` would: what
+    /// was made here is removed, the old flavor put back, the instance saved
+    /// `resize_reverting` and the migration `error`, and the source is cast
+    /// `finish_revert_resize`, which gives the source allocation back to the
+    /// instance (Nova's `_revert_allocation`), binds the ports there again
+    /// and starts the container: the instance ends where it was, with the
+    /// fault recorded. Only when that hand-back cannot be made does Nova's
+    /// path apply (ERROR here, the source allocation dropped), and then the
+    /// move's Glance image is kept (private and hidden, the instance
+    /// project's), since the filesystem has not landed anywhere yet.
     pub async fn finish_resize(
         &self,
         ctx: &RequestContext,
-        i: Instance,
+        mut i: Instance,
         mut m: Migration,
         disk_info: Option<Value>,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Destination)?;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
-        self.move_step(
-            ctx,
-            i,
-            &mut m,
-            Operation::new("compute_finish_resize").on_failure(on_failure),
-            OnMoveFailure::DropSourceAllocation,
-            async |i, m| {
-                let disk = DiskInfo::parse(disk_info.as_ref())?;
-                let old_flavor = i.flavor_named("flavor");
-                if let Some(f) = i.obj.get("flavor").cloned() {
-                    i.set("old_flavor", f);
+        // The move's Glance image, once checked to be this move's.
+        let mut moved: Option<String> = None;
+        let mut handed_back = false;
+        let op = Operation::new("compute_finish_resize").on_failure(OnFailure::EventOnly);
+        let r = self
+            .run(ctx, &mut i, op, async |i| {
+                let r = self.finish_resize_here(ctx, i, &mut m, disk_info.as_ref(), &mut moved).await;
+                if let Err(e) = &r
+                    && !e.is_superseded()
+                    && !m.same_host()
+                {
+                    handed_back = self.hand_back_to_source(ctx, i, &mut m).await;
                 }
-                let resize = m.obj.get_i64("old_instance_type_id") != m.obj.get_i64("new_instance_type_id");
-                if resize {
-                    let new = i.flavor_named("new_flavor").ok_or_else(|| migration_error("no new flavor stashed"))?;
-                    i.apply_flavor(&new);
-                }
-                let power_on = i.system_metadata().get("old_vm_state").map(String::as_str) != Some("stopped");
+                r
+            })
+            .await;
+        let Err(e) = r else { return Ok(()) };
+        if let Some(g) = moved {
+            if handed_back || e.is_superseded() {
+                self.delete_move_image(ctx, i.uuid(), &g).await;
+            } else {
+                tracing::warn!(instance = i.uuid(), image = %g, migration = m.uuid(),
+                    "the move did not land and the source was not told: its Glance image is kept");
+            }
+        }
+        if handed_back {
+            // The source has the instance again: only the fault is this host's.
+            return self.fail(ctx, &mut i, OnFailure::FaultOnly, e).await;
+        }
+        self.move_failed(ctx, i, &mut m, on_failure, OnMoveFailure::DropSourceAllocation, e).await
+    }
 
-                let ni = self.bind_ports_here(ctx, i).await?;
-                self.begin_task(ctx, i, TaskState::ResizeFinish, Expected::task(TaskState::ResizeMigrated)).await?;
-                let landed = self.finish_migration(ctx, i, m, &disk, &ni, power_on).await;
-                let state = match landed {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if resize && let Some(old) = old_flavor {
-                            i.apply_flavor(&old);
-                        }
-                        if m.same_host() {
-                            self.restore_original_here(i, m, &ni, power_on).await;
-                        }
-                        return Err(e);
-                    }
-                };
-                m.set_status("finished");
-                self.conductor.migration_save(ctx, m).await?;
-                i.set("launched_at", Self::now());
-                self.settle(ctx, i, VmState::Resized, state, Expected::task(TaskState::ResizeFinish)).await
-            },
-        )
-        .await
+    async fn finish_resize_here(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        m: &mut Migration,
+        disk_info: Option<&Value>,
+        moved: &mut Option<String>,
+    ) -> Result<(), OpError> {
+        let disk = DiskInfo::parse(disk_info)?;
+        let old_flavor = i.flavor_named("flavor");
+        if let Some(f) = i.obj.get("flavor").cloned() {
+            i.set("old_flavor", f);
+        }
+        let resize = m.obj.get_i64("old_instance_type_id") != m.obj.get_i64("new_instance_type_id");
+        if resize {
+            let new = i.flavor_named("new_flavor").ok_or_else(|| migration_error("no new flavor stashed"))?;
+            i.apply_flavor(&new);
+        }
+        let power_on = i.system_metadata().get("old_vm_state").map(String::as_str) != Some("stopped");
+
+        let mut bound = None;
+        let landed = async {
+            let ni = self.bind_ports_here(ctx, i).await?;
+            bound = Some(ni.clone());
+            self.begin_task(ctx, i, TaskState::ResizeFinish, Expected::task(TaskState::ResizeMigrated)).await?;
+            self.finish_migration(ctx, i, m, &disk, &ni, power_on, moved).await
+        }
+        .await;
+        let state = match landed {
+            Ok(s) => s,
+            Err(e) => {
+                if resize && let Some(old) = old_flavor {
+                    i.apply_flavor(&old);
+                }
+                if m.same_host()
+                    && let Some(ni) = &bound
+                {
+                    self.restore_original_here(i, m, ni, power_on).await;
+                }
+                return Err(e);
+            }
+        };
+        // Landed: the filesystem is in a container here.
+        if let Some(g) = moved.take() {
+            self.delete_move_image(ctx, i.uuid(), &g).await;
+        }
+        m.set_status("finished");
+        self.conductor.migration_save(ctx, m).await?;
+        i.set("launched_at", Self::now());
+        self.settle(ctx, i, VmState::Resized, state, Expected::task(TaskState::ResizeFinish)).await
+    }
+
+    /// Undoes a move between hosts whose finish failed here (see
+    /// [`ComputeManager::finish_resize`]): whatever container was made here
+    /// removed, the instance (old flavor already back) saved
+    /// `resize_reverting`, the migration `error`, and the source cast
+    /// `finish_revert_resize`. Whether the source was told; when it was not,
+    /// the caller takes Nova's path (ERROR here).
+    async fn hand_back_to_source(&self, ctx: &RequestContext, i: &mut Instance, m: &mut Migration) -> bool {
+        let uuid = i.uuid().to_string();
+        let Some(source) = m.source_compute().map(str::to_string) else { return false };
+        let ni = self.network_info_of(i);
+        match self.driver.destroy(&uuid, Duration::ZERO, &ni).await {
+            Ok(()) | Err(VirtError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(instance = %uuid, error = %e,
+                    "the failed move's container cannot be removed here: the instance stays here, in error");
+                return false;
+            }
+        }
+        let expected = Expected::OneOf(vec![Some(TaskState::ResizeMigrated), Some(TaskState::ResizeFinish)]);
+        if let Err(e) = self.begin_task(ctx, i, TaskState::ResizeReverting, expected).await {
+            tracing::warn!(instance = %uuid, error = %e, "cannot hand the failed move back to the source");
+            return false;
+        }
+        m.set_status("error");
+        if let Err(e) = self.conductor.migration_save(ctx, m).await {
+            tracing::warn!(instance = %uuid, error = %e, "could not mark the migration in error");
+        }
+        let args = json!({"instance": i.to_primitive(), "migration": m.to_primitive(), "request_spec": Value::Null});
+        match self.conductor.cast_compute(ctx, &source, "finish_revert_resize", args).await {
+            Ok(()) => {
+                tracing::info!(instance = %uuid, source = %source, migration = m.uuid(),
+                    "the move failed here: handed back to the source, which starts the instance again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(instance = %uuid, source = %source, error = %e,
+                    "cannot hand the failed move back to the source: the instance stays here, in error");
+                false
+            }
+        }
     }
 
     /// The driver's `finish_migration`: the moved filesystem made a
     /// container with the instance's (new) flavor.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_migration(
         &self,
         ctx: &RequestContext,
@@ -736,6 +850,7 @@ impl<D: Driver> ComputeManager<D> {
         disk: &DiskInfo,
         ni: &NetworkInfo,
         power_on: bool,
+        moved: &mut Option<String>,
     ) -> Result<PowerState, OpError> {
         let image = match &disk.glance_image {
             // Same host: the image committed under this migration's own
@@ -746,11 +861,10 @@ impl<D: Driver> ComputeManager<D> {
                 // Checked before anything is loaded or deleted: only this
                 // move's image, of the instance's project.
                 let meta = self.moved_image(ctx, i, m, glance_id).await?;
-                let loaded = self.images.ensure(Some(ctx), &meta).await.map(|(image, _)| image);
-                if let Err(e) = self.images.glance().delete(Some(ctx), glance_id).await {
-                    tracing::warn!(instance = i.uuid(), image = %glance_id, error = %e, "could not delete the migration image");
-                }
-                loaded?
+                // Deleted by the caller once the container exists here (or
+                // the instance is handed back to the source).
+                *moved = Some(glance_id.clone());
+                self.images.ensure(Some(ctx), &meta).await.map(|(image, _)| image)?
             }
         };
         if m.same_host() {
@@ -849,8 +963,7 @@ impl<D: Driver> ComputeManager<D> {
             return Err(OpError::Invalid("the instance has ports but Neutron is not configured here".into()));
         };
         let project = i.project_id().ok_or_else(|| OpError::Invalid("the instance has no project".into()))?;
-        let owned = |p: &Value| p["project_id"].as_str().or(p["tenant_id"].as_str()) == Some(project);
-        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid()).await?.into_iter().filter(owned).collect();
+        let mut ports: Vec<Value> = neutron.instance_ports(i.uuid(), project).await?;
         if ports.is_empty() && current.is_empty() {
             return Ok(current);
         }

@@ -120,6 +120,116 @@ async fn a_build_without_ports_ends_active_with_a_running_container() {
     assert_eq!(only_event(&h, &u, "compute__do_build_and_run_instance"), None);
 }
 
+/// A build whose Docker engine fails here, with the scheduler's retry
+/// information and `alternates`.
+fn build_with_retry(h: &Harness, alternates: Value) -> (String, BuildRequest) {
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    h.driver.add_cached_image("img-1");
+    h.placement.allocate(&u, "this-rp", &[("MEMORY_MB", 64)]);
+    let req = BuildRequest {
+        image: json!({"id": "img-1", "status": "active", "container_format": "docker", "disk_format": "raw"}),
+        filter_properties: json!({"retry": {"num_attempts": 1, "hosts": [[crate::testing::HOST, crate::testing::HOST]]}}),
+        request_spec: json!({"nova_object.name": "RequestSpec"}),
+        host_list: alternates,
+        ..Default::default()
+    };
+    (u, req)
+}
+
+#[tokio::test]
+async fn a_build_the_engine_fails_here_goes_back_to_the_conductor_with_the_alternates() {
+    let h = Harness::new();
+    let alternates = json!([{"nova_object.name": "Selection", "nova_object.data": {"service_host": "other"}}]);
+    let (u, req) = build_with_retry(&h, alternates.clone());
+    h.driver.fail("create");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    let casts = h.nova.take_casts();
+    assert_eq!(casts.len(), 1, "{casts:?}");
+    assert_eq!(casts[0].method, "build_instances");
+    assert_eq!(casts[0].args["instances"][0]["nova_object.data"]["uuid"], json!(u));
+    assert_eq!(casts[0].args["host_lists"], json!([alternates]));
+    let reason = casts[0].args["filter_properties"]["retry"]["exc_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("injected failure"), "{reason}");
+    // Given back to the scheduler: no host, scheduling, nothing held here.
+    assert_eq!(h.states(&u), (Some(VmState::Building), Some(TaskState::Scheduling), NoState));
+    assert_eq!(h.nova.field(&u, "host"), Some(Value::Null));
+    assert!(h.placement.allocations(&u).is_empty());
+    assert!(h.driver.container(&u).is_none());
+    assert!(faults_of(&h, &u).is_empty(), "the conductor records the fault if no alternate is left");
+}
+
+#[tokio::test]
+async fn the_late_group_policy_check_reschedules_a_build_that_would_break_it() {
+    let hint = |req: &mut BuildRequest, group: &str| {
+        req.request_spec = json!({"nova_object.name": "RequestSpec", "nova_object.data": {
+            "scheduler_hints": {"group": [group]}}});
+    };
+    // Anti-affinity: another member already runs here.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    h.driver.fail("create"); // never reached
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-anti", "name": "anti", "policy": "anti-affinity", "members": [u, other]}));
+    hint(&mut req, "anti");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    let casts = h.nova.take_casts();
+    assert_eq!(casts.len(), 1, "{casts:?}");
+    assert_eq!(casts[0].method, "build_instances");
+    let reason = casts[0].args["filter_properties"]["retry"]["exc_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Anti-affinity instance group policy was violated"), "{reason}");
+    assert!(!h.driver.calls().iter().any(|c| c.starts_with("create")), "checked before any container");
+
+    // ... but max_server_per_host = 2 lets it in.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-two", "name": "two", "policy": "anti-affinity", "members": [u, other],
+        "rules": {"max_server_per_host": 2}}));
+    hint(&mut req, "g-two");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+
+    // Affinity: the other member is on another host.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.set_field(&other, "host", json!("elsewhere"));
+    h.nova.add_group(json!({"uuid": "g-aff", "name": "aff", "policy": "affinity", "members": [u, other]}));
+    hint(&mut req, "aff");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.nova.take_casts().len(), 1, "rescheduled");
+
+    // Affinity with the other member here: built.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    let other = h.instance(VmState::Active, None, Running);
+    h.nova.add_group(json!({"uuid": "g-here", "name": "here", "policy": "affinity", "members": [u, other]}));
+    hint(&mut req, "here");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+}
+
+#[tokio::test]
+async fn a_build_without_retry_or_refused_for_its_request_is_not_rescheduled() {
+    // No retry information (a forced host): ERROR here, as before.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    req.filter_properties = json!({});
+    h.driver.fail("create");
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.nova.take_casts().is_empty());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+
+    // A request no host can honour (a volume): ERROR, never rescheduled.
+    let h = Harness::new();
+    let (u, mut req) = build_with_retry(&h, json!([]));
+    req.block_device_mapping = Some(json!({"nova_object.data": {"objects": [
+        {"nova_object.data": {"source_type": "volume", "destination_type": "volume", "boot_index": 1}}]}}));
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.nova.take_casts().is_empty());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+}
+
 #[tokio::test]
 async fn terminate_removes_the_container_and_the_instance() {
     let h = Harness::new();
@@ -703,6 +813,31 @@ async fn a_delete_releases_the_instances_ports_and_keeps_the_users_own() {
 }
 
 #[tokio::test]
+async fn a_delete_leaves_another_projects_port_pointed_at_the_instance() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    // Another tenant writes the victim's uuid into its own port's device_id.
+    h.neutron.add_port_of("port-evil", &u, "project-2");
+    h.request(&u, TaskState::Deleting);
+    h.manager.terminate_instance(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(h.neutron.deleted(), ["port-1"], "the instance's own port is deleted");
+    assert_eq!(h.neutron.ports(), ["port-evil"], "the other project's port is untouched");
+}
+
+#[tokio::test]
+async fn a_network_refresh_never_takes_in_another_projects_port() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    h.neutron.add_port_of("port-evil", &u, "project-2");
+    h.manager.refresh_network_info(&h.ctx, h.rpc_instance(&u)).await.unwrap();
+    assert_eq!(cached_ports(&h, &u), ["port-1"]);
+}
+
+#[tokio::test]
 async fn attach_and_detach_an_interface() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, None, Running);
@@ -928,6 +1063,7 @@ mod resize {
     use super::*;
     use crate::compute::resize::ResizeRequest;
     use crate::objects::{Flavor, Instance, Migration, NovaObject};
+    use crate::testing::fake_driver::FakeContainer;
     use crate::testing::{HOST, PROJECT};
 
     fn flavor(id: i64, memory_mb: i64, extra_specs: Value) -> Flavor {
@@ -1390,6 +1526,136 @@ mod resize {
         assert_eq!(h.driver.container(&u).unwrap().state, Running);
         assert_eq!(h.nova.migration(&m).status(), Some("error"));
         assert!(h.glance.images().is_empty(), "the uploaded image is deleted: {:?}", h.glance.images());
+    }
+
+    /// Plays a move between hosts on this one manager: as the source (this
+    /// host to "other") it runs `resize_instance`, then, with the migration
+    /// turned around and the source's stopped container taken away, it is
+    /// the destination. Returns the instance, migration, the source's
+    /// container and the `finish_resize` cast's disk_info.
+    async fn handed_to_here_from_a_source(h: &Harness) -> (String, String, FakeContainer, Option<Value>) {
+        let u = h.instance(VmState::Active, Some(TaskState::ResizePrep), Running);
+        h.nova.set_field(&u, "flavor", flavor(1, 64, json!({})).obj.to_primitive());
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 14, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "pre-migrating",
+            "old_instance_type_id": 1, "new_instance_type_id": 1, "migration_type": "migration"}));
+        // The conductor's claims: the source's on the migration, the
+        // destination's on the instance.
+        h.placement.allocate(&m, "source-rp", &[("MEMORY_MB", 64)]);
+        h.placement.allocate(&u, "dest-rp", &[("MEMORY_MB", 64)]);
+        h.manager
+            .resize_instance(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), json!({}), Value::Null, true)
+            .await
+            .unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!((casts.len(), casts[0].method.as_str()), (1, "finish_resize"), "{casts:?}");
+        let source_container = h.driver.take_container(&u).unwrap();
+        assert_eq!(source_container.state, Shutdown);
+        swap_ends(h, &m);
+        (u, m, source_container, casts[0].args.get("disk_info").cloned())
+    }
+
+    fn swap_ends(h: &Harness, m: &str) {
+        let mig = h.nova.migration(m);
+        let (src, dst) = (mig.source_compute().unwrap().to_string(), mig.dest_compute().unwrap().to_string());
+        for (field, value) in
+            [("source_compute", &dst), ("source_node", &dst), ("dest_compute", &src), ("dest_node", &src)]
+        {
+            h.nova.set_migration_field(m, field, json!(value));
+        }
+    }
+
+    fn move_image(h: &Harness) -> Option<String> {
+        h.glance.images().into_iter().find(|id| h.glance.image(id).is_some_and(|(g, _)| g.owner.is_some()))
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_between_hosts_hands_the_instance_back_to_the_source_which_starts_it() {
+        let h = Harness::new();
+        let (u, m, source_container, disk_info) = handed_to_here_from_a_source(&h).await;
+        assert!(move_image(&h).is_some());
+        h.nova.set_field(&u, "host", json!(HOST));
+        h.driver.fail_once("start");
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info).await;
+        assert!(r.is_err());
+        // The destination: nothing left, the source told to take it back.
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        assert_eq!((casts[0].method.as_str(), casts[0].host.as_str()), ("finish_revert_resize", "other"));
+        assert!(h.driver.container(&u).is_none(), "the container made here is removed");
+        let (vm, task, _) = h.states(&u);
+        assert_ne!(vm, Some(VmState::Error));
+        assert_eq!(task, Some(TaskState::ResizeReverting));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert_eq!(h.placement.allocations(&m).len(), 1, "the source allocation is kept for the source");
+        assert_eq!(move_image(&h), None, "the move's image goes: the source has the filesystem");
+        assert_eq!(faults_of(&h, &u).len(), 1);
+
+        // The source (this manager again, with its container) finishes.
+        swap_ends(&h, &m);
+        h.driver.put_container(&u, source_container);
+        let i = Instance::from_primitive(&casts[0].args["instance"]).unwrap();
+        h.manager.finish_revert_resize(&h.ctx, i, h.nova.migration(&m)).await.unwrap();
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+        assert_eq!(h.rpc_instance(&u).host(), Some(HOST));
+        assert_eq!(h.driver.container(&u).unwrap().state, Running);
+        assert!(h.placement.allocations(&m).is_empty());
+        assert_eq!(h.placement.allocations(&u).keys().collect::<Vec<_>>(), ["source-rp"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_whose_source_cannot_be_told_ends_in_error_and_keeps_the_move_image() {
+        let h = Harness::new();
+        let (u, m, _, disk_info) = handed_to_here_from_a_source(&h).await;
+        h.nova.set_field(&u, "host", json!(HOST));
+        h.driver.fail("start");
+        h.nova.fail("cast.finish_revert_resize");
+        let r = h.manager.finish_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), disk_info).await;
+        assert!(r.is_err());
+        assert_eq!(h.states(&u).0, Some(VmState::Error));
+        assert_eq!(h.nova.migration(&m).status(), Some("error"));
+        assert!(h.placement.allocations(&m).is_empty(), "Nova's path: the source allocation dropped");
+        assert!(move_image(&h).is_some(), "the filesystem that did not land stays in Glance");
+    }
+
+    #[tokio::test]
+    async fn resizes_left_unconfirmed_past_the_window_are_confirmed_on_the_source() {
+        let h = Harness::with_options("resize_confirm_window = 3600");
+        let window = h.manager.settings.resize_confirm_window.unwrap();
+        let now = chrono::Utc::now();
+        let landed = |vm: VmState, updated: chrono::DateTime<chrono::Utc>| {
+            let (u, m) = arriving(&h);
+            h.nova.set_field(&u, "vm_state", json!(vm.as_str()));
+            h.nova.set_field(&u, "task_state", Value::Null);
+            h.nova.set_migration_field(&m, "status", json!("finished"));
+            h.nova.set_migration_field(&m, "updated_at", json!(updated.to_rfc3339()));
+            (u, m)
+        };
+        let (due, due_m) = landed(VmState::Resized, now - chrono::Duration::hours(2));
+        let (recent, recent_m) = landed(VmState::Resized, now - chrono::Duration::minutes(5));
+        let (broken, broken_m) = landed(VmState::Error, now - chrono::Duration::hours(2));
+        // The source is down: nothing is confirmed, nothing changes.
+        h.nova.add_service(
+            "other",
+            json!({"host": "other", "updated_at": (now - chrono::Duration::hours(1)).to_rfc3339()}),
+        );
+        h.manager.poll_unconfirmed_resizes(&h.ctx, window).await;
+        assert!(h.nova.take_casts().is_empty());
+        assert_eq!(h.nova.migration(&due_m).status(), Some("finished"));
+        assert_eq!(h.nova.migration(&broken_m).status(), Some("error"), "Nova: an instance in ERROR errors it");
+
+        // The source is up: the old one is confirmed there, as nova-api would.
+        h.nova.add_service("other", json!({"host": "other", "updated_at": now.to_rfc3339()}));
+        h.manager.poll_unconfirmed_resizes(&h.ctx, window).await;
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.len(), 1, "{casts:?}");
+        assert_eq!((casts[0].method.as_str(), casts[0].host.as_str()), ("confirm_resize", "other"));
+        assert_eq!(casts[0].args["instance"]["nova_object.data"]["uuid"], json!(due));
+        assert_eq!(h.nova.migration(&due_m).status(), Some("confirming"));
+        assert_eq!(h.nova.migration(&recent_m).status(), Some("finished"), "inside the window");
+        assert_eq!(h.states(&recent).0, Some(VmState::Resized));
+        let _ = broken;
     }
 
     #[tokio::test]

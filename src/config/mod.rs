@@ -693,6 +693,10 @@ pub struct Settings {
     pub resume_guests_state_on_host_boot: bool,
     /// `reclaim_instance_interval`; `None` when 0 (no soft delete).
     pub reclaim_instance_interval: Option<Duration>,
+    /// `[DEFAULT] resize_confirm_window`; `None` when 0 or less (resizes are never confirmed automatically).
+    pub resize_confirm_window: Option<Duration>,
+    /// `[DEFAULT] service_down_time`: a service silent this long is down.
+    pub service_down_time: Duration,
     /// `[DEFAULT] graceful_shutdown_timeout`: time in-flight requests get after SIGTERM before the service exits.
     pub graceful_shutdown_timeout: Duration,
     /// `[docker] rpc_max_message_bytes`: largest RPC message accepted (at least 1024); bigger ones are logged and dropped.
@@ -949,6 +953,8 @@ impl Settings {
             vif_plugging_is_fatal: l.bool(&VIF_PLUGGING_IS_FATAL)?,
             resume_guests_state_on_host_boot: l.bool(&RESUME_GUESTS_STATE_ON_HOST_BOOT)?,
             reclaim_instance_interval: interval(int(&RECLAIM_INSTANCE_INTERVAL)?),
+            resize_confirm_window: interval(int(&RESIZE_CONFIRM_WINDOW)?),
+            service_down_time: secs(int(&SERVICE_DOWN_TIME)?.max(1)),
             graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,

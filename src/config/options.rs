@@ -130,6 +130,10 @@ opts! {
         "Start, at service start-up, the containers of instances Nova believes running.";
     RECLAIM_INSTANCE_INTERVAL: "DEFAULT" "reclaim_instance_interval" Int = Some("0"), None,
         "Seconds after which a soft-deleted instance of this host is deleted for good (checked every as many seconds). Above 0, nova-api (with the same option in its nova.conf) soft-deletes servers, which can be restored meanwhile; 0: servers are deleted at once and nothing is reclaimed here.";
+    RESIZE_CONFIRM_WINDOW: "DEFAULT" "resize_confirm_window" Int = Some("0"), None,
+        "Seconds after which a resize or cold migration that landed on this host and was neither confirmed nor reverted is confirmed automatically (checked every minute, or every as many seconds when fewer), as Nova's _poll_unconfirmed_resizes does; 0: never.";
+    SERVICE_DOWN_TIME: "DEFAULT" "service_down_time" Int = Some("60"), None,
+        "Seconds since its last heartbeat after which another compute service counts as down (an automatic resize confirmation waits for the source to be up).";
     GRACEFUL_SHUTDOWN_TIMEOUT: "DEFAULT" "graceful_shutdown_timeout" Int = Some("60"), None,
         "Seconds in-flight requests get to finish after SIGTERM before the service exits anyway.";
 

@@ -132,6 +132,18 @@ impl FakeDriver {
         let _ = self.change(uuid, |c| c.plugged = ports.iter().map(|p| p.to_string()).collect());
     }
 
+    /// Takes the container of `uuid` away, as if it were on another host
+    /// (a test playing both ends of a move puts it back with
+    /// [`FakeDriver::put_container`]).
+    pub fn take_container(&self, uuid: &str) -> Option<FakeContainer> {
+        self.with(|s| s.containers.remove(uuid))
+    }
+
+    /// Gives `uuid` the container `c` (see [`FakeDriver::take_container`]).
+    pub fn put_container(&self, uuid: &str, c: FakeContainer) {
+        self.with(|s| s.containers.insert(uuid.to_string(), c));
+    }
+
     /// The container a rebuild set aside for `uuid`, if any.
     pub fn set_aside_container(&self, uuid: &str) -> Option<FakeContainer> {
         self.with(|s| s.set_aside.get(uuid).cloned())

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::net::{NetworkInfo, Vif};
-use crate::network::{BoundPort, NetworkError, NetworkRequest, PortService, Requested};
+use crate::network::{BoundPort, NetworkError, NetworkRequest, PortService, Requested, port_in_project};
 use crate::objects::Instance;
 
 /// The only network.
@@ -78,6 +78,10 @@ impl FakeNeutron {
             let port = self.with(|s| {
                 s.ports.get_mut(id).map(|p| {
                     p["device_id"] = json!(i.uuid());
+                    if p["project_id"].is_null() {
+                        // The user's port is in the user's project.
+                        p["project_id"] = json!(i.project_id());
+                    }
                     p.clone()
                 })
             });
@@ -184,6 +188,7 @@ impl PortService for FakeNeutron {
     fn release_instance_ports<'a>(
         &'a self,
         uuid: &'a str,
+        project: &'a str,
         preserved: &'a [String],
     ) -> BoxFuture<'a, Result<(), NetworkError>> {
         Box::pin(async move {
@@ -191,7 +196,7 @@ impl PortService for FakeNeutron {
             let ids: Vec<String> = self.with(|s| {
                 s.ports
                     .values()
-                    .filter(|p| p["device_id"] == uuid)
+                    .filter(|p| port_in_project(p, uuid, project))
                     .filter_map(|p| p["id"].as_str())
                     .map(String::from)
                     .collect()
@@ -204,10 +209,14 @@ impl PortService for FakeNeutron {
         })
     }
 
-    fn instance_ports<'a>(&'a self, uuid: &'a str) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
+    fn instance_ports<'a>(
+        &'a self,
+        uuid: &'a str,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Value>, NetworkError>> {
         Box::pin(async move {
             self.check("instance_ports")?;
-            Ok(self.with(|s| s.ports.values().filter(|p| p["device_id"] == uuid).cloned().collect()))
+            Ok(self.with(|s| s.ports.values().filter(|p| port_in_project(p, uuid, project)).cloned().collect()))
         })
     }
 

@@ -50,6 +50,10 @@ struct Db {
     failing: HashMap<String, usize>,
     saves: usize,
     casts: Vec<Cast>,
+    /// Service rows of other compute hosts, by host.
+    services: HashMap<String, Value>,
+    /// Server groups (`nova_object.data`), by uuid.
+    groups: HashMap<String, Value>,
 }
 
 /// A cast a compute sent to another compute (a move's next step).
@@ -129,6 +133,17 @@ impl FakeNova {
     /// Changes a migration row behind the compute's back (the API).
     pub fn set_migration_field(&self, uuid: &str, field: &str, value: Value) {
         self.with(|db| db.migrations.get_mut(uuid).map(|d| d.insert(field.to_string(), value)));
+    }
+
+    /// Adds a server group (`nova_object.data` with `uuid`, `name`, `policy`, `members`).
+    pub fn add_group(&self, data: Value) {
+        let uuid = data["uuid"].as_str().unwrap_or_default().to_string();
+        self.with(|db| db.groups.insert(uuid, data));
+    }
+
+    /// Gives `host` a compute service row (`nova_object.data`).
+    pub fn add_service(&self, host: &str, data: Value) {
+        self.with(|db| db.services.insert(host.to_string(), data));
     }
 
     /// Takes the casts sent so far, oldest first.
@@ -226,6 +241,18 @@ impl FakeNova {
                 });
                 Ok(json!([{}, null]))
             }
+            ("InstanceGroup", "get_hosts") => {
+                let exclude: Vec<Value> = args["kwargs"]["exclude"].as_array().cloned().unwrap_or_default();
+                let members = data.get("members").and_then(Value::as_array).cloned().unwrap_or_default();
+                let mut hosts: Vec<Value> = members
+                    .iter()
+                    .filter(|m| !exclude.contains(m))
+                    .filter_map(|m| db.instances.get(m.as_str().unwrap_or_default()))
+                    .filter_map(|row| row.get("host").filter(|h| !h.is_null()).cloned())
+                    .collect();
+                hosts.dedup();
+                Ok(json!([{}, hosts]))
+            }
             ("InstanceInfoCache", "save") => {
                 let uuid = str_of("instance_uuid");
                 let cache = json!({"nova_object.name": "InstanceInfoCache", "nova_object.namespace": "nova",
@@ -311,6 +338,63 @@ impl FakeNova {
                 Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
                           "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
             }
+            ("MigrationList", "get_unconfirmed_by_dest_compute") => {
+                // Rows without `updated_at` count as old enough.
+                let window = a.first().and_then(Value::as_i64).unwrap_or(0);
+                let cutoff = chrono::Utc::now() - chrono::Duration::seconds(window);
+                let dest = arg(1);
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        m.get("status").and_then(Value::as_str) == Some("finished")
+                            && m.get("dest_compute").and_then(Value::as_str) == Some(dest.as_str())
+                            && m.get("updated_at")
+                                .and_then(Value::as_str)
+                                .and_then(crate::objects::time::parse)
+                                .is_none_or(|t| t <= cutoff)
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                                    "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+            }
+            ("InstanceGroup", "get_by_hint" | "get_by_uuid") => {
+                let key = arg(0);
+                match db.groups.values().find(|g| g["uuid"] == json!(key) || g["name"] == json!(key)) {
+                    Some(data) => Ok(json!({"nova_object.name": "InstanceGroup", "nova_object.namespace": "nova",
+                        "nova_object.version": "1.11", "nova_object.data": data})),
+                    None => Err(nova_error(
+                        "InstanceGroupNotFound",
+                        format!("Instance group {key} could not be found."),
+                        404,
+                    )),
+                }
+            }
+            ("InstanceList", "get_uuids_by_host") => {
+                let host = arg(0);
+                let uuids: Vec<Value> = db
+                    .instances
+                    .iter()
+                    .filter(|(_, d)| d.get("host").and_then(Value::as_str) == Some(host.as_str()))
+                    .map(|(u, _)| json!(u))
+                    .collect();
+                Ok(Value::Array(uuids))
+            }
+            ("MigrationList", "get_in_progress_by_host_and_node") => {
+                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": []}}))
+            }
+            ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
+                Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",
+                    "nova_object.version": "1.22", "nova_object.data": data})),
+                None => {
+                    Err(nova_error("ComputeHostNotFound", format!("Compute host {} could not be found.", arg(0)), 404))
+                }
+            },
             ("InstanceInfoCache", "get_by_instance_uuid") => {
                 match db.instances.get(&arg(0)).and_then(|d| d.get("info_cache")).cloned() {
                     Some(cache) => Ok(cache),

@@ -513,3 +513,173 @@ async fn source_killed_during_a_migration_rolls_back() {
 async fn source_killed_during_a_migration_rolls_back_zed() {
     source_killed_during_a_migration(Release::Zed).await;
 }
+
+/// `resize_confirm_window` on the destination: a cold migration left in
+/// VERIFY_RESIZE is confirmed by the destination's periodic pass once the
+/// window has passed (Nova's `_poll_unconfirmed_resizes`): the source's
+/// container and the migration's allocation go, the server is ACTIVE on the
+/// destination with its files.
+async fn unconfirmed_migration_confirmed_after_the_window(release: Release) {
+    let cloud = Cloud::get(release);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd-confirm"));
+    let engine = PrivateDocker::start(&dir).await;
+    let (a_name, b_name) = (host_name("cwina"), host_name("cwinb"));
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let extra =
+        format!("[DEFAULT]\nresize_confirm_window = 2\n[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    cloud.wait_provider(&a_name, T).await;
+    let rp_b = cloud.wait_provider(&b_name, T).await["uuid"].as_str().unwrap().to_string();
+    let b = Some(&engine);
+
+    let image = cloud.busybox_image(&host_a.conf).await;
+    let id = cloud.create_server(&common::unique("nd-cwin"), &image, &a_name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let text = common::unique("kept");
+    write_file(None, &id, &text).await;
+    let body = json!({"migrate": {"host": b_name}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await;
+    assert_eq!(status, 202, "{v}");
+
+    // Nobody confirms: the destination does, after the window.
+    wait_for("the migration to be confirmed", T, async || {
+        let (_, v) =
+            cloud.nova(reqwest::Method::GET, &format!("/os-migrations?instance_uuid={id}"), None, "2.59").await;
+        let s = cloud.server(&id).await.unwrap_or_default();
+        assert_ne!(s["status"], "ERROR", "{s}");
+        v["migrations"].as_array().is_some_and(|l| l.iter().any(|m| m["status"] == "confirmed"))
+    })
+    .await;
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str());
+    wait_for("A's container to go", T, async || container(None, &id).is_none()).await;
+    assert_eq!(read_file(b, &id), text);
+    let mig = migration(&cloud, &id).await["uuid"].as_str().unwrap().to_string();
+    assert_eq!(memory_allocations(&cloud, &mig).await, [], "confirm drops the source allocation");
+    assert_eq!(memory_allocations(&cloud, &id).await, [(rp_b, NANO_MB)]);
+    let actions = cloud.actions(&id).await;
+    assert!(actions.iter().any(|a| a["action"] == "confirmResize"), "{actions:?}");
+    cloud.delete_server(&id, T).await;
+}
+
+#[tokio::test]
+async fn unconfirmed_migration_is_confirmed_after_the_window() {
+    unconfirmed_migration_confirmed_after_the_window(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn unconfirmed_migration_is_confirmed_after_the_window_zed() {
+    unconfirmed_migration_confirmed_after_the_window(Release::Zed).await;
+}
+
+/// A build the scheduler first sends to a host whose Docker engine is down
+/// (the host itself up) fails there and goes back to the conductor with the
+/// alternate hosts, as with Python nova-compute's `RescheduledException`:
+/// the server ends ACTIVE on the alternate, with one allocation, there.
+async fn build_rescheduled_to_the_alternate(release: Release) {
+    let cloud = Cloud::get(release);
+    let (a_name, b_name) = (host_name("bresa"), host_name("bresb"));
+    let engine_a = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-ba"))).await;
+    let engine_b = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-bb"))).await;
+    let host_a =
+        ComputeHost::start(&cloud, &a_name, &format!("[docker]\nhost_url = unix://{}\n", engine_a.socket().display()))
+            .await;
+    // B reports much less free memory: the RAM weigher puts A first.
+    let extra = format!(
+        "[DEFAULT]\nreserved_host_memory_mb = 8192\n[docker]\nhost_url = unix://{}\n",
+        engine_b.socket().display()
+    );
+    let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
+    let marker = format!("CUSTOM_ND_{}", common::unique("B").replace('-', "_").to_uppercase());
+    let mut rp_b = String::new();
+    for name in [&a_name, &b_name] {
+        let rp = cloud.wait_provider(name, T).await["uuid"].as_str().unwrap().to_string();
+        add_trait(&cloud, &rp, &marker).await;
+        rp_b = rp;
+    }
+    let flavor = pinned_flavor(&cloud, NANO_MB, &marker).await;
+    let image = cloud.busybox_image(&host_a.conf).await;
+    drop(engine_a);
+
+    let body = json!({"server": {"name": common::unique("nd-bresched"), "imageRef": image, "flavorRef": flavor,
+        "networks": "none"}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["server"]["id"].as_str().unwrap().to_string();
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str(), "rescheduled to the alternate");
+    assert_eq!(container(Some(&engine_b), &id).map(|c| c.0), Some(true));
+    let hosts: Vec<String> = cloud
+        .actions(&id)
+        .await
+        .iter()
+        .flat_map(|a| a["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event"] == "compute__do_build_and_run_instance")
+        .filter_map(|e| e["host"].as_str().map(str::to_string))
+        .collect();
+    assert!(hosts.contains(&a_name) && hosts.contains(&b_name), "tried A, then B: {hosts:?}");
+    assert_eq!(memory_allocations(&cloud, &id).await, [(rp_b, NANO_MB)], "nothing left held on A");
+    cloud.delete_server(&id, T).await;
+    delete_flavor(&cloud, &flavor).await;
+}
+
+#[tokio::test]
+async fn build_failing_here_is_rescheduled_to_the_alternate() {
+    build_rescheduled_to_the_alternate(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn build_failing_here_is_rescheduled_to_the_alternate_zed() {
+    build_rescheduled_to_the_alternate(Release::Zed).await;
+}
+
+/// Boots a server in server group `group` forced onto `host`.
+async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
+    let body = json!({"server": {"name": common::unique("nd-grp"), "imageRef": image, "flavorRef": "42",
+        "networks": "none", "availability_zone": format!("nova:{host}")}, "os:scheduler_hints": {"group": group}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    v["server"]["id"].as_str().unwrap().to_string()
+}
+
+/// The late server-group check (Nova's `_validate_instance_group_policy`)
+/// against the real conductor: a host forced past the scheduler's filters
+/// (no retry then) still refuses a second anti-affinity member on it, and a
+/// second affinity member away from the first's host, with Nova's fault.
+async fn late_group_policy_check(release: Release) {
+    let cloud = Cloud::get(release);
+    let (a_name, b_name) = (host_name("grpa"), host_name("grpb"));
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let _host_b = ComputeHost::start(&cloud, &b_name, "").await;
+    let image = cloud.busybox_image(&host_a.conf).await;
+    for (policy, second_host, violated) in
+        [("anti-affinity", &a_name, "Anti-affinity"), ("affinity", &b_name, "Affinity")]
+    {
+        let body = json!({"server_group": {"name": common::unique("nd-grp"), "policy": policy}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, "/os-server-groups", Some(body), "2.64").await;
+        assert_eq!(status, 200, "{v}");
+        let group = v["server_group"]["id"].as_str().unwrap().to_string();
+        let first = boot_in_group(&cloud, &image, &a_name, &group).await;
+        cloud.wait_status(&first, "ACTIVE", T).await;
+        let second = boot_in_group(&cloud, &image, second_host, &group).await;
+        let s = cloud.wait_status(&second, "ERROR", T).await;
+        let fault = s["fault"]["message"].as_str().unwrap_or_default();
+        assert!(fault.contains(&format!("{violated} instance group policy was violated")), "{policy}: {}", s["fault"]);
+        for id in [&first, &second] {
+            cloud.delete_server(id, T).await;
+        }
+        let (status, _) =
+            cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
+        assert_eq!(status, 204);
+    }
+}
+
+#[tokio::test]
+async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it() {
+    late_group_policy_check(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it_zed() {
+    late_group_policy_check(Release::Zed).await;
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cloud::{Cloud, ComputeHost};
+use crate::cloud::{Cloud, ComputeHost, Tenant};
 use crate::common::{self, Release};
 use crate::proxy::Relay;
 
@@ -321,6 +321,59 @@ async fn delete_releases_every_port_neutron_lists() {
     assert_eq!(cloud.action(&id, json!({"os-resetState": {"state": "error"}})).await.0, 202);
     cloud.delete_server(&id, T).await;
     assert!(ports_of(&cloud, &id).await.is_empty(), "the port Nova did not know of is deleted");
+    host.stop().await;
+}
+
+/// A Neutron request with a tenant's token.
+async fn neutron_as(cloud: &Cloud, token: &str, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}{path}", cloud.var("ND_NEUTRON")))
+        .header("X-Auth-Token", token)
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A port by id (None once deleted), as the admin sees it.
+async fn port(cloud: &Cloud, id: &str) -> Option<Value> {
+    let (status, v) = neutron(cloud, reqwest::Method::GET, &format!("/v2.0/ports/{id}"), None).await;
+    (status == 200).then(|| v["port"].clone())
+}
+
+/// Tenant B points a port of its own at tenant A's server (a port's
+/// `device_id` is whatever its owner writes). The service lists ports with
+/// admin credentials; A's delete must still release A's ports only: A's own
+/// port pointed at the server goes, B's stays as B left it.
+#[tokio::test]
+async fn a_delete_never_releases_another_tenants_port() {
+    let cloud = Cloud::get(Release::Newest);
+    let name = crate::cloud::host_name("portten");
+    let mut host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.public_busybox_image(&host.conf).await;
+    let (token_a, token_b) = (cloud.tenant_token(Tenant::A), cloud.tenant_token(Tenant::B));
+    let id = cloud.create_server_as(&token_a, &common::unique("portten"), &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let net = cloud.var("ND_NETWORK_ID").to_string();
+    let mut ports = Vec::new();
+    for token in [&token_a, &token_b] {
+        let body = json!({"port": {"network_id": net, "device_id": id, "device_owner": "compute:nova"}});
+        let (status, v) = neutron_as(&cloud, token, reqwest::Method::POST, "/v2.0/ports", body).await;
+        assert_eq!(status, 201, "{v}");
+        ports.push(v["port"]["id"].as_str().unwrap().to_string());
+    }
+    let (own, other) = (&ports[0], &ports[1]);
+    cloud.delete_server(&id, T).await;
+    assert!(port(&cloud, own).await.is_none(), "the tenant's own port pointed at its server is released");
+    let kept = port(&cloud, other).await.expect("the other tenant's port is not deleted");
+    assert_eq!(kept["device_id"], id.as_str(), "and not unbound: {kept}");
+    assert_eq!(kept["project_id"], cloud.project_id("nd-tenant-b").as_str());
+    // (Neutron's policy lets only an admin delete a compute:* port.)
+    let (status, v) = neutron(&cloud, reqwest::Method::DELETE, &format!("/v2.0/ports/{other}"), None).await;
+    assert_eq!(status, 204, "{v}");
     host.stop().await;
 }
 
