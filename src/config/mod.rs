@@ -8,6 +8,7 @@
 //! does not read are listed ([`Layered::unused`]), not refused, so the
 //! nova.conf of a Python compute host can be used as it is.
 
+pub mod certificate;
 pub mod ini;
 pub mod interpolate;
 pub mod keystone;
@@ -94,6 +95,18 @@ pub enum ConfigError {
         path: PathBuf,
         /// Why reading it failed.
         source: std::io::Error,
+    },
+    /// A certificate an option names is expired or not yet valid.
+    #[error("[{group}] {name}: the certificate is valid from {not_before} to {not_after} only, not now")]
+    CertificateNotValid {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// Start of its validity.
+        not_before: String,
+        /// End of its validity.
+        not_after: String,
     },
     /// `[DEFAULT] transport_url` is not a RabbitMQ URL this host can use.
     #[error("[DEFAULT] transport_url: {0}")]
@@ -591,6 +604,17 @@ fn rabbit_tls(l: &Layered, any_tls: bool, login: LoginMethod) -> Result<RabbitTl
     let ca = read(&RABBIT_SSL_CA_FILE, "-----BEGIN CERTIFICATE-----", "PEM file of CA certificates")?;
     let cert = read(&RABBIT_SSL_CERT_FILE, "-----BEGIN CERTIFICATE-----", "PEM certificate file")?;
     let key = read(&RABBIT_SSL_KEY_FILE, "PRIVATE KEY-----", "PEM private key file")?;
+    if let Some((not_before, not_after)) = cert.as_deref().and_then(certificate::validity) {
+        let now = chrono::Utc::now();
+        if now > not_after || now < not_before {
+            return Err(ConfigError::CertificateNotValid {
+                group: RABBIT_SSL_CERT_FILE.group,
+                name: RABBIT_SSL_CERT_FILE.name,
+                not_before: not_before.to_rfc3339(),
+                not_after: not_after.to_rfc3339(),
+            });
+        }
+    }
     let client_identity = match (cert, key) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,

@@ -395,18 +395,40 @@ fn tls_config(tls: &RabbitTls) -> OwnedTLSConfig {
 
 /// One line saying why a connection attempt failed, naming the likely cause
 /// for the failures an operator meets with TLS and logins.
-pub fn explain_connect_error(broker: &BrokerAddress, error: &str) -> String {
+pub fn explain_connect_error(broker: &BrokerAddress, with_client_certificate: bool, error: &str) -> String {
     let e = error.to_ascii_lowercase();
-    let cause = if e.contains("unknownissuer") || e.contains("unknown issuer") || e.contains("unknown_ca") {
-        Some("the broker's certificate is not signed by a trusted CA (check [oslo_messaging_rabbit] ssl_ca_file)")
-    } else if e.contains("expired") {
-        Some("a certificate has expired (the broker's, or ours if the broker refused it: check ssl_cert_file)")
-    } else if e.contains("notvalidforname") || e.contains("not valid for name") {
-        Some("the broker's certificate does not name the host in transport_url")
-    } else if e.contains("certificate") && (e.contains("alert") || e.contains("bad")) {
-        Some("the broker refused our client certificate (check ssl_cert_file and the broker's CA)")
+    let cause = if e.contains("invalid peer certificate") || e.contains("unknownissuer") {
+        // rustls judged the broker's certificate
+        Some(if e.contains("unknownissuer") {
+            "the broker's certificate is not signed by a trusted CA (check [oslo_messaging_rabbit] ssl_ca_file)"
+        } else if e.contains("expired") {
+            "the broker's certificate has expired"
+        } else if e.contains("notvalidforname") {
+            "the broker's certificate does not name the host written in transport_url"
+        } else {
+            "the broker's certificate is not valid"
+        })
+    } else if e.contains("received fatal alert") {
+        // the broker aborted the handshake, mostly over our certificate
+        Some(if e.contains("certificateexpired") {
+            "the broker refused our client certificate: it has expired (ssl_cert_file)"
+        } else if e.contains("unknownca") || e.contains("badcertificate") || e.contains("certificateunknown") {
+            "the broker refused our client certificate: not signed by a CA it trusts (ssl_cert_file)"
+        } else if e.contains("certificaterequired") {
+            "the broker requires a client certificate (set ssl_cert_file and ssl_key_file)"
+        } else {
+            "the broker aborted the TLS handshake"
+        })
     } else if e.contains("access_refused") || e.contains("access-refused") || e.contains("authentication") {
         Some("the broker refused the login (user/password in transport_url, or rabbit_login_method)")
+    } else if broker.tls
+        && with_client_certificate
+        && (e.contains("reset by peer") || e.contains("eof") || e.contains("broken pipe"))
+    {
+        Some(
+            "the broker closed the connection after the TLS handshake: it refused our client certificate \
+             (expired, or not signed by a CA it trusts?)",
+        )
     } else if broker.tls
         && (e.contains("handshake") || e.contains("corrupt message") || e.contains("invalidcontenttype"))
     {
@@ -499,7 +521,7 @@ async fn supervise(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(broker = %broker, error = %e, "RabbitMQ setup failed"),
             },
             Ok(Err(e)) => {
-                let why = explain_connect_error(broker, &e.to_string());
+                let why = explain_connect_error(broker, inner.opts.tls.client_identity.is_some(), &e.to_string());
                 tracing::warn!("cannot connect to RabbitMQ: {why}");
                 *inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             }
@@ -805,6 +827,32 @@ mod tests {
             login_method: LoginMethod::AmqPlain,
             tls: RabbitTls::default(),
         }
+    }
+
+    #[test]
+    fn connect_errors_name_their_cause() {
+        let b = BrokerAddress {
+            host: "127.0.0.1".into(),
+            port: 5671,
+            username: "u".into(),
+            password: "secret".into(),
+            vhost: "/".into(),
+            tls: true,
+        };
+        let cases = [
+            ("IO error: invalid peer certificate: UnknownIssuer", "not signed by a trusted CA"),
+            ("IO error: invalid peer certificate: Expired", "broker's certificate has expired"),
+            ("IO error: invalid peer certificate: NotValidForName", "does not name the host"),
+            ("IO error: received fatal alert: UnknownCA", "refused our client certificate: not signed"),
+            ("IO error: received fatal alert: CertificateExpired", "refused our client certificate: it has expired"),
+            ("ACCESS_REFUSED - Login was refused", "refused the login"),
+            ("IO error: Connection reset by peer (os error 104)", "closed the connection after the TLS handshake"),
+        ];
+        for (error, cause) in cases {
+            let line = explain_connect_error(&b, true, error);
+            assert!(line.contains(cause) && line.ends_with(error) && !line.contains("secret"), "{line}");
+        }
+        assert!(!explain_connect_error(&b, false, "IO error: Connection reset by peer").contains("certificate"));
     }
 
     #[test]

@@ -35,7 +35,8 @@
 #                                  (CN localhost, SAN localhost and 127.0.0.1),
 #                                  client.pem/.key (CN nova-docker-client, for EXTERNAL),
 #                                  expired-client.pem/.key (valid 2020-01-01..02),
-#                                  other-ca.pem (a CA that signed nothing here)
+#                                  foreign-client.pem/.key (same CN, signed by
+#                                  other-ca.pem, a CA the nodes do not trust)
 #   rabbitmq.sh cluster            tls, then start the three nodes (in parallel) and
 #                                  join ndc2, ndc3 to ndc1 unless already clustered.
 #                                  Idempotent; the user nova-docker-client (no
@@ -229,30 +230,41 @@ tls_issue() {
   rm -f "$TLS_DIR/$name.csr"
 }
 
+tls_ca() { # NAME: a self-signed test CA NAME.pem/NAME.key and its openssl-ca database
+  [ -s "$TLS_DIR/$1.pem" ] && [ -s "$TLS_DIR/$1.key" ] && return 0
+  mkdir -p "$TLS_DIR/$1.db"; : > "$TLS_DIR/$1.db/index"; echo 1000 > "$TLS_DIR/$1.db/serial"
+  openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nova-docker test $1" \
+    -keyout "$TLS_DIR/$1.key" -out "$TLS_DIR/$1.pem" 2>/dev/null
+}
+
+# Each file is created when missing: the nodes keep using ca.pem and
+# server.pem while they run, so those are never replaced.
 ensure_tls() {
-  if [ -s "$TLS_DIR/done" ]; then return 0; fi
+  [ -s "$TLS_DIR/done" ] && return 0
   log "creating the test PKI in $TLS_DIR"
-  rm -rf "$TLS_DIR"; mkdir -p "$TLS_DIR"
-  local ca
-  for ca in ca other-ca; do
-    mkdir -p "$TLS_DIR/$ca.db"; : > "$TLS_DIR/$ca.db/index"; echo 1000 > "$TLS_DIR/$ca.db/serial"
-    openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nova-docker test $ca" \
-      -keyout "$TLS_DIR/$ca.key" -out "$TLS_DIR/$ca.pem" 2>/dev/null
-  done
-  cat > "$TLS_DIR/ca.cnf" <<EOF
-[ ca ]
-[ ca_sect ]
+  mkdir -p "$TLS_DIR"
+  tls_ca ca
+  tls_ca other-ca
+  local sect
+  {
+    echo '[ ca ]'
+    for sect in ca other-ca; do
+      cat <<EOF
+[ $sect ]
 dir = $TLS_DIR
-database = \$dir/ca.db/index
-serial = \$dir/ca.db/serial
-new_certs_dir = \$dir/ca.db
-certificate = \$dir/ca.pem
-private_key = \$dir/ca.key
+database = \$dir/$sect.db/index
+serial = \$dir/$sect.db/serial
+new_certs_dir = \$dir/$sect.db
+certificate = \$dir/$sect.pem
+private_key = \$dir/$sect.key
 default_md = sha256
 default_days = 3650
 policy = any
 copy_extensions = none
 unique_subject = no
+EOF
+    done
+    cat <<EOF
 [ any ]
 commonName = supplied
 [ server ]
@@ -265,11 +277,13 @@ basicConstraints = CA:FALSE
 keyUsage = digitalSignature, keyEncipherment
 extendedKeyUsage = clientAuth
 EOF
-  tls_issue server ca_sect /CN=localhost -extensions server
-  tls_issue client ca_sect "/CN=$CLIENT_CN" -extensions client
-  tls_issue expired-client ca_sect "/CN=$CLIENT_CN" -extensions client \
+  } > "$TLS_DIR/ca.cnf"
+  [ -s "$TLS_DIR/server.pem" ] || tls_issue server ca /CN=localhost -extensions server
+  [ -s "$TLS_DIR/client.pem" ] || tls_issue client ca "/CN=$CLIENT_CN" -extensions client
+  [ -s "$TLS_DIR/expired-client.pem" ] || tls_issue expired-client ca "/CN=$CLIENT_CN" -extensions client \
     -startdate 20200101000000Z -enddate 20200102000000Z
-  rm -f "$TLS_DIR"/other-ca.key
+  # the right name, the wrong issuer: the broker must refuse it
+  [ -s "$TLS_DIR/foreign-client.pem" ] || tls_issue foreign-client other-ca "/CN=$CLIENT_CN" -extensions client
   chmod 755 "$TLS_DIR"; chmod 644 "$TLS_DIR"/*.pem "$TLS_DIR"/*.key
   chown -R rabbitmq:rabbitmq "$TLS_DIR"
   echo ok > "$TLS_DIR/done"
