@@ -429,6 +429,8 @@ pub fn explain_connect_error(broker: &BrokerAddress, with_client_certificate: bo
             "the broker closed the connection after the TLS handshake: it refused our client certificate \
              (expired, or not signed by a CA it trusts?)",
         )
+    } else if !broker.tls && (e.contains("parsing error") || e.contains("failed to parse")) {
+        Some("the answer is not AMQP (a TLS listener? then use amqps:// or ssl = true)")
     } else if broker.tls
         && (e.contains("handshake") || e.contains("corrupt message") || e.contains("invalidcontenttype"))
     {
