@@ -431,6 +431,8 @@ pub fn explain_connect_error(broker: &BrokerAddress, with_client_certificate: bo
         )
     } else if !broker.tls && (e.contains("parsing error") || e.contains("failed to parse")) {
         Some("the answer is not AMQP (a TLS listener? then use amqps:// or ssl = true)")
+    } else if !broker.tls && e.contains("reset by peer") {
+        Some("the broker reset the connection before AMQP began (a TLS listener? then use amqps:// or ssl = true)")
     } else if broker.tls
         && (e.contains("handshake") || e.contains("corrupt message") || e.contains("invalidcontenttype"))
     {
@@ -855,6 +857,8 @@ mod tests {
             assert!(line.contains(cause) && line.ends_with(error) && !line.contains("secret"), "{line}");
         }
         assert!(!explain_connect_error(&b, false, "IO error: Connection reset by peer").contains("certificate"));
+        let plain = BrokerAddress { tls: false, ..b };
+        assert!(explain_connect_error(&plain, false, "IO error: Connection reset by peer").contains("a TLS listener?"));
     }
 
     #[test]
