@@ -181,6 +181,12 @@ async fn tls_refusals_say_why() {
     assert!(!ok, "{report}");
     let line = common::line(&report, "rabbitmq");
     assert!(line.starts_with("[FAIL]") && line.contains("not signed by a trusted CA"), "{report}");
+    // and what it connected with when it works
+    let text = std::fs::read_to_string(&conf).unwrap().replace(&wrong_ca, &tls_lines("EXTERNAL"));
+    std::fs::write(&conf, text).unwrap();
+    let (_, report) = common::check(&conf).await;
+    let line = common::line(&report, "rabbitmq");
+    assert!(line.starts_with("[ OK ]") && line.contains("(TLS, EXTERNAL (client certificate) login)"), "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
