@@ -318,11 +318,12 @@ impl Pinger {
 /// lost its connection, the Python client pings it: the answer must come
 /// within 5 s (the client's timeout) of the loss. Returns the node the host
 /// moved to.
-async fn stop_and_follow(t: &Transport, idx: usize, pinger: &mut Pinger) -> usize {
+async fn stop_and_follow(t: &Transport, idx: usize, how: &'static str, pinger: &mut Pinger) -> usize {
     let before = t.connection_count();
     let t0 = Instant::now();
     let node = NODES[idx];
-    let stop = tokio::spawn(async move { rabbit(&["private-stop", node]).await });
+    let verb = if how == "private-kill" { "killed" } else { "stopped" };
+    let stop = tokio::spawn(async move { rabbit(&[how, node]).await });
     while t.is_connected() && t.connection_count() == before {
         assert!(t0.elapsed() < Duration::from_secs(60), "the host never lost its connection");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -335,7 +336,7 @@ async fn stop_and_follow(t: &Transport, idx: usize, pinger: &mut Pinger) -> usiz
     let node = node_of(t).expect("connected");
     assert!(back && node != idx, "on another node");
     common::figure(format!(
-        "cluster failover: {} stopped; the host lost it {:?} after the stop began, moved to {} \
+        "cluster failover: {} {verb}; the host lost it {:?} after that began, moved to {} \
          ({} connections so far), ping answered {answered:?} after the loss",
         NODES[idx],
         lost - t0,
@@ -349,7 +350,8 @@ async fn stop_and_follow(t: &Transport, idx: usize, pinger: &mut Pinger) -> usiz
 
 /// Stops the node the host is connected to while a call is in flight: the
 /// host moves to another node over TLS, answers pings within 5 s, the call
-/// completes once; the node comes back and another one is stopped.
+/// completes once; the node comes back and another one is stopped, then the
+/// next one is killed.
 #[tokio::test]
 async fn cluster_node_loss_under_a_serving_host() {
     cluster().await;
@@ -388,7 +390,7 @@ async fn cluster_node_loss_under_a_serving_host() {
     }
 
     // Round 1: the host's node goes away with the call in flight.
-    let second = stop_and_follow(&t, first, &mut pinger).await;
+    let second = stop_and_follow(&t, first, "private-stop", &mut pinger).await;
     let line = tokio::time::timeout(Duration::from_secs(60), caller_out.next_line())
         .await
         .expect("the slow call returned")
@@ -408,8 +410,15 @@ async fn cluster_node_loss_under_a_serving_host() {
     rabbit(&["private-start", NODES[first]]).await;
     let third = (0..3).find(|&i| i != first && i != second).expect("a third node");
     let mut pinger = Pinger::start(theirs, &amqp_url(&[third]), &topic, &server.host).await;
-    stop_and_follow(&t, second, &mut pinger).await;
+    let now = stop_and_follow(&t, second, "private-stop", &mut pinger).await;
     rabbit(&["private-start", NODES[second]]).await;
+
+    // Round 3: the host's node crashes (SIGKILL: no connection.close, the
+    // quorum queues elect new leaders).
+    let keep = (0..3).find(|&i| i != now).expect("another node");
+    let mut pinger = Pinger::start(theirs, &amqp_url(&[keep]), &topic, &server.host).await;
+    stop_and_follow(&t, now, "private-kill", &mut pinger).await;
+    rabbit(&["private-start", NODES[now]]).await;
 
     // Heartbeats continue on the new connection: no reconnection over three
     // heartbeat timeouts with nothing else happening.
