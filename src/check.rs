@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::auth::{HttpError, ServiceClient};
 use crate::conductor::Conductor;
-use crate::config::{AuthSettings, ServiceSettings, Settings};
+use crate::config::{AuthSettings, LoginMethod, ServiceSettings, Settings};
 use crate::image::Glance;
 use crate::placement::Placement;
 use crate::rpc::{RequestContext, RpcClient, Topology, Transport};
@@ -191,7 +191,20 @@ async fn check_amqp_and_conductor(settings: &Settings, r: &mut Report) {
         r.fail("nova-conductor", "not checked: no RabbitMQ connection");
         return;
     }
-    r.ok("rabbitmq", format!("connected to {}", brokers.join(", ")));
+    let on = transport.connected_broker();
+    let tls = if on.as_ref().is_some_and(|b| b.tls) { "TLS" } else { "plain AMQP" };
+    let login = match settings.rabbit.login_method {
+        LoginMethod::AmqPlain => "AMQPLAIN",
+        LoginMethod::Plain => "PLAIN",
+        LoginMethod::External => "EXTERNAL (client certificate)",
+    };
+    let on = on.map(|b| b.to_string()).unwrap_or_default();
+    r.ok("rabbitmq", format!("connected to {on} ({tls}, {login} login); transport_url lists {}", brokers.join(", ")));
+    // Several brokers: one that refused us before another accepted is still
+    // worth knowing about.
+    if let Some(why) = transport.last_connect_error() {
+        r.warn("rabbitmq", format!("an earlier attempt failed: {why}"));
+    }
     let topology = Topology::new(settings.rabbit.clone(), settings.control_exchange.clone());
     match RpcClient::start(transport.clone(), &topology, Duration::from_secs(10)).await {
         Ok(client) => {

@@ -40,6 +40,8 @@ pub fn transport_options(settings: &Settings) -> TransportOptions {
         connect_timeout: Duration::from_secs(10),
         prefetch: settings.rabbit.prefetch_count,
         connection_name: format!("nova-docker:{}:{}", std::process::id(), uuid::Uuid::new_v4()),
+        login_method: settings.rabbit.login_method,
+        tls: settings.rabbit.tls.clone(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! does not read are listed ([`Layered::unused`]), not refused, so the
 //! nova.conf of a Python compute host can be used as it is.
 
+pub mod certificate;
 pub mod ini;
 pub mod interpolate;
 pub mod keystone;
@@ -94,6 +95,18 @@ pub enum ConfigError {
         path: PathBuf,
         /// Why reading it failed.
         source: std::io::Error,
+    },
+    /// A certificate an option names is expired or not yet valid.
+    #[error("[{group}] {name}: the certificate is valid from {not_before} to {not_after} only, not now")]
+    CertificateNotValid {
+        /// The option's group.
+        group: &'static str,
+        /// The option's name.
+        name: &'static str,
+        /// Start of its validity.
+        not_before: String,
+        /// End of its validity.
+        not_after: String,
     },
     /// `[DEFAULT] transport_url` is not a RabbitMQ URL this host can use.
     #[error("[DEFAULT] transport_url: {0}")]
@@ -505,7 +518,7 @@ pub struct RabbitSettings {
     pub quorum_max_memory_length: i64,
     /// `[oslo_messaging_rabbit] rabbit_quorum_max_memory_bytes`: `x-max-in-memory-bytes` (0: not set).
     pub quorum_max_memory_bytes: i64,
-    /// `[oslo_messaging_rabbit] rabbit_transient_queues_ttl`: `x-expires` of reply and fanout queues (at least 1 s).
+    /// `[oslo_messaging_rabbit] rabbit_transient_queues_ttl`: `x-expires` of reply and fanout queues (zero: none).
     pub transient_queues_ttl: Duration,
     /// `[oslo_messaging_rabbit] rabbit_qos_prefetch_count`: AMQP prefetch per consumer, as written (the transport takes 0 as 16).
     pub prefetch_count: u16,
@@ -517,6 +530,110 @@ pub struct RabbitSettings {
     pub interval_max: Duration,
     /// `[oslo_messaging_rabbit] kombu_missing_consumer_retry_timeout`: how long a reply is retried while the caller's reply queue is missing.
     pub missing_consumer_retry_timeout: Duration,
+    /// `[oslo_messaging_rabbit] rabbit_transient_quorum_queue`: reply and fanout queues are durable quorum queues too.
+    pub transient_quorum_queue: bool,
+    /// `[oslo_messaging_rabbit] rabbit_login_method`: the SASL mechanism.
+    pub login_method: LoginMethod,
+    /// `[oslo_messaging_rabbit] ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`: used by every TLS broker connection.
+    pub tls: RabbitTls,
+}
+
+/// How the host logs in to RabbitMQ (`rabbit_login_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMethod {
+    /// User and password in an AMQP table (oslo.messaging's default).
+    AmqPlain,
+    /// User and password, SASL PLAIN.
+    Plain,
+    /// The TLS client certificate; the broker derives the user from it.
+    External,
+}
+
+/// The TLS material read from `[oslo_messaging_rabbit] ssl_*_file` at start-up.
+#[derive(Clone, Default, PartialEq)]
+pub struct RabbitTls {
+    /// PEM CA certificates trusted besides the system's roots.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate (chain) and its PEM private key.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RabbitTls {
+    // The private key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_identity.is_some())
+            .finish()
+    }
+}
+
+/// Reads the `ssl_*_file` options and refuses TLS settings this host cannot
+/// honour (instead of silently connecting with weaker ones).
+fn rabbit_tls(l: &Layered, any_tls: bool, login: LoginMethod) -> Result<RabbitTls, ConfigError> {
+    use options::*;
+    let read = |opt: &'static Opt, marker: &str, expected: &'static str| -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = l.string(opt) else { return Ok(None) };
+        let data = std::fs::read(&path).map_err(|source| ConfigError::File {
+            group: opt.group,
+            name: opt.name,
+            path: PathBuf::from(&path),
+            source,
+        })?;
+        if !String::from_utf8_lossy(&data).contains(marker) {
+            return Err(ConfigError::BadValue { group: opt.group, name: opt.name, value: path, expected });
+        }
+        Ok(Some(data))
+    };
+    if let Some(v) = l.string(&RABBIT_SSL_VERSION)
+        && !matches!(v.to_ascii_lowercase().as_str(), "sslv23" | "tls" | "tls_client")
+    {
+        return Err(ConfigError::Unsupported {
+            group: RABBIT_SSL_VERSION.group,
+            name: RABBIT_SSL_VERSION.name,
+            hint: "TLS 1.2 or 1.3 is negotiated and one version cannot be pinned; leave ssl_version unset",
+        });
+    }
+    if l.bool(&RABBIT_SSL_ENFORCE_FIPS_MODE)? {
+        return Err(ConfigError::Unsupported {
+            group: RABBIT_SSL_ENFORCE_FIPS_MODE.group,
+            name: RABBIT_SSL_ENFORCE_FIPS_MODE.name,
+            hint: "the TLS library (rustls) does not run in a FIPS-validated mode here; set it to false",
+        });
+    }
+    let ca = read(&RABBIT_SSL_CA_FILE, "-----BEGIN CERTIFICATE-----", "PEM file of CA certificates")?;
+    let cert = read(&RABBIT_SSL_CERT_FILE, "-----BEGIN CERTIFICATE-----", "PEM certificate file")?;
+    let key = read(&RABBIT_SSL_KEY_FILE, "PRIVATE KEY-----", "PEM private key file")?;
+    if let Some((not_before, not_after)) = cert.as_deref().and_then(certificate::validity) {
+        let now = chrono::Utc::now();
+        if now > not_after || now < not_before {
+            return Err(ConfigError::CertificateNotValid {
+                group: RABBIT_SSL_CERT_FILE.group,
+                name: RABBIT_SSL_CERT_FILE.name,
+                not_before: not_before.to_rfc3339(),
+                not_after: not_after.to_rfc3339(),
+            });
+        }
+    }
+    let client_identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::Missing { group: RABBIT_SSL_KEY_FILE.group, name: RABBIT_SSL_KEY_FILE.name });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing { group: RABBIT_SSL_CERT_FILE.group, name: RABBIT_SSL_CERT_FILE.name });
+        }
+    };
+    if login == LoginMethod::External && (!any_tls || client_identity.is_none()) {
+        return Err(ConfigError::Unsupported {
+            group: RABBIT_LOGIN_METHOD.group,
+            name: RABBIT_LOGIN_METHOD.name,
+            hint: "EXTERNAL logs in with the TLS client certificate: set ssl = true (or amqps://), ssl_cert_file and ssl_key_file",
+        });
+    }
+    let ca_pem = ca.map(|c| String::from_utf8_lossy(&c).into_owned());
+    Ok(RabbitTls { ca_pem, client_identity })
 }
 
 /// How vCPUs limit a container.
@@ -795,6 +912,30 @@ impl Settings {
         };
         let ssl = l.bool(&RABBIT_SSL)?;
         let transport_url = TransportUrl::parse(&l.required(&TRANSPORT_URL)?, ssl)?;
+        let login_method = match l.choice(&RABBIT_LOGIN_METHOD)?.as_str() {
+            "PLAIN" => LoginMethod::Plain,
+            "EXTERNAL" => LoginMethod::External,
+            _ => LoginMethod::AmqPlain,
+        };
+        let rabbit_tls_settings = rabbit_tls(l, transport_url.brokers.iter().any(|b| b.tls), login_method)?;
+        for (opt, hint) in [
+            (
+                &RABBIT_STREAM_FANOUT,
+                "fanout stream queues are not implemented; set it to false (and on the other services)",
+            ),
+            (&USE_QUEUE_MANAGER, "stable queue names (QManager) are not implemented; set it to false"),
+        ] {
+            if l.bool(opt)? {
+                return Err(ConfigError::Unsupported { group: opt.group, name: opt.name, hint });
+            }
+        }
+        if (l.bool(&RABBIT_QUORUM_QUEUE)? || l.bool(&RABBIT_TRANSIENT_QUORUM_QUEUE)?) && l.bool(&RABBIT_HA_QUEUES)? {
+            return Err(ConfigError::Unsupported {
+                group: RABBIT_HA_QUEUES.group,
+                name: RABBIT_HA_QUEUES.name,
+                hint: "quorum queues (rabbit_quorum_queue, rabbit_transient_quorum_queue) and rabbit_ha_queues exclude each other (oslo.messaging refuses both too); keep one",
+            });
+        }
         let my_ip = match l.string(&MY_IP) {
             Some(s) => Some(s.parse().map_err(|_| ConfigError::BadValue {
                 group: MY_IP.group,
@@ -975,12 +1116,15 @@ impl Settings {
                 quorum_delivery_limit: int(&RABBIT_QUORUM_DELIVERY_LIMIT)?,
                 quorum_max_memory_length: int(&RABBIT_QUORUM_MAX_MEMORY_LENGTH)?,
                 quorum_max_memory_bytes: int(&RABBIT_QUORUM_MAX_MEMORY_BYTES)?,
-                transient_queues_ttl: secs(int(&RABBIT_TRANSIENT_QUEUES_TTL)?.max(1)),
+                transient_queues_ttl: secs(int(&RABBIT_TRANSIENT_QUEUES_TTL)?),
                 prefetch_count: int(&RABBIT_QOS_PREFETCH_COUNT)?.clamp(0, u16::MAX as i64) as u16,
                 retry_interval: secs_f(float(&RABBIT_RETRY_INTERVAL)?),
                 retry_backoff: secs_f(float(&RABBIT_RETRY_BACKOFF)?),
                 interval_max: secs_f(float(&RABBIT_INTERVAL_MAX)?),
                 missing_consumer_retry_timeout: secs(int(&KOMBU_MISSING_CONSUMER_RETRY_TIMEOUT)?),
+                transient_quorum_queue: l.bool(&RABBIT_TRANSIENT_QUORUM_QUEUE)?,
+                login_method,
+                tls: rabbit_tls_settings,
             },
             placement: service_settings(
                 l,
@@ -1412,7 +1556,9 @@ driver = noop
                 let conf =
                     format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = {choice}\n", opt.group, opt.name);
                 let s = Settings::from_layered(&Layered::from_text(&conf).unwrap());
-                assert!(s.is_ok(), "{}.{} = {choice}: {:?}", opt.group, opt.name, s.err());
+                // EXTERNAL is read, then refused without TLS and a client certificate.
+                let refused = opt.name == "rabbit_login_method" && matches!(s, Err(ConfigError::Unsupported { .. }));
+                assert!(s.is_ok() || refused, "{}.{} = {choice}: {:?}", opt.group, opt.name, s.err());
             }
             let conf = format!("[DEFAULT]\ntransport_url = rabbit://h/\n[{}]\n{} = bogus\n", opt.group, opt.name);
             let err = Settings::from_layered(&Layered::from_text(&conf).unwrap()).unwrap_err();
@@ -1422,6 +1568,47 @@ driver = noop
         let conf = "[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\ncpu_limit = quota\nroot_disk_limit = off\n";
         let s = Settings::from_layered(&Layered::from_text(conf).unwrap()).unwrap();
         assert_eq!((s.docker.cpu_limit, s.docker.root_disk_limit), (CpuLimit::Quota, RootDiskLimit::Off));
+    }
+
+    #[test]
+    fn rabbit_tls_options_are_read_or_refused() {
+        let dir = std::env::temp_dir().join(format!("nd-rabbit-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.join("ca.pem"), cert).unwrap();
+        std::fs::write(dir.join("c.pem"), cert).unwrap();
+        std::fs::write(dir.join("c.key"), "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n").unwrap();
+        let d = dir.display();
+        let load = |url: &str, extra: &str| {
+            let conf = format!("[DEFAULT]\ntransport_url = {url}\n[oslo_messaging_rabbit]\n{extra}\n");
+            Settings::from_layered(&Layered::from_text(&conf).unwrap())
+        };
+        let files = format!("ssl_ca_file = {d}/ca.pem\nssl_cert_file = {d}/c.pem\nssl_key_file = {d}/c.key");
+        let s = load("amqps://h/", &format!("{files}\nrabbit_login_method = EXTERNAL")).unwrap();
+        assert_eq!(s.rabbit.login_method, LoginMethod::External);
+        assert_eq!(s.rabbit.tls.ca_pem.as_deref(), Some(cert));
+        assert!(s.rabbit.tls.client_identity.is_some());
+        assert!(!format!("{:?}", s.rabbit).contains("PRIVATE KEY"), "the key is not shown");
+        assert_eq!(load("rabbit://h/", "").unwrap().rabbit.login_method, LoginMethod::AmqPlain);
+        let refused = |url: &str, extra: &str, what: &str| {
+            let e = load(url, extra).unwrap_err().to_string();
+            assert!(e.contains(what), "{extra}: {e}");
+        };
+        refused("rabbit://h/", &format!("{files}\nrabbit_login_method = EXTERNAL"), "rabbit_login_method");
+        refused("amqps://h/", "rabbit_login_method = EXTERNAL", "rabbit_login_method");
+        refused("amqps://h/", &format!("ssl_cert_file = {d}/c.pem"), "ssl_key_file must be set");
+        refused("amqps://h/", &format!("ssl_ca_file = {d}/c.key"), "not a valid PEM file of CA certificates");
+        refused("amqps://h/", &format!("ssl_ca_file = {d}/missing.pem"), "cannot read");
+        refused("amqps://h/", "ssl_version = tlsv1_2", "ssl_version is not supported");
+        assert!(load("amqps://h/", "ssl_version = sslv23").is_ok());
+        refused("amqps://h/", "ssl_enforce_fips_mode = true", "ssl_enforce_fips_mode is not supported");
+        refused("rabbit://h/", "rabbit_stream_fanout = true", "rabbit_stream_fanout is not supported");
+        refused("rabbit://h/", "use_queue_manager = true", "use_queue_manager is not supported");
+        refused("rabbit://h/", "rabbit_transient_quorum_queue = true\nrabbit_ha_queues = true", "rabbit_ha_queues");
+        let s = load("rabbit://h/", "rabbit_transient_quorum_queue = true\nrabbit_transient_queues_ttl = 0").unwrap();
+        assert!(s.rabbit.transient_quorum_queue);
+        assert_eq!(s.rabbit.transient_queues_ttl, Duration::ZERO);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -155,7 +155,7 @@ opts! {
     RABBIT_QUORUM_MAX_MEMORY_BYTES: "oslo_messaging_rabbit" "rabbit_quorum_max_memory_bytes" Int = Some("0"), None,
         "x-max-in-memory-bytes of quorum queues (0: not set).";
     RABBIT_TRANSIENT_QUEUES_TTL: "oslo_messaging_rabbit" "rabbit_transient_queues_ttl" Int = Some("1800"), None,
-        "Seconds an unused reply or fanout queue lives (x-expires).";
+        "Seconds an unused reply or fanout queue lives (x-expires); 0: no x-expires (newer oslo.messaging releases allow 0; the rest of the deployment must say the same).";
     RABBIT_QOS_PREFETCH_COUNT: "oslo_messaging_rabbit" "rabbit_qos_prefetch_count" Int = Some("0"), None,
         "AMQP prefetch count per consumer. 0, oslo.messaging's unlimited, is taken as 16 here: this service reads deliveries into memory as they arrive (kombu leaves them in the socket), so an unlimited prefetch would let a flood in the queue fill its memory.";
     RABBIT_RETRY_INTERVAL: "oslo_messaging_rabbit" "rabbit_retry_interval" Float = Some("1"), None,
@@ -165,7 +165,25 @@ opts! {
     RABBIT_INTERVAL_MAX: "oslo_messaging_rabbit" "rabbit_interval_max" Float = Some("4"), None,
         "Maximum seconds between reconnection attempts. oslo.messaging's default is 30; 4 brings this host back within 5 s of its broker's return, and a refused connection costs the broker next to nothing.";
     RABBIT_SSL: "oslo_messaging_rabbit" "ssl" Bool = Some("false"), None,
-        "Connect to RabbitMQ over TLS.";
+        "Connect to RabbitMQ over TLS (as amqps:// or ?ssl=1 in transport_url do). There is no fallback to plain AMQP: a failed handshake fails the connection.";
+    RABBIT_SSL_CA_FILE: "oslo_messaging_rabbit" "ssl_ca_file" Str = None, None,
+        "PEM file of the CA(s) that signed the broker's certificate, trusted besides the system's roots. The broker's certificate must also name the host written in transport_url (always verified).";
+    RABBIT_SSL_CERT_FILE: "oslo_messaging_rabbit" "ssl_cert_file" Str = None, None,
+        "PEM client certificate presented to the broker (needs ssl_key_file; required by rabbit_login_method = EXTERNAL).";
+    RABBIT_SSL_KEY_FILE: "oslo_messaging_rabbit" "ssl_key_file" Str = None, None,
+        "PEM private key of ssl_cert_file (PKCS#8, PKCS#1 or SEC1).";
+    RABBIT_SSL_VERSION: "oslo_messaging_rabbit" "ssl_version" Str = None, None,
+        "Leave unset: TLS 1.2 or 1.3 is negotiated. Any value other than sslv23/tls (negotiate) is refused, since this service cannot pin one TLS version.";
+    RABBIT_SSL_ENFORCE_FIPS_MODE: "oslo_messaging_rabbit" "ssl_enforce_fips_mode" Bool = Some("false"), None,
+        "Refused when true: this service's TLS library (rustls) is not run in a FIPS-validated mode.";
+    RABBIT_LOGIN_METHOD: "oslo_messaging_rabbit" "rabbit_login_method" Str ["AMQPLAIN", "PLAIN", "EXTERNAL"] = Some("AMQPLAIN"), None,
+        "SASL mechanism to log in with: AMQPLAIN or PLAIN (user and password of transport_url) or EXTERNAL (the TLS client certificate; the broker takes the user from it).";
+    RABBIT_TRANSIENT_QUORUM_QUEUE: "oslo_messaging_rabbit" "rabbit_transient_quorum_queue" Bool = Some("false"), None,
+        "Declare reply and fanout queues as durable quorum queues too (oslo.messaging 14.4 and later; must match the rest of the deployment).";
+    RABBIT_STREAM_FANOUT: "oslo_messaging_rabbit" "rabbit_stream_fanout" Bool = Some("false"), None,
+        "Refused when true: fanout stream queues are not implemented by this service.";
+    USE_QUEUE_MANAGER: "oslo_messaging_rabbit" "use_queue_manager" Bool = Some("false"), None,
+        "Refused when true: stable reply/fanout queue names (oslo's QManager) are not implemented by this service; it uses random names as oslo.messaging does by default.";
     KOMBU_MISSING_CONSUMER_RETRY_TIMEOUT: "oslo_messaging_rabbit" "kombu_missing_consumer_retry_timeout" Int = Some("60"), None,
         "Seconds a reply keeps being retried while the caller's reply queue is missing. The wait holds no RPC worker, and at most executor_thread_pool_size replies wait at once (the others are tried once).";
 

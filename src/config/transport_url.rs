@@ -90,7 +90,8 @@ impl TransportUrl {
         let (scheme, rest) = url.split_once("://").ok_or(TransportUrlError::NoScheme)?;
         // oslo accepts "rabbit" and "kombu+..."-style aliases map to rabbit too;
         // we accept the two spellings a nova.conf actually uses.
-        if !matches!(scheme, "rabbit" | "amqp") {
+        // amqps:// is rabbit:// over TLS (as ?ssl=1 is).
+        if !matches!(scheme, "rabbit" | "amqp" | "amqps") {
             return Err(TransportUrlError::UnsupportedScheme(scheme.to_string()));
         }
         let (rest, query) = match rest.split_once('?') {
@@ -98,6 +99,7 @@ impl TransportUrl {
             None => (rest, None),
         };
         let tls = force_tls
+            || scheme == "amqps"
             || query.is_some_and(|q| {
                 q.split('&')
                     .any(|kv| matches!(kv.split_once('='), Some(("ssl", v)) if matches!(v, "1" | "true" | "True")))
@@ -253,6 +255,9 @@ mod tests {
         assert!(t.brokers[0].tls);
         assert_eq!(t.brokers[0].port, 5671);
         assert!(TransportUrl::parse("rabbit://u:p@h/", true).unwrap().brokers[0].tls);
+        let t = TransportUrl::parse("amqps://u:p@h1,u:p@h2:5687/", false).unwrap();
+        assert!(t.brokers.iter().all(|b| b.tls));
+        assert_eq!((t.brokers[0].port, t.brokers[1].port), (5671, 5687));
     }
 
     #[test]

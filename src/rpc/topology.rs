@@ -5,6 +5,8 @@
 //! closes the channel with 406 PRECONDITION_FAILED; so they are derived here in
 //! one place, the way oslo's rabbit driver derives them.
 
+use std::time::Duration;
+
 use crate::config::RabbitSettings;
 
 /// An exchange to declare.
@@ -96,12 +98,14 @@ impl Topology {
         self.rabbit.durable_queues || self.rabbit.quorum_queue
     }
 
-    fn topic_queue_arguments(&self) -> Vec<(String, ArgValue)> {
+    /// oslo.messaging's `_get_queue_arguments(ha, ttl, quorum, quorum_config)`
+    /// in the order it builds them (the order does not matter to RabbitMQ).
+    fn queue_arguments(&self, quorum: bool, ttl: Duration) -> Vec<(String, ArgValue)> {
         let mut args = Vec::new();
         if self.rabbit.ha_queues {
             args.push(("x-ha-policy".into(), ArgValue::Str("all".into())));
         }
-        if self.rabbit.quorum_queue {
+        if quorum {
             args.push(("x-queue-type".into(), ArgValue::Str("quorum".into())));
             if self.rabbit.quorum_delivery_limit > 0 {
                 args.push(("x-delivery-limit".into(), ArgValue::Int(self.rabbit.quorum_delivery_limit)));
@@ -113,16 +117,22 @@ impl Topology {
                 args.push(("x-max-in-memory-bytes".into(), ArgValue::Int(self.rabbit.quorum_max_memory_bytes)));
             }
         }
+        // oslo: `if rabbit_queue_ttl > 0` (whole seconds, times 1000)
+        if ttl.as_secs() > 0 {
+            args.push(("x-expires".into(), ArgValue::Int(ttl.as_secs() as i64 * 1000)));
+        }
         args
     }
 
+    /// Topic queues: no TTL; quorum with `rabbit_quorum_queue`.
+    fn topic_queue_arguments(&self) -> Vec<(String, ArgValue)> {
+        self.queue_arguments(self.rabbit.quorum_queue, Duration::ZERO)
+    }
+
+    /// Reply and fanout queues: `x-expires` from `rabbit_transient_queues_ttl`;
+    /// quorum (with the same quorum limits) with `rabbit_transient_quorum_queue`.
     fn transient_queue_arguments(&self) -> Vec<(String, ArgValue)> {
-        let mut args = Vec::new();
-        if self.rabbit.ha_queues {
-            args.push(("x-ha-policy".into(), ArgValue::Str("all".into())));
-        }
-        args.push(("x-expires".into(), ArgValue::Int(self.rabbit.transient_queues_ttl.as_millis() as i64)));
-        args
+        self.queue_arguments(self.rabbit.transient_quorum_queue, self.rabbit.transient_queues_ttl)
     }
 
     /// The control exchange (`nova`, topic).
@@ -173,7 +183,7 @@ impl Topology {
             }),
             Declaration::Queue(QueueDecl {
                 name: fanout_queue.clone(),
-                durable: false,
+                durable: self.rabbit.transient_quorum_queue,
                 auto_delete: false,
                 arguments: self.transient_queue_arguments(),
             }),
@@ -190,7 +200,7 @@ impl Topology {
     pub fn reply_queue(&self, name: &str) -> Declaration {
         Declaration::Queue(QueueDecl {
             name: name.to_string(),
-            durable: false,
+            durable: self.rabbit.transient_quorum_queue,
             auto_delete: false,
             arguments: self.transient_queue_arguments(),
         })
@@ -200,7 +210,6 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn rabbit() -> RabbitSettings {
         RabbitSettings {
@@ -218,6 +227,9 @@ mod tests {
             retry_backoff: Duration::from_secs(2),
             interval_max: Duration::from_secs(30),
             missing_consumer_retry_timeout: Duration::from_secs(60),
+            transient_quorum_queue: false,
+            login_method: crate::config::LoginMethod::AmqPlain,
+            tls: Default::default(),
         }
     }
 
@@ -247,5 +259,40 @@ mod tests {
         assert!(q.durable);
         assert!(q.arguments.contains(&("x-queue-type".into(), ArgValue::Str("quorum".into()))));
         assert!(q.arguments.contains(&("x-delivery-limit".into(), ArgValue::Int(5))));
+    }
+
+    #[test]
+    fn transient_quorum_queues_as_oslo_declares_them() {
+        // oslo.messaging 18 declare_direct_consumer / declare_fanout_consumer:
+        // durable = rabbit_transient_quorum_queue, quorum arguments with the
+        // quorum limits, plus x-expires; the fanout exchange stays transient.
+        let mut r = rabbit();
+        r.transient_quorum_queue = true;
+        r.quorum_delivery_limit = 3;
+        let t = Topology::new(r, "nova".into());
+        let (decls, _) = t.rpc_server("compute", "cmp1", "abc");
+        let Declaration::Queue(topic) = &decls[1] else { panic!() };
+        assert!(!topic.durable && topic.arguments.is_empty(), "topic queues follow rabbit_quorum_queue only");
+        let Declaration::Exchange(fx) = &decls[5] else { panic!() };
+        assert!(!fx.durable && fx.auto_delete);
+        let expected = vec![
+            ("x-queue-type".to_string(), ArgValue::Str("quorum".into())),
+            ("x-delivery-limit".to_string(), ArgValue::Int(3)),
+            ("x-expires".to_string(), ArgValue::Int(1_800_000)),
+        ];
+        let Declaration::Queue(fanout) = &decls[6] else { panic!() };
+        assert!(fanout.durable && !fanout.auto_delete);
+        assert_eq!(fanout.arguments, expected);
+        let Declaration::Queue(reply) = t.reply_queue("reply_x") else { panic!() };
+        assert!(reply.durable);
+        assert_eq!(reply.arguments, expected);
+    }
+
+    #[test]
+    fn zero_ttl_means_no_expiry() {
+        let mut r = rabbit();
+        r.transient_queues_ttl = Duration::ZERO;
+        let Declaration::Queue(reply) = Topology::new(r, "nova".into()).reply_queue("reply_x") else { panic!() };
+        assert!(reply.arguments.is_empty());
     }
 }

@@ -21,14 +21,15 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::topology::{ArgValue, Declaration};
-use crate::config::BrokerAddress;
+use crate::config::{BrokerAddress, LoginMethod, RabbitTls};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -50,6 +51,10 @@ pub struct TransportOptions {
     pub prefetch: u16,
     /// Shown by `rabbitmqctl list_connections`.
     pub connection_name: String,
+    /// SASL mechanism (`rabbit_login_method`).
+    pub login_method: LoginMethod,
+    /// CA and client certificate for brokers reached over TLS.
+    pub tls: RabbitTls,
 }
 
 /// The prefetch count used when the configuration says 0 (unlimited).
@@ -136,6 +141,7 @@ struct Registry {
 }
 
 struct Session {
+    broker: BrokerAddress,
     connection: Connection,
     publish: Channel,
     declare: Mutex<Channel>,
@@ -187,6 +193,11 @@ impl Transport {
     /// Whether a connection is up right now.
     pub fn is_connected(&self) -> bool {
         self.inner.session.borrow().as_ref().is_some_and(|s| !s.broken.is_cancelled())
+    }
+
+    /// The broker the connection is up to right now, if any.
+    pub fn connected_broker(&self) -> Option<BrokerAddress> {
+        self.inner.session.borrow().as_ref().filter(|s| !s.broken.is_cancelled()).map(|s| s.broker.clone())
     }
 
     /// How many connections were established so far (1 + reconnections).
@@ -390,7 +401,72 @@ impl Transport {
     }
 }
 
-fn amqp_uri(broker: &BrokerAddress, heartbeat: u16, connect_timeout: Duration) -> AMQPUri {
+/// lapin's TLS settings from the `ssl_*_file` options: the CA is trusted
+/// besides the system's roots; the broker's name is always verified.
+fn tls_config(tls: &RabbitTls) -> OwnedTLSConfig {
+    OwnedTLSConfig {
+        identity: tls
+            .client_identity
+            .as_ref()
+            .map(|(pem, key)| OwnedIdentity::PKCS8 { pem: pem.clone(), key: key.clone() }),
+        cert_chain: tls.ca_pem.clone(),
+    }
+}
+
+/// One line saying why a connection attempt failed, naming the likely cause
+/// for the failures an operator meets with TLS and logins.
+pub fn explain_connect_error(broker: &BrokerAddress, with_client_certificate: bool, error: &str) -> String {
+    let e = error.to_ascii_lowercase();
+    let cause = if e.contains("invalid peer certificate") || e.contains("unknownissuer") {
+        // rustls judged the broker's certificate
+        Some(if e.contains("unknownissuer") {
+            "the broker's certificate is not signed by a trusted CA (check [oslo_messaging_rabbit] ssl_ca_file)"
+        } else if e.contains("expired") {
+            "the broker's certificate has expired"
+        } else if e.contains("notvalidforname") {
+            "the broker's certificate does not name the host written in transport_url"
+        } else {
+            "the broker's certificate is not valid"
+        })
+    } else if e.contains("received fatal alert") {
+        // the broker aborted the handshake, mostly over our certificate
+        Some(if e.contains("certificateexpired") {
+            "the broker refused our client certificate: it has expired (ssl_cert_file)"
+        } else if e.contains("unknownca") || e.contains("badcertificate") || e.contains("certificateunknown") {
+            "the broker refused our client certificate: not signed by a CA it trusts (ssl_cert_file)"
+        } else if e.contains("certificaterequired") {
+            "the broker requires a client certificate (set ssl_cert_file and ssl_key_file)"
+        } else {
+            "the broker aborted the TLS handshake"
+        })
+    } else if e.contains("access_refused") || e.contains("access-refused") || e.contains("authentication") {
+        Some("the broker refused the login (user/password in transport_url, or rabbit_login_method)")
+    } else if broker.tls
+        && with_client_certificate
+        && (e.contains("reset by peer") || e.contains("eof") || e.contains("broken pipe"))
+    {
+        Some(
+            "the broker closed the connection after the TLS handshake: it refused our client certificate \
+             (expired, or not signed by a CA it trusts?)",
+        )
+    } else if !broker.tls && (e.contains("parsing error") || e.contains("failed to parse")) {
+        Some("the answer is not AMQP (a TLS listener? then use amqps:// or ssl = true)")
+    } else if !broker.tls && e.contains("reset by peer") {
+        Some("the broker reset the connection before AMQP began (a TLS listener? then use amqps:// or ssl = true)")
+    } else if broker.tls
+        && (e.contains("handshake") || e.contains("corrupt message") || e.contains("invalidcontenttype"))
+    {
+        Some("TLS handshake failed (is this port a TLS listener?)")
+    } else {
+        None
+    };
+    match cause {
+        Some(c) => format!("{broker}: {c}: {error}"),
+        None => format!("{broker}: {error}"),
+    }
+}
+
+fn amqp_uri(broker: &BrokerAddress, heartbeat: u16, connect_timeout: Duration, login: LoginMethod) -> AMQPUri {
     // Built field by field: lapin's URI parser loses IPv6 hosts and turns an
     // empty vhost into "" (see crates.md §4).
     AMQPUri {
@@ -404,6 +480,11 @@ fn amqp_uri(broker: &BrokerAddress, heartbeat: u16, connect_timeout: Duration) -
         query: AMQPQueryString {
             heartbeat: Some(heartbeat),
             connection_timeout: Some(connect_timeout.as_millis() as u64),
+            auth_mechanism: Some(match login {
+                LoginMethod::AmqPlain => SASLMechanism::AMQPlain,
+                LoginMethod::Plain => SASLMechanism::Plain,
+                LoginMethod::External => SASLMechanism::External,
+            }),
             ..Default::default()
         },
     }
@@ -423,16 +504,16 @@ async fn supervise(inner: Arc<Inner>) {
     while !inner.shutdown.is_cancelled() {
         let broker = &brokers[index % brokers.len()];
         index += 1;
-        let uri = amqp_uri(broker, inner.opts.heartbeat, inner.opts.connect_timeout);
+        let uri = amqp_uri(broker, inner.opts.heartbeat, inner.opts.connect_timeout, inner.opts.login_method);
         let props = ConnectionProperties::default()
             .with_connection_name(inner.opts.connection_name.clone().into())
             .with_client_property("product".into(), "nova-docker".into());
         let connected = tokio::select! {
-            r = tokio::time::timeout(inner.opts.connect_timeout, Connection::connect_uri(uri, props)) => r,
+            r = tokio::time::timeout(inner.opts.connect_timeout, connect(uri, props, &inner.opts.tls)) => r,
             _ = inner.shutdown.cancelled() => break,
         };
         match connected {
-            Ok(Ok(connection)) => match open_session(&inner, connection).await {
+            Ok(Ok(connection)) => match open_session(&inner, broker, connection).await {
                 Ok(session) => {
                     attempt = 0;
                     let n = inner.connects.fetch_add(1, Ordering::Relaxed) + 1;
@@ -464,8 +545,9 @@ async fn supervise(inner: Arc<Inner>) {
                 Err(e) => tracing::error!(broker = %broker, error = %e, "RabbitMQ setup failed"),
             },
             Ok(Err(e)) => {
-                tracing::warn!(broker = %broker, error = %e, "cannot connect to RabbitMQ");
-                *inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{broker}: {e}"));
+                let why = explain_connect_error(broker, inner.opts.tls.client_identity.is_some(), &e.to_string());
+                tracing::warn!("cannot connect to RabbitMQ: {why}");
+                *inner.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             }
             Err(_) => {
                 tracing::warn!(broker = %broker, "connection attempt to RabbitMQ timed out");
@@ -482,7 +564,17 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-async fn open_session(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<Session>, lapin::Error> {
+async fn connect(uri: AMQPUri, props: ConnectionProperties, tls: &RabbitTls) -> Result<Connection, lapin::Error> {
+    // The TLS settings are used only for amqps URIs: there is no fallback
+    // from TLS to plain AMQP.
+    Connection::connect_uri_with_config(uri, props, tls_config(tls), lapin::runtime::default_runtime()?).await
+}
+
+async fn open_session(
+    inner: &Arc<Inner>,
+    broker: &BrokerAddress,
+    connection: Connection,
+) -> Result<Arc<Session>, lapin::Error> {
     let broken = inner.shutdown.child_token();
     // Listen for connection errors from the start (lapin drops events nobody listens to).
     let mut events = connection.events_listener();
@@ -517,7 +609,8 @@ async fn open_session(inner: &Arc<Inner>, connection: Connection) -> Result<Arc<
     let publish = connection.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let declare = connection.create_channel().await?;
-    let session = Arc::new(Session { connection, publish, declare: Mutex::new(declare), broken });
+    let session =
+        Arc::new(Session { broker: broker.clone(), connection, publish, declare: Mutex::new(declare), broken });
     let registry = inner.registry.lock().await;
     let setup = async {
         apply_declarations(&session, &registry.declarations).await?;
@@ -757,7 +850,37 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             prefetch: 0,
             connection_name: "t".into(),
+            login_method: LoginMethod::AmqPlain,
+            tls: RabbitTls::default(),
         }
+    }
+
+    #[test]
+    fn connect_errors_name_their_cause() {
+        let b = BrokerAddress {
+            host: "127.0.0.1".into(),
+            port: 5671,
+            username: "u".into(),
+            password: "secret".into(),
+            vhost: "/".into(),
+            tls: true,
+        };
+        let cases = [
+            ("IO error: invalid peer certificate: UnknownIssuer", "not signed by a trusted CA"),
+            ("IO error: invalid peer certificate: Expired", "broker's certificate has expired"),
+            ("IO error: invalid peer certificate: NotValidForName", "does not name the host"),
+            ("IO error: received fatal alert: UnknownCA", "refused our client certificate: not signed"),
+            ("IO error: received fatal alert: CertificateExpired", "refused our client certificate: it has expired"),
+            ("ACCESS_REFUSED - Login was refused", "refused the login"),
+            ("IO error: Connection reset by peer (os error 104)", "closed the connection after the TLS handshake"),
+        ];
+        for (error, cause) in cases {
+            let line = explain_connect_error(&b, true, error);
+            assert!(line.contains(cause) && line.ends_with(error) && !line.contains("secret"), "{line}");
+        }
+        assert!(!explain_connect_error(&b, false, "IO error: Connection reset by peer").contains("certificate"));
+        let plain = BrokerAddress { tls: false, ..b };
+        assert!(explain_connect_error(&plain, false, "IO error: Connection reset by peer").contains("a TLS listener?"));
     }
 
     #[test]
@@ -783,9 +906,10 @@ mod tests {
             vhost: "/".into(),
             tls: false,
         };
-        let uri = amqp_uri(&b, 30, Duration::from_secs(5));
+        let uri = amqp_uri(&b, 30, Duration::from_secs(5), LoginMethod::External);
         assert_eq!(uri.authority.host, "fd00::5");
         assert_eq!(uri.vhost, "/");
         assert_eq!(uri.query.heartbeat, Some(30));
+        assert_eq!(uri.query.auth_mechanism, Some(SASLMechanism::External));
     }
 }

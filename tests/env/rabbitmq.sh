@@ -28,6 +28,25 @@
 #   A private node has the default vhost "/" and user guest/guest (loopback only):
 #   rabbit://guest:guest@127.0.0.1:PORT/
 #
+# The TLS cluster (issue 23): three clustered private nodes ndc1..ndc3@localhost
+# with AMQP on 127.0.0.1:5681..5683 and TLS on 127.0.0.1:5685..5687:
+#   rabbitmq.sh tls                create (first time) the test PKI in
+#                                  $ND_ENV_STATE/rabbitmq/tls: ca.pem (CA), server.pem/.key
+#                                  (CN localhost, SAN localhost and 127.0.0.1),
+#                                  client.pem/.key (CN nova-docker-client, for EXTERNAL),
+#                                  expired-client.pem/.key (valid 2020-01-01..02),
+#                                  foreign-client.pem/.key (same CN, signed by
+#                                  other-ca.pem, a CA the nodes do not trust)
+#   rabbitmq.sh cluster            tls, then start the three nodes (in parallel) and
+#                                  join ndc2, ndc3 to ndc1 unless already clustered.
+#                                  Idempotent; the user nova-docker-client (no
+#                                  password: EXTERNAL only) has full rights on "/".
+#   rabbitmq.sh cluster-delete     stop the three nodes and remove their state
+#   Stop/start one node with private-stop/private-kill/private-start ndcN.
+#   TLS listeners verify a client certificate when one is presented
+#   (verify_peer, fail_if_no_peer_cert = false) and offer PLAIN, AMQPLAIN and
+#   EXTERNAL (rabbitmq_auth_mechanism_ssl, user name = the certificate's CN).
+#
 # Why like this: there is no systemd on the test machines, so the node is run
 # with `rabbitmq-server -detached` (Debian's wrapper su's to user rabbitmq).
 # Every node runs as user rabbitmq with HOME=/var/lib/rabbitmq, so all share
@@ -194,6 +213,151 @@ priv_stop() { # NAME [kill]
   wait_until "$TIMEOUT" "private node $NODE gone (process exited, port closed)" priv_stopped "$name"
 }
 
+# ---------------------------------------------------------------- TLS cluster
+TLS_DIR=$PRIV_ROOT/tls
+CLUSTER_NODES=(ndc1 ndc2 ndc3)
+CLUSTER_AMQP_BASE=5680   # ndcN: AMQP on 5680+N, TLS on 5684+N
+CLUSTER_TLS_BASE=5684
+CLIENT_CN=nova-docker-client
+
+# issue NAME CA SUBJECT [openssl-ca args...]: key NAME.key and NAME.pem signed by CA
+tls_issue() {
+  local name=$1 ca=$2 subj=$3; shift 3
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$TLS_DIR/$name.key" \
+    -subj "$subj" -out "$TLS_DIR/$name.csr" 2>/dev/null
+  openssl ca -batch -config "$TLS_DIR/ca.cnf" -name "$ca" -notext \
+    -in "$TLS_DIR/$name.csr" -out "$TLS_DIR/$name.pem" "$@" 2>/dev/null
+  rm -f "$TLS_DIR/$name.csr"
+}
+
+tls_ca() { # NAME: a self-signed test CA NAME.pem/NAME.key and its openssl-ca database
+  [ -s "$TLS_DIR/$1.pem" ] && [ -s "$TLS_DIR/$1.key" ] && return 0
+  mkdir -p "$TLS_DIR/$1.db"; : > "$TLS_DIR/$1.db/index"; echo 1000 > "$TLS_DIR/$1.db/serial"
+  openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nova-docker test $1" \
+    -keyout "$TLS_DIR/$1.key" -out "$TLS_DIR/$1.pem" 2>/dev/null
+}
+
+# Each file is created when missing: the nodes keep using ca.pem and
+# server.pem while they run, so those are never replaced.
+ensure_tls() {
+  [ -s "$TLS_DIR/done" ] && return 0
+  log "creating the test PKI in $TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  tls_ca ca
+  tls_ca other-ca
+  local sect
+  {
+    echo '[ ca ]'
+    for sect in ca other-ca; do
+      cat <<EOF
+[ $sect ]
+dir = $TLS_DIR
+database = \$dir/$sect.db/index
+serial = \$dir/$sect.db/serial
+new_certs_dir = \$dir/$sect.db
+certificate = \$dir/$sect.pem
+private_key = \$dir/$sect.key
+default_md = sha256
+default_days = 3650
+policy = any
+copy_extensions = none
+unique_subject = no
+EOF
+    done
+    cat <<EOF
+[ any ]
+commonName = supplied
+[ server ]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+[ client ]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+EOF
+  } > "$TLS_DIR/ca.cnf"
+  [ -s "$TLS_DIR/server.pem" ] || tls_issue server ca /CN=localhost -extensions server
+  [ -s "$TLS_DIR/client.pem" ] || tls_issue client ca "/CN=$CLIENT_CN" -extensions client
+  [ -s "$TLS_DIR/expired-client.pem" ] || tls_issue expired-client ca "/CN=$CLIENT_CN" -extensions client \
+    -startdate 20200101000000Z -enddate 20200102000000Z
+  # the right name, the wrong issuer: the broker must refuse it
+  [ -s "$TLS_DIR/foreign-client.pem" ] || tls_issue foreign-client other-ca "/CN=$CLIENT_CN" -extensions client
+  chmod 755 "$TLS_DIR"; chmod 644 "$TLS_DIR"/*.pem "$TLS_DIR"/*.key
+  chown -R rabbitmq:rabbitmq "$TLS_DIR"
+  echo ok > "$TLS_DIR/done"
+}
+
+cluster_create_node() { # INDEX
+  local i=$1 name=${CLUSTER_NODES[$1-1]}
+  local port=$(( CLUSTER_AMQP_BASE + i )) tls=$(( CLUSTER_TLS_BASE + i ))
+  D=$(priv_dir "$name")
+  [ -s "$D/node.env" ] && return 0
+  mkdir -p "$D/mnesia" "$D/log"
+  printf '[rabbitmq_auth_mechanism_ssl].\n' > "$D/enabled_plugins"
+  cat > "$D/rabbitmq.conf" <<EOF
+# TLS cluster node $name@localhost (written by tests/env/rabbitmq.sh)
+listeners.tcp.default = 127.0.0.1:$port
+listeners.ssl.default = 127.0.0.1:$tls
+loopback_users.guest = true
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+ssl_cert_login_from = common_name
+EOF
+  printf 'PORT=%s\nTLS_PORT=%s\n' "$port" "$tls" > "$D/node.env"
+  chmod 755 "$PRIV_ROOT" "$STATE_ROOT" 2>/dev/null || true
+  chown -R rabbitmq:rabbitmq "$D"
+}
+
+cluster_members_ok() { # every node lists all three as running
+  local n out
+  for n in "${CLUSTER_NODES[@]}"; do
+    out=$(ctl -n "$n@localhost" -q eval 'lists:sort(rabbit_nodes:all_running()).' 2>/dev/null) || return 1
+    [ "$out" = "[ndc1@localhost,ndc2@localhost,ndc3@localhost]" ] || return 1
+  done
+}
+
+ensure_cluster() {
+  ensure_main          # epmd
+  ensure_tls
+  local i name pids=()
+  for i in 1 2 3; do cluster_create_node "$i"; done
+  # start the three at once (each takes several seconds of CPU)
+  for i in 1 2 3; do
+    name=${CLUSTER_NODES[$i-1]}
+    ( priv_load "$name"; priv_launch "$name" ) & pids+=($!)
+  done
+  local failed=0
+  for i in "${pids[@]}"; do wait "$i" || failed=1; done
+  (( failed == 0 )) || die "a cluster node did not start"
+  for name in ndc2 ndc3; do
+    if ! ctl -n "$name@localhost" -q eval 'rabbit_nodes:all().' 2>/dev/null | grep -q ndc1@localhost; then
+      log "joining $name@localhost to ndc1@localhost"
+      local step out
+      for step in stop_app reset "join_cluster ndc1@localhost" start_app; do
+        # shellcheck disable=SC2086  # step is a command and its argument
+        out=$(ctl -n "$name@localhost" -q $step 2>&1) || die "rabbitmqctl -n $name@localhost $step: $out"
+      done
+    fi
+  done
+  wait_until "$TIMEOUT" "cluster ndc1..ndc3 running" cluster_members_ok
+  if ! ctl -n ndc1@localhost -q list_users | grep -q "^$CLIENT_CN\b"; then
+    ctl -n ndc1@localhost -q add_user "$CLIENT_CN" "$(head -c 24 /dev/urandom | base64)"
+    ctl -n ndc1@localhost -q clear_password "$CLIENT_CN"
+    log "created user $CLIENT_CN (EXTERNAL login only)"
+  fi
+  ctl -n ndc1@localhost -q set_permissions -p / "$CLIENT_CN" '.*' '.*' '.*'
+}
+
 cmd=${1:-ensure}
 case $cmd in
   ensure) ensure_main ;;
@@ -220,5 +384,14 @@ case $cmd in
     D=$(priv_dir "$2")
     if [ -s "$D/node.env" ]; then priv_load "$2"; priv_stop "$2"; fi
     if [ -e "$D" ]; then rm -rf "$D"; log "deleted private node $2"; fi ;;
+  tls) ensure_tls ;;
+  cluster) ensure_cluster ;;
+  cluster-delete)
+    for n in "${CLUSTER_NODES[@]}"; do
+      D=$(priv_dir "$n")
+      if [ -s "$D/node.env" ]; then priv_load "$n"; priv_stop "$n"; fi
+      rm -rf "$D"
+    done
+    log "deleted the TLS cluster" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac

@@ -96,6 +96,8 @@ pub fn transport(url: &str) -> Transport {
         connect_timeout: Duration::from_secs(5),
         prefetch: 0,
         connection_name: "nova-docker-tests".into(),
+        login_method: nova_docker::config::LoginMethod::AmqPlain,
+        tls: Default::default(),
     })
 }
 
@@ -118,9 +120,21 @@ pub async fn connected(t: &Transport) {
 /// Runs `tests/py/oslo_peer.py MODE ...` with the release's Python and
 /// returns its JSON output.
 pub async fn python_peer(release: Release, mode: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    python_peer_with(release, "", mode, args, timeout).await
+}
+
+/// [`python_peer`] with `[oslo_messaging_rabbit]` options (`opt=value;...`,
+/// see `ND_OSLO_RABBIT` in tests/py/oslo_peer.py).
+pub async fn python_peer_with(
+    release: Release,
+    rabbit_opts: &str,
+    mode: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> serde_json::Value {
     let script = repo().join("tests/py/oslo_peer.py");
     let mut cmd = tokio::process::Command::new(release.python());
-    cmd.arg(script).arg(mode).args(args).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.arg(script).arg(mode).args(args).env("ND_OSLO_RABBIT", rabbit_opts).stdin(Stdio::null()).kill_on_drop(true);
     let out = tokio::time::timeout(timeout, cmd.output())
         .await
         .unwrap_or_else(|_| panic!("python peer {mode} did not finish within {timeout:?}"))
@@ -140,10 +154,16 @@ pub struct PythonServer {
 impl PythonServer {
     /// Starts the server and waits until it consumes.
     pub async fn start(release: Release, url: &str, topic: &str, server: &str) -> Self {
+        Self::start_with(release, "", url, topic, server).await
+    }
+
+    /// [`PythonServer::start`] with `[oslo_messaging_rabbit]` options (`opt=value;...`).
+    pub async fn start_with(release: Release, rabbit_opts: &str, url: &str, topic: &str, server: &str) -> Self {
         let script = repo().join("tests/py/oslo_peer.py");
         let mut child = tokio::process::Command::new(release.python())
             .arg(script)
             .args(["server", url, topic, server])
+            .env("ND_OSLO_RABBIT", rabbit_opts)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -4,6 +4,7 @@
 
 mod archive;
 mod broker;
+mod broker_cluster;
 mod cloud;
 mod common;
 mod console;

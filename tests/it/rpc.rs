@@ -19,8 +19,10 @@ use crate::common::{self, PythonServer, Release};
 
 /// A test endpoint with a method per behaviour to observe.
 #[derive(Default)]
-struct TestEndpoint {
+pub struct TestEndpoint {
     recorded: Mutex<Vec<Value>>,
+    /// How many `sleep` calls started (a call done twice counts twice).
+    pub sleeps: std::sync::atomic::AtomicUsize,
 }
 
 impl Endpoint for TestEndpoint {
@@ -56,6 +58,7 @@ impl Endpoint for TestEndpoint {
                 }
                 "fail_not_implemented" => Err(RemoteError::not_implemented("not in containers")),
                 "sleep" => {
+                    self.sleeps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_secs_f64(arg("seconds").as_f64().unwrap_or(0.0))).await;
                     Ok(json!("slept"))
                 }
@@ -75,6 +78,7 @@ pub struct TestServer {
     pub transport: Transport,
     pub topic: String,
     pub host: String,
+    pub endpoint: Arc<TestEndpoint>,
 }
 
 impl Drop for TestServer {
@@ -86,12 +90,19 @@ impl Drop for TestServer {
 pub async fn start_server(url: &str) -> TestServer {
     let transport = common::transport(url);
     common::connected(&transport).await;
-    let topic = common::unique("ndtest");
+    start_server_on(transport, common::topology(), &common::unique("ndtest")).await
+}
+
+/// An RPC server for `topic` (server `h1`) on a connected transport, declaring
+/// with `topology`'s flags.
+pub async fn start_server_on(transport: Transport, topology: nova_docker::rpc::Topology, topic: &str) -> TestServer {
+    let topic = topic.to_string();
     let host = "h1".to_string();
-    let endpoints: Vec<Arc<dyn Endpoint>> = vec![Arc::new(BaseApi::new("compute")), Arc::new(TestEndpoint::default())];
+    let endpoint = Arc::new(TestEndpoint::default());
+    let endpoints: Vec<Arc<dyn Endpoint>> = vec![Arc::new(BaseApi::new("compute")), endpoint.clone()];
     let server = RpcServer::new(
         transport.clone(),
-        common::topology(),
+        topology,
         Dispatcher::new(endpoints),
         ServerOptions {
             topics: vec![topic.clone()],
@@ -105,7 +116,7 @@ pub async fn start_server(url: &str) -> TestServer {
     server.declare().await.expect("declare");
     let stop = CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
-    TestServer { stop, transport, topic, host }
+    TestServer { stop, transport, topic, host, endpoint }
 }
 
 async fn python_client_against_our_server(release: Release) {

@@ -7,10 +7,16 @@ oslo.messaging 14) or the nova 34 virtualenv (oslo.messaging 18).
                                          server at TOPIC.SERVER; print one
                                          JSON object with every outcome
   oslo_peer.py ping URL TOPIC SERVER     one baseapi ping; print the result
+  oslo_peer.py pinger URL TOPIC SERVER   print READY once connected, then one
+                                         ping per stdin line, each result printed
   oslo_peer.py server URL TOPIC SERVER   run an RPC server (print READY when
                                          consuming) until stdin closes
+
+ND_OSLO_RABBIT="opt=value;..." sets [oslo_messaging_rabbit] options (e.g.
+rabbit_quorum_queue=true), as the same lines in nova.conf would.
 """
 import json
+import os
 import sys
 import time
 
@@ -21,8 +27,23 @@ from nova import context as nova_context
 from nova import exception as nova_exception
 
 
+def rabbit_overrides():
+    """[oslo_messaging_rabbit] options from ND_OSLO_RABBIT="opt=value;opt=value"
+    (e.g. rabbit_quorum_queue=true), set as nova.conf would set them."""
+    from oslo_messaging._drivers import impl_rabbit
+    spec = os.environ.get('ND_OSLO_RABBIT', '')
+    if not spec:
+        return
+    cfg.CONF.register_opts(impl_rabbit.rabbit_opts, group='oslo_messaging_rabbit')
+    for item in filter(None, spec.split(';')):
+        name, value = item.split('=', 1)
+        opt = {o.name: o for o in impl_rabbit.rabbit_opts}[name]
+        cfg.CONF.set_override(name, opt.type(value), group='oslo_messaging_rabbit')
+
+
 def transport(url):
     om.set_transport_defaults(control_exchange='nova')
+    rabbit_overrides()
     return om.get_rpc_transport(cfg.CONF, url=url, allowed_remote_exmods=['nova.exception'])
 
 
@@ -85,6 +106,21 @@ def ping(url, topic, server):
     t.cleanup()
 
 
+def pinger(url, topic, server):
+    """Connects, prints READY, then one ping (5 s timeout) per line read from
+    stdin; prints each outcome with its elapsed seconds."""
+    t = transport(url)
+    c = om.get_rpc_client(t, om.Target(topic=topic, server=server, namespace='baseapi', version='1.1'), timeout=5)
+    outcome(lambda: c.call(ctx(), 'ping', arg='warm-up'))
+    print('READY', flush=True)
+    for _ in sys.stdin:
+        started = time.time()
+        out = outcome(lambda: c.call(ctx(), 'ping', arg='hello'))
+        out['elapsed'] = time.time() - started
+        print(json.dumps(out), flush=True)
+    t.cleanup()
+
+
 def slowcall(url, topic, server):
     """A call that takes 10 s on the server; prints STARTED when sent."""
     t = transport(url)
@@ -136,4 +172,4 @@ def serve(url, topic, server):
 
 if __name__ == '__main__':
     mode, url, topic, server = sys.argv[1:5]
-    {'client': client, 'ping': ping, 'slowcall': slowcall, 'server': serve}[mode](url, topic, server)
+    {'client': client, 'ping': ping, 'pinger': pinger, 'slowcall': slowcall, 'server': serve}[mode](url, topic, server)
