@@ -339,6 +339,7 @@ mod tests {
             proxyclient_address: "127.0.0.1".into(),
             base_url: "ws://127.0.0.1:6083/".into(),
             token_ttl: Duration::from_secs(600),
+            single_host: true,
         })
     }
 
