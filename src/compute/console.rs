@@ -97,6 +97,20 @@ impl<D: Driver> ComputeManager<D> {
         }))
     }
 
+    /// The instance's console ends here for anything but a delete (it
+    /// moved away, was offloaded, its container was removed): its port
+    /// closes and, with consoles on, every token issued for it is cleaned,
+    /// as a delete does. Cleaned even when no console is open in this
+    /// process (a restart forgets them, the tokens stay in Nova's DB): an
+    /// old token names this host's port, which may serve another instance
+    /// later.
+    pub(super) async fn end_console(&self, ctx: &RequestContext, uuid: &str) {
+        self.consoles.close(uuid);
+        if self.consoles.settings().enabled {
+            self.conductor.clean_console_auths(ctx, uuid).await;
+        }
+    }
+
     /// `validate_console_port`: whether `port` is the instance's console
     /// port of `console_type` on this host.
     pub fn validate_console_port(&self, i: &Instance, port: &str, console_type: &str) -> Result<bool, OpError> {

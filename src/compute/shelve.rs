@@ -93,7 +93,7 @@ impl<D: Driver> ComputeManager<D> {
             let ids: Vec<String> = ni.iter().map(|v| v.id.clone()).collect();
             n.unbind_host(&ids).await?;
         }
-        self.consoles.close(&uuid);
+        self.end_console(ctx, &uuid).await;
         self.driver.destroy(&uuid, std::time::Duration::ZERO, &ni).await?;
         // Freed before the state changes, as Nova does: a client polling for
         // SHELVED_OFFLOADED may schedule into the room at once.

@@ -74,7 +74,7 @@ impl<D: Driver> ComputeManager<D> {
             if local.contains(&uuid) {
                 tracing::info!(instance = %uuid, "destroying the container of an instance evacuated from this host");
                 let ni = instance.as_ref().map(|i| self.network_info_of(i)).unwrap_or_default();
-                self.consoles.close(&uuid);
+                self.end_console(ctx, &uuid).await;
                 if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &ni).await {
                     tracing::warn!(instance = %uuid, error = %e, "could not destroy the evacuated instance's container");
                     continue;
@@ -407,7 +407,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             DeletedInstanceAction::Reap => {
                 tracing::warn!(instance = uuid, "removing the container of a deleted instance");
-                self.consoles.close(uuid);
+                self.end_console(ctx, uuid).await;
                 if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout, &Vec::new()).await {
                     tracing::warn!(instance = uuid, error = %e, "could not remove the container");
                 }

@@ -42,6 +42,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -108,13 +109,21 @@ struct Console {
 pub struct SerialConsoles {
     settings: SerialConsoleSettings,
     open: Mutex<HashMap<String, Console>>,
+    /// Ports closed less than `token_ttl` ago, with the instance that had
+    /// them (locked after `open` when both are).
+    freed: Mutex<HashMap<u16, (String, Instant)>>,
     stop: CancellationToken,
 }
 
 impl SerialConsoles {
     /// No console open yet.
     pub fn new(settings: SerialConsoleSettings) -> Self {
-        SerialConsoles { settings, open: Mutex::new(HashMap::new()), stop: CancellationToken::new() }
+        SerialConsoles {
+            settings,
+            open: Mutex::new(HashMap::new()),
+            freed: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        }
     }
 
     /// Closes every console and connection (the service stops).
@@ -138,7 +147,10 @@ impl SerialConsoles {
     }
 
     /// The instance's console port, listening from now on (the same port
-    /// while it stays open).
+    /// while it stays open). A port another instance's console had less
+    /// than `token_ttl` ago is not handed out: a token for it may still be
+    /// valid (one the conductor could not clean), and would reach this
+    /// instance.
     pub fn open<D: ConsoleSource>(&self, uuid: &str, driver: Arc<D>) -> Result<u16, ConsoleError> {
         let mut open = self.lock();
         if let Some(c) = open.get(uuid) {
@@ -150,11 +162,17 @@ impl SerialConsoles {
             .parse()
             .map_err(|_| ConsoleError::Address(self.settings.proxyclient_address.clone()))?;
         let taken: Vec<u16> = open.values().map(|c| c.port).collect();
+        let quarantined: Vec<u16> = {
+            let mut freed = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+            let ttl = self.settings.token_ttl;
+            freed.retain(|_, (_, at)| at.elapsed() < ttl);
+            freed.iter().filter(|(_, (owner, _))| owner != uuid).map(|(p, _)| *p).collect()
+        };
         let listener = self
             .settings
             .ports
             .clone()
-            .filter(|p| !taken.contains(p))
+            .filter(|p| !taken.contains(p) && !quarantined.contains(p))
             .find_map(|port| match bind(SocketAddr::new(ip, port)) {
                 Ok(l) => Some(Ok((port, l))),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
@@ -169,10 +187,14 @@ impl SerialConsoles {
         Ok(port)
     }
 
-    /// Closes the instance's console and its connections (instance deleted).
+    /// Closes the instance's console and its connections (the instance is
+    /// deleted or leaves this host); its port is kept from other instances
+    /// for `token_ttl`.
     pub fn close(&self, uuid: &str) {
-        if let Some(c) = self.lock().remove(uuid) {
+        let closed = self.lock().remove(uuid);
+        if let Some(c) = closed {
             c.stop.cancel();
+            self.freed.lock().unwrap_or_else(|p| p.into_inner()).insert(c.port, (uuid.to_string(), Instant::now()));
             tracing::info!(instance = uuid, "serial console on port {} closed", c.port);
         }
     }
@@ -333,12 +355,16 @@ mod tests {
     }
 
     fn consoles(ports: std::ops::RangeInclusive<u16>) -> SerialConsoles {
+        consoles_with_ttl(ports, Duration::from_secs(600))
+    }
+
+    fn consoles_with_ttl(ports: std::ops::RangeInclusive<u16>, token_ttl: Duration) -> SerialConsoles {
         SerialConsoles::new(SerialConsoleSettings {
             enabled: true,
             ports,
             proxyclient_address: "127.0.0.1".into(),
             base_url: "ws://127.0.0.1:6083/".into(),
-            token_ttl: Duration::from_secs(600),
+            token_ttl,
             single_host: true,
         })
     }
@@ -449,5 +475,42 @@ mod tests {
             ..consoles.settings().clone()
         });
         assert!(matches!(bad.open("c", guest), Err(ConsoleError::Address(_))));
+    }
+
+    /// Waits until nothing listens on `port` (a closed console's listener
+    /// is dropped by its task).
+    async fn wait_free(port: u16) {
+        let free = tokio::time::timeout(T, async {
+            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(free.is_ok(), "port {port} still held");
+    }
+
+    #[tokio::test]
+    async fn a_freed_port_goes_to_no_other_instance_for_token_ttl() {
+        let guest = Arc::new(Guest::default());
+        let range = free_ports(2);
+        let consoles = consoles(range.clone());
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+        consoles.close("a");
+        wait_free(*range.start()).await;
+        // A token of a's may still name the port: b gets the other one.
+        assert_eq!(consoles.open("b", guest.clone()).unwrap(), *range.end());
+        assert!(matches!(consoles.open("c", guest.clone()), Err(ConsoleError::PortsExhausted(_))));
+        // a's own tokens reach a: it may have its port back (once its
+        // listener is gone).
+        wait_free(*range.start()).await;
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+
+        // Once token_ttl has passed, the port is anyone's.
+        let range = free_ports(1);
+        let consoles = consoles_with_ttl(range.clone(), Duration::ZERO);
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+        consoles.close("a");
+        wait_free(*range.start()).await;
+        assert_eq!(consoles.open("b", guest).unwrap(), *range.start());
     }
 }
