@@ -933,6 +933,8 @@ impl<D: Driver> ComputeManager<D> {
                     if !m.same_host() {
                         self.end_console(ctx, i.uuid()).await;
                         self.driver.destroy(i.uuid(), Duration::ZERO, &Vec::new()).await?;
+                        // A console opened while the container went is closed too.
+                        self.consoles.close(i.uuid());
                     }
                     m.set_status("confirmed");
                     self.conductor.migration_save(ctx, m).await?;
@@ -984,6 +986,7 @@ impl<D: Driver> ComputeManager<D> {
                 let source = m.source_compute().map(str::to_string).ok_or_else(|| migration_error("no source host"))?;
                 self.end_console(ctx, i.uuid()).await;
                 self.driver.destroy(i.uuid(), Duration::ZERO, &ni).await?;
+                self.consoles.close(i.uuid());
                 m.set_status("reverted");
                 self.conductor.migration_save(ctx, m).await?;
                 let args =

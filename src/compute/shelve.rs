@@ -95,6 +95,8 @@ impl<D: Driver> ComputeManager<D> {
         }
         self.end_console(ctx, &uuid).await;
         self.driver.destroy(&uuid, std::time::Duration::ZERO, &ni).await?;
+        // A console opened while the container went is closed too.
+        self.consoles.close(&uuid);
         // Freed before the state changes, as Nova does: a client polling for
         // SHELVED_OFFLOADED may schedule into the room at once.
         if let Some(p) = &self.placement {

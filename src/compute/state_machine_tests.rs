@@ -1787,4 +1787,50 @@ mod console_tokens {
         assert!(h.driver.container(&orphan).is_none());
         assert!(cleaned(&h, &orphan));
     }
+
+    #[tokio::test]
+    async fn no_console_is_handed_out_while_the_instance_is_busy_or_leaving() {
+        let h = Harness::with_options(CONSOLES);
+        let class = async |h: &Harness, u: &str| {
+            h.manager.get_serial_console(&h.ctx, "serial", &h.rpc_instance(u)).await.unwrap_err().to_remote().class
+        };
+        for task in [TaskState::Deleting, TaskState::Shelving, TaskState::ShelvingOffloading] {
+            let u = h.instance(VmState::Active, Some(task), Running);
+            assert_eq!(class(&h, &u).await, "InstanceNotReady", "{task:?}");
+        }
+        let u = h.instance(VmState::Active, None, Running);
+        {
+            let _busy = h.manager.mark_busy(&u);
+            assert_eq!(class(&h, &u).await, "InstanceNotReady", "busy");
+        }
+        // Idle, it goes on (the fake's containers have no terminal).
+        assert_eq!(class(&h, &u).await, "ConsoleTypeUnavailable");
+    }
+
+    #[tokio::test]
+    async fn a_console_opened_while_the_container_goes_is_closed_with_it() {
+        let options = "[serial_console]\nenabled = true\n[docker]\nserial_console_single_host = true\n";
+        for op in ["delete", "shelve"] {
+            let h = Harness::with_options(options);
+            let task = if op == "delete" { TaskState::Deleting } else { TaskState::Shelving };
+            let u = h.instance(VmState::Active, Some(task), Running);
+            h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+            let gate = h.driver.hold("destroy");
+            let run = tokio::spawn({
+                let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+                async move {
+                    match op {
+                        "delete" => m.terminate_instance(&ctx, i).await,
+                        _ => m.shelve_instance(&ctx, i, "shelved-1", true).await,
+                    }
+                }
+            });
+            gate.entered().await;
+            // A get_serial_console that got past its checks before the close.
+            h.manager.consoles.open(&u, h.driver.clone()).unwrap();
+            gate.release();
+            run.await.unwrap().unwrap();
+            assert_eq!(h.manager.consoles.port_of(&u), None, "{op}: the console outlived the container");
+        }
+    }
 }

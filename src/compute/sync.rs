@@ -75,7 +75,9 @@ impl<D: Driver> ComputeManager<D> {
                 tracing::info!(instance = %uuid, "destroying the container of an instance evacuated from this host");
                 let ni = instance.as_ref().map(|i| self.network_info_of(i)).unwrap_or_default();
                 self.end_console(ctx, &uuid).await;
-                if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &ni).await {
+                let destroyed = self.driver.destroy(&uuid, Duration::ZERO, &ni).await;
+                self.consoles.close(&uuid);
+                if let Err(e) = destroyed {
                     tracing::warn!(instance = %uuid, error = %e, "could not destroy the evacuated instance's container");
                     continue;
                 }
@@ -411,6 +413,7 @@ impl<D: Driver> ComputeManager<D> {
                 if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout, &Vec::new()).await {
                     tracing::warn!(instance = uuid, error = %e, "could not remove the container");
                 }
+                self.consoles.close(uuid);
             }
         }
     }
