@@ -56,6 +56,10 @@ use crate::config::SerialConsoleSettings;
 /// websocket client).
 pub const MAX_CONNECTIONS: usize = 4;
 
+/// The accept loop's pause after a failed accept (out of descriptors and
+/// the like), so that it does not spin while the cause lasts.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Both directions of an attachment to a console.
 pub trait ConsoleStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ConsoleStream for T {}
@@ -206,17 +210,34 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
+/// What the accept loop needs of its listener (a test plays one that fails).
+trait Accept: Send + 'static {
+    /// The next connection.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        self.accept()
+    }
+}
+
 /// Accepts the proxy's connections until `stop`.
-async fn serve<D: ConsoleSource>(listener: TcpListener, uuid: String, driver: Arc<D>, stop: CancellationToken) {
+async fn serve<D: ConsoleSource>(listener: impl Accept, uuid: String, driver: Arc<D>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
+            r = listener.accept_one() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of descriptors and the like: the next accept may work.
+                    // Out of descriptors and the like: a later accept may
+                    // work; an immediate one would fail the same way.
                     tracing::warn!(instance = %uuid, "serial console accept failed: {e}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
                     continue;
                 }
             },
@@ -512,5 +533,34 @@ mod tests {
         consoles.close("a");
         wait_free(*range.start()).await;
         assert_eq!(consoles.open("b", guest).unwrap(), *range.start());
+    }
+
+    /// A listener whose every accept fails as when out of descriptors.
+    struct OutOfDescriptors(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Accept for OutOfDescriptors {
+        async fn accept_one(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_accepts_pause_instead_of_spinning() {
+        let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            OutOfDescriptors(tries.clone()),
+            "u".into(),
+            Arc::new(Guest::default()),
+            stop.clone(),
+        ));
+        // The rate is what is tested: this waits for time to pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        tokio::time::timeout(T, task).await.expect("the loop ends on stop").unwrap();
+        let n = tries.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=5).contains(&n), "{n} accepts in 300 ms");
     }
 }
