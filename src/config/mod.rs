@@ -866,8 +866,7 @@ impl Settings {
             value: serial_range.clone(),
             expected: "port range MIN:MAX (1-65535, MIN <= MAX)",
         })?;
-        let proxyclient_address =
-            l.string(&SERIAL_CONSOLE_PROXYCLIENT_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
+        let proxyclient_address = l.string(&SERIAL_CONSOLE_PROXYCLIENT_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
         let serial_single_host = l.bool(&DOCKER_SERIAL_CONSOLE_SINGLE_HOST)?;
         if serial_enabled && !serial_single_host && is_shared_address(&proxyclient_address) {
             return Err(ConfigError::SharedConsoleAddress { address: proxyclient_address });

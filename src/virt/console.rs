@@ -23,7 +23,7 @@
 //!
 //! **Reboot.** A connection outlives the container's runs: when the
 //! attachment ends (the guest stopped), the connection waits for the
-//! container to run again (Docker events, no polling) and attaches to the
+//! container to run again (Docker start or unpause events, no polling) and attaches to the
 //! new run; when the container is removed, the connection closes. What the
 //! user types while the guest is down is dropped, as on a serial line.
 //!
@@ -550,12 +550,8 @@ mod tests {
     async fn failing_accepts_pause_instead_of_spinning() {
         let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(
-            OutOfDescriptors(tries.clone()),
-            "u".into(),
-            Arc::new(Guest::default()),
-            stop.clone(),
-        ));
+        let task =
+            tokio::spawn(serve(OutOfDescriptors(tries.clone()), "u".into(), Arc::new(Guest::default()), stop.clone()));
         // The rate is what is tested: this waits for time to pass.
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
