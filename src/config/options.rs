@@ -351,7 +351,7 @@ opts! {
     SERIAL_CONSOLE_PORT_RANGE: "serial_console" "port_range" Str = Some("10000:20000"), None,
         "TCP ports (MIN:MAX) the host listens on for consoles, one per instance whose console was asked for.";
     SERIAL_CONSOLE_PROXYCLIENT_ADDRESS: "serial_console" "proxyclient_address" Str = Some("127.0.0.1"), None,
-        "Address the console ports listen on and that nova-serialproxy connects to: make it reachable by the proxy only.";
+        "Address the console ports listen on and that nova-serialproxy connects to: this host's own address on the management network, reachable by the proxy only. With enabled = true, a loopback or unspecified address (the default 127.0.0.1, 0.0.0.0, ::) is refused unless [docker] serial_console_single_host = true: the same host:port would name a console on every host.";
     SERIAL_CONSOLE_BASE_URL: "serial_console" "base_url" Str = Some("ws://127.0.0.1:6083/"), None,
         "The nova-serialproxy URL users are given (the token is appended as ?token=...).";
 
