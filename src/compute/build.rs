@@ -454,6 +454,8 @@ impl<D: Driver> ComputeManager<D> {
             let ni = self.network_info(ctx, i).await?;
             self.consoles.close(&uuid);
             self.driver.destroy(&uuid, self.settings.shutdown_timeout, &ni).await?;
+            // A console opened while the container went is closed too.
+            self.consoles.close(&uuid);
             self.release_network(i, &ni).await?;
             phase("delete", "destroy", t);
             i.set("terminated_at", Self::now());

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::errors::{OpError, instance_not_found};
 use super::manager::ComputeManager;
-use super::states::VmState;
+use super::states::{TaskState, VmState};
 use crate::conductor::ConsoleToken;
 use crate::objects::Instance;
 use crate::rpc::{RemoteError, RequestContext};
@@ -42,6 +42,24 @@ fn console_type_invalid(console_type: &str) -> RemoteError {
     )
 }
 
+/// `nova.exception.InstanceNotReady` (400).
+fn not_ready(uuid: &str) -> RemoteError {
+    RemoteError::nova("InstanceNotReady", format!("Instance {uuid} is not ready"), 400, json!({"instance_id": uuid}))
+}
+
+/// Task states of an instance whose container is going away here.
+fn leaving(t: TaskState) -> bool {
+    matches!(
+        t,
+        TaskState::Deleting
+            | TaskState::SoftDeleting
+            | TaskState::Shelving
+            | TaskState::ShelvingImagePendingUpload
+            | TaskState::ShelvingImageUploading
+            | TaskState::ShelvingOffloading
+    )
+}
+
 impl<D: Driver> ComputeManager<D> {
     /// `get_serial_console`: the connection info Nova returns (host, port,
     /// internal_access_path, token, access_url).
@@ -59,17 +77,18 @@ impl<D: Driver> ComputeManager<D> {
             return Err(OpError::Nova(console_type_invalid(console_type)));
         }
         let uuid = i.uuid();
+        // An instance on its way out of this host (or mid-operation) gets
+        // no console: one opened between the close and the end of a delete,
+        // shelve or move would outlive the container.
+        if self.is_busy(uuid) || i.task_state().is_some_and(leaving) {
+            return Err(OpError::Nova(not_ready(uuid)));
+        }
         match self.driver.has_console(uuid).await {
             Ok(true) => {}
             // Created while consoles were off: no terminal to attach to.
             Ok(false) => return Err(OpError::Nova(console_type_unavailable(console_type))),
             Err(VirtError::NotFound(_)) if i.vm_state() == Some(VmState::Building) => {
-                return Err(OpError::Nova(RemoteError::nova(
-                    "InstanceNotReady",
-                    format!("Instance {uuid} is not ready"),
-                    400,
-                    json!({"instance_id": uuid}),
-                )));
+                return Err(OpError::Nova(not_ready(uuid)));
             }
             Err(VirtError::NotFound(_)) => return Err(OpError::Nova(instance_not_found(uuid))),
             Err(e) => return Err(e.into()),
@@ -95,6 +114,20 @@ impl<D: Driver> ComputeManager<D> {
             "token": token,
             "access_url": format!("{}?token={token}", settings.base_url),
         }))
+    }
+
+    /// The instance's console ends here for anything but a delete (it
+    /// moved away, was offloaded, its container was removed): its port
+    /// closes and, with consoles on, every token issued for it is cleaned,
+    /// as a delete does. Cleaned even when no console is open in this
+    /// process (a restart forgets them, the tokens stay in Nova's DB): an
+    /// old token names this host's port, which may serve another instance
+    /// later.
+    pub(super) async fn end_console(&self, ctx: &RequestContext, uuid: &str) {
+        self.consoles.close(uuid);
+        if self.consoles.settings().enabled {
+            self.conductor.clean_console_auths(ctx, uuid).await;
+        }
     }
 
     /// `validate_console_port`: whether `port` is the instance's console

@@ -1044,8 +1044,10 @@ impl<D: Driver> ComputeManager<D> {
                 OnMoveFailure::Keep,
                 async |i, m| {
                     if !m.same_host() {
-                        self.consoles.close(i.uuid());
+                        self.end_console(ctx, i.uuid()).await;
                         self.driver.destroy(i.uuid(), Duration::ZERO, &Vec::new()).await?;
+                        // A console opened while the container went is closed too.
+                        self.consoles.close(i.uuid());
                     }
                     m.set_status("confirmed");
                     self.conductor.migration_save(ctx, m).await?;
@@ -1095,8 +1097,9 @@ impl<D: Driver> ComputeManager<D> {
             async |i, m| {
                 let ni = self.network_info(ctx, i).await?;
                 let source = m.source_compute().map(str::to_string).ok_or_else(|| migration_error("no source host"))?;
-                self.consoles.close(i.uuid());
+                self.end_console(ctx, i.uuid()).await;
                 self.driver.destroy(i.uuid(), Duration::ZERO, &ni).await?;
+                self.consoles.close(i.uuid());
                 m.set_status("reverted");
                 self.conductor.migration_save(ctx, m).await?;
                 let args =

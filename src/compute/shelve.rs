@@ -93,8 +93,10 @@ impl<D: Driver> ComputeManager<D> {
             let ids: Vec<String> = ni.iter().map(|v| v.id.clone()).collect();
             n.unbind_host(&ids).await?;
         }
-        self.consoles.close(&uuid);
+        self.end_console(ctx, &uuid).await;
         self.driver.destroy(&uuid, std::time::Duration::ZERO, &ni).await?;
+        // A console opened while the container went is closed too.
+        self.consoles.close(&uuid);
         // Freed before the state changes, as Nova does: a client polling for
         // SHELVED_OFFLOADED may schedule into the room at once.
         if let Some(p) = &self.placement {

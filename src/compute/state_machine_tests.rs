@@ -1976,3 +1976,127 @@ async fn a_failed_move_of_an_instance_deleted_meanwhile_frees_the_migration_with
     assert!(h.placement.allocations(&mig).is_empty());
     assert!(h.placement.allocations(&u).is_empty(), "no allocation for a deleted instance");
 }
+
+// ---------------------------------------------------------------------------
+// Serial console tokens end with the console, whatever ends it
+// ---------------------------------------------------------------------------
+
+mod console_tokens {
+    use super::*;
+    use crate::testing::HOST;
+
+    /// Consoles on; the address is never bound by these tests.
+    const CONSOLES: &str = "[serial_console]\nenabled = true\nproxyclient_address = 10.0.0.9\n";
+
+    fn cleaned(h: &Harness, u: &str) -> bool {
+        h.nova.console_cleanups().iter().any(|c| c == u)
+    }
+
+    #[tokio::test]
+    async fn confirming_a_resize_away_cleans_the_tokens_issued_on_the_source() {
+        let h = Harness::with_options(CONSOLES);
+        let u = h.instance(VmState::Resized, None, Running);
+        h.nova.set_field(&u, "host", json!("other"));
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 21, "instance_uuid": u, "source_compute": HOST,
+            "source_node": HOST, "dest_compute": "other", "dest_node": "other", "status": "confirming",
+            "old_instance_type_id": 1, "new_instance_type_id": 2, "migration_type": "resize"}));
+        h.manager.confirm_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await.unwrap();
+        assert!(h.driver.container(&u).is_none(), "the source's container went");
+        assert!(cleaned(&h, &u), "no console was open in this process, the tokens go all the same");
+    }
+
+    #[tokio::test]
+    async fn reverting_a_resize_cleans_the_tokens_issued_on_the_destination() {
+        let h = Harness::with_options(CONSOLES);
+        let u = h.instance(VmState::Resized, Some(TaskState::ResizeReverting), Running);
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 22, "instance_uuid": u, "source_compute": "other",
+            "source_node": "other", "dest_compute": HOST, "dest_node": HOST, "status": "reverting",
+            "old_instance_type_id": 1, "new_instance_type_id": 2, "migration_type": "resize"}));
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        assert!(h.driver.container(&u).is_none(), "the destination's container went");
+        assert!(cleaned(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn shelve_offload_cleans_the_tokens_and_consoles_off_clean_nothing() {
+        for (options, expected) in [(CONSOLES, true), ("", false)] {
+            let h = Harness::with_options(options);
+            let u = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+            h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+            h.manager.shelve_instance(&h.ctx, h.rpc_instance(&u), "shelved-1", true).await.unwrap();
+            assert_eq!(h.states(&u).0, Some(VmState::ShelvedOffloaded));
+            assert_eq!(cleaned(&h, &u), expected, "consoles on: {expected}");
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_what_was_evacuated_cleans_the_tokens_issued_here() {
+        let h = Harness::with_options(CONSOLES);
+        let u = h.instance(VmState::Active, None, Shutdown);
+        h.nova.set_field(&u, "host", json!("other-host"));
+        let mig = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": mig, "instance_uuid": u, "status": "done", "migration_type": "evacuation",
+                                    "source_compute": HOST, "dest_compute": "other-host"}));
+        h.manager.init_host(&h.ctx).await.unwrap();
+        assert!(h.driver.container(&u).is_none());
+        assert!(cleaned(&h, &u));
+    }
+
+    #[tokio::test]
+    async fn reaping_a_deleted_instances_container_cleans_its_tokens() {
+        let h = Harness::with_options(CONSOLES);
+        let orphan = uuid::Uuid::new_v4().to_string();
+        h.driver.add_container(&orphan, Running);
+        h.manager.sync_all(&h.ctx).await;
+        assert!(h.driver.container(&orphan).is_none());
+        assert!(cleaned(&h, &orphan));
+    }
+
+    #[tokio::test]
+    async fn no_console_is_handed_out_while_the_instance_is_busy_or_leaving() {
+        let h = Harness::with_options(CONSOLES);
+        let class = async |h: &Harness, u: &str| {
+            h.manager.get_serial_console(&h.ctx, "serial", &h.rpc_instance(u)).await.unwrap_err().to_remote().class
+        };
+        for task in [TaskState::Deleting, TaskState::Shelving, TaskState::ShelvingOffloading] {
+            let u = h.instance(VmState::Active, Some(task), Running);
+            assert_eq!(class(&h, &u).await, "InstanceNotReady", "{task:?}");
+        }
+        let u = h.instance(VmState::Active, None, Running);
+        {
+            let _busy = h.manager.mark_busy(&u);
+            assert_eq!(class(&h, &u).await, "InstanceNotReady", "busy");
+        }
+        // Idle, it goes on (the fake's containers have no terminal).
+        assert_eq!(class(&h, &u).await, "ConsoleTypeUnavailable");
+    }
+
+    #[tokio::test]
+    async fn a_console_opened_while_the_container_goes_is_closed_with_it() {
+        let options = "[serial_console]\nenabled = true\n[docker]\nserial_console_single_host = true\n";
+        for op in ["delete", "shelve"] {
+            let h = Harness::with_options(options);
+            let task = if op == "delete" { TaskState::Deleting } else { TaskState::Shelving };
+            let u = h.instance(VmState::Active, Some(task), Running);
+            h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": u}));
+            let gate = h.driver.hold("destroy");
+            let run = tokio::spawn({
+                let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+                async move {
+                    match op {
+                        "delete" => m.terminate_instance(&ctx, i).await,
+                        _ => m.shelve_instance(&ctx, i, "shelved-1", true).await,
+                    }
+                }
+            });
+            gate.entered().await;
+            // A get_serial_console that got past its checks before the close.
+            h.manager.consoles.open(&u, h.driver.clone()).unwrap();
+            gate.release();
+            run.await.unwrap().unwrap();
+            assert_eq!(h.manager.consoles.port_of(&u), None, "{op}: the console outlived the container");
+        }
+    }
+}

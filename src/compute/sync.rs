@@ -75,8 +75,10 @@ impl<D: Driver> ComputeManager<D> {
             if local.contains(&uuid) {
                 tracing::info!(instance = %uuid, "destroying the container of an instance evacuated from this host");
                 let ni = instance.as_ref().map(|i| self.network_info_of(i)).unwrap_or_default();
+                self.end_console(ctx, &uuid).await;
+                let destroyed = self.driver.destroy(&uuid, Duration::ZERO, &ni).await;
                 self.consoles.close(&uuid);
-                if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &ni).await {
+                if let Err(e) = destroyed {
                     tracing::warn!(instance = %uuid, error = %e, "could not destroy the evacuated instance's container");
                     continue;
                 }
@@ -125,10 +127,11 @@ impl<D: Driver> ComputeManager<D> {
                 continue; // landed here (init_instance's), or not ours to settle
             }
             tracing::warn!(instance = %uuid, "an evacuation to this host was interrupted by a restart of this service; setting ERROR");
-            self.consoles.close(&uuid);
+            self.end_console(ctx, &uuid).await;
             if let Err(e) = self.driver.destroy(&uuid, Duration::ZERO, &self.network_info_of(&i)).await {
                 tracing::warn!(instance = %uuid, error = %e, "could not remove the interrupted evacuation's container");
             }
+            self.consoles.close(&uuid);
             m.set_status("failed");
             if let Err(e) = self.conductor.migration_save(ctx, &mut m).await {
                 tracing::warn!(instance = %uuid, error = %e, "could not fail the interrupted evacuation's migration");
@@ -459,10 +462,11 @@ impl<D: Driver> ComputeManager<D> {
             }
             DeletedInstanceAction::Reap => {
                 tracing::warn!(instance = uuid, "removing the container of a deleted instance");
-                self.consoles.close(uuid);
+                self.end_console(ctx, uuid).await;
                 if let Err(e) = self.driver.destroy(uuid, self.settings.shutdown_timeout, &Vec::new()).await {
                     tracing::warn!(instance = uuid, error = %e, "could not remove the container");
                 }
+                self.consoles.close(uuid);
             }
         }
     }

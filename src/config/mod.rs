@@ -74,6 +74,21 @@ pub enum ConfigError {
         /// The option's name.
         name: &'static str,
     },
+    /// `[serial_console] proxyclient_address` is an address every host has
+    /// (loopback, or unspecified: 0.0.0.0, ::) while consoles are on and
+    /// the operator did not say the cloud has one host: a token issued by
+    /// another host would reach this host's console on the same port.
+    #[error(
+        "[serial_console] proxyclient_address = {address:?} is an address every compute host has: \
+         nova-serialproxy connects to the host:port of a token after asking only the instance's host about the port, \
+         so a token issued by another host whose proxy runs here would reach this host's console on the same port \
+         (another tenant's). Set it to this host's own address on the management network, or, on a one-host cloud only, \
+         set [docker] serial_console_single_host = true"
+    )]
+    SharedConsoleAddress {
+        /// The value as written.
+        address: String,
+    },
     /// An option is set to something this host cannot honour (refused, not ignored).
     #[error("[{group}] {name} is not supported by nova-docker: {hint}")]
     Unsupported {
@@ -865,6 +880,17 @@ pub struct SerialConsoleSettings {
     pub base_url: String,
     /// `[consoleauth] token_ttl`.
     pub token_ttl: Duration,
+    /// `[docker] serial_console_single_host`: the operator says no other
+    /// compute host's serial proxy can reach this host's loopback, which
+    /// allows a loopback or unspecified `proxyclient_address`.
+    pub single_host: bool,
+}
+
+/// Whether `address` is one every host has (loopback, or unspecified):
+/// the host:port of a console token then names no host at all.
+pub fn is_shared_address(address: &str) -> bool {
+    address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+        || address.eq_ignore_ascii_case("localhost")
 }
 
 /// `MIN:MAX`, as Nova's `port_range` (both inclusive, MIN <= MAX, MIN > 0).
@@ -985,6 +1011,11 @@ impl Settings {
             value: serial_range.clone(),
             expected: "port range MIN:MAX (1-65535, MIN <= MAX)",
         })?;
+        let proxyclient_address = l.string(&SERIAL_CONSOLE_PROXYCLIENT_ADDRESS).unwrap_or_else(|| "127.0.0.1".into());
+        let serial_single_host = l.bool(&DOCKER_SERIAL_CONSOLE_SINGLE_HOST)?;
+        if serial_enabled && !serial_single_host && is_shared_address(&proxyclient_address) {
+            return Err(ConfigError::SharedConsoleAddress { address: proxyclient_address });
+        }
         let socket_path = docker_socket_path(&l.string(&DOCKER_HOST_URL).unwrap_or_default())?;
         let release = l.choice(&DOCKER_NOVA_RELEASE)?;
         let log_format = l.choice(&DOCKER_LOG_FORMAT)?;
@@ -1229,11 +1260,10 @@ impl Settings {
             serial_console: SerialConsoleSettings {
                 enabled: serial_enabled,
                 ports: serial_ports,
-                proxyclient_address: l
-                    .string(&SERIAL_CONSOLE_PROXYCLIENT_ADDRESS)
-                    .unwrap_or_else(|| "127.0.0.1".into()),
+                proxyclient_address,
                 base_url: l.string(&SERIAL_CONSOLE_BASE_URL).unwrap_or_else(|| "ws://127.0.0.1:6083/".into()),
                 token_ttl: secs(int(&CONSOLEAUTH_TOKEN_TTL)?.max(1)),
+                single_host: serial_single_host,
             },
         })
     }
@@ -1456,6 +1486,19 @@ driver = noop
         assert_eq!(s.serial_console.proxyclient_address, "10.0.0.5");
         assert_eq!(s.serial_console.base_url, "ws://proxy:6083/");
         assert_eq!(s.serial_console.token_ttl, Duration::from_secs(30));
+        // An address every host has: refused with consoles on, unless the
+        // operator says the cloud has one host.
+        for shared in ["127.0.0.1", "127.0.1.1", "::1", "0.0.0.0", "::", "localhost"] {
+            let text = format!("{base}[serial_console]\nenabled = true\nproxyclient_address = {shared}\n");
+            let err = Settings::from_layered(&Layered::from_text(&text).unwrap()).unwrap_err();
+            assert!(matches!(err, ConfigError::SharedConsoleAddress { .. }), "{shared}: {err}");
+            assert!(err.to_string().contains("serial_console_single_host"), "{err}");
+            let one_host = format!("{text}[docker]\nserial_console_single_host = true\n");
+            let s = Settings::from_layered(&Layered::from_text(&one_host).unwrap()).unwrap();
+            assert!(s.serial_console.single_host && s.serial_console.proxyclient_address == shared);
+            let off = format!("{base}[serial_console]\nproxyclient_address = {shared}\n");
+            assert!(Settings::from_layered(&Layered::from_text(&off).unwrap()).is_ok(), "{shared} with consoles off");
+        }
         for bad in ["20000:10000", "0:10", "10000", "a:b", "1:70000"] {
             let err = Settings::from_layered(
                 &Layered::from_text(&format!("{base}[serial_console]\nport_range = {bad}\n")).unwrap(),

@@ -354,6 +354,8 @@ opts! {
         "Largest RPC message accepted; bigger ones are logged and dropped.";
     DOCKER_METRICS_LISTEN: "docker" "metrics_listen" Str = None, None,
         "host:port of an HTTP endpoint serving /healthz, /readyz and Prometheus /metrics; unset: no endpoint.";
+    DOCKER_SERIAL_CONSOLE_SINGLE_HOST: "docker" "serial_console_single_host" Bool = Some("false"), None,
+        "Allow a loopback or unspecified [serial_console] proxyclient_address (127.0.0.1, ::1, 0.0.0.0, ::) with serial consoles on. nova-serialproxy connects to the host:port in a token after asking only the instance's host whether the port is its console's, so with such an address on several hosts a token of one host presented to another host's proxy reaches that host's own console on the same port: another tenant's. Set true only when no other compute host's serial proxy can reach this host's loopback: a one-host cloud. Otherwise the service refuses to start.";
     DOCKER_LOG_FORMAT: "docker" "log_format" Str ["text", "json"] = Some("text"), None,
         "Log line format: text (oslo.log's) or json (oslo.log's JSONFormatter); json is the same as [DEFAULT] use_json = true.";
 
@@ -371,7 +373,7 @@ opts! {
     SERIAL_CONSOLE_PORT_RANGE: "serial_console" "port_range" Str = Some("10000:20000"), None,
         "TCP ports (MIN:MAX) the host listens on for consoles, one per instance whose console was asked for.";
     SERIAL_CONSOLE_PROXYCLIENT_ADDRESS: "serial_console" "proxyclient_address" Str = Some("127.0.0.1"), None,
-        "Address the console ports listen on and that nova-serialproxy connects to: make it reachable by the proxy only.";
+        "Address the console ports listen on and that nova-serialproxy connects to: this host's own address on the management network, reachable by the proxy only. With enabled = true, a loopback or unspecified address (the default 127.0.0.1, 0.0.0.0, ::) is refused unless [docker] serial_console_single_host = true: the same host:port would name a console on every host.";
     SERIAL_CONSOLE_BASE_URL: "serial_console" "base_url" Str = Some("ws://127.0.0.1:6083/"), None,
         "The nova-serialproxy URL users are given (the token is appended as ?token=...).";
 

@@ -54,6 +54,8 @@ struct Db {
     services: HashMap<String, Value>,
     /// Server groups (`nova_object.data`), by uuid.
     groups: HashMap<String, Value>,
+    /// Instances whose console tokens were cleaned, in order.
+    console_cleanups: Vec<String>,
 }
 
 /// A cast a compute sent to another compute (a move's next step).
@@ -164,6 +166,12 @@ impl FakeNova {
     /// A field of a migration row as `Migration.save` left it.
     pub fn migration_field(&self, uuid: &str, field: &str) -> Option<Value> {
         self.with(|db| db.migrations.get(uuid).and_then(|m| m.get(field).cloned()))
+    }
+
+    /// The instances whose console tokens were cleaned
+    /// (`ConsoleAuthToken.clean_console_auths_for_instance`), in order.
+    pub fn console_cleanups(&self) -> Vec<String> {
+        self.with(|db| db.console_cleanups.clone())
     }
 
     /// How many `Instance.save` calls succeeded.
@@ -287,7 +295,9 @@ impl FakeNova {
                 }
                 Ok(Value::Null)
             }
-            ("InstanceAction", "action_start") | ("ConsoleAuthToken", "clean_console_auths_for_instance") => {
+            ("InstanceAction", "action_start") => Ok(Value::Null),
+            ("ConsoleAuthToken", "clean_console_auths_for_instance") => {
+                db.console_cleanups.push(arg(0));
                 Ok(Value::Null)
             }
             ("Instance", "get_by_uuid") => match db.instances.get(&arg(0)) {

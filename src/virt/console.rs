@@ -23,7 +23,7 @@
 //!
 //! **Reboot.** A connection outlives the container's runs: when the
 //! attachment ends (the guest stopped), the connection waits for the
-//! container to run again (Docker events, no polling) and attaches to the
+//! container to run again (Docker start or unpause events, no polling) and attaches to the
 //! new run; when the container is removed, the connection closes. What the
 //! user types while the guest is down is dropped, as on a serial line.
 //!
@@ -42,6 +42,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,6 +55,10 @@ use crate::config::SerialConsoleSettings;
 /// Connections one console accepts at a time (the proxy opens one per
 /// websocket client).
 pub const MAX_CONNECTIONS: usize = 4;
+
+/// The accept loop's pause after a failed accept (out of descriptors and
+/// the like), so that it does not spin while the cause lasts.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Both directions of an attachment to a console.
 pub trait ConsoleStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -108,13 +113,21 @@ struct Console {
 pub struct SerialConsoles {
     settings: SerialConsoleSettings,
     open: Mutex<HashMap<String, Console>>,
+    /// Ports closed less than `token_ttl` ago, with the instance that had
+    /// them (locked after `open` when both are).
+    freed: Mutex<HashMap<u16, (String, Instant)>>,
     stop: CancellationToken,
 }
 
 impl SerialConsoles {
     /// No console open yet.
     pub fn new(settings: SerialConsoleSettings) -> Self {
-        SerialConsoles { settings, open: Mutex::new(HashMap::new()), stop: CancellationToken::new() }
+        SerialConsoles {
+            settings,
+            open: Mutex::new(HashMap::new()),
+            freed: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        }
     }
 
     /// Closes every console and connection (the service stops).
@@ -138,7 +151,10 @@ impl SerialConsoles {
     }
 
     /// The instance's console port, listening from now on (the same port
-    /// while it stays open).
+    /// while it stays open). A port another instance's console had less
+    /// than `token_ttl` ago is not handed out: a token for it may still be
+    /// valid (one the conductor could not clean), and would reach this
+    /// instance.
     pub fn open<D: ConsoleSource>(&self, uuid: &str, driver: Arc<D>) -> Result<u16, ConsoleError> {
         let mut open = self.lock();
         if let Some(c) = open.get(uuid) {
@@ -150,11 +166,17 @@ impl SerialConsoles {
             .parse()
             .map_err(|_| ConsoleError::Address(self.settings.proxyclient_address.clone()))?;
         let taken: Vec<u16> = open.values().map(|c| c.port).collect();
+        let quarantined: Vec<u16> = {
+            let mut freed = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+            let ttl = self.settings.token_ttl;
+            freed.retain(|_, (_, at)| at.elapsed() < ttl);
+            freed.iter().filter(|(_, (owner, _))| owner != uuid).map(|(p, _)| *p).collect()
+        };
         let listener = self
             .settings
             .ports
             .clone()
-            .filter(|p| !taken.contains(p))
+            .filter(|p| !taken.contains(p) && !quarantined.contains(p))
             .find_map(|port| match bind(SocketAddr::new(ip, port)) {
                 Ok(l) => Some(Ok((port, l))),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
@@ -169,10 +191,14 @@ impl SerialConsoles {
         Ok(port)
     }
 
-    /// Closes the instance's console and its connections (instance deleted).
+    /// Closes the instance's console and its connections (the instance is
+    /// deleted or leaves this host); its port is kept from other instances
+    /// for `token_ttl`.
     pub fn close(&self, uuid: &str) {
-        if let Some(c) = self.lock().remove(uuid) {
+        let closed = self.lock().remove(uuid);
+        if let Some(c) = closed {
             c.stop.cancel();
+            self.freed.lock().unwrap_or_else(|p| p.into_inner()).insert(c.port, (uuid.to_string(), Instant::now()));
             tracing::info!(instance = uuid, "serial console on port {} closed", c.port);
         }
     }
@@ -184,17 +210,34 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
+/// What the accept loop needs of its listener (a test plays one that fails).
+trait Accept: Send + 'static {
+    /// The next connection.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        self.accept()
+    }
+}
+
 /// Accepts the proxy's connections until `stop`.
-async fn serve<D: ConsoleSource>(listener: TcpListener, uuid: String, driver: Arc<D>, stop: CancellationToken) {
+async fn serve<D: ConsoleSource>(listener: impl Accept, uuid: String, driver: Arc<D>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
+            r = listener.accept_one() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of descriptors and the like: the next accept may work.
+                    // Out of descriptors and the like: a later accept may
+                    // work; an immediate one would fail the same way.
                     tracing::warn!(instance = %uuid, "serial console accept failed: {e}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
                     continue;
                 }
             },
@@ -333,12 +376,17 @@ mod tests {
     }
 
     fn consoles(ports: std::ops::RangeInclusive<u16>) -> SerialConsoles {
+        consoles_with_ttl(ports, Duration::from_secs(600))
+    }
+
+    fn consoles_with_ttl(ports: std::ops::RangeInclusive<u16>, token_ttl: Duration) -> SerialConsoles {
         SerialConsoles::new(SerialConsoleSettings {
             enabled: true,
             ports,
             proxyclient_address: "127.0.0.1".into(),
             base_url: "ws://127.0.0.1:6083/".into(),
-            token_ttl: Duration::from_secs(600),
+            token_ttl,
+            single_host: true,
         })
     }
 
@@ -448,5 +496,67 @@ mod tests {
             ..consoles.settings().clone()
         });
         assert!(matches!(bad.open("c", guest), Err(ConsoleError::Address(_))));
+    }
+
+    /// Waits until nothing listens on `port` (a closed console's listener
+    /// is dropped by its task).
+    async fn wait_free(port: u16) {
+        let free = tokio::time::timeout(T, async {
+            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(free.is_ok(), "port {port} still held");
+    }
+
+    #[tokio::test]
+    async fn a_freed_port_goes_to_no_other_instance_for_token_ttl() {
+        let guest = Arc::new(Guest::default());
+        let range = free_ports(2);
+        let consoles = consoles(range.clone());
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+        consoles.close("a");
+        wait_free(*range.start()).await;
+        // A token of a's may still name the port: b gets the other one.
+        assert_eq!(consoles.open("b", guest.clone()).unwrap(), *range.end());
+        assert!(matches!(consoles.open("c", guest.clone()), Err(ConsoleError::PortsExhausted(_))));
+        // a's own tokens reach a: it may have its port back (once its
+        // listener is gone).
+        wait_free(*range.start()).await;
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+
+        // Once token_ttl has passed, the port is anyone's.
+        let range = free_ports(1);
+        let consoles = consoles_with_ttl(range.clone(), Duration::ZERO);
+        assert_eq!(consoles.open("a", guest.clone()).unwrap(), *range.start());
+        consoles.close("a");
+        wait_free(*range.start()).await;
+        assert_eq!(consoles.open("b", guest).unwrap(), *range.start());
+    }
+
+    /// A listener whose every accept fails as when out of descriptors.
+    struct OutOfDescriptors(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Accept for OutOfDescriptors {
+        async fn accept_one(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_accepts_pause_instead_of_spinning() {
+        let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(serve(OutOfDescriptors(tries.clone()), "u".into(), Arc::new(Guest::default()), stop.clone()));
+        // The rate is what is tested: this waits for time to pass.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        tokio::time::timeout(T, task).await.expect("the loop ends on stop").unwrap();
+        let n = tries.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=5).contains(&n), "{n} accepts in 300 ms");
     }
 }

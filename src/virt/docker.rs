@@ -1001,11 +1001,7 @@ impl Driver for DockerDriver {
         // Events from a second before the inspection on: a start between
         // the two is replayed, never missed.
         let since = (chrono::Utc::now().timestamp() - 1).to_string();
-        let filters: HashMap<String, Vec<String>> = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("container".to_string(), vec![name]),
-            ("event".to_string(), vec!["start".to_string(), "destroy".to_string(), "rename".to_string()]),
-        ]);
+        let filters = wait_running_filters(name);
         // Idle by nature, as `events`.
         let docker = self.docker.clone().with_timeout(Duration::from_secs(u32::MAX as u64));
         let mut events = docker.events(Some(EventsOptionsBuilder::default().since(&since).filters(&filters).build()));
@@ -1022,9 +1018,32 @@ impl Driver for DockerDriver {
     }
 }
 
+/// The engine events after which [`DockerDriver::wait_running`] looks at
+/// the container again: it may run (start, unpause: a paused container's
+/// connections wait for the unpause, not the next start), or be gone
+/// (destroy, rename).
+fn wait_running_filters(name: String) -> HashMap<String, Vec<String>> {
+    let events = ["start", "unpause", "destroy", "rename"];
+    HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("container".to_string(), vec![name]),
+        ("event".to_string(), events.iter().map(|e| e.to_string()).collect()),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_waiting_for_its_guest_wakes_on_unpause_as_on_start() {
+        let f = wait_running_filters("nova-u".into());
+        let events = &f["event"];
+        for e in ["start", "unpause", "destroy"] {
+            assert!(events.iter().any(|x| x == e), "{e} missing from {events:?}");
+        }
+        assert_eq!(f["container"], ["nova-u"]);
+    }
 
     #[test]
     fn versions_become_integers_like_nova() {

@@ -128,7 +128,7 @@ async fn boot(cloud: &Cloud, host: &ComputeHost, name: &str, image: &str) -> Str
 async fn a_user_types_into_the_serial_console(release: Release) {
     let cloud = Cloud::get(release);
     let name = host_name("console");
-    let mut host = ComputeHost::start(&cloud, &name, "[serial_console]\nenabled = true").await;
+    let mut host = ComputeHost::start(&cloud, &name, "[serial_console]\nenabled = true\n[docker]\n# one cloud on this machine: the proxy of every test host is the same\nserial_console_single_host = true").await;
     // A shell as the image's command: the console is its terminal.
     let image = cloud
         .docker_image_in_glance(&host.conf, "nd-busybox:latest", "nd-busybox-console-sh", &["os_command_line=/bin/sh"])
