@@ -615,11 +615,15 @@ send_events_interval = 1
 state_path = $STATE/state-neutron
 log_file = $STATE/log/neutron-api.log
 
-[quotas]
-# no quota reservations (as nova's [quota] -1 above): each port create wrote
-# and deleted one, and Zed's remove_reservation failed on SQLite under load
-# with "database is locked" (a port create answered 500: seen in CI)
+[QUOTAS]
+# No quota bookkeeping (as nova's [quota] -1 above): each port create wrote
+# and deleted a reservation, and usage tracking inserts a quotausages row the
+# first time a project lists a resource, inside a read transaction that
+# SQLite cannot upgrade while another writer holds the lock: Zed answered
+# 500 "database is locked" to port creates and security-group lists (seen
+# in CI). The group is upper case: oslo.config ignores [quotas].
 quota_driver = neutron.db.quota.driver_null.DbQuotaDriverNull
+track_quota_usage = false
 
 [database]
 connection = sqlite:///$STATE/db/neutron.sqlite

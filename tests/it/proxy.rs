@@ -17,6 +17,8 @@ pub struct Relay {
     cut_now: Arc<Notify>,
     /// Client-to-upstream bytes relayed so far.
     pub sent: Arc<AtomicU64>,
+    /// Connections accepted so far (held or not): a client reached it.
+    pub accepted: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -27,12 +29,14 @@ impl Relay {
         let cut = Arc::new(AtomicBool::new(false));
         let cut_now = Arc::new(Notify::new());
         let sent = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
         let hold = Arc::new(tokio::sync::watch::channel(false).0);
         let upstream = upstream.to_string();
-        let (c, n, s, h) = (cut.clone(), cut_now.clone(), sent.clone(), hold.clone());
+        let (c, n, s, h, a) = (cut.clone(), cut_now.clone(), sent.clone(), hold.clone(), accepted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { return };
+                a.fetch_add(1, Ordering::SeqCst);
                 if c.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -41,7 +45,7 @@ impl Relay {
                 tokio::spawn(relay(client, server, c.clone(), n.clone(), s.clone(), h.subscribe()));
             }
         });
-        Relay { url, hold, cut, cut_now, sent }
+        Relay { url, hold, cut, cut_now, sent, accepted }
     }
 
     /// Drops every connection and refuses new ones.
