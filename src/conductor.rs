@@ -488,7 +488,7 @@ impl Conductor {
     pub async fn evacuations_from_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
         let filters = json!({"source_compute": self.host, "status": ["accepted", "pre-migrating", "done"],
                              "migration_type": "evacuation"});
-        self.migrations_by_filters(ctx, filters).await
+        self.migration_list(ctx, "get_by_filters", vec![filters]).await
     }
 
     /// The evacuations to this host not finished yet (accepted or
@@ -496,16 +496,18 @@ impl Conductor {
     pub async fn evacuations_to_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
         let filters = json!({"dest_compute": self.host, "status": ["accepted", "pre-migrating"],
                              "migration_type": "evacuation"});
-        self.migrations_by_filters(ctx, filters).await
+        self.migration_list(ctx, "get_by_filters", vec![filters]).await
     }
 
-    async fn migrations_by_filters(
+    /// One `MigrationList` class method, its migrations decoded.
+    async fn migration_list(
         &self,
         ctx: &RequestContext,
-        filters: Value,
+        method: &str,
+        args: Vec<Value>,
     ) -> Result<Vec<Migration>, ConductorError> {
         let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
-        let v = self.class_action(ctx, "MigrationList", "get_by_filters", &manifest, vec![filters], json!({})).await?;
+        let v = self.class_action(ctx, "MigrationList", method, &manifest, args, json!({})).await?;
         let list = NovaObject::expect(&v, "MigrationList")?;
         let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
         objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
@@ -519,14 +521,8 @@ impl Conductor {
         ctx: &RequestContext,
         window: Duration,
     ) -> Result<Vec<Migration>, ConductorError> {
-        let manifest: Manifest = vec![("MigrationList", "1.5"), ("Migration", "1.7")];
         let args = vec![json!(window.as_secs()), json!(self.host)];
-        let v = self
-            .class_action(ctx, "MigrationList", "get_unconfirmed_by_dest_compute", &manifest, args, json!({}))
-            .await?;
-        let list = NovaObject::expect(&v, "MigrationList")?;
-        let objects = list.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
-        objects.iter().map(|o| Migration::from_primitive(o).map_err(Into::into)).collect()
+        self.migration_list(ctx, "get_unconfirmed_by_dest_compute", args).await
     }
 
     /// `Service.get_by_compute_host`: the compute service of another host
