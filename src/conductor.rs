@@ -493,10 +493,14 @@ impl Conductor {
 
     /// The evacuations to this host not finished yet (accepted or
     /// pre-migrating): at start-up, those a crash of this service cut short.
+    /// Nova's query has no `dest_compute` filter (it would ignore one and
+    /// return every host's evacuations): `host` matches source or
+    /// destination, and the destination is checked here.
     pub async fn evacuations_to_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
-        let filters = json!({"dest_compute": self.host, "status": ["accepted", "pre-migrating"],
+        let filters = json!({"host": self.host, "status": ["accepted", "pre-migrating"],
                              "migration_type": "evacuation"});
-        self.migration_list(ctx, "get_by_filters", vec![filters]).await
+        let all = self.migration_list(ctx, "get_by_filters", vec![filters]).await?;
+        Ok(all.into_iter().filter(|m| m.dest_compute() == Some(self.host.as_str())).collect())
     }
 
     /// One `MigrationList` class method, its migrations decoded.

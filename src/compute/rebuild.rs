@@ -146,11 +146,16 @@ impl<D: Driver> ComputeManager<D> {
         }
         i.set_power_state(power);
         self.begin_task(ctx, i, TaskState::Rebuilding, Expected::task(TaskState::Rebuilding)).await?;
+        // Nova's rebuild_claim: the evacuation names this host from here on.
+        let mut migration = req.migration.clone().filter(|_| req.evacuate);
+        if let Some(m) = migration.as_mut() {
+            self.claim_migration_here(ctx, m).await?;
+        }
         // The image first: a failure here leaves the old container as it was.
         let build = super::build::BuildRequest::default();
         let (meta, image) = self.build_image(ctx, &build, &image_id).await?;
         let ni = if req.evacuate {
-            self.bind_ports_for_evacuation(ctx, i, req.migration.as_ref()).await?
+            self.bind_ports_for_evacuation(ctx, i, migration.as_ref()).await?
         } else {
             self.network_info(ctx, i).await?
         };
@@ -181,7 +186,7 @@ impl<D: Driver> ComputeManager<D> {
             self.take_over(i);
         }
         self.settle(ctx, i, vm, power, Expected::task(TaskState::RebuildSpawning)).await?;
-        if let Some(mut m) = req.migration.clone().filter(|_| req.evacuate) {
+        if let Some(mut m) = migration {
             m.set_status("done");
             self.conductor.migration_save(ctx, &mut m).await?;
         }

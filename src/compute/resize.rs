@@ -284,6 +284,21 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// The compute node id of this host, when the release records one.
+    /// Nova's `_update_migration` at a move claim: the migration names
+    /// this host as its destination and is `pre-migrating`, so a restart
+    /// here finds the moves it cut short.
+    pub(super) async fn claim_migration_here(&self, ctx: &RequestContext, m: &mut Migration) -> Result<(), OpError> {
+        m.obj.set("dest_compute", self.host());
+        m.obj.set("dest_node", self.host());
+        m.obj.set("dest_host", self.settings.my_ip.map(|ip| ip.to_string()).unwrap_or_else(|| self.host().into()));
+        if let Some(id) = self.node_id() {
+            m.obj.set("dest_compute_id", id);
+        }
+        m.set_status("pre-migrating");
+        self.conductor.migration_save(ctx, m).await?;
+        Ok(())
+    }
+
     fn node_id(&self) -> Option<i64> {
         if !self.conductor.release().instance_compute_id {
             return None;
@@ -373,14 +388,7 @@ impl<D: Driver> ComputeManager<D> {
         i.set_system_metadata("old_vm_state", Some(&vm));
         self.save(ctx, i, Expected::Any).await?;
 
-        m.obj.set("dest_compute", self.host());
-        m.obj.set("dest_node", self.host());
-        m.obj.set("dest_host", self.settings.my_ip.map(|ip| ip.to_string()).unwrap_or_else(|| self.host().into()));
-        if let Some(id) = self.node_id() {
-            m.obj.set("dest_compute_id", id);
-        }
-        m.set_status("pre-migrating");
-        self.conductor.migration_save(ctx, m).await?;
+        self.claim_migration_here(ctx, m).await?;
 
         let args = json!({
             "instance": i.to_primitive(), "migration": m.to_primitive(), "image": req.image,

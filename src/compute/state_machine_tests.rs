@@ -692,6 +692,32 @@ async fn start_up_recovery_finishes_interrupted_operations() {
     assert_eq!(h.states(&pausing), (Some(VmState::Paused), None, Paused));
 }
 
+/// Only an evacuation to this host that a restart cut short is failed at
+/// start-up; another host's evacuation in flight (Nova's migration query
+/// cannot filter on the destination) is left to that host.
+#[tokio::test]
+async fn start_up_fails_only_the_evacuations_to_this_host() {
+    let h = Harness::new();
+    let evacuating = |dest: &str| {
+        let u = h.instance(VmState::Active, Some(TaskState::Rebuilding), NoState);
+        h.nova.set_field(&u, "host", json!("dead"));
+        let m = uuid::Uuid::new_v4().to_string();
+        h.nova.add_migration(json!({"uuid": m, "id": 9, "instance_uuid": u, "source_compute": "dead",
+            "source_node": "dead", "dest_compute": dest, "status": "pre-migrating",
+            "migration_type": "evacuation"}));
+        (u, m)
+    };
+    let (mine, my_migration) = evacuating(crate::testing::HOST);
+    let (theirs, their_migration) = evacuating("other");
+    h.manager.init_host(&h.ctx).await.unwrap();
+    assert_eq!(h.states(&mine).0, Some(VmState::Error));
+    assert_eq!(h.nova.migration(&my_migration).status(), Some("failed"));
+    assert_eq!(h.states(&theirs).0, Some(VmState::Active), "another host's evacuation is not this host's to fail");
+    assert_eq!(h.states(&theirs).1, Some(TaskState::Rebuilding));
+    assert_eq!(h.nova.migration(&their_migration).status(), Some("pre-migrating"));
+    assert!(faults_of(&h, &theirs).is_empty());
+}
+
 #[tokio::test]
 async fn power_sync_records_a_container_stopped_outside_nova() {
     let h = Harness::new();

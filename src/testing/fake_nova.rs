@@ -328,17 +328,33 @@ impl FakeNova {
                 }
             }
             ("MigrationList", "get_by_filters") => {
-                let f = a.first().cloned().unwrap_or_default();
+                // Nova's `migration_get_all_by_filters` knows a fixed set of
+                // keys and ignores any other without a word (a filter on
+                // `dest_compute` returns every host's migrations): the fake
+                // refuses those, so a query that relies on one fails here.
+                let f = a.first().and_then(Value::as_object).cloned().unwrap_or_default();
+                const KNOWN: [&str; 6] =
+                    ["status", "host", "source_compute", "migration_type", "instance_uuid", "node"];
+                if let Some(k) = f.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+                    return Err(nova_error(
+                        "FakeNovaUnsupported",
+                        format!("Nova ignores the migration filter {k}"),
+                        500,
+                    ));
+                }
+                let matches = |m: &serde_json::Map<String, Value>, k: &str, want: &Value| match (k, want) {
+                    ("host", one) => m.get("source_compute") == Some(one) || m.get("dest_compute") == Some(one),
+                    ("node", one) => m.get("source_node") == Some(one) || m.get("dest_node") == Some(one),
+                    (_, Value::Array(any)) => any.contains(&m.get(k).cloned().unwrap_or(Value::Null)),
+                    (_, one) => m.get(k) == Some(one),
+                };
                 let objects: Vec<Value> = db
                     .migrations
                     .values()
                     .filter(|m| {
-                        // every field filtered on, as Nova's DB query: equal,
-                        // or for `status` one of the list
-                        f.as_object().into_iter().flatten().all(|(k, want)| match want {
-                            Value::Array(any) => any.contains(&m[k.as_str()]),
-                            one => m.get(k) == Some(one),
-                        })
+                        // `host` wins over `source_compute`, as in Nova's query
+                        f.iter()
+                            .all(|(k, want)| (k == "source_compute" && f.contains_key("host")) || matches(m, k, want))
                     })
                     .map(|m| {
                         json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
