@@ -572,12 +572,16 @@ impl ComputeHost {
         ComputeHost { name: name.into(), env, conf, log: state.join("nova-docker.log"), state, child: None }
     }
 
-    /// Configures and starts a host, then waits until Nova has it up and mapped.
+    /// Configures and starts a host, then waits until Nova has it up and
+    /// mapped and Placement has its inventory (os-services shows the host
+    /// up before its provider has inventory: a boot scheduled in between
+    /// finds no valid host).
     pub async fn start(cloud: &Cloud, name: &str, extra: &str) -> ComputeHost {
         let mut h = Self::configure(cloud, name, extra);
         h.spawn();
         h.wait_up(cloud, Duration::from_secs(60)).await;
         cloud.map_host(name).await;
+        cloud.wait_inventory(name, Duration::from_secs(60)).await;
         h
     }
 
