@@ -212,6 +212,13 @@ pub async fn serve(settings: Settings, launch: Launch) -> anyhow::Result<()> {
 
     let driver = Arc::new(connect_docker(&settings, &stop).await?);
     announce_root_disk_mode(&settings, &driver)?;
+    if !settings.hard_reboot_vif_wait.iter().any(|t| t == "normal") {
+        tracing::warn!(
+            "hard reboots do not wait for Neutron to see ports go and come back: an L2 agent can miss the re-plug \
+             and leave a port without its security groups (set [workarounds] \
+             wait_for_vif_plugged_event_during_hard_reboot = normal)"
+        );
+    }
     for unknown in &settings.unknown_options {
         tracing::warn!("{unknown} is not an option of nova-docker: ignored");
     }

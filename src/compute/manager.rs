@@ -293,29 +293,54 @@ impl<D: Driver> ComputeManager<D> {
                 self.begin_task(ctx, i, started, Expected::task(pending)).await?;
                 self.network_info(ctx, i).await
             };
+            if hard && !self.settings.hard_reboot_vif_wait.is_empty() {
+                // `[workarounds] wait_for_vif_plugged_event_during_hard_reboot`:
+                // the restart waits on Neutron around the re-plug.
+                let ni = started_saved.await?;
+                if let Some(rebooted) = self.hard_reboot_awaiting_vifs(&uuid, &ni).await {
+                    let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
+                    return self.settle(ctx, i, vm, rebooted?.state, Expected::Any).await;
+                }
+                let info = self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout).await;
+                return self.after_reboot(ctx, i, &uuid, &ni, info).await;
+            }
             let (ni, rebooted) =
                 tokio::join!(started_saved, self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout));
             let ni = ni?;
-            let new_state = match rebooted {
-                Ok(info) => {
-                    // A restarted container has a new network namespace.
-                    self.plug_vifs(&uuid, &ni, false).await?;
-                    info.state
-                }
-                Err(e) => {
-                    // Nova: if the guest still runs, record the fault and carry on.
-                    let now = self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState);
-                    if now != PowerState::Running {
-                        return Err(e.into());
-                    }
-                    self.record_fault(ctx, &uuid, &OpError::Virt(e)).await;
-                    now
-                }
-            };
-            let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
-            self.settle(ctx, i, vm, new_state, Expected::Any).await
+            self.after_reboot(ctx, i, &uuid, &ni, rebooted).await
         })
         .await
+    }
+
+    /// The end of a reboot: the ports plugged into the restarted container,
+    /// or, when the restart failed with the guest still running, a fault
+    /// and the instance as it is (Nova's way).
+    async fn after_reboot(
+        &self,
+        ctx: &RequestContext,
+        i: &mut Instance,
+        uuid: &str,
+        ni: &crate::net::NetworkInfo,
+        rebooted: Result<crate::virt::InstanceInfo, crate::virt::VirtError>,
+    ) -> Result<(), OpError> {
+        let new_state = match rebooted {
+            Ok(info) => {
+                // A restarted container has a new network namespace.
+                self.plug_vifs(uuid, ni, false).await?;
+                info.state
+            }
+            Err(e) => {
+                // Nova: if the guest still runs, record the fault and carry on.
+                let now = self.power_state_of(uuid).await.unwrap_or(PowerState::NoState);
+                if now != PowerState::Running {
+                    return Err(e.into());
+                }
+                self.record_fault(ctx, uuid, &OpError::Virt(e)).await;
+                now
+            }
+        };
+        let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
+        self.settle(ctx, i, vm, new_state, Expected::Any).await
     }
 
     // ------------------------------------------------------------------

@@ -143,14 +143,22 @@ impl<D: Driver> ComputeManager<D> {
     /// yet, honouring `vif_plugging_timeout` and `vif_plugging_is_fatal`.
     /// The waits are registered before the plug, so an early event counts.
     pub async fn plug_vifs(&self, uuid: &str, ni: &NetworkInfo, wait_events: bool) -> Result<(), OpError> {
+        let awaited: Vec<&str> =
+            if wait_events { ni.iter().filter(|v| !v.active).map(|v| v.id.as_str()).collect() } else { Vec::new() };
+        self.plug_vifs_awaiting(uuid, ni, &awaited).await
+    }
+
+    /// Plugs every port and waits for `network-vif-plugged` of the ports
+    /// `awaited` (active or not), as `plug_vifs` describes.
+    pub async fn plug_vifs_awaiting(&self, uuid: &str, ni: &NetworkInfo, awaited: &[&str]) -> Result<(), OpError> {
         if ni.is_empty() {
             return Ok(());
         }
         let timeout = self.settings.vif_plugging_timeout;
-        let awaited: Vec<String> = if wait_events && !timeout.is_zero() {
-            ni.iter().filter(|v| !v.active).map(|v| format!("network-vif-plugged-{}", v.id)).collect()
-        } else {
+        let awaited: Vec<String> = if timeout.is_zero() {
             Vec::new()
+        } else {
+            awaited.iter().map(|port| format!("network-vif-plugged-{port}")).collect()
         };
         let expected = self.vif_events.expect(uuid, &awaited);
         if let Err(e) = self.driver.plug_vifs(uuid, ni).await {
@@ -341,6 +349,55 @@ impl<D: Driver> ComputeManager<D> {
         let (ni, info) = tokio::join!(self.network_info(ctx, i), self.driver.power_on(&uuid));
         let info = info?;
         self.plug_vifs(&uuid, &ni?, false).await?;
+        Ok(info)
+    }
+
+    /// A hard reboot under `[workarounds]
+    /// wait_for_vif_plugged_event_during_hard_reboot`: kill, wait until
+    /// Neutron reports the ports of the listed VNIC types unplugged (the L2
+    /// agent saw their devices go: a device that went and came back within
+    /// one of its polling passes can leave the port without its filter),
+    /// start, plug, and wait for them plugged again. `None` when no port of
+    /// the instance is of a listed type (the plain hard reboot applies).
+    pub async fn hard_reboot_awaiting_vifs(
+        &self,
+        uuid: &str,
+        ni: &NetworkInfo,
+    ) -> Option<Result<crate::virt::InstanceInfo, OpError>> {
+        let waited = &self.settings.hard_reboot_vif_wait;
+        let ports: Vec<&str> = ni.iter().filter(|v| waited.contains(&v.vnic_type)).map(|v| v.id.as_str()).collect();
+        if ports.is_empty() {
+            return None;
+        }
+        Some(self.unplug_then_replug(uuid, ni, &ports).await)
+    }
+
+    async fn unplug_then_replug(
+        &self,
+        uuid: &str,
+        ni: &NetworkInfo,
+        ports: &[&str],
+    ) -> Result<crate::virt::InstanceInfo, OpError> {
+        let timeout = self.settings.vif_plugging_timeout;
+        let unplugged: Vec<String> = ports.iter().map(|p| format!("network-vif-unplugged-{p}")).collect();
+        let expected = self.vif_events.expect(uuid, &unplugged);
+        if let Err(e) = self.driver.power_off(uuid, std::time::Duration::ZERO).await {
+            self.vif_events.forget(uuid);
+            return Err(e.into());
+        }
+        match expected.wait(timeout).await {
+            WaitOutcome::AllCompleted => {
+                tracing::info!(instance = uuid, "hard reboot: Neutron saw the ports go; starting the container")
+            }
+            other => {
+                // Neutron may not report it (a port already down): the plug
+                // below still waits for the ports to come up.
+                self.vif_events.forget(uuid);
+                tracing::warn!(instance = uuid, outcome = ?other, "hard reboot: no network-vif-unplugged for every port; plugging anyway");
+            }
+        }
+        let info = self.driver.power_on(uuid).await?;
+        self.plug_vifs_awaiting(uuid, ni, ports).await?;
         Ok(info)
     }
 

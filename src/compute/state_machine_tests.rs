@@ -105,6 +105,60 @@ async fn a_reboot_restarts_and_plugs_the_ports_into_the_new_namespace() {
     assert_eq!(only_event(&h, &u, "compute_reboot_instance"), None);
 }
 
+/// `[workarounds] wait_for_vif_plugged_event_during_hard_reboot = normal`:
+/// the container stays down until Neutron reports the port unplugged, and
+/// the reboot ends only once it reports it plugged again.
+#[tokio::test]
+async fn a_hard_reboot_waits_for_the_port_to_go_and_come_back() {
+    let h = Harness::with_options("[workarounds]\nwait_for_vif_plugged_event_during_hard_reboot = normal");
+    let u = h.instance(VmState::Active, Some(TaskState::RebootingHard), Running);
+    give_port(&h, &u);
+    let reboot = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.reboot_instance(&ctx, i, true).await }
+    });
+    let event = crate::compute::events::EventStatus::Completed;
+    while !h.manager.vif_events.deliver(&u, "network-vif-unplugged-port-1", event.clone()) {
+        assert!(!reboot.is_finished(), "the reboot ended without waiting: {:?}", h.states(&u));
+        tokio::task::yield_now().await;
+    }
+    // Killed, and not started again before Neutron saw the port go.
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("power_off")), "{:?}", h.driver.calls());
+    while !h.manager.vif_events.deliver(&u, "network-vif-plugged-port-1", event.clone()) {
+        assert!(!reboot.is_finished(), "the reboot ended without waiting: {:?}", h.states(&u));
+        tokio::task::yield_now().await;
+    }
+    assert!(h.driver.calls().iter().any(|c| c.starts_with("power_on")), "{:?}", h.driver.calls());
+    reboot.await.unwrap().unwrap();
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert_eq!(h.driver.container(&u).unwrap().plugged, ["port-1"]);
+}
+
+/// Under the workaround a port that never comes back fails the reboot when
+/// `vif_plugging_is_fatal` (the instance is not left running unfiltered
+/// without a word).
+#[tokio::test(start_paused = true)]
+async fn a_hard_reboot_whose_port_never_comes_back_fails_when_fatal() {
+    let h = Harness::with_options(
+        "vif_plugging_timeout = 30\nvif_plugging_is_fatal = true\n\
+         [workarounds]\nwait_for_vif_plugged_event_during_hard_reboot = normal,direct",
+    );
+    let u = h.instance(VmState::Active, Some(TaskState::RebootingHard), Running);
+    give_port(&h, &u);
+    assert!(h.manager.reboot_instance(&h.ctx, h.rpc_instance(&u), true).await.is_err());
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    let faults = faults_of(&h, &u);
+    assert!(faults.len() == 1 && faults[0].contains("vif_plugging_timeout"), "{faults:?}");
+}
+
+#[test]
+fn the_hard_reboot_workaround_takes_only_novas_vnic_types() {
+    let text = "[DEFAULT]\ntransport_url = rabbit://fake/\n\
+                [workarounds]\nwait_for_vif_plugged_event_during_hard_reboot = normal, bogus\n";
+    let err = crate::config::Settings::from_layered(&crate::config::Layered::from_text(text).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+}
+
 #[tokio::test]
 async fn a_build_without_ports_ends_active_with_a_running_container() {
     let h = Harness::new();

@@ -384,6 +384,22 @@ impl Layered {
         Ok(self.parsed(opt, "boolean", parse_bool)?.unwrap_or(false))
     }
 
+    /// A comma-separated list option whose items are each one of the
+    /// table's `choices`, else an error listing them.
+    pub fn choice_list(&self, opt: &Opt) -> Result<Vec<String>, ConfigError> {
+        debug_assert!(!opt.choices.is_empty());
+        let items = self.list(opt);
+        match items.iter().find(|v| !opt.choices.contains(&v.as_str())) {
+            None => Ok(items),
+            Some(value) => Err(ConfigError::NotAChoice {
+                group: opt.group,
+                name: opt.name,
+                value: value.clone(),
+                choices: opt.choices.join(", "),
+            }),
+        }
+    }
+
     /// A comma-separated list option.
     pub fn list(&self, opt: &Opt) -> Vec<String> {
         debug_assert_eq!(opt.kind, Kind::List);
@@ -831,6 +847,10 @@ pub struct Settings {
     pub service_down_time: Duration,
     /// `[DEFAULT] graceful_shutdown_timeout`: time in-flight requests get after SIGTERM before the service exits.
     pub graceful_shutdown_timeout: Duration,
+    /// `[workarounds] wait_for_vif_plugged_event_during_hard_reboot`: the
+    /// VNIC types whose ports a hard reboot unplugs and plugs waiting for
+    /// Neutron's events (empty: no wait).
+    pub hard_reboot_vif_wait: Vec<String>,
     /// `[docker] rpc_max_message_bytes`: largest RPC message accepted (at least 1024); bigger ones are logged and dropped.
     pub rpc_max_message_bytes: usize,
     /// `[docker] nova_release`: `auto`, `zed` or `2026.2`; sets the service version, object versions and RPC topics.
@@ -1128,6 +1148,7 @@ impl Settings {
             resize_confirm_window: interval(int(&RESIZE_CONFIRM_WINDOW)?),
             service_down_time: secs(int(&SERVICE_DOWN_TIME)?.max(1)),
             graceful_shutdown_timeout: secs(int(&GRACEFUL_SHUTDOWN_TIMEOUT)?),
+            hard_reboot_vif_wait: l.choice_list(&WAIT_FOR_VIF_PLUGGED_EVENT_DURING_HARD_REBOOT)?,
             rpc_max_message_bytes: int(&DOCKER_RPC_MAX_MESSAGE_BYTES)?.max(1024) as usize,
             nova_release: release,
             metrics_listen: l.string(&DOCKER_METRICS_LISTEN),

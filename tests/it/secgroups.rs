@@ -113,7 +113,11 @@ async fn icmp_follows_the_group(release: Release) {
     let cloud = Cloud::get(release);
     let host_name = cloud.var("ND_NET_HOST").to_string();
     let net = cloud.var("ND_NETWORK_ID").to_string();
-    let mut host = ComputeHost::start(&cloud, &host_name, "").await;
+    // The hard reboot below waits for the agent to see the port go and
+    // come back (SECURITY.md: without it the agent can miss the re-plug
+    // and leave the port unfiltered).
+    let extra = "[workarounds]\nwait_for_vif_plugged_event_during_hard_reboot = normal\n";
+    let mut host = ComputeHost::start(&cloud, &host_name, extra).await;
     let image = cloud.busybox_image(&host.conf).await;
     let flavor = ping_flavor(&cloud).await;
     // the admin boots: the groups are the admin's project's
@@ -150,6 +154,9 @@ async fn icmp_follows_the_group(release: Release) {
     // A hard reboot plugs the port again: the group still applies.
     assert_eq!(cloud.action(&target, json!({"reboot": {"type": "HARD"}})).await.0, 202);
     cloud.wait_status(&target, "ACTIVE", T).await;
+    let log = host.log_text();
+    assert!(log.contains("Neutron saw the ports go; starting the container"), "the reboot waited for the unplug");
+    assert!(!log.contains("no network-vif-unplugged for every port"), "Neutron reported the unplug");
     wait_reachable(&pinger, &t4, "the rule still applies after a re-plug").await;
     assert_blocked(&pinger, &t6, "IPv6 still closed after a re-plug").await;
 
