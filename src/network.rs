@@ -70,6 +70,23 @@ pub enum NetworkError {
     /// Nova's `SecurityGroupCannotBeApplied`.
     #[error("Network requires port_security_enabled and subnet associated in order to apply security groups.")]
     SecurityGroupCannotBeApplied,
+    /// Nova's `PortNotUsable`: the port is another project's.
+    #[error("Port {port} not usable for instance {instance}.")]
+    PortNotUsable {
+        /// The port's id.
+        port: String,
+        /// The instance's uuid.
+        instance: String,
+    },
+    /// Nova's `NetworkNotFound`: the network is neither the instance's
+    /// project's nor shared with it (the tenant cannot see it, so it is not
+    /// told it exists).
+    #[error("Network {0} could not be found.")]
+    NetworkNotFound(String),
+    /// Nova's `ExternalNetworkAttachForbidden`: an external network that is
+    /// not shared takes ports of admins only.
+    #[error("It is not allowed to create an interface on external network {0}")]
+    ExternalNetworkAttachForbidden(String),
 }
 
 /// One entry of a `NetworkRequestList`.
@@ -195,6 +212,22 @@ pub fn check_port_security(network: &Value, security_groups: &[String]) -> Resul
     Ok(())
 }
 
+/// The project owning a Neutron resource (`project_id`, or `tenant_id` on
+/// older releases).
+fn owner(resource: &Value) -> Option<&str> {
+    resource["project_id"].as_str().or(resource["tenant_id"].as_str()).filter(|p| !p.is_empty())
+}
+
+/// Nova's `_validate_requested_port_ids`: a port the instance is given must
+/// be of the instance's project (this service binds with its own
+/// credentials, which see every project's ports).
+pub fn check_port_usable(port: &Value, port_id: &str, i: &Instance) -> Result<(), NetworkError> {
+    if owner(port).is_none() || owner(port) != i.project_id() {
+        return Err(NetworkError::PortNotUsable { port: port_id.to_string(), instance: i.uuid().to_string() });
+    }
+    Ok(())
+}
+
 /// How often a port deletion answered with a server error is retried.
 const PORT_DELETE_RETRIES: u32 = 3;
 
@@ -225,6 +258,7 @@ pub trait PortService: Send + Sync + 'static {
         i: &'a Instance,
         requested: &'a Requested,
         security_groups: &'a [String],
+        admin: bool,
     ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>>;
     /// Binds one request (see [`Neutron::bind_one`]).
     fn bind_one<'a>(
@@ -232,6 +266,7 @@ pub trait PortService: Send + Sync + 'static {
         i: &'a Instance,
         r: &'a NetworkRequest,
         security_groups: &'a [String],
+        admin: bool,
     ) -> BoxFuture<'a, Result<BoundPort, NetworkError>>;
     /// Releases ports, best effort (see [`Neutron::deallocate`]).
     fn deallocate<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, ()>;
@@ -261,8 +296,9 @@ impl PortService for Neutron {
         i: &'a Instance,
         requested: &'a Requested,
         security_groups: &'a [String],
+        admin: bool,
     ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>> {
-        Box::pin(Neutron::allocate(self, i, requested, security_groups))
+        Box::pin(Neutron::allocate(self, i, requested, security_groups, admin))
     }
 
     fn bind_one<'a>(
@@ -270,8 +306,9 @@ impl PortService for Neutron {
         i: &'a Instance,
         r: &'a NetworkRequest,
         security_groups: &'a [String],
+        admin: bool,
     ) -> BoxFuture<'a, Result<BoundPort, NetworkError>> {
-        Box::pin(Neutron::bind_one(self, i, r, security_groups))
+        Box::pin(Neutron::bind_one(self, i, r, security_groups, admin))
     }
 
     fn deallocate<'a>(&'a self, ports: &'a [BoundPort]) -> BoxFuture<'a, ()> {
@@ -346,11 +383,13 @@ impl Neutron {
 
     /// Binds the requested ports to this host for the instance; the ports it
     /// creates get `security_groups` (see [`requested_security_groups`]).
+    /// `admin`: the request is an admin's (external networks).
     pub async fn allocate(
         &self,
         i: &Instance,
         requested: &Requested,
         security_groups: &[String],
+        admin: bool,
     ) -> Result<Vec<BoundPort>, NetworkError> {
         let groups = self.security_group_ids(i.project_id().unwrap_or_default(), security_groups).await?;
         let reqs = match requested {
@@ -363,7 +402,7 @@ impl Neutron {
         };
         let mut bound = Vec::new();
         for r in &reqs {
-            let attempt = self.bind_one(i, r, &groups).await;
+            let attempt = self.bind_one(i, r, &groups, admin).await;
             match attempt {
                 Ok(p) => bound.push(p),
                 Err(e) => {
@@ -419,10 +458,51 @@ impl Neutron {
         }
     }
 
-    /// [`check_port_security`] for a network, by id.
-    async fn check_network(&self, network_id: &str, security_groups: &[String]) -> Result<(), NetworkError> {
+    /// [`check_port_security`] for a network, by id; the network.
+    async fn check_network(&self, network_id: &str, security_groups: &[String]) -> Result<Value, NetworkError> {
         let network = self.get(&format!("/v2.0/networks/{}", url_part(network_id)), "network").await?;
-        check_port_security(&network, security_groups)
+        check_port_security(&network, security_groups)?;
+        Ok(network)
+    }
+
+    /// Nova's `_validate_requested_network_ids`, which runs with the user's
+    /// token: a port is made only on a network of the instance's project or
+    /// one shared with it (`shared`, or an RBAC `access_as_shared` policy
+    /// for the project or `*`), and on an external network only when it is
+    /// shared or the request is an admin's. This service's own credentials
+    /// see every network, so the check is explicit.
+    async fn check_network_usable(
+        &self,
+        network: &Value,
+        network_id: &str,
+        i: &Instance,
+        admin: bool,
+    ) -> Result<(), NetworkError> {
+        let project = i.project_id().filter(|p| !p.is_empty());
+        let shared = network["shared"].as_bool() == Some(true);
+        let external = network["router:external"].as_bool() == Some(true);
+        if external && !shared && !admin {
+            return Err(NetworkError::ExternalNetworkAttachForbidden(network_id.to_string()));
+        }
+        if shared || (project.is_some() && owner(network) == project) {
+            return Ok(());
+        }
+        let Some(project) = project else { return Err(NetworkError::NetworkNotFound(network_id.to_string())) };
+        let path = format!(
+            "/v2.0/rbac-policies?object_type=network&action=access_as_shared&object_id={}",
+            url_part(network_id)
+        );
+        let policies = match self.get(&path, "rbac_policies").await {
+            Ok(p) => p,
+            // A Neutron without the RBAC extension shares by `shared` only.
+            Err(NetworkError::Http(e)) if e.status() == Some(404) => Value::Null,
+            Err(e) => return Err(e),
+        };
+        let granted = policies.as_array().into_iter().flatten().any(|p| {
+            p["object_id"].as_str() == Some(network_id)
+                && matches!(p["target_tenant"].as_str(), Some(t) if t == project || t == "*")
+        });
+        if granted { Ok(()) } else { Err(NetworkError::NetworkNotFound(network_id.to_string())) }
     }
 
     /// Binds one request: an existing port, or a new one on a network, which
@@ -432,12 +512,14 @@ impl Neutron {
         i: &Instance,
         r: &NetworkRequest,
         security_groups: &[String],
+        admin: bool,
     ) -> Result<BoundPort, NetworkError> {
         let owner = format!("compute:{}", i.availability_zone().unwrap_or("nova"));
         let binding = json!({"binding:host_id": self.host, "device_id": i.uuid(), "device_owner": owner});
         let (port, created) = match (&r.port_id, &r.network_id) {
             (Some(port_id), _) => {
                 let current = self.get(&format!("/v2.0/ports/{}", url_part(port_id)), "port").await?;
+                check_port_usable(&current, port_id, i)?;
                 let device = current["device_id"].as_str().unwrap_or("");
                 if !device.is_empty() && device != i.uuid() {
                     return Err(NetworkError::PortInUse(port_id.clone()));
@@ -449,7 +531,8 @@ impl Neutron {
                 (port, false)
             }
             (None, Some(net)) => {
-                self.check_network(net, security_groups).await?;
+                let network = self.check_network(net, security_groups).await?;
+                self.check_network_usable(&network, net, i, admin).await?;
                 let mut body = binding.clone();
                 body["network_id"] = json!(net);
                 if let Some(p) = i.project_id() {
@@ -824,5 +907,159 @@ mod tests {
         assert_eq!(r[0].network_id.as_deref(), Some("n1"));
         assert_eq!(r[0].address.as_deref(), Some("10.0.0.5"));
         assert_eq!(r[1].port_id.as_deref(), Some("p1"));
+    }
+}
+
+/// What one tenant can make the host bind: never another project's port,
+/// nor a port on a network the project can neither own nor be shared
+/// (this service's credentials see them all), against a small HTTP Neutron.
+#[cfg(test)]
+mod tenant_bounds_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A Neutron with port `p-b` of project-b, network `net` as given and
+    /// the RBAC policies given; records each request line.
+    async fn neutron(network: Value, rbac: Value) -> (Neutron, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_string();
+                log.lock().unwrap().push(line.clone());
+                let port = |project: &str| {
+                    json!({"port": {"id": "p-x", "project_id": project, "device_id": "", "network_id": "net",
+                                    "binding:vif_type": "ovs"}})
+                };
+                let body = if line.starts_with("GET /v2.0/ports/p-b") {
+                    port("project-b")
+                } else if line.starts_with("GET /v2.0/ports/p-a") || line.starts_with("PUT /v2.0/ports/") {
+                    port("project-a")
+                } else if line.starts_with("GET /v2.0/networks/net") {
+                    json!({"network": network.clone()})
+                } else if line.starts_with("GET /v2.0/rbac-policies") {
+                    json!({"rbac_policies": rbac.clone()})
+                } else if line.starts_with("POST /v2.0/ports") {
+                    port("project-a")
+                } else {
+                    json!({})
+                };
+                let body = body.to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        let settings = crate::config::ServiceSettings {
+            service_type: "network",
+            auth: crate::config::AuthSettings::None,
+            endpoint_override: Some(url),
+            region_name: None,
+            valid_interfaces: vec![],
+            timeout: std::time::Duration::from_secs(5),
+            retries: crate::config::Retries::CONNECTION,
+            tls: Default::default(),
+            service_user: None,
+        };
+        (Neutron::new(crate::auth::ServiceClient::new(settings, "neutron", "neutron"), "host-a", "br-int"), seen)
+    }
+
+    fn instance_of_a() -> Instance {
+        let p = json!({"nova_object.name": "Instance", "nova_object.namespace": "nova", "nova_object.version": "2.8",
+            "nova_object.data": {"uuid": "6f1b2c1e-0000-4000-8000-00000000000a", "project_id": "project-a",
+                                 "availability_zone": "nova"}});
+        Instance::from_primitive(&p).unwrap()
+    }
+
+    fn on_port(id: &str) -> NetworkRequest {
+        NetworkRequest { port_id: Some(id.into()), network_id: None, address: None, tag: None }
+    }
+
+    fn on_net() -> NetworkRequest {
+        NetworkRequest { port_id: None, network_id: Some("net".into()), address: None, tag: None }
+    }
+
+    fn net(project: &str, shared: bool, external: bool) -> Value {
+        json!({"id": "net", "project_id": project, "shared": shared, "router:external": external,
+               "port_security_enabled": true, "subnets": ["s"]})
+    }
+
+    fn sent(seen: &Arc<Mutex<Vec<String>>>, prefix: &str) -> bool {
+        seen.lock().unwrap().iter().any(|l| l.starts_with(prefix))
+    }
+
+    #[tokio::test]
+    async fn another_projects_port_is_never_bound() {
+        let (n, seen) = neutron(net("project-a", false, false), json!([])).await;
+        let got = n.bind_one(&instance_of_a(), &on_port("p-b"), &[], true).await;
+        assert!(matches!(got, Err(NetworkError::PortNotUsable { .. })), "{got:?}");
+        assert!(!sent(&seen, "PUT"), "{:?}", seen.lock().unwrap());
+        // The project's own port is bound.
+        let (n, seen) = neutron(net("project-a", false, false), json!([])).await;
+        n.bind_one(&instance_of_a(), &on_port("p-a"), &[], false).await.unwrap();
+        assert!(sent(&seen, "PUT /v2.0/ports/p-a"));
+    }
+
+    #[tokio::test]
+    async fn ports_are_made_only_on_networks_the_project_owns_or_is_shared() {
+        let i = instance_of_a();
+        // Another project's private network: not found, nothing made.
+        let (n, seen) = neutron(net("project-b", false, false), json!([])).await;
+        let got = n.bind_one(&i, &on_net(), &[], false).await;
+        assert!(matches!(got, Err(NetworkError::NetworkNotFound(_))), "{got:?}");
+        assert!(!sent(&seen, "POST"), "{:?}", seen.lock().unwrap());
+        // An RBAC policy for another project or another network shares nothing.
+        let other = json!([{"object_id": "net", "target_tenant": "project-c"},
+                           {"object_id": "other", "target_tenant": "*"}]);
+        let (n, seen) = neutron(net("project-b", false, false), other).await;
+        assert!(n.bind_one(&i, &on_net(), &[], false).await.is_err());
+        assert!(!sent(&seen, "POST"));
+        // Shared with the project by RBAC, shared with all, or its own: made.
+        for (network, rbac) in [
+            (net("project-b", false, false), json!([{"object_id": "net", "target_tenant": "project-a"}])),
+            (net("project-b", true, false), json!([])),
+            (net("project-a", false, false), json!([])),
+        ] {
+            let (n, seen) = neutron(network.clone(), rbac).await;
+            n.bind_one(&i, &on_net(), &[], false).await.unwrap_or_else(|e| panic!("{network}: {e}"));
+            assert!(sent(&seen, "POST /v2.0/ports"));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unshared_external_network_takes_ports_of_admins_only() {
+        let i = instance_of_a();
+        let (n, seen) = neutron(net("project-a", false, true), json!([])).await;
+        let got = n.bind_one(&i, &on_net(), &[], false).await;
+        assert!(matches!(got, Err(NetworkError::ExternalNetworkAttachForbidden(_))), "{got:?}");
+        assert!(!sent(&seen, "POST"));
+        let (n, _) = neutron(net("project-a", false, true), json!([])).await;
+        n.bind_one(&i, &on_net(), &[], true).await.unwrap();
+        let (n, _) = neutron(net("admin", true, true), json!([])).await;
+        n.bind_one(&i, &on_net(), &[], false).await.unwrap();
     }
 }

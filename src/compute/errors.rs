@@ -66,6 +66,15 @@ impl OpError {
             OpError::Network(e @ NetworkError::SecurityGroupCannotBeApplied) => {
                 RemoteError::nova("SecurityGroupCannotBeApplied", e.to_string(), 400, json!({}))
             }
+            OpError::Network(e @ NetworkError::PortNotUsable { .. }) => {
+                RemoteError::nova("PortNotUsable", e.to_string(), 409, json!({}))
+            }
+            OpError::Network(e @ NetworkError::NetworkNotFound(_)) => {
+                RemoteError::nova("NetworkNotFound", e.to_string(), 404, json!({}))
+            }
+            OpError::Network(e @ NetworkError::ExternalNetworkAttachForbidden(_)) => {
+                RemoteError::nova("ExternalNetworkAttachForbidden", e.to_string(), 403, json!({}))
+            }
             other => RemoteError::nova("NovaException", other.to_string(), 500, json!({})),
         }
     }

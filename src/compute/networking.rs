@@ -68,7 +68,7 @@ impl<D: Driver> ComputeManager<D> {
         }
         self.begin_task(ctx, i, TaskState::Networking, Expected::idle()).await?;
         let neutron = self.neutron()?;
-        let ports = neutron.allocate(i, requested, security_groups).await?;
+        let ports = neutron.allocate(i, requested, security_groups, ctx.is_admin()).await?;
         let ni = match neutron.network_info(&ports).await {
             Ok(ni) => ni,
             Err(e) => {
@@ -101,7 +101,7 @@ impl<D: Driver> ComputeManager<D> {
         let mut ports = Vec::new();
         for v in &old {
             let r = NetworkRequest { port_id: Some(v.id.clone()), network_id: None, address: None, tag: None };
-            let mut bound = neutron.bind_one(i, &r, &[]).await?;
+            let mut bound = neutron.bind_one(i, &r, &[], ctx.is_admin()).await?;
             bound.created = !preserved(v);
             ports.push(bound);
         }
@@ -282,7 +282,7 @@ impl<D: Driver> ComputeManager<D> {
         self.run(ctx, &mut i, op, async |i| {
             let neutron = self.neutron()?;
             // As Nova's attach: no groups asked for, the project's default.
-            let port = neutron.bind_one(i, &request, &[]).await?;
+            let port = neutron.bind_one(i, &request, &[], ctx.is_admin()).await?;
             let new = match neutron.network_info(std::slice::from_ref(&port)).await {
                 Ok(v) => v,
                 Err(e) => {

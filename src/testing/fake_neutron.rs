@@ -137,6 +137,7 @@ impl PortService for FakeNeutron {
         i: &'a Instance,
         requested: &'a Requested,
         _security_groups: &'a [String],
+        _admin: bool,
     ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>> {
         Box::pin(async move {
             self.check("allocate")?;
@@ -156,6 +157,7 @@ impl PortService for FakeNeutron {
         i: &'a Instance,
         r: &'a NetworkRequest,
         _security_groups: &'a [String],
+        _admin: bool,
     ) -> BoxFuture<'a, Result<BoundPort, NetworkError>> {
         Box::pin(async move {
             self.check("bind_one")?;

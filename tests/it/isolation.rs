@@ -231,3 +231,81 @@ async fn a_flavor_granting_sys_admin_is_refused_with_a_clear_fault() {
     cloud.delete_server(&id, T).await;
     host.stop().await;
 }
+
+/// A tenant attaches another project's port, or a port on another
+/// project's private network, to its own server. nova-api looks a port up
+/// with the user's token (another project's is not found), but it passes a
+/// network on unchecked, and the host creates ports with its own
+/// credentials, which see every project's networks: the host checks as
+/// Nova's `_get_available_networks` does and answers NetworkNotFound (404;
+/// without the check the port is made, and here fails to bind, a 500,
+/// since no agent serves B's network's physnet: the unit tests in
+/// `network::tenant_bounds_tests` show nothing is made). On Zed's L2-agent
+/// host, where B's port on the shared network would bind.
+#[tokio::test]
+async fn attach_never_takes_another_tenants_port_or_network() {
+    use crate::network::neutron;
+    use reqwest::Method;
+    let cloud = Cloud::get(Release::Zed);
+    let name = cloud.var("ND_NET_HOST").to_string();
+    let shared_net = cloud.var("ND_NETWORK_ID").to_string();
+    let host = ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.public_busybox_image(&host.conf).await;
+    let tenant_a = cloud.tenant_token(Tenant::A);
+    let id = cloud.create_server_as(&tenant_a, "attach-steal", &image, &name, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+
+    // Tenant B: an unused port on the shared network, and a private network.
+    let b = cloud.project_id("nd-tenant-b");
+    let body = json!({"port": {"network_id": shared_net, "project_id": b}});
+    let (status, v) = neutron(&cloud, Method::POST, "/v2.0/ports", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let port = v["port"]["id"].as_str().unwrap().to_string();
+    let net_name = common::unique("nd-b-private");
+    let (status, v) = neutron(
+        &cloud,
+        Method::POST,
+        "/v2.0/networks",
+        // flat on a physnet of its own (the test Neutron has no project
+        // network types)
+        Some(json!({"network": {"name": net_name, "project_id": b, "shared": false,
+                                "provider:network_type": "flat", "provider:physical_network": net_name}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let net = v["network"]["id"].as_str().unwrap().to_string();
+    let subnet = json!({"subnet": {"network_id": net, "project_id": b, "ip_version": 4, "cidr": "10.251.0.0/24"}});
+    let (status, v) = neutron(&cloud, Method::POST, "/v2.0/subnets", Some(subnet)).await;
+    assert_eq!(status, 201, "{v}");
+
+    for attachment in [json!({"port_id": port}), json!({"net_id": net})] {
+        let (status, v) = cloud
+            .nova_as(
+                &tenant_a,
+                Method::POST,
+                &format!("/servers/{id}/os-interface"),
+                Some(json!({"interfaceAttachment": attachment})),
+                "2.88",
+            )
+            .await;
+        assert_eq!(status, 404, "tenant A attached {attachment} of tenant B: {v}");
+        assert!(v.to_string().contains("could not be found"), "{v}");
+    }
+    // Not even bound for a moment (a binding rolled back leaves the port
+    // looking untouched): Neutron's API log has no update of it.
+    let api_log = std::path::Path::new(cloud.var("ND_STATE")).join("log/neutron-api.log");
+    let api_log = std::fs::read_to_string(&api_log).unwrap_or_default();
+    assert!(!api_log.contains(&format!("\"PUT /v2.0/ports/{port} ")), "B's port was updated for A's server");
+    let (_, v) = neutron(&cloud, Method::GET, &format!("/v2.0/ports/{port}"), None).await;
+    assert_eq!(v["port"]["device_id"], "", "B's port is untouched: {v}");
+    assert_eq!(v["port"]["binding:host_id"], "", "B's port is untouched: {v}");
+    let (_, v) = neutron(&cloud, Method::GET, &format!("/v2.0/ports?network_id={net}"), None).await;
+    assert_eq!(v["ports"], json!([]), "no port made on B's network: {v}");
+    let (_, v) = neutron(&cloud, Method::GET, &format!("/v2.0/ports?device_id={id}"), None).await;
+    assert_eq!(v["ports"], json!([]), "A's server got no port: {v}");
+
+    cloud.delete_server(&id, T).await;
+    neutron(&cloud, Method::DELETE, &format!("/v2.0/ports/{port}"), None).await;
+    neutron(&cloud, Method::DELETE, &format!("/v2.0/networks/{net}"), None).await;
+    drop(host);
+}
