@@ -360,6 +360,10 @@ impl<D: Driver> ComputeManager<D> {
         m: &mut Migration,
         req: &ResizeRequest,
     ) -> Result<(), OpError> {
+        // Nova's late server-group check, before anything is prepared: a
+        // violation is refused like any other (allocation given back, the
+        // resize rescheduled to an alternate or ended with the fault).
+        self.validate_group_policy(ctx, i, &req.request_spec, &req.filter_properties).await?;
         let flavor = &req.flavor;
         let Some(source) = i.host().map(str::to_string) else {
             return Err(migration_error("Instance has no source host"));

@@ -634,7 +634,7 @@ async fn build_failing_here_is_rescheduled_to_the_alternate_zed() {
 }
 
 /// Boots a server in server group `group` forced onto `host`.
-async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
+pub(crate) async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
     let body = json!({"server": {"name": common::unique("nd-grp"), "imageRef": image, "flavorRef": "42",
         "networks": "none", "availability_zone": format!("nova:{host}")}, "os:scheduler_hints": {"group": group}});
     let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
