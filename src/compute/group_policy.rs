@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::errors::OpError;
+use super::locks::InstanceGuard;
 use super::manager::ComputeManager;
 use crate::objects::{Instance, NovaObject};
 use crate::rpc::{RemoteError, RequestContext};
@@ -25,18 +26,22 @@ impl<D: Driver> ComputeManager<D> {
     /// default) other members on this host, counting the instances moving
     /// to or from it; affinity wants this host when other members already
     /// have one. A violation is Nova's `GroupAffinityViolation`. Checked
-    /// under a per-group lock, as Nova's `utils.synchronized`.
+    /// under a per-group lock, as Nova's `utils.synchronized`; the lock is
+    /// returned (None without a group) for a move to hold until its
+    /// migration names this host (`claim_migration_here`), so that two
+    /// moves of members racing here are counted one after the other (each
+    /// check otherwise runs before the other's migration shows here).
     pub(super) async fn validate_group_policy(
         &self,
         ctx: &RequestContext,
         i: &Instance,
         request_spec: &Value,
         filter_properties: &Value,
-    ) -> Result<(), OpError> {
-        let Some(hint) = group_hint(request_spec, filter_properties) else { return Ok(()) };
-        let Some(group) = self.conductor.instance_group_by_hint(ctx, &hint).await? else { return Ok(()) };
+    ) -> Result<Option<InstanceGuard>, OpError> {
+        let Some(hint) = group_hint(request_spec, filter_properties) else { return Ok(None) };
+        let Some(group) = self.conductor.instance_group_by_hint(ctx, &hint).await? else { return Ok(None) };
         let group_uuid = group.get_str("uuid").unwrap_or_default().to_string();
-        let _lock = self.locks.lock(&format!("instance-group-{group_uuid}")).await;
+        let lock = self.locks.lock(&format!("instance-group-{group_uuid}")).await;
         let uuid = i.uuid();
         match group_policy(&group).as_deref() {
             Some("anti-affinity") => {
@@ -71,7 +76,7 @@ impl<D: Driver> ComputeManager<D> {
             }
             _ => {}
         }
-        Ok(())
+        Ok(Some(lock))
     }
 }
 

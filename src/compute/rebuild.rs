@@ -138,13 +138,14 @@ impl<D: Driver> ComputeManager<D> {
             .clone()
             .or_else(|| i.image_ref().map(str::to_string))
             .ok_or_else(|| OpError::Invalid("the instance has no image to rebuild from".into()))?;
+        let mut group_lock = None;
         if req.evacuate && !req.request_spec.is_null() {
             // Nova's late server-group check of an evacuation: a parallel
             // scheduling (or a host forced past the scheduler) may break the
             // group's policy here. Rebuild has no reschedule: the evacuation
             // fails, its migration `failed` and this host's share of the
             // allocation given back (the claim), the instance in ERROR.
-            self.validate_group_policy(ctx, i, &req.request_spec, &Value::Null).await?;
+            group_lock = self.validate_group_policy(ctx, i, &req.request_spec, &Value::Null).await?;
         }
         let power = self.power_state_of(&uuid).await?;
         if req.evacuate && power != PowerState::NoState {
@@ -164,6 +165,8 @@ impl<D: Driver> ComputeManager<D> {
         if let Some(m) = migration.as_mut() {
             self.claim_migration_here(ctx, m).await?;
         }
+        // The evacuation names this host now: the next member's check counts it.
+        drop(group_lock);
         // The image first: a failure here leaves the old container as it was.
         let build = super::build::BuildRequest::default();
         let (meta, image) = self.build_image(ctx, &build, &image_id).await?;
