@@ -165,61 +165,6 @@ impl<D: Driver> ComputeManager<D> {
         }
     }
 
-    /// Nova's `_validate_instance_group_policy`, the late check of the
-    /// server group's policy (the scheduler's check races with other builds
-    /// of the same group): with a `group` scheduler hint, anti-affinity
-    /// allows at most `max_server_per_host` (1 by default) other members on
-    /// this host, counting instances migrating here; affinity wants this
-    /// host when other members already have one. A violation is Nova's
-    /// `GroupAffinityViolation`, rescheduled like a host-local failure.
-    /// Checked under a per-group lock, as Nova's `utils.synchronized`.
-    async fn validate_group_policy(
-        &self,
-        ctx: &RequestContext,
-        i: &Instance,
-        req: &BuildRequest,
-    ) -> Result<(), OpError> {
-        let Some(hint) = group_hint(&req.request_spec, &req.filter_properties) else { return Ok(()) };
-        let Some(group) = self.conductor.instance_group_by_hint(ctx, &hint).await? else { return Ok(()) };
-        let group_uuid = group.get_str("uuid").unwrap_or_default().to_string();
-        let _lock = self.locks.lock(&format!("instance-group-{group_uuid}")).await;
-        let uuid = i.uuid();
-        match group_policy(&group).as_deref() {
-            Some("anti-affinity") => {
-                let mut here: std::collections::BTreeSet<String> =
-                    self.conductor.instance_uuids_on_host(ctx).await?.into_iter().collect();
-                here.extend(self.conductor.migrating_instances(ctx, self.host()).await?);
-                // The members as they are now, inside the lock.
-                let fresh = self.conductor.instance_group_by_uuid(ctx, &group_uuid).await?.unwrap_or(group);
-                let members: Vec<String> = fresh
-                    .get("members")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect();
-                let others = members.iter().filter(|m| m.as_str() != uuid && here.contains(*m)).count();
-                let max = fresh
-                    .get("rules")
-                    .and_then(|r| r.get("max_server_per_host"))
-                    .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
-                if others as u64 >= max.unwrap_or(1) {
-                    return Err(group_violation(uuid, "Anti-affinity"));
-                }
-            }
-            Some("affinity") => {
-                let mut group = group;
-                let hosts = self.conductor.instance_group_hosts(ctx, &mut group, uuid).await?;
-                if !hosts.is_empty() && !hosts.iter().any(|h| h == self.host()) {
-                    return Err(group_violation(uuid, "Affinity"));
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
     async fn do_build(&self, ctx: &RequestContext, i: &mut Instance, req: &BuildRequest) -> Result<(), OpError> {
         let image_id = i.image_ref().map(str::to_string).ok_or_else(|| {
             OpError::Invalid("the instance has no image (boot from volume is not supported by nova-docker)".into())
@@ -227,7 +172,7 @@ impl<D: Driver> ComputeManager<D> {
         // What the guest gets besides its image: refused before any work
         // when the host cannot honour it.
         guest_data::check_block_devices(req.block_device_mapping.as_ref())?;
-        self.validate_group_policy(ctx, i, req).await?;
+        self.validate_group_policy(ctx, i, &req.request_spec, &req.filter_properties).await?;
         let guest = guest_data::Guest {
             files: guest_data::injected_files(req.injected_files.as_ref())?,
             admin_pass: req.admin_password.as_deref(),
@@ -484,43 +429,9 @@ pub fn reschedulable(e: &OpError) -> bool {
         OpError::Virt(VirtError::Net(_)) => true,
         OpError::Image(crate::image::ImageError::Load { .. } | crate::image::ImageError::Docker(_)) => true,
         // Nova's RescheduledByPolicyException.
-        OpError::Nova(r) => r.class == "GroupAffinityViolation",
+        OpError::Nova(_) => super::group_policy::is_group_violation(e),
         _ => false,
     }
-}
-
-/// The `group` scheduler hint of a build: from the request spec, else the
-/// legacy filter properties (Nova's `_get_scheduler_hints`); a list's first
-/// entry.
-pub fn group_hint(request_spec: &Value, filter_properties: &Value) -> Option<String> {
-    let from = |hints: &Value| {
-        let g = &hints["group"];
-        g.as_str().or_else(|| g.as_array().and_then(|a| a.first()).and_then(Value::as_str)).map(str::to_string)
-    };
-    let spec_hints = &request_spec["nova_object.data"]["scheduler_hints"];
-    from(spec_hints).or_else(|| from(&filter_properties["scheduler_hints"])).filter(|g| !g.is_empty())
-}
-
-/// A group's policy (`policy`, or the first of the older `policies`).
-fn group_policy(group: &crate::objects::NovaObject) -> Option<String> {
-    group.get_str("policy").map(str::to_string).or_else(|| {
-        group
-            .get("policies")
-            .and_then(Value::as_array)
-            .and_then(|p| p.first())
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    })
-}
-
-/// Nova's `GroupAffinityViolation`.
-fn group_violation(uuid: &str, policy: &str) -> OpError {
-    OpError::Nova(crate::rpc::RemoteError::nova(
-        "GroupAffinityViolation",
-        format!("{policy} instance group policy was violated (instance {uuid})"),
-        500,
-        serde_json::json!({}),
-    ))
 }
 
 /// Reads the args of a build into a [`BuildRequest`].

@@ -6,6 +6,7 @@
 //!   fault and state revert on failure);
 //! - [`manager`]: operations with Nova's state transitions;
 //! - [`build`]: building and deleting instances;
+//! - [`group_policy`]: the late server-group check of builds and moves;
 //! - [`guest_data`]: block device mappings and injected files of a build;
 //! - [`networking`]: Neutron ports: allocate, plug, events, hot-plug;
 //! - [`snapshot`]: snapshots and backups into Glance;
@@ -23,6 +24,9 @@ pub mod console;
 pub mod endpoint;
 pub mod errors;
 pub mod events;
+pub mod group_policy;
+#[cfg(test)]
+mod group_policy_tests;
 pub mod guest_data;
 pub mod host;
 pub mod locks;

@@ -43,6 +43,10 @@ pub struct RebuildRequest {
     pub reimage_boot_volume: bool,
     /// The vm_state an evacuated instance ends in (2.95: `stopped`).
     pub target_state: Option<String>,
+    /// The RequestSpec primitive (Null when the conductor sent none): its
+    /// scheduler hints name the server group an evacuation is checked
+    /// against here.
+    pub request_spec: Value,
 }
 
 impl RebuildRequest {
@@ -59,6 +63,7 @@ impl RebuildRequest {
             injected_files: args.get("injected_files").and_then(Value::as_array).cloned().unwrap_or_default(),
             reimage_boot_volume: args.get("reimage_boot_volume").and_then(Value::as_bool).unwrap_or(false),
             target_state: text("target_state"),
+            request_spec: args.get("request_spec").cloned().unwrap_or(Value::Null),
         }
     }
 }
@@ -133,6 +138,15 @@ impl<D: Driver> ComputeManager<D> {
             .clone()
             .or_else(|| i.image_ref().map(str::to_string))
             .ok_or_else(|| OpError::Invalid("the instance has no image to rebuild from".into()))?;
+        let mut group_lock = None;
+        if req.evacuate && !req.request_spec.is_null() {
+            // Nova's late server-group check of an evacuation: a parallel
+            // scheduling (or a host forced past the scheduler) may break the
+            // group's policy here. Rebuild has no reschedule: the evacuation
+            // fails, its migration `failed` and this host's share of the
+            // allocation given back (the claim), the instance in ERROR.
+            group_lock = self.validate_group_policy(ctx, i, &req.request_spec, &Value::Null).await?;
+        }
         let power = self.power_state_of(&uuid).await?;
         if req.evacuate && power != PowerState::NoState {
             // Nova's _check_instance_exists: an evacuation never lands on a
@@ -151,6 +165,8 @@ impl<D: Driver> ComputeManager<D> {
         if let Some(m) = migration.as_mut() {
             self.claim_migration_here(ctx, m).await?;
         }
+        // The evacuation names this host now: the next member's check counts it.
+        drop(group_lock);
         // The image first: a failure here leaves the old container as it was.
         let build = super::build::BuildRequest::default();
         let (meta, image) = self.build_image(ctx, &build, &image_id).await?;

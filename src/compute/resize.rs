@@ -360,6 +360,10 @@ impl<D: Driver> ComputeManager<D> {
         m: &mut Migration,
         req: &ResizeRequest,
     ) -> Result<(), OpError> {
+        // Nova's late server-group check, before anything is prepared: a
+        // violation is refused like any other (allocation given back, the
+        // resize rescheduled to an alternate or ended with the fault).
+        let group_lock = self.validate_group_policy(ctx, i, &req.request_spec, &req.filter_properties).await?;
         let flavor = &req.flavor;
         let Some(source) = i.host().map(str::to_string) else {
             return Err(migration_error("Instance has no source host"));
@@ -389,6 +393,8 @@ impl<D: Driver> ComputeManager<D> {
         self.save(ctx, i, Expected::Any).await?;
 
         self.claim_migration_here(ctx, m).await?;
+        // The migration names this host now: the next member's check counts it.
+        drop(group_lock);
 
         let args = json!({
             "instance": i.to_primitive(), "migration": m.to_primitive(), "image": req.image,

@@ -786,6 +786,30 @@ async fn power_sync_records_a_container_stopped_outside_nova() {
     assert_eq!(h.states(&v).0, Some(VmState::Active));
 }
 
+/// Nova's `_sync_instance_power_state` skips an instance with a task state:
+/// a container stopped or gone during a resize's steps (stopped and
+/// committed on the source, replaced on a same-host finish, removed by a
+/// revert) is the operation's, not a power change to record.
+#[tokio::test]
+async fn power_sync_leaves_an_instance_in_a_resize_step_alone() {
+    use crate::virt::Driver as _;
+    let h = Harness::new();
+    let tasks =
+        [TaskState::ResizeMigrating, TaskState::ResizeMigrated, TaskState::ResizeFinish, TaskState::ResizeReverting];
+    for (task, container) in tasks.into_iter().flat_map(|t| [(t, Some(Shutdown)), (t, None)]) {
+        let u = h.instance(VmState::Active, Some(task), Running);
+        match container {
+            Some(state) => h.driver.add_container(&u, state),
+            None => {
+                h.driver.destroy(&u, std::time::Duration::ZERO, &Vec::new()).await.unwrap();
+            }
+        }
+        h.manager.sync_instance(&h.ctx, &u).await.unwrap();
+        assert_eq!(h.states(&u), (Some(VmState::Active), Some(task), Running), "{task:?} {container:?}");
+        assert!(!h.driver.calls().contains(&format!("cleanup_stopped {u}")), "{task:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Ports (an in-memory Neutron)
 // ---------------------------------------------------------------------------
@@ -1243,6 +1267,55 @@ mod resize {
             names,
             ["compute_prep_resize", "compute_resize_instance", "compute_finish_resize", "compute_confirm_resize"]
         );
+    }
+
+    /// One queued cast of the manager to itself, delivered.
+    async fn deliver_one(h: &Harness, c: &crate::testing::fake_nova::Cast) {
+        let i = Instance::from_primitive(&c.args["instance"]).unwrap();
+        let m = Migration::from_primitive(&c.args["migration"]).unwrap();
+        let r = match c.method.as_str() {
+            "resize_instance" => h.manager.resize_instance(&h.ctx, i, m, json!({}), Value::Null, true).await,
+            "finish_resize" => h.manager.finish_resize(&h.ctx, i, m, c.args.get("disk_info").cloned()).await,
+            "finish_revert_resize" => h.manager.finish_revert_resize(&h.ctx, i, m).await,
+            other => panic!("unexpected cast {other}"),
+        };
+        r.unwrap();
+    }
+
+    /// A restart of the host between two steps of a same-host resize (the
+    /// next step's cast still queued) leaves the instance's task state to
+    /// that step, as Nova's `_init_instance` does: the resize, and then its
+    /// revert, still finish.
+    #[tokio::test]
+    async fn a_restart_between_two_steps_of_a_resize_leaves_the_instance_to_the_next_step() {
+        let h = Harness::new();
+        let (u, m) = resizing(&h, 2);
+        h.manager
+            .prep_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), request(flavor(2, 128, json!({}))))
+            .await
+            .unwrap();
+        let casts = h.nova.take_casts();
+        assert_eq!(casts.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(), ["resize_instance"]);
+        deliver_one(&h, &casts[0]).await;
+        let finish = h.nova.take_casts();
+        assert_eq!(finish.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(), ["finish_resize"]);
+        h.manager.init_host(&h.ctx).await.unwrap();
+        assert_eq!(h.states(&u).1, Some(TaskState::ResizeMigrated), "left to finish_resize");
+        deliver_one(&h, &finish[0]).await;
+        assert_eq!(h.states(&u), (Some(VmState::Resized), None, Running), "{:?}", faults_of(&h, &u));
+        assert_eq!(h.driver.container(&u).unwrap().memory_bytes, 128 << 20);
+
+        h.request(&u, TaskState::ResizeReverting);
+        h.nova.set_migration_field(&m, "status", json!("reverting"));
+        h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await.unwrap();
+        let revert = h.nova.take_casts();
+        assert_eq!(revert.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(), ["finish_revert_resize"]);
+        h.manager.init_host(&h.ctx).await.unwrap();
+        assert_eq!(h.states(&u).1, Some(TaskState::ResizeReverting), "left to finish_revert_resize");
+        deliver_one(&h, &revert[0]).await;
+        assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
+        assert_eq!(h.driver.container(&u).unwrap().memory_bytes, 64 << 20);
+        assert!(faults_of(&h, &u).is_empty(), "{:?}", faults_of(&h, &u));
     }
 
     #[tokio::test]

@@ -187,6 +187,15 @@ impl<D: Driver> ComputeManager<D> {
             self.set_error_state(ctx, &mut i, true).await;
             return Ok(());
         }
+        if matches!(task_state, Some(TaskState::ResizeMigrated | TaskState::ResizeFinish | TaskState::ResizeReverting))
+        {
+            // As Nova's _init_instance: a move between two of its steps (the
+            // next step's cast may still be queued for this host) is left to
+            // that step. Clearing the task state would make the step find
+            // the instance changed and drop the move half-way.
+            tracing::info!(instance = %uuid, task = ?task_state, "a move in flight: left to its next step");
+            return Ok(());
+        }
         if task_state == Some(TaskState::Deleting) {
             tracing::info!(instance = %uuid, "finishing a deletion interrupted by a restart");
             drop(_lock);

@@ -411,8 +411,25 @@ impl FakeNova {
                 Ok(Value::Array(uuids))
             }
             ("MigrationList", "get_in_progress_by_host_and_node") => {
+                // Nova's query: leaving or coming to the host, not ended.
+                const ENDED: [&str; 8] =
+                    ["accepted", "confirmed", "reverted", "error", "failed", "completed", "cancelled", "done"];
+                let host = arg(0);
+                let objects: Vec<Value> = db
+                    .migrations
+                    .values()
+                    .filter(|m| {
+                        let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
+                        [field("source_compute"), field("dest_compute")].contains(&host.as_str())
+                            && !ENDED.contains(&field("status"))
+                    })
+                    .map(|m| {
+                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+                               "nova_object.version": "1.7", "nova_object.data": m})
+                    })
+                    .collect();
                 Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
-                          "nova_object.version": "1.5", "nova_object.data": {"objects": []}}))
+                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
             }
             ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
                 Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",

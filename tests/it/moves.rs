@@ -634,7 +634,7 @@ async fn build_failing_here_is_rescheduled_to_the_alternate_zed() {
 }
 
 /// Boots a server in server group `group` forced onto `host`.
-async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
+pub(crate) async fn boot_in_group(cloud: &Cloud, image: &str, host: &str, group: &str) -> String {
     let body = json!({"server": {"name": common::unique("nd-grp"), "imageRef": image, "flavorRef": "42",
         "networks": "none", "availability_zone": format!("nova:{host}")}, "os:scheduler_hints": {"group": group}});
     let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
@@ -682,4 +682,102 @@ async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it() {
 #[tokio::test]
 async fn late_group_policy_check_refuses_a_forced_host_that_breaks_it_zed() {
     late_group_policy_check(Release::Zed).await;
+}
+
+/// The late server-group check of a cold migration (Nova's `prep_resize`),
+/// through the real Nova: two members of an anti-affinity group, on hosts
+/// A and B, are migrated to host C at the same moment. The scheduler's
+/// anti-affinity filter sees each request alone (the group's hosts as they
+/// were, A and B) and lets both through; C takes the first and refuses the
+/// second: that one stays ACTIVE on its host with the violation as its
+/// fault, its migration in error and nothing held on C for it.
+async fn racing_migrations_into_anti_affinity(release: Release) {
+    let cloud = Cloud::get(release);
+    let engine_c = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-race"))).await;
+    let (a_name, b_name, c_name) = (host_name("racea"), host_name("raceb"), host_name("racec"));
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let _host_b = ComputeHost::start(&cloud, &b_name, "").await;
+    let _host_c =
+        ComputeHost::start(&cloud, &c_name, &format!("[docker]\nhost_url = unix://{}\n", engine_c.socket().display()))
+            .await;
+    let rp_c = cloud.wait_provider(&c_name, T).await["uuid"].as_str().unwrap().to_string();
+    let image = cloud.busybox_image(&host_a.conf).await;
+    let body = json!({"server_group": {"name": common::unique("nd-race"), "policy": "anti-affinity"}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/os-server-groups", Some(body), "2.64").await;
+    assert_eq!(status, 200, "{v}");
+    let group = v["server_group"]["id"].as_str().unwrap().to_string();
+    let on_a = boot_in_group(&cloud, &image, &a_name, &group).await;
+    let on_b = boot_in_group(&cloud, &image, &b_name, &group).await;
+    cloud.wait_status(&on_a, "ACTIVE", T).await;
+    cloud.wait_status(&on_b, "ACTIVE", T).await;
+
+    let migrate = async |id: &str| {
+        let body = json!({"migrate": {"host": c_name}});
+        cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await
+    };
+    let (ra, rb) = tokio::join!(migrate(&on_a), migrate(&on_b));
+    assert_eq!((ra.0, rb.0), (202, 202), "the scheduler let both through: {ra:?} {rb:?}");
+    let mut landed = Vec::new();
+    let mut refused: Vec<(String, Value)> = Vec::new();
+    wait_for("both migrations to end", T, async || {
+        landed.clear();
+        refused.clear();
+        for (id, home) in [(&on_a, &a_name), (&on_b, &b_name)] {
+            let s = cloud.server(id).await.unwrap();
+            match (s["status"].as_str(), s["OS-EXT-STS:task_state"].is_null()) {
+                (Some("VERIFY_RESIZE"), true) => landed.push(id.clone()),
+                (Some("ACTIVE"), true)
+                    if s["OS-EXT-SRV-ATTR:host"] == home.as_str()
+                        && migration(&cloud, id).await["status"] == "error" =>
+                {
+                    refused.push((id.clone(), s));
+                }
+                _ => {}
+            }
+        }
+        landed.len() + refused.len() == 2
+    })
+    .await;
+    assert_eq!((landed.len(), refused.len()), (1, 1), "one lands on C, one is refused there: {refused:?}");
+    let (id, _) = &refused[0];
+    // The API shows an ACTIVE server's fault nowhere but in its action's
+    // event (details, 2.84).
+    let events: Vec<Value> = cloud
+        .actions(id)
+        .await
+        .iter()
+        .flat_map(|a| a["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["event"] == "compute_prep_resize")
+        .collect();
+    assert!(
+        events.iter().any(|e| e["result"] == "Error"
+            && e["details"].as_str().unwrap_or_default().contains("Anti-affinity instance group policy was violated")),
+        "{events:?}"
+    );
+    let mig = migration(&cloud, id).await["uuid"].as_str().unwrap().to_string();
+    assert_eq!(memory_allocations(&cloud, &mig).await, [], "the refused migration holds nothing");
+    assert!(
+        !memory_allocations(&cloud, id).await.iter().any(|(rp, _)| *rp == rp_c),
+        "nothing held on C for the refused member"
+    );
+    assert_eq!(container(None, id).map(|c| c.0), Some(true), "the refused member still runs where it was");
+
+    let (status, v) = cloud.action(&landed[0], json!({"confirmResize": null})).await;
+    assert_eq!(status, 204, "{v}");
+    cloud.wait_status(&landed[0], "ACTIVE", T).await;
+    for id in [&on_a, &on_b] {
+        cloud.delete_server(id, T).await;
+    }
+    let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn racing_migrations_into_anti_affinity_are_refused_on_the_destination() {
+    racing_migrations_into_anti_affinity(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn racing_migrations_into_anti_affinity_are_refused_on_the_destination_zed() {
+    racing_migrations_into_anti_affinity(Release::Zed).await;
 }

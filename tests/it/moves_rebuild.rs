@@ -469,3 +469,89 @@ async fn evacuate_zed() {
 async fn evacuate_newest() {
     evacuate(Release::Newest).await;
 }
+
+/// The late server-group check of an evacuation (Nova's
+/// `_do_rebuild_instance`), through the real Nova: a member of an
+/// anti-affinity group evacuated onto the host that runs the other member
+/// fails there before anything is made. Nova's scheduler never picks that
+/// host (its anti-affinity filter), so the evacuation is forced onto it
+/// (`force: true`, microversions 2.29 to 2.67), past the scheduler as a
+/// racing evacuation or boot would get. Nova's view: the server in ERROR
+/// with the violation as its fault, still on the dead host, the migration
+/// `failed`, B's share of its allocation given back; Docker's: no container
+/// of it on B, the other member still running there.
+async fn evacuation_breaking_anti_affinity(release: Release) {
+    let cloud = Cloud::get(release);
+    let dir_a = std::env::temp_dir().join(crate::common::unique("nd-dockerd-a"));
+    let dir_b = std::env::temp_dir().join(crate::common::unique("nd-dockerd-b"));
+    let (engine_a, engine_b) =
+        tokio::join!(crate::faults::PrivateDocker::start(&dir_a), crate::faults::PrivateDocker::start(&dir_b));
+    let (name_a, name_b) = (host_name("evgrp-a"), host_name("evgrp-b"));
+    let conf = |e: &crate::faults::PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
+    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
+    let b = ComputeHost::start(&cloud, &name_b, &conf(&engine_b)).await;
+    let rp_a = cloud.wait_provider(&name_a, T).await["uuid"].as_str().unwrap().to_string();
+    let rp_b = cloud.wait_provider(&name_b, T).await["uuid"].as_str().unwrap().to_string();
+    let image = cloud.busybox_image(&a.conf).await;
+    let body = json!({"server_group": {"name": crate::common::unique("nd-evgrp"), "policy": "anti-affinity"}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/os-server-groups", Some(body), "2.64").await;
+    assert_eq!(status, 200, "{v}");
+    let group = v["server_group"]["id"].as_str().unwrap().to_string();
+    let first = crate::moves::boot_in_group(&cloud, &image, &name_a, &group).await;
+    let second = crate::moves::boot_in_group(&cloud, &image, &name_b, &group).await;
+    cloud.wait_status(&first, "ACTIVE", T).await;
+    cloud.wait_status(&second, "ACTIVE", T).await;
+    let held_before = allocations(&cloud, &first).await;
+    assert_eq!(held_before.keys().collect::<Vec<_>>(), [&rp_a], "{held_before:?}");
+    let b_usage_before = cloud.placement(&format!("/resource_providers/{rp_b}/usages")).await;
+
+    a.kill().await;
+    force_down(&cloud, &name_a, true).await;
+    let (status, v) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{first}/action"),
+            Some(json!({"evacuate": {"host": name_b, "force": true}})),
+            "2.29",
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_for("the evacuation to fail", T, async || {
+        migrations(&cloud, &first).await.first().is_some_and(|m| m["status"] == "failed")
+    })
+    .await;
+    let s = cloud.wait_status(&first, "ERROR", T).await;
+    let fault = s["fault"]["message"].as_str().unwrap_or_default();
+    assert!(fault.contains("Anti-affinity instance group policy was violated"), "{}", s["fault"]);
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], name_a.as_str(), "still on the dead host");
+    let evacuation = migrations(&cloud, &first).await.into_iter().next().unwrap();
+    assert_eq!(evacuation["migration_type"], "evacuation");
+    assert_eq!(allocations(&cloud, &first).await, held_before, "B's share given back");
+    let b_usage = cloud.placement(&format!("/resource_providers/{rp_b}/usages")).await;
+    assert_eq!(b_usage["usages"], b_usage_before["usages"], "B holds only the other member");
+    let on_b = |id: &str| engine(&engine_b.socket(), &["ps", "-aq", "--filter", &format!("name=nova-{id}")]);
+    assert!(on_b(&first).is_empty(), "nothing of the refused member on B");
+    assert_eq!(
+        engine(&engine_b.socket(), &["inspect", "--format", "{{.State.Running}}", &format!("nova-{second}")]),
+        "true"
+    );
+
+    // A stays forced down: deleting the server of a dead host is Nova's local delete.
+    for id in [&first, &second] {
+        cloud.delete_server(id, T).await;
+    }
+    force_down(&cloud, &name_a, false).await;
+    let (status, _) = cloud.nova(reqwest::Method::DELETE, &format!("/os-server-groups/{group}"), None, "2.64").await;
+    assert_eq!(status, 204);
+    drop((a, b, engine_a, engine_b));
+}
+
+#[tokio::test]
+async fn an_evacuation_breaking_anti_affinity_fails_on_the_destination_newest() {
+    evacuation_breaking_anti_affinity(Release::Newest).await;
+}
+
+#[tokio::test]
+async fn an_evacuation_breaking_anti_affinity_fails_on_the_destination_zed() {
+    evacuation_breaking_anti_affinity(Release::Zed).await;
+}
