@@ -89,6 +89,18 @@ impl<D: Driver> ComputeManager<D> {
         let uuid = i.uuid().to_string();
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
+        // Review sketch: an evacuation's migration must be this instance's
+        // (the full check would also want migration_type "evacuation").
+        if req.evacuate
+            && let Some(m) = &req.migration
+            && m.instance_uuid() != uuid
+        {
+            return Err(OpError::Nova(crate::rpc::RemoteError::bad_request(format!(
+                "migration {}: it moves instance {}, not {uuid}",
+                m.uuid(),
+                m.instance_uuid()
+            ))));
+        }
         let claim = req.evacuate.then(|| Claim::AddedOnThisNode(req.migration.clone()));
         let op = Operation::new("compute_rebuild_instance").on_failure(OnFailure::EventOnly).holding(claim);
         let orig_vm_state = i.vm_state();

@@ -2253,3 +2253,28 @@ mod console_tokens {
         }
     }
 }
+
+/// Review probe (branch review-moves): an evacuation's `migration` argument
+/// naming another instance's migration is claimed as this host's (its
+/// `dest_compute` rewritten, its status changed), as `prep_resize` and the
+/// other move steps never would (`check_migration`).
+#[tokio::test]
+async fn review_probe_an_evacuation_never_claims_another_instances_migration() {
+    let h = Harness::new();
+    let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
+    h.nova.set_field(&u, "host", json!("dead-host"));
+    h.nova.set_field(&u, "image_ref", json!("img-2"));
+    let other = h.instance(VmState::Active, None, Running);
+    let mig = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": mig, "instance_uuid": other, "status": "accepted",
+        "migration_type": "evacuation", "source_compute": "host-x", "dest_compute": "host-y"}));
+    req.evacuate = true;
+    req.image_ref = None;
+    req.migration = Some(h.nova.migration(&mig));
+    let r = h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(
+        (h.nova.migration_field(&mig, "dest_compute"), h.nova.migration_field(&mig, "status")),
+        (Some(json!("host-y")), Some(json!("accepted"))),
+        "another instance's migration was taken over by this evacuation (result {r:?})"
+    );
+}
