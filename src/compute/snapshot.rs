@@ -65,7 +65,7 @@ impl<D: Driver> ComputeManager<D> {
                 i.set_task_state(None);
                 self.save(ctx, i, Expected::task(TaskState::ImageUploading)).await?;
                 if let Some(rot) = &rotation {
-                    self.rotate_backups(ctx, &uuid, rot).await;
+                    self.rotate_backups(ctx, &uuid, i.project_id().unwrap_or_default(), rot).await;
                 }
                 Ok(())
             })
@@ -161,11 +161,14 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// Deletes the oldest backups of this instance and type beyond `keep`.
-    async fn rotate_backups(&self, ctx: &RequestContext, uuid: &str, rot: &Rotation) {
+    async fn rotate_backups(&self, ctx: &RequestContext, uuid: &str, project: &str, rot: &Rotation) {
         let filters = [("image_type", "backup"), ("backup_type", rot.backup_type.as_str()), ("instance_uuid", uuid)];
         match self.images.glance().list(Some(ctx), &filters).await {
             Ok(images) => {
-                for old in images.iter().skip(rot.keep) {
+                // Review sketch: only the instance project's images count
+                // (credentials that see every project list planted ones too).
+                let own = images.iter().filter(|im| !project.is_empty() && im.owner.as_deref() == Some(project));
+                for old in own.skip(rot.keep) {
                     tracing::info!(instance = uuid, image = %old.id, "rotating out an old backup");
                     if let Err(e) = self.images.glance().delete(Some(ctx), &old.id).await {
                         tracing::warn!(instance = uuid, image = %old.id, error = %e, "could not delete an old backup");

@@ -1026,7 +1026,8 @@ async fn a_snapshot_whose_upload_fails_deletes_the_half_made_image() {
 async fn a_backup_rotates_out_the_oldest_backups_of_its_type() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::ImageBackup), Running);
-    let props = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u});
+    let props = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u,
+                       "owner": crate::testing::PROJECT});
     for id in ["b-1", "b-2", "b-3"] {
         h.glance.add_queued(id, props.clone());
     }
@@ -2277,4 +2278,26 @@ async fn review_probe_an_evacuation_never_claims_another_instances_migration() {
         (Some(json!("host-y")), Some(json!("accepted"))),
         "another instance's migration was taken over by this evacuation (result {r:?})"
     );
+}
+
+/// Review probe (branch review-moves): a backup's rotation deletes by
+/// properties alone. Listed with credentials that see every project (an
+/// admin's backup, or `[glance] auth_type` = password / admin_token), an
+/// image another project planted with the same properties takes a kept
+/// slot, and the instance's own backup that should stay is deleted.
+#[tokio::test]
+async fn review_probe_a_rotation_counts_only_the_instance_projects_backups() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Active, Some(TaskState::ImageBackup), Running);
+    let own = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u,
+                     "owner": crate::testing::PROJECT});
+    let planted = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u,
+                         "owner": "attacker-project"});
+    h.glance.add_queued("b-1", own.clone());
+    h.glance.add_queued("b-2", own.clone());
+    h.glance.add_queued("b-2x", planted);
+    h.glance.add_queued("b-3", own);
+    let rotation = crate::compute::snapshot::Rotation { backup_type: "daily".into(), keep: 2 };
+    h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "b-3", Some(rotation)).await.unwrap();
+    assert!(h.glance.image("b-2").is_some(), "the instance's second newest backup was rotated out by a planted image");
 }
