@@ -1101,6 +1101,17 @@ impl<D: Driver> ComputeManager<D> {
         request_spec: Value,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Destination)?;
+        // Review sketch: as confirm_resize's guard, on the instance as it is
+        // now: a revert only of a resized instance the API is reverting.
+        let fresh = self.conductor.instance_get(ctx, i.uuid()).await?;
+        if fresh.vm_state() != Some(VmState::Resized) || fresh.task_state() != Some(TaskState::ResizeReverting) {
+            tracing::warn!(
+                instance = i.uuid(),
+                migration = m.uuid(),
+                "not a resized instance being reverted; not reverting"
+            );
+            return Ok(());
+        }
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
         self.move_step(
             ctx,

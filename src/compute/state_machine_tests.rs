@@ -2301,3 +2301,23 @@ async fn review_probe_a_rotation_counts_only_the_instance_projects_backups() {
     h.manager.snapshot_instance(&h.ctx, h.rpc_instance(&u), "b-3", Some(rotation)).await.unwrap();
     assert!(h.glance.image("b-2").is_some(), "the instance's second newest backup was rotated out by a planted image");
 }
+
+/// Review probe (branch review-moves): a revert_resize for a migration that
+/// is over (here: reverted long ago) removes the container the instance
+/// runs in now on this host, which `confirm_resize`'s guard prevents for a
+/// stale confirm.
+#[tokio::test]
+async fn review_probe_a_stale_revert_leaves_the_running_instance_alone() {
+    let h = Harness::new();
+    // Active and running here (moved here by a later, confirmed move).
+    let u = h.instance(VmState::Active, None, Running);
+    let m = uuid::Uuid::new_v4().to_string();
+    h.nova.add_migration(json!({"uuid": m, "id": 9, "instance_uuid": u, "source_compute": "other",
+        "source_node": "other", "dest_compute": crate::testing::HOST, "dest_node": crate::testing::HOST,
+        "status": "reverted", "old_instance_type_id": 1, "new_instance_type_id": 2, "migration_type": "resize"}));
+    let r = h.manager.revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m), Value::Null).await;
+    assert!(
+        h.driver.container(&u).is_some_and(|c| c.state == Running),
+        "the container the instance runs in was removed by a stale revert ({r:?})"
+    );
+}
