@@ -89,16 +89,16 @@ impl<D: Driver> ComputeManager<D> {
         let uuid = i.uuid().to_string();
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
-        // Review sketch: an evacuation's migration must be this instance's
-        // (the full check would also want migration_type "evacuation").
+        // An evacuation claims, fails or completes the migration the RPC
+        // names: only this instance's evacuation (as check_migration for
+        // the other moves), never another's that a buggy peer names.
         if req.evacuate
             && let Some(m) = &req.migration
-            && m.instance_uuid() != uuid
+            && (m.instance_uuid() != uuid || m.migration_type() != Some("evacuation"))
         {
             return Err(OpError::Nova(crate::rpc::RemoteError::bad_request(format!(
-                "migration {}: it moves instance {}, not {uuid}",
-                m.uuid(),
-                m.instance_uuid()
+                "migration {} is not an evacuation of instance {uuid}",
+                m.uuid()
             ))));
         }
         let claim = req.evacuate.then(|| Claim::AddedOnThisNode(req.migration.clone()));

@@ -1101,15 +1101,7 @@ impl<D: Driver> ComputeManager<D> {
         request_spec: Value,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Destination)?;
-        // Review sketch: as confirm_resize's guard, on the instance as it is
-        // now: a revert only of a resized instance the API is reverting.
-        let fresh = self.conductor.instance_get(ctx, i.uuid()).await?;
-        if fresh.vm_state() != Some(VmState::Resized) || fresh.task_state() != Some(TaskState::ResizeReverting) {
-            tracing::warn!(
-                instance = i.uuid(),
-                migration = m.uuid(),
-                "not a resized instance being reverted; not reverting"
-            );
+        if !self.still_reverting(ctx, &i, &m, true).await? {
             return Ok(());
         }
         let on_failure = OnFailure::ErrorState { clean_task_state: false, refresh_power: false };
@@ -1148,6 +1140,9 @@ impl<D: Driver> ComputeManager<D> {
         mut m: Migration,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Source)?;
+        if !self.still_reverting(ctx, &i, &m, false).await? {
+            return Ok(());
+        }
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         self.move_step(
             ctx,
@@ -1164,6 +1159,32 @@ impl<D: Driver> ComputeManager<D> {
             },
         )
         .await
+    }
+
+    /// As `confirm_resize`'s guard, on the instance as it is now: a revert
+    /// step runs only while the API is reverting the move (`resize_reverting`;
+    /// on the destination also still `resized`). A stale or repeated revert
+    /// would otherwise remove the container the instance runs in now.
+    async fn still_reverting(
+        &self,
+        ctx: &RequestContext,
+        i: &Instance,
+        m: &Migration,
+        resized: bool,
+    ) -> Result<bool, OpError> {
+        let fresh = self.conductor.instance_get(ctx, i.uuid()).await?;
+        let reverting = fresh.task_state() == Some(TaskState::ResizeReverting)
+            && (!resized || fresh.vm_state() == Some(VmState::Resized));
+        if !reverting {
+            tracing::warn!(
+                instance = i.uuid(),
+                migration = m.uuid(),
+                vm_state = ?fresh.vm_state(),
+                task_state = ?fresh.task_state(),
+                "a revert of a move the API is not reverting; nothing done"
+            );
+        }
+        Ok(reverting)
     }
 
     async fn revert_here(&self, ctx: &RequestContext, i: &mut Instance, m: &Migration) -> Result<(), OpError> {

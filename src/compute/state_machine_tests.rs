@@ -2053,7 +2053,9 @@ async fn an_evacuation_lands_here_with_its_ports_and_ends_the_migration_done() {
     let mig = uuid::Uuid::new_v4().to_string();
     req.evacuate = true;
     req.image_ref = None;
-    req.migration = Some(crate::objects::Migration::from_primitive(&migration(&mig, &u)).unwrap());
+    let mut evacuation = migration(&mig, &u);
+    evacuation["nova_object.data"]["migration_type"] = json!("evacuation");
+    req.migration = Some(crate::objects::Migration::from_primitive(&evacuation).unwrap());
     h.manager.rebuild_instance(&h.ctx, h.rpc_instance(&u), req).await.unwrap();
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running), "{:?}", faults_of(&h, &u));
     assert_eq!(h.nova.field(&u, "host"), Some(json!(crate::testing::HOST)));
@@ -2255,12 +2257,12 @@ mod console_tokens {
     }
 }
 
-/// Review probe (branch review-moves): an evacuation's `migration` argument
-/// naming another instance's migration is claimed as this host's (its
-/// `dest_compute` rewritten, its status changed), as `prep_resize` and the
-/// other move steps never would (`check_migration`).
+/// An evacuation's `migration` argument naming another instance's
+/// migration is never claimed as this host's (its `dest_compute` rewritten,
+/// its status changed), as `prep_resize` and the other move steps never do
+/// (`check_migration`).
 #[tokio::test]
-async fn review_probe_an_evacuation_never_claims_another_instances_migration() {
+async fn an_evacuation_never_claims_another_instances_migration() {
     let h = Harness::new();
     let (u, mut req) = rebuilding(&h, VmState::Active, NoState);
     h.nova.set_field(&u, "host", json!("dead-host"));
@@ -2280,13 +2282,13 @@ async fn review_probe_an_evacuation_never_claims_another_instances_migration() {
     );
 }
 
-/// Review probe (branch review-moves): a backup's rotation deletes by
-/// properties alone. Listed with credentials that see every project (an
-/// admin's backup, or `[glance] auth_type` = password / admin_token), an
-/// image another project planted with the same properties takes a kept
-/// slot, and the instance's own backup that should stay is deleted.
+/// A backup's rotation never deletes by properties alone. Listed with
+/// credentials that see every project (an admin's backup, or `[glance]
+/// auth_type` = password / admin_token), an image another project planted
+/// with the same properties would take a kept slot, and the instance's own
+/// backup that should stay would be deleted.
 #[tokio::test]
-async fn review_probe_a_rotation_counts_only_the_instance_projects_backups() {
+async fn a_rotation_counts_only_the_instance_projects_backups() {
     let h = Harness::new();
     let u = h.instance(VmState::Active, Some(TaskState::ImageBackup), Running);
     let own = json!({"image_type": "backup", "backup_type": "daily", "instance_uuid": u,
@@ -2302,12 +2304,12 @@ async fn review_probe_a_rotation_counts_only_the_instance_projects_backups() {
     assert!(h.glance.image("b-2").is_some(), "the instance's second newest backup was rotated out by a planted image");
 }
 
-/// Review probe (branch review-moves): a revert_resize for a migration that
-/// is over (here: reverted long ago) removes the container the instance
-/// runs in now on this host, which `confirm_resize`'s guard prevents for a
-/// stale confirm.
+/// A revert_resize for a migration that is over (here: reverted long ago)
+/// leaves the container the instance runs in now on this host alone, as
+/// `confirm_resize`'s guard does for a stale confirm; so does a stale
+/// finish_revert_resize on the source.
 #[tokio::test]
-async fn review_probe_a_stale_revert_leaves_the_running_instance_alone() {
+async fn a_stale_revert_leaves_the_running_instance_alone() {
     let h = Harness::new();
     // Active and running here (moved here by a later, confirmed move).
     let u = h.instance(VmState::Active, None, Running);
@@ -2320,4 +2322,14 @@ async fn review_probe_a_stale_revert_leaves_the_running_instance_alone() {
         h.driver.container(&u).is_some_and(|c| c.state == Running),
         "the container the instance runs in was removed by a stale revert ({r:?})"
     );
+    // The source's step, with this host as the source.
+    h.nova.set_migration_field(&m, "source_compute", json!(crate::testing::HOST));
+    h.nova.set_migration_field(&m, "dest_compute", json!("other"));
+    let before = h.driver.calls().len();
+    let r = h.manager.finish_revert_resize(&h.ctx, h.rpc_instance(&u), h.nova.migration(&m)).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(h.driver.calls()[before..], [] as [String; 0], "a stale finish_revert_resize touched the container");
+    assert!(h.driver.container(&u).is_some_and(|c| c.state == Running), "a stale finish_revert_resize");
+    assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
+    assert!(faults_of(&h, &u).is_empty());
 }
