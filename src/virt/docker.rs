@@ -897,9 +897,25 @@ impl Driver for DockerDriver {
         if !changes.is_empty() {
             opts = opts.changes(&joined);
         }
+        // Docker merges the container's labels into the committed image,
+        // and the image goes to Glance, where the tenant downloads it: the
+        // host's labels (host name, project, user, flavor) are blanked.
+        let host_labels = [
+            labels::INSTANCE,
+            labels::HOST,
+            labels::PROJECT,
+            labels::USER,
+            labels::FLAVOR,
+            labels::IMAGE,
+            labels::ROOT_GB,
+        ];
+        let config = bollard::models::ContainerConfig {
+            labels: Some(host_labels.iter().map(|k| (k.to_string(), String::new())).collect()),
+            ..Default::default()
+        };
         let r = self
             .with_wait(Duration::from_secs(600))
-            .commit_container(opts.build(), bollard::models::ContainerConfig::default())
+            .commit_container(opts.build(), config)
             .await
             .map_err(|e| Self::not_found_or(uuid, "commit", e))?;
         Ok(r.id)

@@ -87,6 +87,16 @@ async fn snapshot_boots_again(release: Release) {
     // The host's own archive: no tag in it, only the image.
     let loaded = String::from_utf8_lossy(&out.stdout).to_string();
     let loaded_id = loaded.trim().strip_prefix("Loaded image ID: ").unwrap_or_else(|| panic!("{loaded}"));
+    // The tenant's download names nothing of the host (its labels blanked).
+    let out = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{json .Config.Labels}}", loaded_id])
+        .output()
+        .unwrap();
+    let labels: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        assert!(!k.starts_with("nova.") || v == "", "the snapshot carries {k}={v}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&name), "the snapshot names the host: {labels}");
     let _ = std::process::Command::new("docker").args(["rmi", loaded_id]).output();
 
     // A server booted from the snapshot has the file (downloaded from Glance,
