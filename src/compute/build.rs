@@ -80,10 +80,7 @@ impl<D: Driver> ComputeManager<D> {
     /// removed and nothing left on the host; never a server stuck in BUILD.
     pub async fn build_and_run_instance(&self, ctx: &RequestContext, mut i: Instance, req: BuildRequest) {
         let uuid = i.uuid().to_string();
-        let _slot = match &self.build_slots {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        };
+        let _slot = self.build_slot().await;
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         let started = Instant::now();

@@ -81,6 +81,27 @@ fn semaphore(n: usize) -> Option<Semaphore> {
 }
 
 impl<D: Driver> ComputeManager<D> {
+    /// A slot of `max_concurrent_builds`, held by every operation that
+    /// loads an image into Docker (build, rebuild, unshelve, a move's
+    /// finish): a tenant cannot run more image loads at once by choosing
+    /// another operation. None when unlimited.
+    pub(crate) async fn build_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.build_slots {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// A slot of `max_concurrent_snapshots`, held by every operation that
+    /// commits and uploads a container (snapshot, backup, shelve, a move
+    /// between hosts). None when unlimited.
+    pub(crate) async fn snapshot_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.snapshot_slots {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        }
+    }
+
     /// A manager; `mark_ready` opens it to requests.
     pub fn new(
         settings: Arc<Settings>,

@@ -87,6 +87,7 @@ impl<D: Driver> ComputeManager<D> {
         req: RebuildRequest,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
+        let _slot = self.build_slot().await;
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         // An evacuation claims, fails or completes the migration the RPC

@@ -460,6 +460,7 @@ impl<D: Driver> ComputeManager<D> {
         clean_shutdown: bool,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Source)?;
+        let _slot = self.snapshot_slot().await;
         self.move_step(
             ctx,
             i,
@@ -726,6 +727,7 @@ impl<D: Driver> ComputeManager<D> {
         disk_info: Option<Value>,
     ) -> Result<(), OpError> {
         self.check_migration(&i, &m, Role::Destination)?;
+        let _slot = self.build_slot().await;
         let on_failure = OnFailure::ErrorState { clean_task_state: true, refresh_power: true };
         // The move's Glance image, once checked to be this move's.
         let mut moved: Option<String> = None;

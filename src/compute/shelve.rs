@@ -33,6 +33,7 @@ impl<D: Driver> ComputeManager<D> {
         clean: bool,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
+        let _slot = self.snapshot_slot().await;
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         let was = self.power_state_of(&uuid).await.unwrap_or(PowerState::NoState);
@@ -131,6 +132,7 @@ impl<D: Driver> ComputeManager<D> {
         image: Option<Value>,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
+        let _slot = self.build_slot().await;
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         let op = Operation::new("compute_unshelve_instance")

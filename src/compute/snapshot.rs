@@ -38,10 +38,7 @@ impl<D: Driver> ComputeManager<D> {
         rotation: Option<Rotation>,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
-        let _slot = match &self.snapshot_slots {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        };
+        let _slot = self.snapshot_slot().await;
         let _lock = self.locks.lock(&uuid).await;
         let _busy = self.mark_busy(&uuid);
         let event = if rotation.is_some() { "compute_backup_instance" } else { "compute_snapshot_instance" };

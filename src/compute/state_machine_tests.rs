@@ -2333,3 +2333,43 @@ async fn a_stale_revert_leaves_the_running_instance_alone() {
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
     assert!(faults_of(&h, &u).is_empty());
 }
+
+/// Rebuild and unshelve load images as builds do, shelve commits and
+/// uploads as snapshots do: each waits for a slot of the same limit
+/// (`max_concurrent_builds`, `max_concurrent_snapshots`), so choosing
+/// another operation gets a tenant no more loads or uploads at once.
+#[tokio::test]
+async fn moves_wait_for_the_build_and_snapshot_slots() {
+    let h = Harness::with_options("max_concurrent_builds = 1\nmax_concurrent_snapshots = 1");
+    let (u, req) = rebuilding(&h, VmState::Active, Running);
+    let held = h.manager.build_slots.as_ref().expect("a build limit").acquire().await.unwrap();
+    let rebuild = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
+        async move { m.rebuild_instance(&ctx, i, req).await }
+    });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!rebuild.is_finished(), "the rebuild ran beside a build holding the only slot");
+    assert_eq!(h.nova.field(&u, "image_ref"), Some(json!("img-2")), "nothing done yet");
+    assert!(h.driver.calls().iter().all(|c| !c.contains("set_aside")), "{:?}", h.driver.calls());
+    drop(held);
+    rebuild.await.unwrap().unwrap();
+    assert_eq!(h.states(&u).0, Some(VmState::Active));
+
+    let s = h.instance(VmState::Active, Some(TaskState::Shelving), Running);
+    h.glance.add_queued("shelved-1", json!({"image_type": "snapshot", "instance_uuid": s}));
+    let held = h.manager.snapshot_slots.as_ref().expect("a snapshot limit").acquire().await.unwrap();
+    let shelve = tokio::spawn({
+        let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&s));
+        async move { m.shelve_instance(&ctx, i, "shelved-1", true).await }
+    });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!shelve.is_finished(), "the shelve ran beside a snapshot holding the only slot");
+    assert_eq!(h.states(&s).1, Some(TaskState::Shelving), "nothing done yet");
+    drop(held);
+    shelve.await.unwrap().unwrap();
+    assert_eq!(h.states(&s).0, Some(VmState::ShelvedOffloaded));
+}
