@@ -491,14 +491,15 @@ impl Conductor {
         self.migration_list(ctx, "get_by_filters", vec![filters]).await
     }
 
-    /// The evacuations to this host not finished yet (accepted or
-    /// pre-migrating): at start-up, those a crash of this service cut short.
-    /// Nova's query has no `dest_compute` filter (it would ignore one and
-    /// return every host's evacuations): `host` matches source or
-    /// destination, and the destination is checked here.
+    /// The evacuations this host started (`pre-migrating`, set by its
+    /// claim) and did not finish: at start-up, those a crash of this
+    /// service cut short. An `accepted` one has not started here: its cast
+    /// may still wait in the queue. Nova's query has no `dest_compute`
+    /// filter (it would ignore one and return every host's evacuations):
+    /// `host` matches source or destination, and the destination is checked
+    /// here.
     pub async fn evacuations_to_host(&self, ctx: &RequestContext) -> Result<Vec<Migration>, ConductorError> {
-        let filters = json!({"host": self.host, "status": ["accepted", "pre-migrating"],
-                             "migration_type": "evacuation"});
+        let filters = json!({"host": self.host, "status": ["pre-migrating"], "migration_type": "evacuation"});
         let all = self.migration_list(ctx, "get_by_filters", vec![filters]).await?;
         Ok(all.into_iter().filter(|m| m.dest_compute() == Some(self.host.as_str())).collect())
     }

@@ -748,21 +748,24 @@ async fn start_up_recovery_finishes_interrupted_operations() {
 
 /// Only an evacuation to this host that a restart cut short is failed at
 /// start-up; another host's evacuation in flight (Nova's migration query
-/// cannot filter on the destination) is left to that host.
+/// cannot filter on the destination) is left to that host, and one not
+/// started here yet to its queued cast.
 #[tokio::test]
 async fn start_up_fails_only_the_evacuations_to_this_host() {
     let h = Harness::new();
-    let evacuating = |dest: &str| {
+    let evacuating = |dest: &str, status: &str| {
         let u = h.instance(VmState::Active, Some(TaskState::Rebuilding), NoState);
         h.nova.set_field(&u, "host", json!("dead"));
         let m = uuid::Uuid::new_v4().to_string();
         h.nova.add_migration(json!({"uuid": m, "id": 9, "instance_uuid": u, "source_compute": "dead",
-            "source_node": "dead", "dest_compute": dest, "status": "pre-migrating",
+            "source_node": "dead", "dest_compute": dest, "status": status,
             "migration_type": "evacuation"}));
         (u, m)
     };
-    let (mine, my_migration) = evacuating(crate::testing::HOST);
-    let (theirs, their_migration) = evacuating("other");
+    let (mine, my_migration) = evacuating(crate::testing::HOST, "pre-migrating");
+    let (theirs, their_migration) = evacuating("other", "pre-migrating");
+    // Not started here yet (its rebuild cast may wait in the queue).
+    let (queued, queued_migration) = evacuating(crate::testing::HOST, "accepted");
     h.manager.init_host(&h.ctx).await.unwrap();
     assert_eq!(h.states(&mine).0, Some(VmState::Error));
     assert_eq!(h.nova.migration(&my_migration).status(), Some("failed"));
@@ -770,6 +773,8 @@ async fn start_up_fails_only_the_evacuations_to_this_host() {
     assert_eq!(h.states(&theirs).1, Some(TaskState::Rebuilding));
     assert_eq!(h.nova.migration(&their_migration).status(), Some("pre-migrating"));
     assert!(faults_of(&h, &theirs).is_empty());
+    assert_eq!(h.states(&queued).1, Some(TaskState::Rebuilding), "a queued evacuation is left to its cast");
+    assert_eq!(h.nova.migration(&queued_migration).status(), Some("accepted"));
 }
 
 #[tokio::test]
