@@ -165,6 +165,8 @@ impl<D: Driver> ComputeManager<D> {
             self.vif_events.forget(uuid);
             return Err(e.into());
         }
+        // The bench's mark between our plumbing and Neutron's event.
+        tracing::debug!(instance = uuid, ports = ni.len(), awaited = awaited.len(), "ports plugged");
         if expected.is_empty() {
             return Ok(());
         }

@@ -2378,3 +2378,28 @@ async fn moves_wait_for_the_build_and_snapshot_slots() {
     shelve.await.unwrap().unwrap();
     assert_eq!(h.states(&s).0, Some(VmState::ShelvedOffloaded));
 }
+
+/// The count of timed full power-state sync passes in the global registry.
+fn power_sync_passes() -> f64 {
+    crate::metrics::global()
+        .render()
+        .lines()
+        .find(|l| {
+            l.starts_with("nova_docker_operation_duration_seconds_count{")
+                && l.contains("operation=\"power_sync\"")
+                && l.contains("phase=\"pass\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_full_sync_pass_is_timed_for_the_bench() {
+    let h = Harness::new();
+    h.instance(VmState::Active, None, Running);
+    let before = power_sync_passes();
+    h.manager.sync_all(&h.ctx).await;
+    // Other tests run passes at the same time: at least this one counted.
+    assert!(power_sync_passes() >= before + 1.0, "{before}");
+}

@@ -410,7 +410,11 @@ impl<D: Driver> ComputeManager<D> {
     }
 
     /// A full pass: every instance of this host, and containers without one.
+    /// Each completed pass is timed (`nova_docker_operation_duration_seconds`
+    /// with operation `power_sync`, phase `pass`, and a debug line): the
+    /// bench reads how long one pass over N instances takes.
     pub async fn sync_all(&self, ctx: &RequestContext) {
+        let started = std::time::Instant::now();
         let containers = match self.driver.list_instances().await {
             Ok(c) => c,
             Err(e) => {
@@ -436,6 +440,18 @@ impl<D: Driver> ComputeManager<D> {
         for c in containers.iter().filter(|c| !known.contains(c.uuid.as_str()) && !self.is_busy(&c.uuid)) {
             self.handle_orphan(ctx, &c.uuid, c.state).await;
         }
+        let elapsed = started.elapsed();
+        metrics::global().observe(
+            "nova_docker_operation_duration_seconds",
+            &[("operation", "power_sync"), ("phase", "pass")],
+            elapsed,
+        );
+        tracing::debug!(
+            instances = instances.len(),
+            containers = containers.len(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "power-state sync pass done"
+        );
     }
 
     /// A container of this host whose instance Nova does not place here.

@@ -68,6 +68,9 @@ MODES = {
                   rpc_calls=200, rpc_casts=1000),
     # tests/bench/run --rpc: the RPC step alone, in about a minute
     'rpc': dict(rpc_calls=1000, rpc_casts=2000),
+    # tests/bench/run --port / --density N (tests/bench/port_density.py)
+    'port': dict(serial=10, parallel=50),
+    'density': dict(n=500, rest_s=60, rpc_calls=500, sync_interval_s=90),
 }
 RPC_MARK_START = '<!-- bench-rpc:start -->'
 RPC_MARK_END = '<!-- bench-rpc:end -->'
@@ -248,6 +251,7 @@ class Api:
         self.nova = env['ND_NOVA_API']
         self.glance = env['ND_GLANCE']
         self.placement = env['ND_PLACEMENT']
+        self.neutron_url = env.get('ND_NEUTRON')
         self.token = env['ND_TOKEN']
         self._local = threading.local()
 
@@ -268,8 +272,10 @@ class Api:
         return r
 
     # servers
-    def create(self, name, image, host):
-        body = {'server': {'name': name, 'imageRef': image, 'flavorRef': FLAVOR, 'networks': 'none',
+    def create(self, name, image, host, networks='none', flavor=FLAVOR):
+        """POST /servers forced onto HOST; NETWORKS 'none' or a list of
+        {'uuid': network} (one port each)."""
+        body = {'server': {'name': name, 'imageRef': image, 'flavorRef': flavor, 'networks': networks,
                            'availability_zone': 'nova:' + host}}
         return self.req('POST', self.nova + '/servers', ok=(202,), json=body).json()['server']['id']
 
@@ -328,6 +334,18 @@ class Api:
         r = requests.get('%s/resource_providers/%s/inventories' % (self.placement, rps[0]['uuid']),
                          headers=h, timeout=30)
         return r.ok and 'VCPU' in r.json().get('inventories', {})
+
+    def neutron(self, method, path, ok=(200,), **kw):
+        """A Neutron API request (admin token); the JSON answer, or None."""
+        r = self.req(method, self.neutron_url + path, ok=ok, **kw)
+        return r.json() if r.content else None
+
+    def placement_get(self, path):
+        h = {'X-Auth-Token': self.token, 'OpenStack-API-Version': 'placement 1.36'}
+        r = requests.get(self.placement + path, headers=h, timeout=30)
+        if not r.ok:
+            raise BenchError('placement GET %s -> HTTP %s: %s' % (path, r.status_code, r.text[:300]))
+        return r.json()
 
     # glance
     def image_by_name(self, name):
@@ -493,20 +511,23 @@ def docker_rm_label(label):
 class OurService:
     """nova-docker serve as compute host nd-bench, in its own process group."""
 
-    def __init__(self, binary, env, metrics_port):
-        self.binary, self.env = binary, env
-        self.dir = os.path.join(BENCH_STATE, HOST)
+    def __init__(self, binary, env, metrics_port, host=HOST, cpu_ratio=128.0, extra_default=''):
+        """HOST: nd-bench, or the L2 agent's host for servers with ports
+        (--port); EXTRA_DEFAULT: more [DEFAULT] options (--density)."""
+        self.binary, self.env, self.host = binary, env, host
+        self.dir = os.path.join(BENCH_STATE, host)
         self.conf = os.path.join(self.dir, 'nova.conf')
         self.log = os.path.join(self.dir, 'nova-docker.log')
-        self.pidfile = os.path.join(BENCH_STATE, HOST + '.pid')
+        self.instances_path = os.path.join(self.dir, 'instances')
+        self.pidfile = os.path.join(BENCH_STATE, host + '.pid')
         self.metrics = 'http://127.0.0.1:%d/metrics' % metrics_port
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
         with open(env['ND_COMPUTE_CONF_TEMPLATE']) as f:
-            text = f.read().replace('@HOST@', HOST).replace('@STATE_PATH@', self.dir)
+            text = f.read().replace('@HOST@', host).replace('@STATE_PATH@', self.dir)
         # 100 one-vCPU 128 MB instances on a 2-core host: overcommit generously
-        text = text.replace('[DEFAULT]\n', '[DEFAULT]\ncpu_allocation_ratio = 128.0\n'
-                            'ram_allocation_ratio = 8.0\ndisk_allocation_ratio = 8.0\n', 1)
+        text = text.replace('[DEFAULT]\n', '[DEFAULT]\ncpu_allocation_ratio = %.1f\n'
+                            'ram_allocation_ratio = 8.0\ndisk_allocation_ratio = 8.0\n%s' % (cpu_ratio, extra_default), 1)
         text += ('\n[docker]\nmetrics_listen = 127.0.0.1:%d\n'
                  '# JSON lines: the build phase timestamps are read from them\nlog_format = json\n' % metrics_port)
         with open(self.conf, 'w') as f:
@@ -599,18 +620,25 @@ class PythonCompute:
     """A Python nova-compute (FakeDriver) started here as PYREG_HOST, the way
     controlplane.sh starts its fake compute."""
 
-    def __init__(self, env):
-        self.dir = os.path.join(BENCH_STATE, PYREG_HOST)
+    def __init__(self, env, host=PYREG_HOST, node_uuid=None):
+        """NODE_UUID: the compute node to be (state_path/compute_id), when
+        HOST already has one (the L2 agent's host, shared with ours)."""
+        self.host = host
+        # beside, not inside, the state of our service under the same name
+        self.dir = os.path.join(BENCH_STATE, host if host == PYREG_HOST else host + '-python')
         os.makedirs(os.path.join(self.dir, 'instances'), exist_ok=True)
         os.makedirs(os.path.join(self.dir, 'lock'), exist_ok=True)
         self.conf = os.path.join(self.dir, 'nova.conf')
         self.log = os.path.join(self.dir, 'nova-compute.log')
         with open(env['ND_COMPUTE_CONF_TEMPLATE']) as f:
-            text = f.read().replace('@HOST@', PYREG_HOST).replace('@STATE_PATH@', self.dir)
+            text = f.read().replace('@HOST@', host).replace('@STATE_PATH@', self.dir)
         text = re.sub(r'^(host = .*)$', r'\1\ncompute_driver = fake.FakeDriverWithoutFakeNodes', text, count=1,
                       flags=re.M)
         with open(self.conf, 'w') as f:
             f.write(text)
+        if node_uuid:
+            with open(os.path.join(self.dir, 'compute_id'), 'w') as f:
+                f.write(node_uuid + '\n')
         self.exe = os.path.join(os.path.dirname(env['ND_PYTHON']), 'nova-compute')
         self.proc = None
 
@@ -636,8 +664,15 @@ class PythonCompute:
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.mode = 'quick' if args.quick else 'rpc' if args.rpc else 'full'
-        self.cfg = MODES[self.mode]
+        self.mode = ('quick' if args.quick else 'rpc' if args.rpc else 'port' if args.port
+                     else 'density' if args.density else 'full')
+        self.cfg = dict(MODES[self.mode])
+        if self.mode == 'density':
+            self.cfg['n'] = args.density
+        if self.mode == 'port' and args.serial:
+            self.cfg['serial'] = args.serial
+        if self.mode == 'port' and args.at_once:
+            self.cfg['parallel'] = args.at_once
         self.env = read_env_sh(os.path.join(STATE, 'env.sh'))
         if not self.env.get('ND_TOKEN'):
             # Keystone: the admin's token, issued now (tests/env/pylib)
@@ -930,6 +965,15 @@ class Bench:
             raise BenchError('server %s landed on %s, not %s' % (sid, s.get('OS-EXT-SRV-ATTR:host'), host))
         return sid, t1 - t0
 
+    def boot_with(self, host, tag, networks):
+        """A boot with NETWORKS ('none' or [{'uuid': net}]): (id, API -> ACTIVE seconds)."""
+        t0 = time.monotonic()
+        sid = self.api.create(self.name(tag), self.image, host, networks=networks)
+        t1, s = self.api.wait(sid, 'ACTIVE')
+        if s.get('OS-EXT-SRV-ATTR:host') != host:
+            raise BenchError('server %s landed on %s, not %s' % (sid, s.get('OS-EXT-SRV-ATTR:host'), host))
+        return sid, t1 - t0
+
     def timed_action(self, sid, body, status):
         t0 = time.monotonic()
         self.api.action(sid, body)
@@ -1124,7 +1168,7 @@ class Bench:
         return rows
 
     # -------------------------------------------------------------- parallel
-    def many(self, host, n, tag, post_threads=None):
+    def many(self, host, n, tag, post_threads=None, networks='none', flavor=FLAVOR, timeout=600):
         """N POSTs (N threads, or POST_THREADS at a time) then one list GET
         every 250 ms until all are ACTIVE. Returns (seconds from the first
         POST to all ACTIVE, ids, errors)."""
@@ -1134,7 +1178,7 @@ class Bench:
 
         def post(i):
             try:
-                sid = self.api.create('%s%d' % (prefix, i), self.image, host)
+                sid = self.api.create('%s%d' % (prefix, i), self.image, host, networks=networks, flavor=flavor)
                 with lock:
                     ids.append(sid)
             except Exception as e:  # noqa: BLE001
@@ -1151,7 +1195,7 @@ class Bench:
                 t.start()
             for t in ts:
                 t.join()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + timeout
         while True:
             sv = {s['id']: s for s in self.api.servers(prefix)}
             now = time.monotonic()
@@ -1163,7 +1207,8 @@ class Bench:
                    for i in ids):
                 break
             if now > deadline:
-                errors.append('not all ACTIVE after 600 s')
+                errors.append('not all ACTIVE after %d s (%d of %d ACTIVE)' % (
+                    timeout, sum(1 for s in sv.values() if s['status'] == 'ACTIVE'), n))
                 break
             time.sleep(0.25)
         return now - t0, ids, errors
@@ -1461,6 +1506,30 @@ class Bench:
             except Exception as e:  # noqa: BLE001
                 self.errors.append('cleanup: service record %s: %s' % (h, e))
 
+    def run_port_density(self, t_start):
+        """tests/bench/run --port / --density: port_density.py's step, its
+        own block of BENCHMARKS.md, the raw results beside the others."""
+        import port_density
+        step = port_density.PortBench(self) if self.mode == 'port' else port_density.DensityBench(self)
+        try:
+            self.step(self.mode, step.run, needs_ours=False)
+        finally:
+            step.cleanup()
+        self.r['machine']['loadavg_end'] = open('/proc/loadavg').read().split()[:3]
+        self.r['duration_s'] = time.monotonic() - t_start
+        self.r['errors'], self.r['warnings'] = self.errors, self.warnings
+        raw = os.path.join(BENCH_STATE, 'results-%s.json' % self.mode)
+        with open(raw, 'w') as f:
+            json.dump(self.r, f, indent=1)
+        log('raw results: %s' % raw)
+        step.write_report(os.path.join(ROOT, 'BENCHMARKS.md'))
+        log('BENCHMARKS.md written; %d error(s); %.1f min' % (len(self.errors), self.r['duration_s'] / 60))
+        for w in self.warnings:
+            log('WARNING: %s' % w)
+        for e in self.errors:
+            log('ERROR: %s' % e)
+        return 1 if self.errors else 0
+
     def broker_warnings(self):
         """The main RabbitMQ node is shared: when something restarts it
         during the run, our log says so; the figures around it are off."""
@@ -1479,6 +1548,8 @@ class Bench:
     def run(self):
         t_start = time.monotonic()
         self.machine()
+        if self.mode in ('port', 'density'):
+            return self.run_port_density(t_start)
         try:
             self.step('preflight', self.preflight, needs_ours=False)
             if not self.errors and self.mode == 'rpc':
@@ -1992,6 +2063,11 @@ def main():
     g.add_argument('--quick', action='store_true')
     g.add_argument('--full', action='store_true')
     g.add_argument('--rpc', action='store_true', help='the RPC step alone (about a minute)')
+    g.add_argument('--port', action='store_true', help='boot with one Neutron port (port_density.py)')
+    g.add_argument('--density', type=int, nargs='?', const=500, metavar='N',
+                   help='N instances on one host, default 500 (port_density.py)')
+    ap.add_argument('--serial', type=int, help='--port: serial boots per kind (default 10)')
+    ap.add_argument('--at-once', type=int, help='--port: boots at once (default 50)')
     ap.add_argument('--binary', default=os.path.join(ROOT, 'target', 'release', 'nova-docker'))
     ap.add_argument('--fake-host', default='nd-bench-fake')
     ap.add_argument('--net-bench-exe', help='the integration-test binary (else: cargo test)')
@@ -2003,6 +2079,8 @@ def main():
     def on_term(*_):
         raise KeyboardInterrupt('SIGTERM')
     signal.signal(signal.SIGTERM, on_term)
+    # port_density.py imports this file as `bench`: one module, not two
+    sys.modules.setdefault('bench', sys.modules[__name__])
     return Bench(args).run()
 
 
