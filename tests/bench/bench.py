@@ -70,7 +70,10 @@ MODES = {
     'rpc': dict(rpc_calls=1000, rpc_casts=2000),
     # tests/bench/run --port / --density N (tests/bench/port_density.py)
     'port': dict(serial=10, parallel=50),
-    'density': dict(n=500, rest_s=60, rpc_calls=500, sync_interval_s=90),
+    # python_budget_s: the Python FakeDriver host boots for at most this
+    # long (it managed ~0.1 /s under load: 500 would take an hour); what it
+    # reached by then is reported, not counted as an error
+    'density': dict(n=500, rest_s=60, rpc_calls=500, sync_interval_s=90, python_budget_s=600),
 }
 RPC_MARK_START = '<!-- bench-rpc:start -->'
 RPC_MARK_END = '<!-- bench-rpc:end -->'
@@ -1214,10 +1217,27 @@ class Bench:
         return now - t0, ids, errors
 
     def delete_all(self, ids, prefix):
+        """Deletes, 10 at a time, until none is listed. A delete the control
+        plane failed (the server in ERROR, e.g. SQLite's "database is
+        locked" under concurrent deletes) is issued again, at most 3 times
+        per server, and counted in self.redeleted (reported by the step)."""
         t0 = time.monotonic()
         with ThreadPoolExecutor(10) as ex:
             list(ex.map(self.api.delete, ids))
-        wait_for('servers %s* gone' % prefix, lambda: not self.api.servers(prefix), 600, poll=0.25)
+        tries = {}
+
+        def gone():
+            left = self.api.servers(prefix)
+            for s in left:
+                if s['status'] == 'ERROR' and s.get('OS-EXT-STS:task_state') is None \
+                        and tries.get(s['id'], 0) < 3:
+                    tries[s['id']] = tries.get(s['id'], 0) + 1
+                    self.redeleted = getattr(self, 'redeleted', 0) + 1
+                    log('delete of %s failed in the control plane (%s); issuing it again' % (
+                        s['id'], (s.get('fault') or {}).get('message', '?')))
+                    self.api.delete(s['id'])
+            return not left
+        wait_for('servers %s* gone' % prefix, gone, 600, poll=0.25)
         return time.monotonic() - t0
 
     def parallel(self):
