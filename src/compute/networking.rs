@@ -381,12 +381,20 @@ impl<D: Driver> ComputeManager<D> {
         ports: &[&str],
     ) -> Result<crate::virt::InstanceInfo, OpError> {
         let timeout = self.settings.vif_plugging_timeout;
-        let unplugged: Vec<String> = ports.iter().map(|p| format!("network-vif-unplugged-{p}")).collect();
+        // Neutron reports a port going down only if it was up.
+        let unplugged: Vec<String> = ni
+            .iter()
+            .filter(|v| v.active && ports.contains(&v.id.as_str()))
+            .map(|v| format!("network-vif-unplugged-{}", v.id))
+            .collect();
         let expected = self.vif_events.expect(uuid, &unplugged);
         if let Err(e) = self.driver.power_off(uuid, std::time::Duration::ZERO).await {
             self.vif_events.forget(uuid);
             return Err(e.into());
         }
+        // The host side goes too (OVS keeps a port whose veth died, and its
+        // agent would not see it go): both agents see a device removed.
+        self.driver.unplug_vifs(uuid, ni).await;
         match expected.wait(timeout).await {
             WaitOutcome::AllCompleted => {
                 tracing::info!(instance = uuid, "hard reboot: Neutron saw the ports go; starting the container")

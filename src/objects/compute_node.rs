@@ -59,16 +59,8 @@ impl ComputeNode {
         }
         obj.set("host", host);
         obj.set("hypervisor_hostname", host);
-        obj.set("hypervisor_type", "docker");
         obj.set("numa_topology", Value::Null);
         obj.set("metrics", "[]");
-        obj.set(
-            "supported_hv_specs",
-            json!([{
-                "nova_object.name": "HVSpec", "nova_object.namespace": "nova", "nova_object.version": "1.2",
-                "nova_object.data": {"arch": r.arch, "hv_type": "docker", "vm_mode": "exe"},
-            }]),
-        );
         let mut node = ComputeNode { obj };
         node.update_resources(r);
         node
@@ -121,6 +113,77 @@ impl ComputeNode {
                 changed = true;
             }
         }
+        // What this driver is, as Nova's resource tracker copies it from the
+        // driver each time: a node another driver recorded for this host
+        // (a libvirt host switched over, a FakeDriver run under the name)
+        // becomes docker's, or the scheduler's ImagePropertiesFilter keeps
+        // refusing docker images on it.
+        if self.obj.get_str("hypervisor_type") != Some("docker") {
+            self.obj.set("hypervisor_type", "docker");
+            changed = true;
+        }
+        let specs = self.obj.get("supported_hv_specs").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ours = |spec: &Value| {
+            let d = &spec["nova_object.data"];
+            (d["arch"].as_str(), d["hv_type"].as_str(), d["vm_mode"].as_str())
+                == (Some(r.arch.as_str()), Some("docker"), Some("exe"))
+        };
+        if specs.len() != 1 || !specs.iter().all(ours) {
+            self.obj.set(
+                "supported_hv_specs",
+                json!([{
+                    "nova_object.name": "HVSpec", "nova_object.namespace": "nova", "nova_object.version": "1.2",
+                    "nova_object.data": {"arch": r.arch, "hv_type": "docker", "vm_mode": "exe"},
+                }]),
+            );
+            changed = true;
+        }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources() -> NodeResources {
+        NodeResources {
+            vcpus: 2,
+            memory_mb: 1024,
+            local_gb: 10,
+            vcpus_used: 0,
+            memory_mb_used: 0,
+            local_gb_used: 0,
+            running_vms: 0,
+            disk_available_least: 10,
+            hypervisor_version: 20010024,
+            cpu_info: "{}".into(),
+            arch: "x86_64".into(),
+            host_ip: "127.0.0.1".into(),
+            cpu_allocation_ratio: 16.0,
+            ram_allocation_ratio: 1.5,
+            disk_allocation_ratio: 1.0,
+        }
+    }
+
+    /// A node another driver recorded under this host's name is adopted as
+    /// docker's: otherwise the scheduler's ImagePropertiesFilter refuses
+    /// every move of a docker image onto it (seen after a FakeDriver ran
+    /// under the name).
+    #[test]
+    fn an_adopted_node_becomes_dockers() {
+        let fake = json!({"nova_object.name": "ComputeNode", "nova_object.namespace": "nova",
+            "nova_object.version": "1.19", "nova_object.data": {"uuid": "n1", "host": "h",
+            "hypervisor_type": "fake", "supported_hv_specs": [{"nova_object.name": "HVSpec",
+            "nova_object.namespace": "nova", "nova_object.version": "1.2",
+            "nova_object.data": {"arch": "x86_64", "hv_type": "fake", "vm_mode": "hvm"}}]}});
+        let mut node = ComputeNode::from_primitive(&fake).unwrap();
+        assert!(node.update_resources(&resources()));
+        assert_eq!(node.obj.get_str("hypervisor_type"), Some("docker"));
+        let spec = &node.obj.get("supported_hv_specs").unwrap()[0]["nova_object.data"];
+        assert_eq!((spec["hv_type"].as_str(), spec["vm_mode"].as_str()), (Some("docker"), Some("exe")));
+        assert!(!node.update_resources(&resources()), "nothing more to save");
+        let new = ComputeNode::new("n2", "h", None, &resources());
+        assert_eq!(new.obj.get_str("hypervisor_type"), Some("docker"));
     }
 }
