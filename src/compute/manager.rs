@@ -318,9 +318,8 @@ impl<D: Driver> ComputeManager<D> {
                 // `[workarounds] wait_for_vif_plugged_event_during_hard_reboot`:
                 // the restart waits on Neutron around the re-plug.
                 let ni = started_saved.await?;
-                if let Some(rebooted) = self.hard_reboot_awaiting_vifs(&uuid, &ni).await {
-                    let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
-                    return self.settle(ctx, i, vm, rebooted?.state, Expected::Any).await;
+                if let Some(rebooted) = self.hard_reboot_awaiting_vifs(i, &ni).await {
+                    return self.settle(ctx, i, after_reboot_vm_state(i), rebooted?.state, Expected::Any).await;
                 }
                 let info = self.driver.reboot(&uuid, hard, self.settings.shutdown_timeout).await;
                 return self.after_reboot(ctx, i, &uuid, &ni, info).await;
@@ -360,8 +359,7 @@ impl<D: Driver> ComputeManager<D> {
                 now
             }
         };
-        let vm = if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active };
-        self.settle(ctx, i, vm, new_state, Expected::Any).await
+        self.settle(ctx, i, after_reboot_vm_state(i), new_state, Expected::Any).await
     }
 
     // ------------------------------------------------------------------
@@ -518,6 +516,11 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<u8> {
         }
     }
     bytes.to_vec()
+}
+
+/// The vm_state a rebooted instance settles in: a rescued one stays rescued.
+fn after_reboot_vm_state(i: &Instance) -> VmState {
+    if i.vm_state() == Some(VmState::Rescued) { VmState::Rescued } else { VmState::Active }
 }
 
 #[cfg(test)]

@@ -363,7 +363,7 @@ impl<D: Driver> ComputeManager<D> {
     /// the instance is of a listed type (the plain hard reboot applies).
     pub async fn hard_reboot_awaiting_vifs(
         &self,
-        uuid: &str,
+        i: &Instance,
         ni: &NetworkInfo,
     ) -> Option<Result<crate::virt::InstanceInfo, OpError>> {
         let waited = &self.settings.hard_reboot_vif_wait;
@@ -371,22 +371,34 @@ impl<D: Driver> ComputeManager<D> {
         if ports.is_empty() {
             return None;
         }
-        Some(self.unplug_then_replug(uuid, ni, &ports).await)
+        Some(self.unplug_then_replug(i, ni, &ports).await)
     }
 
     async fn unplug_then_replug(
         &self,
-        uuid: &str,
+        i: &Instance,
         ni: &NetworkInfo,
         ports: &[&str],
     ) -> Result<crate::virt::InstanceInfo, OpError> {
+        let uuid = i.uuid();
         let timeout = self.settings.vif_plugging_timeout;
-        // Neutron reports a port going down only if it was up.
-        let unplugged: Vec<String> = ni
-            .iter()
-            .filter(|v| v.active && ports.contains(&v.id.as_str()))
-            .map(|v| format!("network-vif-unplugged-{}", v.id))
-            .collect();
+        // Neutron reports a port going down only if it was up (its status
+        // now, not the info cache's, which keeps the status at binding);
+        // with vif_plugging_timeout 0 nothing is awaited.
+        let up: Vec<String> = if timeout.is_zero() {
+            Vec::new()
+        } else {
+            let listed = self.neutron()?.instance_ports(uuid, i.project_id().unwrap_or_default()).await?;
+            listed
+                .iter()
+                .filter(|p| p["status"] == "ACTIVE")
+                .filter_map(|p| p["id"].as_str())
+                .filter(|id| ports.contains(id))
+                .map(str::to_string)
+                .collect()
+        };
+        let unplugged: Vec<String> = up.iter().map(|id| format!("network-vif-unplugged-{id}")).collect();
+        let expected_none = unplugged.is_empty();
         let expected = self.vif_events.expect(uuid, &unplugged);
         if let Err(e) = self.driver.power_off(uuid, std::time::Duration::ZERO).await {
             self.vif_events.forget(uuid);
@@ -396,9 +408,10 @@ impl<D: Driver> ComputeManager<D> {
         // agent would not see it go): both agents see a device removed.
         self.driver.unplug_vifs(uuid, ni).await;
         match expected.wait(timeout).await {
-            WaitOutcome::AllCompleted => {
+            WaitOutcome::AllCompleted if !expected_none => {
                 tracing::info!(instance = uuid, "hard reboot: Neutron saw the ports go; starting the container")
             }
+            WaitOutcome::AllCompleted => {}
             other => {
                 // Neutron may not report it (a port already down): the plug
                 // below still waits for the ports to come up.

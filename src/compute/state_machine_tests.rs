@@ -34,6 +34,16 @@ const ONE_PORT: &str = r#"[{"id": "port-1", "address": "fa:16:3e:00:00:01", "typ
       {"cidr": "10.0.0.0/24", "version": 4, "dns": [{"address": "10.0.0.2"}],
        "ips": [{"address": "10.0.0.5", "type": "fixed", "version": 4}]}]}}]"#;
 
+/// Delivers Neutron's `event` for `u` once something waits for it, with
+/// `task` (the operation) still running until then.
+async fn deliver_when_awaited<T>(h: &Harness, u: &str, event: &str, task: &tokio::task::JoinHandle<T>) {
+    let completed = crate::compute::events::EventStatus::Completed;
+    while !h.manager.vif_events.deliver(u, event, completed.clone()) {
+        assert!(!task.is_finished(), "the operation ended without waiting for {event}: {:?}", h.states(u));
+        tokio::task::yield_now().await;
+    }
+}
+
 fn give_port(h: &Harness, uuid: &str) {
     let cache = json!({"nova_object.name": "InstanceInfoCache", "nova_object.namespace": "nova",
         "nova_object.version": "1.5", "nova_object.data": {"instance_uuid": uuid, "network_info": ONE_PORT}});
@@ -113,21 +123,16 @@ async fn a_hard_reboot_waits_for_the_port_to_go_and_come_back() {
     let h = Harness::with_options("[workarounds]\nwait_for_vif_plugged_event_during_hard_reboot = normal");
     let u = h.instance(VmState::Active, Some(TaskState::RebootingHard), Running);
     give_port(&h, &u);
+    // Neutron has it up (the cache's `active` is the status at binding).
+    h.neutron.add_port_of("port-1", &u, crate::testing::PROJECT);
     let reboot = tokio::spawn({
         let (m, ctx, i) = (h.manager.clone(), h.ctx.clone(), h.rpc_instance(&u));
         async move { m.reboot_instance(&ctx, i, true).await }
     });
-    let event = crate::compute::events::EventStatus::Completed;
-    while !h.manager.vif_events.deliver(&u, "network-vif-unplugged-port-1", event.clone()) {
-        assert!(!reboot.is_finished(), "the reboot ended without waiting: {:?}", h.states(&u));
-        tokio::task::yield_now().await;
-    }
+    deliver_when_awaited(&h, &u, "network-vif-unplugged-port-1", &reboot).await;
     // Killed, and not started again before Neutron saw the port go.
     assert!(h.driver.calls().iter().any(|c| c.starts_with("power_off")), "{:?}", h.driver.calls());
-    while !h.manager.vif_events.deliver(&u, "network-vif-plugged-port-1", event.clone()) {
-        assert!(!reboot.is_finished(), "the reboot ended without waiting: {:?}", h.states(&u));
-        tokio::task::yield_now().await;
-    }
+    deliver_when_awaited(&h, &u, "network-vif-plugged-port-1", &reboot).await;
     assert!(h.driver.calls().iter().any(|c| c.starts_with("power_on")), "{:?}", h.driver.calls());
     reboot.await.unwrap().unwrap();
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
@@ -145,6 +150,7 @@ async fn a_hard_reboot_whose_port_never_comes_back_fails_when_fatal() {
     );
     let u = h.instance(VmState::Active, Some(TaskState::RebootingHard), Running);
     give_port(&h, &u);
+    h.neutron.add_port_of("port-1", &u, crate::testing::PROJECT);
     assert!(h.manager.reboot_instance(&h.ctx, h.rpc_instance(&u), true).await.is_err());
     assert_eq!(h.states(&u).0, Some(VmState::Error));
     let faults = faults_of(&h, &u);
@@ -871,11 +877,7 @@ async fn a_build_waits_for_network_vif_plugged_of_a_port_not_active_yet() {
         async move { m.build_and_run_instance(&ctx, i, req).await }
     });
     // Neutron's event, once the build waits for it.
-    let event = crate::compute::events::EventStatus::Completed;
-    while !h.manager.vif_events.deliver(&u, "network-vif-plugged-port-1", event.clone()) {
-        assert!(!build.is_finished(), "the build ended without waiting: {:?}", h.states(&u));
-        tokio::task::yield_now().await;
-    }
+    deliver_when_awaited(&h, &u, "network-vif-plugged-port-1", &build).await;
     build.await.unwrap();
     assert_eq!(h.states(&u), (Some(VmState::Active), None, Running));
 }

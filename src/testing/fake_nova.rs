@@ -75,6 +75,19 @@ pub struct FakeNova {
     db: Mutex<Db>,
 }
 
+/// A Migration primitive of a stored row.
+fn migration_primitive(data: &impl serde::Serialize) -> Value {
+    json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
+           "nova_object.version": "1.7", "nova_object.data": data})
+}
+
+/// A MigrationList primitive of stored rows.
+fn migration_list<'a>(rows: impl Iterator<Item = &'a serde_json::Map<String, Value>>) -> Value {
+    let objects: Vec<Value> = rows.map(migration_primitive).collect();
+    json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
+           "nova_object.version": "1.5", "nova_object.data": {"objects": objects}})
+}
+
 fn nova_error(class: &str, message: String, code: u16) -> CallError {
     CallError::Remote(RemoteError::nova(class, message, code, json!({})))
 }
@@ -127,9 +140,7 @@ impl FakeNova {
     /// The migration as the API or a compute would send it.
     pub fn migration(&self, uuid: &str) -> crate::objects::Migration {
         let data = self.with(|db| db.migrations.get(uuid).cloned()).unwrap_or_default();
-        let v = json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
-                       "nova_object.version": "1.7", "nova_object.data": data});
-        crate::objects::Migration::from_primitive(&v).expect("a stored migration")
+        crate::objects::Migration::from_primitive(&migration_primitive(&data)).expect("a stored migration")
     }
 
     /// Changes a migration row behind the compute's back (the API).
@@ -322,8 +333,7 @@ impl FakeNova {
                         && m.get("status").and_then(Value::as_str) == Some(status.as_str())
                 });
                 match found {
-                    Some(data) => Ok(json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
-                        "nova_object.version": "1.7", "nova_object.data": data})),
+                    Some(data) => Ok(migration_primitive(data)),
                     None => Err(nova_error("MigrationNotFoundByStatus", format!("no migration {status}"), 404)),
                 }
             }
@@ -348,45 +358,24 @@ impl FakeNova {
                     (_, Value::Array(any)) => any.contains(&m.get(k).cloned().unwrap_or(Value::Null)),
                     (_, one) => m.get(k) == Some(one),
                 };
-                let objects: Vec<Value> = db
-                    .migrations
-                    .values()
-                    .filter(|m| {
-                        // `host` wins over `source_compute`, as in Nova's query
-                        f.iter()
-                            .all(|(k, want)| (k == "source_compute" && f.contains_key("host")) || matches(m, k, want))
-                    })
-                    .map(|m| {
-                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
-                                    "nova_object.version": "1.7", "nova_object.data": m})
-                    })
-                    .collect();
-                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
-                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+                Ok(migration_list(db.migrations.values().filter(|m| {
+                    // `host` wins over `source_compute`, as in Nova's query
+                    f.iter().all(|(k, want)| (k == "source_compute" && f.contains_key("host")) || matches(m, k, want))
+                })))
             }
             ("MigrationList", "get_unconfirmed_by_dest_compute") => {
                 // Rows without `updated_at` count as old enough.
                 let window = a.first().and_then(Value::as_i64).unwrap_or(0);
                 let cutoff = chrono::Utc::now() - chrono::Duration::seconds(window);
                 let dest = arg(1);
-                let objects: Vec<Value> = db
-                    .migrations
-                    .values()
-                    .filter(|m| {
-                        m.get("status").and_then(Value::as_str) == Some("finished")
-                            && m.get("dest_compute").and_then(Value::as_str) == Some(dest.as_str())
-                            && m.get("updated_at")
-                                .and_then(Value::as_str)
-                                .and_then(crate::objects::time::parse)
-                                .is_none_or(|t| t <= cutoff)
-                    })
-                    .map(|m| {
-                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
-                                    "nova_object.version": "1.7", "nova_object.data": m})
-                    })
-                    .collect();
-                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
-                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+                Ok(migration_list(db.migrations.values().filter(|m| {
+                    m.get("status").and_then(Value::as_str) == Some("finished")
+                        && m.get("dest_compute").and_then(Value::as_str) == Some(dest.as_str())
+                        && m.get("updated_at")
+                            .and_then(Value::as_str)
+                            .and_then(crate::objects::time::parse)
+                            .is_none_or(|t| t <= cutoff)
+                })))
             }
             ("InstanceGroup", "get_by_hint" | "get_by_uuid") => {
                 let key = arg(0);
@@ -415,21 +404,11 @@ impl FakeNova {
                 const ENDED: [&str; 8] =
                     ["accepted", "confirmed", "reverted", "error", "failed", "completed", "cancelled", "done"];
                 let host = arg(0);
-                let objects: Vec<Value> = db
-                    .migrations
-                    .values()
-                    .filter(|m| {
-                        let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
-                        [field("source_compute"), field("dest_compute")].contains(&host.as_str())
-                            && !ENDED.contains(&field("status"))
-                    })
-                    .map(|m| {
-                        json!({"nova_object.name": "Migration", "nova_object.namespace": "nova",
-                               "nova_object.version": "1.7", "nova_object.data": m})
-                    })
-                    .collect();
-                Ok(json!({"nova_object.name": "MigrationList", "nova_object.namespace": "nova",
-                          "nova_object.version": "1.5", "nova_object.data": {"objects": objects}}))
+                Ok(migration_list(db.migrations.values().filter(|m| {
+                    let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
+                    [field("source_compute"), field("dest_compute")].contains(&host.as_str())
+                        && !ENDED.contains(&field("status"))
+                })))
             }
             ("Service", "get_by_compute_host") => match db.services.get(&arg(0)) {
                 Some(data) => Ok(json!({"nova_object.name": "Service", "nova_object.namespace": "nova",
