@@ -391,18 +391,33 @@ impl Neutron {
         security_groups: &[String],
         admin: bool,
     ) -> Result<Vec<BoundPort>, NetworkError> {
-        let groups = self.security_group_ids(i.project_id().unwrap_or_default(), security_groups).await?;
-        let reqs = match requested {
-            Requested::None => return Ok(Vec::new()),
-            Requested::Auto => {
-                let id = self.auto_network(i.project_id().unwrap_or_default()).await?;
-                vec![NetworkRequest { network_id: Some(id), port_id: None, address: None, tag: None }]
-            }
-            Requested::Some(r) => r.clone(),
+        let project = i.project_id().unwrap_or_default();
+        // The security groups' ids and the requested networks are
+        // independent lookups: asked at once, before any port is made.
+        let reqs = async {
+            let reqs = match requested {
+                Requested::None => Vec::new(),
+                Requested::Auto => {
+                    let id = self.auto_network(project).await?;
+                    vec![NetworkRequest { network_id: Some(id), port_id: None, address: None, tag: None }]
+                }
+                Requested::Some(r) => r.clone(),
+            };
+            let networks = futures::future::try_join_all(reqs.iter().map(|r| async move {
+                match (&r.port_id, &r.network_id) {
+                    (None, Some(net)) => {
+                        Ok(Some(self.get(&format!("/v2.0/networks/{}", url_part(net)), "network").await?))
+                    }
+                    _ => Ok::<_, NetworkError>(None),
+                }
+            }))
+            .await?;
+            Ok::<_, NetworkError>((reqs, networks))
         };
+        let (groups, (reqs, networks)) = tokio::try_join!(self.security_group_ids(project, security_groups), reqs)?;
         let mut bound = Vec::new();
-        for r in &reqs {
-            let attempt = self.bind_one(i, r, &groups, admin).await;
+        for (r, network) in reqs.iter().zip(networks) {
+            let attempt = self.bind_request(i, r, &groups, admin, network).await;
             match attempt {
                 Ok(p) => bound.push(p),
                 Err(e) => {
@@ -514,6 +529,19 @@ impl Neutron {
         security_groups: &[String],
         admin: bool,
     ) -> Result<BoundPort, NetworkError> {
+        self.bind_request(i, r, security_groups, admin, None).await
+    }
+
+    /// [`Self::bind_one`], with the requested network's document when the
+    /// caller already fetched it.
+    async fn bind_request(
+        &self,
+        i: &Instance,
+        r: &NetworkRequest,
+        security_groups: &[String],
+        admin: bool,
+        network: Option<Value>,
+    ) -> Result<BoundPort, NetworkError> {
         let owner = format!("compute:{}", i.availability_zone().unwrap_or("nova"));
         let binding = json!({"binding:host_id": self.host, "device_id": i.uuid(), "device_owner": owner});
         let (port, created) = match (&r.port_id, &r.network_id) {
@@ -531,7 +559,11 @@ impl Neutron {
                 (port, false)
             }
             (None, Some(net)) => {
-                let network = self.check_network(net, security_groups).await?;
+                let network = match network {
+                    Some(n) => n,
+                    None => self.get(&format!("/v2.0/networks/{}", url_part(net)), "network").await?,
+                };
+                check_port_security(&network, security_groups)?;
                 self.check_network_usable(&network, net, i, admin).await?;
                 let mut body = binding.clone();
                 body["network_id"] = json!(net);
@@ -698,13 +730,18 @@ impl Neutron {
             let port = &p.port;
             let net_id = port["network_id"].as_str().unwrap_or_default().to_string();
             if !networks.contains_key(&net_id) {
-                let n = self.get(&format!("/v2.0/networks/{}", url_part(&net_id)), "network").await?;
-                let s = self.get(&format!("/v2.0/subnets?network_id={}", url_part(&net_id)), "subnets").await?;
+                // The three lookups are independent: asked at once, a boot
+                // with a port waits for one Neutron round trip, not three.
+                let network_path = format!("/v2.0/networks/{}", url_part(&net_id));
+                let subnets_path = format!("/v2.0/subnets?network_id={}", url_part(&net_id));
                 // The subnets' DHCP servers, as Nova looks them up
                 // (`_get_subnets_from_port`): the network's DHCP ports.
-                let d = self
-                    .get(&format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(&net_id)), "ports")
-                    .await?;
+                let dhcp_path = format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(&net_id));
+                let (n, s, d) = tokio::try_join!(
+                    self.get(&network_path, "network"),
+                    self.get(&subnets_path, "subnets"),
+                    self.get(&dhcp_path, "ports"),
+                )?;
                 networks.insert(net_id.clone(), n);
                 subnets.insert(net_id.clone(), s.as_array().cloned().unwrap_or_default());
                 dhcp_ports.insert(net_id.clone(), d.as_array().cloned().unwrap_or_default());

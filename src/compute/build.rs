@@ -226,17 +226,33 @@ impl<D: Driver> ComputeManager<D> {
         requested: &Requested,
         guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
-        // Both run to their end: a failed image must not cut a save short.
-        let (claimed, image) = tokio::join!(self.claim(ctx, i), self.build_image(ctx, req, image_id));
-        claimed?;
-        let (meta, image) = image?;
-        let uuid = i.uuid().to_string();
-
-        // 4. Networking: ports bound to this host, info cache written.
-        let t = Instant::now();
         let groups = requested_security_groups(req.security_groups.as_ref())?;
-        let ni = self.allocate_network(ctx, i, requested, &groups).await?;
+        // 4. Networking: Neutron binds the ports beside Nova's saves of the
+        // claim and the `networking` task and beside the image, as none
+        // needs another; the info cache is written once all are done. All
+        // run to their end (a failed image must not cut a save short), and
+        // any failure releases what Neutron bound.
+        let as_requested = i.clone();
+        let t = Instant::now();
+        let saves = async {
+            self.claim(ctx, i).await?;
+            self.begin_task(ctx, i, TaskState::Networking, Expected::idle()).await
+        };
+        let bind = self.bind_ports(&as_requested, requested, &groups, ctx.is_admin());
+        let (saved, image, bound) = tokio::join!(saves, self.build_image(ctx, req, image_id), bind);
+        // Nova's own refusal (the instance deleted meanwhile) wins over the
+        // image's, which wins over Neutron's.
+        let ((meta, image), (ports, ni)) = match (saved.and(image), bound) {
+            (Ok(image), Ok(bound)) => (image, bound),
+            (Err(e), Ok((ports, _))) => {
+                self.release_bound(&ports).await;
+                return Err(e);
+            }
+            (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
+        };
+        self.cache_network(ctx, i, &ports, &ni).await?;
         phase("build", "network_allocate", t);
+        let uuid = i.uuid().to_string();
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, guest).await;
         if built.is_err() {
             self.driver.unplug_vifs(&uuid, &ni).await;

@@ -8,8 +8,6 @@ use super::errors::OpError;
 use super::events::{EventStatus, WaitOutcome};
 use super::manager::ComputeManager;
 use super::operation::{OnFailure, Operation};
-use super::states::TaskState;
-use crate::conductor::Expected;
 use crate::net::{self, NetworkInfo, Vif};
 use crate::network::{BoundPort, NetworkRequest, Requested};
 use crate::objects::Instance;
@@ -53,35 +51,62 @@ impl<D: Driver> ComputeManager<D> {
         })
     }
 
-    /// Build step: `task_state=networking`, ports bound to this host (the
-    /// ones created in `security_groups`), the info cache written. Returns
-    /// the new network_info (empty for none).
-    pub async fn allocate_network(
+    /// Build step, Neutron's part: the requested ports bound to this host
+    /// for the instance (`i` as the API made it: project, uuid, zone) and
+    /// described as Nova's network_info. It needs nothing Nova saves, so a
+    /// build runs it beside its claim; [`Self::cache_network`] finishes it.
+    /// On failure nothing bound is left.
+    pub async fn bind_ports(
+        &self,
+        i: &Instance,
+        requested: &Requested,
+        security_groups: &[String],
+        admin: bool,
+    ) -> Result<(Vec<BoundPort>, NetworkInfo), OpError> {
+        if *requested == Requested::None {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let neutron = self.neutron()?;
+        let ports = neutron.allocate(i, requested, security_groups, admin).await?;
+        match neutron.network_info(&ports).await {
+            Ok(ni) => Ok((ports, ni)),
+            Err(e) => {
+                neutron.deallocate(&ports).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Build step, Nova's part: the bound ports' network_info written to
+    /// the instance's info cache (`network_allocated`). On failure the ports
+    /// are released.
+    pub async fn cache_network(
         &self,
         ctx: &RequestContext,
         i: &mut Instance,
-        requested: &Requested,
-        security_groups: &[String],
-    ) -> Result<NetworkInfo, OpError> {
-        if *requested == Requested::None {
-            return Ok(Vec::new());
+        ports: &[BoundPort],
+        ni: &NetworkInfo,
+    ) -> Result<(), OpError> {
+        if ports.is_empty() {
+            return Ok(());
         }
-        self.begin_task(ctx, i, TaskState::Networking, Expected::idle()).await?;
-        let neutron = self.neutron()?;
-        let ports = neutron.allocate(i, requested, security_groups, ctx.is_admin()).await?;
-        let ni = match neutron.network_info(&ports).await {
-            Ok(ni) => ni,
-            Err(e) => {
-                neutron.deallocate(&ports).await;
-                return Err(e.into());
-            }
+        let saved = match to_json(ni) {
+            Ok(json) => self.conductor.info_cache_save(ctx, i, &json).await.map_err(OpError::from),
+            Err(e) => Err(e),
         };
-        if let Err(e) = self.conductor.info_cache_save(ctx, i, &to_json(&ni)?).await {
-            neutron.deallocate(&ports).await;
-            return Err(e.into());
+        if let Err(e) = saved {
+            self.release_bound(ports).await;
+            return Err(e);
         }
         i.set_system_metadata("network_allocated", Some("True"));
-        Ok(ni)
+        Ok(())
+    }
+
+    /// Releases ports a failed build bound (ours deleted, the user's unbound).
+    pub async fn release_bound(&self, ports: &[BoundPort]) {
+        if let Some(n) = &self.neutron {
+            n.deallocate(ports).await;
+        }
     }
 
     /// An evacuation's ports: each bound to this host (Nova's

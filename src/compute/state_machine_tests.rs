@@ -867,6 +867,36 @@ async fn a_build_with_a_port_that_cannot_start_releases_the_port() {
 }
 
 #[tokio::test]
+async fn a_build_whose_instance_went_meanwhile_releases_the_port_bound_beside_its_claim() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let req = build_on_net(&h, &u);
+    let rpc = h.rpc_instance(&u);
+    // Deleted by the API after the cast: the claim is refused while
+    // Neutron binds the port for the build.
+    h.nova.remove_instance(&u);
+    h.manager.build_and_run_instance(&h.ctx, rpc, req).await;
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.neutron.ports().is_empty());
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test]
+async fn a_build_whose_image_fails_releases_the_port_bound_beside_it() {
+    let h = Harness::new();
+    let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
+    let mut req = build_on_net(&h, &u);
+    // An image this host does not have and Glance does not know.
+    req.image = json!({"id": "img-missing", "status": "active", "container_format": "docker", "disk_format": "raw"});
+    h.nova.set_field(&u, "image_ref", json!("img-missing"));
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert_eq!(h.states(&u).0, Some(VmState::Error));
+    assert_eq!(h.neutron.deleted(), ["port-1"]);
+    assert!(h.neutron.ports().is_empty());
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test]
 async fn a_build_waits_for_network_vif_plugged_of_a_port_not_active_yet() {
     let h = Harness::new();
     h.neutron.inactive_ports();
