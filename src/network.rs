@@ -252,14 +252,15 @@ pub struct Neutron {
 /// the manager runs on [`Neutron`] in production and on an in-memory
 /// Neutron in unit tests.
 pub trait PortService: Send + Sync + 'static {
-    /// Binds the requested ports for the instance (see [`Neutron::allocate`]).
+    /// Binds the requested ports for the instance, with their network_info
+    /// (see [`Neutron::allocate`]).
     fn allocate<'a>(
         &'a self,
         i: &'a Instance,
         requested: &'a Requested,
         security_groups: &'a [String],
         admin: bool,
-    ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>>;
+    ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>>;
     /// Binds one request (see [`Neutron::bind_one`]).
     fn bind_one<'a>(
         &'a self,
@@ -297,7 +298,7 @@ impl PortService for Neutron {
         requested: &'a Requested,
         security_groups: &'a [String],
         admin: bool,
-    ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>> {
+    ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>> {
         Box::pin(Neutron::allocate(self, i, requested, security_groups, admin))
     }
 
@@ -345,6 +346,14 @@ impl PortService for Neutron {
     }
 }
 
+/// What Nova's network_info needs of one network (see
+/// [`Neutron::network_info`]).
+struct NetworkFacts {
+    network: Value,
+    subnets: Vec<Value>,
+    dhcp_ports: Vec<Value>,
+}
+
 /// A port bound for an instance, and whether this service created it.
 #[derive(Debug, Clone)]
 pub struct BoundPort {
@@ -381,19 +390,22 @@ impl Neutron {
         Ok(v[key].clone())
     }
 
-    /// Binds the requested ports to this host for the instance; the ports it
-    /// creates get `security_groups` (see [`requested_security_groups`]).
-    /// `admin`: the request is an admin's (external networks).
+    /// Binds the requested ports to this host for the instance, and
+    /// describes them as Nova's network_info; the ports it creates get
+    /// `security_groups` (see [`requested_security_groups`]). `admin`: the
+    /// request is an admin's (external networks). What the port is made on
+    /// (the security groups' ids, each requested network with its subnets
+    /// and DHCP ports) is looked up at once before any port is made, so a
+    /// boot waits for one Neutron round trip besides the binding itself. On
+    /// failure nothing bound is left.
     pub async fn allocate(
         &self,
         i: &Instance,
         requested: &Requested,
         security_groups: &[String],
         admin: bool,
-    ) -> Result<Vec<BoundPort>, NetworkError> {
+    ) -> Result<(Vec<BoundPort>, NetworkInfo), NetworkError> {
         let project = i.project_id().unwrap_or_default();
-        // The security groups' ids and the requested networks are
-        // independent lookups: asked at once, before any port is made.
         let reqs = async {
             let reqs = match requested {
                 Requested::None => Vec::new(),
@@ -403,20 +415,18 @@ impl Neutron {
                 }
                 Requested::Some(r) => r.clone(),
             };
-            let networks = futures::future::try_join_all(reqs.iter().map(|r| async move {
-                match (&r.port_id, &r.network_id) {
-                    (None, Some(net)) => {
-                        Ok(Some(self.get(&format!("/v2.0/networks/{}", url_part(net)), "network").await?))
-                    }
-                    _ => Ok::<_, NetworkError>(None),
-                }
-            }))
-            .await?;
-            Ok::<_, NetworkError>((reqs, networks))
+            let mut ids: Vec<&str> =
+                reqs.iter().filter(|r| r.port_id.is_none()).filter_map(|r| r.network_id.as_deref()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let facts = futures::future::try_join_all(ids.iter().map(|id| self.network_facts(id))).await?;
+            let facts: BTreeMap<String, NetworkFacts> = ids.iter().map(|id| id.to_string()).zip(facts).collect();
+            Ok::<_, NetworkError>((reqs, facts))
         };
-        let (groups, (reqs, networks)) = tokio::try_join!(self.security_group_ids(project, security_groups), reqs)?;
+        let (groups, (reqs, facts)) = tokio::try_join!(self.security_group_ids(project, security_groups), reqs)?;
         let mut bound = Vec::new();
-        for (r, network) in reqs.iter().zip(networks) {
+        for r in &reqs {
+            let network = r.network_id.as_ref().and_then(|id| facts.get(id)).map(|f| f.network.clone());
             let attempt = self.bind_request(i, r, &groups, admin, network).await;
             match attempt {
                 Ok(p) => bound.push(p),
@@ -427,7 +437,13 @@ impl Neutron {
                 }
             }
         }
-        Ok(bound)
+        match self.describe(&bound, facts).await {
+            Ok(ni) => Ok((bound, ni)),
+            Err(e) => {
+                self.deallocate(&bound).await;
+                Err(e)
+            }
+        }
     }
 
     /// The ids of the requested security groups (cleaned, see
@@ -722,31 +738,45 @@ impl Neutron {
 
     /// Builds Nova's network_info for bound ports (order kept).
     pub async fn network_info(&self, ports: &[BoundPort]) -> Result<NetworkInfo, NetworkError> {
-        let mut networks: BTreeMap<String, Value> = BTreeMap::new();
-        let mut subnets: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        let mut dhcp_ports: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        self.describe(ports, BTreeMap::new()).await
+    }
+
+    /// What network_info needs of one network: its document, subnets and
+    /// DHCP ports, looked up at once (three independent requests).
+    async fn network_facts(&self, net_id: &str) -> Result<NetworkFacts, NetworkError> {
+        let network_path = format!("/v2.0/networks/{}", url_part(net_id));
+        let subnets_path = format!("/v2.0/subnets?network_id={}", url_part(net_id));
+        // The subnets' DHCP servers, as Nova looks them up
+        // (`_get_subnets_from_port`): the network's DHCP ports.
+        let dhcp_path = format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(net_id));
+        let (network, subnets, dhcp_ports) = tokio::try_join!(
+            self.get(&network_path, "network"),
+            self.get(&subnets_path, "subnets"),
+            self.get(&dhcp_path, "ports"),
+        )?;
+        Ok(NetworkFacts {
+            network,
+            subnets: subnets.as_array().cloned().unwrap_or_default(),
+            dhcp_ports: dhcp_ports.as_array().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// [`Self::network_info`], with the facts of networks already looked up.
+    async fn describe(
+        &self,
+        ports: &[BoundPort],
+        mut facts: BTreeMap<String, NetworkFacts>,
+    ) -> Result<NetworkInfo, NetworkError> {
         let mut out = Vec::new();
         for p in ports {
             let port = &p.port;
             let net_id = port["network_id"].as_str().unwrap_or_default().to_string();
-            if !networks.contains_key(&net_id) {
-                // The three lookups are independent: asked at once, a boot
-                // with a port waits for one Neutron round trip, not three.
-                let network_path = format!("/v2.0/networks/{}", url_part(&net_id));
-                let subnets_path = format!("/v2.0/subnets?network_id={}", url_part(&net_id));
-                // The subnets' DHCP servers, as Nova looks them up
-                // (`_get_subnets_from_port`): the network's DHCP ports.
-                let dhcp_path = format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(&net_id));
-                let (n, s, d) = tokio::try_join!(
-                    self.get(&network_path, "network"),
-                    self.get(&subnets_path, "subnets"),
-                    self.get(&dhcp_path, "ports"),
-                )?;
-                networks.insert(net_id.clone(), n);
-                subnets.insert(net_id.clone(), s.as_array().cloned().unwrap_or_default());
-                dhcp_ports.insert(net_id.clone(), d.as_array().cloned().unwrap_or_default());
+            if !facts.contains_key(&net_id) {
+                let f = self.network_facts(&net_id).await?;
+                facts.insert(net_id.clone(), f);
             }
-            let vif = self.vif(port, &networks[&net_id], &subnets[&net_id], &dhcp_ports[&net_id], !p.created);
+            let f = &facts[&net_id];
+            let vif = self.vif(port, &f.network, &f.subnets, &f.dhcp_ports, !p.created);
             out.push(serde_json::from_value::<Vif>(vif).map_err(|e| NetworkError::Decode(e.to_string()))?);
         }
         Ok(out)
@@ -1085,6 +1115,25 @@ mod tenant_bounds_tests {
             n.bind_one(&i, &on_net(), &[], false).await.unwrap_or_else(|e| panic!("{network}: {e}"));
             assert!(sent(&seen, "POST /v2.0/ports"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_build_checks_the_network_it_looked_up_beforehand_and_looks_it_up_once() {
+        let i = instance_of_a();
+        let requested = Requested::Some(vec![on_net()]);
+        // Another project's private network, looked up beside the security
+        // groups: still refused before any port is made.
+        let (n, seen) = neutron(net("project-b", false, false), json!([])).await;
+        let got = n.allocate(&i, &requested, &[], false).await;
+        assert!(matches!(got, Err(NetworkError::NetworkNotFound(_))), "{got:?}");
+        assert!(!sent(&seen, "POST"), "{:?}", seen.lock().unwrap());
+        // Its own: one port, described, the network fetched once.
+        let (n, seen) = neutron(net("project-a", false, false), json!([])).await;
+        let (ports, ni) = n.allocate(&i, &requested, &[], false).await.unwrap();
+        assert_eq!((ports.len(), ni.len()), (1, 1));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().filter(|l| l.starts_with("GET /v2.0/networks/net")).count(), 1, "{seen:?}");
+        assert!(seen.iter().any(|l| l.starts_with("GET /v2.0/subnets?network_id=net")), "{seen:?}");
     }
 
     #[tokio::test]

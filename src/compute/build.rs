@@ -214,9 +214,9 @@ impl<D: Driver> ComputeManager<D> {
         self.save_active(ctx, i, started?).await
     }
 
-    /// A server with ports: the claim (beside the image), its ports bound
-    /// and cached, then the container created with their DNS servers,
-    /// started, and plugged before ACTIVE.
+    /// A server with ports: the claim and its ports bound (beside the
+    /// image), then the container created with their DNS servers (beside
+    /// the info cache's save), started, and plugged before ACTIVE.
     async fn build_with_ports(
         &self,
         ctx: &RequestContext,
@@ -229,9 +229,9 @@ impl<D: Driver> ComputeManager<D> {
         let groups = requested_security_groups(req.security_groups.as_ref())?;
         // 4. Networking: Neutron binds the ports beside Nova's saves of the
         // claim and the `networking` task and beside the image, as none
-        // needs another; the info cache is written once all are done. All
-        // run to their end (a failed image must not cut a save short), and
-        // any failure releases what Neutron bound.
+        // needs another (the info cache is written beside the container's
+        // create). All run to their end (a failed image must not cut a save
+        // short), and any failure releases what Neutron bound.
         let as_requested = i.clone();
         let t = Instant::now();
         let saves = async {
@@ -242,15 +242,14 @@ impl<D: Driver> ComputeManager<D> {
         let (saved, image, bound) = tokio::join!(saves, self.build_image(ctx, req, image_id), bind);
         // Nova's own refusal (the instance deleted meanwhile) wins over the
         // image's, which wins over Neutron's.
-        let ((meta, image), (ports, ni)) = match (saved.and(image), bound) {
-            (Ok(image), Ok(bound)) => (image, bound),
+        let ((meta, image), ni) = match (saved.and(image), bound) {
+            (Ok(image), Ok((_, ni))) => (image, ni),
             (Err(e), Ok((ports, _))) => {
                 self.release_bound(&ports).await;
                 return Err(e);
             }
             (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
         };
-        self.cache_network(ctx, i, &ports, &ni).await?;
         phase("build", "network_allocate", t);
         let uuid = i.uuid().to_string();
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, guest).await;
@@ -362,10 +361,14 @@ impl<D: Driver> ComputeManager<D> {
         guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let uuid = i.uuid().to_string();
-        // 5. Block devices: none to prepare for an image-backed container.
+        // 5. The info cache, then block devices (none to prepare for an
+        // image-backed container), saved while Docker creates the container.
         let as_requested = i.clone();
-        let bdm = self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any);
-        let (saved, created) = tokio::join!(bdm, self.create_container(&as_requested, meta, image, ni, guest));
+        let saves = async {
+            self.cache_network(ctx, i, ni).await?;
+            self.begin_task(ctx, i, TaskState::BlockDeviceMapping, Expected::Any).await
+        };
+        let (saved, created) = tokio::join!(saves, self.create_container(&as_requested, meta, image, ni, guest));
         saved?;
         created?;
         // 6. Spawn.

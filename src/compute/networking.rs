@@ -66,38 +66,17 @@ impl<D: Driver> ComputeManager<D> {
         if *requested == Requested::None {
             return Ok((Vec::new(), Vec::new()));
         }
-        let neutron = self.neutron()?;
-        let ports = neutron.allocate(i, requested, security_groups, admin).await?;
-        match neutron.network_info(&ports).await {
-            Ok(ni) => Ok((ports, ni)),
-            Err(e) => {
-                neutron.deallocate(&ports).await;
-                Err(e.into())
-            }
-        }
+        Ok(self.neutron()?.allocate(i, requested, security_groups, admin).await?)
     }
 
     /// Build step, Nova's part: the bound ports' network_info written to
-    /// the instance's info cache (`network_allocated`). On failure the ports
-    /// are released.
-    pub async fn cache_network(
-        &self,
-        ctx: &RequestContext,
-        i: &mut Instance,
-        ports: &[BoundPort],
-        ni: &NetworkInfo,
-    ) -> Result<(), OpError> {
-        if ports.is_empty() {
+    /// the instance's info cache (`network_allocated`). The caller releases
+    /// the ports should it fail.
+    pub async fn cache_network(&self, ctx: &RequestContext, i: &mut Instance, ni: &NetworkInfo) -> Result<(), OpError> {
+        if ni.is_empty() {
             return Ok(());
         }
-        let saved = match to_json(ni) {
-            Ok(json) => self.conductor.info_cache_save(ctx, i, &json).await.map_err(OpError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = saved {
-            self.release_bound(ports).await;
-            return Err(e);
-        }
+        self.conductor.info_cache_save(ctx, i, &to_json(ni)?).await?;
         i.set_system_metadata("network_allocated", Some("True"));
         Ok(())
     }

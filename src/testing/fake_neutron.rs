@@ -138,17 +138,24 @@ impl PortService for FakeNeutron {
         requested: &'a Requested,
         _security_groups: &'a [String],
         _admin: bool,
-    ) -> BoxFuture<'a, Result<Vec<BoundPort>, NetworkError>> {
+    ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>> {
         Box::pin(async move {
             self.check("allocate")?;
             let reqs = match requested {
-                Requested::None => return Ok(Vec::new()),
+                Requested::None => return Ok((Vec::new(), Vec::new())),
                 Requested::Auto => {
                     vec![NetworkRequest { network_id: Some(NETWORK.into()), port_id: None, address: None, tag: None }]
                 }
                 Requested::Some(r) => r.clone(),
             };
-            reqs.iter().map(|r| self.create_port(i, r)).collect()
+            let ports = reqs.iter().map(|r| self.create_port(i, r)).collect::<Result<Vec<_>, _>>()?;
+            match self.network_info(&ports).await {
+                Ok(ni) => Ok((ports, ni)),
+                Err(e) => {
+                    self.deallocate(&ports).await;
+                    Err(e)
+                }
+            }
         })
     }
 
