@@ -2,7 +2,8 @@
 
 Started by tests/bench/run (which builds, brings the environment up and runs
 this with the bench virtualenv); see that script for the options. Everything
-here talks to the "newest" control plane of tests/env/controlplane.sh:
+here talks to the "newest" control plane of tests/env/controlplane.sh (except
+--port, which also measures Zed: --release, see port_density.py):
 
   * our service runs as compute host nd-bench (started and stopped here,
     state and JSON log in $ND_ENV_STATE/bench/nd-bench);
@@ -45,7 +46,10 @@ import requests
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 STATE_ROOT = os.environ.get('ND_ENV_STATE', '/var/lib/nova-docker-test')
+# the control plane this run talks to: 'newest' unless --port --release zed
+# (use_release switches it before a Bench is made)
 STATE = os.path.join(STATE_ROOT, 'newest')
+RELEASES = ('newest', 'zed')
 BENCH_STATE = os.path.join(STATE_ROOT, 'bench')
 HOST = 'nd-bench'
 PYREG_HOST = 'nd-bench-pyreg'
@@ -110,6 +114,15 @@ def p50(v):
 
 
 # ------------------------------------------------------------------ environment
+def use_release(release):
+    """Points STATE (env.sh, the nova_api DB host_mapped reads) at
+    RELEASE's control plane."""
+    global STATE
+    if release not in RELEASES:
+        raise BenchError('unknown release %r' % release)
+    STATE = os.path.join(STATE_ROOT, release)
+
+
 def read_env_sh(path):
     """`export K=V` lines, values as bash's printf %q wrote them."""
     env = {}
@@ -257,6 +270,9 @@ class Api:
         self.neutron_url = env.get('ND_NEUTRON')
         self.token = env['ND_TOKEN']
         self._local = threading.local()
+        # every server this run POSTed (list.append is atomic): what the
+        # --port cleanup looks for on the host when a service died
+        self.created = []
 
     @property
     def s(self):
@@ -280,7 +296,9 @@ class Api:
         {'uuid': network} (one port each)."""
         body = {'server': {'name': name, 'imageRef': image, 'flavorRef': flavor, 'networks': networks,
                            'availability_zone': 'nova:' + host}}
-        return self.req('POST', self.nova + '/servers', ok=(202,), json=body).json()['server']['id']
+        sid = self.req('POST', self.nova + '/servers', ok=(202,), json=body).json()['server']['id']
+        self.created.append(sid)
+        return sid
 
     def server(self, sid):
         r = self.req('GET', '%s/servers/%s' % (self.nova, sid), ok=(200, 404))
@@ -621,7 +639,11 @@ def event_instance(ev):
 
 class PythonCompute:
     """A Python nova-compute (FakeDriver) started here as PYREG_HOST, the way
-    controlplane.sh starts its fake compute."""
+    controlplane.sh starts its fake compute: newest with its venv's
+    nova-compute and FakeDriverWithoutFakeNodes, Zed (Debian's python3-nova,
+    which has no nova-compute script) with `python3 -c` nova.cmd.compute's
+    main and FakeDriver (its node is named after the host, as ours).
+    """
 
     def __init__(self, env, host=PYREG_HOST, node_uuid=None):
         """NODE_UUID: the compute node to be (state_path/compute_id), when
@@ -635,20 +657,24 @@ class PythonCompute:
         self.log = os.path.join(self.dir, 'nova-compute.log')
         with open(env['ND_COMPUTE_CONF_TEMPLATE']) as f:
             text = f.read().replace('@HOST@', host).replace('@STATE_PATH@', self.dir)
-        text = re.sub(r'^(host = .*)$', r'\1\ncompute_driver = fake.FakeDriverWithoutFakeNodes', text, count=1,
-                      flags=re.M)
+        zed = env.get('ND_RELEASE') == 'zed'
+        driver = 'fake.FakeDriver' if zed else 'fake.FakeDriverWithoutFakeNodes'
+        text = re.sub(r'^(host = .*)$', r'\1\ncompute_driver = %s' % driver, text, count=1, flags=re.M)
         with open(self.conf, 'w') as f:
             f.write(text)
         if node_uuid:
             with open(os.path.join(self.dir, 'compute_id'), 'w') as f:
                 f.write(node_uuid + '\n')
-        self.exe = os.path.join(os.path.dirname(env['ND_PYTHON']), 'nova-compute')
+        if zed:
+            self.cmd = [env['ND_PYTHON'], '-c', 'import sys; from nova.cmd.compute import main; sys.exit(main())']
+        else:
+            self.cmd = [os.path.join(os.path.dirname(env['ND_PYTHON']), 'nova-compute')]
         self.proc = None
 
     def start(self):
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'tests', 'env', 'pylib'))
         t = time.monotonic()
-        self.proc = subprocess.Popen([self.exe, '--config-file', self.conf, '--log-file', self.log],
+        self.proc = subprocess.Popen(self.cmd + ['--config-file', self.conf, '--log-file', self.log],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         return t
@@ -665,8 +691,11 @@ class PythonCompute:
 
 # ------------------------------------------------------------------ the bench
 class Bench:
-    def __init__(self, args):
+    def __init__(self, args, release='newest'):
+        """RELEASE: the control plane (--port only; use_release(RELEASE)
+        first)."""
         self.args = args
+        self.release = release
         self.mode = ('quick' if args.quick else 'rpc' if args.rpc else 'port' if args.port
                      else 'density' if args.density else 'full')
         self.cfg = dict(MODES[self.mode])
@@ -1538,7 +1567,8 @@ class Bench:
         self.r['machine']['loadavg_end'] = open('/proc/loadavg').read().split()[:3]
         self.r['duration_s'] = time.monotonic() - t_start
         self.r['errors'], self.r['warnings'] = self.errors, self.warnings
-        raw = os.path.join(BENCH_STATE, 'results-%s.json' % self.mode)
+        raw = os.path.join(BENCH_STATE, 'results-%s%s.json' % (
+            self.mode, '-' + self.release if self.release != 'newest' else ''))
         with open(raw, 'w') as f:
             json.dump(self.r, f, indent=1)
         log('raw results: %s' % raw)
@@ -1784,7 +1814,9 @@ def load_note(r):
     return []
 
 
-def replace_block(path, start, end, block):
+def replace_block(path, start, end, block, after=None):
+    """Replaces START..END of PATH with BLOCK; a missing block goes right
+    after the marker AFTER when there is one, else at the end."""
     try:
         with open(path) as f:
             text = f.read()
@@ -1792,6 +1824,9 @@ def replace_block(path, start, end, block):
         text = INTRO
     if start in text and end in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    elif after and after in text:
+        i = text.index(after) + len(after)
+        text = text[:i] + '\n\n' + block + text[i:]
     else:
         text = text.rstrip('\n') + '\n\n' + block + '\n'
     with open(path, 'w') as f:
@@ -2088,11 +2123,15 @@ def main():
                    help='N instances on one host, default 500 (port_density.py)')
     ap.add_argument('--serial', type=int, help='--port: serial boots per kind (default 10)')
     ap.add_argument('--at-once', type=int, help='--port: boots at once (default 50)')
+    ap.add_argument('--release', choices=RELEASES + ('both',),
+                    help='--port: the control plane(s), one after the other (default both: newest, then zed)')
     ap.add_argument('--binary', default=os.path.join(ROOT, 'target', 'release', 'nova-docker'))
     ap.add_argument('--fake-host', default='nd-bench-fake')
     ap.add_argument('--net-bench-exe', help='the integration-test binary (else: cargo test)')
     ap.add_argument('--rpc-client', help='the Rust RPC client (target/release/examples/rpc_ping)')
     args = ap.parse_args()
+    if args.release and not args.port:
+        ap.error('--release goes with --port only')
     if not os.access(args.binary, os.X_OK):
         log('ERROR: %s missing (cargo build --release)' % args.binary)
         return 1
@@ -2101,7 +2140,22 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     # port_density.py imports this file as `bench`: one module, not two
     sys.modules.setdefault('bench', sys.modules[__name__])
-    return Bench(args).run()
+    if not args.port:
+        return Bench(args).run()
+    # --port: each release its own run and block; a failed one does not stop
+    # the next (an interrupt does: it propagates)
+    rc = 0
+    for release in (RELEASES if args.release in (None, 'both') else (args.release,)):
+        log('=== --port on the %s control plane' % release)
+        use_release(release)
+        try:
+            bench = Bench(args, release)
+        except Exception as e:  # noqa: BLE001 - e.g. no env.sh, Keystone down: the next release still runs
+            log('ERROR: --port on %s: cannot start (%s: %s)' % (release, type(e).__name__, e))
+            rc = 1
+            continue
+        rc |= bench.run()
+    return rc
 
 
 if __name__ == '__main__':

@@ -1,28 +1,37 @@
-"""tests/bench/run --port and --density N (issue 24), on the "newest" control
-plane, each writing its own block of BENCHMARKS.md.
+"""tests/bench/run --port [--release newest|zed|both] and --density N (issue
+24), each writing its own block of BENCHMARKS.md (--port: one per release,
+Zed's right after newest's).
 
---port: boot with one Neutron port (OVS). A compute host's servers get ports
-only on the L2 agent's host (ND_NET_HOST, nd-net-newest), which the
-integration tests use too: the step refuses to start while a compute runs
-under that name, runs one host at a time under it and stops it before it
-ends. In order:
-  1. Python nova-compute with the FakeDriver as ND_NET_HOST (its compute node
-     is the host's existing one, state_path/compute_id): serial boots with a
-     port, then N at once with a port. The FakeDriver plugs nothing and waits
-     for no event (nova/virt/fake.py spawn() records the VIFs and returns;
-     only real drivers call wait_for_instance_event), so its servers go
-     ACTIVE with their port DOWN; the port state is recorded.
+--port: boot with one Neutron port, on newest (OVS) and/or Zed (linuxbridge),
+one control plane after the other (bench.py's main runs one Bench per
+release). A compute host's servers get ports only on the L2 agent's host
+(ND_NET_HOST: nd-net-newest, nd-net-zed), which the integration tests use
+too: the step refuses to start while a compute runs under that name, runs
+one host at a time under it and stops it before it ends. In order:
+  1. Python nova-compute with the FakeDriver as ND_NET_HOST (newest: its
+     compute node is the host's existing one, state_path/compute_id; Zed's
+     FakeDriver names its node after the host, as ours does, so it finds the
+     same record): serial boots with a port, then N at once with a port. The
+     FakeDriver plugs nothing and waits for no event (nova/virt/fake.py
+     spawn() records the VIFs and returns, in nova 34 as in Zed's 26; only
+     real drivers call wait_for_instance_event), so its servers go ACTIVE
+     with their port DOWN; the port state is recorded.
   2. nova-docker as ND_NET_HOST: serial rounds, each a boot with a port, a
      boot without one and the same by hand (`docker run -d`, then the Neutron
      port steps through the API: create the port bound to the host, a veth
-     pair into the container's netns, addressed as our host does, the host
-     end into br-int with the ids os-vif sets, until the port is ACTIVE);
-     then N at once with a port and N at once without.
+     pair into the container's netns, addressed as our host does; newest:
+     the host end into br-int with the ids os-vif sets; Zed: the host end
+     into the Linux bridge brq<net-id[:11]>, which our driver does itself
+     (the linuxbridge agent leaves a compute port's tap to the plugger);
+     until the port is ACTIVE); then N at once with a port and N at once
+     without.
   The split of our boots with a port comes from our /metrics and JSON log:
   Neutron binding = the network_allocate build phase (ports created/bound
   to the host, the info cache saved); our plumbing = network_plug phase
-  start -> the "ports plugged" line (veth, netns, OVS port); the wait for
-  network-vif-plugged = that line -> the network_plug phase end.
+  start -> the "ports plugged" line (veth, netns, OVS port or bridge); the
+  wait for network-vif-plugged = that line -> the network_plug phase end.
+  The cleanup removes and reports anything of the run left on the host
+  (containers of its servers, their netns entries and tap devices, ports).
 
 --density N: N busybox instances (a 16 MiB flavor created and deleted here,
 networks none) on our host nd-bench, 10 POSTs at a time: all ACTIVE, the boot
@@ -34,6 +43,7 @@ and the time of a sync pass (our metrics). Then all deleted and the leftovers
 counted. The same (boot rate, RSS, CPU at rest) for a Python FakeDriver host.
 """
 import os
+import shlex
 import threading
 import time
 import uuid as uuidlib
@@ -45,6 +55,8 @@ from bench import (BENCH_STATE, HOST, PREFIX, PYREG_HOST, BenchError, OurService
 
 PORT_MARK_START = '<!-- bench-port:start -->'
 PORT_MARK_END = '<!-- bench-port:end -->'
+PORT_ZED_MARK_START = '<!-- bench-port-zed:start -->'
+PORT_ZED_MARK_END = '<!-- bench-port-zed:end -->'
 DENSITY_MARK_START = '<!-- bench-density:start -->'
 DENSITY_MARK_END = '<!-- bench-density:end -->'
 DENSITY_FLAVOR = 'nd-bench-16m'
@@ -155,22 +167,38 @@ def node_uuid_of(api, host):
 
 
 # ====================================================================== --port
+# each release its own block; Zed's right after newest's
+PORT_BLOCKS = {
+    'newest': dict(start=PORT_MARK_START, end=PORT_MARK_END, after=None,
+                   title='Latest port run on newest (nova 34, Open vSwitch): '
+                         '`tests/bench/run --port --release newest`'),
+    'zed': dict(start=PORT_ZED_MARK_START, end=PORT_ZED_MARK_END, after=PORT_MARK_END,
+                title='Latest port run on Zed (nova 26, linuxbridge): `tests/bench/run --port --release zed`'),
+}
+
+
 class PortBench:
     def __init__(self, b):
         self.b, self.api, self.env = b, b.api, b.env
+        self.release = b.release
+        self.vif_type = b.env.get('ND_NET_VIF_TYPE')
         self.net_host = b.env['ND_NET_HOST']
         self.net_id = b.env['ND_NETWORK_ID']
-        self.bridge = b.env.get('ND_NET_BRIDGE') or 'br-int'
+        # zed: brq<net-id[:11]>, the Linux bridge the linuxbridge agent (and
+        # our driver, creating it when missing) use; newest: br-int
+        self.bridge = b.env.get('ND_NET_BRIDGE') or ('brq' + self.net_id[:11] if self.vif_type == 'bridge'
+                                                     else 'br-int')
         self.nets = [{'uuid': self.net_id}]
-        self.res = b.r.setdefault('port', {'net_host': self.net_host, 'vif_type': b.env.get('ND_NET_VIF_TYPE')})
-        self.hand_ports = []  # (port id, tap) to remove
+        self.res = b.r.setdefault('port', {'net_host': self.net_host, 'vif_type': self.vif_type,
+                                           'release': self.release, 'bridge': self.bridge})
+        self.hand_ports = []  # (port id, tap, container) to remove
         self.ovs_env = dict(os.environ, OVS_RUNDIR=b.env.get('OVS_RUNDIR') or b.env.get('ND_OVS_RUNDIR') or '')
 
     def run(self):
         b = self.b
-        if self.env.get('ND_NET_VIF_TYPE') != 'ovs':
-            raise BenchError('--port measures the OVS control plane (newest); this one has vif_type %s'
-                             % self.env.get('ND_NET_VIF_TYPE'))
+        if self.vif_type not in ('ovs', 'bridge'):
+            raise BenchError('--port measures OVS (newest) or linuxbridge (zed); this control plane (%s) has '
+                             'vif_type %s' % (self.release, self.vif_type))
         wait_host_free(self.api, self.net_host)
         OurService.stop_stale(os.path.join(BENCH_STATE, self.net_host + '.pid'))
         b.cleanup_servers()
@@ -198,6 +226,11 @@ class PortBench:
             self.res['fake_par'] = {'n': k, 'all_active_s': dt, 'errors': errors,
                                     'delete_all_s': b.delete_all(ids, PREFIX + 'portpar-fake-')}
             log('python: %d at once with a port: %.2f s' % (k, dt))
+        except BaseException:
+            # deleted while the FakeDriver host runs: a delete cast to a
+            # stopped compute that still looks up would never be done
+            b.cleanup_servers()
+            raise
         finally:
             py.stop()
             b.pyreg = None
@@ -271,10 +304,9 @@ class PortBench:
     def hand_round(self):
         """`docker run -d` plus the Neutron port steps by hand, as our host
         does them: the port created bound to the host, a veth pair whose peer
-        goes into the container's netns as eth0 (the port's MAC, the
-        network's MTU, its fixed IP and the subnet's gateway), the host end
-        added to br-int with iface-id, iface-status, attached-mac and vm-uuid
-        in one ovs-vsctl transaction, then GET the port every 50 ms until
+        goes into the container's netns as eth0, the host end `tap` + the
+        port id's first 11 characters wired as the release's agent expects
+        (plumb_ovs / plumb_bridge), then GET the port every 50 ms until
         ACTIVE."""
         t0 = time.monotonic()
         cid = sh(['docker', 'run', '-d', '--network', 'none', '--label', 'nd-bench=1', 'nd-busybox:latest']).strip()
@@ -286,24 +318,16 @@ class PortBench:
         t2 = time.monotonic()
         tap = 'tap' + port['id'][:11]
         self.hand_ports.append((port['id'], tap, cid))
-        if port.get('binding:vif_type') != 'ovs':
-            raise BenchError('by hand: port bound as %s' % port.get('binding:vif_type'))
-        ip = port['fixed_ips'][0]
-        sub = self.subnet(ip['subnet_id'])
+        if port.get('binding:vif_type') != self.vif_type:
+            raise BenchError('by hand: port bound as %s, not %s' % (port.get('binding:vif_type'), self.vif_type))
         mtu = (port.get('binding:vif_details') or {}).get('mtu') or 1450
         net_mtu = self.net_mtu()
         mtu = net_mtu or mtu
         pid = sh(['docker', 'inspect', '-f', '{{.State.Pid}}', cid]).strip()
-        plen = sub['cidr'].split('/')[1]
-        inside = 'ip link set eth0 address %s mtu %s && ip addr add %s/%s dev eth0 && ip link set eth0 up' % (
-            port['mac_address'], mtu, ip['ip_address'], plen)
-        if sub.get('gateway_ip'):
-            inside += ' && ip route add default via %s' % sub['gateway_ip']
-        sh('ip link add %s mtu %s type veth peer name eth0 mtu %s netns %s && nsenter -t %s -n sh -c %s && '
-           'ovs-vsctl -- add-port %s %s -- set Interface %s external-ids:iface-id=%s external-ids:iface-status=active '
-           'external-ids:attached-mac=%s external-ids:vm-uuid=%s && ip link set %s up' % (
-               tap, mtu, mtu, pid, pid, "'%s'" % inside, self.bridge, tap, tap, port['id'], port['mac_address'],
-               dev, tap), env=self.ovs_env)
+        if self.vif_type == 'ovs':
+            self.plumb_ovs(port, tap, pid, mtu, dev)
+        else:
+            self.plumb_bridge(port, tap, pid, mtu)
         t3 = time.monotonic()
         deadline = t3 + 120
         while True:
@@ -318,6 +342,71 @@ class PortBench:
         return {'total_s': t4 - t0, 'docker_run_s': t1 - t0, 'port_create_s': t2 - t1, 'plumbing_s': t3 - t2,
                 'active_wait_s': t4 - t3}
 
+    def plumb_ovs(self, port, tap, pid, mtu, dev):
+        """newest: the peer addressed inside (the port's MAC, the network's
+        MTU, its first fixed IP and the subnet's gateway), the host end added
+        to br-int with iface-id, iface-status, attached-mac and vm-uuid in
+        one ovs-vsctl transaction, then up."""
+        ip = port['fixed_ips'][0]
+        sub = self.subnet(ip['subnet_id'])
+        plen = sub['cidr'].split('/')[1]
+        inside = 'ip link set eth0 address %s mtu %s && ip addr add %s/%s dev eth0 && ip link set eth0 up' % (
+            port['mac_address'], mtu, ip['ip_address'], plen)
+        if sub.get('gateway_ip'):
+            inside += ' && ip route add default via %s' % sub['gateway_ip']
+        sh('ip link add %s mtu %s type veth peer name eth0 mtu %s netns %s && nsenter -t %s -n sh -c %s && '
+           'ovs-vsctl -- add-port %s %s -- set Interface %s external-ids:iface-id=%s external-ids:iface-status=active '
+           'external-ids:attached-mac=%s external-ids:vm-uuid=%s && ip link set %s up' % (
+               tap, mtu, mtu, pid, pid, "'%s'" % inside, self.bridge, tap, tap, port['id'], port['mac_address'],
+               dev, tap), env=self.ovs_env)
+
+    def bridge_inside(self, port):
+        """The commands inside the container's netns for a linuxbridge port,
+        as src/net/plug.rs configure_inside does them: IPv6 sysctls (DAD and
+        RA off, IPv6 on) when the port has a v6 address, lo and eth0 up,
+        every fixed IP (v6 nodad), one default route per family that has an
+        address, the subnets' host routes."""
+        ips = port['fixed_ips']
+        fam = {4: [], 6: []}
+        for ip in ips:
+            fam[6 if ':' in ip['ip_address'] else 4].append(ip)
+        cmds = []
+        if fam[6]:
+            cmds += ['echo 0 > /proc/sys/net/ipv6/conf/eth0/%s' % k for k in ('accept_dad', 'accept_ra')]
+            cmds.append('echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6')
+        cmds += ['ip link set lo up', 'ip link set eth0 up']
+        gws, routes = {}, []
+        for f in (4, 6):
+            for ip in fam[f]:
+                sub = self.subnet(ip['subnet_id'])
+                cmds.append('ip -%d addr add %s/%s dev eth0%s' % (
+                    f, ip['ip_address'], sub['cidr'].split('/')[1], ' nodad' if f == 6 else ''))
+                if sub.get('gateway_ip') and f not in gws:
+                    gws[f] = sub['gateway_ip']
+                routes += [(f, r['destination'], r.get('nexthop')) for r in sub.get('host_routes') or []
+                           if (':' in r['destination']) == (f == 6)]
+        cmds += ['ip -%d route add default via %s dev eth0' % (f, gw) for f, gw in sorted(gws.items())]
+        cmds += ['ip -%d route add %s%s dev eth0' % (f, dst, ' via %s' % nh if nh else '') for f, dst, nh in routes]
+        return ' && '.join(cmds)
+
+    def plumb_bridge(self, port, tap, pid, mtu):
+        """zed (linuxbridge), as our driver plugs a `bridge` VIF: the Linux
+        bridge brq<net-id[:11]> looked up (created, forward delay 0 and up,
+        only when missing), the veth created with the host end's MAC fe: +
+        the port MAC[1..], the network's MTU and the peer born inside the
+        container's netns as eth0 with the port's MAC; the host end enslaved
+        to the bridge and up (for a compute:* port the agent does not add
+        the tap to the bridge: the plugger does); then the inside
+        (bridge_inside)."""
+        mac = port['mac_address']
+        host_mac = 'fe' + mac[2:]
+        sh('{ ip link show dev %(br)s >/dev/null 2>&1 || { ip link add %(br)s type bridge forward_delay 0 && '
+           'ip link set %(br)s up; }; } && '
+           'ip link add %(tap)s address %(hmac)s mtu %(mtu)s type veth peer name eth0 address %(mac)s mtu %(mtu)s '
+           'netns %(pid)s && ip link set %(tap)s master %(br)s up && nsenter -t %(pid)s -n sh -c %(inside)s' % dict(
+               br=self.bridge, tap=tap, hmac=host_mac, mac=mac, mtu=mtu, pid=pid,
+               inside=shlex.quote(self.bridge_inside(port))))
+
     def net_mtu(self):
         if not hasattr(self, '_mtu'):
             self._mtu = self.api.neutron('GET', '/v2.0/networks/%s' % self.net_id)['network'].get('mtu')
@@ -326,7 +415,8 @@ class PortBench:
     def remove_hand(self):
         while self.hand_ports:
             pid, tap, cid = self.hand_ports.pop()
-            sh(['ovs-vsctl', '--if-exists', 'del-port', tap], check=False, env=self.ovs_env)
+            if self.vif_type == 'ovs':
+                sh(['ovs-vsctl', '--if-exists', 'del-port', tap], check=False, env=self.ovs_env)
             sh(['ip', 'link', 'del', tap], check=False)
             try:
                 self.api.neutron('DELETE', '/v2.0/ports/%s' % pid, ok=(204, 404))
@@ -339,12 +429,87 @@ class PortBench:
         self.remove_hand()
         if b.pyreg:
             b.pyreg.stop()
+        # the host ends of this run's ports, known while their servers exist
+        taps = self.run_taps()
         b.cleanup()  # servers, our service, containers; then the records
         # b.cleanup deletes nd-bench's service record, never the agent host's
         # (the integration tests keep using it)
+        self.sweep(taps)
+
+    def run_taps(self):
+        """tap names of the ports of servers this run created (by its
+        POSTs), still bound to the agent's host."""
+        created = set(self.api.created)
+        try:
+            ports = self.api.neutron('GET', '/v2.0/ports?binding:host_id=%s' % self.net_host)['ports']
+        except Exception as e:  # noqa: BLE001
+            self.b.errors.append('cleanup: listing the ports of %s: %s' % (self.net_host, e))
+            return set()
+        return {'tap' + p['id'][:11] for p in ports if p.get('device_id') in created}
+
+    def sweep(self, taps):
+        """What a run that failed midway can leave (e.g. our service died,
+        and nova-api deleted its servers locally): containers of this run's
+        servers, their netns entries (which keep the veth alive), host ends
+        and ports. Removes them and records each as an error; on a clean run
+        it finds nothing."""
+        b, created, left = self.b, set(self.api.created), []
+        try:
+            self.local_delete(left)
+        except Exception as e:  # noqa: BLE001
+            b.errors.append('cleanup: deleting the servers left: %s' % e)
+        out = sh(['docker', 'ps', '-a', '--no-trunc', '--filter', 'label=nova.host=%s' % self.net_host, '--format',
+                  '{{.ID}} {{.Label "nova.instance"}}'], check=False)
+        for line in out.splitlines():
+            cid, _, inst = line.partition(' ')
+            if inst.strip() in created:
+                sh(['docker', 'rm', '-f', cid], check=False)
+                left.append('container %s (server %s)' % (cid[:12], inst.strip()))
+                if os.path.exists(os.path.join('/var/run/netns', cid)):
+                    sh(['ip', 'netns', 'delete', cid], check=False)
+                    left.append('netns entry %s' % cid[:12])
+        for tap in sorted(taps):
+            if os.path.exists(os.path.join('/sys/class/net', tap)):
+                if self.vif_type == 'ovs':
+                    sh(['ovs-vsctl', '--if-exists', 'del-port', tap], check=False, env=self.ovs_env)
+                sh(['ip', 'link', 'del', tap], check=False)
+                left.append('host device %s' % tap)
+        try:
+            for p in self.api.neutron('GET', '/v2.0/ports?binding:host_id=%s' % self.net_host)['ports']:
+                if p.get('device_id') in created or p.get('name') == PREFIX + 'hand':
+                    self.api.neutron('DELETE', '/v2.0/ports/%s' % p['id'], ok=(204, 404))
+                    left.append('port %s' % p['id'])
+            if b.api.servers(PREFIX):
+                left.append('servers named %s* (still listed)' % PREFIX)
+        except Exception as e:  # noqa: BLE001
+            b.errors.append('cleanup: checking for leftovers: %s' % e)
+        if left:
+            b.errors.append('cleanup: left by the run and removed now: %s' % ', '.join(left))
+            log('cleanup: removed leftovers: %s' % ', '.join(left))
+        else:
+            log('cleanup: nothing left (servers, ports, containers, host devices of this run)')
+
+    def local_delete(self, left):
+        """Servers of the run still listed after b.cleanup (their compute
+        died or was stopped while their delete was cast to it): once Nova
+        sees the host down (service_down_time, 60 s), DELETE again, which
+        nova-api then does itself (ports released); the host side is for
+        sweep."""
+        api = self.api
+        if not api.servers(PREFIX):
+            return
+        log('cleanup: servers still listed; waiting for %s to be down to delete them again' % self.net_host)
+        wait_for('%s down' % self.net_host, lambda: (api.service(self.net_host) or {}).get('state') != 'up', 120,
+                 poll=2)
+        for s in api.servers(PREFIX):
+            api.delete(s['id'])
+            left.append('server %s (deleted by nova-api, its host down)' % s['id'])
+        wait_for('servers %s* gone' % PREFIX, lambda: not api.servers(PREFIX), 120, poll=0.5)
 
     def write_report(self, path):
         r, p = self.b.r, self.res
+        blk = PORT_BLOCKS[self.release]
+        zed = self.vif_type == 'bridge'
         rows = []
         row = row_fn(rows)
         o, nn, f = p.get('ours_port'), p.get('ours_none'), p.get('fake_port')
@@ -376,10 +541,18 @@ class PortBench:
                 'waiting for network-vif-plugged%s)' % (sum(1 for s in st if s == 'DOWN'), len(st),
                                                           '' if not p.get('fake_waits_for_event') else
                                                           '; its log names network-vif-plugged'))
-        lines = header(r, 'Latest port run: `tests/bench/run --port`', PORT_MARK_START)
-        lines += ['Host `%s` (the L2 agent\'s, vif_type %s, Open vSwitch `br-int`); one port on network `%s` per '
-                  'server. The Python FakeDriver host ran first, under the same name, then ours; its rounds are not '
-                  'interleaved with ours.' % (p.get('net_host'), p.get('vif_type'), self.env.get('ND_NETWORK')), '']
+        lines = header(r, blk['title'], blk['start'])
+        if zed:
+            lines += ['Host `%s` (the L2 agent\'s, vif_type %s, neutron-linuxbridge-agent, Linux bridge `%s`); one '
+                      'port on network `%s` per server. The Python FakeDriver host (Zed\'s nova 26 `fake.FakeDriver`, '
+                      'whose compute node is named after the host, as ours) ran first, under the same name, then '
+                      'ours; its rounds are not interleaved with ours.' % (
+                          p.get('net_host'), p.get('vif_type'), p.get('bridge'), self.env.get('ND_NETWORK')), '']
+        else:
+            lines += ['Host `%s` (the L2 agent\'s, vif_type %s, Open vSwitch `br-int`); one port on network `%s` per '
+                      'server. The Python FakeDriver host ran first, under the same name, then ours; its rounds are '
+                      'not interleaved with ours.' % (p.get('net_host'), p.get('vif_type'), self.env.get('ND_NETWORK')),
+                      '']
         lines += rows_table(rows, 'Python FakeDriver nova-compute') + ['']
         sp = p.get('split') or []
         if sp:
@@ -390,9 +563,11 @@ class PortBench:
                       '`/metrics` (`nova_docker_operation_duration_seconds{operation="build"}`, deltas per boot) and '
                       'JSON log: Neutron binding = the `network_allocate` phase (the ports created and bound to the '
                       'host, the info cache saved; before the container is created); our plumbing = the '
-                      '`network_plug` phase up to the `ports plugged` line (veth pair, netns, OVS port, after the '
+                      '`network_plug` phase up to the `ports plugged` line (%s, after the '
                       'container started); the wait for `network-vif-plugged` = that line to the phase\'s end; '
-                      'the RPC `build_and_run_instance` = the whole compute side:' % len(sp), '',
+                      'the RPC `build_and_run_instance` = the whole compute side:' % (
+                          len(sp), 'veth pair, netns, the host end in the Linux bridge' if zed
+                          else 'veth pair, netns, OVS port'), '',
                       '| build RPC | claim save | Neutron binding | Docker start | our plumbing | wait for '
                       'network-vif-plugged | ACTIVE save |', '|---|---|---|---|---|---|---|',
                       '| %s |' % ' | '.join(ph(k) for k in ('rpc_s', 'claim', 'network_allocate', 'spawn',
@@ -401,16 +576,24 @@ class PortBench:
         if hs:
             def hp(k):
                 return fmt_s(p50([x[k] for x in hs]))
+            if zed:
+                steps = ('the plumbing as our driver does it on linuxbridge (the bridge `%s` looked up, created only '
+                         'if missing; `ip link add tap... address fe:... mtu M type veth peer name eth0 address MAC '
+                         'mtu M netns PID`, `ip link set tap... master %s up`: the agent does not add a compute '
+                         'port\'s tap to the bridge; `nsenter` addressing: IPv6 sysctls, lo and eth0 up, every fixed '
+                         'IP, a default route per family)' % (p.get('bridge'), p.get('bridge')))
+            else:
+                steps = ('the plumbing (`ip link add ... type veth peer name eth0 netns PID`, `nsenter` addressing, '
+                         '`ovs-vsctl add-port` with the ids, host end up)')
             lines += ['By hand (p50 over %d rounds; subprocesses and REST calls from Python, each step timed): '
-                      '`docker run -d --network none`, `POST /v2.0/ports` with `binding:host_id`, the plumbing '
-                      '(`ip link add ... type veth peer name eth0 netns PID`, `nsenter` addressing, `ovs-vsctl '
-                      'add-port` with the ids, host end up), then `GET` the port every 50 ms until ACTIVE:'
-                      % len(hs), '', '| total | docker run | port create + bind | plumbing | until ACTIVE |',
+                      '`docker run -d --network none`, `POST /v2.0/ports` with `binding:host_id`, %s, then `GET` the '
+                      'port every 50 ms until ACTIVE:' % (len(hs), steps), '',
+                      '| total | docker run | port create + bind | plumbing | until ACTIVE |',
                       '|---|---|---|---|---|', '| %s |' % ' | '.join(
                           hp(k) for k in ('total_s', 'docker_run_s', 'port_create_s', 'plumbing_s',
                                           'active_wait_s')), '']
-        lines.append(PORT_MARK_END)
-        replace_block(path, PORT_MARK_START, PORT_MARK_END, '\n'.join(lines))
+        lines.append(blk['end'])
+        replace_block(path, blk['start'], blk['end'], '\n'.join(lines), after=blk['after'])
 
 
 # ====================================================================== --density
