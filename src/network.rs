@@ -252,13 +252,20 @@ pub struct Neutron {
 /// the manager runs on [`Neutron`] in production and on an in-memory
 /// Neutron in unit tests.
 pub trait PortService: Send + Sync + 'static {
-    /// Binds the requested ports for the instance, with their network_info
-    /// (see [`Neutron::allocate`]).
-    fn allocate<'a>(
+    /// Looks up what the requested ports are made from, changing nothing
+    /// (see [`Neutron::prepare`]).
+    fn prepare<'a>(
         &'a self,
         i: &'a Instance,
         requested: &'a Requested,
         security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<PreparedPorts, NetworkError>>;
+    /// Binds the prepared ports for the instance, with their network_info
+    /// (see [`Neutron::allocate`]).
+    fn allocate<'a>(
+        &'a self,
+        i: &'a Instance,
+        prepared: PreparedPorts,
         admin: bool,
     ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>>;
     /// Binds one request (see [`Neutron::bind_one`]).
@@ -292,14 +299,22 @@ pub trait PortService: Send + Sync + 'static {
 }
 
 impl PortService for Neutron {
-    fn allocate<'a>(
+    fn prepare<'a>(
         &'a self,
         i: &'a Instance,
         requested: &'a Requested,
         security_groups: &'a [String],
+    ) -> BoxFuture<'a, Result<PreparedPorts, NetworkError>> {
+        Box::pin(Neutron::prepare(self, i, requested, security_groups))
+    }
+
+    fn allocate<'a>(
+        &'a self,
+        i: &'a Instance,
+        prepared: PreparedPorts,
         admin: bool,
     ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>> {
-        Box::pin(Neutron::allocate(self, i, requested, security_groups, admin))
+        Box::pin(Neutron::allocate(self, i, prepared, admin))
     }
 
     fn bind_one<'a>(
@@ -354,6 +369,27 @@ struct NetworkFacts {
     dhcp_ports: Vec<Value>,
 }
 
+/// What a build's ports are made from, looked up before Neutron is
+/// changed (see [`Neutron::prepare`]): the requests (the auto network
+/// resolved), the security groups' ids and each requested network's facts.
+pub struct PreparedPorts {
+    reqs: Vec<NetworkRequest>,
+    groups: Vec<String>,
+    facts: BTreeMap<String, NetworkFacts>,
+}
+
+impl PreparedPorts {
+    /// Requests with nothing looked up (an in-memory Neutron's).
+    pub fn plain(reqs: Vec<NetworkRequest>) -> Self {
+        PreparedPorts { reqs, groups: Vec::new(), facts: BTreeMap::new() }
+    }
+
+    /// The requests, in order.
+    pub fn requests(&self) -> &[NetworkRequest] {
+        &self.reqs
+    }
+}
+
 /// A port bound for an instance, and whether this service created it.
 #[derive(Debug, Clone)]
 pub struct BoundPort {
@@ -390,21 +426,19 @@ impl Neutron {
         Ok(v[key].clone())
     }
 
-    /// Binds the requested ports to this host for the instance, and
-    /// describes them as Nova's network_info; the ports it creates get
-    /// `security_groups` (see [`requested_security_groups`]). `admin`: the
-    /// request is an admin's (external networks). What the port is made on
-    /// (the security groups' ids, each requested network with its subnets
-    /// and DHCP ports) is looked up at once before any port is made, so a
-    /// boot waits for one Neutron round trip besides the binding itself. On
-    /// failure nothing bound is left.
-    pub async fn allocate(
+    /// Looks up, changing nothing in Neutron, what the requested ports are
+    /// made from: the auto network, the security groups' ids (see
+    /// [`requested_security_groups`]) and each requested network with its
+    /// subnets and DHCP ports, all at once. A build runs it beside its claim
+    /// and binds with [`Self::allocate`] only once Nova has given it the
+    /// instance: a port is never touched for a build that is not this
+    /// host's.
+    pub async fn prepare(
         &self,
         i: &Instance,
         requested: &Requested,
         security_groups: &[String],
-        admin: bool,
-    ) -> Result<(Vec<BoundPort>, NetworkInfo), NetworkError> {
+    ) -> Result<PreparedPorts, NetworkError> {
         let project = i.project_id().unwrap_or_default();
         let reqs = async {
             let reqs = match requested {
@@ -424,6 +458,21 @@ impl Neutron {
             Ok::<_, NetworkError>((reqs, facts))
         };
         let (groups, (reqs, facts)) = tokio::try_join!(self.security_group_ids(project, security_groups), reqs)?;
+        Ok(PreparedPorts { reqs, groups, facts })
+    }
+
+    /// Binds the prepared ports to this host for the instance (the ports it
+    /// creates get the prepared security groups), and describes them as
+    /// Nova's network_info. `admin`: the request is an admin's (external
+    /// networks). Each network is checked before a port is made on it. On
+    /// failure nothing bound is left.
+    pub async fn allocate(
+        &self,
+        i: &Instance,
+        prepared: PreparedPorts,
+        admin: bool,
+    ) -> Result<(Vec<BoundPort>, NetworkInfo), NetworkError> {
+        let PreparedPorts { reqs, groups, facts } = prepared;
         let mut bound = Vec::new();
         for r in &reqs {
             let network = r.network_id.as_ref().and_then(|id| facts.get(id)).map(|f| f.network.clone());
@@ -771,7 +820,16 @@ impl Neutron {
         for p in ports {
             let port = &p.port;
             let net_id = port["network_id"].as_str().unwrap_or_default().to_string();
-            if !facts.contains_key(&net_id) {
+            // Looked up again when the port has an address on a subnet the
+            // facts lack (one added since they were looked up): no address
+            // is left out of network_info.
+            let stale = facts.get(&net_id).is_none_or(|f| {
+                port["fixed_ips"].as_array().into_iter().flatten().any(|ip| {
+                    let subnet = ip["subnet_id"].as_str();
+                    !f.subnets.iter().any(|s| s["id"].as_str() == subnet)
+                })
+            });
+            if stale {
                 let f = self.network_facts(&net_id).await?;
                 facts.insert(net_id.clone(), f);
             }
@@ -1018,7 +1076,8 @@ mod tenant_bounds_tests {
                 log.lock().unwrap().push(line.clone());
                 let port = |project: &str| {
                     json!({"port": {"id": "p-x", "project_id": project, "device_id": "", "network_id": "net",
-                                    "binding:vif_type": "ovs"}})
+                                    "binding:vif_type": "ovs",
+                                    "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.5"}]}})
                 };
                 let body = if line.starts_with("GET /v2.0/ports/p-b") {
                     port("project-b")
@@ -1026,6 +1085,13 @@ mod tenant_bounds_tests {
                     port("project-a")
                 } else if line.starts_with("GET /v2.0/networks/net") {
                     json!({"network": network.clone()})
+                } else if line.starts_with("GET /v2.0/subnets") {
+                    let ids = network["subnets"].as_array().cloned().unwrap_or_default();
+                    let subnets: Vec<Value> = ids
+                        .iter()
+                        .map(|id| json!({"id": id, "cidr": "10.0.0.0/24", "ip_version": 4, "gateway_ip": "10.0.0.1"}))
+                        .collect();
+                    json!({ "subnets": subnets })
                 } else if line.starts_with("GET /v2.0/rbac-policies") {
                     json!({"rbac_policies": rbac.clone()})
                 } else if line.starts_with("POST /v2.0/ports") {
@@ -1124,16 +1190,34 @@ mod tenant_bounds_tests {
         // Another project's private network, looked up beside the security
         // groups: still refused before any port is made.
         let (n, seen) = neutron(net("project-b", false, false), json!([])).await;
-        let got = n.allocate(&i, &requested, &[], false).await;
+        let prepared = n.prepare(&i, &requested, &[]).await.unwrap();
+        assert!(!sent(&seen, "POST") && !sent(&seen, "PUT"), "looking up changes nothing");
+        let got = n.allocate(&i, prepared, false).await;
         assert!(matches!(got, Err(NetworkError::NetworkNotFound(_))), "{got:?}");
         assert!(!sent(&seen, "POST"), "{:?}", seen.lock().unwrap());
         // Its own: one port, described, the network fetched once.
         let (n, seen) = neutron(net("project-a", false, false), json!([])).await;
-        let (ports, ni) = n.allocate(&i, &requested, &[], false).await.unwrap();
+        let prepared = n.prepare(&i, &requested, &[]).await.unwrap();
+        let (ports, ni) = n.allocate(&i, prepared, false).await.unwrap();
         assert_eq!((ports.len(), ni.len()), (1, 1));
         let seen = seen.lock().unwrap();
         assert_eq!(seen.iter().filter(|l| l.starts_with("GET /v2.0/networks/net")).count(), 1, "{seen:?}");
         assert!(seen.iter().any(|l| l.starts_with("GET /v2.0/subnets?network_id=net")), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_address_on_a_subnet_added_since_the_look_up_is_looked_up_again() {
+        let i = instance_of_a();
+        let requested = Requested::Some(vec![on_net()]);
+        // The port's address is on subnet `s`, which the network did not
+        // have when it was looked up.
+        let mut network = net("project-a", false, false);
+        network["subnets"] = json!(["s-old"]);
+        let (n, seen) = neutron(network, json!([])).await;
+        let prepared = n.prepare(&i, &requested, &[]).await.unwrap();
+        n.allocate(&i, prepared, false).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().filter(|l| l.starts_with("GET /v2.0/subnets")).count(), 2, "{seen:?}");
     }
 
     #[tokio::test]

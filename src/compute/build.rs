@@ -227,29 +227,26 @@ impl<D: Driver> ComputeManager<D> {
         guest: &guest_data::Guest<'_>,
     ) -> Result<(), OpError> {
         let groups = requested_security_groups(req.security_groups.as_ref())?;
-        // 4. Networking: Neutron binds the ports beside Nova's saves of the
-        // claim and the `networking` task and beside the image, as none
-        // needs another (the info cache is written beside the container's
-        // create). All run to their end (a failed image must not cut a save
-        // short), and any failure releases what Neutron bound.
+        // 4. Networking. What the ports are made from is looked up in
+        // Neutron beside Nova's saves of the claim and the `networking` task
+        // and beside the image, as none needs another; the ports are bound
+        // only once both saves are done (Nova gave this build the instance:
+        // a stale or duplicate build never touches a port), and the info
+        // cache is written beside the container's create. All run to their
+        // end (a failed image must not cut a save short); Nova's own
+        // refusal (the instance deleted meanwhile) wins over the image's,
+        // which wins over Neutron's.
         let as_requested = i.clone();
         let t = Instant::now();
         let saves = async {
             self.claim(ctx, i).await?;
             self.begin_task(ctx, i, TaskState::Networking, Expected::idle()).await
         };
-        let bind = self.bind_ports(&as_requested, requested, &groups, ctx.is_admin());
-        let (saved, image, bound) = tokio::join!(saves, self.build_image(ctx, req, image_id), bind);
-        // Nova's own refusal (the instance deleted meanwhile) wins over the
-        // image's, which wins over Neutron's.
-        let ((meta, image), ni) = match (saved.and(image), bound) {
-            (Ok(image), Ok((_, ni))) => (image, ni),
-            (Err(e), Ok((ports, _))) => {
-                self.release_bound(&ports).await;
-                return Err(e);
-            }
-            (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
-        };
+        let prepare = self.prepare_ports(&as_requested, requested, &groups);
+        let (saved, image, prepared) = tokio::join!(saves, self.build_image(ctx, req, image_id), prepare);
+        saved?;
+        let (meta, image) = image?;
+        let ni = self.bind_ports(i, prepared?, ctx.is_admin()).await?;
         phase("build", "network_allocate", t);
         let uuid = i.uuid().to_string();
         let built = self.spawn_with_ports(ctx, i, &ni, &meta, &image, guest).await;

@@ -9,7 +9,7 @@ use super::events::{EventStatus, WaitOutcome};
 use super::manager::ComputeManager;
 use super::operation::{OnFailure, Operation};
 use crate::net::{self, NetworkInfo, Vif};
-use crate::network::{BoundPort, NetworkRequest, Requested};
+use crate::network::{BoundPort, NetworkRequest, PreparedPorts, Requested};
 use crate::objects::Instance;
 use crate::rpc::RequestContext;
 use crate::virt::{Driver, InstanceInfo};
@@ -51,22 +51,34 @@ impl<D: Driver> ComputeManager<D> {
         })
     }
 
-    /// Build step, Neutron's part: the requested ports bound to this host
-    /// for the instance (`i` as the API made it: project, uuid, zone) and
-    /// described as Nova's network_info. It needs nothing Nova saves, so a
-    /// build runs it beside its claim; [`Self::cache_network`] finishes it.
-    /// On failure nothing bound is left.
-    pub async fn bind_ports(
+    /// Build step, Neutron's part, first half: what the requested ports are
+    /// made from, looked up without changing anything (a build runs it
+    /// beside its claim). None when the build asks for no port.
+    pub async fn prepare_ports(
         &self,
         i: &Instance,
         requested: &Requested,
         security_groups: &[String],
-        admin: bool,
-    ) -> Result<(Vec<BoundPort>, NetworkInfo), OpError> {
+    ) -> Result<Option<PreparedPorts>, OpError> {
         if *requested == Requested::None {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(None);
         }
-        Ok(self.neutron()?.allocate(i, requested, security_groups, admin).await?)
+        Ok(Some(self.neutron()?.prepare(i, requested, security_groups).await?))
+    }
+
+    /// Build step, Neutron's part, second half: the prepared ports bound to
+    /// this host for the instance, which Nova has given this build (its
+    /// claim and `networking` task saved), and described as Nova's
+    /// network_info. On failure nothing bound is left.
+    pub async fn bind_ports(
+        &self,
+        i: &Instance,
+        prepared: Option<PreparedPorts>,
+        admin: bool,
+    ) -> Result<NetworkInfo, OpError> {
+        let Some(prepared) = prepared else { return Ok(Vec::new()) };
+        let (_, ni) = self.neutron()?.allocate(i, prepared, admin).await?;
+        Ok(ni)
     }
 
     /// Build step, Nova's part: the bound ports' network_info written to
@@ -79,13 +91,6 @@ impl<D: Driver> ComputeManager<D> {
         self.conductor.info_cache_save(ctx, i, &to_json(ni)?).await?;
         i.set_system_metadata("network_allocated", Some("True"));
         Ok(())
-    }
-
-    /// Releases ports a failed build bound (ours deleted, the user's unbound).
-    pub async fn release_bound(&self, ports: &[BoundPort]) {
-        if let Some(n) = &self.neutron {
-            n.deallocate(ports).await;
-        }
     }
 
     /// An evacuation's ports: each bound to this host (Nova's

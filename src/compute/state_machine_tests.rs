@@ -867,22 +867,40 @@ async fn a_build_with_a_port_that_cannot_start_releases_the_port() {
 }
 
 #[tokio::test]
-async fn a_build_whose_instance_went_meanwhile_releases_the_port_bound_beside_its_claim() {
+async fn a_build_whose_instance_went_meanwhile_makes_no_port() {
     let h = Harness::new();
     let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
     let req = build_on_net(&h, &u);
     let rpc = h.rpc_instance(&u);
     // Deleted by the API after the cast: the claim is refused while
-    // Neutron binds the port for the build.
+    // Neutron is asked what the port is made from.
     h.nova.remove_instance(&u);
     h.manager.build_and_run_instance(&h.ctx, rpc, req).await;
-    assert_eq!(h.neutron.deleted(), ["port-1"]);
-    assert!(h.neutron.ports().is_empty());
+    assert!(h.neutron.bound().is_empty() && h.neutron.deleted().is_empty(), "{:?}", h.neutron.bound());
     assert!(h.driver.container(&u).is_none());
 }
 
 #[tokio::test]
-async fn a_build_whose_image_fails_releases_the_port_bound_beside_it() {
+async fn a_stale_build_never_touches_the_instances_own_port() {
+    let h = Harness::new();
+    // The instance builds (or runs) elsewhere with the user's port; a
+    // second build of it reaches this host (a buggy or stale peer).
+    let u = h.instance(VmState::Building, Some(TaskState::Spawning), NoState);
+    let mut req = build_on_net(&h, &u);
+    req.requested_networks = Some(json!({"nova_object.data": {"objects": [
+        {"nova_object.data": {"port_id": "users-port"}}]}}));
+    let project = h.rpc_instance(&u).project_id().map(str::to_string);
+    h.neutron.add_port_of("users-port", &u, project.as_deref().unwrap_or_default());
+    h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
+    assert!(h.neutron.bound().is_empty(), "{:?}", h.neutron.bound());
+    assert_eq!(h.neutron.device_of("users-port").as_deref(), Some(u.as_str()), "still the instance's");
+    assert!(h.neutron.deleted().is_empty());
+    assert_eq!(h.states(&u).1, Some(TaskState::Spawning), "the other build's state is left alone");
+    assert!(h.driver.container(&u).is_none());
+}
+
+#[tokio::test]
+async fn a_build_whose_image_fails_makes_no_port() {
     let h = Harness::new();
     let u = h.instance(VmState::Building, Some(TaskState::Scheduling), NoState);
     let mut req = build_on_net(&h, &u);
@@ -891,8 +909,7 @@ async fn a_build_whose_image_fails_releases_the_port_bound_beside_it() {
     h.nova.set_field(&u, "image_ref", json!("img-missing"));
     h.manager.build_and_run_instance(&h.ctx, h.rpc_instance(&u), req).await;
     assert_eq!(h.states(&u).0, Some(VmState::Error));
-    assert_eq!(h.neutron.deleted(), ["port-1"]);
-    assert!(h.neutron.ports().is_empty());
+    assert!(h.neutron.bound().is_empty() && h.neutron.deleted().is_empty(), "{:?}", h.neutron.bound());
     assert!(h.driver.container(&u).is_none());
 }
 

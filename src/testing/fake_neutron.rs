@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::net::{NetworkInfo, Vif};
-use crate::network::{BoundPort, NetworkError, NetworkRequest, PortService, Requested, port_in_project};
+use crate::network::{BoundPort, NetworkError, NetworkRequest, PortService, PreparedPorts, Requested, port_in_project};
 use crate::objects::Instance;
 
 /// The only network.
@@ -24,6 +24,8 @@ struct State {
     next: usize,
     deleted: Vec<String>,
     unbound: Vec<String>,
+    /// Every port bound (or made) for an instance, in order.
+    bound: Vec<String>,
     inactive: bool,
     failing: HashSet<&'static str>,
 }
@@ -63,6 +65,16 @@ impl FakeNeutron {
         self.with(|s| s.ports.get(id).and_then(|p| p["binding:host_id"].as_str().map(str::to_string)))
     }
 
+    /// The `device_id` of a port (None when there is no such port).
+    pub fn device_of(&self, id: &str) -> Option<String> {
+        self.with(|s| s.ports.get(id).map(|p| p["device_id"].as_str().unwrap_or_default().to_string()))
+    }
+
+    /// Every port bound or made for an instance so far, in order.
+    pub fn bound(&self) -> Vec<String> {
+        self.with(|s| s.bound.clone())
+    }
+
     /// Ports deleted so far.
     pub fn deleted(&self) -> Vec<String> {
         self.with(|s| s.deleted.clone())
@@ -76,6 +88,7 @@ impl FakeNeutron {
         if let Some(id) = &r.port_id {
             // The user's own port, bound to the instance.
             let port = self.with(|s| {
+                s.bound.push(id.clone());
                 s.ports.get_mut(id).map(|p| {
                     p["device_id"] = json!(i.uuid());
                     if p["project_id"].is_null() {
@@ -92,6 +105,7 @@ impl FakeNeutron {
         let port = self.with(|s| {
             s.next += 1;
             let id = format!("port-{}", s.next);
+            s.bound.push(id.clone());
             let port = json!({"id": id, "network_id": r.network_id.as_deref().unwrap_or(NETWORK),
                 "device_id": i.uuid(), "project_id": i.project_id(), "status": if s.inactive { "DOWN" } else { "ACTIVE" },
                 "fixed_ips": [{"subnet_id": "subnet-1", "ip_address": format!("10.0.0.{}", 10 + s.next)}]});
@@ -132,23 +146,44 @@ impl FakeNeutron {
 }
 
 impl PortService for FakeNeutron {
-    fn allocate<'a>(
+    fn prepare<'a>(
         &'a self,
-        i: &'a Instance,
+        _i: &'a Instance,
         requested: &'a Requested,
         _security_groups: &'a [String],
-        _admin: bool,
-    ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>> {
+    ) -> BoxFuture<'a, Result<PreparedPorts, NetworkError>> {
         Box::pin(async move {
-            self.check("allocate")?;
+            self.check("prepare")?;
             let reqs = match requested {
-                Requested::None => return Ok((Vec::new(), Vec::new())),
+                Requested::None => Vec::new(),
                 Requested::Auto => {
                     vec![NetworkRequest { network_id: Some(NETWORK.into()), port_id: None, address: None, tag: None }]
                 }
                 Requested::Some(r) => r.clone(),
             };
-            let ports = reqs.iter().map(|r| self.create_port(i, r)).collect::<Result<Vec<_>, _>>()?;
+            Ok(PreparedPorts::plain(reqs))
+        })
+    }
+
+    fn allocate<'a>(
+        &'a self,
+        i: &'a Instance,
+        prepared: PreparedPorts,
+        _admin: bool,
+    ) -> BoxFuture<'a, Result<(Vec<BoundPort>, NetworkInfo), NetworkError>> {
+        Box::pin(async move {
+            self.check("allocate")?;
+            let mut ports = Vec::new();
+            for r in prepared.requests() {
+                match self.create_port(i, r) {
+                    Ok(p) => ports.push(p),
+                    Err(e) => {
+                        // As Neutron's: nothing half-bound is left.
+                        self.deallocate(&ports).await;
+                        return Err(e);
+                    }
+                }
+            }
             match self.network_info(&ports).await {
                 Ok(ni) => Ok((ports, ni)),
                 Err(e) => {

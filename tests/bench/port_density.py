@@ -192,6 +192,7 @@ class PortBench:
         self.res = b.r.setdefault('port', {'net_host': self.net_host, 'vif_type': self.vif_type,
                                            'release': self.release, 'bridge': self.bridge})
         self.hand_ports = []  # (port id, tap, container) to remove
+        self.hand_made = set()  # ids of every port the by-hand rounds made
         self.ovs_env = dict(os.environ, OVS_RUNDIR=b.env.get('OVS_RUNDIR') or b.env.get('ND_OVS_RUNDIR') or '')
 
     def run(self):
@@ -318,6 +319,7 @@ class PortBench:
         t2 = time.monotonic()
         tap = 'tap' + port['id'][:11]
         self.hand_ports.append((port['id'], tap, cid))
+        self.hand_made.add(port['id'])
         if port.get('binding:vif_type') != self.vif_type:
             raise BenchError('by hand: port bound as %s, not %s' % (port.get('binding:vif_type'), self.vif_type))
         mtu = (port.get('binding:vif_details') or {}).get('mtu') or 1450
@@ -476,7 +478,7 @@ class PortBench:
                 left.append('host device %s' % tap)
         try:
             for p in self.api.neutron('GET', '/v2.0/ports?binding:host_id=%s' % self.net_host)['ports']:
-                if p.get('device_id') in created or p.get('name') == PREFIX + 'hand':
+                if p.get('device_id') in created or p['id'] in self.hand_made:
                     self.api.neutron('DELETE', '/v2.0/ports/%s' % p['id'], ok=(204, 404))
                     left.append('port %s' % p['id'])
             if b.api.servers(PREFIX):
@@ -495,16 +497,20 @@ class PortBench:
         sees the host down (service_down_time, 60 s), DELETE again, which
         nova-api then does itself (ports released); the host side is for
         sweep."""
-        api = self.api
-        if not api.servers(PREFIX):
+        api, created = self.api, set(self.api.created)
+
+        def ours():
+            # only the servers this run's POSTs made: a name is anyone's
+            return [s for s in api.servers(PREFIX) if s['id'] in created]
+        if not ours():
             return
         log('cleanup: servers still listed; waiting for %s to be down to delete them again' % self.net_host)
         wait_for('%s down' % self.net_host, lambda: (api.service(self.net_host) or {}).get('state') != 'up', 120,
                  poll=2)
-        for s in api.servers(PREFIX):
+        for s in ours():
             api.delete(s['id'])
             left.append('server %s (deleted by nova-api, its host down)' % s['id'])
-        wait_for('servers %s* gone' % PREFIX, lambda: not api.servers(PREFIX), 120, poll=0.5)
+        wait_for('servers of this run gone', lambda: not ours(), 120, poll=0.5)
 
     def write_report(self, path):
         r, p = self.b.r, self.res
