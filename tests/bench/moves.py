@@ -104,7 +104,11 @@ class MovesBench:
                 'the move), the committed layer\'s size from `docker image inspect` (the image minus the one it '
                 'was committed from); by hand: Glance\'s image size, or `wc -c` of the pipe. After each move the '
                 'test checks what Nova says becomes of the data (the last column): a failed check fails the run '
-                'and writes no figure.',
+                'and writes no figure. What nova-docker does beyond the commands by hand: Nova\'s API, conductor '
+                'and (for a resize, a migration and an unshelve) scheduler round trips and Placement claims, every '
+                'image it saves passed through its canonicalizer and every image it loads checked against '
+                'Glance\'s `os_hash_value` (issue 17), and, between hosts, the move\'s Glance image deleted once '
+                'the destination has loaded it.',
                 '']
             lines += ['| Move | nova-docker, API → end state | Bytes moved by nova-docker | By hand (plain Docker) '
                       '| Time by hand | Bytes moved by hand | nova-docker ÷ by hand | Checked |',
