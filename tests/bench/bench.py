@@ -78,6 +78,8 @@ MODES = {
     # long (it managed ~0.1 /s under load: 500 would take an hour); what it
     # reached by then is reported, not counted as an error
     'density': dict(n=500, rest_s=60, rpc_calls=500, sync_interval_s=90, python_budget_s=600),
+    # tests/bench/run --moves [--moves-mb N] (tests/bench/moves.py): MiB written in each moved instance
+    'moves': dict(mb=500),
 }
 RPC_MARK_START = '<!-- bench-rpc:start -->'
 RPC_MARK_END = '<!-- bench-rpc:end -->'
@@ -697,7 +699,7 @@ class Bench:
         self.args = args
         self.release = release
         self.mode = ('quick' if args.quick else 'rpc' if args.rpc else 'port' if args.port
-                     else 'density' if args.density else 'full')
+                     else 'density' if args.density else 'moves' if args.moves else 'full')
         self.cfg = dict(MODES[self.mode])
         if self.mode == 'density':
             self.cfg['n'] = args.density
@@ -705,6 +707,8 @@ class Bench:
             self.cfg['serial'] = args.serial
         if self.mode == 'port' and args.at_once:
             self.cfg['parallel'] = args.at_once
+        if self.mode == 'moves' and args.moves_mb:
+            self.cfg['mb'] = args.moves_mb
         self.env = read_env_sh(os.path.join(STATE, 'env.sh'))
         if not self.env.get('ND_TOKEN'):
             # Keystone: the admin's token, issued now (tests/env/pylib)
@@ -1556,10 +1560,15 @@ class Bench:
                 self.errors.append('cleanup: service record %s: %s' % (h, e))
 
     def run_port_density(self, t_start):
-        """tests/bench/run --port / --density: port_density.py's step, its
-        own block of BENCHMARKS.md, the raw results beside the others."""
-        import port_density
-        step = port_density.PortBench(self) if self.mode == 'port' else port_density.DensityBench(self)
+        """tests/bench/run --port / --density / --moves: port_density.py's
+        step (moves.py's), its own block of BENCHMARKS.md, the raw results
+        beside the others."""
+        if self.mode == 'moves':
+            import moves
+            step = moves.MovesBench(self)
+        else:
+            import port_density
+            step = port_density.PortBench(self) if self.mode == 'port' else port_density.DensityBench(self)
         try:
             self.step(self.mode, step.run, needs_ours=False)
         finally:
@@ -1567,6 +1576,7 @@ class Bench:
         self.r['machine']['loadavg_end'] = open('/proc/loadavg').read().split()[:3]
         self.r['duration_s'] = time.monotonic() - t_start
         self.r['errors'], self.r['warnings'] = self.errors, self.warnings
+        os.makedirs(BENCH_STATE, exist_ok=True)
         raw = os.path.join(BENCH_STATE, 'results-%s%s.json' % (
             self.mode, '-' + self.release if self.release != 'newest' else ''))
         with open(raw, 'w') as f:
@@ -1598,7 +1608,7 @@ class Bench:
     def run(self):
         t_start = time.monotonic()
         self.machine()
-        if self.mode in ('port', 'density'):
+        if self.mode in ('port', 'density', 'moves'):
             return self.run_port_density(t_start)
         try:
             self.step('preflight', self.preflight, needs_ours=False)
@@ -2121,10 +2131,13 @@ def main():
     g.add_argument('--port', action='store_true', help='boot with one Neutron port (port_density.py)')
     g.add_argument('--density', type=int, nargs='?', const=500, metavar='N',
                    help='N instances on one host, default 500 (port_density.py)')
+    g.add_argument('--moves', action='store_true',
+                   help='rebuild, shelve, unshelve, resize, cold migration of an instance with data (moves.py)')
     ap.add_argument('--serial', type=int, help='--port: serial boots per kind (default 10)')
     ap.add_argument('--at-once', type=int, help='--port: boots at once (default 50)')
     ap.add_argument('--release', choices=RELEASES + ('both',),
                     help='--port: the control plane(s), one after the other (default both: newest, then zed)')
+    ap.add_argument('--moves-mb', type=int, help='--moves: MiB written in each moved instance (default 500)')
     ap.add_argument('--binary', default=os.path.join(ROOT, 'target', 'release', 'nova-docker'))
     ap.add_argument('--fake-host', default='nd-bench-fake')
     ap.add_argument('--net-bench-exe', help='the integration-test binary (else: cargo test)')
@@ -2138,7 +2151,7 @@ def main():
     def on_term(*_):
         raise KeyboardInterrupt('SIGTERM')
     signal.signal(signal.SIGTERM, on_term)
-    # port_density.py imports this file as `bench`: one module, not two
+    # port_density.py and moves.py import this file as `bench`: one module, not two
     sys.modules.setdefault('bench', sys.modules[__name__])
     if not args.port:
         return Bench(args).run()

@@ -20,6 +20,7 @@ mod keystone;
 mod lifecycle;
 mod load;
 mod moves;
+mod moves_bench;
 mod moves_rebuild;
 mod net;
 mod network;

@@ -62,7 +62,7 @@ async fn placement_put(cloud: &Cloud, path: &str, body: Option<Value>) -> u16 {
 
 /// Adds a custom trait to a host's provider (kept by the host, which only
 /// manages its own traits).
-async fn add_trait(cloud: &Cloud, provider: &str, name: &str) {
+pub(crate) async fn add_trait(cloud: &Cloud, provider: &str, name: &str) {
     assert!(placement_put(cloud, &format!("/traits/{name}"), None).await < 300);
     for _ in 0..10 {
         let v = cloud.placement(&format!("/resource_providers/{provider}/traits")).await;
@@ -77,7 +77,7 @@ async fn add_trait(cloud: &Cloud, provider: &str, name: &str) {
 }
 
 /// A public flavor of `ram` MiB that only providers with `required_trait` fit.
-async fn pinned_flavor(cloud: &Cloud, ram: i64, required_trait: &str) -> String {
+pub(crate) async fn pinned_flavor(cloud: &Cloud, ram: i64, required_trait: &str) -> String {
     let body = json!({"flavor": {"name": common::unique("nd-moves"), "ram": ram, "vcpus": 1, "disk": 1}});
     let (status, v) = cloud.nova(reqwest::Method::POST, "/flavors", Some(body), "2.88").await;
     assert_eq!(status, 200, "{v}");
@@ -89,12 +89,12 @@ async fn pinned_flavor(cloud: &Cloud, ram: i64, required_trait: &str) -> String 
     id
 }
 
-async fn delete_flavor(cloud: &Cloud, id: &str) {
+pub(crate) async fn delete_flavor(cloud: &Cloud, id: &str) {
     cloud.nova(reqwest::Method::DELETE, &format!("/flavors/{id}"), None, "2.88").await;
 }
 
 /// The server's newest migration record (microversion 2.59 shows its uuid).
-async fn migration(cloud: &Cloud, server: &str) -> Value {
+pub(crate) async fn migration(cloud: &Cloud, server: &str) -> Value {
     let (_, v) =
         cloud.nova(reqwest::Method::GET, &format!("/os-migrations?instance_uuid={server}"), None, "2.59").await;
     let list = v["migrations"].as_array().cloned().unwrap_or_default();

@@ -282,7 +282,7 @@ async fn images_are_cached_ahead_of_boots_newest() {
 }
 
 /// Glance's images named `name` (any status this token sees).
-async fn glance_images_named(cloud: &Cloud, name: &str) -> Vec<Value> {
+pub(crate) async fn glance_images_named(cloud: &Cloud, name: &str) -> Vec<Value> {
     let url = format!("{}/v2/images?name={name}", cloud.var("ND_GLANCE"));
     let resp = reqwest::Client::new()
         .get(&url)
