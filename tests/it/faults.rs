@@ -83,6 +83,19 @@ impl PrivateDocker {
         self.dir.join("docker.sock")
     }
 
+    /// The nova.conf lines pointing a host at this engine.
+    pub(crate) fn host_conf(&self) -> String {
+        format!("[docker]\nhost_url = unix://{}\n", self.socket().display())
+    }
+
+    /// Two engines started at once, in temporary directories: the two hosts
+    /// of a move.
+    pub(crate) async fn pair() -> (PrivateDocker, PrivateDocker) {
+        let dir_a = std::env::temp_dir().join(crate::common::unique("nd-dockerd-a"));
+        let dir_b = std::env::temp_dir().join(crate::common::unique("nd-dockerd-b"));
+        tokio::join!(PrivateDocker::start(&dir_a), PrivateDocker::start(&dir_b))
+    }
+
     pub(crate) async fn start(dir: &Path) -> PrivateDocker {
         std::fs::create_dir_all(dir).unwrap();
         let mut d = PrivateDocker { dir: dir.to_path_buf(), child: None };
@@ -157,7 +170,7 @@ async fn docker_engine_restarted_under_the_host() {
     let dir = std::env::temp_dir().join(common::unique("nd-dockerd"));
     let mut engine = PrivateDocker::start(&dir).await;
     let name = host_name("dockerd");
-    let extra = format!("[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let extra = engine.host_conf();
     let mut host = ComputeHost::start(&cloud, &name, &extra).await;
     let image = cloud.busybox_image(&host.conf).await;
     // The private engine has no images: this boot also loads from Glance.

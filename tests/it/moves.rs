@@ -222,7 +222,7 @@ async fn cold_migration_between_hosts(release: Release) {
     let engine = PrivateDocker::start(&dir).await;
     let (a_name, b_name) = (host_name("migra"), host_name("migrb"));
     let host_a = ComputeHost::start(&cloud, &a_name, "").await;
-    let extra = format!("[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let extra = engine.host_conf();
     let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
     let rp_a = cloud.wait_provider(&a_name, T).await["uuid"].as_str().unwrap().to_string();
     let rp_b = cloud.wait_provider(&b_name, T).await["uuid"].as_str().unwrap().to_string();
@@ -365,9 +365,7 @@ async fn resize_rescheduled_to_the_alternate(release: Release) {
     let engine_a = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-ra"))).await;
     let engine_b = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-rb"))).await;
     let host_c = ComputeHost::start(&cloud, &c_name, "").await;
-    let _host_a =
-        ComputeHost::start(&cloud, &a_name, &format!("[docker]\nhost_url = unix://{}\n", engine_a.socket().display()))
-            .await;
+    let _host_a = ComputeHost::start(&cloud, &a_name, &engine_a.host_conf()).await;
     // B reports much less free memory: the RAM weigher puts A first.
     let extra = format!(
         "[DEFAULT]\nreserved_host_memory_mb = 8192\n[docker]\nhost_url = unix://{}\n",
@@ -444,7 +442,7 @@ async fn source_killed_during_a_migration(release: Release) {
         );
     }
     let mut host_a = ComputeHost::start(&cloud, &a_name, &glance_conf).await;
-    let extra = format!("[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let extra = engine.host_conf();
     let _host_b = ComputeHost::start(&cloud, &b_name, &extra).await;
     let rp_a = cloud.wait_provider(&a_name, T).await["uuid"].as_str().unwrap().to_string();
     let image = cloud.busybox_image(&host_a.conf).await;
@@ -581,9 +579,7 @@ async fn build_rescheduled_to_the_alternate(release: Release) {
     let (a_name, b_name) = (host_name("bresa"), host_name("bresb"));
     let engine_a = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-ba"))).await;
     let engine_b = PrivateDocker::start(&std::env::temp_dir().join(common::unique("nd-dockerd-bb"))).await;
-    let host_a =
-        ComputeHost::start(&cloud, &a_name, &format!("[docker]\nhost_url = unix://{}\n", engine_a.socket().display()))
-            .await;
+    let host_a = ComputeHost::start(&cloud, &a_name, &engine_a.host_conf()).await;
     // B reports much less free memory: the RAM weigher puts A first.
     let extra = format!(
         "[DEFAULT]\nreserved_host_memory_mb = 8192\n[docker]\nhost_url = unix://{}\n",
@@ -697,9 +693,7 @@ async fn racing_migrations_into_anti_affinity(release: Release) {
     let (a_name, b_name, c_name) = (host_name("racea"), host_name("raceb"), host_name("racec"));
     let host_a = ComputeHost::start(&cloud, &a_name, "").await;
     let _host_b = ComputeHost::start(&cloud, &b_name, "").await;
-    let _host_c =
-        ComputeHost::start(&cloud, &c_name, &format!("[docker]\nhost_url = unix://{}\n", engine_c.socket().display()))
-            .await;
+    let _host_c = ComputeHost::start(&cloud, &c_name, &engine_c.host_conf()).await;
     let rp_c = cloud.wait_provider(&c_name, T).await["uuid"].as_str().unwrap().to_string();
     let image = cloud.busybox_image(&host_a.conf).await;
     let body = json!({"server_group": {"name": common::unique("nd-race"), "policy": "anti-affinity"}});

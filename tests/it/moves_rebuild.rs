@@ -40,7 +40,7 @@ async fn a_refused_move_gives_its_allocations_back(release: Release) {
     // has registered (a destination without an engine refuses prep_resize).
     let dir = std::env::temp_dir().join(crate::common::unique("nd-dockerd"));
     let engine = crate::faults::PrivateDocker::start(&dir).await;
-    let b_extra = format!("[docker]\nhost_url = unix://{}\n", engine.socket().display());
+    let b_extra = engine.host_conf();
     let b = ComputeHost::start(&cloud, &b_name, &b_extra).await;
     let a_rp = cloud.wait_provider(&a_name, T).await["uuid"].as_str().unwrap().to_string();
     let b_rp = cloud.wait_provider(&b_name, T).await["uuid"].as_str().unwrap().to_string();
@@ -392,14 +392,10 @@ pub(crate) async fn force_down(cloud: &Cloud, host: &str, down: bool) {
 /// the evacuated server without starting it, and frees its allocation.
 async fn evacuate(release: Release) {
     let cloud = Cloud::get(release);
-    let dir_a = std::env::temp_dir().join(crate::common::unique("nd-dockerd-a"));
-    let dir_b = std::env::temp_dir().join(crate::common::unique("nd-dockerd-b"));
-    let (engine_a, engine_b) =
-        tokio::join!(crate::faults::PrivateDocker::start(&dir_a), crate::faults::PrivateDocker::start(&dir_b));
+    let (engine_a, engine_b) = crate::faults::PrivateDocker::pair().await;
     let (name_a, name_b) = (host_name("evac-a"), host_name("evac-b"));
-    let conf = |e: &crate::faults::PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
-    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
-    let b = ComputeHost::start(&cloud, &name_b, &conf(&engine_b)).await;
+    let mut a = ComputeHost::start(&cloud, &name_a, &engine_a.host_conf()).await;
+    let b = ComputeHost::start(&cloud, &name_b, &engine_b.host_conf()).await;
     let rp_a = cloud.wait_provider(&name_a, T).await["uuid"].as_str().unwrap().to_string();
     let rp_b = cloud.wait_provider(&name_b, T).await["uuid"].as_str().unwrap().to_string();
     let image = cloud.busybox_image(&a.conf).await;
@@ -482,14 +478,10 @@ async fn evacuate_newest() {
 /// of it on B, the other member still running there.
 async fn evacuation_breaking_anti_affinity(release: Release) {
     let cloud = Cloud::get(release);
-    let dir_a = std::env::temp_dir().join(crate::common::unique("nd-dockerd-a"));
-    let dir_b = std::env::temp_dir().join(crate::common::unique("nd-dockerd-b"));
-    let (engine_a, engine_b) =
-        tokio::join!(crate::faults::PrivateDocker::start(&dir_a), crate::faults::PrivateDocker::start(&dir_b));
+    let (engine_a, engine_b) = crate::faults::PrivateDocker::pair().await;
     let (name_a, name_b) = (host_name("evgrp-a"), host_name("evgrp-b"));
-    let conf = |e: &crate::faults::PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
-    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
-    let b = ComputeHost::start(&cloud, &name_b, &conf(&engine_b)).await;
+    let mut a = ComputeHost::start(&cloud, &name_a, &engine_a.host_conf()).await;
+    let b = ComputeHost::start(&cloud, &name_b, &engine_b.host_conf()).await;
     let rp_a = cloud.wait_provider(&name_a, T).await["uuid"].as_str().unwrap().to_string();
     let rp_b = cloud.wait_provider(&name_b, T).await["uuid"].as_str().unwrap().to_string();
     let image = cloud.busybox_image(&a.conf).await;

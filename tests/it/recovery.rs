@@ -200,15 +200,12 @@ async fn sigkill_during_an_evacuation() {
     use crate::faults::PrivateDocker;
     use crate::moves_rebuild::{engine, force_down, migrations};
     let cloud = Cloud::get(Release::Newest);
-    let dir_a = std::env::temp_dir().join(common::unique("nd-dockerd-a"));
-    let dir_b = std::env::temp_dir().join(common::unique("nd-dockerd-b"));
-    let (engine_a, engine_b) = tokio::join!(PrivateDocker::start(&dir_a), PrivateDocker::start(&dir_b));
+    let (engine_a, engine_b) = PrivateDocker::pair().await;
     let glance = cloud.var("ND_GLANCE").trim_start_matches("http://").to_string();
     let relay = Relay::start(&glance).await;
     let (name_a, name_b) = (host_name("evkill-a"), host_name("evkill-b"));
-    let conf = |e: &PrivateDocker| format!("[docker]\nhost_url = unix://{}\n", e.socket().display());
-    let mut a = ComputeHost::start(&cloud, &name_a, &conf(&engine_a)).await;
-    let relayed = format!("{}[glance]\nendpoint_override = {}\n", conf(&engine_b), relay.url);
+    let mut a = ComputeHost::start(&cloud, &name_a, &engine_a.host_conf()).await;
+    let relayed = format!("{}[glance]\nendpoint_override = {}\n", engine_b.host_conf(), relay.url);
     let mut b = ComputeHost::start(&cloud, &name_b, &relayed).await;
     cloud.wait_inventory(&name_b, T).await;
     let image = cloud.busybox_image(&a.conf).await;
