@@ -1142,7 +1142,12 @@ mod tenant_bounds_tests {
     }
 
     fn sent(seen: &Arc<Mutex<Vec<String>>>, prefix: &str) -> bool {
-        seen.lock().unwrap().iter().any(|l| l.starts_with(prefix))
+        count(seen, prefix) > 0
+    }
+
+    /// How many requests began with `prefix`.
+    fn count(seen: &Arc<Mutex<Vec<String>>>, prefix: &str) -> usize {
+        seen.lock().unwrap().iter().filter(|l| l.starts_with(prefix)).count()
     }
 
     #[tokio::test]
@@ -1200,9 +1205,8 @@ mod tenant_bounds_tests {
         let prepared = n.prepare(&i, &requested, &[]).await.unwrap();
         let (ports, ni) = n.allocate(&i, prepared, false).await.unwrap();
         assert_eq!((ports.len(), ni.len()), (1, 1));
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.iter().filter(|l| l.starts_with("GET /v2.0/networks/net")).count(), 1, "{seen:?}");
-        assert!(seen.iter().any(|l| l.starts_with("GET /v2.0/subnets?network_id=net")), "{seen:?}");
+        assert_eq!(count(&seen, "GET /v2.0/networks/net"), 1, "{:?}", seen.lock().unwrap());
+        assert!(sent(&seen, "GET /v2.0/subnets?network_id=net"), "{:?}", seen.lock().unwrap());
     }
 
     #[tokio::test]
@@ -1216,8 +1220,7 @@ mod tenant_bounds_tests {
         let (n, seen) = neutron(network, json!([])).await;
         let prepared = n.prepare(&i, &requested, &[]).await.unwrap();
         n.allocate(&i, prepared, false).await.unwrap();
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.iter().filter(|l| l.starts_with("GET /v2.0/subnets")).count(), 2, "{seen:?}");
+        assert_eq!(count(&seen, "GET /v2.0/subnets"), 2, "{:?}", seen.lock().unwrap());
     }
 
     #[tokio::test]
