@@ -51,7 +51,7 @@ async fn connect_docker(settings: &Settings, stop: &CancellationToken) -> anyhow
         match DockerDriver::connect(&settings.docker, &settings.host).await {
             Ok(d) => {
                 let mut network = HostNetwork::new(&settings.neutron_ovs_bridge);
-                network.options.isolated_metadata_route = settings.docker.isolated_metadata_route;
+                network.options.metadata_route = settings.docker.metadata_route;
                 return Ok(d.with_network(network));
             }
             Err(e) => {

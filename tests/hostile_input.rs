@@ -109,7 +109,7 @@ fn docker_settings() -> DockerSettings {
         userns_mode: None,
         read_only_rootfs: false,
         inject_key: false,
-        isolated_metadata_route: false,
+        metadata_route: nova_docker::net::MetadataRoute::Router,
         snapshot_pause: true,
         keep_snapshot_images: false,
         max_image_manifest_bytes: 1 << 20,

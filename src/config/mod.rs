@@ -736,9 +736,10 @@ pub struct DockerSettings {
     /// `[docker] inject_key`: write the key pair's public key to
     /// `/root/.ssh/authorized_keys` in the container before its first start.
     pub inject_key: bool,
-    /// `[docker] isolated_metadata_route`: route the metadata address through
-    /// each IPv4 subnet's DHCP port, as Neutron's DHCP agent advertises.
-    pub isolated_metadata_route: bool,
+    /// `[docker] metadata_route` (or `isolated_metadata_route = true`, its
+    /// older spelling of `dhcp_port`): the route to the metadata address each
+    /// container gets, as the network's DHCP would give a VM.
+    pub metadata_route: crate::net::MetadataRoute,
     /// `[docker] snapshot_pause`: pause the container while it is committed for a snapshot.
     pub snapshot_pause: bool,
     /// `[docker] keep_snapshot_images`: keep the committed image after its upload to Glance.
@@ -920,6 +921,31 @@ fn port_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
     (a > 0 && a <= b).then_some(a..=b)
 }
 
+/// `[docker] metadata_route`, or its older spelling `isolated_metadata_route
+/// = true`; both set to different modes is refused rather than one ignored.
+fn metadata_route(l: &Layered) -> Result<crate::net::MetadataRoute, ConfigError> {
+    use crate::net::MetadataRoute;
+    use options::*;
+    let isolated = l.bool(&DOCKER_ISOLATED_METADATA_ROUTE)?;
+    if l.string(&DOCKER_METADATA_ROUTE).is_none() {
+        return Ok(if isolated { MetadataRoute::DhcpPort } else { MetadataRoute::Router });
+    }
+    let mode = match l.choice(&DOCKER_METADATA_ROUTE)?.as_str() {
+        "dhcp_port" => MetadataRoute::DhcpPort,
+        "on_link" => MetadataRoute::OnLink,
+        _ => MetadataRoute::Router,
+    };
+    if isolated && mode != MetadataRoute::DhcpPort {
+        return Err(ConfigError::BadValue {
+            group: DOCKER_ISOLATED_METADATA_ROUTE.group,
+            name: DOCKER_ISOLATED_METADATA_ROUTE.name,
+            value: "true".into(),
+            expected: "false (or unset) when [docker] metadata_route names another route",
+        });
+    }
+    Ok(mode)
+}
+
 fn secs(v: i64) -> Duration {
     Duration::from_secs(v.max(0) as u64)
 }
@@ -1008,6 +1034,7 @@ impl Settings {
             "off" => RootDiskLimit::Off,
             _ => RootDiskLimit::Auto,
         };
+        let metadata_route = metadata_route(l)?;
         let over_limit_action = match l.choice(&DOCKER_ROOT_DISK_OVER_LIMIT_ACTION)?.as_str() {
             "log" => OverLimitAction::Log,
             _ => OverLimitAction::Stop,
@@ -1262,7 +1289,7 @@ impl Settings {
                 userns_mode: l.string(&DOCKER_USERNS_MODE),
                 read_only_rootfs: l.bool(&DOCKER_READ_ONLY_ROOTFS)?,
                 inject_key: l.bool(&DOCKER_INJECT_KEY)?,
-                isolated_metadata_route: l.bool(&DOCKER_ISOLATED_METADATA_ROUTE)?,
+                metadata_route,
                 snapshot_pause: l.bool(&DOCKER_SNAPSHOT_PAUSE)?,
                 keep_snapshot_images: l.bool(&DOCKER_KEEP_SNAPSHOT_IMAGES)?,
                 max_image_manifest_bytes: int(&DOCKER_MAX_IMAGE_MANIFEST_BYTES)?.max(4096) as u64,
@@ -1544,6 +1571,28 @@ driver = noop
         )
         .unwrap_err();
         assert!(err.to_string().contains("TCP is refused"));
+    }
+
+    #[test]
+    fn the_metadata_route_follows_either_spelling_and_refuses_both_disagreeing() {
+        use crate::net::MetadataRoute;
+        let route = |docker: &str| {
+            let text = format!("[DEFAULT]\ntransport_url = rabbit://h/\n[docker]\n{docker}");
+            Settings::from_layered(&Layered::from_text(&text).unwrap()).map(|s| s.docker.metadata_route)
+        };
+        assert_eq!(route("").unwrap(), MetadataRoute::Router);
+        assert_eq!(route("isolated_metadata_route = true\n").unwrap(), MetadataRoute::DhcpPort);
+        assert_eq!(route("metadata_route = on_link\n").unwrap(), MetadataRoute::OnLink);
+        assert_eq!(route("metadata_route = dhcp_port\n").unwrap(), MetadataRoute::DhcpPort);
+        assert_eq!(route("metadata_route = router\n").unwrap(), MetadataRoute::Router);
+        assert_eq!(
+            route("metadata_route = dhcp_port\nisolated_metadata_route = true\n").unwrap(),
+            MetadataRoute::DhcpPort
+        );
+        let e = route("metadata_route = on_link\nisolated_metadata_route = true\n").unwrap_err().to_string();
+        assert!(e.contains("isolated_metadata_route") && e.contains("metadata_route names another"), "{e}");
+        let e = route("metadata_route = ovn\n").unwrap_err().to_string();
+        assert!(e.contains("on_link"), "{e}");
     }
 
     #[test]

@@ -36,5 +36,6 @@ pub use error::NetError;
 pub use model::{FixedIp, Ip, IpCidr, Network, NetworkInfo, Route, Subnet, Vif, parse_network_info};
 pub use netns::{NETNS_RUN_DIR, NetnsHandle, NetnsLink, netns_handle};
 pub use plug::{
-    DefaultRoute, HostRoute, MAX_CONCURRENT_PLUGS, PlugOptions, PlugReport, plug, plug_all, unplug, unplug_all,
+    DefaultRoute, HostRoute, MAX_CONCURRENT_PLUGS, MetadataRoute, PlugOptions, PlugReport, plug, plug_all, unplug,
+    unplug_all,
 };

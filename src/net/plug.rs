@@ -81,10 +81,29 @@ pub struct PlugOptions {
     pub queue_timeout: Duration,
     /// MTU used when the network has none in its meta (None: kernel default).
     pub default_mtu: Option<u32>,
-    /// Route [`METADATA_ADDRESS`] through each IPv4 subnet's DHCP server
-    /// (`meta.dhcp_server`), as Neutron's DHCP agent advertises to VMs (a
-    /// classless static route) when it serves isolated metadata.
-    pub isolated_metadata_route: bool,
+    /// The route to [`METADATA_ADDRESS`] the container gets.
+    pub metadata_route: MetadataRoute,
+}
+
+/// How a container reaches the metadata service at [`METADATA_ADDRESS`].
+///
+/// Exists because a VM learns its route by DHCP (a classless static route
+/// its network's DHCP server hands out) and a container runs no DHCP client:
+/// the host adds the route that network's DHCP would have given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetadataRoute {
+    /// None of its own: routers serve the metadata, and the default route
+    /// reaches them.
+    #[default]
+    Router,
+    /// Through each IPv4 subnet's DHCP server (`meta.dhcp_server`), as
+    /// Neutron's DHCP agent advertises when it serves isolated metadata.
+    DhcpPort,
+    /// On the link: ML2/OVN's metadata port (a localport on every chassis)
+    /// answers for the address on each network whose metadata it serves, so
+    /// no lookup of that port's own address is needed. Added with the first
+    /// IPv4 port plugged; later ports find it there.
+    OnLink,
 }
 
 /// The link-local address of the metadata service (EC2's and Nova's).
@@ -100,7 +119,7 @@ impl Default for PlugOptions {
             netlink_timeout: Duration::from_secs(10),
             queue_timeout: Duration::from_secs(60),
             default_mtu: None,
-            isolated_metadata_route: false,
+            metadata_route: MetadataRoute::Router,
         }
     }
 }
@@ -191,13 +210,13 @@ struct Plan {
     vm_uuid: Option<String>,
 }
 
-/// The route to [`METADATA_ADDRESS`] through a subnet's DHCP server, unless
-/// the subnet's own host routes (or another subnet's) already route it, as
-/// Neutron's DHCP agent leaves an operator's route alone.
-fn metadata_route(dhcp: IpAddr, host_routes: &[(IpCidr, Option<IpAddr>)]) -> Option<(IpCidr, Option<IpAddr>)> {
+/// The route to [`METADATA_ADDRESS`] through `via` (a subnet's DHCP server;
+/// `None`: on the link), unless the subnets' own host routes already route
+/// it, as Neutron's DHCP agent leaves an operator's route alone.
+fn metadata_route(via: Option<IpAddr>, host_routes: &[(IpCidr, Option<IpAddr>)]) -> Option<(IpCidr, Option<IpAddr>)> {
     let dst = IpCidr { addr: IpAddr::V4(METADATA_ADDRESS), prefix_len: 32 };
     let routed = host_routes.iter().any(|(d, _)| d.contains(dst.addr) && d.prefix_len == 32);
-    (!routed).then_some((dst, Some(dhcp)))
+    (!routed).then_some((dst, via))
 }
 
 /// Rejects names the kernel would refuse (`dev_valid_name`): empty, `.`/`..`,
@@ -329,13 +348,18 @@ impl Plan {
                 }
                 host_routes.push((dst, via));
             }
-            if opts.isolated_metadata_route
+            if opts.metadata_route == MetadataRoute::DhcpPort
                 && let Some(dhcp) = s.dhcp_server()
-                && let Some(route) = metadata_route(dhcp, &host_routes)
+                && let Some(route) = metadata_route(Some(dhcp), &host_routes)
             {
                 gateways.push(dhcp);
                 host_routes.push(route);
             }
+        }
+        if opts.metadata_route == MetadataRoute::OnLink
+            && let Some(route) = metadata_route(None, &host_routes)
+        {
+            host_routes.push(route);
         }
         // Without an address of a family the interface cannot route it (and
         // IPv6 stays disabled by Docker: routes would fail with EACCES).
@@ -1087,7 +1111,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let dhcp = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "10.0.0.2"},"#, 1);
-        let on = PlugOptions { isolated_metadata_route: true, ..PlugOptions::default() };
+        let on = PlugOptions { metadata_route: MetadataRoute::DhcpPort, ..PlugOptions::default() };
         let p = Plan::new(&vif(&dhcp), "eth0", &on).unwrap();
         assert_eq!(metadata(&p), vec![Some("10.0.0.2".parse::<IpAddr>().unwrap())]);
         // off (the default): routers serve the metadata
@@ -1114,6 +1138,35 @@ mod tests {
         // the subnet routes it already (an operator's host route): left alone
         let own = dhcp.replace("192.168.7.9/24", "169.254.169.254/32");
         assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &on).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
+    }
+
+    #[test]
+    fn on_ovn_the_metadata_address_is_on_the_link_unless_routed() {
+        let metadata = |p: &Plan| {
+            p.host_routes
+                .iter()
+                .filter(|(d, _)| d.to_string() == "169.254.169.254/32")
+                .map(|(_, via)| *via)
+                .collect::<Vec<_>>()
+        };
+        let link = PlugOptions { metadata_route: MetadataRoute::OnLink, ..PlugOptions::default() };
+        // one on-link route for the port, whatever its subnets' DHCP servers
+        assert_eq!(metadata(&Plan::new(&vif(BR), "eth0", &link).unwrap()), vec![None]);
+        let dhcp = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "10.0.0.2"},"#, 1);
+        assert_eq!(metadata(&Plan::new(&vif(&dhcp), "eth0", &link).unwrap()), vec![None]);
+        // an operator's host route for the address is left as it is
+        let own = BR.replace("192.168.7.9/24", "169.254.169.254/32");
+        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &link).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
+        // a port with no IPv4 address gets none
+        let v6_only = BR
+            .replace(r#""address": "10.0.0.5""#, r#""address": null"#)
+            .replace(r#""address": "10.1.0.5""#, r#""address": null"#);
+        assert!(metadata(&Plan::new(&vif(&v6_only), "eth0", &link).unwrap()).is_empty());
+        // the other modes add no on-link route
+        for mode in [MetadataRoute::Router, MetadataRoute::DhcpPort] {
+            let opts = PlugOptions { metadata_route: mode, ..PlugOptions::default() };
+            assert!(!metadata(&Plan::new(&vif(BR), "eth0", &opts).unwrap()).contains(&None), "{mode:?}");
+        }
     }
 
     #[test]

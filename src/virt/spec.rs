@@ -490,7 +490,7 @@ mod tests {
             userns_mode: None,
             read_only_rootfs: false,
             inject_key: false,
-            isolated_metadata_route: false,
+            metadata_route: crate::net::MetadataRoute::Router,
             snapshot_pause: true,
             keep_snapshot_images: false,
             max_image_manifest_bytes: 1 << 20,
