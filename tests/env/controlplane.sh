@@ -9,7 +9,8 @@
 #                                     wait for the scheduler's own discovery)
 #   controlplane.sh RELEASE restart   down, then up: fresh Python services
 #
-# RELEASE (both can run at the same time; they share the main RabbitMQ node):
+# RELEASE (all three can run at the same time; newest and zed share the main
+# RabbitMQ node, ovn runs on the TLS cluster):
 #   newest  nova 34.0.0 / placement 16 / glance 33 / neutron 29 from the PyPI
 #           venvs in $NOVA_DOCKER_OPT (default /opt/nova-docker-test), as in
 #           harness-newest.md (NEUTRON=real). Ports: nova-api 18774, placement
@@ -19,6 +20,13 @@
 #           glance 25, neutron 21), as in harness.md. Ports 8774/8778/9292/9696,
 #           nova-serialproxy 6083 (python3-nova's, run with /usr/bin/python3).
 #           RabbitMQ vhost novazed.
+#   ovn     newest's services (the same virtualenvs) with Neutron's ML2/OVN
+#           instead of the OVS agent, and on the production broker set-up:
+#           the TLS RabbitMQ cluster ndc1..ndc3 of rabbitmq.sh (vhost
+#           novaovn, all three nodes in transport_url, TLS with the test CA,
+#           quorum queues). Ports: nova-api 28774, placement 28778, glance
+#           29292, neutron 29696, keystone 25000, metadata 28775,
+#           nova-serialproxy 26083. See "OVN" below.
 # Both: Keystone (fernet tokens, see "Identity" below), SQLite, loopback only,
 # real neutron (ML2, flat type driver) with one real L2 agent on this machine:
 #
@@ -39,6 +47,10 @@
 # the same ovs-vsctl transaction as add-port (as os-vif does): the agent
 # ignores an interface without attached-mac and does not look again when it
 # is added later, so the port would stay DOWN.
+#
+#   ovn      ovn / ovn-controller (Debian's ovn-host    ovs       as newest; ovn-controller
+#            23.03, chassis nd-net-ovn)                      claims the port by its
+#                                                           iface-id
 #
 # Neutron binds a port only to a host that has an alive agent, and the agent
 # runs as host nd-net-RELEASE (ND_NET_HOST in env.sh): a compute host whose
@@ -103,6 +115,21 @@
 #   ovs-vsctl --db=unix:$STATE/ovs/db.sock ...   (= ND_OVS_DB in env.sh).
 # Nothing else uses the default /var/run/openvswitch.
 #
+# OVN (ovn only), as DevStack's default Neutron backend: the northbound and
+# southbound ovsdb-servers (unix sockets in $STATE/ovn), ovn-northd, and
+# ovn-controller as chassis nd-net-ovn (system-id and hostname; geneve encap
+# on 127.0.0.1) on newest's Open vSwitch, with bridges of its own:
+# integration bridge br-ovn, physnet bridge br-ovn-private
+# (ovn-bridge-mappings), netdev datapath. One machine cannot run two
+# userspace datapaths (each opens a tap named ovs-netdev, and one per
+# bridge), so `ovn up` needs `newest up` first, and `newest down` takes the
+# datapath from under OVN until newest is up again (ovn-controller
+# reconnects by itself). Neutron's OVN mechanism driver serves DHCP natively (no DHCP
+# agent), security groups become OVN ACLs, and neutron-ovn-metadata-agent
+# runs a haproxy on 169.254.169.254 in an ovnmeta-<network> namespace behind
+# the network's metadata port (device_owner network:distributed). Reach the
+# OVN databases with ovn-nbctl/ovn-sbctl --db=unix:$STATE/ovn/nb.sock (sb.sock).
+#
 # State: $ND_ENV_STATE/RELEASE (default /var/lib/nova-docker-test/RELEASE):
 #   env.sh   source it; exports ND_RELEASE, ND_STATE, OS_CLOUD,
 #            OS_CLIENT_CONFIG_FILE, ND_VHOST, ND_TRANSPORT_URL, ND_NOVA_API
@@ -121,7 +148,7 @@
 #            ND_COMPUTE_CONF_TEMPLATE, ND_NETWORK(_ID), ND_FAKE_COMPUTE,
 #            ND_NET_HOST (compute host name that gets port bindings),
 #            ND_NET_VIF_TYPE (bridge|ovs), ND_NET_AGENT (agent binary),
-#            ND_NET_BRIDGE (brq<net-id[:11]> | br-int), ND_OVS_DB and
+#            ND_NET_BRIDGE (brq<net-id[:11]> | br-int | br-ovn), ND_OVS_DB and
 #            ND_OVS_RUNDIR (newest; empty for zed), OVS_RUNDIR (newest only)
 #   etc/nova-compute.conf.template nova.conf for a compute host of this
 #            release (no compute_driver); replace @HOST@ and @STATE_PATH@
@@ -191,6 +218,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=ovn.sh
+. "$HERE/ovn.sh"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2; }
 [ $# -eq 2 ] || { [ $# -eq 3 ] && [ "$2" = map ]; } || usage
@@ -243,10 +272,41 @@ case $RELEASE in
              "/usr/bin/$NET_AGENT" /usr/bin/keystone-wsgi-public /usr/bin/uwsgi; do
       [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
     done ;;
+  ovn)
+    VHOST=novaovn P_NOVA=28774 P_PLACEMENT=28778 P_GLANCE=29292 P_NEUTRON=29696 P_KEYSTONE=25000 P_SERIAL=26083
+    P_METADATA=28775 DHCP_INTERFACE_DRIVER=""
+    V=$OPT/venv VG=$OPT/venv-glance VN=$OPT/venv-neutron VK=$OPT/venv-keystone
+    KEYSTONE_MANAGE=$VK/bin/keystone-manage
+    PY=$V/bin/python OSC=$V/bin/openstack
+    NOVA_MANAGE=$V/bin/nova-manage
+    FAKE_DRIVER=fake.FakeDriverWithoutFakeNodes
+    NET_AGENT=ovn-controller NET_VIF_TYPE=ovs MECH_DRIVER=ovn
+    FIREWALL_DRIVER=""
+    for f in "$V/bin/nova-conductor" "$VG/bin/glance-manage" "$VN/bin/neutron-db-manage" \
+             "$VN/bin/neutron-ovn-metadata-agent" /usr/sbin/ovs-vswitchd /usr/bin/ovn-controller \
+             /usr/bin/ovn-northd "$VK/bin/keystone-manage"; do
+      [ -x "$f" ] || die "$f missing: run tests/env/install.sh"
+    done ;;
   *) usage ;;
 esac
+# The Python services' flavour: ovn runs newest's
+PYREL=$RELEASE
+[ "$RELEASE" != ovn ] || PYREL=newest
 
 RABBIT=rabbit://guest:guest@127.0.0.1:5672/$VHOST
+RMQCTL=(rabbitmqctl)
+TLS_CA=$STATE_ROOT/rabbitmq/tls/ca.pem
+if [ "$RELEASE" = ovn ]; then
+  # the TLS listeners of the three cluster nodes (rabbitmq.sh: 5685..5687)
+  RABBIT=rabbit://guest:guest@127.0.0.1:5685,guest:guest@127.0.0.1:5686,guest:guest@127.0.0.1:5687/$VHOST
+  RMQCTL=(rabbitmqctl -n ndc1@localhost)
+fi
+# [oslo_messaging_rabbit] of every service (and compute host) of this
+# control plane: TLS with the test CA and quorum queues on the cluster
+rabbit_section() {
+  [ "$RELEASE" = ovn ] || return 0
+  printf '\n[oslo_messaging_rabbit]\nssl = true\nssl_ca_file = %s\nrabbit_quorum_queue = true\n' "$TLS_CA"
+}
 URL_NOVA=http://127.0.0.1:$P_NOVA/v2.1
 URL_PLACEMENT=http://127.0.0.1:$P_PLACEMENT
 URL_GLANCE=http://127.0.0.1:$P_GLANCE
@@ -269,22 +329,35 @@ NOVA_MANAGE_CMD=(env "PYTHONPATH=$PYLIB" "$NOVA_MANAGE" --config-file "$NOVA_CON
 
 SERVICES=(placement-api glance-api neutron-api nova-conductor nova-scheduler nova-api nova-serialproxy)
 # newest: neutron 29's WSGI API has no RPC consumers; neutron-rpc-server does that
-[ "$RELEASE" = zed ] ||
+[ "$RELEASE" != newest ] ||
   SERVICES=(placement-api glance-api neutron-api neutron-rpc nova-conductor nova-scheduler nova-api nova-serialproxy)
+# ovn: no RPC agents; the OVN maintenance worker (neutron 29 runs the
+# driver's periodic DB checks there, not in the WSGI API) instead
+[ "$RELEASE" != ovn ] ||
+  SERVICES=(placement-api glance-api neutron-api neutron-ovn-maintenance nova-conductor nova-scheduler nova-api nova-serialproxy)
 if ks; then SERVICES=(keystone "${SERVICES[@]}"); fi
 
 # L2 networking (see the header): the agent's host name, the physnet plumbing
 NET_HOST=nd-net-$RELEASE
 LB_UPLINK=ndzed-uplink            # zed: uplink (veth) of physnet "private"
 OVS_DIR=$STATE/ovs                # newest: OVS run dir (db.sock, conf.db, *.ctl)
-OVS_DB=unix:$OVS_DIR/db.sock
 OVS_PHYS_BR=br-nd-private         # newest: OVS bridge for physnet "private"
+OVS_INT_BR=br-int                 # the integration bridge
 OVS_SERVICES=()
-[ "$RELEASE" = zed ] || OVS_SERVICES=(ovsdb-server ovs-vswitchd)
+[ "$RELEASE" != newest ] || OVS_SERVICES=(ovsdb-server ovs-vswitchd)
+OVN_DIR=$STATE/ovn                # ovn: NB/SB sockets, databases, *.ctl
+if [ "$RELEASE" = ovn ]; then
+  # newest's Open vSwitch, with bridges of its own (see "OVN" above)
+  OVS_DIR=$STATE_ROOT/newest/ovs OVS_PHYS_BR=br-ovn-private OVS_INT_BR=br-ovn
+  OVS_SERVICES=(ovn-nb ovn-sb ovn-northd)
+fi
+OVS_DB=unix:$OVS_DIR/db.sock
 # the metadata path (see the header): nova's metadata API, and on the agent
 # host Neutron's DHCP agent (isolated metadata) and metadata agent
 SERVICES+=(nova-metadata)
 AGENTS=("$NET_AGENT" neutron-dhcp-agent neutron-metadata-agent)
+# ovn: DHCP is OVN's own; its metadata agent serves the metadata path
+[ "$RELEASE" != ovn ] || AGENTS=("$NET_AGENT" neutron-ovn-metadata-agent)
 # every service `status` checks, in start order; the agents come last
 ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "${AGENTS[@]}")
 
@@ -314,6 +387,7 @@ service_sections() { # the [placement]/[neutron] sections every nova.conf needs
     # endpoints from the catalog (internal interface), as a deployment has them
     printf '[placement]\n'; password_auth placement; printf 'valid_interfaces = internal\n\n'
     printf '[neutron]\n'; password_auth neutron; printf 'valid_interfaces = internal\n'
+    ovs_bridge_line
     return 0
   fi
   cat <<EOF
@@ -330,7 +404,10 @@ token = admin
 endpoint_override = $URL_NEUTRON
 region_name = RegionOne
 EOF
+  ovs_bridge_line
 }
+# ovn: the chassis' integration bridge is not br-int (nova's [neutron] ovs_bridge)
+ovs_bridge_line() { [ "$OVS_INT_BR" = br-int ] || echo "ovs_bridge = $OVS_INT_BR"; }
 
 write_nova_conf() {
   {
@@ -428,6 +505,7 @@ lock_path = $STATE/lock
 [oslo_messaging_notifications]
 driver = noop
 EOF
+    rabbit_section
   } > "$NOVA_CONF"
 
   # Tests boot tenants' servers on their own compute host: a member may
@@ -465,7 +543,8 @@ EOF
 }
 
 write_compute_template() {
-  cat > "$STATE/etc/nova-compute.conf.template" <<EOF
+  {
+  cat <<EOF
 # nova.conf for a nova-compute host of the '$RELEASE' control plane.
 # Written by tests/env/controlplane.sh. Substitute the HOST and STATE_PATH
 # placeholders (each between two @ signs); add
@@ -482,8 +561,8 @@ my_ip = 127.0.0.1
 endpoint_override = $URL_GLANCE
 
 EOF
-  service_sections >> "$STATE/etc/nova-compute.conf.template"
-  cat >> "$STATE/etc/nova-compute.conf.template" <<EOF
+  service_sections
+  cat <<EOF
 
 [serial_console]
 # Nova's default (false): a host serving consoles gives its containers a
@@ -500,6 +579,8 @@ lock_path = @STATE_PATH@/lock
 [oslo_messaging_notifications]
 driver = noop
 EOF
+  rabbit_section
+  } > "$STATE/etc/nova-compute.conf.template"
 }
 
 write_placement_conf() {
@@ -573,7 +654,7 @@ lock_path = $STATE/lock
 driver = noop
 EOF
   } > "$c"
-  if [ "$RELEASE" = newest ] && ! ks; then
+  if [ "$PYREL" = newest ] && ! ks; then
     sed -e 's/ authtoken context / nd_noauth context /' \
         "$VG/etc/glance/glance-api-paste.ini" > "$STATE/etc/glance/glance-api-paste.ini"
     printf '\n[filter:nd_noauth]\npaste.filter_factory = nd_noauth:filter_factory\n' \
@@ -600,8 +681,8 @@ EOF
 auth_strategy = $( if ks; then echo keystone; else echo noauth; fi )
 core_plugin = ml2
 # 'router' is needed even without L3 agents: it imports the port_forwarding
-# model that ml2 get_ports() references
-service_plugins = router
+# model that ml2 get_ports() references (ovn: its own router plugin)
+service_plugins = $( if [ "$RELEASE" = ovn ]; then echo ovn-router; else echo router; fi )
 transport_url = $RABBIT
 # one RPC worker (q-plugin, and q-reports-plugin as there are no report
 # workers): zed's neutron-server forks it, newest runs neutron-rpc-server
@@ -611,6 +692,10 @@ rpc_state_report_workers = 0
 # (network-vif-plugged, network-changed, network-vif-deleted ...); see [nova]
 notify_nova_on_port_status_changes = true
 notify_nova_on_port_data_changes = true
+$( if [ "$RELEASE" = ovn ]; then
+     echo "# OVN serves DHCP itself: no DHCP agent to schedule or notify (as DevStack)"
+     echo "dhcp_agent_notification = false"
+   fi )
 send_events_interval = 1
 state_path = $STATE/state-neutron
 log_file = $STATE/log/neutron-api.log
@@ -630,13 +715,26 @@ connection = sqlite:///$STATE/db/neutron.sqlite
 sqlite_synchronous = false
 
 [ml2]
-type_drivers = flat
+type_drivers = flat$( if [ "$RELEASE" = ovn ]; then echo ",geneve"; fi )
 tenant_network_types =
 mechanism_drivers = $MECH_DRIVER
 extension_drivers = port_security
 
 [ml2_type_flat]
 flat_networks = *
+$( if [ "$RELEASE" = ovn ]; then cat <<OVN
+
+[ml2_type_geneve]
+# the OVN driver needs the geneve type (with room for its header) loaded
+vni_ranges = 1:65536
+max_header_size = 38
+
+[ovn]
+ovn_nb_connection = unix:$OVN_DIR/nb.sock
+ovn_sb_connection = unix:$OVN_DIR/sb.sock
+ovn_metadata_enabled = true
+OVN
+fi )
 
 [nova]
 $( if ks; then
@@ -658,6 +756,7 @@ EOF
       # the linuxbridge mechanism driver refuses to load without this (Zed)
       printf '\n[experimental]\nlinuxbridge = true\n'
     fi
+    rabbit_section
   } > "$STATE/etc/neutron/neutron.conf"
 }
 
@@ -667,6 +766,7 @@ EOF
 # would pick Debian's privsep-helper for the venv agent) runs the privsep
 # helper and the agent's commands from PATH.
 write_l2_agent_conf() {
+  [ "$RELEASE" != ovn ] || return 0   # ovn-controller reads the OVSDB, not a file
   local conf=$STATE/etc/neutron/l2-agent.conf
   {
     echo "# $NET_AGENT config, written by tests/env/controlplane.sh $RELEASE up"
@@ -736,6 +836,7 @@ EOF
 # what the proxy forwards for nova's metadata API, which a second nova-api
 # process (zed: enabled_apis = metadata) or nova.wsgi.metadata (newest) serves.
 write_metadata_confs() {
+  if [ "$RELEASE" = ovn ]; then write_ovn_metadata_conf; return 0; fi
   local dhcp=$STATE/etc/neutron/dhcp-agent.conf md=$STATE/etc/neutron/metadata-agent.conf
   {
     cat <<EOF
@@ -967,7 +1068,7 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
   if [ "$RELEASE" = zed ]; then
     net_bridge=brq${1:0:11}        # nova's and the linuxbridge agent's name
   else
-    net_bridge=br-int ovs_db=$OVS_DB ovs_rundir=$OVS_DIR
+    net_bridge=$OVS_INT_BR ovs_db=$OVS_DB ovs_rundir=$OVS_DIR
   fi
   {
     echo "# written by tests/env/controlplane.sh $RELEASE up -- source it"
@@ -996,7 +1097,7 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_PROJECT_IDS=$PROJECT_IDS" \
       "ND_REGION=$REGION" \
       "ND_KEYSTONE_CONF=$( if ks; then echo "$KEYSTONE_CONF"; fi )" \
-      "ND_KEYSTONE_GUNICORN=$( if ks && [ "$RELEASE" = newest ]; then echo "$VK/bin/gunicorn"; fi )" \
+      "ND_KEYSTONE_GUNICORN=$( if ks && [ "$PYREL" = newest ]; then echo "$VK/bin/gunicorn"; fi )" \
       "ND_PYLIB=$PYLIB" \
       "ND_OPENSTACK=$OSC" \
       "ND_NOVA_MANAGE=${NOVA_MANAGE_CMD[*]}" \
@@ -1086,7 +1187,7 @@ start_service() {
   # reused just as the server closes it fails the request (the scheduler
   # then finds no allocation candidates: NoValidHost under load).
   local gunicorn=(--no-control-socket --workers 1 --bind "127.0.0.1:$port" --limit-request-line 0 --keep-alive 75)
-  case $RELEASE:$name in
+  case $PYREL:$name in
     zed:keystone)
       # Debian's WSGI script under uwsgi (as Debian's own keystone service).
       # 'Connection: close': uwsgi's plain http-socket closes the connection
@@ -1134,7 +1235,10 @@ start_service() {
       OS_GLANCE_CONFIG_DIR=$STATE/etc/glance daemon_start "$STATE" "$name" \
         "$VG/bin/gunicorn" "${gunicorn[@]}" --threads 4 --timeout 300 glance.wsgi.api:application ;;
     newest:neutron-api)
-      OS_NEUTRON_CONFIG_DIR=$STATE/etc/neutron OS_NEUTRON_CONFIG_FILES=neutron.conf \
+      # ASGI_WORKERS: neutron 29 learns its API worker count from uwsgi or
+      # mod_wsgi only, else from this; the OVN driver's hash ring (which API
+      # worker handles which OVN event, e.g. a port going up) needs it
+      ASGI_WORKERS=1 OS_NEUTRON_CONFIG_DIR=$STATE/etc/neutron OS_NEUTRON_CONFIG_FILES=neutron.conf \
         daemon_start "$STATE" "$name" \
         "$VN/bin/gunicorn" "${gunicorn[@]}" --threads 8 --timeout 120 nd_neutron_api_wsgi:application ;;
     newest:nova-api)
@@ -1148,6 +1252,9 @@ start_service() {
     newest:neutron-rpc)
       daemon_start "$STATE" "$name" "$VN/bin/neutron-rpc-server" \
         --config-file "$STATE/etc/neutron/neutron.conf" --log-file "$STATE/log/neutron-rpc.log" ;;
+    newest:neutron-ovn-maintenance)
+      ASGI_WORKERS=1 daemon_start "$STATE" "$name" "$VN/bin/neutron-ovn-maintenance-worker" \
+        --config-file "$STATE/etc/neutron/neutron.conf" --log-file "$STATE/log/$name.log" ;;
     newest:nova-conductor|newest:nova-scheduler)
       daemon_start "$STATE" "$name" "$V/bin/$name" --config-file "$NOVA_CONF" ;;
   esac
@@ -1257,6 +1364,9 @@ start_ovs() { # newest: ovsdb-server (waits until it answers), then ovs-vswitchd
 # idempotent; before `init` an empty DB has no root row, and ovs-vsctl show
 # would wait for one until its timeout
 ovsdb_ready() { [ -S "$OVS_DIR/db.sock" ] && ovs_vsctl --timeout=2 --no-wait init; }
+# ovn: newest's ovs-vswitchd applies changes (its ovsdb-server answers, and
+# a transaction that waits for ovs-vswitchd returns)
+ovs_vswitchd_answers() { [ -S "$OVS_DIR/db.sock" ] && ovs_vsctl --timeout=5 init >/dev/null 2>&1; }
 
 ovs_phys_bridge() { # without --no-wait, ovs-vsctl returns once ovs-vswitchd applied it
   ovs_vsctl --timeout=5 -- --may-exist add-br "$OVS_PHYS_BR" \
@@ -1279,17 +1389,17 @@ stop_ovs() {
   daemons_stop "$STATE" 30 ovs-vswitchd ovsdb-server
   # what the datapath leaves behind (persistent taps; ovs-netdev always stays)
   local d
-  for d in ovs-netdev br-int "$OVS_PHYS_BR"; do
+  for d in ovs-netdev br-int "$OVS_PHYS_BR" br-ovn br-ovn-private; do
     if ip -d link show "$d" 2>/dev/null | grep 'tun type tap' >/dev/null; then ip link del "$d"; fi
   done
 }
 
 neutron_rpc_ok() { # neutron's RPC server consumes the plugin and report topics
-  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+  "${RMQCTL[@]}" -q -p "$VHOST" list_queues name consumers 2>/dev/null |
     awk '$1=="q-plugin" && $2>0 {p=1} $1=="q-reports-plugin" && $2>0 {r=1} END {exit !(p && r)}'
 }
 neutron_queues_exist() { # declared by an earlier neutron RPC server on this vhost
-  rabbitmqctl -q -p "$VHOST" list_queues name 2>/dev/null |
+  "${RMQCTL[@]}" -q -p "$VHOST" list_queues name 2>/dev/null |
     awk '$1=="q-plugin" {p=1} $1=="q-reports-plugin" {r=1} END {exit !(p && r)}'
 }
 
@@ -1297,6 +1407,7 @@ AGENT_SINCE="" AGENT_STARTED=0
 start_l2_agent() {
   [ $AGENT_STARTED = 0 ] || return 0
   AGENT_STARTED=1
+  [ "$RELEASE" != ovn ] || return 0    # ovn-controller: started by start_ovn
   if daemon_alive "$STATE" "$NET_AGENT"; then log "$NET_AGENT already running"; return 0; fi
   # its first state report must be newer than this (an old agent row of the
   # same host can still look alive for agent_down_time = 75 s)
@@ -1315,12 +1426,15 @@ start_l2_agent() {
 l2_agent_ready() { # neutron lists the agent alive (newest: and br-int exists)
   /usr/bin/python3 "$PYLIB/nd_rest.py" agent-alive "$URL_NEUTRON" "$NET_HOST" "$NET_AGENT" \
     ${AGENT_SINCE:+"$AGENT_SINCE"} || return 1
-  [ "$RELEASE" = zed ] || ovs_vsctl --timeout=5 br-exists br-int
+  [ "$RELEASE" = zed ] || ovs_vsctl --timeout=5 br-exists "$OVS_INT_BR"
+}
+metadata_agent_ready() { # ovn: neutron lists the OVN metadata agent of $NET_HOST alive
+  /usr/bin/python3 "$PYLIB/nd_rest.py" agent-alive "$URL_NEUTRON" "$NET_HOST" neutron-ovn-metadata-agent
 }
 
 http_ok() { curl -sf -o /dev/null --max-time 10 -H "X-Auth-Token: $TOKEN" "$1"; }
 rpc_consumers_ok() { # conductor and scheduler queues both have a consumer
-  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+  "${RMQCTL[@]}" -q -p "$VHOST" list_queues name consumers 2>/dev/null |
     awk '$1=="conductor" && $2>0 {c=1} $1=="scheduler" && $2>0 {s=1} END {exit !(c && s)}'
 }
 
@@ -1335,8 +1449,10 @@ wait_services() {
   # (do_up started it already if the RPC queues existed)
   local rpc=neutron-api
   [ "$RELEASE" = zed ] || rpc=neutron-rpc
-  ND_POLL=1 daemon_wait "$STATE" "$rpc" "$TIMEOUT" "neutron RPC server consuming q-plugin + q-reports-plugin" \
-    neutron_rpc_ok
+  # (ovn: no RPC agents, no RPC server)
+  [ "$RELEASE" = ovn ] ||
+    ND_POLL=1 daemon_wait "$STATE" "$rpc" "$TIMEOUT" "neutron RPC server consuming q-plugin + q-reports-plugin" \
+      neutron_rpc_ok
   start_l2_agent
   daemon_wait "$STATE" nova-api "$TIMEOUT" "nova-api $URL_NOVA" http_ok "$URL_NOVA/"
   daemon_wait "$STATE" nova-serialproxy "$TIMEOUT" "nova-serialproxy $URL_SERIAL" tcp_open 127.0.0.1 "$P_SERIAL"
@@ -1345,6 +1461,12 @@ wait_services() {
   daemon_alive "$STATE" nova-scheduler || die "nova-scheduler died (see $STATE/log/nova-scheduler.log)"
   daemon_wait "$STATE" "$NET_AGENT" "$TIMEOUT" "$NET_AGENT alive in neutron as host $NET_HOST" l2_agent_ready
   daemon_wait "$STATE" nova-metadata "$TIMEOUT" "nova metadata API $URL_METADATA" metadata_ready
+  if [ "$RELEASE" = ovn ]; then
+    start_ovn_metadata_agent
+    daemon_wait "$STATE" neutron-ovn-metadata-agent "$TIMEOUT" \
+      "neutron-ovn-metadata-agent alive in neutron as host $NET_HOST" metadata_agent_ready
+    return 0
+  fi
   start_metadata_agents
   daemon_wait "$STATE" neutron-dhcp-agent "$TIMEOUT" "neutron-dhcp-agent alive in neutron as host $NET_HOST" \
     dhcp_agent_ready
@@ -1356,7 +1478,7 @@ rp_exists() { # resource provider named $1 exists in placement
     grep -q "\"$1\""
 }
 compute_ready() { # nova-compute $1 consumes its RPC queue and has its resource provider
-  rabbitmqctl -q -p "$VHOST" list_queues name consumers 2>/dev/null |
+  "${RMQCTL[@]}" -q -p "$VHOST" list_queues name consumers 2>/dev/null |
     awk -v q="compute.$1" '$1==q && $2>0 {ok=1} END {exit !ok}' && rp_exists "$1"
 }
 host_mapped() { # host $1 has a host mapping (read-only look into the API DB)
@@ -1425,7 +1547,12 @@ do_up() {
   log "control plane '$RELEASE' up: state $STATE"
   mkdir -p "$STATE"/{etc/nova,etc/placement,etc/glance,etc/neutron,db,log,pids,lock,osc} \
            "$STATE"/{state,state-neutron,compute,glance/images,glance/staging,glance/tasks}
-  "$HERE/rabbitmq.sh" vhost "$VHOST"
+  if [ "$RELEASE" = ovn ]; then
+    mkdir -p "$OVN_DIR"
+    "$HERE/rabbitmq.sh" cluster-vhost "$VHOST"
+  else
+    "$HERE/rabbitmq.sh" vhost "$VHOST"
+  fi
   # in the background (rabbitmqctl costs ~0.5 s of CPU, more once the
   # services start): do neutron's RPC queues exist already? (see below)
   local qfile=$STATE/pids/.neutron-queues qpid
@@ -1438,7 +1565,12 @@ do_up() {
   # machine, which would take Keystone's database and marker with it
   init_dbs
   if ks; then write_keystone_conf; init_keystone; fi
-  if [ "$RELEASE" = zed ]; then ensure_lb_uplink; else start_ovs; fi
+  case $RELEASE in
+    zed) ensure_lb_uplink ;;
+    newest) start_ovs ;;
+    ovn) ovs_vswitchd_answers ||
+           die "the ovn control plane runs on newest's Open vSwitch ($OVS_DIR): run '$0 newest up' first" ;;
+  esac
   local s
   # Keystone first, with its users: nova-conductor and -scheduler log in
   # to Keystone as they start (their Placement client), and exit on a 401
@@ -1451,6 +1583,12 @@ do_up() {
   if [ "$RELEASE" = newest ]; then
     daemon_wait "$STATE" ovs-vswitchd 60 "ovs-vswitchd, bridge $OVS_PHYS_BR (datapath netdev)" ovs_phys_bridge
   fi
+  if [ "$RELEASE" = ovn ]; then
+    wait_until 60 "newest's ovs-vswitchd, bridge $OVS_PHYS_BR (datapath netdev)" ovs_phys_bridge
+    start_ovn
+    daemon_wait "$STATE" ovn-controller 60 "ovn-controller: chassis $NET_HOST in the southbound DB, $OVS_INT_BR" \
+      ovn_chassis_ready
+  fi
   # Start the agent now, in parallel with the servers, if neutron's RPC queues
   # already exist on the vhost (a previous run declared them; they outlive
   # their consumers): its first calls then wait in them for the RPC server.
@@ -1462,8 +1600,13 @@ do_up() {
   local net_id
   net_id=$(ND_PROJECT_IDS=$PROJECT_IDS /usr/bin/python3 "$PYLIB/nd_rest.py" seed "$URL_NOVA" "$URL_NEUTRON")
   log "flavors m1.tiny/m1.small/m1.nano and network private ($net_id) present"
-  ND_POLL=1 daemon_wait "$STATE" neutron-dhcp-agent "$TIMEOUT" "network private served by the DHCP agent (metadata proxy)" \
-    dhcp_served "$net_id"
+  if [ "$RELEASE" = ovn ]; then
+    ND_POLL=1 daemon_wait "$STATE" neutron-ovn-metadata-agent "$TIMEOUT" \
+      "network private has its OVN metadata port" ovn_metadata_port "$net_id"
+  else
+    ND_POLL=1 daemon_wait "$STATE" neutron-dhcp-agent "$TIMEOUT" "network private served by the DHCP agent (metadata proxy)" \
+      dhcp_served "$net_id"
+  fi
   if [ -n "$FAKE_COMPUTE" ]; then start_fake_compute "$FAKE_COMPUTE"; fi
   local fake=$FAKE_COMPUTE
   if [ -z "$fake" ]; then  # keep announcing a fake compute still running from before
@@ -1502,6 +1645,7 @@ do_down() {
   # SIGTERM, but its process then hangs (> 60 s): SIGKILL it after 10 s
   daemons_stop "$STATE" 10 "${AGENTS[@]}"
   stop_metadata_leftovers
+  [ "$RELEASE" != ovn ] || stop_ovn_leftovers
   local rest=() n
   for f in "$STATE"/pids/*.pid; do
     [ -e "$f" ] || continue
@@ -1539,7 +1683,8 @@ do_status() {
   done
   if rpc_consumers_ok; then echo "answers  conductor+scheduler RPC queues (vhost $VHOST)"
   else echo "NO CONSUMER on conductor/scheduler queues (vhost $VHOST)"; ok=1; fi
-  if neutron_rpc_ok; then echo "answers  neutron RPC queues q-plugin + q-reports-plugin (vhost $VHOST)"
+  if [ "$RELEASE" = ovn ]; then :
+  elif neutron_rpc_ok; then echo "answers  neutron RPC queues q-plugin + q-reports-plugin (vhost $VHOST)"
   else echo "NO CONSUMER on neutron's q-plugin/q-reports-plugin (vhost $VHOST)"; ok=1; fi
   if l2_agent_ready >/dev/null 2>&1; then echo "answers  $NET_AGENT alive in neutron as host $NET_HOST"
   else echo "NOT ALIVE $NET_AGENT as host $NET_HOST"; ok=1; fi

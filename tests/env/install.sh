@@ -42,8 +42,10 @@ fi
 # agents and the tests. iputils-ping: its `ping` (ICMP datagram sockets as
 # any user) goes into the test image nd-busybox:iputils. dnsmasq-base,
 # haproxy: Neutron's DHCP agent (isolated metadata proxy). xfsprogs, btrfs-progs: the root disk tests put
-# private Docker engines on loop-mounted xfs and btrfs.
+# private Docker engines on loop-mounted xfs and btrfs. ovn-central, ovn-host:
+# the "ovn" control plane (ovsdb NB/SB, ovn-northd, ovn-controller).
 pkgs=(rabbitmq-server curl bc iproute2 iptables iputils-ping dnsmasq-base haproxy busybox-static shellcheck python3-venv openvswitch-switch
+      ovn-central ovn-host
       ethtool ipset conntrack kmod python3-oslo.messaging python3-nova xfsprogs btrfs-progs
       python3-websocket)
 if [ "${SKIP_ZED:-0}" != 1 ]; then

@@ -41,6 +41,9 @@
 #                                  join ndc2, ndc3 to ndc1 unless already clustered.
 #                                  Idempotent; the user nova-docker-client (no
 #                                  password: EXTERNAL only) has full rights on "/".
+#   rabbitmq.sh cluster-vhost VHOST  cluster, then VHOST on it (guest and
+#                                  nova-docker-client have full rights): the
+#                                  "ovn" control plane's vhost
 #   rabbitmq.sh cluster-delete     stop the three nodes and remove their state
 #   Stop/start one node with private-stop/private-kill/private-start ndcN.
 #   TLS listeners verify a client certificate when one is presented
@@ -358,6 +361,16 @@ ensure_cluster() {
   ctl -n ndc1@localhost -q set_permissions -p / "$CLIENT_CN" '.*' '.*' '.*'
 }
 
+ensure_cluster_vhost() { # VHOST on the cluster: guest (PLAIN/AMQPLAIN) and the certificate's user
+  local vh=$1
+  if ! ctl -n ndc1@localhost -q list_vhosts | grep -x "$vh" >/dev/null; then
+    ctl -n ndc1@localhost -q add_vhost "$vh"
+    log "created vhost $vh on the TLS cluster"
+  fi
+  ctl -n ndc1@localhost -q set_permissions -p "$vh" guest '.*' '.*' '.*'
+  ctl -n ndc1@localhost -q set_permissions -p "$vh" "$CLIENT_CN" '.*' '.*' '.*'
+}
+
 cmd=${1:-ensure}
 case $cmd in
   ensure) ensure_main ;;
@@ -386,6 +399,9 @@ case $cmd in
     if [ -e "$D" ]; then rm -rf "$D"; log "deleted private node $2"; fi ;;
   tls) ensure_tls ;;
   cluster) ensure_cluster ;;
+  cluster-vhost)
+    [ $# -eq 2 ] || die "usage: $0 cluster-vhost VHOST"
+    ensure_cluster; ensure_cluster_vhost "$2" ;;
   cluster-delete)
     for n in "${CLUSTER_NODES[@]}"; do
       D=$(priv_dir "$n")

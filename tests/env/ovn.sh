@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# ovn.sh -- the OVN pieces of the "ovn" control plane, sourced by
+# controlplane.sh (which sets STATE, OVS_DIR, OVS_DB, OVN_DIR, NET_HOST,
+# OVS_PHYS_BR, VN, P_METADATA, METADATA_SECRET, RABBIT and the daemon_*
+# helpers of lib.sh). See "OVN" in controlplane.sh's header.
+#
+# Why by hand and not Debian's ovn-ctl: ovn-ctl puts its sockets, databases
+# and PID files under /var/run/ovn and /var/lib/ovn, one set per machine;
+# this control plane keeps everything in its own state directory, as it does
+# for Open vSwitch, and runs each daemon in the foreground under daemon_start
+# (its PID file and process group), so that `down` stops exactly its own.
+
+ovn_env() { env "OVN_RUNDIR=$OVN_DIR" "OVS_RUNDIR=$OVS_DIR" "$@"; }
+ovn_nbctl() { ovn_env ovn-nbctl --db="unix:$OVN_DIR/nb.sock" --timeout=5 "$@"; }
+ovn_sbctl() { ovn_env ovn-sbctl --db="unix:$OVN_DIR/sb.sock" --timeout=5 "$@"; }
+
+ovn_db_ready() { # DB (nb|sb): its server answers on its socket
+  [ -S "$OVN_DIR/$1.sock" ] && ovn_env ovsdb-client --timeout=2 list-dbs "unix:$OVN_DIR/$1.sock" >/dev/null 2>&1
+}
+
+# The NB and SB databases (created once, converted after an upgrade of
+# Debian's ovn-common), ovn-northd between them, then ovn-controller as
+# chassis $NET_HOST on this control plane's Open vSwitch (start_ovs first).
+start_ovn() {
+  mkdir -p "$OVN_DIR"
+  local db schema name
+  for db in nb sb; do
+    schema=/usr/share/ovn/ovn-$db.ovsschema name=ovn-$db
+    if [ ! -s "$OVN_DIR/ovn$db.db" ]; then
+      ovsdb-tool create "$OVN_DIR/ovn$db.db" "$schema"
+      log "created OVN database $OVN_DIR/ovn$db.db"
+    elif ! daemon_alive "$STATE" "$name" &&
+         [ "$(ovsdb-tool needs-conversion "$OVN_DIR/ovn$db.db" "$schema")" = yes ]; then
+      ovsdb-tool convert "$OVN_DIR/ovn$db.db" "$schema"
+    fi
+    if daemon_alive "$STATE" "$name"; then
+      log "$name already running"
+    else
+      daemon_start "$STATE" "$name" env "OVN_RUNDIR=$OVN_DIR" ovsdb-server "$OVN_DIR/ovn$db.db" \
+        --remote="punix:$OVN_DIR/$db.sock" --pidfile="$OVN_DIR/$name.pid" \
+        --unixctl="$OVN_DIR/$name.ctl" --log-file="$STATE/log/$name.log" --no-chdir
+    fi
+  done
+  daemon_wait "$STATE" ovn-nb 30 "OVN northbound DB unix:$OVN_DIR/nb.sock" ovn_db_ready nb
+  daemon_wait "$STATE" ovn-sb 30 "OVN southbound DB unix:$OVN_DIR/sb.sock" ovn_db_ready sb
+  if daemon_alive "$STATE" ovn-northd; then
+    log "ovn-northd already running"
+  else
+    daemon_start "$STATE" ovn-northd env "OVN_RUNDIR=$OVN_DIR" ovn-northd \
+      --ovnnb-db="unix:$OVN_DIR/nb.sock" --ovnsb-db="unix:$OVN_DIR/sb.sock" \
+      --pidfile="$OVN_DIR/ovn-northd.pid" --unixctl="$OVN_DIR/ovn-northd.ctl" \
+      --log-file="$STATE/log/ovn-northd.log" --no-chdir
+  fi
+  # What makes this Open vSwitch an OVN chassis named $NET_HOST (Neutron
+  # binds ports to the chassis' hostname), on the netdev datapath as newest's.
+  ovs_vsctl --timeout=5 set Open_vSwitch . \
+    "external_ids:system-id=$NET_HOST" "external_ids:hostname=$NET_HOST" \
+    "external_ids:ovn-remote=unix:$OVN_DIR/sb.sock" \
+    external_ids:ovn-encap-type=geneve external_ids:ovn-encap-ip=127.0.0.1 \
+    "external_ids:ovn-bridge=$OVS_INT_BR" external_ids:ovn-bridge-datapath-type=netdev \
+    "external_ids:ovn-bridge-mappings=private:$OVS_PHYS_BR"
+  if daemon_alive "$STATE" ovn-controller; then
+    log "ovn-controller already running"
+  else
+    daemon_start "$STATE" ovn-controller env "OVN_RUNDIR=$OVN_DIR" "OVS_RUNDIR=$OVS_DIR" ovn-controller "$OVS_DB" \
+      --pidfile="$OVN_DIR/ovn-controller.pid" \
+      --log-file="$STATE/log/ovn-controller.log" --no-chdir
+  fi
+}
+
+ovn_chassis_ready() { # the chassis is in the SB DB and its integration bridge exists
+  ovn_sbctl --bare --columns=hostname find Chassis "name=$NET_HOST" | grep -qx "$NET_HOST" &&
+    ovs_vsctl --timeout=5 br-exists "$OVS_INT_BR"
+}
+
+# neutron-ovn-metadata-agent: a haproxy on 169.254.169.254 in an
+# ovnmeta-<network> namespace per network with a metadata port on this
+# chassis, signing requests for nova's metadata API.
+write_ovn_metadata_conf() {
+  local md=$STATE/etc/neutron/ovn-metadata-agent.conf
+  cat > "$md.new" <<EOF
+# neutron-ovn-metadata-agent config, written by tests/env/controlplane.sh ovn up
+[DEFAULT]
+state_path = $STATE/state-neutron
+nova_metadata_host = 127.0.0.1
+nova_metadata_port = $P_METADATA
+metadata_proxy_shared_secret = $METADATA_SECRET
+metadata_workers = 1
+
+[agent]
+root_helper = env
+
+[ovs]
+ovsdb_connection = $OVS_DB
+
+[ovn]
+ovn_sb_connection = unix:$OVN_DIR/sb.sock
+
+[oslo_concurrency]
+lock_path = $STATE/lock
+EOF
+  if daemon_alive "$STATE" neutron-ovn-metadata-agent && ! cmp -s "$md.new" "$md"; then
+    log "neutron-ovn-metadata-agent config changed: restarting it"
+    daemons_stop "$STATE" 10 neutron-ovn-metadata-agent
+  fi
+  mv "$md.new" "$md"
+}
+
+start_ovn_metadata_agent() {
+  if daemon_alive "$STATE" neutron-ovn-metadata-agent; then
+    log "neutron-ovn-metadata-agent already running"; return 0
+  fi
+  # PATH: the venv's privsep-helper, then ip and haproxy
+  daemon_start "$STATE" neutron-ovn-metadata-agent env "PATH=$VN/bin:$PATH" "OVS_RUNDIR=$OVS_DIR" \
+    "$VN/bin/neutron-ovn-metadata-agent" --config-file "$STATE/etc/neutron/ovn-metadata-agent.conf" \
+    --log-file "$STATE/log/neutron-ovn-metadata-agent.log"
+}
+
+# The network's metadata port (Neutron creates it with the subnet): the
+# agent builds the ovnmeta-<network> namespace and its haproxy behind it
+# when the first port of the network is bound to this chassis, not before.
+ovn_metadata_port() { # network $1 has its metadata port
+  curl -sf --max-time 10 -H "X-Auth-Token: $TOKEN" \
+    "$URL_NEUTRON/v2.0/ports?network_id=$1&device_owner=network%3Adistributed" |
+    /usr/bin/python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["ports"] else 1)'
+}
+
+# What the metadata agent leaves behind: the ovnmeta- namespaces of this
+# control plane's networks (their haproxy is killed by
+# stop_metadata_leftovers), and then the OVS ports of their veths. A port
+# left in OVS whose veth was deleted is never read again by the userspace
+# datapath, even once the agent creates a veth of the same name: the
+# network's metadata would stay unreachable.
+stop_ovn_leftovers() {
+  local ns port
+  for ns in $(ip netns list 2>/dev/null | awk '/^ovnmeta-/ {print $1}'); do
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  ovs_vswitchd_answers || return 0
+  for port in $(ovs_vsctl --timeout=5 list-ports "$OVS_INT_BR" 2>/dev/null); do
+    if ! ip link show "$port" >/dev/null 2>&1; then
+      ovs_vsctl --timeout=5 --if-exists del-port "$OVS_INT_BR" "$port" || true
+    fi
+  done
+}
