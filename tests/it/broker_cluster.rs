@@ -196,7 +196,7 @@ async fn tls_refusals_say_why() {
 /// lines (ours) and as `ND_OSLO_RABBIT` (the Python peer's).
 fn quorum_options(release: Release) -> (&'static str, &'static str) {
     match release {
-        Release::Newest => (
+        Release::Newest | Release::Ovn => (
             "rabbit_quorum_queue = true\nrabbit_transient_quorum_queue = true\nrabbit_quorum_delivery_limit = 5\n",
             "rabbit_quorum_queue=true;rabbit_transient_quorum_queue=true;rabbit_quorum_delivery_limit=5",
         ),

@@ -8,13 +8,16 @@ use nova_docker::config::TransportUrl;
 use nova_docker::rpc::{Topology, Transport, TransportOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The two Nova releases the tests run against.
+/// The control planes the tests run against: the two Nova releases, and the
+/// newest one's variant with ML2/OVN on the TLS RabbitMQ cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
     /// Nova 34 (2026.2) from the PyPI virtualenv.
     Newest,
     /// Nova 26 (Zed) from Debian bookworm.
     Zed,
+    /// Nova 34's services with Neutron's OVN driver, on the TLS cluster.
+    Ovn,
 }
 
 impl Release {
@@ -23,13 +26,14 @@ impl Release {
         match self {
             Release::Newest => "newest",
             Release::Zed => "zed",
+            Release::Ovn => "ovn",
         }
     }
 
     /// The Python interpreter that has this release's nova and oslo.messaging.
     pub fn python(self) -> PathBuf {
         match self {
-            Release::Newest => {
+            Release::Newest | Release::Ovn => {
                 std::env::var("ND_PY_NEWEST").unwrap_or_else(|_| "/opt/nova-docker-test/venv/bin/python".into()).into()
             }
             Release::Zed => std::env::var("ND_PY_ZED").unwrap_or_else(|_| "/usr/bin/python3".into()).into(),

@@ -439,13 +439,16 @@ async fn fetch_in_guest(server: &str, path: &str) -> String {
 /// request with the instance Neutron finds for the source address, and the
 /// control plane's nova metadata API answers. The host routes
 /// 169.254.169.254 through the subnet's DHCP port (`[docker]
-/// isolated_metadata_route`), as the DHCP agent tells VMs. Two servers each
-/// read their own metadata, user data included, never the other's.
+/// metadata_route = dhcp_port`), as the DHCP agent tells VMs. On OVN the
+/// haproxy sits behind the network's metadata port, which answers for the
+/// address on the link (`on_link`). Two servers each read their own
+/// metadata, user data included, never the other's.
 async fn the_metadata_service_answers_each_instance_with_its_own(release: Release) {
     let cloud = Cloud::get(release);
     let host_name = cloud.var("ND_NET_HOST").to_string();
     let net = cloud.var("ND_NETWORK_ID").to_string();
-    let mut host = ComputeHost::start(&cloud, &host_name, "[docker]\nisolated_metadata_route = true\n").await;
+    let route = if release == Release::Ovn { "on_link" } else { "dhcp_port" };
+    let mut host = ComputeHost::start(&cloud, &host_name, &format!("[docker]\nmetadata_route = {route}\n")).await;
     let image = cloud.busybox_image(&host.conf).await;
     let boot = |name: &str| {
         json!({"name": name, "imageRef": image, "flavorRef": "1", "networks": [{"uuid": net}],
@@ -485,4 +488,11 @@ async fn the_metadata_service_answers_each_instance_with_its_own_newest() {
 #[tokio::test]
 async fn the_metadata_service_answers_each_instance_with_its_own_zed() {
     the_metadata_service_answers_each_instance_with_its_own(Release::Zed).await;
+}
+
+/// On OVN: the metadata agent's haproxy sits behind the network's metadata
+/// port (no DHCP agent, no DHCP port).
+#[tokio::test]
+async fn the_metadata_service_answers_each_instance_with_its_own_ovn() {
+    the_metadata_service_answers_each_instance_with_its_own(Release::Ovn).await;
 }

@@ -265,6 +265,14 @@ async fn neutron_networking_zed() {
     neutron_networking(Release::Zed).await;
 }
 
+/// The same on ML2/OVN: ovn-controller claims the port by the iface-id the
+/// host sets, OVN's own DHCP and ACLs replace the agents', and the control
+/// plane talks over the TLS cluster.
+#[tokio::test]
+async fn neutron_networking_ovn() {
+    neutron_networking(Release::Ovn).await;
+}
+
 /// A server with a port on a network whose binding cannot succeed (no agent
 /// for the host) fails cleanly with a clear fault; no port is left behind.
 #[tokio::test]

@@ -185,6 +185,12 @@ async fn security_group_without_icmp_blocks_ping_zed() {
     icmp_follows_the_group(Release::Zed).await;
 }
 
+/// Security groups as OVN ACLs.
+#[tokio::test]
+async fn security_group_without_icmp_blocks_ping_ovn() {
+    icmp_follows_the_group(Release::Ovn).await;
+}
+
 /// Boots a server that asks for `groups` on `net` and waits for its ERROR;
 /// returns the fault message. Nothing of it may be left in Neutron.
 async fn boot_refused(cloud: &Cloud, test: &str, net: &str, groups: &[&str]) -> String {
