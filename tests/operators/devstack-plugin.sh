@@ -9,7 +9,8 @@
 #
 # Checks, failing with a message on the first difference:
 #   * settings + post-config: glance-api.conf gets 'docker' (and 'raw') in
-#     [image_format], keeping what was configured; nova-docker.conf is written
+#     [image_format], keeping what was configured; nova-docker.conf is written,
+#     its metadata route following the Neutron backend (on_link with OVN)
 #   * n-cpu is taken over: DevStack's start_nova_compute (a stand-in with the
 #     same shape: nova-cpu.conf from nova.conf, then run_process n-cpu with
 #     Python's nova-compute) still writes nova-cpu.conf, but the one process
@@ -201,6 +202,19 @@ expect "$GLANCE_API_CONF" DEFAULT bind_host 127.0.0.1
 expect "$NOVA_DOCKER_CONF" docker host_url unix:///var/run/docker.sock
 expect "$NOVA_DOCKER_CONF" neutron ovs_bridge br-int
 expect "$NOVA_DOCKER_CONF" docker metrics_listen 127.0.0.1:9777
+# no Q_AGENT here, no isolated metadata: routers serve the metadata
+expect "$NOVA_DOCKER_CONF" docker metadata_route router
+( # the metadata route follows the Neutron backend (subshell: no leak)
+  f=$W/metadata-route.conf
+  Q_AGENT=ovn nova_docker_configure_compute "$f"
+  expect "$f" docker metadata_route on_link
+  Q_AGENT=ovn NOVA_DOCKER_ISOLATED_METADATA_ROUTE=True nova_docker_configure_compute "$f"
+  expect "$f" docker metadata_route dhcp_port
+  Q_AGENT=openvswitch nova_docker_configure_compute "$f"
+  expect "$f" docker metadata_route router
+  Q_AGENT=ovn NOVA_DOCKER_METADATA_ROUTE=router nova_docker_configure_compute "$f"
+  expect "$f" docker metadata_route router
+)
 # again (idempotent): the formats are not added twice
 source "$REPO/devstack/plugin.sh" stack post-config
 expect "$GLANCE_API_CONF" image_format container_formats bare,ovf,docker
