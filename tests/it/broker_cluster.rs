@@ -430,3 +430,78 @@ async fn cluster_node_loss_under_a_serving_host() {
     drop(server);
     t.close().await;
 }
+
+// ------------------------------------------- failover under a real control plane
+
+/// The node (index into NODES) the host process `pid` is connected to: the
+/// TLS port of its established connection, as `ss` lists the process's sockets.
+fn node_of_process(pid: u32) -> Option<usize> {
+    let out = std::process::Command::new("ss").args(["-Htnp", "state", "established"]).output().ok()?;
+    let owner = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&owner)).find_map(|l| {
+        let peer = l.split_whitespace().nth(3)?;
+        let port: u16 = peer.rsplit(':').next()?.parse().ok()?;
+        TLS_PORTS.iter().position(|&p| p == port)
+    })
+}
+
+/// The `ovn` control plane runs every service on the cluster over TLS. Its
+/// compute host's node is stopped while a boot is on its way to the host:
+/// the host (and the Python services on that node) move to the others, the
+/// boot completes once, the host answers Nova's calls and keeps its service
+/// up, and all of it again with the node back and another one stopped.
+#[tokio::test]
+async fn a_boot_completes_while_the_hosts_node_stops_ovn() {
+    cluster().await;
+    let cloud = crate::cloud::Cloud::get(Release::Ovn);
+    let name = common::unique("nd-ovn-failover");
+    let mut host = crate::cloud::ComputeHost::start(&cloud, &name, "").await;
+    let image = cloud.busybox_image(&host.conf).await;
+    let pid = host.pid().expect("the host runs");
+    let t = Duration::from_secs(120);
+
+    let mut stopped = Vec::new();
+    for round in 0..2 {
+        let node = node_of_process(pid).expect("the host is connected to a cluster node");
+        let id = cloud.create_server(&format!("failover-{round}"), &image, &name, "42").await;
+        // On its way: scheduled to this host (the cast is sent or in flight).
+        common::wait_for("the boot scheduled to the host", t, async || {
+            cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name.as_str())
+        })
+        .await;
+        let lost = Instant::now();
+        rabbit(&["private-stop", NODES[node]]).await;
+        stopped.push(node);
+        let s = cloud.wait_status(&id, "ACTIVE", t).await;
+        assert_eq!(s["OS-EXT-SRV-ATTR:host"], name.as_str(), "{s}");
+        // Done once: one create action with one build event.
+        let actions = cloud.actions(&id).await;
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let builds = actions[0]["events"]
+            .as_array()
+            .map(|e| e.iter().filter(|e| e["event"] == "compute__do_build_and_run_instance").count());
+        assert_eq!(builds, Some(1), "{actions:?}");
+        // The host answers a call (Nova's diagnostics) from its new node.
+        let (status, d) = cloud.nova(reqwest::Method::GET, &format!("/servers/{id}/diagnostics"), None, "2.48").await;
+        assert_eq!(status, 200, "{d}");
+        let answered = lost.elapsed();
+        let moved = node_of_process(pid).expect("connected again");
+        assert_ne!(moved, node, "the host moved off {}", NODES[node]);
+        // Heartbeats go on: the service record is updated after the loss.
+        let before = cloud.compute_service(&name).await.expect("service")["updated_at"].clone();
+        common::wait_for("a heartbeat after the failover", Duration::from_secs(60), async || {
+            cloud.compute_service(&name).await.is_some_and(|s| s["updated_at"] != before && s["state"] == "up")
+        })
+        .await;
+        common::figure(format!(
+            "cluster failover under the ovn control plane: {} stopped with a boot on its way; the host \
+             moved to {}, the boot went ACTIVE and a diagnostics call was answered {answered:?} after the \
+             stop began",
+            NODES[node], NODES[moved]
+        ));
+        cloud.delete_server(&id, t).await;
+        rabbit(&["private-start", NODES[node]]).await;
+    }
+    assert_ne!(stopped[0], stopped[1], "two different nodes were stopped: {stopped:?}");
+    host.stop().await;
+}
