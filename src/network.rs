@@ -367,6 +367,8 @@ struct NetworkFacts {
     network: Value,
     subnets: Vec<Value>,
     dhcp_ports: Vec<Value>,
+    /// ML2/OVN's metadata port of the network, if it has one.
+    metadata_port: Option<Value>,
 }
 
 /// What a build's ports are made from, looked up before Neutron is
@@ -790,23 +792,35 @@ impl Neutron {
         self.describe(ports, BTreeMap::new()).await
     }
 
-    /// What network_info needs of one network: its document, subnets and
-    /// DHCP ports, looked up at once (three independent requests).
+    /// What network_info needs of one network: its document, subnets,
+    /// DHCP ports and OVN metadata port, looked up at once (three
+    /// independent requests).
     async fn network_facts(&self, net_id: &str) -> Result<NetworkFacts, NetworkError> {
         let network_path = format!("/v2.0/networks/{}", url_part(net_id));
         let subnets_path = format!("/v2.0/subnets?network_id={}", url_part(net_id));
         // The subnets' DHCP servers, as Nova looks them up
-        // (`_get_subnets_from_port`): the network's DHCP ports.
-        let dhcp_path = format!("/v2.0/ports?network_id={}&device_owner=network%3Adhcp", url_part(net_id));
-        let (network, subnets, dhcp_ports) = tokio::try_join!(
+        // (`_get_subnets_from_port`): the network's DHCP ports; and in the
+        // same request ML2/OVN's metadata port (a `network:distributed`
+        // port with device id `ovnmeta-<network>`, as Neutron finds it).
+        let service_ports_path = format!(
+            "/v2.0/ports?network_id={}&device_owner=network%3Adhcp&device_owner=network%3Adistributed",
+            url_part(net_id)
+        );
+        let (network, subnets, service_ports) = tokio::try_join!(
             self.get(&network_path, "network"),
             self.get(&subnets_path, "subnets"),
-            self.get(&dhcp_path, "ports"),
+            self.get(&service_ports_path, "ports"),
         )?;
+        let service_ports = service_ports.as_array().cloned().unwrap_or_default();
+        let owned = |p: &Value, owner: &str| p["device_owner"].as_str() == Some(owner);
+        let metadata_device = format!("ovnmeta-{net_id}");
         Ok(NetworkFacts {
             network,
             subnets: subnets.as_array().cloned().unwrap_or_default(),
-            dhcp_ports: dhcp_ports.as_array().cloned().unwrap_or_default(),
+            dhcp_ports: service_ports.iter().filter(|p| owned(p, "network:dhcp")).cloned().collect(),
+            metadata_port: service_ports
+                .into_iter()
+                .find(|p| owned(p, "network:distributed") && p["device_id"].as_str() == Some(&metadata_device)),
         })
     }
 
@@ -834,14 +848,15 @@ impl Neutron {
                 facts.insert(net_id.clone(), f);
             }
             let f = &facts[&net_id];
-            let vif = self.vif(port, &f.network, &f.subnets, &f.dhcp_ports, !p.created);
+            let vif = self.vif(port, f, !p.created);
             out.push(serde_json::from_value::<Vif>(vif).map_err(|e| NetworkError::Decode(e.to_string()))?);
         }
         Ok(out)
     }
 
     /// One VIF in Nova's model (`nova/network/neutron.py _build_vif_model`).
-    fn vif(&self, port: &Value, network: &Value, subnets: &[Value], dhcp_ports: &[Value], preserve: bool) -> Value {
+    fn vif(&self, port: &Value, facts: &NetworkFacts, preserve: bool) -> Value {
+        let (network, subnets) = (&facts.network, &facts.subnets);
         let id = port["id"].as_str().unwrap_or_default();
         let vif_type = port["binding:vif_type"].as_str().unwrap_or("unbound");
         let details = port["binding:vif_details"].clone();
@@ -871,7 +886,7 @@ impl Neutron {
                 json!({
                     "cidr": s["cidr"],
                     "version": version,
-                    "meta": subnet_meta(s, dhcp_ports),
+                    "meta": subnet_meta(s, &facts.dhcp_ports, facts.metadata_port.as_ref()),
                     "gateway": match s["gateway_ip"].as_str() {
                         Some(g) => ip(g, version, "gateway"),
                         None => json!({"address": null, "type": "gateway", "version": null, "meta": {}}),
@@ -922,17 +937,30 @@ impl Neutron {
 /// (Zed writes no `enable_dhcp` and falls back to the gateway as
 /// `dhcp_server`; both give the same `network_data.json` when a DHCP port
 /// exists.) The config drive and the isolated metadata route read it.
-fn subnet_meta(subnet: &Value, dhcp_ports: &[Value]) -> Value {
+///
+/// One key Nova does not write: `metadata_server`, the address of ML2/OVN's
+/// metadata port in this subnet, which OVN's DHCP hands VMs as the way to
+/// 169.254.169.254 (`[docker] metadata_route = metadata_port` routes through
+/// it). It is kept in the info cache so that a container plugged again
+/// after a restart, without Neutron, gets the same route; Nova's readers of
+/// the cache (the config drive, the metadata API) ignore keys they do not
+/// know.
+fn subnet_meta(subnet: &Value, dhcp_ports: &[Value], metadata_port: Option<&Value>) -> Value {
     let sid = subnet["id"].as_str().unwrap_or_default();
     let mut meta = serde_json::Map::new();
     meta.insert("enable_dhcp".into(), json!(subnet["enable_dhcp"].as_bool().unwrap_or(false)));
-    let dhcp = dhcp_ports
-        .iter()
-        .flat_map(|p| p["fixed_ips"].as_array().into_iter().flatten())
-        .find(|f| f["subnet_id"].as_str() == Some(sid))
-        .and_then(|f| f["ip_address"].as_str());
-    if let Some(ip) = dhcp {
+    let address_in = |ports: &mut dyn Iterator<Item = &Value>| {
+        ports
+            .flat_map(|p| p["fixed_ips"].as_array().into_iter().flatten())
+            .find(|f| f["subnet_id"].as_str() == Some(sid))
+            .and_then(|f| f["ip_address"].as_str())
+            .map(str::to_string)
+    };
+    if let Some(ip) = address_in(&mut dhcp_ports.iter()) {
         meta.insert("dhcp_server".into(), json!(ip));
+    }
+    if let Some(ip) = address_in(&mut metadata_port.into_iter()) {
+        meta.insert("metadata_server".into(), json!(ip));
     }
     if let Some(mode) = subnet["ipv6_address_mode"].as_str() {
         meta.insert("ipv6_address_mode".into(), json!(mode));
@@ -951,10 +979,15 @@ mod tests {
             json!({"fixed_ips": [{"subnet_id": "other", "ip_address": "10.1.0.2"}]}),
             json!({"fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.2"}]}),
         ];
-        assert_eq!(subnet_meta(&subnet, &ports), json!({"enable_dhcp": true, "dhcp_server": "10.0.0.2"}));
-        assert_eq!(subnet_meta(&json!({"id": "s1", "enable_dhcp": false}), &[]), json!({"enable_dhcp": false}));
+        assert_eq!(subnet_meta(&subnet, &ports, None), json!({"enable_dhcp": true, "dhcp_server": "10.0.0.2"}));
+        assert_eq!(subnet_meta(&json!({"id": "s1", "enable_dhcp": false}), &[], None), json!({"enable_dhcp": false}));
         let v6 = json!({"id": "s6", "enable_dhcp": true, "ipv6_address_mode": "slaac"});
-        assert_eq!(subnet_meta(&v6, &[]), json!({"enable_dhcp": true, "ipv6_address_mode": "slaac"}));
+        assert_eq!(subnet_meta(&v6, &[], None), json!({"enable_dhcp": true, "ipv6_address_mode": "slaac"}));
+        // ML2/OVN: the metadata port's address in this subnet, none in another
+        let md = json!({"fixed_ips": [{"subnet_id": "other", "ip_address": "10.1.0.3"},
+                                      {"subnet_id": "s1", "ip_address": "10.0.0.3"}]});
+        assert_eq!(subnet_meta(&subnet, &[], Some(&md)), json!({"enable_dhcp": true, "metadata_server": "10.0.0.3"}));
+        assert_eq!(subnet_meta(&v6, &[], Some(&md)), json!({"enable_dhcp": true, "ipv6_address_mode": "slaac"}));
     }
 
     #[test]

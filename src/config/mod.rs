@@ -927,12 +927,12 @@ fn metadata_route(l: &Layered) -> Result<crate::net::MetadataRoute, ConfigError>
     use crate::net::MetadataRoute;
     use options::*;
     let isolated = l.bool(&DOCKER_ISOLATED_METADATA_ROUTE)?;
-    if l.string(&DOCKER_METADATA_ROUTE).is_none() {
+    if !l.is_set(DOCKER_METADATA_ROUTE.group, DOCKER_METADATA_ROUTE.name) {
         return Ok(if isolated { MetadataRoute::DhcpPort } else { MetadataRoute::Router });
     }
     let mode = match l.choice(&DOCKER_METADATA_ROUTE)?.as_str() {
         "dhcp_port" => MetadataRoute::DhcpPort,
-        "on_link" => MetadataRoute::OnLink,
+        "metadata_port" => MetadataRoute::MetadataPort,
         _ => MetadataRoute::Router,
     };
     if isolated && mode != MetadataRoute::DhcpPort {
@@ -1582,17 +1582,17 @@ driver = noop
         };
         assert_eq!(route("").unwrap(), MetadataRoute::Router);
         assert_eq!(route("isolated_metadata_route = true\n").unwrap(), MetadataRoute::DhcpPort);
-        assert_eq!(route("metadata_route = on_link\n").unwrap(), MetadataRoute::OnLink);
+        assert_eq!(route("metadata_route = metadata_port\n").unwrap(), MetadataRoute::MetadataPort);
         assert_eq!(route("metadata_route = dhcp_port\n").unwrap(), MetadataRoute::DhcpPort);
         assert_eq!(route("metadata_route = router\n").unwrap(), MetadataRoute::Router);
         assert_eq!(
             route("metadata_route = dhcp_port\nisolated_metadata_route = true\n").unwrap(),
             MetadataRoute::DhcpPort
         );
-        let e = route("metadata_route = on_link\nisolated_metadata_route = true\n").unwrap_err().to_string();
+        let e = route("metadata_route = metadata_port\nisolated_metadata_route = true\n").unwrap_err().to_string();
         assert!(e.contains("isolated_metadata_route") && e.contains("metadata_route names another"), "{e}");
         let e = route("metadata_route = ovn\n").unwrap_err().to_string();
-        assert!(e.contains("on_link"), "{e}");
+        assert!(e.contains("metadata_port"), "{e}");
     }
 
     #[test]

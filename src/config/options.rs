@@ -336,8 +336,8 @@ opts! {
         "Write the instance's key pair public key to /root/.ssh/authorized_keys in its container before the first start (as the old nova-docker driver did); replaces the image's file.";
     DOCKER_ISOLATED_METADATA_ROUTE: "docker" "isolated_metadata_route" Bool = Some("false"), None,
         "Route 169.254.169.254/32 through each IPv4 subnet's DHCP port inside the container, as Neutron's DHCP agent tells VMs by DHCP when it serves isolated metadata (enable_isolated_metadata, force_metadata). Leave false where Neutron routers serve the metadata (the default route reaches them). The same as metadata_route = dhcp_port.";
-    DOCKER_METADATA_ROUTE: "docker" "metadata_route" Str ["router", "dhcp_port", "on_link"] = None, None,
-        "The route to 169.254.169.254 each container gets, in place of the one a VM learns by DHCP: router (none of its own: Neutron routers serve the metadata through the default route), dhcp_port (through each IPv4 subnet's DHCP port: Neutron's DHCP agent with isolated metadata), on_link (on the link of the first IPv4 port: ML2/OVN, whose metadata port answers for the address on the network). Unset: dhcp_port if isolated_metadata_route is true, else router.";
+    DOCKER_METADATA_ROUTE: "docker" "metadata_route" Str ["router", "dhcp_port", "metadata_port"] = Some("router"), None,
+        "The route to 169.254.169.254 each container gets, in place of the one a VM learns by DHCP: router (none of its own: Neutron routers serve the metadata through the default route), dhcp_port (through each IPv4 subnet's DHCP port: Neutron's DHCP agent with isolated metadata), metadata_port (through the network's ML2/OVN metadata port on each IPv4 subnet, as OVN tells VMs by DHCP). Unset: dhcp_port if isolated_metadata_route is true, else router (the default).";
     DOCKER_SNAPSHOT_PAUSE: "docker" "snapshot_pause" Bool = Some("true"), None,
         "Pause the container while it is committed for a snapshot, for a consistent filesystem.";
     DOCKER_KEEP_SNAPSHOT_IMAGES: "docker" "keep_snapshot_images" Bool = Some("false"), None,

@@ -342,10 +342,24 @@ impl Subnet {
     /// false) and the address is a unicast one inside the subnet: a value
     /// from an RPC peer's info cache is not trusted to be Neutron's.
     pub fn dhcp_server(&self) -> Option<IpAddr> {
+        self.server_in_meta("dhcp_server")
+    }
+
+    /// The IPv4 address of ML2/OVN's metadata port in the subnet
+    /// (`meta.metadata_server`, which nova-docker records with the subnet),
+    /// checked as [`Subnet::dhcp_server`] is: DHCP on, unicast, inside.
+    pub fn metadata_server(&self) -> Option<IpAddr> {
+        self.server_in_meta("metadata_server")
+    }
+
+    /// A server address the subnet's `meta` names under `key`, if the subnet
+    /// has DHCP (`meta.enable_dhcp` not false) and the address is an IPv4
+    /// unicast one inside the subnet.
+    fn server_in_meta(&self, key: &str) -> Option<IpAddr> {
         if self.meta.get("enable_dhcp").and_then(Value::as_bool) == Some(false) {
             return None;
         }
-        let ip: Ipv4Addr = self.meta.get("dhcp_server")?.as_str()?.parse().ok()?;
+        let ip: Ipv4Addr = self.meta.get(key)?.as_str()?.parse().ok()?;
         let unicast = !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback());
         let prefix = self.prefix().ok()?;
         let inside = prefix.contains(IpAddr::V4(ip)) && IpAddr::V4(ip) != prefix.network();

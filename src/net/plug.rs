@@ -99,11 +99,12 @@ pub enum MetadataRoute {
     /// Through each IPv4 subnet's DHCP server (`meta.dhcp_server`), as
     /// Neutron's DHCP agent advertises when it serves isolated metadata.
     DhcpPort,
-    /// On the link: ML2/OVN's metadata port (a localport on every chassis)
-    /// answers for the address on each network whose metadata it serves, so
-    /// no lookup of that port's own address is needed. Added with the first
-    /// IPv4 port plugged; later ports find it there.
-    OnLink,
+    /// Through ML2/OVN's metadata port (`meta.metadata_server` of each IPv4
+    /// subnet), as OVN's DHCP tells VMs: first, before the subnet's own host
+    /// routes, as OVN orders them. Not on the link: OVN answers ARP for the
+    /// metadata port's address itself, while anyone on the network without
+    /// port security could answer for 169.254.169.254.
+    MetadataPort,
 }
 
 /// The link-local address of the metadata service (EC2's and Nova's).
@@ -210,13 +211,18 @@ struct Plan {
     vm_uuid: Option<String>,
 }
 
-/// The route to [`METADATA_ADDRESS`] through `via` (a subnet's DHCP server;
-/// `None`: on the link), unless the subnets' own host routes already route
-/// it, as Neutron's DHCP agent leaves an operator's route alone.
-fn metadata_route(via: Option<IpAddr>, host_routes: &[(IpCidr, Option<IpAddr>)]) -> Option<(IpCidr, Option<IpAddr>)> {
-    let dst = IpCidr { addr: IpAddr::V4(METADATA_ADDRESS), prefix_len: 32 };
+/// 169.254.169.254/32.
+fn metadata_destination() -> IpCidr {
+    IpCidr { addr: IpAddr::V4(METADATA_ADDRESS), prefix_len: 32 }
+}
+
+/// The route to [`METADATA_ADDRESS`] through a subnet's DHCP server, unless
+/// the subnets' own host routes already route it, as Neutron's DHCP agent
+/// leaves an operator's route alone.
+fn metadata_route(dhcp: IpAddr, host_routes: &[(IpCidr, Option<IpAddr>)]) -> Option<(IpCidr, Option<IpAddr>)> {
+    let dst = metadata_destination();
     let routed = host_routes.iter().any(|(d, _)| d.contains(dst.addr) && d.prefix_len == 32);
-    (!routed).then_some((dst, via))
+    (!routed).then_some((dst, Some(dhcp)))
 }
 
 /// Rejects names the kernel would refuse (`dev_valid_name`): empty, `.`/`..`,
@@ -311,6 +317,7 @@ impl Plan {
         let mut default_v6 = None;
         let mut host_routes = Vec::new();
         let mut gateways = Vec::new();
+        let mut through_metadata_port = false;
         for s in &vif.network.subnets {
             let gw = s.gateway_ip().map_err(invalid)?;
             if let Some(gw) = gw {
@@ -332,6 +339,14 @@ impl Plan {
                     _ => {}
                 }
             }
+            if opts.metadata_route == MetadataRoute::MetadataPort
+                && !through_metadata_port
+                && let Some(server) = s.metadata_server()
+            {
+                gateways.push(server);
+                host_routes.push((metadata_destination(), Some(server)));
+                through_metadata_port = true;
+            }
             for r in &s.routes {
                 let Some(c) = r.cidr.as_deref() else { continue };
                 let dst = IpCidr::parse(c).map_err(invalid)?;
@@ -350,16 +365,11 @@ impl Plan {
             }
             if opts.metadata_route == MetadataRoute::DhcpPort
                 && let Some(dhcp) = s.dhcp_server()
-                && let Some(route) = metadata_route(Some(dhcp), &host_routes)
+                && let Some(route) = metadata_route(dhcp, &host_routes)
             {
                 gateways.push(dhcp);
                 host_routes.push(route);
             }
-        }
-        if opts.metadata_route == MetadataRoute::OnLink
-            && let Some(route) = metadata_route(None, &host_routes)
-        {
-            host_routes.push(route);
         }
         // Without an address of a family the interface cannot route it (and
         // IPv6 stays disabled by Docker: routes would fail with EACCES).
@@ -1141,7 +1151,7 @@ mod tests {
     }
 
     #[test]
-    fn on_ovn_the_metadata_address_is_on_the_link_unless_routed() {
+    fn on_ovn_the_metadata_address_goes_through_the_metadata_port_first() {
         let metadata = |p: &Plan| {
             p.host_routes
                 .iter()
@@ -1149,24 +1159,41 @@ mod tests {
                 .map(|(_, via)| *via)
                 .collect::<Vec<_>>()
         };
-        let link = PlugOptions { metadata_route: MetadataRoute::OnLink, ..PlugOptions::default() };
-        // one on-link route for the port, whatever its subnets' DHCP servers
-        assert_eq!(metadata(&Plan::new(&vif(BR), "eth0", &link).unwrap()), vec![None]);
-        let dhcp = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "10.0.0.2"},"#, 1);
-        assert_eq!(metadata(&Plan::new(&vif(&dhcp), "eth0", &link).unwrap()), vec![None]);
-        // an operator's host route for the address is left as it is
-        let own = BR.replace("192.168.7.9/24", "169.254.169.254/32");
-        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &link).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
+        let port = PlugOptions { metadata_route: MetadataRoute::MetadataPort, ..PlugOptions::default() };
+        let md = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"metadata_server": "10.0.0.3"},"#, 1);
+        let via = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
+        assert_eq!(metadata(&Plan::new(&vif(&md), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
+        // first, before a subnet host route for the same address (which the
+        // kernel then refuses as existing), as OVN's DHCP orders them
+        let own = md.replace("192.168.7.9/24", "169.254.169.254/32");
+        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &port).unwrap()), vec![via("10.0.0.3"), via("10.0.0.254")]);
+        // no metadata port on the subnet (none on the network, DHCP off, or
+        // an address that is not the subnet's): no route of its own
+        assert!(metadata(&Plan::new(&vif(BR), "eth0", &port).unwrap()).is_empty());
+        for meta in [
+            r#"{"metadata_server": "10.0.0.3", "enable_dhcp": false}"#,
+            r#"{"metadata_server": "10.9.9.9"}"#,
+            r#"{"metadata_server": "169.254.169.254"}"#,
+            r#"{"dhcp_server": "10.0.0.2"}"#,
+        ] {
+            let j = BR.replacen(r#""version": 4,"#, &format!(r#""version": 4, "meta": {meta},"#), 1);
+            assert!(metadata(&Plan::new(&vif(&j), "eth0", &port).unwrap()).is_empty(), "{meta}");
+        }
+        // the DHCP-port mode ignores the metadata port, and the other way round
+        let both = BR.replacen(
+            r#""version": 4,"#,
+            r#""version": 4, "meta": {"metadata_server": "10.0.0.3", "dhcp_server": "10.0.0.2"},"#,
+            1,
+        );
+        let dhcp = PlugOptions { metadata_route: MetadataRoute::DhcpPort, ..PlugOptions::default() };
+        assert_eq!(metadata(&Plan::new(&vif(&both), "eth0", &dhcp).unwrap()), vec![via("10.0.0.2")]);
+        assert_eq!(metadata(&Plan::new(&vif(&both), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
+        assert!(metadata(&Plan::new(&vif(&both), "eth0", &PlugOptions::default()).unwrap()).is_empty());
         // a port with no IPv4 address gets none
-        let v6_only = BR
+        let v6_only = md
             .replace(r#""address": "10.0.0.5""#, r#""address": null"#)
             .replace(r#""address": "10.1.0.5""#, r#""address": null"#);
-        assert!(metadata(&Plan::new(&vif(&v6_only), "eth0", &link).unwrap()).is_empty());
-        // the other modes add no on-link route
-        for mode in [MetadataRoute::Router, MetadataRoute::DhcpPort] {
-            let opts = PlugOptions { metadata_route: mode, ..PlugOptions::default() };
-            assert!(!metadata(&Plan::new(&vif(BR), "eth0", &opts).unwrap()).contains(&None), "{mode:?}");
-        }
+        assert!(metadata(&Plan::new(&vif(&v6_only), "eth0", &port).unwrap()).is_empty());
     }
 
     #[test]

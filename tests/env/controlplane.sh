@@ -1462,6 +1462,7 @@ wait_services() {
   daemon_wait "$STATE" "$NET_AGENT" "$TIMEOUT" "$NET_AGENT alive in neutron as host $NET_HOST" l2_agent_ready
   daemon_wait "$STATE" nova-metadata "$TIMEOUT" "nova metadata API $URL_METADATA" metadata_ready
   if [ "$RELEASE" = ovn ]; then
+    daemon_alive "$STATE" neutron-ovn-metadata-agent || ovn_prune_stale_ports
     start_ovn_metadata_agent
     daemon_wait "$STATE" neutron-ovn-metadata-agent "$TIMEOUT" \
       "neutron-ovn-metadata-agent alive in neutron as host $NET_HOST" metadata_agent_ready

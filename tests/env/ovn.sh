@@ -125,21 +125,36 @@ ovn_metadata_port() { # network $1 has its metadata port
     /usr/bin/python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["ports"] else 1)'
 }
 
-# What the metadata agent leaves behind: the ovnmeta- namespaces of this
-# control plane's networks (their haproxy is killed by
-# stop_metadata_leftovers), and then the OVS ports of their veths. A port
-# left in OVS whose veth was deleted is never read again by the userspace
-# datapath, even once the agent creates a veth of the same name: the
-# network's metadata would stay unreachable.
-stop_ovn_leftovers() {
-  local ns port
-  for ns in $(ip netns list 2>/dev/null | awk '/^ovnmeta-/ {print $1}'); do
-    ip netns delete "$ns" 2>/dev/null || true
-  done
+# Ports on the integration bridge whose device is gone (a veth deleted under
+# OVS: the metadata agent's, after its namespace went): the userspace
+# datapath never reads a port again once its device went, even when the
+# agent creates a veth of the same name, so the network's metadata would
+# stay unreachable. Only system ports that carry an iface-id (ovn-controller
+# recreates its own patch and tunnel ports); run at `up`, before the agent
+# starts, and at `down`.
+ovn_prune_stale_ports() {
   ovs_vswitchd_answers || return 0
+  local port
   for port in $(ovs_vsctl --timeout=5 list-ports "$OVS_INT_BR" 2>/dev/null); do
+    [ -n "$(ovs_vsctl --timeout=5 get Interface "$port" external_ids:iface-id 2>/dev/null)" ] || continue
+    [ "$(ovs_vsctl --timeout=5 get Interface "$port" type 2>/dev/null)" = '""' ] || continue
     if ! ip link show "$port" >/dev/null 2>&1; then
       ovs_vsctl --timeout=5 --if-exists del-port "$OVS_INT_BR" "$port" || true
+      log "removed OVS port $port of $OVS_INT_BR (its device is gone)"
     fi
   done
+}
+
+# What the metadata agent leaves behind: the ovnmeta- namespaces of this
+# control plane's networks (those it wrote a proxy config for; their
+# haproxy is killed by stop_metadata_leftovers), then the OVS ports of
+# their veths.
+stop_ovn_leftovers() {
+  local ns
+  for ns in $(ip netns list 2>/dev/null | awk '/^ovnmeta-/ {print $1}'); do
+    if [ -e "$STATE/state-neutron/ovn-metadata-proxy/${ns#ovnmeta-}.conf" ]; then
+      ip netns delete "$ns" 2>/dev/null || true
+    fi
+  done
+  ovn_prune_stale_ports
 }

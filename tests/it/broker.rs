@@ -189,6 +189,10 @@ async fn main_broker_restarted_during_a_boot() {
             back.elapsed()
         ));
     }
+    // newest's restart took its Open vSwitch datapath from under the ovn
+    // control plane (which runs on the TLS cluster, not on this broker):
+    // `up` checks its chassis and metadata agent again.
+    Cloud::up(Release::Ovn).await;
 }
 
 /// Whether every Neutron agent's last heartbeat is later than `since`.

@@ -363,6 +363,12 @@ impl Cloud {
         id
     }
 
+    /// `controlplane.sh RELEASE up`, idempotent: what is missing is started
+    /// again and each readiness check passes.
+    pub async fn up(release: Release) {
+        controlplane(release.env_name(), &["up"], Duration::from_secs(600)).await;
+    }
+
     /// `controlplane.sh RELEASE restart`: every service of the control plane
     /// stopped and started again (read `Cloud::get` afresh afterwards).
     /// A failed restart is reported and followed by one more `up` (which is

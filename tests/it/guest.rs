@@ -440,14 +440,15 @@ async fn fetch_in_guest(server: &str, path: &str) -> String {
 /// control plane's nova metadata API answers. The host routes
 /// 169.254.169.254 through the subnet's DHCP port (`[docker]
 /// metadata_route = dhcp_port`), as the DHCP agent tells VMs. On OVN the
-/// haproxy sits behind the network's metadata port, which answers for the
-/// address on the link (`on_link`). Two servers each read their own
-/// metadata, user data included, never the other's.
+/// haproxy sits behind the network's metadata port, and the host routes
+/// through that port's address (`metadata_port`), as OVN's DHCP tells VMs.
+/// Two servers each read their own metadata, user data included, never the
+/// other's.
 async fn the_metadata_service_answers_each_instance_with_its_own(release: Release) {
     let cloud = Cloud::get(release);
     let host_name = cloud.var("ND_NET_HOST").to_string();
     let net = cloud.var("ND_NETWORK_ID").to_string();
-    let route = if release == Release::Ovn { "on_link" } else { "dhcp_port" };
+    let route = if release == Release::Ovn { "metadata_port" } else { "dhcp_port" };
     let mut host = ComputeHost::start(&cloud, &host_name, &format!("[docker]\nmetadata_route = {route}\n")).await;
     let image = cloud.busybox_image(&host.conf).await;
     let boot = |name: &str| {
@@ -459,7 +460,24 @@ async fn the_metadata_service_answers_each_instance_with_its_own(release: Releas
     let b = post_server(&cloud, boot("md-b")).await;
     cloud.wait_status(&a, "ACTIVE", T).await;
     cloud.wait_status(&b, "ACTIVE", T).await;
+    // The next hop: the port that serves the metadata on this network (the
+    // DHCP agent's port, or OVN's metadata port), never just the link.
+    let owner = if release == Release::Ovn { "network%3Adistributed" } else { "network%3Adhcp" };
+    let (_, ports) = crate::network::neutron(
+        &cloud,
+        reqwest::Method::GET,
+        &format!("/v2.0/ports?network_id={net}&device_owner={owner}"),
+        None,
+    )
+    .await;
+    let server_ip = ports["ports"][0]["fixed_ips"]
+        .as_array()
+        .and_then(|ips| ips.iter().find_map(|ip| ip["ip_address"].as_str().filter(|a| !a.contains(':'))))
+        .unwrap_or_else(|| panic!("no IPv4 address of a {owner} port: {ports}"))
+        .to_string();
     for (id, name) in [(&a, "md-a"), (&b, "md-b")] {
+        let (_, route) = crate::network::exec(&format!("nova-{id}"), "ip route get 169.254.169.254").await;
+        assert!(route.contains(&format!("via {server_ip} ")), "{id}: {route}");
         let text = fetch_in_guest(id, "/openstack/latest/meta_data.json").await;
         let md: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{id}: meta_data.json: {e}: {text}"));
         assert_eq!(md["uuid"], id.as_str(), "{md}");

@@ -10,7 +10,7 @@
 # Checks, failing with a message on the first difference:
 #   * settings + post-config: glance-api.conf gets 'docker' (and 'raw') in
 #     [image_format], keeping what was configured; nova-docker.conf is written,
-#     its metadata route following the Neutron backend (on_link with OVN)
+#     its metadata route following the Neutron backend (metadata_port with OVN)
 #   * n-cpu is taken over: DevStack's start_nova_compute (a stand-in with the
 #     same shape: nova-cpu.conf from nova.conf, then run_process n-cpu with
 #     Python's nova-compute) still writes nova-cpu.conf, but the one process
@@ -207,8 +207,10 @@ expect "$NOVA_DOCKER_CONF" docker metadata_route router
 ( # the metadata route follows the Neutron backend (subshell: no leak)
   f=$W/metadata-route.conf
   Q_AGENT=ovn nova_docker_configure_compute "$f"
-  expect "$f" docker metadata_route on_link
+  expect "$f" docker metadata_route metadata_port
   Q_AGENT=ovn NOVA_DOCKER_ISOLATED_METADATA_ROUTE=True nova_docker_configure_compute "$f"
+  expect "$f" docker metadata_route metadata_port
+  Q_AGENT=openvswitch NOVA_DOCKER_ISOLATED_METADATA_ROUTE=True nova_docker_configure_compute "$f"
   expect "$f" docker metadata_route dhcp_port
   Q_AGENT=openvswitch nova_docker_configure_compute "$f"
   expect "$f" docker metadata_route router
