@@ -1111,24 +1111,22 @@ mod tests {
         assert!(Plan::new(&vif(&mc), "eth0", &PlugOptions::default()).is_err());
     }
 
+    /// The next hops of a plan's routes to the metadata address, in order.
+    fn metadata_routes(p: &Plan) -> Vec<Option<IpAddr>> {
+        p.host_routes.iter().filter(|(d, _)| d.to_string() == "169.254.169.254/32").map(|(_, via)| *via).collect()
+    }
+
     #[test]
     fn metadata_goes_through_the_dhcp_port_only_when_asked_and_not_routed_already() {
-        let metadata = |p: &Plan| {
-            p.host_routes
-                .iter()
-                .filter(|(d, _)| d.to_string() == "169.254.169.254/32")
-                .map(|(_, via)| *via)
-                .collect::<Vec<_>>()
-        };
         let dhcp = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"dhcp_server": "10.0.0.2"},"#, 1);
         let on = PlugOptions { metadata_route: MetadataRoute::DhcpPort, ..PlugOptions::default() };
         let p = Plan::new(&vif(&dhcp), "eth0", &on).unwrap();
-        assert_eq!(metadata(&p), vec![Some("10.0.0.2".parse::<IpAddr>().unwrap())]);
+        assert_eq!(metadata_routes(&p), vec![Some("10.0.0.2".parse::<IpAddr>().unwrap())]);
         // off (the default): routers serve the metadata
-        assert!(metadata(&Plan::new(&vif(&dhcp), "eth0", &PlugOptions::default()).unwrap()).is_empty());
+        assert!(metadata_routes(&Plan::new(&vif(&dhcp), "eth0", &PlugOptions::default()).unwrap()).is_empty());
         // no DHCP server, not an IPv4 one, outside the subnet, not unicast,
         // or DHCP off: nothing (an info cache from an RPC peer is not Neutron)
-        assert!(metadata(&Plan::new(&vif(BR), "eth0", &on).unwrap()).is_empty());
+        assert!(metadata_routes(&Plan::new(&vif(BR), "eth0", &on).unwrap()).is_empty());
         for meta in [
             r#"{"dhcp_server": "fd00::2"}"#,
             r#"{"dhcp_server": "10.9.9.9"}"#,
@@ -1137,39 +1135,38 @@ mod tests {
             r#"{"dhcp_server": "10.0.0.2", "enable_dhcp": false}"#,
         ] {
             let j = BR.replacen(r#""version": 4,"#, &format!(r#""version": 4, "meta": {meta},"#), 1);
-            assert!(metadata(&Plan::new(&vif(&j), "eth0", &on).unwrap()).is_empty(), "{meta}");
+            assert!(metadata_routes(&Plan::new(&vif(&j), "eth0", &on).unwrap()).is_empty(), "{meta}");
         }
         let enabled = BR.replacen(
             r#""version": 4,"#,
             r#""version": 4, "meta": {"dhcp_server": "10.0.0.2", "enable_dhcp": true},"#,
             1,
         );
-        assert_eq!(metadata(&Plan::new(&vif(&enabled), "eth0", &on).unwrap()).len(), 1);
+        assert_eq!(metadata_routes(&Plan::new(&vif(&enabled), "eth0", &on).unwrap()).len(), 1);
         // the subnet routes it already (an operator's host route): left alone
         let own = dhcp.replace("192.168.7.9/24", "169.254.169.254/32");
-        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &on).unwrap()), vec![Some("10.0.0.254".parse().unwrap())]);
+        assert_eq!(
+            metadata_routes(&Plan::new(&vif(&own), "eth0", &on).unwrap()),
+            vec![Some("10.0.0.254".parse().unwrap())]
+        );
     }
 
     #[test]
     fn on_ovn_the_metadata_address_goes_through_the_metadata_port_first() {
-        let metadata = |p: &Plan| {
-            p.host_routes
-                .iter()
-                .filter(|(d, _)| d.to_string() == "169.254.169.254/32")
-                .map(|(_, via)| *via)
-                .collect::<Vec<_>>()
-        };
         let port = PlugOptions { metadata_route: MetadataRoute::MetadataPort, ..PlugOptions::default() };
         let md = BR.replacen(r#""version": 4,"#, r#""version": 4, "meta": {"metadata_server": "10.0.0.3"},"#, 1);
         let via = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
-        assert_eq!(metadata(&Plan::new(&vif(&md), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
+        assert_eq!(metadata_routes(&Plan::new(&vif(&md), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
         // first, before a subnet host route for the same address (which the
         // kernel then refuses as existing), as OVN's DHCP orders them
         let own = md.replace("192.168.7.9/24", "169.254.169.254/32");
-        assert_eq!(metadata(&Plan::new(&vif(&own), "eth0", &port).unwrap()), vec![via("10.0.0.3"), via("10.0.0.254")]);
+        assert_eq!(
+            metadata_routes(&Plan::new(&vif(&own), "eth0", &port).unwrap()),
+            vec![via("10.0.0.3"), via("10.0.0.254")]
+        );
         // no metadata port on the subnet (none on the network, DHCP off, or
         // an address that is not the subnet's): no route of its own
-        assert!(metadata(&Plan::new(&vif(BR), "eth0", &port).unwrap()).is_empty());
+        assert!(metadata_routes(&Plan::new(&vif(BR), "eth0", &port).unwrap()).is_empty());
         for meta in [
             r#"{"metadata_server": "10.0.0.3", "enable_dhcp": false}"#,
             r#"{"metadata_server": "10.9.9.9"}"#,
@@ -1177,7 +1174,7 @@ mod tests {
             r#"{"dhcp_server": "10.0.0.2"}"#,
         ] {
             let j = BR.replacen(r#""version": 4,"#, &format!(r#""version": 4, "meta": {meta},"#), 1);
-            assert!(metadata(&Plan::new(&vif(&j), "eth0", &port).unwrap()).is_empty(), "{meta}");
+            assert!(metadata_routes(&Plan::new(&vif(&j), "eth0", &port).unwrap()).is_empty(), "{meta}");
         }
         // the DHCP-port mode ignores the metadata port, and the other way round
         let both = BR.replacen(
@@ -1186,14 +1183,14 @@ mod tests {
             1,
         );
         let dhcp = PlugOptions { metadata_route: MetadataRoute::DhcpPort, ..PlugOptions::default() };
-        assert_eq!(metadata(&Plan::new(&vif(&both), "eth0", &dhcp).unwrap()), vec![via("10.0.0.2")]);
-        assert_eq!(metadata(&Plan::new(&vif(&both), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
-        assert!(metadata(&Plan::new(&vif(&both), "eth0", &PlugOptions::default()).unwrap()).is_empty());
+        assert_eq!(metadata_routes(&Plan::new(&vif(&both), "eth0", &dhcp).unwrap()), vec![via("10.0.0.2")]);
+        assert_eq!(metadata_routes(&Plan::new(&vif(&both), "eth0", &port).unwrap()), vec![via("10.0.0.3")]);
+        assert!(metadata_routes(&Plan::new(&vif(&both), "eth0", &PlugOptions::default()).unwrap()).is_empty());
         // a port with no IPv4 address gets none
         let v6_only = md
             .replace(r#""address": "10.0.0.5""#, r#""address": null"#)
             .replace(r#""address": "10.1.0.5""#, r#""address": null"#);
-        assert!(metadata(&Plan::new(&vif(&v6_only), "eth0", &port).unwrap()).is_empty());
+        assert!(metadata_routes(&Plan::new(&vif(&v6_only), "eth0", &port).unwrap()).is_empty());
     }
 
     #[test]
