@@ -482,6 +482,11 @@ async fn evacuation_between_chassis_evacuates_with_its_port_ovn() {
     let (name_a, br_a) = (cloud.var("ND_NET_HOST").to_string(), cloud.var("ND_NET_BRIDGE").to_string());
     let (name_b, br_b) = (cloud.var("ND_NET_HOST2").to_string(), cloud.var("ND_NET_BRIDGE2").to_string());
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    // A is the chassis every ovn test runs on: a run of this test that failed
+    // between forcing it down and back up would leave it unusable for all.
+    if cloud.compute_service(&name_a).await.is_some_and(|s| s["forced_down"] == true) {
+        force_down(&cloud, &name_a, false).await;
+    }
     let mut a = ComputeHost::start(&cloud, &name_a, "").await;
     let b = second_chassis_host(&cloud, &engine_b).await;
     let image = cloud.busybox_image(&a.conf).await;
