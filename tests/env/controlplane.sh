@@ -129,6 +129,12 @@
 # runs a haproxy on 169.254.169.254 in an ovnmeta-<network> namespace behind
 # the network's metadata port (device_owner network:distributed). Reach the
 # OVN databases with ovn-nbctl/ovn-sbctl --db=unix:$STATE/ovn/nb.sock (sb.sock).
+# A second chassis nd-net-ovn2 (a second ovn-controller on the same
+# ovs-vswitchd, started with -n, options in external_ids:OPTION-nd-net-ovn2;
+# encap 127.0.0.2, integration bridge br-ovn2, physnet bridge br-ovn2-private
+# patched to br-ovn-private) gives ports a second host to move to; a compute
+# host named nd-net-ovn2 uses [neutron] ovs_bridge = br-ovn2. The metadata
+# agent serves the first chassis only.
 #
 # State: $ND_ENV_STATE/RELEASE (default /var/lib/nova-docker-test/RELEASE):
 #   env.sh   source it; exports ND_RELEASE, ND_STATE, OS_CLOUD,
@@ -148,7 +154,9 @@
 #            ND_COMPUTE_CONF_TEMPLATE, ND_NETWORK(_ID), ND_FAKE_COMPUTE,
 #            ND_NET_HOST (compute host name that gets port bindings),
 #            ND_NET_VIF_TYPE (bridge|ovs), ND_NET_AGENT (agent binary),
-#            ND_NET_BRIDGE (brq<net-id[:11]> | br-int | br-ovn), ND_OVS_DB and
+#            ND_NET_BRIDGE (brq<net-id[:11]> | br-int | br-ovn), ND_NET_HOST2
+#            and ND_NET_BRIDGE2 (ovn: the second chassis nd-net-ovn2 and its
+#            integration bridge br-ovn2; empty otherwise), ND_OVS_DB and
 #            ND_OVS_RUNDIR (newest; empty for zed), OVS_RUNDIR (newest only)
 #   etc/nova-compute.conf.template nova.conf for a compute host of this
 #            release (no compute_driver); replace @HOST@ and @STATE_PATH@
@@ -351,13 +359,16 @@ if [ "$RELEASE" = ovn ]; then
   OVS_DIR=$STATE_ROOT/newest/ovs OVS_PHYS_BR=br-ovn-private OVS_INT_BR=br-ovn
   OVS_SERVICES=(ovn-nb ovn-sb ovn-northd)
 fi
+# ovn: the second chassis (a second ovn-controller, see "OVN" above)
+NET_HOST2="" OVS_INT_BR2="" OVS_PHYS_BR2=""
+[ "$RELEASE" != ovn ] || NET_HOST2=nd-net-ovn2 OVS_INT_BR2=br-ovn2 OVS_PHYS_BR2=br-ovn2-private
 OVS_DB=unix:$OVS_DIR/db.sock
 # the metadata path (see the header): nova's metadata API, and on the agent
 # host Neutron's DHCP agent (isolated metadata) and metadata agent
 SERVICES+=(nova-metadata)
 AGENTS=("$NET_AGENT" neutron-dhcp-agent neutron-metadata-agent)
 # ovn: DHCP is OVN's own; its metadata agent serves the metadata path
-[ "$RELEASE" != ovn ] || AGENTS=("$NET_AGENT" neutron-ovn-metadata-agent)
+[ "$RELEASE" != ovn ] || AGENTS=("$NET_AGENT" ovn-controller2 neutron-ovn-metadata-agent)
 # every service `status` checks, in start order; the agents come last
 ALL_SERVICES=("${OVS_SERVICES[@]}" "${SERVICES[@]}" "${AGENTS[@]}")
 
@@ -1110,6 +1121,8 @@ write_env_sh() { # NETWORK_ID FAKE_HOST
       "ND_NET_VIF_TYPE=$NET_VIF_TYPE" \
       "ND_NET_AGENT=$NET_AGENT" \
       "ND_NET_BRIDGE=$net_bridge" \
+      "ND_NET_HOST2=$NET_HOST2" \
+      "ND_NET_BRIDGE2=$OVS_INT_BR2" \
       "ND_OVS_DB=$ovs_db" \
       "ND_OVS_RUNDIR=$ovs_rundir"; do
       printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
@@ -1389,7 +1402,7 @@ stop_ovs() {
   daemons_stop "$STATE" 30 ovs-vswitchd ovsdb-server
   # what the datapath leaves behind (persistent taps; ovs-netdev always stays)
   local d
-  for d in ovs-netdev br-int "$OVS_PHYS_BR" br-ovn br-ovn-private; do
+  for d in ovs-netdev br-int "$OVS_PHYS_BR" br-ovn br-ovn-private br-ovn2 br-ovn2-private; do
     if ip -d link show "$d" 2>/dev/null | grep 'tun type tap' >/dev/null; then ip link del "$d"; fi
   done
 }
@@ -1588,7 +1601,9 @@ do_up() {
     wait_until 60 "newest's ovs-vswitchd, bridge $OVS_PHYS_BR (datapath netdev)" ovs_phys_bridge
     start_ovn
     daemon_wait "$STATE" ovn-controller 60 "ovn-controller: chassis $NET_HOST in the southbound DB, $OVS_INT_BR" \
-      ovn_chassis_ready
+      ovn_chassis_ready "$NET_HOST" "$OVS_INT_BR"
+    daemon_wait "$STATE" ovn-controller2 60 "ovn-controller2: chassis $NET_HOST2 in the southbound DB, $OVS_INT_BR2" \
+      ovn_chassis2_ready
   fi
   # Start the agent now, in parallel with the servers, if neutron's RPC queues
   # already exist on the vhost (a previous run declared them; they outlive

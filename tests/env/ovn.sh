@@ -66,11 +66,58 @@ start_ovn() {
       --pidfile="$OVN_DIR/ovn-controller.pid" \
       --log-file="$STATE/log/ovn-controller.log" --no-chdir
   fi
+  start_ovn_chassis2
 }
 
-ovn_chassis_ready() { # the chassis is in the SB DB and its integration bridge exists
-  ovn_sbctl --bare --columns=hostname find Chassis "name=$NET_HOST" | grep -qx "$NET_HOST" &&
-    ovs_vsctl --timeout=5 br-exists "$OVS_INT_BR"
+# A second chassis $NET_HOST2 on the same ovs-vswitchd, so that instances
+# with ports can move between two hosts (cold migration, evacuation): a
+# second ovn-controller named by -n (ovn-controller(8), "multiple
+# ovn-controller instances"), whose options are the Open_vSwitch
+# external_ids suffixed with -$NET_HOST2: its own integration bridge
+# $OVS_INT_BR2, physnet bridge $OVS_PHYS_BR2, and encap IP (the SB Encap
+# table is unique on type+ip). Its unixctl socket and PID file live in
+# $OVN_DIR/chassis2, apart from the first controller's. The two physnet
+# bridges are joined by a patch-port pair: the flat network "private" then
+# spans both chassis (OVN sends cross-chassis traffic of a network with a
+# localnet port through that port, no tunnel).
+start_ovn_chassis2() {
+  mkdir -p "$OVN_DIR/chassis2"
+  ovs_vsctl --timeout=5 \
+    -- --may-exist add-br "$OVS_PHYS_BR2" -- set Bridge "$OVS_PHYS_BR2" datapath_type=netdev \
+    -- --may-exist add-port "$OVS_PHYS_BR" patch-ovn-ovn2 \
+    -- set Interface patch-ovn-ovn2 type=patch options:peer=patch-ovn2-ovn \
+    -- --may-exist add-port "$OVS_PHYS_BR2" patch-ovn2-ovn \
+    -- set Interface patch-ovn2-ovn type=patch options:peer=patch-ovn-ovn2
+  ovs_vsctl --timeout=5 set Open_vSwitch . \
+    "external_ids:hostname-$NET_HOST2=$NET_HOST2" \
+    "external_ids:ovn-remote-$NET_HOST2=unix:$OVN_DIR/sb.sock" \
+    "external_ids:ovn-encap-type-$NET_HOST2=geneve" "external_ids:ovn-encap-ip-$NET_HOST2=127.0.0.2" \
+    "external_ids:ovn-bridge-$NET_HOST2=$OVS_INT_BR2" \
+    "external_ids:ovn-bridge-datapath-type-$NET_HOST2=netdev" \
+    "external_ids:ovn-bridge-mappings-$NET_HOST2=private:$OVS_PHYS_BR2"
+  if daemon_alive "$STATE" ovn-controller2; then
+    log "ovn-controller2 already running"
+  else
+    daemon_start "$STATE" ovn-controller2 env "OVN_RUNDIR=$OVN_DIR/chassis2" "OVS_RUNDIR=$OVS_DIR" \
+      ovn-controller -n "$NET_HOST2" "$OVS_DB" \
+      --pidfile="$OVN_DIR/chassis2/ovn-controller.pid" \
+      --log-file="$STATE/log/ovn-controller2.log" --no-chdir
+  fi
+}
+
+ovn_chassis_ready() { # CHASSIS BRIDGE: the chassis is in the SB DB and its integration bridge exists
+  ovn_sbctl --bare --columns=hostname find Chassis "name=$1" | grep -qx "$1" &&
+    ovs_vsctl --timeout=5 br-exists "$2"
+}
+
+# Neutron's OVN driver names the integration bridge in a binding's
+# vif_details (bridge_name) from the chassis' Chassis_Private
+# external_ids:neutron:ovn-bridge, which the OVN metadata agent writes for
+# its own chassis; without it Neutron says "br-int". The metadata agent runs
+# for $NET_HOST only: write the second chassis' bridge as the agent would.
+ovn_chassis2_ready() {
+  ovn_chassis_ready "$NET_HOST2" "$OVS_INT_BR2" &&
+    ovn_sbctl set Chassis_Private "$NET_HOST2" "external_ids:\"neutron:ovn-bridge\"=$OVS_INT_BR2"
 }
 
 # neutron-ovn-metadata-agent: a haproxy on 169.254.169.254 in an

@@ -775,3 +775,143 @@ async fn racing_migrations_into_anti_affinity_are_refused_on_the_destination() {
 async fn racing_migrations_into_anti_affinity_are_refused_on_the_destination_zed() {
     racing_migrations_into_anti_affinity(Release::Zed).await;
 }
+
+/// A compute host running as the ovn control plane's second chassis
+/// (`ND_NET_HOST2`, integration bridge `ND_NET_BRIDGE2`) on its own Docker
+/// engine: the template's `[neutron] ovs_bridge` names the first chassis'
+/// bridge, so it is rewritten before the host starts.
+pub(crate) async fn second_chassis_host(cloud: &Cloud, engine: &PrivateDocker) -> ComputeHost {
+    let name = cloud.var("ND_NET_HOST2").to_string();
+    let bridge = cloud.var("ND_NET_BRIDGE2").to_string();
+    assert!(!name.is_empty() && !bridge.is_empty(), "the control plane has a second chassis (ovn up)");
+    let mut host = ComputeHost::configure(cloud, &name, &engine.host_conf());
+    let conf = std::fs::read_to_string(&host.conf).unwrap();
+    let line = format!("ovs_bridge = {}\n", cloud.var("ND_NET_BRIDGE"));
+    assert!(conf.contains(&line), "the template sets {line}");
+    std::fs::write(&host.conf, conf.replace(&line, &format!("ovs_bridge = {bridge}\n"))).unwrap();
+    host.spawn();
+    host.wait_up(cloud, Duration::from_secs(60)).await;
+    cloud.map_host(&name).await;
+    cloud.wait_inventory(&name, Duration::from_secs(60)).await;
+    host
+}
+
+/// The OVS bridge the tap of `port` is in (None: in no bridge).
+pub(crate) fn bridge_of_port(cloud: &Cloud, port: &str) -> Option<String> {
+    let tap = format!("tap{}", &port[..11]);
+    let out = std::process::Command::new("ovs-vsctl")
+        .arg(format!("--db={}", cloud.var("ND_OVS_DB")))
+        .args(["iface-to-br", &tap])
+        .output()
+        .expect("ovs-vsctl runs");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Boots a server with a port on the seeded network, on `host`.
+pub(crate) async fn boot_with_port(cloud: &Cloud, name: &str, image: &str, host: &str, flavor: &str) -> String {
+    let body = json!({"server": {"name": common::unique(name), "imageRef": image, "flavorRef": flavor,
+        "networks": [{"uuid": cloud.var("ND_NETWORK_ID")}], "availability_zone": format!("nova:{host}")}});
+    let (status, v) = cloud.nova(reqwest::Method::POST, "/servers", Some(body), "2.88").await;
+    assert_eq!(status, 202, "{v}");
+    v["server"]["id"].as_str().unwrap().to_string()
+}
+
+/// The server's only port is bound to `host`, ACTIVE, its tap in `bridge`,
+/// and plugged as eth0 (its MAC) into the container on `engine`; returns
+/// the port.
+pub(crate) async fn port_plugged_on(
+    cloud: &Cloud,
+    engine: Option<&PrivateDocker>,
+    server: &str,
+    host: &str,
+    bridge: &str,
+) -> Value {
+    wait_for(&format!("the port to be ACTIVE on {host}"), T, async || {
+        let p = crate::network::ports_of(cloud, server).await;
+        p.len() == 1 && p[0]["status"] == "ACTIVE" && p[0]["binding:host_id"] == host
+    })
+    .await;
+    let port = crate::network::ports_of(cloud, server).await.remove(0);
+    let id = port["id"].as_str().unwrap();
+    assert_eq!(bridge_of_port(cloud, id).as_deref(), Some(bridge), "the tap of {id} is in {bridge}");
+    let (ok, mac) = docker(engine, &["exec", &format!("nova-{server}"), "cat", "/sys/class/net/eth0/address"]);
+    assert!(ok, "eth0 in the container: {mac}");
+    assert_eq!(mac, port["mac_address"].as_str().unwrap(), "the port's MAC on eth0");
+    port
+}
+
+/// Waits until a ping from `from` (on the machine's engine) to `ip` answers.
+pub(crate) async fn wait_ping(from: &str, ip: &str, why: &str) {
+    let cmd = format!("ping -c1 -W2 {ip}");
+    wait_for(&format!("{from} to ping {ip}: {why}"), T, async || {
+        crate::network::exec(&format!("nova-{from}"), &cmd).await.0
+    })
+    .await;
+}
+
+/// A cold migration of a server with a port between the ovn control
+/// plane's two chassis: A = `ND_NET_HOST` on the machine's Docker engine, B
+/// = `ND_NET_HOST2` on its own. The port follows the instance (binding,
+/// tap in the destination's integration bridge, eth0 with its MAC), a
+/// server left on A reaches it across the chassis, and a revert brings it
+/// back plugged on A.
+#[tokio::test]
+async fn cold_migration_with_a_port_between_chassis_ovn() {
+    let cloud = Cloud::get(Release::Ovn);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd-chassis2"));
+    let engine = PrivateDocker::start(&dir).await;
+    let (a_name, a_br) = (cloud.var("ND_NET_HOST").to_string(), cloud.var("ND_NET_BRIDGE").to_string());
+    let (b_name, b_br) = (cloud.var("ND_NET_HOST2").to_string(), cloud.var("ND_NET_BRIDGE2").to_string());
+    let host_a = ComputeHost::start(&cloud, &a_name, "").await;
+    let _host_b = second_chassis_host(&cloud, &engine).await;
+    let b = Some(&engine);
+    let image = cloud.busybox_image(&host_a.conf).await;
+    let ping_flavor = crate::network::ping_flavor(&cloud).await;
+
+    let id = boot_with_port(&cloud, "nd-migrate-port", &image, &a_name, "42").await;
+    let pinger = boot_with_port(&cloud, "nd-pinger", &image, &a_name, &ping_flavor).await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    cloud.wait_status(&pinger, "ACTIVE", T).await;
+    let port = port_plugged_on(&cloud, None, &id, &a_name, &a_br).await;
+    let ip = crate::network::fixed_ip(&port, false);
+    wait_ping(&pinger, &ip, "both on A").await;
+    let text = common::unique("kept");
+    write_file(None, &id, &text).await;
+
+    let migrate = async || {
+        let body = json!({"migrate": {"host": b_name}});
+        let (status, v) = cloud.nova(reqwest::Method::POST, &format!("/servers/{id}/action"), Some(body), "2.56").await;
+        assert_eq!(status, 202, "{v}");
+        let s = wait_verify(&cloud, &id).await;
+        assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str());
+        let moved = port_plugged_on(&cloud, b, &id, &b_name, &b_br).await;
+        assert_eq!(moved["id"], port["id"], "the same port");
+        assert_eq!(read_file(b, &id), text, "the file moved with the instance");
+        wait_ping(&pinger, &ip, "from A to the instance on B (across the chassis)").await;
+    };
+
+    // Migrate to B, then revert: back on A, plugged on A's bridge.
+    migrate().await;
+    let (status, v) = cloud.action(&id, json!({"revertResize": null})).await;
+    assert_eq!(status, 202, "{v}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], a_name.as_str());
+    port_plugged_on(&cloud, None, &id, &a_name, &a_br).await;
+    assert_eq!(read_file(None, &id), text);
+    assert_eq!(container(b, &id), None, "B's container removed");
+    wait_ping(&pinger, &ip, "after the revert, both on A").await;
+
+    // Migrate again, then confirm: on B only, still reachable.
+    migrate().await;
+    let (status, v) = cloud.action(&id, json!({"confirmResize": null})).await;
+    assert_eq!(status, 204, "{v}");
+    let s = cloud.wait_status(&id, "ACTIVE", T).await;
+    assert_eq!(s["OS-EXT-SRV-ATTR:host"], b_name.as_str());
+    wait_for("A's container to go", T, async || container(None, &id).is_none()).await;
+    port_plugged_on(&cloud, b, &id, &b_name, &b_br).await;
+    wait_ping(&pinger, &ip, "after the confirm, across the chassis").await;
+
+    for s in [&id, &pinger] {
+        cloud.delete_server(s, T).await;
+    }
+}

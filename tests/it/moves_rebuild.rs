@@ -466,6 +466,93 @@ async fn evacuate_newest() {
     evacuate(Release::Newest).await;
 }
 
+/// Evacuation of a server with a port between the ovn control plane's two
+/// chassis: A = `ND_NET_HOST` (the machine's Docker engine) stops and is
+/// forced down, the server is rebuilt on B = `ND_NET_HOST2` (its own
+/// engine) with its port rebound there, ACTIVE, plugged into B's
+/// integration bridge and B's container with the same MAC and address.
+/// When A comes back it removes its container of the server without
+/// starting it, and the port stays with B.
+#[tokio::test]
+async fn evacuation_between_chassis_evacuates_with_its_port_ovn() {
+    use crate::moves::{boot_with_port, port_plugged_on, second_chassis_host};
+    let cloud = Cloud::get(Release::Ovn);
+    let dir = std::env::temp_dir().join(common::unique("nd-dockerd-evac2"));
+    let engine_b = crate::faults::PrivateDocker::start(&dir).await;
+    let (name_a, br_a) = (cloud.var("ND_NET_HOST").to_string(), cloud.var("ND_NET_BRIDGE").to_string());
+    let (name_b, br_b) = (cloud.var("ND_NET_HOST2").to_string(), cloud.var("ND_NET_BRIDGE2").to_string());
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    // A is the chassis every ovn test runs on: a run of this test that failed
+    // between forcing it down and back up would leave it unusable for all.
+    if cloud.compute_service(&name_a).await.is_some_and(|s| s["forced_down"] == true) {
+        force_down(&cloud, &name_a, false).await;
+    }
+    let mut a = ComputeHost::start(&cloud, &name_a, "").await;
+    let b = second_chassis_host(&cloud, &engine_b).await;
+    let image = cloud.busybox_image(&a.conf).await;
+    let id = boot_with_port(&cloud, "nd-evac-port", &image, &name_a, "42").await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let before = port_plugged_on(&cloud, None, &id, &name_a, &br_a).await;
+    let container = format!("nova-{id}");
+    let main_docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).output().expect("docker runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Host A dies (the engine keeps its container) and is forced down.
+    a.kill().await;
+    force_down(&cloud, &name_a, true).await;
+    let (status, v) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/action"),
+            Some(json!({"evacuate": {"host": name_b}})),
+            "2.68",
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_for("the server to land on B", T, async || {
+        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name_b.as_str())
+    })
+    .await;
+    cloud.wait_status(&id, "ACTIVE", T).await;
+    let after = port_plugged_on(&cloud, Some(&engine_b), &id, &name_b, &br_b).await;
+    assert_eq!((&after["id"], &after["mac_address"]), (&before["id"], &before["mac_address"]), "the same port");
+    assert_eq!(after["fixed_ips"], before["fixed_ips"], "the same addresses");
+    let addr = engine(&engine_b.socket(), &["exec", &container, "ip", "-4", "addr", "show", "eth0"]);
+    let ip = crate::network::fixed_ip(&before, false);
+    assert!(addr.contains(&format!("{ip}/")), "eth0 on B has {ip}: {addr}");
+
+    // A comes back: its container of the server goes, never started again;
+    // the port stays bound to B and plugged there.
+    a.spawn();
+    wait_for("A to remove the evacuated container", T, async || {
+        main_docker(&["ps", "-aq", "--filter", &format!("name={container}")]).is_empty()
+    })
+    .await;
+    wait_for("the evacuation's migration to complete", T, async || {
+        migrations(&cloud, &id).await.first().is_some_and(|m| m["status"] == "completed")
+    })
+    .await;
+    let started_on_a = main_docker(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        "0s",
+        "--filter",
+        "event=start",
+        "--filter",
+        &format!("container={container}"),
+    ]);
+    assert_eq!(started_on_a.lines().count(), 1, "started once on A (its boot), never again: {started_on_a}");
+    force_down(&cloud, &name_a, false).await;
+    port_plugged_on(&cloud, Some(&engine_b), &id, &name_b, &br_b).await;
+
+    cloud.delete_server(&id, T).await;
+    drop((a, b, engine_b));
+}
+
 /// The late server-group check of an evacuation (Nova's
 /// `_do_rebuild_instance`), through the real Nova: a member of an
 /// anti-affinity group evacuated onto the host that runs the other member
