@@ -385,6 +385,27 @@ pub(crate) async fn force_down(cloud: &Cloud, host: &str, down: bool) {
     assert_eq!(status, 200, "{v}");
 }
 
+/// Host `a` dies (SIGKILL; its engine keeps the container) and is forced
+/// down, as an operator does before evacuating; server `id` is evacuated
+/// to `name_b` and lands there.
+async fn evacuate_after_the_hosts_death(cloud: &Cloud, a: &mut ComputeHost, name_a: &str, id: &str, name_b: &str) {
+    a.kill().await;
+    force_down(cloud, name_a, true).await;
+    let (status, v) = cloud
+        .nova(
+            reqwest::Method::POST,
+            &format!("/servers/{id}/action"),
+            Some(json!({"evacuate": {"host": name_b}})),
+            "2.68",
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_for("the server to land on B", T, async || {
+        cloud.server(id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name_b)
+    })
+    .await;
+}
+
 /// Evacuation between two hosts, each with its own Docker engine: host A
 /// stops and is forced down, the server is rebuilt on B from its image
 /// (Nova's view: host B, ACTIVE, B's allocation; Docker's: a running
@@ -405,21 +426,7 @@ async fn evacuate(release: Release) {
     assert_eq!(engine(&engine_a.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
 
     // Host A dies (its engine keeps the container) and is forced down.
-    a.kill().await;
-    force_down(&cloud, &name_a, true).await;
-    let (status, v) = cloud
-        .nova(
-            reqwest::Method::POST,
-            &format!("/servers/{id}/action"),
-            Some(json!({"evacuate": {"host": name_b}})),
-            "2.68",
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    wait_for("the server to land on B", T, async || {
-        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name_b.as_str())
-    })
-    .await;
+    evacuate_after_the_hosts_death(&cloud, &mut a, &name_a, &id, &name_b).await;
     let s = cloud.wait_status(&id, "ACTIVE", T).await;
     assert_eq!(s["image"]["id"], image.as_str());
     assert_eq!(engine(&engine_b.socket(), &["inspect", "--format", "{{.State.Running}}", &container]), "true");
@@ -500,21 +507,7 @@ async fn evacuation_between_chassis_evacuates_with_its_port_ovn() {
     };
 
     // Host A dies (the engine keeps its container) and is forced down.
-    a.kill().await;
-    force_down(&cloud, &name_a, true).await;
-    let (status, v) = cloud
-        .nova(
-            reqwest::Method::POST,
-            &format!("/servers/{id}/action"),
-            Some(json!({"evacuate": {"host": name_b}})),
-            "2.68",
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    wait_for("the server to land on B", T, async || {
-        cloud.server(&id).await.is_some_and(|s| s["OS-EXT-SRV-ATTR:host"] == name_b.as_str())
-    })
-    .await;
+    evacuate_after_the_hosts_death(&cloud, &mut a, &name_a, &id, &name_b).await;
     cloud.wait_status(&id, "ACTIVE", T).await;
     let after = port_plugged_on(&cloud, Some(&engine_b), &id, &name_b, &br_b).await;
     assert_eq!((&after["id"], &after["mac_address"]), (&before["id"], &before["mac_address"]), "the same port");
