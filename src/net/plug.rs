@@ -605,6 +605,16 @@ async fn run_undo(undo: Vec<Undo>, host: &Handle, vsctl: Option<&Path>, opts: &P
 pub async fn plug(vif: &Vif, pid: i32, ifname: &str, opts: &PlugOptions) -> Result<PlugReport, NetError> {
     let started = Instant::now();
     let plan = Plan::new(vif, ifname, opts)?;
+    if opts.metadata_route == MetadataRoute::MetadataPort
+        && plan.addrs.iter().any(|a| a.addr.is_ipv4())
+        && !plan.host_routes.iter().any(|(d, _)| *d == metadata_destination())
+    {
+        // Said, not silent: the network has no OVN metadata port on a
+        // DHCP subnet of this port (metadata off in Neutron, or none known
+        // when its network_info was made).
+        warn!(port = %plan.port, network = vif.network.id.as_deref().unwrap_or(""),
+              "no OVN metadata port known on this port's IPv4 subnets: no route to 169.254.169.254 through it");
+    }
     let vsctl = if plan.needs_ovs() { Some(ovs::find_vsctl(&opts.ovs_vsctl).await?) } else { None };
     let _slot = plug_slot(opts.queue_timeout, &plan.devname).await?;
     let host = host_handle()?;
