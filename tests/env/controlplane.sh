@@ -1570,7 +1570,8 @@ do_up() {
   # in the background (rabbitmqctl costs ~0.5 s of CPU, more once the
   # services start): do neutron's RPC queues exist already? (see below)
   local qfile=$STATE/pids/.neutron-queues qpid
-  { if neutron_queues_exist; then echo yes; else echo no; fi; } > "$qfile" 2>/dev/null &
+  # (ovn: no L2 agent of Neutron's RPC to start early; nothing to ask)
+  { if [ "$RELEASE" != ovn ] && neutron_queues_exist; then echo yes; else echo no; fi; } > "$qfile" 2>/dev/null &
   qpid=$!
   check_auth_mode
   write_nova_conf; write_compute_template; write_placement_conf
